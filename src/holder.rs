@@ -1,0 +1,665 @@
+//! Spawning and watching the holder (pause) process of a sandbox.
+//!
+//! This is the only file that forks by hand. A holder is made by one
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_NEW*)`: the kernel
+//! makes the namespaces, returns a pidfd for the child, and resumes us only
+//! once the child has called `execve` on a tiny program of our own (kept in a
+//! sealed memfd) or has exited. The child runs on a stack we allocated and
+//! makes only raw system calls, everything it uses prepared before the clone;
+//! it reports a failure by storing the step and errno in memory it shares with
+//! us, which is safe to read because `CLONE_VFORK` suspends us until the
+//! child has exec'd or exited (glibc's `posix_spawn` does the same).
+//!
+//! Why exec at all: a plain fork of a multi-threaded runtime shares its whole
+//! heap copy-on-write, and keeps all of it alive once the creator exits. The
+//! program we exec is 41 bytes of code: it names itself `podnet-pause` and
+//! calls `pause()` forever. Its signal dispositions are set before the exec:
+//! SIGTERM and SIGINT end it (default action), SIGCHLD is ignored so the
+//! kernel reaps any child it adopts, every other fd is closed and its stdio is
+//! `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
+//!
+//! Clones run on one dedicated thread per process, because
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits (prctl(2)),
+//! not the process: a holder made on a tokio blocking thread would die when
+//! that thread idles out.
+
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Error, Result};
+
+/// The name the holder gives itself (`ps -o comm`).
+pub(crate) const HOLDER_COMM: &str = "podnet-pause";
+
+/// What to make a holder with.
+#[derive(Debug, Clone)]
+pub(crate) struct HolderSpec {
+    /// `argv` of the holder: its name, then whatever identifies it (see `Sandbox`).
+    pub argv: Vec<String>,
+    /// The namespaces the holder gets (`CLONE_NEWNET`, ...).
+    pub namespaces: CloneFlags,
+    /// Whether the holder is killed when the creating process exits.
+    pub die_with_creator: bool,
+}
+
+/// A running (or dead, not yet reaped) holder, owned by its pidfd.
+#[derive(Debug)]
+pub(crate) struct Holder {
+    pid: Pid,
+    /// Shared with commands and threads that join the sandbox through it.
+    pidfd: Arc<OwnedFd>,
+    start_time: u64,
+    /// Whether we are its parent, so `waitid` can reap it.
+    child: bool,
+}
+
+/// How a holder ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// It died, but it was not our child, so its status is not ours to read.
+    Unknown,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exited with {c}"),
+            Exit::Signal(s) => match nix::sys::signal::Signal::try_from(*s) {
+                Ok(sig) => write!(f, "killed by {sig}"),
+                Err(_) => write!(f, "killed by signal {s}"),
+            },
+            Exit::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+impl Holder {
+    /// The holder's PID.
+    pub(crate) fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// Its start time in clock ticks since boot (`/proc/PID/stat` field 22):
+    /// with the PID, an identity that survives PID reuse.
+    pub(crate) fn start_time(&self) -> u64 {
+        self.start_time
+    }
+
+    /// The pidfd, which `setns(2)` accepts to enter the holder's namespaces.
+    pub(crate) fn pidfd(&self) -> &Arc<OwnedFd> {
+        &self.pidfd
+    }
+
+    /// Has it exited? Reaps it if so (when it is our child). Never blocks.
+    /// `Err` when that cannot be told.
+    pub(crate) fn try_exit(&self) -> std::result::Result<Option<Exit>, Errno> {
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        // A pidfd polls readable once the process has exited (pidfd_open(2)).
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)? {
+            0 => Ok(None),
+            _ => Ok(Some(self.reap())),
+        }
+    }
+
+    /// Reap an exited holder and say how it ended.
+    fn reap(&self) -> Exit {
+        if !self.child {
+            return Exit::Unknown;
+        }
+        match waitid(
+            Id::PIDFd(self.pidfd.as_fd()),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        ) {
+            Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
+            // ECHILD: reaped already by an earlier call; the status was reported then.
+            _ => Exit::Unknown,
+        }
+    }
+
+    /// Send SIGKILL. A holder that is already gone is not an error.
+    pub(crate) fn kill(&self) -> Result<()> {
+        // SAFETY: pidfd_send_signal(2) with a valid pidfd we own, a valid
+        // signal number, a null siginfo and no flags touches no memory of ours.
+        // JUSTIFICATION: nix 0.31 has no pidfd_send_signal wrapper.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        match Errno::last() {
+            Errno::ESRCH => Ok(()),
+            errno => Err(Error::sys("kill holder", self.pid.to_string(), errno)),
+        }
+    }
+
+    /// Wait until the holder has exited, reap it, and say how it ended.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is consumed until the holder has exited.
+    pub(crate) async fn wait(&self) -> Result<Exit> {
+        if let Ok(Some(exit)) = self.try_exit() {
+            return Ok(exit);
+        }
+        let dup = self
+            .pidfd
+            .try_clone()
+            .map_err(|e| Error::io("duplicate pidfd of holder", self.pid.to_string(), e))?;
+        // SAFETY: an OwnedFd stays open and returns the same fd until the
+        // AsyncFd (which owns it) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::io("watch pidfd of holder", self.pid.to_string(), e.into()))?;
+        let _ready = fd
+            .readable()
+            .await
+            .map_err(|e| Error::io("watch pidfd of holder", self.pid.to_string(), e))?;
+        Ok(self.reap())
+    }
+
+    /// Adopt a holder we did not create, checking that `pid` still is the
+    /// process that started at `start_time` (so a reused PID is refused).
+    #[allow(dead_code)] // used by re-attach (open_sandbox)
+    pub(crate) fn adopt(pid: Pid, start_time: u64) -> Result<Option<Holder>> {
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+        // JUSTIFICATION: nix 0.31 has no pidfd_open wrapper.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+        if fd < 0 {
+            return match Errno::last() {
+                Errno::ESRCH => Ok(None),
+                errno => Err(Error::sys("pidfd_open holder", pid.to_string(), errno)),
+            };
+        }
+        let fd = RawFd::try_from(fd).map_err(|_| Error::sys("pidfd_open", "", Errno::EBADF))?;
+        // SAFETY: the syscall returned a new fd that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // The pidfd pins the process it was opened for; if that process still
+        // has the start time we recorded, it is the holder, not a reused PID.
+        match proc_start_time(pid) {
+            Some(t) if t == start_time => Ok(Some(Holder {
+                pid,
+                pidfd: Arc::new(pidfd),
+                start_time,
+                child: false,
+            })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// `/proc/PID/stat` field 22, the start time in clock ticks since boot.
+pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // rest starts at field 3, so field 22 is index 19.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Start a holder with fresh namespaces.
+///
+/// # Cancel safety
+/// If cancelled after the clone was handed to the spawner thread, the holder
+/// is killed and reaped by that thread; nothing is left.
+pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawner_submit(Box::new(move |stack: &mut [u8]| {
+        let result = clone_holder(&spec, stack);
+        if let Err(Ok(holder)) = tx.send(result) {
+            // The caller went away: do not leave the holder running.
+            let _ = holder.kill();
+            let _ = waitid(Id::PIDFd(holder.pidfd.as_fd()), WaitPidFlag::WEXITED);
+        }
+    }))?;
+    rx.await.map_err(|_| Error::NetlinkProtocol {
+        op: "spawn holder",
+        object: String::new(),
+        detail: "the spawner thread went away".into(),
+    })?
+}
+
+type Job = Box<dyn FnOnce(&mut [u8]) + Send>;
+
+/// The spawner thread's queue, with the PID of the process that started it
+/// (a child forked from a podnet process has no spawner thread).
+static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Job>)>> = Mutex::new(None);
+
+/// Stack size of the cloned child. It runs a handful of raw syscalls.
+const CHILD_STACK: usize = 64 * 1024;
+
+fn spawner_submit(job: Job) -> Result<()> {
+    let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::process::id();
+    let job = match guard.as_ref() {
+        Some((pid, tx)) if *pid == me => match tx.send(job) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::SendError(job)) => job,
+        },
+        _ => job,
+    };
+    let (tx, rx) = mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("podnet-spawner".into())
+        .spawn(move || {
+            let mut stack = vec![0u8; CHILD_STACK];
+            while let Ok(job) = rx.recv() {
+                job(&mut stack);
+            }
+        })
+        .map_err(|e| Error::io("start the holder spawner thread", "", e))?;
+    tx.send(job).map_err(|_| Error::NetlinkProtocol {
+        op: "spawn holder",
+        object: String::new(),
+        detail: "the spawner thread went away".into(),
+    })?;
+    *guard = Some((me, tx));
+    Ok(())
+}
+
+/// Everything the cloned child reads, prepared before the clone. The child
+/// sees it through the shared address space (`CLONE_VM`).
+struct ChildArgs {
+    exe: RawFd,
+    devnull: RawFd,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    root: *const c_char,
+    die_with_creator: bool,
+    creator: libc::pid_t,
+    sig_default: libc::sigaction,
+    sig_ignore: libc::sigaction,
+    empty_mask: libc::sigset_t,
+    /// Set by the child when a step fails: which step, and the errno.
+    failed_step: AtomicI32,
+    failed_errno: AtomicI32,
+}
+
+/// The steps of the child, for error messages.
+const STEPS: [&str; 6] = [
+    "",
+    "set parent-death signal of holder",
+    "creator exited while spawning holder",
+    "set up stdio of holder",
+    "chdir / in holder",
+    "exec holder program",
+];
+
+/// Runs in the cloned child: only raw, async-signal-safe system calls, no
+/// allocation, no locks; see the module docs.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` points to the ChildArgs that `clone_holder` keeps alive
+    // on its stack; the parent is suspended (CLONE_VFORK) until we exec or
+    // exit, so the memory is valid and nobody writes it but us.
+    let a = unsafe { &*(arg as *const ChildArgs) };
+    let fail = |step: i32| -> c_int {
+        a.failed_errno.store(Errno::last_raw(), Ordering::Relaxed);
+        a.failed_step.store(step, Ordering::Relaxed);
+        // SAFETY: _exit is async-signal-safe and ends only this child.
+        unsafe { libc::_exit(127) }
+    };
+    // SAFETY (whole block): each call is a raw system call on values that
+    // were prepared before the clone and outlive the child; none allocates,
+    // locks, or touches memory the parent might change meanwhile.
+    unsafe {
+        if a.die_with_creator {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return fail(1);
+            }
+            // The creator may have died before the prctl: then we were
+            // reparented and must not live on.
+            if libc::getppid() != a.creator {
+                return fail(2);
+            }
+        }
+        // Out of the creator's session, so a terminal's ^C reaches the
+        // creator (and, through the death signal, us) but not persistent holders.
+        libc::setsid();
+        // Handlers of the creator must not run here; exec would reset caught
+        // signals anyway, but not ignored ones (SIGTERM ignored by the creator
+        // must still end the holder). SIGCHLD ignored = the kernel reaps.
+        for sig in 1..libc::SIGRTMAX() {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &a.sig_default, std::ptr::null_mut());
+            }
+        }
+        libc::sigaction(libc::SIGCHLD, &a.sig_ignore, std::ptr::null_mut());
+        for fd in 0..3 {
+            if libc::dup2(a.devnull, fd) < 0 {
+                return fail(3);
+            }
+        }
+        // Everything else closes at exec: the holder holds nothing open.
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if libc::chdir(a.root) != 0 {
+            return fail(4);
+        }
+        libc::sigprocmask(libc::SIG_SETMASK, &a.empty_mask, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_execveat,
+            a.exe,
+            c"".as_ptr(),
+            a.argv,
+            a.envp,
+            libc::AT_EMPTY_PATH,
+        );
+    }
+    fail(5)
+}
+
+/// Clone the holder; runs on the spawner thread.
+fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
+    let exe = holder_exe()?;
+    let devnull = devnull()?;
+    let argv_c: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()).map_err(|_| Error::sys("holder argv", a, Errno::EINVAL)))
+        .collect::<Result<_>>()?;
+    let mut argv: Vec<*const c_char> = argv_c.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const c_char; 1] = [std::ptr::null()];
+
+    // SAFETY: all-zero is a valid sigaction/sigset_t; the fields we need are
+    // set below (SIG_DFL and SIG_IGN are 0 and 1, an empty mask is all-zero).
+    let (mut sig_default, mut sig_ignore, empty_mask, full_mask) = unsafe {
+        let mut full: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut full);
+        (
+            std::mem::zeroed::<libc::sigaction>(),
+            std::mem::zeroed::<libc::sigaction>(),
+            std::mem::zeroed::<libc::sigset_t>(),
+            full,
+        )
+    };
+    sig_default.sa_sigaction = libc::SIG_DFL;
+    sig_ignore.sa_sigaction = libc::SIG_IGN;
+
+    let args = ChildArgs {
+        exe: exe.as_raw_fd(),
+        devnull: devnull.as_raw_fd(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        root: c"/".as_ptr(),
+        die_with_creator: spec.die_with_creator,
+        creator: nix::unistd::getpid().as_raw(),
+        sig_default,
+        sig_ignore,
+        empty_mask,
+        failed_step: AtomicI32::new(0),
+        failed_errno: AtomicI32::new(0),
+    };
+    // The stack grows down on every architecture we build for; keep 16-byte alignment.
+    let top = stack.as_mut_ptr_range().end as usize & !15;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | spec.namespaces.bits();
+    let mut pidfd: c_int = -1;
+    let mut old_mask = empty_mask;
+    // SAFETY: the child runs `child_main` on `stack` (ours, unused by anyone
+    // else while the spawner thread is blocked in this call) and only reads
+    // `args`, which lives until clone returns, i.e. until the child has exec'd
+    // or exited (CLONE_VFORK). All signals are blocked around the clone so no
+    // handler of ours can run on the child's stack before it resets them.
+    // With CLONE_PIDFD the kernel stores the pidfd in `pidfd` (clone(2)).
+    let pid = unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &full_mask, &mut old_mask);
+        let pid = libc::clone(
+            child_main,
+            top as *mut c_void,
+            flags | libc::SIGCHLD,
+            &args as *const ChildArgs as *mut c_void,
+            &mut pidfd as *mut c_int,
+        );
+        let errno = Errno::last();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
+        if pid < 0 {
+            return Err(Error::sys("clone holder", &spec.argv[spec.argv.len() - 1], errno));
+        }
+        pid
+    };
+    // SAFETY: the kernel gave us this pidfd (CLONE_PIDFD) and nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pid = Pid::from_raw(pid);
+    let step = args.failed_step.load(Ordering::Relaxed);
+    if step != 0 {
+        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+        let errno = Errno::from_raw(args.failed_errno.load(Ordering::Relaxed));
+        let op = usize::try_from(step)
+            .ok()
+            .and_then(|s| STEPS.get(s))
+            .copied()
+            .unwrap_or("spawn holder");
+        return Err(Error::sys(op, &spec.argv[spec.argv.len() - 1], errno));
+    }
+    let pidfd = Arc::new(pidfd);
+    // Read after the exec: the start time was fixed at clone and never changes.
+    let start_time = proc_start_time(pid).unwrap_or(0);
+    Ok(Holder {
+        pid,
+        pidfd,
+        start_time,
+        child: true,
+    })
+}
+
+fn devnull() -> Result<&'static OwnedFd> {
+    static DEVNULL: OnceLock<std::result::Result<OwnedFd, Errno>> = OnceLock::new();
+    let fd = DEVNULL.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+    });
+    fd.as_ref()
+        .map_err(|errno| Error::sys("open", "/dev/null", *errno))
+}
+
+/// The holder program, in a sealed memfd made once per process.
+fn holder_exe() -> Result<&'static OwnedFd> {
+    static EXE: OnceLock<std::result::Result<OwnedFd, (&'static str, Errno)>> = OnceLock::new();
+    EXE.get_or_init(make_holder_memfd)
+        .as_ref()
+        .map_err(|(op, errno)| Error::sys(op, "holder program memfd", *errno))
+}
+
+fn make_holder_memfd() -> std::result::Result<OwnedFd, (&'static str, Errno)> {
+    let image = holder_image();
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // SAFETY: memfd_create takes a NUL-terminated name and flags.
+    // MFD_EXEC (Linux 6.3) keeps it executable where vm.memfd_noexec asks
+    // for the opposite default; older kernels reject the flag, so retry without.
+    let mut fd = unsafe { libc::memfd_create(c"podnet-pause".as_ptr(), flags | libc::MFD_EXEC) };
+    if fd < 0 && Errno::last() == Errno::EINVAL {
+        // SAFETY: as above.
+        fd = unsafe { libc::memfd_create(c"podnet-pause".as_ptr(), flags) };
+    }
+    if fd < 0 {
+        return Err(("memfd_create", Errno::last()));
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(fd);
+    use std::io::Write;
+    (&file)
+        .write_all(&image)
+        .map_err(|e| ("write holder program", Errno::from_raw(e.raw_os_error().unwrap_or(5))))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on an fd we own with a seal bitmask.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(("seal holder program", Errno::last()));
+    }
+    Ok(OwnedFd::from(file))
+}
+
+/// Load address of the image.
+const BASE: u64 = 0x40_0000;
+/// Sizes of the ELF header and of one program header (ELF-64).
+const EHDR_SIZE: usize = 64;
+const PHDR_SIZE: usize = 56;
+
+/// Machine code of the holder, then its NUL-terminated name.
+///
+/// ```text
+///  0: bf 0f 00 00 00         mov  edi, 15            ; PR_SET_NAME
+///  5: 48 8d 35 10 00 00 00   lea  rsi, [rip + 16]    ; -> name at 28
+/// 12: b8 9d 00 00 00         mov  eax, 157           ; SYS_prctl
+/// 17: 0f 05                  syscall
+/// 19: b8 22 00 00 00   loop: mov  eax, 34            ; SYS_pause
+/// 24: 0f 05                  syscall
+/// 26: eb f7                  jmp  loop
+/// 28: "podnet-pause\0"
+/// ```
+#[cfg(target_arch = "x86_64")]
+const CODE: &[u8] = &[
+    0xbf, 0x0f, 0x00, 0x00, 0x00, // mov edi, 15
+    0x48, 0x8d, 0x35, 0x10, 0x00, 0x00, 0x00, // lea rsi, [rip+16]
+    0xb8, 0x9d, 0x00, 0x00, 0x00, // mov eax, 157
+    0x0f, 0x05, // syscall
+    0xb8, 0x22, 0x00, 0x00, 0x00, // mov eax, 34
+    0x0f, 0x05, // syscall
+    0xeb, 0xf7, // jmp -9
+];
+#[cfg(target_arch = "x86_64")]
+const MACHINE: u16 = 62; // EM_X86_64
+
+/// The same for AArch64, which has no `pause` syscall: `ppoll(NULL, 0, NULL, NULL)`
+/// sleeps until a signal, as `pause` does.
+///
+/// ```text
+///  0: d28001e0   mov  x0, #15           ; PR_SET_NAME
+///  4: 10000141   adr  x1, #40           ; -> name at 44
+///  8: d28014e8   mov  x8, #167          ; SYS_prctl
+/// 12: d4000001   svc  #0
+/// 16: d2800000   loop: mov x0, #0
+/// 20: d2800001   mov  x1, #0
+/// 24: d2800002   mov  x2, #0
+/// 28: d2800003   mov  x3, #0
+/// 32: d2800928   mov  x8, #73           ; SYS_ppoll
+/// 36: d4000001   svc  #0
+/// 40: 17fffffa   b    loop
+/// 44: "podnet-pause\0"
+/// ```
+#[cfg(target_arch = "aarch64")]
+const CODE: &[u8] = &[
+    0xe0, 0x01, 0x80, 0xd2, 0x41, 0x01, 0x00, 0x10, 0xe8, 0x14, 0x80, 0xd2, 0x01, 0x00, 0x00,
+    0xd4, 0x00, 0x00, 0x80, 0xd2, 0x01, 0x00, 0x80, 0xd2, 0x02, 0x00, 0x80, 0xd2, 0x03, 0x00,
+    0x80, 0xd2, 0x28, 0x09, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4, 0xfa, 0xff, 0xff, 0x17,
+];
+#[cfg(target_arch = "aarch64")]
+const MACHINE: u16 = 183; // EM_AARCH64
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("podnet's holder program exists for x86_64 and aarch64 only");
+
+/// A static ELF-64 executable: one header, one read+execute `PT_LOAD`
+/// segment mapping the whole file, then `CODE` and the holder's name.
+pub(crate) fn holder_image() -> Vec<u8> {
+    let code_off = EHDR_SIZE + PHDR_SIZE;
+    let total = code_off + CODE.len() + HOLDER_COMM.len() + 1;
+    let size = total as u64;
+    let mut e = Vec::with_capacity(total);
+    e.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // e_type = ET_EXEC
+    e.extend_from_slice(&MACHINE.to_le_bytes());
+    e.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    e.extend_from_slice(&(BASE + code_off as u64).to_le_bytes()); // e_entry
+    e.extend_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
+    e.extend_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+    e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // p_type = PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // p_flags = R | X
+    e.extend_from_slice(&0u64.to_le_bytes()); // p_offset
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_vaddr
+    e.extend_from_slice(&BASE.to_le_bytes()); // p_paddr
+    e.extend_from_slice(&size.to_le_bytes()); // p_filesz
+    e.extend_from_slice(&size.to_le_bytes()); // p_memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    e.extend_from_slice(CODE);
+    e.extend_from_slice(HOLDER_COMM.as_bytes());
+    e.push(0);
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_is_a_well_formed_elf() {
+        let img = holder_image();
+        assert_eq!(&img[..4], b"\x7fELF");
+        assert_eq!(img.len(), EHDR_SIZE + PHDR_SIZE + CODE.len() + HOLDER_COMM.len() + 1);
+        let entry = u64::from_le_bytes(img[24..32].try_into().unwrap());
+        assert_eq!(entry, BASE + (EHDR_SIZE + PHDR_SIZE) as u64);
+        assert!(img.ends_with(b"podnet-pause\0"));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn name_is_where_the_code_points() {
+        // lea rsi, [rip+disp]: disp is relative to the next instruction (offset 12).
+        let disp = u32::from_le_bytes(CODE[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + disp, CODE.len());
+    }
+
+    #[test]
+    fn start_time_of_self_is_readable() {
+        assert!(proc_start_time(nix::unistd::getpid()).is_some());
+    }
+
+    /// A holder without new namespaces needs no privilege: spawn one, check
+    /// what it is, end it, and see how it ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn holder_is_tiny_named_and_ends_on_sigterm() {
+        let holder = spawn(HolderSpec {
+            argv: vec![HOLDER_COMM.into(), "unit".into(), "test".into()],
+            namespaces: CloneFlags::empty(),
+            die_with_creator: true,
+        })
+        .await
+        .expect("spawn holder");
+        let pid = holder.pid();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        assert_eq!(comm.trim(), HOLDER_COMM);
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        assert_eq!(fds, 3, "only stdin, stdout, stderr");
+        assert_eq!(holder.start_time(), proc_start_time(pid).unwrap());
+        assert_eq!(holder.try_exit(), Ok(None));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let exit = holder.wait().await.unwrap();
+        assert_eq!(exit, Exit::Signal(libc::SIGTERM));
+        assert_eq!(exit.to_string(), "killed by SIGTERM");
+    }
+}

@@ -1,0 +1,700 @@
+//! The address pool and its on-disk store. Only this file touches the
+//! store's files.
+//!
+//! Layout, under `<root>/<host netns dev>-<inode>/<network>/`:
+//!
+//! ```text
+//! lock               flock(2)ed around allocation (the kernel drops it if we die)
+//! next-v4, next-v6   index of the last address handed out (a hint, not a truth)
+//! addr/<ip>          a symlink whose target is the owning sandbox's name
+//! sandbox/<name>     the sandbox's record (key=value lines)
+//! ```
+//!
+//! Why symlinks: `symlink(2)` creates the link and its content in one atomic
+//! step and fails with EEXIST if the name is taken, so two processes can never
+//! both own an address, and a crash can never leave a half-written
+//! reservation. Records are written to a temporary file first, then
+//! published with `link(2)` (exclusive: a duplicate sandbox name fails) or
+//! `rename(2)` (an update). The allocation cursor makes the next free address
+//! one `symlink` away while the pool fills in order, as CNI host-local does.
+//!
+//! Files are created 0600 and opened with `O_NOFOLLOW`; directories are made
+//! 0700 and must belong to us.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ipnetwork::IpNetwork;
+use nix::fcntl::{Flock, FlockArg};
+use nix::libc;
+use nix::unistd::geteuid;
+
+use crate::error::{Error, Result};
+
+/// An address pool: every address of `net` except the network address, the
+/// gateway (the first address) and, for IPv4, the broadcast address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pool {
+    net: IpNetwork,
+}
+
+impl Pool {
+    /// A pool for `net` (normalised to its network address). Refuses pools
+    /// with no address left to hand out.
+    pub(crate) fn new(net: IpNetwork) -> Result<Pool> {
+        let (net, max_prefix) = match net {
+            IpNetwork::V4(n) => (
+                IpNetwork::V4(
+                    ipnetwork::Ipv4Network::new(n.network(), n.prefix()).map_err(|e| {
+                        Error::InvalidConfig {
+                            reason: format!("pool {net}: {e}"),
+                        }
+                    })?,
+                ),
+                30,
+            ),
+            IpNetwork::V6(n) => (
+                IpNetwork::V6(
+                    ipnetwork::Ipv6Network::new(n.network(), n.prefix()).map_err(|e| {
+                        Error::InvalidConfig {
+                            reason: format!("pool {net}: {e}"),
+                        }
+                    })?,
+                ),
+                126,
+            ),
+        };
+        if net.prefix() > max_prefix {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "pool {net} is too small: it needs room for the network address, the \
+                     gateway and at least one sandbox (a prefix of /{max_prefix} at most)"
+                ),
+            });
+        }
+        Ok(Pool { net })
+    }
+
+    pub(crate) fn network(&self) -> IpNetwork {
+        self.net
+    }
+
+    pub(crate) fn prefix(&self) -> u8 {
+        self.net.prefix()
+    }
+
+    /// The gateway: the first address after the network address.
+    pub(crate) fn gateway(&self) -> IpAddr {
+        self.nth(1)
+    }
+
+    /// Indexes that may be handed out: `first..=last`.
+    fn first(&self) -> u128 {
+        2
+    }
+
+    fn last(&self) -> u128 {
+        let host_bits = u32::from(self.max_prefix() - self.net.prefix());
+        let size = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        match self.net {
+            IpNetwork::V4(_) => size - 1, // no broadcast
+            IpNetwork::V6(_) => size,
+        }
+    }
+
+    fn max_prefix(&self) -> u8 {
+        match self.net {
+            IpNetwork::V4(_) => 32,
+            IpNetwork::V6(_) => 128,
+        }
+    }
+
+    fn nth(&self, i: u128) -> IpAddr {
+        match self.net {
+            // Truncation is fine: i <= last() < 2^32 for an IPv4 pool.
+            #[allow(clippy::cast_possible_truncation)]
+            IpNetwork::V4(n) => IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + i as u32)),
+            IpNetwork::V6(n) => IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + i)),
+        }
+    }
+
+    fn index_of(&self, addr: IpAddr) -> Option<u128> {
+        match (self.net, addr) {
+            (IpNetwork::V4(n), IpAddr::V4(a)) if n.contains(a) => {
+                Some(u128::from(u32::from(a) - u32::from(n.network())))
+            }
+            (IpNetwork::V6(n), IpAddr::V6(a)) if n.contains(a) => {
+                Some(u128::from(a) - u128::from(n.network()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Check that `addr` may be requested as a static address.
+    pub(crate) fn check(&self, addr: IpAddr) -> Result<()> {
+        let reason = match self.index_of(addr) {
+            None => "it is outside the pool",
+            Some(0) => "it is the network address",
+            Some(1) => "it is the gateway",
+            Some(i) if i > self.last() => "it is the broadcast address",
+            Some(_) => return Ok(()),
+        };
+        Err(Error::AddressNotInPool {
+            addr,
+            pool: self.net,
+            reason,
+        })
+    }
+
+    fn family(&self) -> &'static str {
+        match self.net {
+            IpNetwork::V4(_) => "v4",
+            IpNetwork::V6(_) => "v6",
+        }
+    }
+}
+
+/// A process identity that survives PID reuse: the PID and its start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ident {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// What the store knows of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Record {
+    pub name: String,
+    /// The process that created it.
+    pub creator: Ident,
+    /// Its holder, once there is one.
+    pub holder: Option<Ident>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// The host end of its veth pair.
+    pub veth: String,
+    /// Whether the holder outlives its creator.
+    pub persistent: bool,
+}
+
+impl Record {
+    fn encode(&self) -> String {
+        let mut s = format!(
+            "name={}\ncreator={}:{}\nveth={}\npersistent={}\n",
+            self.name,
+            self.creator.pid,
+            self.creator.start,
+            self.veth,
+            u8::from(self.persistent)
+        );
+        if let Some(h) = self.holder {
+            s += &format!("holder={}:{}\n", h.pid, h.start);
+        }
+        if let Some(a) = self.ipv4 {
+            s += &format!("ipv4={a}\n");
+        }
+        if let Some(a) = self.ipv6 {
+            s += &format!("ipv6={a}\n");
+        }
+        s
+    }
+
+    fn decode(text: &str, path: &Path) -> Result<Record> {
+        let corrupt = |reason: String| Error::StateCorrupt {
+            path: path.to_owned(),
+            reason,
+        };
+        let ident = |v: &str| -> Option<Ident> {
+            let (p, s) = v.split_once(':')?;
+            Some(Ident {
+                pid: p.parse().ok()?,
+                start: s.parse().ok()?,
+            })
+        };
+        let (mut name, mut creator, mut holder, mut ipv4, mut ipv6, mut veth, mut persistent) =
+            (None, None, None, None, None, None, None);
+        for line in text.lines() {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| corrupt(format!("line {line:?} is not key=value")))?;
+            let bad = || corrupt(format!("bad value for {k}: {v:?}"));
+            match k {
+                "name" => name = Some(v.to_owned()),
+                "creator" => creator = Some(ident(v).ok_or_else(bad)?),
+                "holder" => holder = Some(ident(v).ok_or_else(bad)?),
+                "ipv4" => ipv4 = Some(v.parse().map_err(|_| bad())?),
+                "ipv6" => ipv6 = Some(v.parse().map_err(|_| bad())?),
+                "veth" => veth = Some(v.to_owned()),
+                "persistent" => persistent = Some(v == "1"),
+                // Keys of later versions are skipped, not refused.
+                _ => {}
+            }
+        }
+        let missing = |k: &str| corrupt(format!("{k} is missing"));
+        Ok(Record {
+            name: name.ok_or_else(|| missing("name"))?,
+            creator: creator.ok_or_else(|| missing("creator"))?,
+            holder,
+            ipv4,
+            ipv6,
+            veth: veth.ok_or_else(|| missing("veth"))?,
+            persistent: persistent.ok_or_else(|| missing("persistent"))?,
+        })
+    }
+}
+
+/// The default root of all stores: `/run/podnet` for root in the machine's
+/// initial user namespace, else `$XDG_RUNTIME_DIR/podnet`, else
+/// `/tmp/podnet-<uid>` (uid as seen outside any user namespace).
+pub(crate) fn default_root() -> PathBuf {
+    if geteuid().is_root() && crate::rootless::in_initial_userns() {
+        return PathBuf::from("/run/podnet");
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        if dir.is_absolute() && dir.is_dir() {
+            return dir.join("podnet");
+        }
+    }
+    PathBuf::from(format!("/tmp/podnet-{}", crate::rootless::outer_uid()))
+}
+
+/// Make `dir` (mode 0700) if it is missing, and check that it is a real
+/// directory of ours that nobody else may write.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create state directory", dir, e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(|e| io_err("inspect state directory", dir, e))?;
+    let reason = if !meta.file_type().is_dir() {
+        "it is not a directory (a symlink?)"
+    } else if meta.uid() != geteuid().as_raw() {
+        "it belongs to another user"
+    } else if meta.mode() & 0o022 != 0 {
+        "others may write to it"
+    } else {
+        return Ok(());
+    };
+    Err(Error::StateCorrupt {
+        path: dir.to_owned(),
+        reason: format!("refusing state directory: {reason}"),
+    })
+}
+
+fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == ErrorKind::PermissionDenied {
+        return Error::not_permitted(format!("{op} {}", path.display()));
+    }
+    Error::io(op, path, e)
+}
+
+/// One network's store.
+#[derive(Debug)]
+pub(crate) struct Store {
+    dir: PathBuf,
+    network: String,
+}
+
+/// Unique names for temporary files within this process.
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Open (making it if needed) the store of network `network` in the host
+    /// namespace identified by `host`.
+    pub(crate) fn open(root: &Path, host: (u64, u64), network: &str) -> Result<Store> {
+        let host_dir = root.join(format!("netns-{}-{}", host.0, host.1));
+        let dir = host_dir.join(network);
+        for d in [root, &host_dir, &dir, &dir.join("addr"), &dir.join("sandbox")] {
+            ensure_private_dir(d)?;
+        }
+        Ok(Store {
+            dir,
+            network: network.to_owned(),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join("sandbox").join(name)
+    }
+
+    fn addr_path(&self, addr: IpAddr) -> PathBuf {
+        self.dir.join("addr").join(addr.to_string())
+    }
+
+    /// Write `content` to a new temporary file in the store and return its path.
+    fn write_temp(&self, content: &str) -> Result<PathBuf> {
+        let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!(".tmp-{}-{seq}", std::process::id()));
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| io_err("create state file", &path, e))?;
+        f.write_all(content.as_bytes())
+            .map_err(|e| io_err("write state file", &path, e))?;
+        Ok(path)
+    }
+
+    /// Publish a new record; a record of that name already there is
+    /// [`Error::AlreadyExists`].
+    pub(crate) fn create_record(&self, rec: &Record) -> Result<()> {
+        let tmp = self.write_temp(&rec.encode())?;
+        let path = self.record_path(&rec.name);
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
+                what: "sandbox",
+                name: rec.name.clone(),
+            }),
+            Err(e) => Err(io_err("publish state file", &path, e)),
+        }
+    }
+
+    /// Replace a record atomically.
+    pub(crate) fn update_record(&self, rec: &Record) -> Result<()> {
+        let tmp = self.write_temp(&rec.encode())?;
+        let path = self.record_path(&rec.name);
+        fs::rename(&tmp, &path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io_err("replace state file", &path, e)
+        })
+    }
+
+    /// Read a record; `None` if there is none of that name.
+    #[allow(dead_code)] // used by re-attach and gc
+    pub(crate) fn read_record(&self, name: &str) -> Result<Option<Record>> {
+        let path = self.record_path(name);
+        let f = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(Error::StateCorrupt {
+                    path,
+                    reason: "it is a symlink".into(),
+                })
+            }
+            Err(e) => return Err(io_err("open state file", &path, e)),
+        };
+        let text = std::io::read_to_string(f).map_err(|e| io_err("read state file", &path, e))?;
+        Record::decode(&text, &path).map(Some)
+    }
+
+    /// Remove a record; a missing one is not an error.
+    pub(crate) fn remove_record(&self, name: &str) -> Result<()> {
+        let path = self.record_path(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Hold the store's lock. Contended only for the microseconds of an
+    /// allocation, but another process holds it, so wait off the runtime.
+    async fn lock(&self) -> Result<Flock<File>> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| io_err("open lock file", &path, e))?;
+        // flock, not fcntl(F_SETLK): a POSIX record lock would not exclude
+        // two threads of this process (fcntl(2)). Each call opens the file
+        // anew, so each holds its own open file description.
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(lock),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+                    .await
+                    .map_err(|_| Error::sys("lock", path.display().to_string(), nix::errno::Errno::EINTR))?
+                    .map_err(|(_, errno)| Error::sys("lock", path.display().to_string(), errno))
+            }
+            Err((_, errno)) => Err(Error::sys("lock", path.display().to_string(), errno)),
+        }
+    }
+
+    /// Reserve an address of `pool` for sandbox `owner`: `want` if given,
+    /// else the next free one after the cursor.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe once the lock is held: the reservation may exist
+    /// without the caller knowing it. The sandbox's record names the creator,
+    /// so gc reclaims it.
+    pub(crate) async fn allocate(&self, pool: &Pool, owner: &str, want: Option<IpAddr>) -> Result<IpAddr> {
+        if let Some(addr) = want {
+            pool.check(addr)?;
+            return self.reserve(addr, owner);
+        }
+        let _lock = self.lock().await?;
+        let cursor_path = self.dir.join(format!("next-{}", pool.family()));
+        let (first, last) = (pool.first(), pool.last());
+        let cursor = fs::read_to_string(&cursor_path)
+            .ok()
+            .and_then(|s| s.trim().parse::<u128>().ok())
+            .filter(|c| (first..=last).contains(c))
+            .unwrap_or(last);
+        let mut i = cursor;
+        loop {
+            i = if i >= last { first } else { i + 1 };
+            let addr = pool.nth(i);
+            match self.reserve(addr, owner) {
+                Ok(addr) => {
+                    // A stale cursor only costs a retry, so it is written in place.
+                    let _ = fs::write(&cursor_path, i.to_string());
+                    return Ok(addr);
+                }
+                Err(Error::AddressTaken { .. }) if i != cursor => continue,
+                Err(Error::AddressTaken { .. }) => {
+                    return Err(Error::PoolExhausted {
+                        network: self.network.clone(),
+                        pool: pool.network(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn reserve(&self, addr: IpAddr, owner: &str) -> Result<IpAddr> {
+        let path = self.addr_path(addr);
+        match std::os::unix::fs::symlink(owner, &path) {
+            Ok(()) => Ok(addr),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AddressTaken {
+                addr,
+                owner: fs::read_link(&path)
+                    .map(|t| t.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            }),
+            Err(e) => Err(io_err("reserve address", &path, e)),
+        }
+    }
+
+    /// Release `addr` if `owner` holds it. A missing reservation is not an error.
+    pub(crate) fn release(&self, addr: IpAddr, owner: &str) -> Result<()> {
+        let path = self.addr_path(addr);
+        match fs::read_link(&path) {
+            Ok(target) if target.as_os_str() == owner => match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    Err(io_err("release address", &path, e))
+                }
+                _ => Ok(()),
+            },
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("read address reservation", &path, e)),
+        }
+    }
+
+    /// Names of the sandboxes with a record.
+    pub(crate) fn sandbox_names(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("sandbox");
+        let mut names = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))? {
+            let entry = entry.map_err(|e| io_err("list", &dir, e))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Delete the store: its files, its directories, and the host
+    /// namespace's directory if that is left empty. The caller checks that
+    /// no sandbox is left.
+    pub(crate) fn destroy(&self) -> Result<()> {
+        fs::remove_dir_all(&self.dir).map_err(|e| io_err("remove store", &self.dir, e))?;
+        if let Some(host_dir) = self.dir.parent() {
+            // ENOTEMPTY: another network of that namespace still has a store.
+            let _ = fs::remove_dir(host_dir);
+        }
+        Ok(())
+    }
+
+    /// Every reserved address with its owner.
+    #[allow(dead_code)] // used by gc and tests
+    pub(crate) fn reservations(&self) -> Result<Vec<(IpAddr, String)>> {
+        let dir = self.dir.join("addr");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))? {
+            let entry = entry.map_err(|e| io_err("list", &dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(addr) = name.parse::<IpAddr>() else {
+                continue;
+            };
+            if let Ok(owner) = fs::read_link(entry.path()) {
+                out.push((addr, owner.to_string_lossy().into_owned()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn pool(s: &str) -> Pool {
+        Pool::new(s.parse().unwrap()).unwrap()
+    }
+
+    fn temp_root(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "podnet-ipam-{tag}-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn pool_bounds() {
+        let p = pool("10.88.0.0/30");
+        assert_eq!(p.gateway(), "10.88.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!((p.first(), p.last()), (2, 2));
+        assert!(Pool::new("10.88.0.0/31".parse().unwrap()).is_err());
+        assert!(Pool::new("fd00:88::/127".parse().unwrap()).is_err());
+        let p = pool("10.88.7.9/16");
+        assert_eq!(p.network().to_string(), "10.88.0.0/16");
+        assert!(p.check("10.88.0.0".parse().unwrap()).is_err());
+        assert!(p.check("10.88.0.1".parse().unwrap()).is_err());
+        assert!(p.check("10.88.255.255".parse().unwrap()).is_err());
+        assert!(p.check("10.89.0.2".parse().unwrap()).is_err());
+        assert!(p.check("fd00::2".parse().unwrap()).is_err());
+        assert!(p.check("10.88.255.254".parse().unwrap()).is_ok());
+        let p6 = pool("fd00:88::/64");
+        assert!(p6.check("fd00:88::ffff:ffff:ffff:ffff".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn record_round_trips_and_garbage_is_an_error_naming_the_file() {
+        let rec = Record {
+            name: "web".into(),
+            creator: Ident { pid: 7, start: 99 },
+            holder: Some(Ident { pid: 8, start: 100 }),
+            ipv4: Some("10.88.0.2".parse().unwrap()),
+            ipv6: None,
+            veth: "web-k3".into(),
+            persistent: false,
+        };
+        let p = Path::new("/x/sandbox/web");
+        assert_eq!(Record::decode(&rec.encode(), p).unwrap(), rec);
+        for bad in ["", "garbage", "name=web\ncreator=x\n", "\u{0}\u{1}=\n"] {
+            let err = Record::decode(bad, p).unwrap_err();
+            assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
+            assert!(err.to_string().contains("/x/sandbox/web"));
+        }
+        // Truncation anywhere never panics.
+        let text = rec.encode();
+        for cut in 0..text.len() {
+            let _ = Record::decode(&text[..cut], p);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn allocates_in_order_then_exhausts_then_reuses() {
+        let root = temp_root("order");
+        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        let p = pool("10.88.0.0/29"); // .2 ..= .6
+        let mut got = Vec::new();
+        for i in 0..5 {
+            got.push(store.allocate(&p, &format!("s{i}"), None).await.unwrap());
+        }
+        let want: Vec<IpAddr> = (2..=6).map(|i| format!("10.88.0.{i}").parse().unwrap()).collect();
+        assert_eq!(got, want);
+        let err = store.allocate(&p, "s5", None).await.unwrap_err();
+        assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
+        store.release(want[2], "s2").unwrap();
+        assert_eq!(store.allocate(&p, "s6", None).await.unwrap(), want[2]);
+        // Releasing with the wrong owner leaves the reservation alone.
+        store.release(want[0], "nobody").unwrap();
+        let err = store.allocate(&p, "s7", Some(want[0])).await.unwrap_err();
+        assert!(matches!(err, Error::AddressTaken { ref owner, .. } if owner == "s0"), "{err}");
+        assert_eq!(store.reservations().unwrap().len(), 5);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_threads_never_share_an_address() {
+        let root = temp_root("threads");
+        let store = std::sync::Arc::new(Store::open(&root, (1, 2), "br0").unwrap());
+        let p = pool("10.88.0.0/24");
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    (0..25)
+                        .map(|i| rt.block_on(store.allocate(&p, &format!("t{t}-{i}"), None)).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let all: Vec<IpAddr> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 200);
+        assert_eq!(distinct.len(), 200);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn duplicate_record_is_already_exists_and_symlinked_records_are_refused() {
+        let root = temp_root("rec");
+        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        let rec = Record {
+            name: "a".into(),
+            creator: Ident { pid: 1, start: 1 },
+            holder: None,
+            ipv4: None,
+            ipv6: None,
+            veth: "a-xx".into(),
+            persistent: true,
+        };
+        store.create_record(&rec).unwrap();
+        assert!(matches!(store.create_record(&rec), Err(Error::AlreadyExists { .. })));
+        assert_eq!(store.read_record("a").unwrap(), Some(rec));
+        std::os::unix::fs::symlink("/etc/passwd", store.dir().join("sandbox/evil")).unwrap();
+        assert!(matches!(store.read_record("evil"), Err(Error::StateCorrupt { .. })));
+        store.remove_record("a").unwrap();
+        store.remove_record("a").unwrap();
+        assert_eq!(store.read_record("a").unwrap(), None);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_state_dir_that_is_a_symlink_is_refused() {
+        let root = temp_root("symlink");
+        fs::create_dir_all(root.join("real")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
+        let err = Store::open(&root.join("link"), (1, 2), "br0").unwrap_err();
+        assert!(matches!(err, Error::StateCorrupt { .. }), "{err}");
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,77 @@
+//! Kubernetes-style pod network sandboxes, as a library.
+//!
+//! A **sandbox** is a network namespace kept alive by a tiny holder process
+//! (podnet's *pause*), wired by a veth pair to a Linux bridge, with a unique
+//! address from the network's pool. Any number of processes, threads and
+//! sockets **join** it and then share its `lo`, its address and its port
+//! space, while the sandbox's network identity outlives them until it is
+//! removed.
+//!
+//! ```
+//! use podnet::{Network, Phase};
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // A user and network namespace of our own: no root needed, and the
+//!     // machine's real network is never touched.
+//!     podnet::rootless::enter()?;
+//!     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+//!     rt.block_on(async {
+//!         let state = std::env::temp_dir().join(format!("podnet-doc-{}", std::process::id()));
+//!         let net = Network::builder("podnet0")
+//!             .subnet("10.88.0.0/16".parse()?)
+//!             .state_dir(&state)
+//!             .build()
+//!             .await?;
+//!
+//!         let pod = net.sandbox("web").create().await?; // holder + netns + veth + IP + routes
+//!         println!("{} {} gw {} holder {} {}", pod.name(), pod.ip(), pod.gateway(),
+//!                  pod.holder_pid(), pod.netns_path().display());
+//!         assert_eq!(pod.phase(), Phase::Running);
+//!
+//!         // A closure on a thread inside: the listener lives in the sandbox.
+//!         let listener = pod.run(|| std::net::TcpListener::bind("127.0.0.1:9000")).await??;
+//!         // A process inside reaches it over the sandbox's localhost.
+//!         let status = pod
+//!             .command("sh")
+//!             .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9000 2>/dev/null || true"])
+//!             .status()
+//!             .await?;
+//!         let _ = (status, listener.accept()?);
+//!         {
+//!             let _inside = pod.enter()?; // this thread is inside until the guard drops
+//!         }
+//!
+//!         pod.remove().await?; // holder, veth, address, state: gone
+//!         assert_eq!(pod.phase(), Phase::Succeeded);
+//!         net.remove().await?; // the bridge and the store
+//!         Ok(())
+//!     })
+//! }
+//! ```
+//!
+//! # Privilege
+//! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` over the host network
+//! namespace (the one holding the bridge): be root, run under
+//! `unshare --user --map-root-user --net`, or call [`rootless::enter`] first
+//! thing in `main`. Without one of these every entry point fails at once with
+//! [`Error::NotPermitted`], having changed nothing.
+//!
+//! # Runtime
+//! The API is async on tokio, with I/O enabled (`enable_all()` or
+//! `enable_io()`): a network owns a netlink connection task. Getters,
+//! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
+
+mod error;
+mod holder;
+mod ipam;
+mod link;
+mod netns;
+mod network;
+pub mod rootless;
+mod sandbox;
+
+pub use error::{Error, Result};
+pub use ipnetwork;
+pub use netns::Enter;
+pub use network::{Network, NetworkBuilder};
+pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder};

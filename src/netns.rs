@@ -1,0 +1,161 @@
+//! Namespace handles: the calling thread's namespace as an fd, a guard that
+//! moves the current thread into a sandbox and back, running a closure on a
+//! fresh thread inside, and joining a child process on exec.
+//!
+//! `setns(2)` changes the namespace of the calling *thread* only. So nothing
+//! here reads `/proc/self/ns/net` (the main thread's), work inside a sandbox
+//! runs on an OS thread that is never handed back to a pool while inside, and
+//! a guard that enters the current thread is `!Send` and restores the thread's
+//! own previous namespace on drop. A sandbox is named by its holder's pidfd,
+//! which `setns` accepts since Linux 5.8: no path, no PID-reuse race.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{open, OFlag};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::stat::{fstat, Mode};
+
+use crate::error::{Error, Result};
+
+const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
+
+/// The calling thread's network namespace.
+pub(crate) fn thread_netns() -> Result<OwnedFd> {
+    open(THREAD_NETNS, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|errno| Error::sys("open", THREAD_NETNS, errno))
+}
+
+/// The identity of a namespace: (device, inode) of its nsfs file.
+pub(crate) fn ns_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
+    let st = fstat(fd).map_err(|errno| Error::sys("fstat", "network namespace", errno))?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+thread_local! {
+    /// How many `Enter` guards are alive on this thread, to catch out-of-order drops.
+    static DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The current thread is inside a sandbox's network namespace while this
+/// guard lives; dropping it moves the thread back to where it was.
+///
+/// Made by [`Sandbox::enter`](crate::Sandbox::enter). The guard is `!Send`
+/// (it belongs to the thread it moved) and guards nest: drop them in the
+/// reverse order of creation.
+///
+/// Do not hold it across an `.await`: the task may resume on another thread,
+/// and the worker thread would stay inside. Use
+/// [`Sandbox::run`](crate::Sandbox::run) for work that is not a few lines.
+///
+/// # Panics
+/// Dropping guards out of order panics (after restoring the namespace this
+/// guard found). If the previous namespace cannot be restored, the process
+/// aborts: a thread left in the wrong namespace is worse than a crash.
+#[must_use = "the thread leaves the sandbox as soon as the guard is dropped"]
+#[derive(Debug)]
+pub struct Enter {
+    prev: OwnedFd,
+    depth: usize,
+    _not_send: PhantomData<*const ()>,
+}
+
+/// Move the current thread into the network namespace of `target` (a
+/// pidfd or a namespace fd). `what` names it for errors.
+pub(crate) fn enter(target: BorrowedFd<'_>, what: &str) -> Result<Enter> {
+    let prev = thread_netns()?;
+    setns(target, CloneFlags::CLONE_NEWNET).map_err(|errno| setns_error(what, errno))?;
+    let depth = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    Ok(Enter {
+        prev,
+        depth,
+        _not_send: PhantomData,
+    })
+}
+
+fn setns_error(what: &str, errno: Errno) -> Error {
+    Error::sys("enter network namespace of", what, errno)
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        if setns(self.prev.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
+            eprintln!("podnet: cannot restore a thread's network namespace; aborting");
+            std::process::abort();
+        }
+        let current = DEPTH.with(|d| {
+            let c = d.get();
+            d.set(c.saturating_sub(1));
+            c
+        });
+        if current != self.depth && !std::thread::panicking() {
+            panic!("podnet::Enter guards dropped out of order");
+        }
+    }
+}
+
+/// Run `f` on a new OS thread inside the namespace of `target`, and return
+/// its value. The thread ends with `f`, so it never goes back to a pool.
+///
+/// # Panics
+/// A panic in `f` is resumed in the caller.
+pub(crate) async fn run_inside<F, T>(target: Arc<OwnedFd>, what: String, f: F) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("podnet-run".into())
+        .spawn(move || {
+            let result = match setns(target.as_fd(), CloneFlags::CLONE_NEWNET) {
+                // The thread exits after `f`, so there is nothing to restore.
+                Ok(()) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))),
+                Err(errno) => Err(setns_error(&what, errno)),
+            };
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::io("start a thread for run()", "", e))?;
+    match rx.await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::sys("run closure", "thread vanished", Errno::ECHILD)),
+    }
+}
+
+/// Make `cmd`'s child join the network namespace of `target` between fork
+/// and exec. `target` is kept alive by the command.
+pub(crate) fn join_on_exec(cmd: &mut tokio::process::Command, target: Arc<OwnedFd>) {
+    let join = move || {
+        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+    };
+    // SAFETY: the closure runs in the forked child before exec; it only
+    // calls setns(2), which is async-signal-safe, on an fd that the closure
+    // itself keeps open; it does not allocate (the Arc is only borrowed) and
+    // takes no locks. std reports its error through its own errno pipe.
+    unsafe {
+        cmd.pre_exec(join);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_netns_identity_is_stable() {
+        let a = thread_netns().unwrap();
+        let b = thread_netns().unwrap();
+        assert_eq!(
+            ns_identity(a.as_fd()).unwrap(),
+            ns_identity(b.as_fd()).unwrap()
+        );
+    }
+}

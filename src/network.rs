@@ -1,0 +1,298 @@
+//! `Network`: the host namespace handle, its bridge, its address pools and
+//! their store; it makes sandboxes.
+//!
+//! The host is the network namespace of the thread that builds the network,
+//! captured as an fd at `build()`, with the netlink connection opened there.
+//! Nothing assumes other threads of the process are in that namespace.
+
+use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+
+use crate::error::{Error, Result};
+use crate::ipam::{Pool, Store};
+use crate::sandbox::SandboxBuilder;
+use crate::{link, netns, rootless};
+
+/// Longest interface name the kernel takes (IFNAMSIZ - 1).
+pub(crate) const IFNAMSIZ_MAX: usize = 15;
+
+/// A network: a Linux bridge in the host namespace with one IPv4 and/or one
+/// IPv6 pool, from which sandboxes get their addresses.
+///
+/// Cloning is cheap and gives another handle to the same network. The
+/// netlink connection lives until the last handle (and the last
+/// [`Sandbox`](crate::Sandbox) made from it) is dropped. Dropping a network
+/// removes nothing: the bridge, the gateway addresses and the sandboxes stay.
+///
+/// ```no_run
+/// # async fn f() -> podnet::Result<()> {
+/// let net = podnet::Network::builder("podnet0")
+///     .subnet("10.88.0.0/16".parse().unwrap())
+///     .subnet("fd00:88::/64".parse().unwrap())
+///     .build()
+///     .await?;
+/// assert_eq!(net.gateways().len(), 2);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub(crate) inner: Arc<NetInner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct NetInner {
+    pub bridge: String,
+    pub bridge_index: u32,
+    pub v4: Option<Pool>,
+    pub v6: Option<Pool>,
+    pub mtu: Option<u32>,
+    /// Two characters derived from the bridge name, suffixed to host-side
+    /// interface names so two networks in one namespace do not collide.
+    pub tag: String,
+    /// Names this network in holders' argv: `netns-<dev>-<ino>/<bridge>`.
+    pub key: String,
+    pub conn: link::Conn,
+    pub store: Store,
+    /// The host network namespace, as captured at build time.
+    #[allow(dead_code)] // port mappings and gc enter it
+    pub host_ns: OwnedFd,
+}
+
+/// Configures a [`Network`]; made by [`Network::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until .build().await"]
+pub struct NetworkBuilder {
+    bridge: String,
+    subnets: Vec<IpNetwork>,
+    state_dir: Option<PathBuf>,
+    mtu: Option<u32>,
+}
+
+impl Network {
+    /// Start configuring the network whose bridge is called `bridge`.
+    pub fn builder(bridge: impl Into<String>) -> NetworkBuilder {
+        NetworkBuilder {
+            bridge: bridge.into(),
+            subnets: Vec::new(),
+            state_dir: None,
+            mtu: None,
+        }
+    }
+
+    /// The bridge's name.
+    pub fn name(&self) -> &str {
+        &self.inner.bridge
+    }
+
+    /// The pools, IPv4 first.
+    pub fn subnets(&self) -> Vec<IpNetwork> {
+        self.pools().map(|p| p.network()).collect()
+    }
+
+    /// The gateway addresses on the bridge (the first address of each pool), IPv4 first.
+    pub fn gateways(&self) -> Vec<IpAddr> {
+        self.pools().map(|p| p.gateway()).collect()
+    }
+
+    fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.inner.v4.iter().chain(self.inner.v6.iter())
+    }
+
+    /// Remove the network: delete its bridge and its address store. Refused
+    /// while the store still has sandboxes (remove them first).
+    ///
+    /// # Errors
+    /// [`Error::Busy`] naming the sandboxes left; [`Error::Netlink`] or
+    /// [`Error::Io`] naming what could not be deleted.
+    ///
+    /// # Cancel safety
+    /// Idempotent: a cancelled remove can be run again.
+    pub async fn remove(self) -> Result<()> {
+        let inner = &self.inner;
+        let sandboxes = inner.store.sandbox_names()?;
+        if !sandboxes.is_empty() {
+            return Err(Error::Busy {
+                network: inner.bridge.clone(),
+                sandboxes,
+            });
+        }
+        let object = format!("bridge {:?}", inner.bridge);
+        link::delete_link(&inner.conn.handle, &inner.bridge, &object).await?;
+        inner.store.destroy()
+    }
+
+    /// Start configuring a sandbox called `name` on this network.
+    ///
+    /// `name` must be a DNS-1123 label (lowercase letters, digits and `-`,
+    /// starting and ending with a letter or digit) of at most 12 characters,
+    /// so the host end of its veth pair (`<name>-<2 chars>`) fits IFNAMSIZ.
+    /// It is checked by `create()`.
+    pub fn sandbox(&self, name: impl Into<String>) -> SandboxBuilder {
+        SandboxBuilder::new(self.inner.clone(), name.into())
+    }
+}
+
+impl NetworkBuilder {
+    /// Add an address pool: one IPv4 and/or one IPv6 network. The first
+    /// address is the gateway (on the bridge); sandboxes get the others.
+    pub fn subnet(mut self, subnet: IpNetwork) -> Self {
+        self.subnets.push(subnet);
+        self
+    }
+
+    /// Keep the address store under `dir` instead of the default
+    /// (`/run/podnet` as root, else `$XDG_RUNTIME_DIR/podnet`, else
+    /// `/tmp/podnet-<uid>`). It is made 0700 if missing and must belong to us.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// MTU of the bridge and, unless a sandbox says otherwise, of every veth.
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+
+    /// Validate, then make sure the bridge exists and is up with the gateway
+    /// addresses, and open the address store.
+    ///
+    /// The calling thread's network namespace becomes the host of this
+    /// network. A bridge of that name is reused if it exists (it is then
+    /// left as it is, but for being set up); a link of another kind under
+    /// that name is refused.
+    ///
+    /// # Errors
+    /// [`Error::InvalidName`], [`Error::InvalidConfig`] for bad input, before
+    /// anything is made; [`Error::NotPermitted`] without privilege;
+    /// [`Error::NotABridge`]; [`Error::Netlink`] or [`Error::Io`] naming what failed.
+    ///
+    /// # Cancel safety
+    /// Each step is idempotent: a cancelled build can be run again.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with I/O enabled.
+    pub async fn build(self) -> Result<Network> {
+        validate_ifname("bridge", &self.bridge)?;
+        let (mut v4, mut v6) = (None, None);
+        for subnet in &self.subnets {
+            let slot = if subnet.is_ipv4() { &mut v4 } else { &mut v6 };
+            if slot.is_some() {
+                return Err(Error::InvalidConfig {
+                    reason: format!("more than one {} pool", if subnet.is_ipv4() { "IPv4" } else { "IPv6" }),
+                });
+            }
+            *slot = Some(Pool::new(*subnet)?);
+        }
+        if v4.is_none() && v6.is_none() {
+            return Err(Error::InvalidConfig {
+                reason: format!("network {:?} has no subnet: call .subnet()", self.bridge),
+            });
+        }
+        if let Some(mtu) = self.mtu {
+            check_mtu(mtu)?;
+        }
+        rootless::check_privilege(&format!("build network {:?}", self.bridge))?;
+
+        let host_ns = netns::thread_netns()?;
+        let host_id = netns::ns_identity(host_ns.as_fd())?;
+        let root = self.state_dir.unwrap_or_else(crate::ipam::default_root);
+        let store = Store::open(&root, host_id, &self.bridge)?;
+        let conn = link::connect()?;
+        let bridge_index = link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
+        for pool in v4.iter().chain(v6.iter()) {
+            let object = format!("bridge {:?}", self.bridge);
+            link::ensure_address(&conn.handle, bridge_index, pool.gateway(), pool.prefix(), &object).await?;
+        }
+        let tag = tag(&self.bridge);
+        Ok(Network {
+            inner: Arc::new(NetInner {
+                key: format!("netns-{}-{}/{}", host_id.0, host_id.1, self.bridge),
+                bridge: self.bridge,
+                bridge_index,
+                v4,
+                v6,
+                mtu: self.mtu,
+                tag,
+                conn,
+                store,
+                host_ns,
+            }),
+        })
+    }
+}
+
+pub(crate) fn check_mtu(mtu: u32) -> Result<()> {
+    if (68..=65535).contains(&mtu) {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig {
+            reason: format!("MTU {mtu} is outside 68..=65535"),
+        })
+    }
+}
+
+/// Check an interface name the way the kernel's `dev_valid_name` does.
+pub(crate) fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > IFNAMSIZ_MAX {
+        format!("it is longer than {IFNAMSIZ_MAX} bytes (IFNAMSIZ)")
+    } else if name == "." || name == ".." {
+        "it is . or ..".to_owned()
+    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+        "it holds '/', ':', a space or a control character".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what,
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// 64-bit FNV-1a: a stable hash for derived names (not for security).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Two base-36 characters derived from the bridge name.
+fn tag(bridge: &str) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let h = fnv1a(bridge.as_bytes());
+    // Both indexes are < 36.
+    #[allow(clippy::cast_possible_truncation)]
+    let (a, b) = ((h % 36) as usize, ((h / 36) % 36) as usize);
+    [DIGITS[a] as char, DIGITS[b] as char].iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifnames_follow_the_kernel_rules() {
+        assert!(validate_ifname("bridge", "podnet0").is_ok());
+        assert!(validate_ifname("bridge", "a23456789012345").is_ok());
+        for bad in ["", "a234567890123456", ".", "..", "a/b", "a:b", "a b"] {
+            assert!(
+                matches!(validate_ifname("bridge", bad), Err(Error::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tags_are_stable_and_short() {
+        assert_eq!(tag("podnet0"), tag("podnet0"));
+        assert_eq!(tag("podnet0").len(), 2);
+        assert_ne!(tag("podnet0"), tag("podnet1"));
+    }
+}

@@ -1,0 +1,827 @@
+//! `Sandbox`: making one (holder, veth, address, routes), joining it
+//! (commands, closures on a thread, a guard for the current thread), its
+//! phase, and removing it.
+//!
+//! Data flows one way: the network's store gives an address, the holder
+//! gives a namespace, `link` wires it. `create()` keeps an undo list and
+//! unwinds it when a step fails; a cancelled `create()` unwinds what can be
+//! undone without awaiting (the holder is killed, whereupon the kernel
+//! deletes its veth pair with its namespace; the address is released).
+
+use std::ffi::OsStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::unistd::getpid;
+
+use crate::error::{Error, Result};
+use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
+use crate::ipam::{Ident, Record};
+use crate::link::{self, Inside, Veth};
+use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
+use crate::netns::{self, Enter};
+use crate::rootless;
+
+/// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Being made.
+    Pending,
+    /// The holder is alive: the sandbox can be joined.
+    Running,
+    /// Removed on request.
+    Succeeded,
+    /// The holder died. A failed sandbox is never resurrected: remove it and
+    /// create a new one.
+    Failed,
+    /// The state cannot be determined.
+    Unknown,
+}
+
+/// Configures a sandbox; made by [`Network::sandbox`](crate::Network::sandbox).
+#[derive(Debug)]
+#[must_use = "a builder does nothing until .create().await"]
+pub struct SandboxBuilder {
+    net: Arc<NetInner>,
+    name: String,
+    ips: Vec<IpAddr>,
+    mtu: Option<u32>,
+    persistent: bool,
+    remove_on_drop: bool,
+}
+
+/// A pod network sandbox: a network namespace held by a holder process,
+/// wired to the network's bridge, with its own address(es).
+///
+/// Processes join it with [`command`](Sandbox::command), closures with
+/// [`run`](Sandbox::run), the current thread with [`enter`](Sandbox::enter).
+/// Everything that joins shares its `lo`, its addresses and its port space.
+///
+/// # Drop
+/// Dropping a `Sandbox` removes nothing and never blocks: the holder, the
+/// veth and the address stay until [`remove`](Sandbox::remove) (runtimes
+/// keep sandboxes beyond the life of a handle). Unless the sandbox was made
+/// [`persistent`](SandboxBuilder::persistent), the holder dies with the
+/// process that created it, which takes the namespace and the veth pair with
+/// it. Test harnesses that want a sandbox cleaned up even when a test panics
+/// ask for [`remove_on_drop`](SandboxBuilder::remove_on_drop).
+#[derive(Debug)]
+pub struct Sandbox {
+    inner: Arc<SbInner>,
+    remove_on_drop: bool,
+}
+
+#[derive(Debug)]
+struct SbInner {
+    net: Arc<NetInner>,
+    name: String,
+    ipv4: Option<Ipv4Addr>,
+    ipv6: Option<Ipv6Addr>,
+    veth: String,
+    holder: Holder,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Running,
+    Failed(Exit),
+    Removed,
+}
+
+impl SandboxBuilder {
+    pub(crate) fn new(net: Arc<NetInner>, name: String) -> SandboxBuilder {
+        SandboxBuilder {
+            net,
+            name,
+            ips: Vec::new(),
+            mtu: None,
+            persistent: false,
+            remove_on_drop: false,
+        }
+    }
+
+    /// Ask for this address instead of the next free one (at most one per
+    /// address family). It must be in the network's pool and free.
+    pub fn ip(mut self, addr: IpAddr) -> Self {
+        self.ips.push(addr);
+        self
+    }
+
+    /// MTU of the veth pair (default: the network's, else the kernel's).
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
+        self
+    }
+
+    /// Whether the holder outlives the process that created the sandbox
+    /// (default `false`: it is killed, through `PR_SET_PDEATHSIG`, when that
+    /// process exits). A persistent sandbox stays until it is removed.
+    pub fn persistent(mut self, persistent: bool) -> Self {
+        self.persistent = persistent;
+        self
+    }
+
+    /// Remove the sandbox when its handle is dropped, also while a panic
+    /// unwinds: the holder is killed and the address and state released at
+    /// once; deleting the veth is left to a task on the current runtime, or
+    /// to the kernel, which deletes it with the namespace.
+    pub fn remove_on_drop(mut self, remove: bool) -> Self {
+        self.remove_on_drop = remove;
+        self
+    }
+
+    fn validate(&self) -> Result<(String, Option<IpAddr>, Option<IpAddr>)> {
+        validate_name(&self.name)?;
+        let veth = format!("{}-{}", self.name, self.net.tag);
+        debug_assert!(veth.len() <= IFNAMSIZ_MAX);
+        let (mut want4, mut want6) = (None, None);
+        for ip in &self.ips {
+            let (slot, pool) = match ip {
+                IpAddr::V4(_) => (&mut want4, self.net.v4.as_ref()),
+                IpAddr::V6(_) => (&mut want6, self.net.v6.as_ref()),
+            };
+            let Some(pool) = pool else {
+                return Err(Error::InvalidConfig {
+                    reason: format!("address {ip}: network {:?} has no pool of that family", self.net.bridge),
+                });
+            };
+            pool.check(*ip)?;
+            if slot.replace(*ip).is_some() {
+                return Err(Error::InvalidConfig {
+                    reason: format!("more than one address of the family of {ip}"),
+                });
+            }
+        }
+        if let Some(mtu) = self.mtu {
+            check_mtu(mtu)?;
+        }
+        Ok((veth, want4, want6))
+    }
+
+    /// Make the sandbox: a holder with a fresh network namespace, a veth
+    /// pair from its `eth0` to the bridge, an address from each pool (or the
+    /// requested one), `lo` and `eth0` up, default routes via the gateways.
+    /// Returns once the sandbox is Running and reachable.
+    ///
+    /// # Errors
+    /// Bad input changes nothing: [`Error::InvalidName`], [`Error::InvalidConfig`],
+    /// [`Error::AddressNotInPool`], [`Error::AddressTaken`],
+    /// [`Error::AlreadyExists`] (a sandbox of that name, or a link with its
+    /// veth name). [`Error::PoolExhausted`], [`Error::NotPermitted`]. A
+    /// failure part-way ([`Error::Netlink`], [`Error::Sys`], [`Error::Io`]
+    /// naming the step) undoes what was made before it is returned.
+    ///
+    /// # Cancel safety
+    /// Dropping the future part-way kills the holder (the kernel then
+    /// deletes the veth with its namespace) and releases the address and the
+    /// record. Only if the process dies meanwhile is anything left, and
+    /// then the record names it for gc.
+    pub async fn create(self) -> Result<Sandbox> {
+        let (veth, _, _) = self.validate()?;
+        rootless::check_privilege(&format!("create sandbox {:?}", self.name))?;
+        let net = self.net.clone();
+        let mut record = Record {
+            name: self.name.clone(),
+            creator: creator()?,
+            holder: None,
+            ipv4: None,
+            ipv6: None,
+            veth: veth.clone(),
+            persistent: self.persistent,
+        };
+        net.store.create_record(&record)?;
+        let mut undo = Undo {
+            net: net.clone(),
+            name: self.name.clone(),
+            veth: None,
+            ips: Vec::new(),
+            holder: None,
+            armed: true,
+        };
+        match self.build(&mut undo, &mut record).await {
+            Ok(()) => {
+                undo.armed = false;
+                let holder = undo.holder.take().ok_or_else(|| Error::sys("create", "holder", Errno::EINVAL))?;
+                Ok(Sandbox {
+                    inner: Arc::new(SbInner {
+                        net,
+                        name: self.name,
+                        ipv4: record.ipv4,
+                        ipv6: record.ipv6,
+                        veth,
+                        holder,
+                        state: Mutex::new(State::Running),
+                    }),
+                    remove_on_drop: self.remove_on_drop,
+                })
+            }
+            Err(e) => {
+                undo.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(&self, undo: &mut Undo, record: &mut Record) -> Result<()> {
+        let net = &self.net;
+        let name = &self.name;
+        let (_, want4, want6) = self.validate()?;
+        if let Some(pool) = &net.v4 {
+            let addr = net.store.allocate(pool, name, want4).await?;
+            undo.ips.push(addr);
+            record.ipv4 = match addr {
+                IpAddr::V4(a) => Some(a),
+                IpAddr::V6(_) => None,
+            };
+        }
+        if let Some(pool) = &net.v6 {
+            let addr = net.store.allocate(pool, name, want6).await?;
+            undo.ips.push(addr);
+            record.ipv6 = match addr {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            };
+        }
+        let holder = holder::spawn(HolderSpec {
+            argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
+            namespaces: CloneFlags::CLONE_NEWNET,
+            die_with_creator: !self.persistent,
+        })
+        .await?;
+        let holder_pid = holder.pid();
+        let holder_ident = Ident {
+            pid: holder_pid.as_raw(),
+            start: holder.start_time(),
+        };
+        let pidfd = holder.pidfd().clone();
+        undo.holder = Some(holder);
+
+        link::create_veth(
+            &net.conn.handle,
+            &Veth {
+                host: &record.veth,
+                bridge: net.bridge_index,
+                holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
+                mtu: self.mtu.or(net.mtu),
+                sandbox: name,
+            },
+        )
+        .await?;
+        undo.veth = Some(record.veth.clone());
+
+        // A netlink socket is bound to the namespace it is made in: make one
+        // inside, on this thread, without yielding while inside.
+        let socket = {
+            let _inside = netns::enter(pidfd.as_fd(), &format!("sandbox {name:?}"))?;
+            link::socket_here()?
+        };
+        let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
+            let gw = match pool.gateway() {
+                IpAddr::V4(g) => g,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            };
+            (a, pool.prefix(), gw)
+        });
+        let v6 = net.v6.as_ref().zip(record.ipv6).map(|(pool, a)| {
+            let gw = match pool.gateway() {
+                IpAddr::V6(g) => g,
+                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+            };
+            (a, pool.prefix(), gw)
+        });
+        link::configure_inside(
+            socket,
+            &Inside {
+                ipv4: v4,
+                ipv6: v6,
+                sandbox: name,
+            },
+        )
+        .await?;
+        record.holder = Some(holder_ident);
+        net.store.update_record(record)
+    }
+}
+
+/// What `create()` has made so far, and how to unmake it.
+struct Undo {
+    net: Arc<NetInner>,
+    name: String,
+    veth: Option<String>,
+    ips: Vec<IpAddr>,
+    holder: Option<Holder>,
+    armed: bool,
+}
+
+impl Undo {
+    /// Undo everything, awaiting the veth's deletion so the host is as it
+    /// was when this returns. Errors are dropped: the caller reports the
+    /// failure that made us roll back.
+    async fn rollback(mut self) {
+        if let Some(veth) = self.veth.take() {
+            let _ = link::delete_link(&self.net.conn.handle, &veth, "").await;
+        }
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait().await;
+        }
+        self.release_sync();
+    }
+
+    fn release_sync(&mut self) {
+        if let Some(holder) = self.holder.take() {
+            let _ = holder.kill();
+        }
+        for ip in self.ips.drain(..) {
+            let _ = self.net.store.release(ip, &self.name);
+        }
+        let _ = self.net.store.remove_record(&self.name);
+        self.armed = false;
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        // Reached armed only when create() was cancelled mid-way.
+        if self.armed {
+            self.release_sync();
+        }
+    }
+}
+
+/// The identity of this process, for records.
+fn creator() -> Result<Ident> {
+    static ME: OnceLock<(i32, u64)> = OnceLock::new();
+    let pid = getpid();
+    let (p, start) = *ME.get_or_init(|| (pid.as_raw(), holder::proc_start_time(pid).unwrap_or(0)));
+    if p == pid.as_raw() {
+        return Ok(Ident { pid: p, start });
+    }
+    // Forked since: ask again.
+    Ok(Ident {
+        pid: pid.as_raw(),
+        start: holder::proc_start_time(pid).unwrap_or(0),
+    })
+}
+
+/// A sandbox name is a DNS-1123 label short enough that `<name>-xx` fits
+/// IFNAMSIZ.
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let max = IFNAMSIZ_MAX - 3;
+    let reason = if name.is_empty() {
+        "it is empty".to_owned()
+    } else if name.len() > max {
+        format!("it is longer than {max} characters, so its interface name would not fit IFNAMSIZ")
+    } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        "it is not a DNS-1123 label: only a-z, 0-9 and '-' are allowed".to_owned()
+    } else if name.starts_with('-') || name.ends_with('-') {
+        "it is not a DNS-1123 label: it must start and end with a letter or digit".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        what: "sandbox",
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+impl Sandbox {
+    /// The sandbox's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its address: the IPv4 one if the network has an IPv4 pool, else the IPv6 one.
+    pub fn ip(&self) -> IpAddr {
+        self.inner
+            .ipv4
+            .map(IpAddr::V4)
+            .or(self.inner.ipv6.map(IpAddr::V6))
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+
+    /// Its IPv4 address, if the network has an IPv4 pool.
+    pub fn ipv4(&self) -> Option<Ipv4Addr> {
+        self.inner.ipv4
+    }
+
+    /// Its IPv6 address, if the network has an IPv6 pool.
+    pub fn ipv6(&self) -> Option<Ipv6Addr> {
+        self.inner.ipv6
+    }
+
+    /// The gateway of [`ip`](Sandbox::ip): the bridge's address in that pool.
+    pub fn gateway(&self) -> IpAddr {
+        let net = &self.inner.net;
+        match self.ip() {
+            IpAddr::V4(_) => net.v4.as_ref(),
+            IpAddr::V6(_) => net.v6.as_ref(),
+        }
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.gateway())
+    }
+
+    /// The host end of its veth pair (`<name>-<2 chars>`, on the bridge).
+    pub fn host_interface(&self) -> &str {
+        &self.inner.veth
+    }
+
+    /// PID of the holder process.
+    pub fn holder_pid(&self) -> u32 {
+        u32::try_from(self.inner.holder.pid().as_raw()).unwrap_or(0)
+    }
+
+    /// A path to its network namespace, for tools that take one
+    /// (`nsenter --net=PATH`, `ip netns attach`). Valid while the holder lives.
+    pub fn netns_path(&self) -> std::path::PathBuf {
+        format!("/proc/{}/ns/net", self.inner.holder.pid()).into()
+    }
+
+    /// Where the sandbox is in its life. Never blocks: a holder that has
+    /// died is seen at once (its pidfd is polled) and the phase is then
+    /// Failed for good.
+    pub fn phase(&self) -> Phase {
+        self.inner.phase()
+    }
+
+    /// Wait until the sandbox leaves Running: its holder died (Failed) or it
+    /// was removed (Succeeded). Returns the phase it reached.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait(&self) -> Phase {
+        match self.inner.holder.wait().await {
+            Ok(exit) => self.inner.record_exit(exit),
+            Err(_) => Phase::Unknown,
+        }
+    }
+
+    /// Move the current thread into the sandbox until the guard is dropped.
+    ///
+    /// Everything the thread does meanwhile (binding sockets, connecting)
+    /// happens inside; sockets made inside stay inside when the thread
+    /// leaves, and can be used from anywhere.
+    ///
+    /// ```no_run
+    /// # fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
+    /// let listener = {
+    ///     let _inside = pod.enter()?;
+    ///     std::net::TcpListener::bind("127.0.0.1:8080").unwrap()
+    /// }; // the thread is back; the listener stays in the sandbox
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::HolderDied`] if the sandbox has Failed; [`Error::NotFound`]
+    /// once removed; [`Error::NotPermitted`].
+    pub fn enter(&self) -> Result<Enter> {
+        self.inner.check_alive()?;
+        netns::enter(self.inner.holder.pidfd().as_fd(), &format!("sandbox {:?}", self.inner.name))
+            .map_err(|e| self.inner.holder_error(e))
+    }
+
+    /// Run `f` on a new OS thread inside the sandbox and return its value.
+    ///
+    /// The thread exists only for `f`. What `f` makes inside (a listening
+    /// socket, a connection) is returned and usable from any thread.
+    ///
+    /// ```no_run
+    /// # async fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
+    /// let listener = pod.run(|| std::net::TcpListener::bind("0.0.0.0:9000")).await?.unwrap();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`enter`](Sandbox::enter).
+    ///
+    /// # Panics
+    /// A panic in `f` is resumed in the caller.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not stop `f`; its value is then dropped.
+    pub async fn run<F, T>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.inner.check_alive()?;
+        netns::run_inside(self.inner.holder.pidfd().clone(), format!("sandbox {:?}", self.inner.name), f)
+            .await
+            .map_err(|e| self.inner.holder_error(e))
+    }
+
+    /// A command whose process joins the sandbox: a
+    /// [`tokio::process::Command`] that calls `setns(2)` between fork and
+    /// exec.
+    ///
+    /// ```no_run
+    /// # async fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
+    /// let out = pod.command("cat").arg("/proc/net/dev").output().await?;
+    /// assert!(String::from_utf8_lossy(&out.stdout).contains("eth0"));
+    /// # Ok(()) }
+    /// ```
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let program_name = program.as_ref().to_string_lossy().into_owned();
+        let mut inner = tokio::process::Command::new(program);
+        netns::join_on_exec(&mut inner, self.inner.holder.pidfd().clone());
+        Command {
+            inner,
+            program: program_name,
+            sandbox: self.inner.clone(),
+        }
+    }
+
+    /// Remove the sandbox: delete the veth pair, stop the holder, release the
+    /// address(es) and the state. Idempotent, and fine on a Failed sandbox.
+    ///
+    /// Processes that joined the sandbox are not killed; they are left with
+    /// a namespace that has only `lo`.
+    ///
+    /// # Errors
+    /// Every step is attempted; if any fails, [`Error::Multiple`] lists them
+    /// all and the sandbox stays as it was for the steps that failed (call
+    /// `remove` again). Objects already gone count as removed.
+    ///
+    /// # Cancel safety
+    /// Each step is idempotent: a cancelled remove can be run again.
+    pub async fn remove(&self) -> Result<()> {
+        self.inner.remove().await
+    }
+}
+
+impl SbInner {
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn phase(&self) -> Phase {
+        let state = *self.lock_state();
+        match state {
+            State::Removed => Phase::Succeeded,
+            State::Failed(_) => Phase::Failed,
+            State::Running => match self.holder.try_exit() {
+                Ok(None) => Phase::Running,
+                Ok(Some(exit)) => self.record_exit(exit),
+                Err(_) => Phase::Unknown,
+            },
+        }
+    }
+
+    /// The holder ended with `exit`: the sandbox has Failed, unless it was
+    /// removed on purpose.
+    fn record_exit(&self, exit: Exit) -> Phase {
+        let mut state = self.lock_state();
+        match *state {
+            State::Removed => Phase::Succeeded,
+            State::Failed(_) => Phase::Failed,
+            State::Running => {
+                *state = State::Failed(exit);
+                Phase::Failed
+            }
+        }
+    }
+
+    /// An error from joining: if the holder is gone, say so.
+    fn holder_error(&self, e: Error) -> Error {
+        if e.errno() == Some(Errno::ESRCH) || self.phase() == Phase::Failed {
+            let status = match *self.lock_state() {
+                State::Failed(exit) => exit.to_string(),
+                _ => "gone".into(),
+            };
+            return Error::HolderDied {
+                sandbox: self.name.clone(),
+                status,
+            };
+        }
+        e
+    }
+
+    async fn remove(&self) -> Result<()> {
+        if *self.lock_state() == State::Removed {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
+        if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
+            errors.push(e);
+        }
+        match self.holder.kill() {
+            Ok(()) => match self.holder.wait().await {
+                Ok(exit) => {
+                    self.record_exit(exit);
+                }
+                Err(e) => errors.push(e),
+            },
+            Err(e) => errors.push(e),
+        }
+        errors.extend(self.release_state().err());
+        if errors.is_empty() {
+            *self.lock_state() = State::Removed;
+            Ok(())
+        } else {
+            Err(Error::Multiple {
+                op: format!("remove sandbox {:?}", self.name),
+                errors,
+            })
+        }
+    }
+
+    /// Release the address(es) and the record; synchronous and quick.
+    fn release_state(&self) -> Result<()> {
+        let store = &self.net.store;
+        let ips = self.ipv4.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6));
+        let mut errors: Vec<Error> = ips.filter_map(|ip| store.release(ip, &self.name).err()).collect();
+        errors.extend(store.remove_record(&self.name).err());
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(Error::Multiple {
+                op: format!("release state of sandbox {:?}", self.name),
+                errors,
+            }),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if !self.remove_on_drop || *self.inner.lock_state() == State::Removed {
+            return;
+        }
+        // Nothing here may block: kill, release the files, and leave the
+        // veth's deletion (an await) to a task if there is a runtime.
+        let _ = self.inner.holder.kill();
+        let _ = self.inner.release_state();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let inner = self.inner.clone();
+                rt.spawn(async move { inner.remove().await });
+            }
+            Err(_) => *self.inner.lock_state() = State::Removed,
+        }
+    }
+}
+
+/// A [`tokio::process::Command`] whose child joins a sandbox; made by
+/// [`Sandbox::command`]. The methods mirror tokio's; [`inner_mut`](Command::inner_mut)
+/// reaches the rest.
+#[derive(Debug)]
+pub struct Command {
+    inner: tokio::process::Command,
+    program: String,
+    sandbox: Arc<SbInner>,
+}
+
+impl Command {
+    /// Add an argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Self {
+        self.inner.arg(arg);
+        self
+    }
+
+    /// Add arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.inner.args(args);
+        self
+    }
+
+    /// Set an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, val: impl AsRef<OsStr>) -> &mut Self {
+        self.inner.env(key, val);
+        self
+    }
+
+    /// Set environment variables.
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.inner.envs(vars);
+        self
+    }
+
+    /// Remove an environment variable.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Self {
+        self.inner.env_remove(key);
+        self
+    }
+
+    /// Start from an empty environment.
+    pub fn env_clear(&mut self) -> &mut Self {
+        self.inner.env_clear();
+        self
+    }
+
+    /// Working directory of the child.
+    pub fn current_dir(&mut self, dir: impl AsRef<Path>) -> &mut Self {
+        self.inner.current_dir(dir);
+        self
+    }
+
+    /// The child's stdin.
+    pub fn stdin(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.inner.stdin(cfg);
+        self
+    }
+
+    /// The child's stdout.
+    pub fn stdout(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.inner.stdout(cfg);
+        self
+    }
+
+    /// The child's stderr.
+    pub fn stderr(&mut self, cfg: impl Into<Stdio>) -> &mut Self {
+        self.inner.stderr(cfg);
+        self
+    }
+
+    /// Kill the child when its [`tokio::process::Child`] is dropped.
+    pub fn kill_on_drop(&mut self, kill: bool) -> &mut Self {
+        self.inner.kill_on_drop(kill);
+        self
+    }
+
+    /// The wrapped tokio command, for everything else (uid, gid, process
+    /// group, more `pre_exec` hooks, which run after the sandbox is joined).
+    pub fn inner_mut(&mut self) -> &mut tokio::process::Command {
+        &mut self.inner
+    }
+
+    fn spawn_error(&self, e: std::io::Error) -> Error {
+        let e = Error::io("spawn in sandbox", &self.program, e);
+        self.sandbox.holder_error(e)
+    }
+
+    /// Start the child inside the sandbox.
+    ///
+    /// # Errors
+    /// [`Error::HolderDied`] if the sandbox has Failed; [`Error::Io`] naming
+    /// the program if it cannot be started.
+    pub fn spawn(&mut self) -> Result<tokio::process::Child> {
+        self.sandbox.check_alive()?;
+        self.inner.spawn().map_err(|e| self.spawn_error(e))
+    }
+
+    /// Run the child to completion, collecting its output.
+    ///
+    /// # Errors
+    /// As [`spawn`](Command::spawn).
+    pub async fn output(&mut self) -> Result<Output> {
+        self.sandbox.check_alive()?;
+        self.inner.output().await.map_err(|e| self.spawn_error(e))
+    }
+
+    /// Run the child to completion and return its exit status.
+    ///
+    /// # Errors
+    /// As [`spawn`](Command::spawn).
+    pub async fn status(&mut self) -> Result<ExitStatus> {
+        self.sandbox.check_alive()?;
+        self.inner.status().await.map_err(|e| self.spawn_error(e))
+    }
+}
+
+impl SbInner {
+    fn check_alive(&self) -> Result<()> {
+        match self.phase() {
+            Phase::Failed => Err(self.holder_error(Error::sys("join", &self.name, Errno::ESRCH))),
+            Phase::Succeeded => Err(Error::NotFound {
+                what: "sandbox",
+                name: self.name.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_1123_labels_that_fit_ifnamsiz() {
+        for ok in ["web", "a", "pod-1", "0a", "abcdefghijkl"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "Web", "-a", "a-", "a_b", "a.b", "abcdefghijklm", "é"] {
+            assert!(
+                matches!(validate_name(bad), Err(Error::InvalidName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Every networking test runs through [`in_netns`]: a new thread, a new
+//! network namespace for it, `lo` up, a current-thread runtime and a
+//! temporary state directory. Tests therefore run in parallel, never
+//! collide, and never touch the machine's real network.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use nix::sched::{unshare, CloneFlags};
+use rtnetlink::{Handle, LinkUnspec};
+
+/// What a test body gets.
+pub struct Ctx {
+    /// A state directory of its own (removed after the test; the test
+    /// asserts it is empty of files first).
+    pub state: PathBuf,
+    /// A netlink handle in the test's namespace, for checking.
+    pub nl: Handle,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Run `body` in a fresh network namespace on a thread of its own. Skips
+/// (printing why) when namespaces cannot be made, unless
+/// `PODNET_REQUIRE_PRIV=1`, which turns the skip into a failure.
+pub fn in_netns<F, Fut>(body: F)
+where
+    F: FnOnce(Ctx) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let thread = std::thread::spawn(move || {
+        if let Err(errno) = unshare(CloneFlags::CLONE_NEWNET) {
+            let why = format!("cannot unshare a network namespace ({errno}): run as root or under `unshare --user --map-root-user`");
+            if std::env::var("PODNET_REQUIRE_PRIV").as_deref() == Ok("1") {
+                panic!("PODNET_REQUIRE_PRIV=1 but {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let state = std::env::temp_dir().join(format!(
+            "podnet-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _cleanup = RemoveDir(state.clone());
+        rt.block_on(async move {
+            let (conn, nl, _) = rtnetlink::new_connection().expect("netlink");
+            tokio::spawn(conn);
+            nl.link()
+                .set(LinkUnspec::new_with_index(1).up().build())
+                .execute()
+                .await
+                .expect("lo up");
+            body(Ctx { state, nl }).await;
+        });
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file (not directory) under `dir`.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => out.extend(files_under(&p)),
+            Ok(_) => out.push(p),
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+fn link_name(l: &LinkMessage) -> String {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Names of all links in the test's namespace.
+pub async fn links(nl: &Handle) -> BTreeSet<String> {
+    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
+    all.iter().map(link_name).collect()
+}
+
+/// Names of the ports of bridge `bridge`.
+pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
+    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
+    let Some(index) = all
+        .iter()
+        .find(|l| link_name(l) == bridge)
+        .map(|l| l.header.index)
+    else {
+        return BTreeSet::new();
+    };
+    all.iter()
+        .filter(|l| l.attributes.contains(&LinkAttribute::Controller(index)))
+        .map(link_name)
+        .collect()
+}
+
+/// All (ifindex, address) pairs in the test's namespace.
+pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
+    let all: Vec<_> = nl.address().get().execute().try_collect().await.expect("dump addresses");
+    all.iter()
+        .flat_map(|m| {
+            m.attributes.iter().filter_map(move |a| match a {
+                AddressAttribute::Address(ip) => Some((m.header.index, *ip)),
+                _ => None,
+            })
+        })
+        .collect()
+}
+
+/// Links and addresses: what "nothing changed" compares.
+pub async fn snapshot(nl: &Handle) -> (BTreeSet<String>, BTreeSet<(u32, IpAddr)>) {
+    (links(nl).await, addresses(nl).await)
+}
