@@ -52,8 +52,9 @@ thread_local! {
 /// [`Sandbox::run`](crate::Sandbox::run) for work that is not a few lines.
 ///
 /// # Panics
-/// Dropping guards out of order panics (after restoring the namespace this
-/// guard found). If the previous namespace cannot be restored, the process
+/// Dropping a guard while a guard made after it is alive panics, after
+/// restoring the namespace this guard found (the later guards then do
+/// nothing when dropped). If the previous namespace cannot be restored, the process
 /// aborts: a thread left in the wrong namespace is worse than a crash.
 #[must_use = "the thread leaves the sandbox as soon as the guard is dropped"]
 #[derive(Debug)]
@@ -85,17 +86,19 @@ fn setns_error(what: &str, errno: Errno) -> Error {
 
 impl Drop for Enter {
     fn drop(&mut self) {
+        let current = DEPTH.with(Cell::get);
+        if self.depth > current {
+            // An outer guard was dropped first and already restored the
+            // namespace from before it, which is also from before us.
+            return;
+        }
         if setns(self.prev.as_fd(), CloneFlags::CLONE_NEWNET).is_err() {
             eprintln!("podnet: cannot restore a thread's network namespace; aborting");
             std::process::abort();
         }
-        let current = DEPTH.with(|d| {
-            let c = d.get();
-            d.set(c.saturating_sub(1));
-            c
-        });
-        if current != self.depth && !std::thread::panicking() {
-            panic!("podnet::Enter guards dropped out of order");
+        DEPTH.with(|d| d.set(self.depth - 1));
+        if self.depth < current && !std::thread::panicking() {
+            panic!("podnet::Enter guards dropped out of order (the thread is back where the outer one found it)");
         }
     }
 }

@@ -1,12 +1,17 @@
-//! The sandbox core, end to end, each test in a namespace of its own.
+//! The sandbox core, end to end, each test in a network namespace of its own
+//! (see `common::in_netns`). Members are real processes (`bash`, `cat`) and
+//! threads; checks use our own netlink dumps.
 
 mod common;
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
+use std::time::Duration;
 
-use common::{in_netns, ports, Ctx};
-use podnet::{Network, Phase};
+use common::{files_under, in_netns, ports, snapshot, Ctx};
+use futures::future::join_all;
+use podnet::{Error, Network, Phase};
 
 async fn network(ctx: &Ctx, bridge: &str) -> Network {
     Network::builder(bridge)
@@ -17,21 +22,539 @@ async fn network(ctx: &Ctx, bridge: &str) -> Network {
         .expect("build network")
 }
 
+/// Accept one connection and read it to the end.
+fn serve_once(l: TcpListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    })
+}
+
+/// A member process that sends `msg` to `addr:port` over bash's /dev/tcp;
+/// returns whether it connected.
+async fn send_from(pod: &podnet::Sandbox, addr: &str, port: u16, msg: &str) -> bool {
+    pod.command("bash")
+        .arg("-c")
+        .arg(format!("echo -n {msg} > /dev/tcp/{addr}/{port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("run bash in sandbox")
+        .success()
+}
+
 #[test]
-fn smoke_create_and_remove() {
+fn create_wires_a_running_sandbox_and_remove_unwires_it() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pod = net.sandbox("web").create().await.expect("create");
         assert_eq!(pod.phase(), Phase::Running);
         assert_eq!(pod.ip().to_string(), "10.88.0.2");
-        assert_eq!(ports(&ctx.nl, "pn0").await.len(), 1);
-        let out = pod.command("cat").arg("/proc/net/route").output().await.unwrap();
-        let routes = String::from_utf8_lossy(&out.stdout);
-        assert!(routes.contains("eth0"), "{routes}");
+        assert_eq!(pod.gateway().to_string(), "10.88.0.1");
+        assert_eq!(pod.name(), "web");
+        assert!(pod.netns_path().exists());
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", pod.holder_pid())).unwrap();
+        assert_eq!(comm.trim(), "podnet-pause");
+        assert_eq!(
+            ports(&ctx.nl, "pn0").await.into_iter().collect::<Vec<_>>(),
+            [pod.host_interface().to_owned()]
+        );
+        // Inside: lo and eth0 up, the address, a default route via the gateway.
+        let out = pod
+            .command("cat")
+            .args(["/proc/net/route", "/proc/net/fib_trie"])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("eth0\t00000000\t0100580A"), "default via 10.88.0.1:\n{text}");
+        assert!(text.contains("10.88.0.2"), "{text}");
+        // The host reaches the sandbox through the bridge.
+        let l = pod.run(|| TcpListener::bind("0.0.0.0:7000")).await.unwrap().unwrap();
+        let server = serve_once(l);
+        let mut s = TcpStream::connect((pod.ip(), 7000)).unwrap();
+        s.write_all(b"from host").unwrap();
+        drop(s);
+        assert_eq!(server.join().unwrap(), "from host");
+
         pod.remove().await.expect("remove");
         assert_eq!(pod.phase(), Phase::Succeeded);
+        pod.remove().await.expect("remove is idempotent");
+        assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        assert!(files_under(&ctx.state).iter().all(|f| !f.to_string_lossy().contains("/sandbox/")));
+        net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty(), "{:?}", files_under(&ctx.state));
+    });
+}
+
+#[test]
+fn members_share_localhost_and_outsiders_cannot_reach_it() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").create().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        // Member 1 (a thread inside) serves on a's 127.0.0.1.
+        let l = a.run(|| TcpListener::bind("127.0.0.1:8080")).await.unwrap().unwrap();
+        let server = serve_once(l);
+        // Member 2 (a process inside a) reaches it over localhost.
+        assert!(send_from(&a, "127.0.0.1", 8080, "hello").await);
+        assert_eq!(server.join().unwrap(), "hello");
+
+        let l = a.run(|| TcpListener::bind("127.0.0.1:8081")).await.unwrap().unwrap();
+        // Outsiders: the test's own namespace, and another sandbox.
+        let err = TcpStream::connect("127.0.0.1:8081").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(!send_from(&b, "127.0.0.1", 8081, "x").await);
+        // Nor by a's IP: the server is bound to a's lo only.
+        assert!(!send_from(&b, &a.ip().to_string(), 8081, "x").await);
+        drop(l);
+
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn pods_reach_each_other_by_ip_and_bind_the_same_port() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").create().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        assert_ne!(a.ip(), b.ip());
+        let la = a.run(|| TcpListener::bind("0.0.0.0:9000")).await.unwrap().unwrap();
+        let lb = b.run(|| TcpListener::bind("0.0.0.0:9000")).await.unwrap().unwrap();
+        let (sa, sb) = (serve_once(la), serve_once(lb));
+        assert!(send_from(&b, &a.ip().to_string(), 9000, "b-to-a").await);
+        assert!(send_from(&a, &b.ip().to_string(), 9000, "a-to-b").await);
+        assert_eq!(sa.join().unwrap(), "b-to-a");
+        assert_eq!(sb.join().unwrap(), "a-to-b");
+        // A socket made inside by run() keeps working from this thread.
+        let lb = b.run(|| TcpListener::bind("0.0.0.0:9001")).await.unwrap().unwrap();
+        let ip_b = b.ip();
+        let client = a
+            .run(move || {
+                let mut s = TcpStream::connect((ip_b, 9001))?;
+                s.write_all(b"thread")
+            })
+            .await
+            .unwrap();
+        client.unwrap();
+        let (mut s, peer) = lb.accept().unwrap();
+        assert_eq!(peer.ip(), a.ip());
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "thread");
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let before = snapshot(&ctx.nl).await;
+        let pods: Vec<_> = join_all((0..50).map(|i| net.sandbox(format!("p{i}")).create()))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("50 creates");
+        let ips: HashSet<IpAddr> = pods.iter().map(|p| p.ip()).collect();
+        assert_eq!(ips.len(), 50);
+        // host-local's order: .2 up to .51, whatever the interleaving.
+        let want: HashSet<IpAddr> = (2..52).map(|i| format!("10.88.0.{i}").parse().unwrap()).collect();
+        assert_eq!(ips, want);
+        assert_eq!(ports(&ctx.nl, "pn0").await.len(), 50);
+        assert!(pods.iter().all(|p| p.phase() == Phase::Running));
+        join_all(pods.iter().map(|p| p.remove()))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("50 removes");
+        assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        assert_eq!(snapshot(&ctx.nl).await, before);
+        for p in &pods {
+            assert!(!std::path::Path::new(&format!("/proc/{}", p.holder_pid())).exists());
+        }
+        net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty());
+    });
+}
+
+#[test]
+fn ipv4_and_ipv6_pools_give_both_addresses_and_routes() {
+    in_netns(|ctx| async move {
+        let net = Network::builder("pn6")
+            .subnet("10.88.0.0/24".parse().unwrap())
+            .subnet("fd00:88::/64".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap();
+        assert_eq!(net.gateways().len(), 2);
+        let a = net.sandbox("a").mtu(1400).create().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        assert_eq!(a.ipv6().unwrap().to_string(), "fd00:88::2");
+        assert_eq!(b.ipv6().unwrap().to_string(), "fd00:88::3");
+        // Usable at once (no DAD wait): b reaches a over IPv6 right away.
+        let la = a.run(|| TcpListener::bind("[::]:9000")).await.unwrap().unwrap();
+        let server = serve_once(la);
+        assert!(send_from(&b, &a.ipv6().unwrap().to_string(), 9000, "v6").await);
+        assert_eq!(server.join().unwrap(), "v6");
+        let out = a.command("cat").arg("/sys/class/net/eth0/mtu").output().await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1400");
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn static_addresses_are_honoured_and_checked() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").ip("10.88.3.7".parse().unwrap()).create().await.unwrap();
+        assert_eq!(a.ip().to_string(), "10.88.3.7");
+        let b = net.sandbox("b").create().await.unwrap();
+        assert_eq!(b.ip().to_string(), "10.88.0.2");
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_input_gets_the_right_error_and_changes_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let taken = net.sandbox("taken").create().await.unwrap();
+        // A link that is not a bridge, to collide with.
+        ctx.nl
+            .link()
+            .add(rtnetlink::LinkVeth::new("notbr0", "notbr1").build())
+            .execute()
+            .await
+            .unwrap();
+        let before = snapshot(&ctx.nl).await;
+        let files_before = files_under(&ctx.state);
+
+        for name in ["Web", "a_b", "-a", "a-", "", "abcdefghijklm"] {
+            let err = net.sandbox(name).create().await.unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{name:?}: {err}");
+        }
+        let err = net.sandbox("taken").create().await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        let cases = [
+            ("10.89.0.5", "outside"),
+            ("10.88.0.0", "network"),
+            ("10.88.0.1", "gateway"),
+            ("10.88.255.255", "broadcast"),
+        ];
+        for (ip, why) in cases {
+            let err = net.sandbox("s").ip(ip.parse().unwrap()).create().await.unwrap_err();
+            assert!(matches!(err, Error::AddressNotInPool { .. }), "{ip}: {err}");
+            assert!(err.to_string().contains(why), "{err}");
+        }
+        let err = net.sandbox("s").ip(taken.ip()).create().await.unwrap_err();
+        assert!(matches!(err, Error::AddressTaken { ref owner, .. } if owner == "taken"), "{err}");
+        let err = net.sandbox("s").ip("fd00::5".parse().unwrap()).create().await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        let err = net.sandbox("s").mtu(10).create().await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+
+        let build = |bridge: &str, subnet: &str| {
+            Network::builder(bridge)
+                .subnet(subnet.parse().unwrap())
+                .state_dir(&ctx.state)
+                .build()
+        };
+        let err = build("notbr0", "10.88.0.0/16").await.unwrap_err();
+        assert!(matches!(err, Error::NotABridge { .. }), "{err}");
+        assert!(err.to_string().contains("veth"), "{err}");
+        let err = build("pn1", "10.90.0.0/31").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        let err = build("much-too-long-name", "10.90.0.0/24").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        let err = build("a/b", "10.90.0.0/24").await.unwrap_err();
+        assert!(matches!(err, Error::InvalidName { .. }), "{err}");
+        let err = Network::builder("pn1").state_dir(&ctx.state).build().await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        let err = Network::builder("pn1")
+            .subnet("10.90.0.0/24".parse().unwrap())
+            .subnet("10.91.0.0/24".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+
+        assert_eq!(snapshot(&ctx.nl).await, before, "links or addresses changed");
+        assert_eq!(files_under(&ctx.state), files_before, "state changed");
+        // The network still works after all that.
+        let ok = net.sandbox("s").create().await.unwrap();
+        ok.remove().await.unwrap();
+        taken.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_full_pool_is_a_clear_error() {
+    in_netns(|ctx| async move {
+        let net = Network::builder("pn0")
+            .subnet("10.88.0.0/30".parse().unwrap()) // one address: .2
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap();
+        let a = net.sandbox("a").create().await.unwrap();
+        let before = snapshot(&ctx.nl).await;
+        let err = net.sandbox("b").create().await.unwrap_err();
+        assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
+        assert_eq!(snapshot(&ctx.nl).await, before);
+        a.remove().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        assert_eq!(b.ip().to_string(), "10.88.0.2");
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_killed_holder_fails_the_sandbox_and_remove_still_cleans_up() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("web").create().await.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pod.holder_pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(pod.wait().await, Phase::Failed);
+        assert_eq!(pod.phase(), Phase::Failed);
+        let err = pod.command("true").status().await.unwrap_err();
+        assert!(matches!(err, Error::HolderDied { ref status, .. } if status.contains("SIGKILL")), "{err}");
+        let err = pod.enter().unwrap_err();
+        assert!(matches!(err, Error::HolderDied { .. }), "{err}");
+        let err = pod.run(|| ()).await.unwrap_err();
+        assert!(matches!(err, Error::HolderDied { .. }), "{err}");
+        pod.remove().await.expect("remove a failed sandbox");
+        assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        // The name and the address can be used again at once.
+        let again = net.sandbox("web").ip(pod.ip()).create().await.unwrap();
+        assert_eq!(again.ip(), pod.ip());
+        again.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn enter_moves_this_thread_in_and_back_and_guards_nest() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").create().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        let my_ns = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let here = my_ns();
+        let ns_a = std::fs::read_link(a.netns_path()).unwrap();
+        let ns_b = std::fs::read_link(b.netns_path()).unwrap();
+        {
+            let _in_a = a.enter().unwrap();
+            assert_eq!(my_ns(), ns_a);
+            // Sockets made inside stay inside after leaving.
+            let l = TcpListener::bind("127.0.0.1:5000").unwrap();
+            {
+                let _in_b = b.enter().unwrap();
+                assert_eq!(my_ns(), ns_b);
+                assert!(TcpStream::connect("127.0.0.1:5000").is_err());
+            }
+            assert_eq!(my_ns(), ns_a);
+            drop(l);
+        }
+        assert_eq!(my_ns(), here);
+        // Out-of-order drops panic, having restored what they found.
+        let outer = a.enter().unwrap();
+        let inner = b.enter().unwrap();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(outer)));
+        assert!(panicked.is_err());
+        assert_eq!(my_ns(), here);
+        drop(inner); // does nothing: the outer guard restored the thread already
+        assert_eq!(my_ns(), here);
+        let _again = a.enter().unwrap();
+        drop(_again);
+        assert_eq!(my_ns(), here);
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn remove_on_drop_cleans_up_when_a_test_panics() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let state = ctx.state.clone();
+        let pid = {
+            let pod = net.sandbox("doomed").remove_on_drop(true).create().await.unwrap();
+            let pid = pod.holder_pid();
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                let _pod = pod;
+                panic!("a failing test");
+            }));
+            assert!(unwound.is_err());
+            pid
+        };
+        // The holder was killed and the state released at once...
+        assert!(files_under(&state).iter().all(|f| !f.to_string_lossy().contains("doomed")));
+        // ...and the veth goes with the task the drop left on this runtime.
+        for _ in 0..100 {
+            if ports(&ctx.nl, "pn0").await.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(ports(&ctx.nl, "pn0").await.is_empty());
         net.remove().await.unwrap();
-        assert!(common::files_under(&ctx.state).is_empty());
     });
+}
+
+#[test]
+fn dropping_a_sandbox_handle_keeps_the_sandbox() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("kept").create().await.unwrap();
+        let (pid, veth) = (pod.holder_pid(), pod.host_interface().to_owned());
+        drop(pod);
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(ports(&ctx.nl, "pn0").await.contains(&veth));
+        // Clean up by hand, as a runtime restarting would (re-attach is gc's business).
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+        ctx.nl
+            .link()
+            .del_with_message(rtnetlink::LinkUnspec::new_with_name(&veth).build())
+            .execute()
+            .await
+            .unwrap();
+        for f in files_under(&ctx.state) {
+            std::fs::remove_file(f).unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_bridge_that_exists_is_reused_and_a_second_network_coexists() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").create().await.unwrap();
+        // Built again (another program, or a restart): same bridge, same pool.
+        let again = network(&ctx, "pn0").await;
+        let b = again.sandbox("b").create().await.unwrap();
+        assert_ne!(a.ip(), b.ip());
+        assert_eq!(ports(&ctx.nl, "pn0").await.len(), 2);
+        // Another network in the same namespace, same sandbox names.
+        let other = Network::builder("pn1")
+            .subnet("10.89.0.0/24".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap();
+        let a1 = other.sandbox("a").create().await.unwrap();
+        assert_ne!(a1.host_interface(), a.host_interface());
+        let err = again.remove().await.unwrap_err();
+        assert!(matches!(err, Error::Busy { .. }), "{err}");
+        for p in [&a, &b, &a1] {
+            p.remove().await.unwrap();
+        }
+        net.remove().await.unwrap();
+        other.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn public_futures_are_send() {
+    fn is_send<T: Send>(_: &T) {}
+    fn check(net: &Network, pod: &podnet::Sandbox) {
+        is_send(&Network::builder("x").build());
+        is_send(&net.sandbox("x").create());
+        is_send(&pod.remove());
+        is_send(&pod.run(|| 1));
+        is_send(&pod.wait());
+        is_send(&pod.command("x").output());
+        is_send(&net.clone().remove());
+    }
+    let _ = check;
+}
+
+#[test]
+fn a_failure_half_way_rolls_back_what_was_made() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        // Learn the network's interface suffix, then take "web"'s veth name.
+        let probe = net.sandbox("probe").create().await.unwrap();
+        let suffix = probe.host_interface().trim_start_matches("probe").to_owned();
+        probe.remove().await.unwrap();
+        let squatter = format!("web{suffix}");
+        ctx.nl
+            .link()
+            .add(rtnetlink::LinkVeth::new(&squatter, "squat1").build())
+            .execute()
+            .await
+            .unwrap();
+        let before = snapshot(&ctx.nl).await;
+        let files_before = files_under(&ctx.state);
+        let holders_before = holders();
+        // Fails at the veth, after the address and the holder were made.
+        let err = net.sandbox("web").create().await.unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { what: "link", .. }), "{err}");
+        assert_eq!(snapshot(&ctx.nl).await, before);
+        assert_eq!(files_under(&ctx.state), files_before);
+        assert_eq!(holders(), holders_before, "the holder was not stopped");
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_cancelled_create_leaves_nothing_behind() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let before = snapshot(&ctx.nl).await;
+        let holders_before = holders();
+        let mut create = Box::pin(net.sandbox("web").create());
+        // The first poll reserves the address and hands the clone to the
+        // spawner thread; then the caller gives up.
+        assert!(futures::poll!(&mut create).is_pending());
+        drop(create);
+        for _ in 0..100 {
+            if holders() == holders_before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(holders(), holders_before);
+        assert_eq!(snapshot(&ctx.nl).await, before);
+        assert!(files_under(&ctx.state).iter().all(|f| f.ends_with("lock") || f.ends_with("next-v4")));
+        // And the name is free again.
+        let pod = net.sandbox("web").create().await.unwrap();
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+/// PIDs of podnet holders that are our children.
+fn holders() -> HashSet<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains("(podnet-pause)")
+                && stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)) == Some(me.as_str())
+        })
+        .collect()
 }

@@ -127,12 +127,15 @@ pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// All (ifindex, address) pairs in the test's namespace.
+/// All (ifindex, address) pairs in the test's namespace, but IPv6
+/// link-local ones: the kernel adds those by itself to a bridge the first
+/// time it has carrier (addrconf), which is no change of ours.
 pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
     let all: Vec<_> = nl.address().get().execute().try_collect().await.expect("dump addresses");
     all.iter()
         .flat_map(|m| {
             m.attributes.iter().filter_map(move |a| match a {
+                AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_unicast_link_local() => None,
                 AddressAttribute::Address(ip) => Some((m.header.index, *ip)),
                 _ => None,
             })
