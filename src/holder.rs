@@ -225,18 +225,60 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner_submit(Box::new(move |stack: &mut [u8]| {
-        let result = clone_holder(&spec, stack);
-        if let Err(Ok(holder)) = tx.send(result) {
-            // The caller went away: do not leave the holder running.
-            let _ = holder.kill();
-            let _ = waitid(Id::PIDFd(holder.pidfd.as_fd()), WaitPidFlag::WEXITED);
-        }
+        let result = clone_holder(&spec, stack).map(|h| Unclaimed(Some(h)));
+        // If the caller is gone, the value comes back and is dropped here;
+        // if it goes later, the value is dropped with the channel: either
+        // way `Unclaimed` ends the holder.
+        let _ = tx.send(result);
     }))?;
-    rx.await.map_err(|_| Error::NetlinkProtocol {
+    let mut unclaimed = rx.await.map_err(|_| Error::Sys {
         op: "spawn holder",
-        object: String::new(),
-        detail: "the spawner thread went away".into(),
-    })?
+        object: "the spawner thread went away".into(),
+        errno: Errno::ECHILD,
+    })??;
+    unclaimed.0.take().ok_or(Error::Sys {
+        op: "spawn holder",
+        object: "holder already taken".into(),
+        errno: Errno::EINVAL,
+    })
+}
+
+/// A holder on its way to the caller; ended if the caller never takes it.
+struct Unclaimed(Option<Holder>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(holder) = self.0.take() {
+            holder.discard();
+        }
+    }
+}
+
+impl Holder {
+    /// Kill the holder and have the spawner thread reap it, without
+    /// blocking the caller. For rollbacks and drops.
+    pub(crate) fn discard(self) {
+        let _ = self.kill();
+        if let Ok(Some(_)) = self.try_exit() {
+            return;
+        }
+        if !self.child {
+            return;
+        }
+        // Reap off the caller: on its runtime if it has one, else on the
+        // spawner thread (a SIGKILLed holder exits at once, so that thread
+        // waits only briefly).
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { self.wait().await });
+            }
+            Err(_) => {
+                let _ = spawner_submit(Box::new(move |_: &mut [u8]| {
+                    let _ = waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED);
+                }));
+            }
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce(&mut [u8]) + Send>;
@@ -268,10 +310,10 @@ fn spawner_submit(job: Job) -> Result<()> {
             }
         })
         .map_err(|e| Error::io("start the holder spawner thread", "", e))?;
-    tx.send(job).map_err(|_| Error::NetlinkProtocol {
+    tx.send(job).map_err(|_| Error::Sys {
         op: "spawn holder",
-        object: String::new(),
-        detail: "the spawner thread went away".into(),
+        object: "the spawner thread went away".into(),
+        errno: Errno::ECHILD,
     })?;
     *guard = Some((me, tx));
     Ok(())
@@ -318,9 +360,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // SAFETY: _exit is async-signal-safe and ends only this child.
         unsafe { libc::_exit(127) }
     };
-    // SAFETY (whole block): each call is a raw system call on values that
-    // were prepared before the clone and outlive the child; none allocates,
-    // locks, or touches memory the parent might change meanwhile.
+    // SAFETY: each call is a raw system call on values that were prepared
+    // before the clone and outlive the child; none allocates, locks, or
+    // touches memory the parent might change meanwhile.
     unsafe {
         if a.die_with_creator {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -437,7 +479,11 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
         let errno = Errno::last();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
         if pid < 0 {
-            return Err(Error::sys("clone holder", &spec.argv[spec.argv.len() - 1], errno));
+            return Err(Error::sys(
+                "clone holder",
+                &spec.argv[spec.argv.len() - 1],
+                errno,
+            ));
         }
         pid
     };
@@ -506,9 +552,12 @@ fn make_holder_memfd() -> std::result::Result<OwnedFd, (&'static str, Errno)> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let file = std::fs::File::from(fd);
     use std::io::Write;
-    (&file)
-        .write_all(&image)
-        .map_err(|e| ("write holder program", Errno::from_raw(e.raw_os_error().unwrap_or(5))))?;
+    (&file).write_all(&image).map_err(|e| {
+        (
+            "write holder program",
+            Errno::from_raw(e.raw_os_error().unwrap_or(5)),
+        )
+    })?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: fcntl(F_ADD_SEALS) on an fd we own with a seal bitmask.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
@@ -520,8 +569,8 @@ fn make_holder_memfd() -> std::result::Result<OwnedFd, (&'static str, Errno)> {
 /// Load address of the image.
 const BASE: u64 = 0x40_0000;
 /// Sizes of the ELF header and of one program header (ELF-64).
-const EHDR_SIZE: usize = 64;
-const PHDR_SIZE: usize = 56;
+const EHDR_SIZE: u16 = 64;
+const PHDR_SIZE: u16 = 56;
 
 /// Machine code of the holder, then its NUL-terminated name.
 ///
@@ -567,9 +616,9 @@ const MACHINE: u16 = 62; // EM_X86_64
 /// ```
 #[cfg(target_arch = "aarch64")]
 const CODE: &[u8] = &[
-    0xe0, 0x01, 0x80, 0xd2, 0x41, 0x01, 0x00, 0x10, 0xe8, 0x14, 0x80, 0xd2, 0x01, 0x00, 0x00,
-    0xd4, 0x00, 0x00, 0x80, 0xd2, 0x01, 0x00, 0x80, 0xd2, 0x02, 0x00, 0x80, 0xd2, 0x03, 0x00,
-    0x80, 0xd2, 0x28, 0x09, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4, 0xfa, 0xff, 0xff, 0x17,
+    0xe0, 0x01, 0x80, 0xd2, 0x41, 0x01, 0x00, 0x10, 0xe8, 0x14, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4,
+    0x00, 0x00, 0x80, 0xd2, 0x01, 0x00, 0x80, 0xd2, 0x02, 0x00, 0x80, 0xd2, 0x03, 0x00, 0x80, 0xd2,
+    0x28, 0x09, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xd4, 0xfa, 0xff, 0xff, 0x17,
 ];
 #[cfg(target_arch = "aarch64")]
 const MACHINE: u16 = 183; // EM_AARCH64
@@ -580,7 +629,7 @@ compile_error!("podnet's holder program exists for x86_64 and aarch64 only");
 /// A static ELF-64 executable: one header, one read+execute `PT_LOAD`
 /// segment mapping the whole file, then `CODE` and the holder's name.
 pub(crate) fn holder_image() -> Vec<u8> {
-    let code_off = EHDR_SIZE + PHDR_SIZE;
+    let code_off = usize::from(EHDR_SIZE + PHDR_SIZE);
     let total = code_off + CODE.len() + HOLDER_COMM.len() + 1;
     let size = total as u64;
     let mut e = Vec::with_capacity(total);
@@ -589,11 +638,11 @@ pub(crate) fn holder_image() -> Vec<u8> {
     e.extend_from_slice(&MACHINE.to_le_bytes());
     e.extend_from_slice(&1u32.to_le_bytes()); // e_version
     e.extend_from_slice(&(BASE + code_off as u64).to_le_bytes()); // e_entry
-    e.extend_from_slice(&(EHDR_SIZE as u64).to_le_bytes()); // e_phoff
+    e.extend_from_slice(&u64::from(EHDR_SIZE).to_le_bytes()); // e_phoff
     e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    e.extend_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-    e.extend_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+    e.extend_from_slice(&EHDR_SIZE.to_le_bytes());
+    e.extend_from_slice(&PHDR_SIZE.to_le_bytes());
     e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
     e.extend_from_slice(&[0; 6]); // e_shentsize, e_shnum, e_shstrndx
     e.extend_from_slice(&1u32.to_le_bytes()); // p_type = PT_LOAD
@@ -618,9 +667,12 @@ mod tests {
     fn image_is_a_well_formed_elf() {
         let img = holder_image();
         assert_eq!(&img[..4], b"\x7fELF");
-        assert_eq!(img.len(), EHDR_SIZE + PHDR_SIZE + CODE.len() + HOLDER_COMM.len() + 1);
+        assert_eq!(
+            img.len(),
+            usize::from(EHDR_SIZE + PHDR_SIZE) + CODE.len() + HOLDER_COMM.len() + 1
+        );
         let entry = u64::from_le_bytes(img[24..32].try_into().unwrap());
-        assert_eq!(entry, BASE + (EHDR_SIZE + PHDR_SIZE) as u64);
+        assert_eq!(entry, BASE + u64::from(EHDR_SIZE + PHDR_SIZE));
         assert!(img.ends_with(b"podnet-pause\0"));
     }
 
@@ -653,7 +705,9 @@ mod tests {
         assert_eq!(comm.trim(), HOLDER_COMM);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
         assert_eq!(fds, 3, "only stdin, stdout, stderr");
         assert_eq!(holder.start_time(), proc_start_time(pid).unwrap());
         assert_eq!(holder.try_exit(), Ok(None));

@@ -291,9 +291,6 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
 }
 
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
-    if e.kind() == ErrorKind::PermissionDenied {
-        return Error::not_permitted(format!("{op} {}", path.display()));
-    }
     Error::io(op, path, e)
 }
 
@@ -313,7 +310,13 @@ impl Store {
     pub(crate) fn open(root: &Path, host: (u64, u64), network: &str) -> Result<Store> {
         let host_dir = root.join(format!("netns-{}-{}", host.0, host.1));
         let dir = host_dir.join(network);
-        for d in [root, &host_dir, &dir, &dir.join("addr"), &dir.join("sandbox")] {
+        for d in [
+            root,
+            &host_dir,
+            &dir,
+            &dir.join("addr"),
+            &dir.join("sandbox"),
+        ] {
             ensure_private_dir(d)?;
         }
         Ok(Store {
@@ -338,9 +341,7 @@ impl Store {
     /// Write `content` to a new temporary file in the store and return its path.
     fn write_temp(&self, content: &str) -> Result<PathBuf> {
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join(format!(".tmp-{}-{seq}", std::process::id()));
+        let path = self.dir.join(format!(".tmp-{}-{seq}", std::process::id()));
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -433,7 +434,9 @@ impl Store {
             Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
                 tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
                     .await
-                    .map_err(|_| Error::sys("lock", path.display().to_string(), nix::errno::Errno::EINTR))?
+                    .map_err(|_| {
+                        Error::sys("lock", path.display().to_string(), nix::errno::Errno::EINTR)
+                    })?
                     .map_err(|(_, errno)| Error::sys("lock", path.display().to_string(), errno))
             }
             Err((_, errno)) => Err(Error::sys("lock", path.display().to_string(), errno)),
@@ -447,7 +450,12 @@ impl Store {
     /// Not cancel safe once the lock is held: the reservation may exist
     /// without the caller knowing it. The sandbox's record names the creator,
     /// so gc reclaims it.
-    pub(crate) async fn allocate(&self, pool: &Pool, owner: &str, want: Option<IpAddr>) -> Result<IpAddr> {
+    pub(crate) async fn allocate(
+        &self,
+        pool: &Pool,
+        owner: &str,
+        want: Option<IpAddr>,
+    ) -> Result<IpAddr> {
         if let Some(addr) = want {
             pool.check(addr)?;
             return self.reserve(addr, owner);
@@ -529,9 +537,14 @@ impl Store {
     /// no sandbox is left.
     pub(crate) fn destroy(&self) -> Result<()> {
         fs::remove_dir_all(&self.dir).map_err(|e| io_err("remove store", &self.dir, e))?;
-        if let Some(host_dir) = self.dir.parent() {
-            // ENOTEMPTY: another network of that namespace still has a store.
-            let _ = fs::remove_dir(host_dir);
+        // The host namespace's directory, then the root, if nothing else is
+        // in them (ENOTEMPTY: another network still has a store).
+        let mut dir = self.dir.parent();
+        for _ in 0..2 {
+            match dir {
+                Some(d) if fs::remove_dir(d).is_ok() => dir = d.parent(),
+                _ => break,
+            }
         }
         Ok(())
     }
@@ -590,7 +603,9 @@ mod tests {
         assert!(p.check("fd00::2".parse().unwrap()).is_err());
         assert!(p.check("10.88.255.254".parse().unwrap()).is_ok());
         let p6 = pool("fd00:88::/64");
-        assert!(p6.check("fd00:88::ffff:ffff:ffff:ffff".parse().unwrap()).is_ok());
+        assert!(p6
+            .check("fd00:88::ffff:ffff:ffff:ffff".parse().unwrap())
+            .is_ok());
     }
 
     #[test]
@@ -627,7 +642,9 @@ mod tests {
         for i in 0..5 {
             got.push(store.allocate(&p, &format!("s{i}"), None).await.unwrap());
         }
-        let want: Vec<IpAddr> = (2..=6).map(|i| format!("10.88.0.{i}").parse().unwrap()).collect();
+        let want: Vec<IpAddr> = (2..=6)
+            .map(|i| format!("10.88.0.{i}").parse().unwrap())
+            .collect();
         assert_eq!(got, want);
         let err = store.allocate(&p, "s5", None).await.unwrap_err();
         assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
@@ -636,7 +653,10 @@ mod tests {
         // Releasing with the wrong owner leaves the reservation alone.
         store.release(want[0], "nobody").unwrap();
         let err = store.allocate(&p, "s7", Some(want[0])).await.unwrap_err();
-        assert!(matches!(err, Error::AddressTaken { ref owner, .. } if owner == "s0"), "{err}");
+        assert!(
+            matches!(err, Error::AddressTaken { ref owner, .. } if owner == "s0"),
+            "{err}"
+        );
         assert_eq!(store.reservations().unwrap().len(), 5);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -650,14 +670,22 @@ mod tests {
             .map(|t| {
                 let store = store.clone();
                 std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .build()
+                        .unwrap();
                     (0..25)
-                        .map(|i| rt.block_on(store.allocate(&p, &format!("t{t}-{i}"), None)).unwrap())
+                        .map(|i| {
+                            rt.block_on(store.allocate(&p, &format!("t{t}-{i}"), None))
+                                .unwrap()
+                        })
                         .collect::<Vec<_>>()
                 })
             })
             .collect();
-        let all: Vec<IpAddr> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        let all: Vec<IpAddr> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
         let distinct: HashSet<_> = all.iter().collect();
         assert_eq!(all.len(), 200);
         assert_eq!(distinct.len(), 200);
@@ -678,10 +706,16 @@ mod tests {
             persistent: true,
         };
         store.create_record(&rec).unwrap();
-        assert!(matches!(store.create_record(&rec), Err(Error::AlreadyExists { .. })));
+        assert!(matches!(
+            store.create_record(&rec),
+            Err(Error::AlreadyExists { .. })
+        ));
         assert_eq!(store.read_record("a").unwrap(), Some(rec));
         std::os::unix::fs::symlink("/etc/passwd", store.dir().join("sandbox/evil")).unwrap();
-        assert!(matches!(store.read_record("evil"), Err(Error::StateCorrupt { .. })));
+        assert!(matches!(
+            store.read_record("evil"),
+            Err(Error::StateCorrupt { .. })
+        ));
         store.remove_record("a").unwrap();
         store.remove_record("a").unwrap();
         assert_eq!(store.read_record("a").unwrap(), None);

@@ -32,11 +32,14 @@
 //!         let listener = pod.run(|| std::net::TcpListener::bind("127.0.0.1:9000")).await??;
 //!         // A process inside reaches it over the sandbox's localhost.
 //!         let status = pod
-//!             .command("sh")
-//!             .args(["-c", "exec 3<>/dev/tcp/127.0.0.1/9000 2>/dev/null || true"])
+//!             .command("bash")
+//!             .args(["-c", "echo -n hello > /dev/tcp/127.0.0.1/9000"])
 //!             .status()
 //!             .await?;
-//!         let _ = (status, listener.accept()?);
+//!         assert!(status.success());
+//!         let mut got = String::new();
+//!         std::io::Read::read_to_string(&mut listener.accept()?.0, &mut got)?;
+//!         assert_eq!(got, "hello");
 //!         {
 //!             let _inside = pod.enter()?; // this thread is inside until the guard drops
 //!         }
@@ -71,6 +74,11 @@ pub mod rootless;
 mod sandbox;
 
 pub use error::{Error, Result};
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+mod readme {}
 pub use ipnetwork;
 pub use netns::Enter;
 pub use network::{Network, NetworkBuilder};

@@ -14,10 +14,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::future::{BoxFuture, Either, FutureExt};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
-use netlink_packet_route::route::RouteMessage;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::route::RouteMessage;
 use nix::errno::Errno;
 use rtnetlink::sys::{AsyncSocket, TokioSocket};
 use rtnetlink::{
@@ -81,6 +81,25 @@ pub(crate) fn connect() -> Result<Conn> {
     })
 }
 
+/// Set `lo` of the calling thread's namespace up, from synchronous code
+/// (before the caller has a runtime). A current-thread runtime starts no
+/// thread, so this is fine in a process that must stay single-threaded.
+pub(crate) fn loopback_up_blocking() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| Error::io("start a runtime to set up", "lo", e))?;
+    rt.block_on(async {
+        let conn = connect()?;
+        conn.handle
+            .link()
+            .set(LinkUnspec::new_with_index(LO_INDEX).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl_err("set up", "lo of the new host namespace", e))
+    })
+}
+
 /// A netlink socket in the calling thread's network namespace, to be used
 /// from any thread afterwards (netlink(7): the namespace is fixed at creation).
 pub(crate) fn socket_here() -> Result<TokioSocket> {
@@ -140,7 +159,10 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
             }
             kind => Err(Error::NotABridge {
                 name: name.to_owned(),
-                kind: kind.map_or_else(|| "link of unknown kind".into(), |k| format!("{k:?}").to_lowercase()),
+                kind: kind.map_or_else(
+                    || "link of unknown kind".into(),
+                    |k| format!("{k:?}").to_lowercase(),
+                ),
             }),
         };
     }
@@ -168,7 +190,13 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
 
 /// Add `addr/prefix` to link `index` unless it is there already. IPv6
 /// addresses skip duplicate address detection (they are ours to give).
-pub(crate) async fn ensure_address(h: &Handle, index: u32, addr: IpAddr, prefix: u8, object: &str) -> Result<()> {
+pub(crate) async fn ensure_address(
+    h: &Handle,
+    index: u32,
+    addr: IpAddr,
+    prefix: u8,
+    object: &str,
+) -> Result<()> {
     let mut req = h.address().add(index, addr, prefix);
     if addr.is_ipv6() {
         req.message_mut()
@@ -178,7 +206,11 @@ pub(crate) async fn ensure_address(h: &Handle, index: u32, addr: IpAddr, prefix:
     match req.execute().await {
         Ok(()) => Ok(()),
         Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == Errno::EEXIST as i32 => Ok(()),
-        Err(e) => Err(nl_err("add address", &format!("{addr}/{prefix} to {object}"), e)),
+        Err(e) => Err(nl_err(
+            "add address",
+            &format!("{addr}/{prefix} to {object}"),
+            e,
+        )),
     }
 }
 
@@ -258,17 +290,26 @@ pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> R
     let eth0 = format!("{ETH0} in sandbox {s:?}");
     let set_up = |index: u32, object: String| {
         let req = h.link().set(LinkUnspec::new_with_index(index).up().build());
-        async move { req.execute().await.map_err(|e| nl_err("set up", &object, e)) }
+        async move {
+            req.execute()
+                .await
+                .map_err(|e| nl_err("set up", &object, e))
+        }
     };
     let default_route = |route: RouteMessage, gw: IpAddr| {
         let req = h.route().add(route);
         let object = format!("via {gw} in sandbox {s:?}");
-        async move { req.execute().await.map_err(|e| nl_err("add default route", &object, e)) }
+        async move {
+            req.execute()
+                .await
+                .map_err(|e| nl_err("add default route", &object, e))
+        }
     };
-    let add_address = |h: &Handle, addr: IpAddr, prefix: u8, object: &str| -> BoxFuture<'static, Result<()>> {
-        let (h, object) = (h.clone(), object.to_owned());
-        async move { ensure_address(&h, ETH0_INDEX, addr, prefix, &object).await }.boxed()
-    };
+    let add_address =
+        |h: &Handle, addr: IpAddr, prefix: u8, object: &str| -> BoxFuture<'static, Result<()>> {
+            let (h, object) = (h.clone(), object.to_owned());
+            async move { ensure_address(&h, ETH0_INDEX, addr, prefix, &object).await }.boxed()
+        };
     let mut steps: Vec<BoxFuture<'static, Result<()>>> = vec![
         set_up(LO_INDEX, format!("lo in sandbox {s:?}")).boxed(),
         set_up(ETH0_INDEX, eth0.clone()).boxed(),

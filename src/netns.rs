@@ -25,8 +25,12 @@ const THREAD_NETNS: &str = "/proc/thread-self/ns/net";
 
 /// The calling thread's network namespace.
 pub(crate) fn thread_netns() -> Result<OwnedFd> {
-    open(THREAD_NETNS, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|errno| Error::sys("open", THREAD_NETNS, errno))
+    open(
+        THREAD_NETNS,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| Error::sys("open", THREAD_NETNS, errno))
 }
 
 /// The identity of a namespace: (device, inode) of its nsfs file.
@@ -136,9 +140,8 @@ where
 /// Make `cmd`'s child join the network namespace of `target` between fork
 /// and exec. `target` is kept alive by the command.
 pub(crate) fn join_on_exec(cmd: &mut tokio::process::Command, target: Arc<OwnedFd>) {
-    let join = move || {
-        setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
-    };
+    let join =
+        move || setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from);
     // SAFETY: the closure runs in the forked child before exec; it only
     // calls setns(2), which is async-signal-safe, on an fd that the closure
     // itself keeps open; it does not allocate (the Arc is only borrowed) and

@@ -102,8 +102,10 @@ impl Network {
         self.inner.v4.iter().chain(self.inner.v6.iter())
     }
 
-    /// Remove the network: delete its bridge and its address store. Refused
-    /// while the store still has sandboxes (remove them first).
+    /// Remove the network: delete its bridge and its address store (and the
+    /// state directory, if that is then empty). Refused while the store
+    /// still has sandboxes (remove them first). Other handles to the network
+    /// must not be used afterwards.
     ///
     /// # Errors
     /// [`Error::Busy`] naming the sandboxes left; [`Error::Netlink`] or
@@ -111,7 +113,7 @@ impl Network {
     ///
     /// # Cancel safety
     /// Idempotent: a cancelled remove can be run again.
-    pub async fn remove(self) -> Result<()> {
+    pub async fn remove(&self) -> Result<()> {
         let inner = &self.inner;
         let sandboxes = inner.store.sandbox_names()?;
         if !sandboxes.is_empty() {
@@ -146,7 +148,8 @@ impl NetworkBuilder {
 
     /// Keep the address store under `dir` instead of the default
     /// (`/run/podnet` as root, else `$XDG_RUNTIME_DIR/podnet`, else
-    /// `/tmp/podnet-<uid>`). It is made 0700 if missing and must belong to us.
+    /// `/tmp/podnet-<uid>`). It is made 0700 if missing, must belong to us,
+    /// and is removed by [`Network::remove`] once empty.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
         self
@@ -183,7 +186,10 @@ impl NetworkBuilder {
             let slot = if subnet.is_ipv4() { &mut v4 } else { &mut v6 };
             if slot.is_some() {
                 return Err(Error::InvalidConfig {
-                    reason: format!("more than one {} pool", if subnet.is_ipv4() { "IPv4" } else { "IPv6" }),
+                    reason: format!(
+                        "more than one {} pool",
+                        if subnet.is_ipv4() { "IPv4" } else { "IPv6" }
+                    ),
                 });
             }
             *slot = Some(Pool::new(*subnet)?);
@@ -206,7 +212,14 @@ impl NetworkBuilder {
         let bridge_index = link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
         for pool in v4.iter().chain(v6.iter()) {
             let object = format!("bridge {:?}", self.bridge);
-            link::ensure_address(&conn.handle, bridge_index, pool.gateway(), pool.prefix(), &object).await?;
+            link::ensure_address(
+                &conn.handle,
+                bridge_index,
+                pool.gateway(),
+                pool.prefix(),
+                &object,
+            )
+            .await?;
         }
         let tag = tag(&self.bridge);
         Ok(Network {
@@ -244,7 +257,10 @@ pub(crate) fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
         format!("it is longer than {IFNAMSIZ_MAX} bytes (IFNAMSIZ)")
     } else if name == "." || name == ".." {
         "it is . or ..".to_owned()
-    } else if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         "it holds '/', ':', a space or a control character".to_owned()
     } else {
         return Ok(());
@@ -283,7 +299,10 @@ mod tests {
         assert!(validate_ifname("bridge", "a23456789012345").is_ok());
         for bad in ["", "a234567890123456", ".", "..", "a/b", "a:b", "a b"] {
             assert!(
-                matches!(validate_ifname("bridge", bad), Err(Error::InvalidName { .. })),
+                matches!(
+                    validate_ifname("bridge", bad),
+                    Err(Error::InvalidName { .. })
+                ),
                 "{bad:?}"
             );
         }

@@ -25,9 +25,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 ///
 /// Call it first thing in `main`, before starting the tokio runtime or any
 /// other thread: `unshare(CLONE_NEWUSER)` refuses a multi-threaded process.
-/// Afterwards the process is the "host" of its own network: build a
-/// [`Network`](crate::Network) and create sandboxes as usual. It works for
-/// root too, which then also stays off the machine's real network.
+/// Afterwards the process is the "host" of its own network (with `lo` up):
+/// build a [`Network`](crate::Network) and create sandboxes as usual. It
+/// works for root too, which then also stays off the machine's real network.
 ///
 /// ```no_run
 /// fn main() -> podnet::Result<()> {
@@ -59,14 +59,14 @@ pub fn enter() -> Result<()> {
         });
     }
     let (uid, gid) = (geteuid(), getegid());
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET).map_err(|errno| {
-        Error::sys("unshare", "a user and a network namespace", errno)
-    })?;
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+        .map_err(|errno| Error::sys("unshare", "a user and a network namespace", errno))?;
     // setgroups must be denied before an unprivileged process may write gid_map.
     write_proc("/proc/self/setgroups", "deny")?;
     write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
     write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
-    Ok(())
+    // The new host namespace behaves like a host: its loopback works.
+    crate::link::loopback_up_blocking()
 }
 
 fn write_proc(path: &'static str, content: &str) -> Result<()> {

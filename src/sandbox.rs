@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
 use crate::ipam::{Ident, Record};
 use crate::link::{self, Inside, Veth};
-use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
 use crate::netns::{self, Enter};
+use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
 use crate::rootless;
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
@@ -149,7 +149,10 @@ impl SandboxBuilder {
             };
             let Some(pool) = pool else {
                 return Err(Error::InvalidConfig {
-                    reason: format!("address {ip}: network {:?} has no pool of that family", self.net.bridge),
+                    reason: format!(
+                        "address {ip}: network {:?} has no pool of that family",
+                        self.net.bridge
+                    ),
                 });
             };
             pool.check(*ip)?;
@@ -208,7 +211,10 @@ impl SandboxBuilder {
         match self.build(&mut undo, &mut record).await {
             Ok(()) => {
                 undo.armed = false;
-                let holder = undo.holder.take().ok_or_else(|| Error::sys("create", "holder", Errno::EINVAL))?;
+                let holder = undo
+                    .holder
+                    .take()
+                    .ok_or_else(|| Error::sys("create", "holder", Errno::EINVAL))?;
                 Ok(Sandbox {
                     inner: Arc::new(SbInner {
                         net,
@@ -337,7 +343,7 @@ impl Undo {
 
     fn release_sync(&mut self) {
         if let Some(holder) = self.holder.take() {
-            let _ = holder.kill();
+            holder.discard();
         }
         for ip in self.ips.drain(..) {
             let _ = self.net.store.release(ip, &self.name);
@@ -379,7 +385,10 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         "it is empty".to_owned()
     } else if name.len() > max {
         format!("it is longer than {max} characters, so its interface name would not fit IFNAMSIZ")
-    } else if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
         "it is not a DNS-1123 label: only a-z, 0-9 and '-' are allowed".to_owned()
     } else if name.starts_with('-') || name.ends_with('-') {
         "it is not a DNS-1123 label: it must start and end with a letter or digit".to_owned()
@@ -483,8 +492,11 @@ impl Sandbox {
     /// once removed; [`Error::NotPermitted`].
     pub fn enter(&self) -> Result<Enter> {
         self.inner.check_alive()?;
-        netns::enter(self.inner.holder.pidfd().as_fd(), &format!("sandbox {:?}", self.inner.name))
-            .map_err(|e| self.inner.holder_error(e))
+        netns::enter(
+            self.inner.holder.pidfd().as_fd(),
+            &format!("sandbox {:?}", self.inner.name),
+        )
+        .map_err(|e| self.inner.holder_error(e))
     }
 
     /// Run `f` on a new OS thread inside the sandbox and return its value.
@@ -512,9 +524,13 @@ impl Sandbox {
         T: Send + 'static,
     {
         self.inner.check_alive()?;
-        netns::run_inside(self.inner.holder.pidfd().clone(), format!("sandbox {:?}", self.inner.name), f)
-            .await
-            .map_err(|e| self.inner.holder_error(e))
+        netns::run_inside(
+            self.inner.holder.pidfd().clone(),
+            format!("sandbox {:?}", self.inner.name),
+            f,
+        )
+        .await
+        .map_err(|e| self.inner.holder_error(e))
     }
 
     /// A command whose process joins the sandbox: a
@@ -636,8 +652,14 @@ impl SbInner {
     /// Release the address(es) and the record; synchronous and quick.
     fn release_state(&self) -> Result<()> {
         let store = &self.net.store;
-        let ips = self.ipv4.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6));
-        let mut errors: Vec<Error> = ips.filter_map(|ip| store.release(ip, &self.name).err()).collect();
+        let ips = self
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6));
+        let mut errors: Vec<Error> = ips
+            .filter_map(|ip| store.release(ip, &self.name).err())
+            .collect();
         errors.extend(store.remove_record(&self.name).err());
         match errors.len() {
             0 => Ok(()),

@@ -6,6 +6,7 @@
 //! cargo test --test rootless
 //! setpriv --reuid=nobody --regid=nogroup --clear-groups target/debug/deps/rootless-*
 //! ```
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -39,7 +40,11 @@ fn main() {
             .unwrap_err();
         assert!(matches!(err, Error::NotPermitted { .. }), "{err}");
         let text = err.to_string();
-        for way in ["root", "unshare --user --map-root-user --net", "rootless::enter()"] {
+        for way in [
+            "root",
+            "unshare --user --map-root-user --net",
+            "rootless::enter()",
+        ] {
             assert!(text.contains(way), "{text} does not name {way}");
         }
         assert!(!state.exists(), "a refused build made {}", state.display());
@@ -65,7 +70,11 @@ fn main() {
         assert_ne!(a.ip(), b.ip());
 
         // Members of a share localhost.
-        let l = a.run(|| TcpListener::bind("127.0.0.1:8080")).await.unwrap().unwrap();
+        let l = a
+            .run(|| TcpListener::bind("127.0.0.1:8080"))
+            .await
+            .unwrap()
+            .unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let mut got = String::new();
@@ -83,7 +92,11 @@ fn main() {
         assert_eq!(server.join().unwrap(), "local");
 
         // b reaches a by its address.
-        let l = a.run(|| TcpListener::bind("0.0.0.0:9000")).await.unwrap().unwrap();
+        let l = a
+            .run(|| TcpListener::bind("0.0.0.0:9000"))
+            .await
+            .unwrap()
+            .unwrap();
         let ok = b
             .command("bash")
             .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", a.ip())])

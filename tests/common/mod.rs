@@ -3,6 +3,7 @@
 //! temporary state directory. Tests therefore run in parallel, never
 //! collide, and never touch the machine's real network.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -107,13 +108,25 @@ fn link_name(l: &LinkMessage) -> String {
 
 /// Names of all links in the test's namespace.
 pub async fn links(nl: &Handle) -> BTreeSet<String> {
-    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
+    let all: Vec<LinkMessage> = nl
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .expect("dump links");
     all.iter().map(link_name).collect()
 }
 
 /// Names of the ports of bridge `bridge`.
 pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
-    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
+    let all: Vec<LinkMessage> = nl
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .expect("dump links");
     let Some(index) = all
         .iter()
         .find(|l| link_name(l) == bridge)
@@ -131,7 +144,13 @@ pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
 /// link-local ones: the kernel adds those by itself to a bridge the first
 /// time it has carrier (addrconf), which is no change of ours.
 pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
-    let all: Vec<_> = nl.address().get().execute().try_collect().await.expect("dump addresses");
+    let all: Vec<_> = nl
+        .address()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .expect("dump addresses");
     all.iter()
         .flat_map(|m| {
             m.attributes.iter().filter_map(move |a| match a {
