@@ -104,6 +104,27 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
 }
 
 #[test]
+fn the_bridge_mac_does_not_follow_its_ports() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let mac = common::mac(&ctx.nl, "pn0").await;
+        assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+        // Without a pinned address a bridge takes its lowest port's MAC, so
+        // it would change as sandboxes come and go.
+        let mut pods = Vec::new();
+        for i in 0..4 {
+            pods.push(net.sandbox(format!("m{i}")).create().await.unwrap());
+            assert_eq!(common::mac(&ctx.nl, "pn0").await, mac);
+        }
+        for p in pods.drain(..) {
+            p.remove().await.unwrap();
+            assert_eq!(common::mac(&ctx.nl, "pn0").await, mac);
+        }
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn members_share_localhost_and_outsiders_cannot_reach_it() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;

@@ -118,6 +118,19 @@ pub async fn links(nl: &Handle) -> BTreeSet<String> {
     all.iter().map(link_name).collect()
 }
 
+/// The hardware address of link `name`.
+pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
+    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
+    let link = all.iter().find(|l| link_name(l) == name).expect("link exists");
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m.clone()),
+            _ => None,
+        })
+        .expect("link has an address")
+}
+
 /// Names of the ports of bridge `bridge`.
 pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
     let all: Vec<LinkMessage> = nl
