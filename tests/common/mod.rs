@@ -120,8 +120,17 @@ pub async fn links(nl: &Handle) -> BTreeSet<String> {
 
 /// The hardware address of link `name`.
 pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
-    let all: Vec<LinkMessage> = nl.link().get().execute().try_collect().await.expect("dump links");
-    let link = all.iter().find(|l| link_name(l) == name).expect("link exists");
+    let all: Vec<LinkMessage> = nl
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .expect("dump links");
+    let link = all
+        .iter()
+        .find(|l| link_name(l) == name)
+        .expect("link exists");
     link.attributes
         .iter()
         .find_map(|a| match a {
