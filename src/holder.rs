@@ -180,7 +180,6 @@ impl Holder {
 
     /// Adopt a holder we did not create, checking that `pid` still is the
     /// process that started at `start_time` (so a reused PID is refused).
-    #[allow(dead_code)] // used by re-attach (open_sandbox)
     pub(crate) fn adopt(pid: Pid, start_time: u64) -> Result<Option<Holder>> {
         // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
         // JUSTIFICATION: nix 0.31 has no pidfd_open wrapper.
@@ -196,16 +195,73 @@ impl Holder {
         let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
         // The pidfd pins the process it was opened for; if that process still
         // has the start time we recorded, it is the holder, not a reused PID.
-        match proc_start_time(pid) {
-            Some(t) if t == start_time => Ok(Some(Holder {
-                pid,
-                pidfd: Arc::new(pidfd),
-                start_time,
-                child: false,
-            })),
-            _ => Ok(None),
+        if !is_alive(pid.as_raw(), start_time) {
+            return Ok(None);
+        }
+        // Our own child (re-opened by the process that made it) is ours to reap.
+        let child = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let rest = &s[s.rfind(')')? + 1..];
+                rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+            })
+            == Some(nix::unistd::getpid().as_raw());
+        Ok(Some(Holder {
+            pid,
+            pidfd: Arc::new(pidfd),
+            start_time,
+            child,
+        }))
+    }
+}
+
+/// Whether the process `pid` that started at `start_time` is still alive
+/// (a reused PID has another start time). Zombies count as dead.
+pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
+    let pid = Pid::from_raw(pid);
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let start = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
+            state != Some("Z") && state != Some("X") && start == Some(start_time)
+        }
+        Err(_) => false,
+    }
+}
+
+/// Holders of the network `key` (their argv is `podnet-pause KEY NAME`):
+/// `(pid, start time, sandbox name)` for each, found by scanning `/proc`.
+pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        if args.next() != Some(HOLDER_COMM.as_bytes()) || args.next() != Some(key.as_bytes()) {
+            continue;
+        }
+        let Some(name) = args.next().and_then(|n| std::str::from_utf8(n).ok()) else {
+            continue;
+        };
+        let pid = Pid::from_raw(pid);
+        if let Some(start) = proc_start_time(pid) {
+            out.push((pid, start, name.to_owned()));
         }
     }
+    out
 }
 
 /// `/proc/PID/stat` field 22, the start time in clock ticks since boot.

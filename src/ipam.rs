@@ -382,7 +382,6 @@ impl Store {
     }
 
     /// Read a record; `None` if there is none of that name.
-    #[allow(dead_code)] // used by re-attach and gc
     pub(crate) fn read_record(&self, name: &str) -> Result<Option<Record>> {
         let path = self.record_path(name);
         let f = match OpenOptions::new()
@@ -400,7 +399,13 @@ impl Store {
             }
             Err(e) => return Err(io_err("open state file", &path, e)),
         };
-        let text = std::io::read_to_string(f).map_err(|e| io_err("read state file", &path, e))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &f, &mut bytes)
+            .map_err(|e| io_err("read state file", &path, e))?;
+        let text = String::from_utf8(bytes).map_err(|_| Error::StateCorrupt {
+            path: path.clone(),
+            reason: "it is not UTF-8 text".into(),
+        })?;
         Record::decode(&text, &path).map(Some)
     }
 
@@ -415,7 +420,7 @@ impl Store {
 
     /// Hold the store's lock. Contended only for the microseconds of an
     /// allocation, but another process holds it, so wait off the runtime.
-    async fn lock(&self) -> Result<Flock<File>> {
+    pub(crate) async fn lock(&self) -> Result<Flock<File>> {
         let path = self.dir.join("lock");
         let file = OpenOptions::new()
             .read(true)
@@ -549,8 +554,33 @@ impl Store {
         Ok(())
     }
 
+    /// Remove temporary files left by processes that died while writing
+    /// them (`.tmp-<pid>-<seq>`). Returns how many.
+    pub(crate) fn remove_stale_temp_files(&self) -> usize {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(".tmp-")) else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if !alive && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// The path of a sandbox's record, for reports.
+    pub(crate) fn record_file(&self, name: &str) -> PathBuf {
+        self.record_path(name)
+    }
+
     /// Every reserved address with its owner.
-    #[allow(dead_code)] // used by gc and tests
     pub(crate) fn reservations(&self) -> Result<Vec<(IpAddr, String)>> {
         let dir = self.dir.join("addr");
         let mut out = Vec::new();

@@ -81,5 +81,6 @@ pub use error::{Error, Result};
 mod readme {}
 pub use ipnetwork;
 pub use netns::Enter;
+pub use network::GcReport;
 pub use network::{Network, NetworkBuilder};
-pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder};
+pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder, SandboxInfo};

@@ -345,7 +345,6 @@ pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> R
 }
 
 /// Names of the ports of bridge `index`, from one filtered dump.
-#[allow(dead_code)] // used by gc and tests
 pub(crate) async fn bridge_ports(h: &Handle, index: u32) -> Result<Vec<String>> {
     let mut req = h.link().get();
     req.message_mut()

@@ -13,8 +13,10 @@ use std::sync::Arc;
 use ipnetwork::IpNetwork;
 
 use crate::error::{Error, Result};
+use crate::holder::{self, Holder};
+use crate::ipam::Record;
 use crate::ipam::{Pool, Store};
-use crate::sandbox::SandboxBuilder;
+use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
@@ -60,6 +62,66 @@ pub(crate) struct NetInner {
     /// The host network namespace, as captured at build time.
     #[allow(dead_code)] // port mappings and gc enter it
     pub host_ns: OwnedFd,
+}
+
+/// What [`Network::gc`] reclaimed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcReport {
+    /// Sandboxes whose holder was dead, or whose creator died half-way:
+    /// their records are gone.
+    pub sandboxes: Vec<String>,
+    /// Addresses released back to the pool.
+    pub addresses: Vec<IpAddr>,
+    /// Host-side interfaces deleted (veths of dead or unknown sandboxes).
+    pub links: Vec<String>,
+    /// PIDs of holders killed because no live sandbox claims them.
+    pub holders: Vec<u32>,
+    /// Records that cannot be read; left alone, with everything they might own.
+    pub corrupt: Vec<PathBuf>,
+}
+
+impl GcReport {
+    /// Whether nothing was reclaimed (corrupt records are only reported).
+    pub fn is_empty(&self) -> bool {
+        self.sandboxes.is_empty()
+            && self.addresses.is_empty()
+            && self.links.is_empty()
+            && self.holders.is_empty()
+    }
+}
+
+/// How gc sees one record.
+enum Liveness {
+    /// The holder lives: never touched.
+    Live(Record),
+    /// No holder yet and the creator lives: a create in progress.
+    Pending(Record),
+    /// Holder dead, or creator died before there was one.
+    Dead(Record),
+    /// The record cannot be read.
+    Corrupt(PathBuf),
+}
+
+fn liveness(store: &Store, name: &str) -> Liveness {
+    match store.read_record(name) {
+        Ok(Some(rec)) => match rec.holder {
+            Some(h) if holder::is_alive(h.pid, h.start) => Liveness::Live(rec),
+            None if holder::is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
+            _ => Liveness::Dead(rec),
+        },
+        // Removed meanwhile: nothing to do.
+        Ok(None) => Liveness::Dead(Record {
+            name: name.to_owned(),
+            creator: crate::ipam::Ident { pid: 0, start: 0 },
+            holder: None,
+            ipv4: None,
+            ipv6: None,
+            veth: String::new(),
+            persistent: false,
+        }),
+        Err(_) => Liveness::Corrupt(store.record_file(name)),
+    }
 }
 
 /// Configures a [`Network`]; made by [`Network::builder`].
@@ -125,6 +187,196 @@ impl Network {
         let object = format!("bridge {:?}", inner.bridge);
         link::delete_link(&inner.conn.handle, &inner.bridge, &object).await?;
         inner.store.destroy()
+    }
+
+    /// The sandboxes of this network, from any process, with their phase.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the store cannot be listed. A record that cannot be
+    /// read is listed with [`Phase::Unknown`].
+    pub async fn sandboxes(&self) -> Result<Vec<SandboxInfo>> {
+        let store = &self.inner.store;
+        let mut out = Vec::new();
+        for name in store.sandbox_names()? {
+            let (rec, phase) = match liveness(store, &name) {
+                Liveness::Live(r) => (Some(r), Phase::Running),
+                Liveness::Pending(r) => (Some(r), Phase::Pending),
+                Liveness::Dead(r) if r.veth.is_empty() => continue,
+                Liveness::Dead(r) => (Some(r), Phase::Failed),
+                Liveness::Corrupt(_) => (None, Phase::Unknown),
+            };
+            out.push(SandboxInfo {
+                name,
+                ipv4: rec.as_ref().and_then(|r| r.ipv4),
+                ipv6: rec.as_ref().and_then(|r| r.ipv6),
+                holder_pid: rec
+                    .as_ref()
+                    .and_then(|r| r.holder)
+                    .and_then(|h| u32::try_from(h.pid).ok()),
+                persistent: rec.as_ref().is_some_and(|r| r.persistent),
+                phase,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A handle for sandbox `name`, made by this process or another one
+    /// (for example before a restart): join, phase and remove all work. Its
+    /// holder must be alive; a sandbox made by a process that has exited
+    /// survives only if it was [`persistent`](SandboxBuilder::persistent).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::HolderDied`] if its holder is gone
+    /// ([`gc`](Network::gc) reclaims it); [`Error::StateCorrupt`] naming the
+    /// record if it cannot be read.
+    pub async fn open_sandbox(&self, name: &str) -> Result<Sandbox> {
+        let store = &self.inner.store;
+        let not_found = || Error::NotFound {
+            what: "sandbox",
+            name: name.to_owned(),
+        };
+        crate::sandbox::validate_name(name).map_err(|_| not_found())?;
+        let rec = store.read_record(name)?.ok_or_else(not_found)?;
+        let Some(ident) = rec.holder else {
+            return Err(Error::HolderDied {
+                sandbox: name.to_owned(),
+                status: "it was never completed (its creator is making it, or died doing so)"
+                    .into(),
+            });
+        };
+        match Holder::adopt(nix::unistd::Pid::from_raw(ident.pid), ident.start)? {
+            Some(holder) => Ok(Sandbox::from_record(self.inner.clone(), rec, holder)),
+            None => Err(Error::HolderDied {
+                sandbox: name.to_owned(),
+                status: "gone".into(),
+            }),
+        }
+    }
+
+    /// Reclaim what dead holders and crashed callers left behind: sandboxes
+    /// whose holder died (their veth, addresses and record), sandboxes whose
+    /// creator died half-way, addresses owned by no sandbox, holders and
+    /// host-side veths of this network that no live sandbox claims, and
+    /// temporary files of dead writers. A live sandbox, or one that a live
+    /// process is still creating, is never touched, whichever process owns it.
+    ///
+    /// # Errors
+    /// Every step is attempted; if any fails, [`Error::Multiple`] lists the
+    /// failures (what was reclaimed before stays reclaimed).
+    ///
+    /// # Cancel safety
+    /// Each step is idempotent: a cancelled gc can be run again.
+    pub async fn gc(&self) -> Result<GcReport> {
+        let inner = &self.inner;
+        let store = &inner.store;
+        // Excludes other gcs and allocations (not creates as a whole: a
+        // create in progress is recognised by its live creator).
+        let _lock = store.lock().await?;
+        let mut report = GcReport::default();
+        let mut errors = Vec::new();
+        // Names whose holders and veths must be left alone.
+        let mut keep = std::collections::HashMap::new();
+        let mut known = std::collections::HashSet::new();
+        for name in store.sandbox_names()? {
+            known.insert(name.clone());
+            let rec = match liveness(store, &name) {
+                Liveness::Live(rec) => {
+                    keep.insert(name, rec.holder);
+                    continue;
+                }
+                Liveness::Pending(_) => {
+                    keep.insert(name, None);
+                    continue;
+                }
+                Liveness::Corrupt(path) => {
+                    keep.insert(name, None);
+                    report.corrupt.push(path);
+                    continue;
+                }
+                Liveness::Dead(rec) if rec.veth.is_empty() => continue,
+                Liveness::Dead(rec) => rec,
+            };
+            let object = format!("veth {} of dead sandbox {:?}", rec.veth, rec.name);
+            match link::delete_link(&inner.conn.handle, &rec.veth, &object).await {
+                Ok(true) => report.links.push(rec.veth.clone()),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+            for ip in rec
+                .ipv4
+                .map(IpAddr::V4)
+                .into_iter()
+                .chain(rec.ipv6.map(IpAddr::V6))
+            {
+                match store.release(ip, &rec.name) {
+                    Ok(()) => report.addresses.push(ip),
+                    Err(e) => errors.push(e),
+                }
+            }
+            match store.remove_record(&rec.name) {
+                Ok(()) => report.sandboxes.push(rec.name),
+                Err(e) => errors.push(e),
+            }
+        }
+        // Addresses whose owner has no record: a crash between the steps of
+        // a removal, or a hand-edited store.
+        for (ip, owner) in store.reservations()? {
+            if known.contains(&owner) && !report.sandboxes.contains(&owner) {
+                continue;
+            }
+            match store.release(ip, &owner) {
+                Ok(()) if !report.addresses.contains(&ip) => report.addresses.push(ip),
+                Ok(()) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        // Holders of this network that no live sandbox claims.
+        for (pid, start, name) in holder::find_holders(&inner.key) {
+            let claimed = match keep.get(&name) {
+                Some(Some(h)) => h.pid == pid.as_raw() && h.start == start,
+                Some(None) => true,
+                None => false,
+            };
+            if claimed {
+                continue;
+            }
+            if let Ok(Some(h)) = Holder::adopt(pid, start) {
+                match h.kill() {
+                    Ok(()) => {
+                        report
+                            .holders
+                            .push(u32::try_from(pid.as_raw()).unwrap_or(0));
+                        h.discard();
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+        // Host ends of veths on our bridge that no live sandbox claims.
+        let suffix = format!("-{}", inner.tag);
+        for port in link::bridge_ports(&inner.conn.handle, inner.bridge_index).await? {
+            let Some(name) = port.strip_suffix(&suffix) else {
+                continue;
+            };
+            if keep.contains_key(name) || report.links.contains(&port) {
+                continue;
+            }
+            let object = format!("veth {port} of no live sandbox");
+            match link::delete_link(&inner.conn.handle, &port, &object).await {
+                Ok(true) => report.links.push(port),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        store.remove_stale_temp_files();
+        if errors.is_empty() {
+            Ok(report)
+        } else {
+            Err(Error::Multiple {
+                op: format!("gc of network {:?}", inner.bridge),
+                errors,
+            })
+        }
     }
 
     /// Start configuring a sandbox called `name` on this network.

@@ -44,6 +44,26 @@ pub enum Phase {
     Unknown,
 }
 
+/// What [`Network::sandboxes`](crate::Network::sandboxes) knows of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SandboxInfo {
+    /// Its name.
+    pub name: String,
+    /// Its IPv4 address, if it has one yet.
+    pub ipv4: Option<Ipv4Addr>,
+    /// Its IPv6 address, if it has one yet.
+    pub ipv6: Option<Ipv6Addr>,
+    /// PID of its holder, once it has one.
+    pub holder_pid: Option<u32>,
+    /// Whether its holder outlives its creator.
+    pub persistent: bool,
+    /// Pending while its creator is still making it; Running while its
+    /// holder lives; Failed if the holder died or its creator died half-way
+    /// (gc reclaims it); Unknown if its record cannot be read.
+    pub phase: Phase,
+}
+
 /// Configures a sandbox; made by [`Network::sandbox`](crate::Network::sandbox).
 #[derive(Debug)]
 #[must_use = "a builder does nothing until .create().await"]
@@ -200,6 +220,7 @@ impl SandboxBuilder {
             persistent: self.persistent,
         };
         net.store.create_record(&record)?;
+        failpoint("record");
         let mut undo = Undo {
             net: net.clone(),
             name: self.name.clone(),
@@ -242,6 +263,7 @@ impl SandboxBuilder {
         if let Some(pool) = &net.v4 {
             let addr = net.store.allocate(pool, name, want4).await?;
             undo.ips.push(addr);
+            failpoint("address");
             record.ipv4 = match addr {
                 IpAddr::V4(a) => Some(a),
                 IpAddr::V6(_) => None,
@@ -268,6 +290,7 @@ impl SandboxBuilder {
         };
         let pidfd = holder.pidfd().clone();
         undo.holder = Some(holder);
+        failpoint("holder");
 
         link::create_veth(
             &net.conn.handle,
@@ -281,6 +304,7 @@ impl SandboxBuilder {
         )
         .await?;
         undo.veth = Some(record.veth.clone());
+        failpoint("veth");
 
         // A netlink socket is bound to the namespace it is made in: make one
         // inside, on this thread, without yielding while inside.
@@ -311,10 +335,26 @@ impl SandboxBuilder {
             },
         )
         .await?;
+        failpoint("inside");
         record.holder = Some(holder_ident);
-        net.store.update_record(record)
+        net.store.update_record(record)?;
+        failpoint("done");
+        Ok(())
     }
 }
+
+/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step: crash tests
+/// (the `failpoints` feature, enabled for this crate's own tests only).
+#[cfg(feature = "failpoints")]
+fn failpoint(step: &str) {
+    if std::env::var("PODNET_FAILPOINT").as_deref() == Ok(step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+fn failpoint(_step: &str) {}
 
 /// What `create()` has made so far, and how to unmake it.
 struct Undo {
@@ -403,6 +443,23 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Sandbox {
+    /// A handle for a sandbox made by another process (or an earlier one),
+    /// from its record and its adopted holder.
+    pub(crate) fn from_record(net: Arc<NetInner>, record: Record, holder: Holder) -> Sandbox {
+        Sandbox {
+            inner: Arc::new(SbInner {
+                net,
+                name: record.name,
+                ipv4: record.ipv4,
+                ipv6: record.ipv6,
+                veth: record.veth,
+                holder,
+                state: Mutex::new(State::Running),
+            }),
+            remove_on_drop: false,
+        }
+    }
+
     /// The sandbox's name.
     pub fn name(&self) -> &str {
         &self.inner.name

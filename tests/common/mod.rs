@@ -55,6 +55,9 @@ where
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let _cleanup = RemoveDir(state.clone());
+        // Persistent holders outlive a failing test by design: end those of
+        // this namespace however the test ends.
+        let _holders = KillHolders(network_key_prefix());
         rt.block_on(async move {
             let (conn, nl, _) = rtnetlink::new_connection().expect("netlink");
             tokio::spawn(conn);
@@ -68,6 +71,58 @@ where
     });
     if let Err(panic) = thread.join() {
         std::panic::resume_unwind(panic);
+    }
+}
+
+/// `netns-<dev>-<ino>/`: how holders of networks in the calling thread's
+/// namespace name it in their argv.
+pub fn network_key_prefix() -> String {
+    let st = std::fs::metadata("/proc/thread-self/ns/net").expect("own netns");
+    use std::os::unix::fs::MetadataExt;
+    format!("netns-{}-{}/", st.dev(), st.ino())
+}
+
+/// Live (not zombie) holders whose network key starts with `prefix`, with
+/// the sandbox name they hold.
+pub fn holders_of(prefix: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for pid in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+    {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if !zombie
+            && args.first() == Some(&&b"podnet-pause"[..])
+            && args
+                .get(1)
+                .is_some_and(|k| k.starts_with(prefix.as_bytes()))
+        {
+            let name =
+                String::from_utf8_lossy(args.get(2).copied().unwrap_or_default()).into_owned();
+            out.push((pid, name));
+        }
+    }
+    out
+}
+
+struct KillHolders(String);
+
+impl Drop for KillHolders {
+    fn drop(&mut self) {
+        for (pid, _) in holders_of(&self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

@@ -1,0 +1,429 @@
+//! State that survives crashes: other processes re-attach to sandboxes, gc
+//! reclaims what crashed creators left, corrupted state gives clear errors.
+//!
+//! The "other process" is this test binary run again (`child_process`,
+//! ignored unless asked for): it joins the parent test's network namespace
+//! and does what `PODNET_CHILD_ACTION` says, possibly dying by SIGKILL at
+//! the create step named by `PODNET_FAILPOINT` (the `failpoints` feature).
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::{files_under, in_netns, ports, Ctx};
+use podnet::{Error, Network, Phase};
+
+const BRIDGE: &str = "pn0";
+
+async fn network(ctx: &Ctx) -> Network {
+    network_at(&ctx.state).await
+}
+
+async fn network_at(state: &Path) -> Network {
+    Network::builder(BRIDGE)
+        .subnet("10.88.0.0/16".parse().unwrap())
+        .state_dir(state)
+        .build()
+        .await
+        .expect("build network")
+}
+
+/// This test binary, run as a child doing `action` in the current thread's
+/// namespace with the test's state directory.
+fn child(ctx: &Ctx, action: &str, failpoint: Option<&str>) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(
+        "PODNET_CHILD_NETNS",
+        format!(
+            "/proc/{}/task/{}/ns/net",
+            std::process::id(),
+            nix::unistd::gettid()
+        ),
+    )
+    .env("PODNET_CHILD_STATE", &ctx.state)
+    .env("PODNET_CHILD_ACTION", action)
+    .env_remove("PODNET_FAILPOINT")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if let Some(step) = failpoint {
+        cmd.env("PODNET_FAILPOINT", step);
+    }
+    cmd
+}
+
+/// Holders of sandbox `name` of this test's network still running. A
+/// holder that outlived its creator is reparented to PID 1, which reaps it
+/// when it gets to it: allow that a moment.
+fn holders_named(name: &str) -> BTreeSet<u32> {
+    let key = format!("{}{BRIDGE}", common::network_key_prefix());
+    let now = || -> BTreeSet<u32> {
+        common::holders_of(&key)
+            .into_iter()
+            .filter(|(_, n)| n == name)
+            .map(|(pid, _)| pid as u32)
+            .collect()
+    };
+    for _ in 0..100 {
+        if now().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    now()
+}
+
+/// The entry point of the child process; does nothing in a normal run.
+#[test]
+#[ignore = "run by the other tests as a child process"]
+fn child_process() {
+    let (Ok(netns), Ok(state), Ok(action)) = (
+        std::env::var("PODNET_CHILD_NETNS"),
+        std::env::var("PODNET_CHILD_STATE"),
+        std::env::var("PODNET_CHILD_ACTION"),
+    ) else {
+        return;
+    };
+    let ns = std::fs::File::open(&netns).unwrap();
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let net = network_at(Path::new(&state)).await;
+        let words: Vec<&str> = action.split_whitespace().collect();
+        match words[..] {
+            ["create", name, persistent] => {
+                let pod = net
+                    .sandbox(name)
+                    .persistent(persistent == "persistent")
+                    .create()
+                    .await
+                    .unwrap();
+                println!("holder={} ip={}", pod.holder_pid(), pod.ip());
+            }
+            // Create, say so, and hold on until stdin closes; then remove.
+            ["create-and-wait", name] => {
+                let pod = net.sandbox(name).create().await.unwrap();
+                println!("holder={} ip={}", pod.holder_pid(), pod.ip());
+                std::io::stdout().flush().unwrap();
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                pod.remove().await.unwrap();
+            }
+            _ => panic!("unknown action {action:?}"),
+        }
+    });
+}
+
+/// `holder=PID ip=IP` from a child's output.
+fn parse(out: &str) -> (u32, String) {
+    let at = out
+        .find("holder=")
+        .unwrap_or_else(|| panic!("the child did not print its sandbox: {out:?}"));
+    let mut f = out[at..].split_whitespace();
+    let pid = f.next().unwrap()["holder=".len()..].parse().unwrap();
+    let ip = f.next().unwrap()["ip=".len()..].to_owned();
+    (pid, ip)
+}
+
+#[test]
+fn a_creator_killed_at_any_step_leaves_only_what_gc_reclaims() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        for step in ["record", "address", "holder", "veth", "inside", "done"] {
+            for persistent in ["persistent", "dies-with-creator"] {
+                let out = child(&ctx, &format!("create crash {persistent}"), Some(step))
+                    .output()
+                    .unwrap();
+                assert_eq!(
+                    out.status.signal(),
+                    Some(9),
+                    "{step}: the child should die by SIGKILL"
+                );
+                let report = net.gc().await.unwrap_or_else(|e| panic!("{step}: gc: {e}"));
+                if step == "done" && persistent == "persistent" {
+                    // Complete and persistent: it outlives its creator, and
+                    // gc must keep it. Another process takes over.
+                    assert!(report.is_empty(), "{report:?}");
+                    let pod = net.open_sandbox("crash").await.unwrap();
+                    assert_eq!(pod.phase(), Phase::Running);
+                    pod.remove().await.unwrap();
+                } else if step != "record" {
+                    assert_eq!(
+                        report.sandboxes,
+                        ["crash"],
+                        "{step} {persistent}: {report:?}"
+                    );
+                }
+                // A persistent holder made before the record named it is
+                // found by its argv and killed.
+                if persistent == "persistent" && matches!(step, "holder" | "veth" | "inside") {
+                    assert_eq!(report.holders.len(), 1, "{step}: {report:?}");
+                }
+                // Nothing is left: no veth, no holder, no record, no address.
+                assert!(
+                    ports(&ctx.nl, BRIDGE).await.is_empty(),
+                    "{step} {persistent}: {report:?}"
+                );
+                assert!(
+                    holders_named("crash").is_empty(),
+                    "{step} {persistent}: {report:?}"
+                );
+                let left: Vec<_> = files_under(&ctx.state)
+                    .into_iter()
+                    .filter(|f| {
+                        f.to_string_lossy().contains("/addr/")
+                            || f.to_string_lossy().contains("/sandbox/")
+                    })
+                    .collect();
+                assert!(
+                    left.is_empty(),
+                    "{step} {persistent}: {left:?} after {report:?}"
+                );
+                // A second gc finds nothing more.
+                assert!(
+                    net.gc().await.unwrap().is_empty(),
+                    "{step}: gc is not idempotent"
+                );
+            }
+        }
+        // The pool is whole: its first address can be had again.
+        let pod = net
+            .sandbox("after")
+            .ip("10.88.0.2".parse().unwrap())
+            .create()
+            .await
+            .unwrap();
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_second_process_opens_joins_and_removes_a_persistent_sandbox() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let out = child(&ctx, "create kept persistent", None)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (holder, ip) = parse(&String::from_utf8_lossy(&out.stdout));
+        // The creator has exited; the sandbox lives on.
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].name, "kept");
+        assert_eq!(listed[0].phase, Phase::Running);
+        assert_eq!(listed[0].holder_pid, Some(holder));
+        assert_eq!(listed[0].ipv4.unwrap().to_string(), ip);
+        assert!(listed[0].persistent);
+
+        let pod = net.open_sandbox("kept").await.unwrap();
+        assert_eq!(pod.holder_pid(), holder);
+        assert_eq!(pod.ip().to_string(), ip);
+        assert_eq!(pod.phase(), Phase::Running);
+        let out = pod
+            .command("cat")
+            .arg("/proc/net/fib_trie")
+            .output()
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&ip));
+        // gc leaves a live sandbox of another process alone.
+        assert!(net.gc().await.unwrap().is_empty());
+        pod.remove().await.unwrap();
+        assert_eq!(pod.phase(), Phase::Succeeded);
+        assert!(holders_named("kept").is_empty());
+        assert!(ports(&ctx.nl, BRIDGE).await.is_empty());
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        let err = net.open_sandbox("kept").await.unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err}");
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn gc_never_touches_a_live_sandbox_of_a_running_process() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let mut other = child(&ctx, "create-and-wait theirs", None)
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The harness prints its own lines first; ours says holder=.
+        let mut reader = BufReader::new(other.stdout.take().unwrap());
+        let mut line = String::new();
+        while !line.contains("holder=") {
+            line.clear();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "the child ended early"
+            );
+        }
+        let (holder, _) = parse(&line);
+        let mine = net.sandbox("mine").create().await.unwrap();
+        let report = net.gc().await.unwrap();
+        assert!(report.is_empty(), "{report:?}");
+        let phases: Vec<_> = net
+            .sandboxes()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.phase))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("mine".to_owned(), Phase::Running),
+                ("theirs".to_owned(), Phase::Running)
+            ]
+        );
+        assert_eq!(
+            holders_named("theirs").into_iter().collect::<Vec<_>>(),
+            [holder]
+        );
+        drop(other.stdin.take()); // let it remove its sandbox and exit
+        assert!(other.wait().unwrap().success());
+        mine.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_dead_holder_is_failed_in_listings_and_gc_reclaims_it() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net.sandbox("gone").persistent(true).create().await.unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pod.holder_pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(pod.wait().await, Phase::Failed);
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed[0].phase, Phase::Failed);
+        let err = net.open_sandbox("gone").await.unwrap_err();
+        assert!(matches!(err, Error::HolderDied { .. }), "{err}");
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["gone"]);
+        assert_eq!(report.addresses, [pod.ip()]);
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        // The local handle's remove is still fine (everything is gone already).
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn corrupted_state_gives_clear_errors_and_never_panics() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let good = net.sandbox("good").create().await.unwrap();
+        let record = files_under(&ctx.state)
+            .into_iter()
+            .find(|f| f.ends_with("sandbox/good"))
+            .unwrap();
+        let dir = record.parent().unwrap().to_owned();
+        let full = std::fs::read(&record).unwrap();
+        type Corrupt<'a> = Box<dyn Fn(&Path) + 'a>;
+        let cases: Vec<(&str, Corrupt)> = vec![
+            (
+                "truncated",
+                Box::new(|p: &Path| std::fs::write(p, &full[..full.len() / 3]).unwrap()),
+            ),
+            (
+                "garbage",
+                Box::new(|p: &Path| std::fs::write(p, b"\xff\x00not=a\nrecord").unwrap()),
+            ),
+            (
+                "empty",
+                Box::new(|p: &Path| std::fs::write(p, b"").unwrap()),
+            ),
+            (
+                "symlink",
+                Box::new(|p: &Path| {
+                    std::fs::remove_file(p).unwrap();
+                    std::os::unix::fs::symlink("/etc/hostname", p).unwrap();
+                }),
+            ),
+        ];
+        for (what, corrupt) in &cases {
+            let bad = dir.join("bad");
+            std::fs::write(&bad, &full).unwrap();
+            corrupt(&bad);
+            let err = net.open_sandbox("bad").await.unwrap_err();
+            assert!(
+                matches!(err, Error::StateCorrupt { ref path, .. } if path == &bad),
+                "{what}: {err}"
+            );
+            let listed = net.sandboxes().await.unwrap();
+            assert!(
+                listed
+                    .iter()
+                    .any(|s| s.name == "bad" && s.phase == Phase::Unknown),
+                "{what}"
+            );
+            let report = net.gc().await.unwrap();
+            assert_eq!(report.corrupt, std::slice::from_ref(&bad), "{what}");
+            assert!(
+                report.is_empty(),
+                "{what}: gc must not reclaim what it cannot read: {report:?}"
+            );
+            assert_eq!(good.phase(), Phase::Running);
+            std::fs::remove_file(&bad).unwrap();
+        }
+        // State files are owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&record).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        good.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_state_directory_of_another_user_is_refused() {
+    in_netns(|ctx| async move {
+        std::fs::create_dir_all(&ctx.state).unwrap();
+        // Only possible where uid 65534 is mapped (root, or a user namespace that maps it).
+        if let Err(e) =
+            nix::unistd::chown(&ctx.state, Some(nix::unistd::Uid::from_raw(65534)), None)
+        {
+            assert!(
+                !nix::unistd::geteuid().is_root() || !podnet_in_initial_userns(),
+                "root in the initial user namespace must be able to chown: {e}"
+            );
+            eprintln!("SKIPPED part: cannot chown in this user namespace ({e})");
+            return;
+        }
+        let err = Network::builder(BRIDGE)
+            .subnet("10.88.0.0/16".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::StateCorrupt { .. }), "{err}");
+        assert!(err.to_string().contains("another user"), "{err}");
+        assert!(common::links(&ctx.nl).await.len() == 1, "nothing was made");
+    });
+}
+
+fn podnet_in_initial_userns() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
+}
