@@ -598,6 +598,39 @@ impl Store {
     }
 }
 
+/// The store, for this crate's benchmarks only (feature `internals`).
+#[cfg(feature = "internals")]
+pub mod internals {
+    use super::*;
+
+    /// One pool of one store.
+    #[derive(Debug)]
+    pub struct Ipam {
+        store: Store,
+        pool: Pool,
+    }
+
+    impl Ipam {
+        /// Open the store of network `network` under `root`, with `pool`.
+        pub fn open(root: &Path, network: &str, pool: IpNetwork) -> Result<Ipam> {
+            Ok(Ipam {
+                store: Store::open(root, (0, 0), network)?,
+                pool: Pool::new(pool)?,
+            })
+        }
+
+        /// Allocate the next free address for `owner`.
+        pub async fn allocate(&self, owner: &str) -> Result<IpAddr> {
+            self.store.allocate(&self.pool, owner, None).await
+        }
+
+        /// Release `addr` held by `owner`.
+        pub fn release(&self, addr: IpAddr, owner: &str) -> Result<()> {
+            self.store.release(addr, owner)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,6 +752,78 @@ mod tests {
         let distinct: HashSet<_> = all.iter().collect();
         assert_eq!(all.len(), 200);
         assert_eq!(distinct.len(), 200);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Run by `eight_processes_never_share_an_address` in child processes.
+    #[test]
+    #[ignore = "run by another test as a child process"]
+    fn allocating_child() {
+        let (Ok(root), Ok(count), Ok(tag)) = (
+            std::env::var("PODNET_ALLOC_ROOT"),
+            std::env::var("PODNET_ALLOC_COUNT"),
+            std::env::var("PODNET_ALLOC_TAG"),
+        ) else {
+            return;
+        };
+        let store = Store::open(Path::new(&root), (1, 2), "br0").unwrap();
+        let p = pool("10.88.0.0/16");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out = String::new();
+        for i in 0..count.parse::<usize>().unwrap() {
+            let addr = rt
+                .block_on(store.allocate(&p, &format!("{tag}-{i}"), None))
+                .unwrap();
+            out += &format!("addr={addr}\n");
+        }
+        print!("{out}");
+    }
+
+    #[test]
+    fn eight_processes_never_share_an_address() {
+        let root = temp_root("procs");
+        Store::open(&root, (1, 2), "br0").unwrap();
+        let children: Vec<_> = (0..8)
+            .map(|t| {
+                std::process::Command::new(std::env::current_exe().unwrap())
+                    .args([
+                        "ipam::tests::allocating_child",
+                        "--exact",
+                        "--ignored",
+                        "--nocapture",
+                    ])
+                    .env("PODNET_ALLOC_ROOT", &root)
+                    .env("PODNET_ALLOC_COUNT", "60")
+                    .env("PODNET_ALLOC_TAG", format!("p{t}"))
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut all = Vec::new();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            let text = String::from_utf8(out.stdout).unwrap();
+            let mine: Vec<IpAddr> = text
+                .split("addr=")
+                .skip(1)
+                .map(|s| s.split_whitespace().next().unwrap().parse().unwrap())
+                .collect();
+            assert_eq!(mine.len(), 60);
+            all.extend(mine);
+        }
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!(all.len(), 480);
+        assert_eq!(distinct.len(), 480, "an address was handed out twice");
+        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        assert_eq!(store.reservations().unwrap().len(), 480);
+        // Dense: the 480 addresses are exactly the first 480 of the pool.
+        let p = pool("10.88.0.0/16");
+        let want: HashSet<IpAddr> = (2..482).map(|i| p.nth(i)).collect();
+        assert_eq!(distinct.into_iter().copied().collect::<HashSet<_>>(), want);
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -75,6 +75,11 @@ mod sandbox;
 
 pub use error::{Error, Result};
 
+/// Internals for this crate's benchmarks; not part of the API.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use ipam::internals;
+
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -1,0 +1,188 @@
+//! Sandbox create and remove latency, with a fork+exec of `true` measured in
+//! the same run as the yardstick.
+//!
+//! ```text
+//! cargo bench --bench create          # needs [[bench]] name = "create", harness = false
+//! cargo bench --bench create -- 200   # another N (default 50)
+//! ```
+//!
+//! It calls `podnet::rootless::enter()` first, so it runs as any user allowed
+//! to make user namespaces (root included) and never touches the machine's
+//! real network. One untimed warm-up create and remove, then N sandboxes are
+//! created one after another, then removed one after another. Before each
+//! create and each remove, one `tokio::process::Command::new("true").status()`
+//! is timed, so the baseline sees the same machine load as podnet. Nothing
+//! is asserted. For the kernel floor and other tools, see `shared/bench`.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use podnet::{Network, Sandbox};
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; any other argument is N.
+    let n = match std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .map(|a| a.parse::<usize>())
+    {
+        None => 50,
+        Some(Ok(n)) if n > 0 => n,
+        Some(_) => {
+            eprintln!("usage: create [N]   (N > 0, default 50)");
+            return ExitCode::from(2);
+        }
+    };
+    // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
+    // multi-threaded process, and the runtime below is current-thread.
+    if let Err(e) = podnet::rootless::enter() {
+        eprintln!("create bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let state = std::env::temp_dir().join(format!("podnet-bench-create-{}", std::process::id()));
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|rt| rt.block_on(bench(&state, n)));
+    let _ = std::fs::remove_dir(&state); // net.remove() leaves nothing; this is for errors
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("create bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn fork_exec() -> AnyResult<Duration> {
+    let t = Instant::now();
+    let status = tokio::process::Command::new("true").status().await?;
+    let d = t.elapsed();
+    if status.success() {
+        Ok(d)
+    } else {
+        Err(format!("true exited with {status}").into())
+    }
+}
+
+async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
+    let net = Network::builder("pnbench0")
+        .subnet("10.88.0.0/16".parse()?)
+        .state_dir(state)
+        .build()
+        .await?;
+
+    // Warm-up, untimed: the first create also makes the holder program's
+    // memfd and podnet's spawner thread.
+    let warm = net.sandbox("warm").create().await?;
+    warm.remove().await?;
+    fork_exec().await?;
+
+    let mut pods: Vec<Sandbox> = Vec::with_capacity(n);
+    let (mut create, mut remove) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut fe_create, mut fe_remove) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut failed: Option<Box<dyn std::error::Error>> = None;
+    let t0 = Instant::now();
+    for i in 0..n {
+        match fork_exec().await {
+            Ok(d) => fe_create.push(d),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+        let t = Instant::now();
+        match net.sandbox(format!("c{i}")).create().await {
+            Ok(pod) => {
+                create.push(t.elapsed());
+                pods.push(pod);
+            }
+            Err(e) => {
+                failed = Some(e.into());
+                break;
+            }
+        }
+    }
+    let create_wall = t0.elapsed();
+    let t0 = Instant::now();
+    for pod in &pods {
+        // Removal goes on whatever happens, so nothing is left.
+        if let Ok(d) = fork_exec().await {
+            fe_remove.push(d);
+        }
+        let t = Instant::now();
+        match pod.remove().await {
+            Ok(()) => remove.push(t.elapsed()),
+            Err(e) => failed = failed.or(Some(e.into())),
+        }
+    }
+    let remove_wall = t0.elapsed();
+    drop(pods);
+    let net_removed = net.remove().await;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    net_removed?;
+
+    let fe_all: Vec<Duration> = fe_create.iter().chain(&fe_remove).copied().collect();
+    let (Some(c), Some(r), Some(fc), Some(fr), Some(fa)) = (
+        stats(&create),
+        stats(&remove),
+        stats(&fe_create),
+        stats(&fe_remove),
+        stats(&fe_all),
+    ) else {
+        return Err("no samples".into());
+    };
+    println!(
+        "create bench: N={n} sandboxes one at a time (after 1 warm-up), each create and each remove \
+         preceded by one timed fork+exec of `true` (ms)"
+    );
+    println!(
+        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>10}",
+        "what", "n", "median", "p95", "wall", "x fork+exec"
+    );
+    let row = |what: &str, s: (usize, f64, f64), wall: Option<Duration>, base: Option<f64>| {
+        let wall = wall.map_or_else(|| "-".into(), |w| format!("{:.1}", w.as_secs_f64() * 1e3));
+        let ratio = base.map_or_else(|| "-".into(), |b| format!("{:.1}x", s.1 / b));
+        println!(
+            "{:<44} {:>5} {:>9.3} {:>9.3} {:>9} {:>10}",
+            what, s.0, s.1, s.2, wall, ratio
+        );
+    };
+    row("podnet create", c, Some(create_wall), Some(fa.1));
+    row("podnet remove", r, Some(remove_wall), Some(fa.1));
+    row("fork+exec `true` (tokio), during creates", fc, None, None);
+    row("fork+exec `true` (tokio), during removes", fr, None, None);
+    row("fork+exec `true` (tokio), all", fa, None, None);
+    println!(
+        "create: median {:.3} ms = {:.1}x a fork+exec ({:.3} ms); remove: median {:.3} ms = {:.1}x \
+         (walls include the interleaved fork+execs)",
+        c.1,
+        c.1 / fa.1,
+        fa.1,
+        r.1,
+        r.1 / fa.1
+    );
+    Ok(())
+}
+
+/// (count, median, p95) in milliseconds; p95 by nearest rank, as shared/bench does.
+fn stats(xs: &[Duration]) -> Option<(usize, f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let rank = (n * 95).div_ceil(100).max(1);
+    Some((n, median, v[rank - 1]))
+}
