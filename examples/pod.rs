@@ -6,7 +6,7 @@
 //! ```
 //!
 //! It also runs as root or as any user allowed to make user namespaces
-//! (`./target/debug/examples/pod`): it calls `podnet::rootless::enter()`
+//! (`./target/debug/examples/pod`): it calls `podnet::rootless::enter_private()`
 //! first, so it always works in namespaces of its own and never touches the
 //! machine's real network. Everything it makes goes when it exits.
 
@@ -29,7 +29,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 fn main() -> ExitCode {
     // Before the runtime starts any thread: unshare(CLONE_NEWUSER) refuses a
     // multi-threaded process (unshare(2)).
-    if let Err(e) = podnet::rootless::enter() {
+    if let Err(e) = podnet::rootless::enter_private() {
         return fail(&e);
     }
     let state = StateDir(std::env::temp_dir().join(format!("podnet-demo-{}", std::process::id())));
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
         .map_err(Box::<dyn Error>::from)
         .and_then(|rt| rt.block_on(demo(&state.0)));
     // On an error the pods and the bridge need no removal: they live in the
-    // namespaces rootless::enter() made, and holders die with this process.
+    // namespaces rootless::enter_private() made, and holders die with this process.
     match result.and_then(|()| state.remove()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&*e),

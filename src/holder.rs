@@ -299,6 +299,16 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
     })
 }
 
+/// Start a holder from the calling thread, without the spawner thread, for
+/// a process that must stay single-threaded (joining a user namespace
+/// refuses a multi-threaded process). Only for persistent holders: a death
+/// signal would be tied to this thread.
+pub(crate) fn spawn_here(spec: &HolderSpec) -> Result<Holder> {
+    debug_assert!(!spec.die_with_creator);
+    let mut stack = vec![0u8; CHILD_STACK];
+    clone_holder(spec, &mut stack)
+}
+
 /// A holder on its way to the caller; ended if the caller never takes it.
 struct Unclaimed(Option<Holder>);
 

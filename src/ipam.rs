@@ -268,7 +268,7 @@ pub(crate) fn default_root() -> PathBuf {
 
 /// Make `dir` (mode 0700) if it is missing, and check that it is a real
 /// directory of ours that nobody else may write.
-fn ensure_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {}

@@ -13,7 +13,7 @@
 //! fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     // A user and network namespace of our own: no root needed, and the
 //!     // machine's real network is never touched.
-//!     podnet::rootless::enter()?;
+//!     podnet::rootless::enter_private()?;
 //!     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 //!     rt.block_on(async {
 //!         let state = std::env::temp_dir().join(format!("podnet-doc-{}", std::process::id()));

@@ -1,33 +1,48 @@
-//! Running without root: entering a user namespace of our own, and telling
-//! whether the process has the privilege podnet needs.
+//! Running without root: entering a user namespace where we are root (a
+//! shared, persistent one per user, or a private one), and telling whether
+//! the process has the privilege podnet needs.
 //!
 //! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` in the user namespace
 //! that owns the host network namespace (the one the bridge lives in).
-//! [`enter`] gets both for an unprivileged user: it unshares a user and a
-//! network namespace and maps the caller to root inside (user_namespaces(7)).
-//! Everything podnet then makes lives inside those namespaces; nothing
-//! outside is touched, and everything goes when the process exits.
+//! [`enter`] and [`enter_private`] get both for an unprivileged user: a user
+//! and a network namespace where the caller is mapped to root
+//! (user_namespaces(7)). Everything podnet then makes lives inside those
+//! namespaces; nothing outside is touched. The shared ones outlive the
+//! process (until [`teardown`]); the private ones go when it exits.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
-use nix::sched::{unshare, CloneFlags};
+use nix::fcntl::{Flock, FlockArg};
+use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{getegid, geteuid};
 
 use crate::error::{Error, Result};
+use crate::holder::{HolderSpec, HOLDER_COMM};
 
 /// Capability bits (capabilities(7)).
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 
-/// Enter a new user namespace and a new network namespace, mapped so that
-/// the caller is root inside.
+/// Enter this user's shared rootless host: a user namespace (where the
+/// caller is root) and a network namespace, kept alive by a holder process
+/// (`podnet-pause rootless-host <uid>`) so that they outlive the caller.
+///
+/// The first call of a user makes them; later calls, from any process of
+/// that user, join them. So rootless sandboxes made
+/// [`persistent`](crate::SandboxBuilder::persistent) outlive their creator,
+/// and two rootless programs of one user share one bridge and one address
+/// pool, as rootless podman does with its pause process. The holder's PID
+/// is kept in `rootless-host` in the user's state directory
+/// (`$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>`); [`teardown`] ends
+/// it and everything inside. `lo` of the host namespace is up.
 ///
 /// Call it first thing in `main`, before starting the tokio runtime or any
-/// other thread: `unshare(CLONE_NEWUSER)` refuses a multi-threaded process.
-/// Afterwards the process is the "host" of its own network (with `lo` up):
-/// build a [`Network`](crate::Network) and create sandboxes as usual. It
-/// works for root too, which then also stays off the machine's real network.
+/// other thread: joining a user namespace refuses a multi-threaded process.
+/// A process that is already in a user namespace of its own (under
+/// `unshare --user`) cannot join the shared one; it gets private namespaces
+/// instead, as from [`enter_private`].
 ///
 /// ```no_run
 /// fn main() -> podnet::Result<()> {
@@ -38,8 +53,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 ///             .subnet("10.88.0.0/16".parse().unwrap())
 ///             .build()
 ///             .await?;
-///         let pod = net.sandbox("web").create().await?;
-///         pod.remove().await
+///         // Still there after this process exits; open_sandbox("web") re-attaches.
+///         let pod = net.sandbox("web").persistent(true).create().await?;
+///         Ok(())
 ///     })
 /// }
 /// ```
@@ -48,8 +64,219 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// [`Error::Sys`] with `EINVAL` if the process already has more than one
 /// thread; [`Error::NotPermitted`] if user namespaces are disabled for this
 /// user (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`);
-/// [`Error::Io`] if the id maps cannot be written.
+/// [`Error::Io`] if the state directory or the id maps cannot be written.
 pub fn enter() -> Result<()> {
+    single_threaded()?;
+    if !in_initial_userns() {
+        // Already in a user namespace of its own: the shared host (a child
+        // of the initial one) is not ours to join, nor to make from here.
+        return enter_private();
+    }
+    let dir = host_dir();
+    crate::ipam::ensure_private_dir(&dir)?;
+    let lock_path = dir.join("rootless.lock");
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&lock_path)
+        .map_err(|e| Error::io("open", &lock_path, e))?;
+    // Serialises makers: two first calls at once make one host.
+    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| Error::sys("lock", lock_path.display().to_string(), errno))?;
+    let pid_file = dir.join(HOST_FILE);
+    if let Some(pid) = live_host(&pid_file) {
+        return match join(pid) {
+            Ok(()) => Ok(()),
+            // In a user namespace of our own: the shared one is not ours to join.
+            Err(e)
+                if matches!(e.errno(), Some(Errno::EPERM | Errno::EINVAL))
+                    || matches!(e, Error::NotPermitted { .. }) =>
+            {
+                enter_private()
+            }
+            Err(e) => Err(e),
+        };
+    }
+    let (uid, gid) = (geteuid(), getegid());
+    let holder = crate::holder::spawn_here(&HolderSpec {
+        argv: vec![HOLDER_COMM.into(), HOST_ARG.into(), uid.to_string()],
+        namespaces: CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET,
+        die_with_creator: false,
+    })?;
+    let pid = holder.pid();
+    let proc = format!("/proc/{pid}");
+    let maps = [
+        ("setgroups", "deny".to_owned()),
+        ("uid_map", format!("0 {uid} 1")),
+        ("gid_map", format!("0 {gid} 1")),
+    ];
+    for (file, content) in maps {
+        let path = format!("{proc}/{file}");
+        if let Err(e) = fs::write(&path, content) {
+            let _ = holder.kill();
+            return Err(Error::io("write", path, e));
+        }
+    }
+    let tmp = dir.join(format!(".{HOST_FILE}.tmp"));
+    let record = format!("{} {}\n", pid, holder.start_time());
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, record.as_bytes()))
+        .and_then(|()| fs::rename(&tmp, &pid_file));
+    if let Err(e) = written {
+        let _ = holder.kill();
+        return Err(Error::io("write", pid_file, e));
+    }
+    join(u32::try_from(pid.as_raw()).unwrap_or(0))
+}
+
+/// Enter a new user namespace and a new network namespace of this process
+/// only, mapped so that the caller is root inside; they end with the
+/// process, and nothing outside is touched.
+///
+/// For programs that must leave nothing behind (demos, test harnesses,
+/// one-off tools); [`enter`] is the shared, persistent variant. The same
+/// rule applies: call it before starting any thread. It works for root too,
+/// which then also stays off the machine's real network. `lo` of the new
+/// host namespace is up.
+///
+/// # Errors
+/// As [`enter`].
+pub fn enter_private() -> Result<()> {
+    single_threaded()?;
+    let (uid, gid) = (geteuid(), getegid());
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
+        .map_err(|errno| Error::sys("unshare", "a user and a network namespace", errno))?;
+    // setgroups must be denied before an unprivileged process may write gid_map.
+    write_proc("/proc/self/setgroups", "deny")?;
+    write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
+    write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
+    crate::link::loopback_up_blocking()
+}
+
+/// End this user's shared rootless host (see [`enter`]): its holder and
+/// every other process in its user namespace (sandbox holders, their
+/// members). Returns whether there was one. Callable from outside the
+/// namespace or from inside it (the caller itself is spared, and the
+/// namespaces go when it exits).
+///
+/// # Errors
+/// [`Error::Sys`] if a process cannot be signalled.
+pub fn teardown() -> Result<bool> {
+    let dir = host_dir();
+    let pid_file = dir.join(HOST_FILE);
+    let Some(host) = live_host(&pid_file) else {
+        let _ = fs::remove_file(&pid_file);
+        return Ok(false);
+    };
+    let userns = fs::read_link(format!("/proc/{host}/ns/user"))
+        .map_err(|e| Error::io("read", format!("/proc/{host}/ns/user"), e))?;
+    let me = std::process::id();
+    let mut victims = Vec::new();
+    for entry in fs::read_dir("/proc")
+        .map_err(|e| Error::io("list", "/proc", e))?
+        .flatten()
+    {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != me && fs::read_link(format!("/proc/{pid}/ns/user")).ok().as_ref() == Some(&userns)
+        {
+            victims.push(pid);
+        }
+    }
+    victims.push(host);
+    // A namespace full of holders would keep the user namespace alive: end them all.
+    for pid in victims {
+        let target = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+        match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(errno) => {
+                return Err(Error::sys(
+                    "kill",
+                    format!("process {pid} of the rootless host"),
+                    errno,
+                ))
+            }
+        }
+    }
+    let _ = fs::remove_file(&pid_file);
+    let _ = fs::remove_file(dir.join("rootless.lock"));
+    let _ = fs::remove_dir(&dir); // only if nothing else is kept there
+    Ok(true)
+}
+
+/// Where the shared host is recorded: the user's default state directory,
+/// as seen from outside any user namespace, so that [`teardown`] finds it
+/// from inside the host too (where root is the user mapped to 0).
+fn host_dir() -> std::path::PathBuf {
+    if outer_uid() == 0 {
+        std::path::PathBuf::from("/run/podnet")
+    } else {
+        crate::ipam::default_root()
+    }
+}
+
+/// The file, in the user's state directory, naming the shared host's holder.
+const HOST_FILE: &str = "rootless-host";
+/// The holder's argv[1], which marks it as a rootless host.
+const HOST_ARG: &str = "rootless-host";
+
+/// The PID of the live shared host named by `pid_file`, if any: alive with
+/// the recorded start time, and a rootless-host holder (not a reused PID).
+fn live_host(pid_file: &std::path::Path) -> Option<u32> {
+    let text = fs::read_to_string(pid_file).ok()?;
+    let mut f = text.split_whitespace();
+    let pid: i32 = f.next()?.parse().ok()?;
+    let start: u64 = f.next()?.parse().ok()?;
+    if !crate::holder::is_alive(pid, start) {
+        return None;
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|b| *b == 0);
+    (args.next() == Some(HOLDER_COMM.as_bytes()) && args.next() == Some(HOST_ARG.as_bytes()))
+        .then(|| u32::try_from(pid).ok())
+        .flatten()
+}
+
+/// Join the user and network namespaces of process `pid`.
+fn join(pid: u32) -> Result<()> {
+    let open = |ns: &str| -> Result<fs::File> {
+        let path = format!("/proc/{pid}/ns/{ns}");
+        fs::File::open(&path).map_err(|e| Error::io("open", path, e))
+    };
+    let (user, net) = (open("user")?, open("net")?);
+    setns(user, CloneFlags::CLONE_NEWUSER).map_err(|errno| {
+        Error::sys(
+            "join the user namespace of the rootless host",
+            pid.to_string(),
+            errno,
+        )
+    })?;
+    setns(net, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+        Error::sys(
+            "join the network namespace of the rootless host",
+            pid.to_string(),
+            errno,
+        )
+    })?;
+    crate::link::loopback_up_blocking()
+}
+
+fn single_threaded() -> Result<()> {
     let threads = thread_count()?;
     if threads != 1 {
         return Err(Error::Sys {
@@ -58,15 +285,7 @@ pub fn enter() -> Result<()> {
             errno: Errno::EINVAL,
         });
     }
-    let (uid, gid) = (geteuid(), getegid());
-    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
-        .map_err(|errno| Error::sys("unshare", "a user and a network namespace", errno))?;
-    // setgroups must be denied before an unprivileged process may write gid_map.
-    write_proc("/proc/self/setgroups", "deny")?;
-    write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
-    write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
-    // The new host namespace behaves like a host: its loopback works.
-    crate::link::loopback_up_blocking()
+    Ok(())
 }
 
 fn write_proc(path: &'static str, content: &str) -> Result<()> {
@@ -137,6 +356,8 @@ mod tests {
     #[test]
     fn enter_refuses_a_multithreaded_process() {
         // The test harness runs this on a thread of its own: more than one.
+        let err = enter_private().unwrap_err();
+        assert_eq!(err.errno(), Some(Errno::EINVAL));
         let err = enter().unwrap_err();
         assert_eq!(err.errno(), Some(Errno::EINVAL));
         assert!(err.to_string().contains("threads"), "{err}");

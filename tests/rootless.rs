@@ -1,6 +1,8 @@
 //! The rootless path, for real: its own binary (`harness = false`) because
-//! `unshare(CLONE_NEWUSER)` needs a single-threaded process. CI runs it as an
-//! unprivileged user; run as root it skips the "without privilege" part.
+//! entering a user namespace needs a single-threaded process. CI runs it as
+//! an unprivileged user; run as root it skips the "without privilege" part.
+//! It runs itself again as child processes: one for private namespaces, one
+//! that makes the shared rootless host and exits before this one joins it.
 //!
 //! ```text
 //! cargo test --test rootless
@@ -21,8 +23,14 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let state = std::env::temp_dir().join("podnet-rootless-test");
+    match args.get(1).map(String::as_str) {
+        Some("--private") => return private(&state.with_extension("private")),
+        Some("--shared-first") => return shared_first(&state),
+        _ => {}
+    }
     let mut passed = 0;
-    let state = std::env::temp_dir().join(format!("podnet-rootless-{}", std::process::id()));
     let privileged = nix::unistd::geteuid().is_root();
 
     // 1. Without privilege every entry point fails fast, having made nothing.
@@ -51,16 +59,98 @@ fn main() {
         passed += 1;
     }
 
-    // 2. After enter(), the full path works inside our own namespaces.
-    let uid_outside = nix::unistd::geteuid();
-    podnet::rootless::enter().expect("rootless::enter");
+    // 2. Private namespaces: the whole path, in a child process (enter_private
+    //    and the shared enter() cannot both happen in one process).
+    let me = std::env::current_exe().unwrap();
+    let ok = std::process::Command::new(&me)
+        .arg("--private")
+        .status()
+        .unwrap();
+    assert!(ok.success(), "private rootless run failed");
+    passed += 1;
+
+    // 3. The shared rootless host: a first process makes a persistent sandbox
+    //    and exits; this one joins the same namespaces, sees it, re-attaches,
+    //    adds its own from the same pool, and tears everything down.
+    let ok = std::process::Command::new(&me)
+        .arg("--shared-first")
+        .status()
+        .unwrap();
+    assert!(ok.success(), "first shared rootless process failed");
+    podnet::rootless::enter().expect("join the shared rootless host");
+    runtime().block_on(async {
+        let net = shared_network(&state).await;
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].name, "first");
+        assert_eq!(listed[0].phase, Phase::Running);
+        let first = net.open_sandbox("first").await.expect("re-attach");
+        let second = net.sandbox("second").create().await.expect("create second");
+        assert_ne!(first.ip(), second.ip(), "one pool: distinct addresses");
+        // They share one bridge: second reaches first by its address.
+        let l = first
+            .run(|| TcpListener::bind("0.0.0.0:9000"))
+            .await
+            .unwrap()
+            .unwrap();
+        let ok = second
+            .command("bash")
+            .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", first.ip())])
+            .status()
+            .await
+            .unwrap()
+            .success();
+        assert!(ok);
+        let (_, peer) = l.accept().unwrap();
+        assert_eq!(peer.ip(), second.ip());
+        first.remove().await.unwrap();
+        second.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+    assert!(
+        podnet::rootless::teardown().unwrap(),
+        "the shared host was there"
+    );
+    assert!(!podnet::rootless::teardown().unwrap(), "and is gone");
+    passed += 1;
+    let _ = std::fs::remove_dir_all(&state);
+    println!("rootless: {passed} passed, 0 failed");
+}
+
+async fn shared_network(state: &std::path::Path) -> Network {
+    Network::builder("pnshared")
+        .subnet("10.88.0.0/16".parse().unwrap())
+        .state_dir(state)
+        .build()
+        .await
+        .expect("build network in the shared rootless host")
+}
+
+/// The first process of the shared host: a persistent sandbox, then exit.
+fn shared_first(state: &std::path::Path) {
+    podnet::rootless::enter().expect("make the shared rootless host");
+    runtime().block_on(async {
+        let net = shared_network(state).await;
+        let pod = net
+            .sandbox("first")
+            .persistent(true)
+            .create()
+            .await
+            .expect("create first");
+        assert_eq!(pod.phase(), Phase::Running);
+    });
+}
+
+/// The whole path inside private namespaces.
+fn private(state: &std::path::Path) {
+    podnet::rootless::enter_private().expect("rootless::enter_private");
     assert!(nix::unistd::geteuid().is_root(), "mapped to root inside");
     let rt = runtime();
     rt.block_on(async {
         let net = Network::builder("pn0")
             .subnet("10.88.0.0/16".parse().unwrap())
             .subnet("fd00:88::/64".parse().unwrap())
-            .state_dir(&state)
+            .state_dir(state)
             .build()
             .await
             .expect("build network rootless");
@@ -113,7 +203,4 @@ fn main() {
         assert_eq!(a.phase(), Phase::Succeeded);
         net.remove().await.unwrap();
     });
-    passed += 1;
-    let _ = std::fs::remove_dir_all(&state);
-    println!("rootless (uid {uid_outside} outside): {passed} passed, 0 failed");
 }
