@@ -6,9 +6,10 @@
 //! cargo bench --bench create -- 200   # another N (default 50)
 //! ```
 //!
-//! It calls `podnet::rootless::enter()` first, so it runs as any user allowed
-//! to make user namespaces (root included) and never touches the machine's
-//! real network. One untimed warm-up create and remove, then N sandboxes are
+//! It calls `podnet::rootless::enter_private()` first (not `enter()`, whose
+//! shared rootless host outlives the process), so it runs as any user allowed
+//! to make user namespaces (root included), never touches the machine's real
+//! network, and leaves nothing behind. One untimed warm-up create and remove, then N sandboxes are
 //! created one after another, then removed one after another. Before each
 //! create and each remove, one `tokio::process::Command::new("true").status()`
 //! is timed, so the baseline sees the same machine load as podnet. Nothing
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
     };
     // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
     // multi-threaded process, and the runtime below is current-thread.
-    if let Err(e) = podnet::rootless::enter() {
+    if let Err(e) = podnet::rootless::enter_private() {
         eprintln!("create bench: {e}");
         return ExitCode::FAILURE;
     }
@@ -142,14 +143,14 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
          preceded by one timed fork+exec of `true` (ms)"
     );
     println!(
-        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>10}",
+        "{:<44} {:>5} {:>9} {:>9} {:>9} {:>12}",
         "what", "n", "median", "p95", "wall", "x fork+exec"
     );
     let row = |what: &str, s: (usize, f64, f64), wall: Option<Duration>, base: Option<f64>| {
         let wall = wall.map_or_else(|| "-".into(), |w| format!("{:.1}", w.as_secs_f64() * 1e3));
         let ratio = base.map_or_else(|| "-".into(), |b| format!("{:.1}x", s.1 / b));
         println!(
-            "{:<44} {:>5} {:>9.3} {:>9.3} {:>9} {:>10}",
+            "{:<44} {:>5} {:>9.3} {:>9.3} {:>9} {:>12}",
             what, s.0, s.1, s.2, wall, ratio
         );
     };

@@ -6,9 +6,10 @@
 //! cargo bench --bench join            # needs [[bench]] name = "join", harness = false
 //! ```
 //!
-//! It calls `podnet::rootless::enter()` first, so it runs as any user allowed
-//! to make user namespaces (root included) and never touches the machine's
-//! real network. Baseline and podnet samples alternate (the order flips every
+//! It calls `podnet::rootless::enter_private()` first (not `enter()`, whose
+//! shared rootless host outlives the process), so it runs as any user allowed
+//! to make user namespaces (root included), never touches the machine's real
+//! network, and leaves nothing behind. Baseline and podnet samples alternate (the order flips every
 //! iteration) after a warm-up, so drift in the machine's load hits both
 //! alike. Nothing is asserted: it prints medians, p95 and podnet/baseline.
 
@@ -26,7 +27,7 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 fn main() -> ExitCode {
     // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
     // multi-threaded process, and the runtime below is current-thread.
-    if let Err(e) = podnet::rootless::enter() {
+    if let Err(e) = podnet::rootless::enter_private() {
         eprintln!("join bench: {e}");
         return ExitCode::FAILURE;
     }

@@ -372,7 +372,9 @@ fn spawner_submit(job: Job) -> Result<()> {
         .spawn(move || {
             let mut stack = vec![0u8; CHILD_STACK];
             while let Ok(job) = rx.recv() {
-                job(&mut stack);
+                // This thread must outlive every job: its exit would fire
+                // PR_SET_PDEATHSIG on every holder it made.
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut stack)));
             }
         })
         .map_err(|e| Error::io("start the holder spawner thread", "", e))?;
@@ -437,6 +439,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             // The creator may have died before the prctl: then we were
             // reparented and must not live on.
             if libc::getppid() != a.creator {
+                // Not a failed call: say ESRCH rather than a stale errno.
+                *libc::__errno_location() = libc::ESRCH;
                 return fail(2);
             }
         }
@@ -446,7 +450,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // Handlers of the creator must not run here; exec would reset caught
         // signals anyway, but not ignored ones (SIGTERM ignored by the creator
         // must still end the holder). SIGCHLD ignored = the kernel reaps.
-        for sig in 1..libc::SIGRTMAX() {
+        for sig in 1..=libc::SIGRTMAX() {
             if sig != libc::SIGKILL && sig != libc::SIGSTOP {
                 libc::sigaction(sig, &a.sig_default, std::ptr::null_mut());
             }

@@ -173,6 +173,9 @@ pub(crate) struct Ident {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
     pub name: String,
+    /// Tells this sandbox from an earlier or later one of the same name;
+    /// its addresses are reserved as `<name>@<id>`.
+    pub id: String,
     /// The process that created it.
     pub creator: Ident,
     /// Its holder, once there is one.
@@ -186,10 +189,16 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// What its address reservations point to.
+    pub(crate) fn owner(&self) -> String {
+        format!("{}@{}", self.name, self.id)
+    }
+
     fn encode(&self) -> String {
         let mut s = format!(
-            "name={}\ncreator={}:{}\nveth={}\npersistent={}\n",
+            "name={}\nid={}\ncreator={}:{}\nveth={}\npersistent={}\n",
             self.name,
+            self.id,
             self.creator.pid,
             self.creator.start,
             self.veth,
@@ -219,8 +228,8 @@ impl Record {
                 start: s.parse().ok()?,
             })
         };
-        let (mut name, mut creator, mut holder, mut ipv4, mut ipv6, mut veth, mut persistent) =
-            (None, None, None, None, None, None, None);
+        let (mut name, mut id, mut creator, mut holder) = (None, None, None, None);
+        let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
         for line in text.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -228,19 +237,33 @@ impl Record {
             let bad = || corrupt(format!("bad value for {k}: {v:?}"));
             match k {
                 "name" => name = Some(v.to_owned()),
+                "id" => id = Some(v.to_owned()),
                 "creator" => creator = Some(ident(v).ok_or_else(bad)?),
                 "holder" => holder = Some(ident(v).ok_or_else(bad)?),
                 "ipv4" => ipv4 = Some(v.parse().map_err(|_| bad())?),
                 "ipv6" => ipv6 = Some(v.parse().map_err(|_| bad())?),
                 "veth" => veth = Some(v.to_owned()),
-                "persistent" => persistent = Some(v == "1"),
+                "persistent" => match v {
+                    "0" => persistent = Some(false),
+                    "1" => persistent = Some(true),
+                    _ => return Err(bad()),
+                },
                 // Keys of later versions are skipped, not refused.
                 _ => {}
             }
         }
         let missing = |k: &str| corrupt(format!("{k} is missing"));
+        let name = name.ok_or_else(|| missing("name"))?;
+        // A record steers gc to a veth and addresses: it must be the record
+        // of the file it is in.
+        if path.file_name().and_then(|f| f.to_str()) != Some(name.as_str()) {
+            return Err(corrupt(format!(
+                "it names sandbox {name:?}, not its file's"
+            )));
+        }
         Ok(Record {
-            name: name.ok_or_else(|| missing("name"))?,
+            name,
+            id: id.ok_or_else(|| missing("id"))?,
             creator: creator.ok_or_else(|| missing("creator"))?,
             holder,
             ipv4,
@@ -307,8 +330,8 @@ static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 impl Store {
     /// Open (making it if needed) the store of network `network` in the host
     /// namespace identified by `host`.
-    pub(crate) fn open(root: &Path, host: (u64, u64), network: &str) -> Result<Store> {
-        let host_dir = root.join(format!("netns-{}-{}", host.0, host.1));
+    pub(crate) fn open(root: &Path, host: &str, network: &str) -> Result<Store> {
+        let host_dir = root.join(host);
         let dir = host_dir.join(network);
         for d in [
             root,
@@ -409,6 +432,16 @@ impl Store {
         Record::decode(&text, &path).map(Some)
     }
 
+    /// Remove the record of `name` if it is still the one with `id` (not a
+    /// later sandbox of the same name). A missing one is not an error.
+    pub(crate) fn remove_record_if(&self, name: &str, id: &str) -> Result<()> {
+        match self.read_record(name) {
+            Ok(Some(rec)) if rec.id == id => self.remove_record(name),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Remove a record; a missing one is not an error.
     pub(crate) fn remove_record(&self, name: &str) -> Result<()> {
         let path = self.record_path(name);
@@ -455,7 +488,19 @@ impl Store {
     /// Not cancel safe once the lock is held: the reservation may exist
     /// without the caller knowing it. The sandbox's record names the creator,
     /// so gc reclaims it.
+    #[cfg_attr(not(any(test, feature = "internals")), allow(dead_code))]
     pub(crate) async fn allocate(
+        &self,
+        pool: &Pool,
+        owner: &str,
+        want: Option<IpAddr>,
+    ) -> Result<IpAddr> {
+        let _lock = self.lock().await?;
+        self.allocate_locked(pool, owner, want)
+    }
+
+    /// [`allocate`](Store::allocate) for a caller that holds the lock.
+    pub(crate) fn allocate_locked(
         &self,
         pool: &Pool,
         owner: &str,
@@ -465,7 +510,6 @@ impl Store {
             pool.check(addr)?;
             return self.reserve(addr, owner);
         }
-        let _lock = self.lock().await?;
         let cursor_path = self.dir.join(format!("next-{}", pool.family()));
         let (first, last) = (pool.first(), pool.last());
         let cursor = fs::read_to_string(&cursor_path)
@@ -502,7 +546,10 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AddressTaken {
                 addr,
                 owner: fs::read_link(&path)
-                    .map(|t| t.to_string_lossy().into_owned())
+                    .map(|t| {
+                        let t = t.to_string_lossy();
+                        t.split('@').next().unwrap_or_default().to_owned()
+                    })
                     .unwrap_or_default(),
             }),
             Err(e) => Err(io_err("reserve address", &path, e)),
@@ -523,6 +570,26 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err("read address reservation", &path, e)),
         }
+    }
+
+    /// Note that podnet made the bridge, so that removing the network may
+    /// delete it.
+    pub(crate) fn mark_bridge_ours(&self) -> Result<()> {
+        let path = self.dir.join("bridge-made-here");
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map(drop)
+            .map_err(|e| io_err("create state file", &path, e))
+    }
+
+    /// Whether podnet made the bridge.
+    pub(crate) fn bridge_is_ours(&self) -> bool {
+        self.dir.join("bridge-made-here").exists()
     }
 
     /// Names of the sandboxes with a record.
@@ -580,7 +647,7 @@ impl Store {
         self.record_path(name)
     }
 
-    /// Every reserved address with its owner.
+    /// Every reserved address with its owner (`<name>@<id>`).
     pub(crate) fn reservations(&self) -> Result<Vec<(IpAddr, String)>> {
         let dir = self.dir.join("addr");
         let mut out = Vec::new();
@@ -614,7 +681,7 @@ pub mod internals {
         /// Open the store of network `network` under `root`, with `pool`.
         pub fn open(root: &Path, network: &str, pool: IpNetwork) -> Result<Ipam> {
             Ok(Ipam {
-                store: Store::open(root, (0, 0), network)?,
+                store: Store::open(root, "netns-bench", network)?,
                 pool: Pool::new(pool)?,
             })
         }
@@ -675,6 +742,7 @@ mod tests {
     fn record_round_trips_and_garbage_is_an_error_naming_the_file() {
         let rec = Record {
             name: "web".into(),
+            id: "1-2-3".into(),
             creator: Ident { pid: 7, start: 99 },
             holder: Some(Ident { pid: 8, start: 100 }),
             ipv4: Some("10.88.0.2".parse().unwrap()),
@@ -699,7 +767,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn allocates_in_order_then_exhausts_then_reuses() {
         let root = temp_root("order");
-        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        let store = Store::open(&root, "netns-test", "br0").unwrap();
         let p = pool("10.88.0.0/29"); // .2 ..= .6
         let mut got = Vec::new();
         for i in 0..5 {
@@ -727,7 +795,7 @@ mod tests {
     #[test]
     fn concurrent_threads_never_share_an_address() {
         let root = temp_root("threads");
-        let store = std::sync::Arc::new(Store::open(&root, (1, 2), "br0").unwrap());
+        let store = std::sync::Arc::new(Store::open(&root, "netns-test", "br0").unwrap());
         let p = pool("10.88.0.0/24");
         let handles: Vec<_> = (0..8)
             .map(|t| {
@@ -766,7 +834,7 @@ mod tests {
         ) else {
             return;
         };
-        let store = Store::open(Path::new(&root), (1, 2), "br0").unwrap();
+        let store = Store::open(Path::new(&root), "netns-test", "br0").unwrap();
         let p = pool("10.88.0.0/16");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -784,7 +852,7 @@ mod tests {
     #[test]
     fn eight_processes_never_share_an_address() {
         let root = temp_root("procs");
-        Store::open(&root, (1, 2), "br0").unwrap();
+        Store::open(&root, "netns-test", "br0").unwrap();
         let children: Vec<_> = (0..8)
             .map(|t| {
                 std::process::Command::new(std::env::current_exe().unwrap())
@@ -818,7 +886,7 @@ mod tests {
         let distinct: HashSet<_> = all.iter().collect();
         assert_eq!(all.len(), 480);
         assert_eq!(distinct.len(), 480, "an address was handed out twice");
-        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        let store = Store::open(&root, "netns-test", "br0").unwrap();
         assert_eq!(store.reservations().unwrap().len(), 480);
         // Dense: the 480 addresses are exactly the first 480 of the pool.
         let p = pool("10.88.0.0/16");
@@ -830,9 +898,10 @@ mod tests {
     #[test]
     fn duplicate_record_is_already_exists_and_symlinked_records_are_refused() {
         let root = temp_root("rec");
-        let store = Store::open(&root, (1, 2), "br0").unwrap();
+        let store = Store::open(&root, "netns-test", "br0").unwrap();
         let rec = Record {
             name: "a".into(),
+            id: "1-2-3".into(),
             creator: Ident { pid: 1, start: 1 },
             holder: None,
             ipv4: None,
@@ -862,7 +931,7 @@ mod tests {
         let root = temp_root("symlink");
         fs::create_dir_all(root.join("real")).unwrap();
         std::os::unix::fs::symlink(root.join("real"), root.join("link")).unwrap();
-        let err = Store::open(&root.join("link"), (1, 2), "br0").unwrap_err();
+        let err = Store::open(&root.join("link"), "netns-test", "br0").unwrap_err();
         assert!(matches!(err, Error::StateCorrupt { .. }), "{err}");
         fs::remove_dir_all(&root).unwrap();
     }

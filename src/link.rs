@@ -26,10 +26,9 @@ use rtnetlink::{
 
 use crate::error::{Error, Result};
 
-/// Index of `lo` in a new network namespace.
+/// Index of `lo` in a new network namespace: the loopback device is
+/// registered first in every namespace (net/core/dev.c).
 const LO_INDEX: u32 = 1;
-/// Index we ask for `eth0` in a sandbox: the first free one after `lo`.
-pub(crate) const ETH0_INDEX: u32 = 2;
 /// Name of the sandbox end of the veth pair.
 pub(crate) const ETH0: &str = "eth0";
 
@@ -142,9 +141,10 @@ fn bridge_mac(name: &str) -> Vec<u8> {
     vec![0x02, h[3], h[4], h[5], h[6], h[7]]
 }
 
-/// Make sure bridge `name` exists and is up; return its index. A bridge
-/// that exists already is reused; a non-bridge of that name is refused.
-pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<u32> {
+/// Make sure bridge `name` exists and is up; return its index and whether
+/// it was made now. A bridge that exists already is reused; a non-bridge of
+/// that name is refused.
+pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<(u32, bool)> {
     if let Some(link) = get_link(h, name).await? {
         return match link_kind(&link) {
             Some(InfoKind::Bridge) => {
@@ -155,7 +155,7 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
                         .await
                         .map_err(|e| nl_err("set up bridge", name, e))?;
                 }
-                Ok(link.header.index)
+                Ok((link.header.index, false))
             }
             kind => Err(Error::NotABridge {
                 name: name.to_owned(),
@@ -179,7 +179,7 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
         Err(e) => return Err(nl_err("create bridge", name, e)),
     }
     match get_link(h, name).await? {
-        Some(link) => Ok(link.header.index),
+        Some(link) => Ok((link.header.index, true)),
         None => Err(Error::Netlink {
             op: "get link",
             object: name.to_owned(),
@@ -229,13 +229,10 @@ pub(crate) struct Veth<'a> {
 }
 
 /// Create the veth pair in one request: the host end enslaved to the
-/// bridge and up, the peer named `eth0` with index 2 in the holder's
-/// namespace. (The peer cannot be set up in the same message: veth_open()
+/// bridge and up, the peer named `eth0` in the holder's namespace. (The peer cannot be set up in the same message: veth_open()
 /// answers ENOTCONN until both ends exist; that is done inside.)
 pub(crate) async fn create_veth(h: &Handle, v: &Veth<'_>) -> Result<()> {
-    let mut peer = LinkUnspec::new_with_name(ETH0)
-        .index(ETH0_INDEX)
-        .setns_by_pid(v.holder_pid);
+    let mut peer = LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid);
     let mut host = LinkVeth::new(v.host, ETH0).controller(v.bridge).up();
     if let Some(mtu) = v.mtu {
         peer = peer.mtu(mtu);
@@ -256,6 +253,16 @@ pub(crate) async fn create_veth(h: &Handle, v: &Veth<'_>) -> Result<()> {
         }
         e => nl_err("create veth", &object, e),
     })
+}
+
+/// The index of the bridge link `name` is enslaved to, if any.
+pub(crate) async fn master_of(h: &Handle, name: &str) -> Result<Option<u32>> {
+    Ok(get_link(h, name).await?.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Controller(i) => Some(*i),
+            _ => None,
+        })
+    }))
 }
 
 /// Delete link `name`; `object` describes it for errors. Returns whether
@@ -286,8 +293,32 @@ pub(crate) struct Inside<'a> {
 /// kernel handles them in order, so this costs one round of acks.
 pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> Result<()> {
     let (conn, h, _) = rtnetlink::from_socket(socket);
+    futures::pin_mut!(conn);
     let s = cfg.sandbox;
     let eth0 = format!("{ETH0} in sandbox {s:?}");
+    // eth0's index is looked up, not assumed: the kernel ignores the index
+    // asked for a veth peer, and a new namespace may already hold tunnel
+    // devices (tunl0, sit0, gre0 when net.core.fb_tunnels_only_for_init_net
+    // is 0) that take the low indexes.
+    let lookup = get_link(&h, ETH0);
+    let index = match futures::future::select(Box::pin(lookup), &mut conn).await {
+        Either::Left((Ok(Some(link)), _)) => link.header.index,
+        Either::Left((Ok(None), _)) => {
+            return Err(Error::Netlink {
+                op: "get link",
+                object: eth0,
+                errno: Errno::ENODEV,
+            })
+        }
+        Either::Left((Err(e), _)) => return Err(e),
+        Either::Right(((), _)) => {
+            return Err(Error::NetlinkProtocol {
+                op: "get link",
+                object: eth0,
+                detail: "the netlink connection closed".into(),
+            })
+        }
+    };
     let set_up = |index: u32, object: String| {
         let req = h.link().set(LinkUnspec::new_with_index(index).up().build());
         async move {
@@ -308,15 +339,15 @@ pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> R
     let add_address =
         |h: &Handle, addr: IpAddr, prefix: u8, object: &str| -> BoxFuture<'static, Result<()>> {
             let (h, object) = (h.clone(), object.to_owned());
-            async move { ensure_address(&h, ETH0_INDEX, addr, prefix, &object).await }.boxed()
+            async move { ensure_address(&h, index, addr, prefix, &object).await }.boxed()
         };
     let mut steps: Vec<BoxFuture<'static, Result<()>>> = vec![
         set_up(LO_INDEX, format!("lo in sandbox {s:?}")).boxed(),
-        set_up(ETH0_INDEX, eth0.clone()).boxed(),
+        set_up(index, eth0.clone()).boxed(),
     ];
     if let Some((addr, prefix, gw)) = cfg.ipv4 {
         let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .output_interface(ETH0_INDEX)
+            .output_interface(index)
             .gateway(gw)
             .build();
         steps.push(add_address(&h, addr.into(), prefix, &eth0));
@@ -324,7 +355,7 @@ pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> R
     }
     if let Some((addr, prefix, gw)) = cfg.ipv6 {
         let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .output_interface(ETH0_INDEX)
+            .output_interface(index)
             .gateway(gw)
             .build();
         steps.push(add_address(&h, addr.into(), prefix, &eth0));
@@ -333,7 +364,6 @@ pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> R
     // try_join_all polls the steps in order on its first poll, so the
     // requests go out in order; the connection future does the I/O.
     let all = futures::future::try_join_all(steps);
-    futures::pin_mut!(conn);
     match futures::future::select(all, conn).await {
         Either::Left((result, _)) => result.map(drop),
         Either::Right(((), _)) => Err(Error::NetlinkProtocol {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::stat::{fstat, Mode};
+use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 
@@ -33,10 +33,50 @@ pub(crate) fn thread_netns() -> Result<OwnedFd> {
     .map_err(|errno| Error::sys("open", THREAD_NETNS, errno))
 }
 
-/// The identity of a namespace: (device, inode) of its nsfs file.
-pub(crate) fn ns_identity(fd: BorrowedFd<'_>) -> Result<(u64, u64)> {
-    let st = fstat(fd).map_err(|errno| Error::sys("fstat", "network namespace", errno))?;
-    Ok((st.st_dev, st.st_ino))
+/// `SO_NETNS_COOKIE` (Linux 5.14, include/uapi/asm-generic/socket.h); not
+/// in the libc crate yet.
+const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+
+/// The calling thread's network namespace's cookie: a 64-bit id the kernel
+/// never hands out twice, unlike the nsfs inode, which is reused once the
+/// namespace is gone (so a store keyed by inode could be inherited by a
+/// stranger).
+pub(crate) fn netns_cookie() -> Result<u64> {
+    use nix::libc;
+    // SAFETY: socket(2) with constant arguments returns a new fd or -1.
+    // JUSTIFICATION: nix's socket() would need its `socket` feature for this one call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::sys(
+            "socket",
+            "to read the netns cookie",
+            Errno::last(),
+        ));
+    }
+    // SAFETY: the fd was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len: libc::socklen_t = 8; // size_of::<u64>()
+                                      // SAFETY: getsockopt(2) writes at most `len` bytes into `cookie`, which
+                                      // is a u64 of exactly that size, and updates `len`.
+                                      // JUSTIFICATION: nix has no SO_NETNS_COOKIE sockopt.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::sys(
+            "getsockopt SO_NETNS_COOKIE",
+            "(Linux 5.14 or later is needed)",
+            Errno::last(),
+        ));
+    }
+    Ok(cookie)
 }
 
 thread_local! {
@@ -156,12 +196,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thread_netns_identity_is_stable() {
-        let a = thread_netns().unwrap();
-        let b = thread_netns().unwrap();
-        assert_eq!(
-            ns_identity(a.as_fd()).unwrap(),
-            ns_identity(b.as_fd()).unwrap()
-        );
+    fn the_netns_cookie_is_stable_and_differs_between_namespaces() {
+        let here = netns_cookie().unwrap();
+        assert_eq!(netns_cookie().unwrap(), here);
+        let other = std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).ok()?;
+            netns_cookie().ok()
+        })
+        .join()
+        .unwrap();
+        if let Some(other) = other {
+            assert_ne!(other, here);
+        }
     }
 }

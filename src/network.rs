@@ -6,7 +6,7 @@
 //! Nothing assumes other threads of the process are in that namespace.
 
 use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -113,6 +113,7 @@ fn liveness(store: &Store, name: &str) -> Liveness {
         // Removed meanwhile: nothing to do.
         Ok(None) => Liveness::Dead(Record {
             name: name.to_owned(),
+            id: String::new(),
             creator: crate::ipam::Ident { pid: 0, start: 0 },
             holder: None,
             ipv4: None,
@@ -164,7 +165,8 @@ impl Network {
         self.inner.v4.iter().chain(self.inner.v6.iter())
     }
 
-    /// Remove the network: delete its bridge and its address store (and the
+    /// Remove the network: delete its bridge (if podnet made it: a bridge
+    /// that was there before is left alone) and its address store (and the
     /// state directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
@@ -177,6 +179,7 @@ impl Network {
     /// Idempotent: a cancelled remove can be run again.
     pub async fn remove(&self) -> Result<()> {
         let inner = &self.inner;
+        let _lock = inner.store.lock().await?;
         let sandboxes = inner.store.sandbox_names()?;
         if !sandboxes.is_empty() {
             return Err(Error::Busy {
@@ -184,8 +187,11 @@ impl Network {
                 sandboxes,
             });
         }
-        let object = format!("bridge {:?}", inner.bridge);
-        link::delete_link(&inner.conn.handle, &inner.bridge, &object).await?;
+        // A bridge that was there before podnet came is left as it was found.
+        if inner.store.bridge_is_ours() {
+            let object = format!("bridge {:?}", inner.bridge);
+            link::delete_link(&inner.conn.handle, &inner.bridge, &object).await?;
+        }
         inner.store.destroy()
     }
 
@@ -276,15 +282,17 @@ impl Network {
         let mut errors = Vec::new();
         // Names whose holders and veths must be left alone.
         let mut keep = std::collections::HashMap::new();
-        let mut known = std::collections::HashSet::new();
+        // Reservations (`<name>@<id>`) that records still stand behind.
+        let mut owned = std::collections::HashSet::new();
         for name in store.sandbox_names()? {
-            known.insert(name.clone());
             let rec = match liveness(store, &name) {
                 Liveness::Live(rec) => {
+                    owned.insert(rec.owner());
                     keep.insert(name, rec.holder);
                     continue;
                 }
-                Liveness::Pending(_) => {
+                Liveness::Pending(rec) => {
+                    owned.insert(rec.owner());
                     keep.insert(name, None);
                     continue;
                 }
@@ -308,12 +316,12 @@ impl Network {
                 .into_iter()
                 .chain(rec.ipv6.map(IpAddr::V6))
             {
-                match store.release(ip, &rec.name) {
+                match store.release(ip, &rec.owner()) {
                     Ok(()) => report.addresses.push(ip),
                     Err(e) => errors.push(e),
                 }
             }
-            match store.remove_record(&rec.name) {
+            match store.remove_record_if(&rec.name, &rec.id) {
                 Ok(()) => report.sandboxes.push(rec.name),
                 Err(e) => errors.push(e),
             }
@@ -321,7 +329,9 @@ impl Network {
         // Addresses whose owner has no record: a crash between the steps of
         // a removal, or a hand-edited store.
         for (ip, owner) in store.reservations()? {
-            if known.contains(&owner) && !report.sandboxes.contains(&owner) {
+            let name = owner.split('@').next().unwrap_or_default();
+            // A corrupt record may own it: leave it with the record.
+            if owned.contains(&owner) || report.corrupt.iter().any(|p| p.ends_with(name)) {
                 continue;
             }
             match store.release(ip, &owner) {
@@ -457,32 +467,50 @@ impl NetworkBuilder {
         rootless::check_privilege(&format!("build network {:?}", self.bridge))?;
 
         let host_ns = netns::thread_netns()?;
-        let host_id = netns::ns_identity(host_ns.as_fd())?;
+        let host_key = format!("netns-{}", netns::netns_cookie()?);
         let root = self.state_dir.unwrap_or_else(crate::ipam::default_root);
-        let store = Store::open(&root, host_id, &self.bridge)?;
+        // Netlink first, the store last, so bad input (a non-bridge of that
+        // name) leaves nothing behind; a bridge made here goes if a later
+        // step fails.
         let conn = link::connect()?;
-        let bridge_index = link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
-        for pool in v4.iter().chain(v6.iter()) {
-            let object = format!("bridge {:?}", self.bridge);
-            link::ensure_address(
-                &conn.handle,
-                bridge_index,
-                pool.gateway(),
-                pool.prefix(),
-                &object,
-            )
-            .await?;
-        }
-        let tag = tag(&self.bridge);
+        let (bridge_index, created) =
+            link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
+        let object = format!("bridge {:?}", self.bridge);
+        let rest = async {
+            for pool in v4.iter().chain(v6.iter()) {
+                link::ensure_address(
+                    &conn.handle,
+                    bridge_index,
+                    pool.gateway(),
+                    pool.prefix(),
+                    &object,
+                )
+                .await?;
+            }
+            let store = Store::open(&root, &host_key, &self.bridge)?;
+            if created {
+                store.mark_bridge_ours()?;
+            }
+            Ok(store)
+        };
+        let store = match rest.await {
+            Ok(store) => store,
+            Err(e) => {
+                if created {
+                    let _ = link::delete_link(&conn.handle, &self.bridge, &object).await;
+                }
+                return Err(e);
+            }
+        };
         Ok(Network {
             inner: Arc::new(NetInner {
-                key: format!("netns-{}-{}/{}", host_id.0, host_id.1, self.bridge),
+                key: format!("{host_key}/{}", self.bridge),
+                tag: tag(&self.bridge),
                 bridge: self.bridge,
                 bridge_index,
                 v4,
                 v6,
                 mtu: self.mtu,
-                tag,
                 conn,
                 store,
                 host_ns,

@@ -101,6 +101,8 @@ pub struct Sandbox {
 struct SbInner {
     net: Arc<NetInner>,
     name: String,
+    /// Tells this sandbox from others of the same name, before or after it.
+    id: String,
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
     veth: String,
@@ -112,6 +114,8 @@ struct SbInner {
 enum State {
     Running,
     Failed(Exit),
+    /// `remove()` has begun: the holder's end is expected, not a failure.
+    Removing,
     Removed,
 }
 
@@ -212,6 +216,7 @@ impl SandboxBuilder {
         let net = self.net.clone();
         let mut record = Record {
             name: self.name.clone(),
+            id: instance_id(),
             creator: creator()?,
             holder: None,
             ipv4: None,
@@ -219,17 +224,22 @@ impl SandboxBuilder {
             veth: veth.clone(),
             persistent: self.persistent,
         };
+        // The record and the reservations are made under the store's lock,
+        // so a concurrent gc sees either none of them or a record whose
+        // creator is alive (and leaves all of it alone).
+        let lock = net.store.lock().await?;
         net.store.create_record(&record)?;
         failpoint("record");
         let mut undo = Undo {
             net: net.clone(),
             name: self.name.clone(),
+            id: record.id.clone(),
             veth: None,
             ips: Vec::new(),
             holder: None,
             armed: true,
         };
-        match self.build(&mut undo, &mut record).await {
+        match self.build(&mut undo, &mut record, lock).await {
             Ok(()) => {
                 undo.armed = false;
                 let holder = undo
@@ -240,6 +250,7 @@ impl SandboxBuilder {
                     inner: Arc::new(SbInner {
                         net,
                         name: self.name,
+                        id: record.id,
                         ipv4: record.ipv4,
                         ipv6: record.ipv6,
                         veth,
@@ -256,12 +267,13 @@ impl SandboxBuilder {
         }
     }
 
-    async fn build(&self, undo: &mut Undo, record: &mut Record) -> Result<()> {
+    async fn build(&self, undo: &mut Undo, record: &mut Record, lock: impl Sized) -> Result<()> {
         let net = &self.net;
         let name = &self.name;
+        let owner = record.owner();
         let (_, want4, want6) = self.validate()?;
         if let Some(pool) = &net.v4 {
-            let addr = net.store.allocate(pool, name, want4).await?;
+            let addr = net.store.allocate_locked(pool, &owner, want4)?;
             undo.ips.push(addr);
             failpoint("address");
             record.ipv4 = match addr {
@@ -270,13 +282,17 @@ impl SandboxBuilder {
             };
         }
         if let Some(pool) = &net.v6 {
-            let addr = net.store.allocate(pool, name, want6).await?;
+            let addr = net.store.allocate_locked(pool, &owner, want6)?;
             undo.ips.push(addr);
             record.ipv6 = match addr {
                 IpAddr::V6(a) => Some(a),
                 IpAddr::V4(_) => None,
             };
         }
+        // The addresses are in the record before anything else is made, so
+        // a crash from here on leaves a record that says what to reclaim.
+        net.store.update_record(record)?;
+        drop(lock);
         let holder = holder::spawn(HolderSpec {
             argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
             namespaces: CloneFlags::CLONE_NEWNET,
@@ -292,17 +308,28 @@ impl SandboxBuilder {
         undo.holder = Some(holder);
         failpoint("holder");
 
-        link::create_veth(
-            &net.conn.handle,
-            &Veth {
-                host: &record.veth,
-                bridge: net.bridge_index,
-                holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
-                mtu: self.mtu.or(net.mtu),
-                sandbox: name,
-            },
-        )
-        .await?;
+        let veth = Veth {
+            host: &record.veth,
+            bridge: net.bridge_index,
+            holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
+            mtu: self.mtu.or(net.mtu),
+            sandbox: name,
+        };
+        match link::create_veth(&net.conn.handle, &veth).await {
+            // Our record for this name is fresh, so no live sandbox of this
+            // network owns a veth of this name: one on our bridge is left
+            // from an earlier sandbox whose namespace the kernel is still
+            // tearing down (or a crash). Take it out of the way once.
+            Err(Error::AlreadyExists { what: "link", .. })
+                if link::master_of(&net.conn.handle, &record.veth).await?
+                    == Some(net.bridge_index) =>
+            {
+                let object = format!("leftover veth {} on bridge {:?}", record.veth, net.bridge);
+                link::delete_link(&net.conn.handle, &record.veth, &object).await?;
+                link::create_veth(&net.conn.handle, &veth).await?;
+            }
+            other => other?,
+        }
         undo.veth = Some(record.veth.clone());
         failpoint("veth");
 
@@ -360,6 +387,7 @@ fn failpoint(_step: &str) {}
 struct Undo {
     net: Arc<NetInner>,
     name: String,
+    id: String,
     veth: Option<String>,
     ips: Vec<IpAddr>,
     holder: Option<Holder>,
@@ -385,10 +413,11 @@ impl Undo {
         if let Some(holder) = self.holder.take() {
             holder.discard();
         }
+        let owner = format!("{}@{}", self.name, self.id);
         for ip in self.ips.drain(..) {
-            let _ = self.net.store.release(ip, &self.name);
+            let _ = self.net.store.release(ip, &owner);
         }
-        let _ = self.net.store.remove_record(&self.name);
+        let _ = self.net.store.remove_record_if(&self.name, &self.id);
         self.armed = false;
     }
 }
@@ -400,6 +429,17 @@ impl Drop for Undo {
             self.release_sync();
         }
     }
+}
+
+/// A fresh id for a sandbox instance: unique per process by a counter, and
+/// across processes by the PID and the clock.
+fn instance_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos)
 }
 
 /// The identity of this process, for records.
@@ -450,6 +490,7 @@ impl Sandbox {
             inner: Arc::new(SbInner {
                 net,
                 name: record.name,
+                id: record.id,
                 ipv4: record.ipv4,
                 ipv6: record.ipv6,
                 veth: record.veth,
@@ -637,7 +678,7 @@ impl SbInner {
     fn phase(&self) -> Phase {
         let state = *self.lock_state();
         match state {
-            State::Removed => Phase::Succeeded,
+            State::Removed | State::Removing => Phase::Succeeded,
             State::Failed(_) => Phase::Failed,
             State::Running => match self.holder.try_exit() {
                 Ok(None) => Phase::Running,
@@ -652,7 +693,7 @@ impl SbInner {
     fn record_exit(&self, exit: Exit) -> Phase {
         let mut state = self.lock_state();
         match *state {
-            State::Removed => Phase::Succeeded,
+            State::Removed | State::Removing => Phase::Succeeded,
             State::Failed(_) => Phase::Failed,
             State::Running => {
                 *state = State::Failed(exit);
@@ -677,13 +718,24 @@ impl SbInner {
     }
 
     async fn remove(&self) -> Result<()> {
-        if *self.lock_state() == State::Removed {
-            return Ok(());
+        {
+            let mut state = self.lock_state();
+            match *state {
+                State::Removed => return Ok(()),
+                State::Running => *state = State::Removing,
+                State::Failed(_) | State::Removing => {}
+            }
         }
         let mut errors = Vec::new();
-        let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-        if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
-            errors.push(e);
+        // The veth is deleted by name only while the name is still ours: a
+        // stale handle must not take down a later sandbox of the same name.
+        // (Ours then goes with our holder's namespace.)
+        let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
+        if ours {
+            let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
+            if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
+                errors.push(e);
+            }
         }
         match self.holder.kill() {
             Ok(()) => match self.holder.wait().await {
@@ -709,15 +761,16 @@ impl SbInner {
     /// Release the address(es) and the record; synchronous and quick.
     fn release_state(&self) -> Result<()> {
         let store = &self.net.store;
+        let owner = format!("{}@{}", self.name, self.id);
         let ips = self
             .ipv4
             .map(IpAddr::V4)
             .into_iter()
             .chain(self.ipv6.map(IpAddr::V6));
         let mut errors: Vec<Error> = ips
-            .filter_map(|ip| store.release(ip, &self.name).err())
+            .filter_map(|ip| store.release(ip, &owner).err())
             .collect();
-        errors.extend(store.remove_record(&self.name).err());
+        errors.extend(store.remove_record_if(&self.name, &self.id).err());
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
@@ -834,8 +887,10 @@ impl Command {
         self
     }
 
-    /// The wrapped tokio command, for everything else (uid, gid, process
-    /// group, more `pre_exec` hooks, which run after the sandbox is joined).
+    /// The wrapped tokio command, for everything else (process group, more
+    /// `pre_exec` hooks, which run after the sandbox is joined). Not `uid`
+    /// or `gid`: std switches identity before `pre_exec` hooks run, and the
+    /// join then fails with EPERM.
     pub fn inner_mut(&mut self) -> &mut tokio::process::Command {
         &mut self.inner
     }

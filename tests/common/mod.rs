@@ -74,12 +74,26 @@ where
     }
 }
 
-/// `netns-<dev>-<ino>/`: how holders of networks in the calling thread's
-/// namespace name it in their argv.
+/// `netns-<cookie>/`: how holders of networks in the calling thread's
+/// namespace name it in their argv (podnet keys by `SO_NETNS_COOKIE`).
 pub fn network_key_prefix() -> String {
-    let st = std::fs::metadata("/proc/thread-self/ns/net").expect("own netns");
-    use std::os::unix::fs::MetadataExt;
-    format!("netns-{}-{}/", st.dev(), st.ino())
+    use std::os::fd::AsRawFd;
+    const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+    let sock = std::os::unix::net::UnixDatagram::unbound().expect("socket");
+    let mut cookie: u64 = 0;
+    let mut len: nix::libc::socklen_t = 8; // size_of::<u64>()
+                                           // SAFETY: getsockopt writes at most `len` bytes into the u64.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            sock.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "SO_NETNS_COOKIE");
+    format!("netns-{cookie}/")
 }
 
 /// Live (not zombie) holders whose network key starts with `prefix`, with
