@@ -61,6 +61,8 @@ pub(crate) struct Holder {
     start_time: u64,
     /// Whether we are its parent, so `waitid` can reap it.
     child: bool,
+    /// Whether it has been reaped (only meaningful for our children).
+    reaped: std::sync::atomic::AtomicBool,
 }
 
 /// How a holder ended.
@@ -121,10 +123,17 @@ impl Holder {
         if !self.child {
             return Exit::Unknown;
         }
-        match waitid(
+        let status = waitid(
             Id::PIDFd(self.pidfd.as_fd()),
             WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        );
+        if matches!(
+            status,
+            Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(Errno::ECHILD)
         ) {
+            self.reaped.store(true, Ordering::Relaxed);
+        }
+        match status {
             Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
             // ECHILD: reaped already by an earlier call; the status was reported then.
@@ -211,6 +220,7 @@ impl Holder {
             pidfd: Arc::new(pidfd),
             start_time,
             child,
+            reaped: false.into(),
         }))
     }
 }
@@ -262,6 +272,39 @@ pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
         }
     }
     out
+}
+
+impl Drop for Holder {
+    /// A handle going away leaves the holder running (sandboxes outlive
+    /// their handles), but a child of ours must still be reaped when it
+    /// ends, or it stays a zombie for the life of the process: a task on
+    /// the current runtime waits for that. (Without a runtime, it is reaped
+    /// when this process exits.)
+    fn drop(&mut self) {
+        if !self.child || self.reaped.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(Some(_)) = self.try_exit() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let orphan = Holder {
+            pid: self.pid,
+            pidfd: self.pidfd.clone(),
+            start_time: self.start_time,
+            child: true,
+            reaped: false.into(),
+        };
+        // Mark this one done so only `orphan` reaps.
+        self.reaped.store(true, Ordering::Relaxed);
+        rt.spawn(async move {
+            let _ = orphan.wait().await;
+            // Whatever happened, this handle does not try again.
+            orphan.reaped.store(true, Ordering::Relaxed);
+        });
+    }
 }
 
 /// `/proc/PID/stat` field 22, the start time in clock ticks since boot.
@@ -579,6 +622,7 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
         pidfd,
         start_time,
         child: true,
+        reaped: false.into(),
     })
 }
 

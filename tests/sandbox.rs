@@ -557,6 +557,36 @@ fn dropping_a_sandbox_handle_keeps_the_sandbox() {
 }
 
 #[test]
+fn the_holder_of_a_dropped_handle_is_reaped_when_it_ends() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("kept").create().await.unwrap();
+        let pid = pod.holder_pid();
+        drop(pod);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // We are its parent: until we reap it, it stays in /proc as a zombie.
+        let proc = format!("/proc/{pid}");
+        let t = std::time::Instant::now();
+        while std::path::Path::new(&proc).exists() && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            !std::path::Path::new(&proc).exists(),
+            "holder {pid} was never reaped"
+        );
+        // And gc reclaims the rest.
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["kept"]);
+        assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_bridge_that_exists_is_reused_and_a_second_network_coexists() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
