@@ -172,18 +172,7 @@ impl Holder {
         if let Ok(Some(exit)) = self.try_exit() {
             return Ok(exit);
         }
-        let dup = self
-            .pidfd
-            .try_clone()
-            .map_err(|e| Error::io("duplicate pidfd of holder", self.pid.to_string(), e))?;
-        // SAFETY: an OwnedFd stays open and returns the same fd until the
-        // AsyncFd (which owns it) is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
-            .map_err(|e| Error::io("watch pidfd of holder", self.pid.to_string(), e.into()))?;
-        let _ready = fd
-            .readable()
-            .await
-            .map_err(|e| Error::io("watch pidfd of holder", self.pid.to_string(), e))?;
+        wait_exit(self.pid, &self.pidfd).await?;
         Ok(self.reap())
     }
 
@@ -290,21 +279,36 @@ impl Drop for Holder {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let orphan = Holder {
-            pid: self.pid,
-            pidfd: self.pidfd.clone(),
-            start_time: self.start_time,
-            child: true,
-            reaped: false.into(),
-        };
-        // Mark this one done so only `orphan` reaps.
+        // Mark this handle done: the task below reaps, holding only the
+        // pidfd (no Holder, so a task dropped unrun cannot recurse).
         self.reaped.store(true, Ordering::Relaxed);
+        let (pid, pidfd) = (self.pid, self.pidfd.clone());
         rt.spawn(async move {
-            let _ = orphan.wait().await;
-            // Whatever happened, this handle does not try again.
-            orphan.reaped.store(true, Ordering::Relaxed);
+            if wait_exit(pid, &pidfd).await.is_ok() {
+                let _ = waitid(
+                    Id::PIDFd(pidfd.as_fd()),
+                    WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+                );
+            }
         });
     }
+}
+
+/// Wait until the process behind `pidfd` has exited (its pidfd polls
+/// readable then, pidfd_open(2)); reaps nothing.
+async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
+    let dup = pidfd
+        .try_clone()
+        .map_err(|e| Error::io("duplicate pidfd of holder", pid.to_string(), e))?;
+    // SAFETY: an OwnedFd stays open and returns the same fd until the
+    // AsyncFd (which owns it) is dropped.
+    let fd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::io("watch pidfd of holder", pid.to_string(), e.into()))?;
+    let _ready = fd
+        .readable()
+        .await
+        .map_err(|e| Error::io("watch pidfd of holder", pid.to_string(), e))?;
+    Ok(())
 }
 
 /// `/proc/PID/stat` field 22, the start time in clock ticks since boot.

@@ -274,10 +274,16 @@ impl Record {
     }
 }
 
-/// The default root of all stores: `/run/podnet` for root in the machine's
-/// initial user namespace, else `$XDG_RUNTIME_DIR/podnet`, else
-/// `/tmp/podnet-<uid>` (uid as seen outside any user namespace).
+/// The default root of all stores: `$PODNET_STATE_DIR` if set (an
+/// absolute path), else `/run/podnet` for root in the machine's initial user
+/// namespace, else `$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>` (uid
+/// as seen outside any user namespace).
 pub(crate) fn default_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PODNET_STATE_DIR").map(PathBuf::from) {
+        if dir.is_absolute() {
+            return dir;
+        }
+    }
     if geteuid().is_root() && crate::rootless::in_initial_userns() {
         return PathBuf::from("/run/podnet");
     }

@@ -409,8 +409,8 @@ impl NetworkBuilder {
     }
 
     /// Keep the address store under `dir` instead of the default
-    /// (`/run/podnet` as root, else `$XDG_RUNTIME_DIR/podnet`, else
-    /// `/tmp/podnet-<uid>`). It is made 0700 if missing, must belong to us,
+    /// (`$PODNET_STATE_DIR` if set, else `/run/podnet` as root, else
+    /// `$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>`). It is made 0700 if missing, must belong to us,
     /// and is removed by [`Network::remove`] once empty.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());

@@ -223,6 +223,9 @@ pub fn teardown() -> Result<bool> {
 /// as seen from outside any user namespace, so that [`teardown`] finds it
 /// from inside the host too (where root is the user mapped to 0).
 fn host_dir() -> std::path::PathBuf {
+    if std::env::var_os("PODNET_STATE_DIR").is_some() {
+        return crate::ipam::default_root();
+    }
     if outer_uid() == 0 {
         std::path::PathBuf::from("/run/podnet")
     } else {

@@ -32,6 +32,11 @@ fn main() {
     }
     let mut passed = 0;
     let privileged = nix::unistd::geteuid().is_root();
+    // A shared rootless host of this test's own, never the user's real one;
+    // the children inherit it. (Still single-threaded: setting is sound.)
+    let host_dir =
+        std::env::temp_dir().join(format!("podnet-rootless-host-{}", std::process::id()));
+    std::env::set_var("PODNET_STATE_DIR", &host_dir);
 
     // 1. Without privilege every entry point fails fast, having made nothing.
     if privileged {
@@ -72,6 +77,8 @@ fn main() {
     // 3. The shared rootless host: a first process makes a persistent sandbox
     //    and exits; this one joins the same namespaces, sees it, re-attaches,
     //    adds its own from the same pool, and tears everything down.
+    // However this ends, the test's shared host goes.
+    let _teardown = Teardown;
     let ok = std::process::Command::new(&me)
         .arg("--shared-first")
         .status()
@@ -115,6 +122,14 @@ fn main() {
     passed += 1;
     let _ = std::fs::remove_dir_all(&state);
     println!("rootless: {passed} passed, 0 failed");
+}
+
+struct Teardown;
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        let _ = podnet::rootless::teardown();
+    }
 }
 
 async fn shared_network(state: &std::path::Path) -> Network {
