@@ -1,13 +1,15 @@
 //! The address pool and its on-disk store. Only this file touches the
 //! store's files.
 //!
-//! Layout, under `<root>/<host netns dev>-<inode>/<network>/`:
+//! Layout, under `<root>/netns-<host netns cookie>/<network>/`:
 //!
 //! ```text
-//! lock               flock(2)ed around allocation (the kernel drops it if we die)
+//! lock               flock(2)ed around allocation and record creation (the
+//!                    kernel drops it if we die); gc holds it while it runs
 //! next-v4, next-v6   index of the last address handed out (a hint, not a truth)
-//! addr/<ip>          a symlink whose target is the owning sandbox's name
+//! addr/<ip>          a symlink whose target is "<sandbox>@<instance id>"
 //! sandbox/<name>     the sandbox's record (key=value lines)
+//! bridge-made-here   present if podnet made the bridge
 //! ```
 //!
 //! Why symlinks: `symlink(2)` creates the link and its content in one atomic

@@ -55,7 +55,7 @@ pub(crate) struct NetInner {
     /// Two characters derived from the bridge name, suffixed to host-side
     /// interface names so two networks in one namespace do not collide.
     pub tag: String,
-    /// Names this network in holders' argv: `netns-<dev>-<ino>/<bridge>`.
+    /// Names this network in holders' argv: `netns-<cookie>/<bridge>`.
     pub key: String,
     pub conn: link::Conn,
     pub store: Store,
