@@ -43,7 +43,9 @@ fn main() -> ExitCode {
     // requests are answered by the kernel), and podnet sends all host-side
     // netlink requests through the one connection task of the Network, so a
     // multi-thread runtime could not run two host-side requests at once
-    // anyway; it would only add cross-thread wake-ups to what is timed.
+    // anyway; it would only add cross-thread wake-ups to what is timed. (Tried:
+    // two workers and a spawned task per sandbox left the N=200, C=2 teardown
+    // wall where it was, about twice the kernel floor's.)
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
