@@ -321,6 +321,19 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
+/// Open (making it if needed, 0600) a file of the store for reading and
+/// writing, never through a symlink.
+pub(crate) fn open_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
     Error::io(op, path, e)
 }
@@ -463,15 +476,7 @@ impl Store {
     /// allocation, but another process holds it, so wait off the runtime.
     pub(crate) async fn lock(&self) -> Result<Flock<File>> {
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| io_err("open lock file", &path, e))?;
+        let file = open_private(&path).map_err(|e| io_err("open lock file", &path, e))?;
         // flock, not fcntl(F_SETLK): a POSIX record lock would not exclude
         // two threads of this process (fcntl(2)). Each call opens the file
         // anew, so each holds its own open file description.
@@ -584,13 +589,7 @@ impl Store {
     /// delete it.
     pub(crate) fn mark_bridge_ours(&self) -> Result<()> {
         let path = self.dir.join("bridge-made-here");
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
+        open_private(&path)
             .map(drop)
             .map_err(|e| io_err("create state file", &path, e))
     }

@@ -75,15 +75,8 @@ pub fn enter() -> Result<()> {
     let dir = host_dir();
     crate::ipam::ensure_private_dir(&dir)?;
     let lock_path = dir.join("rootless.lock");
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(&lock_path)
-        .map_err(|e| Error::io("open", &lock_path, e))?;
+    let lock =
+        crate::ipam::open_private(&lock_path).map_err(|e| Error::io("open", &lock_path, e))?;
     // Serialises makers: two first calls at once make one host.
     let _lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| Error::sys("lock", lock_path.display().to_string(), errno))?;
