@@ -311,7 +311,7 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
             .await
             .unwrap();
         let before = snapshot(&ctx.nl).await;
-        let files_before = files_under(&ctx.state);
+        let files_before = common::tree_under(&ctx.state);
 
         for name in ["Web", "a_b", "-a", "a-", "", "abcdefghijklm"] {
             let err = net.sandbox(name).create().await.unwrap_err();
@@ -387,7 +387,11 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
             before,
             "links or addresses changed"
         );
-        assert_eq!(files_under(&ctx.state), files_before, "state changed");
+        assert_eq!(
+            common::tree_under(&ctx.state),
+            files_before,
+            "state changed"
+        );
         // The network still works after all that.
         let ok = net.sandbox("s").create().await.unwrap();
         ok.remove().await.unwrap();
@@ -649,7 +653,7 @@ fn a_failure_half_way_rolls_back_what_was_made() {
             .await
             .unwrap();
         let before = snapshot(&ctx.nl).await;
-        let files_before = files_under(&ctx.state);
+        let files_before = common::tree_under(&ctx.state);
         let holders_before = holders();
         // Fails at the veth, after the address and the holder were made.
         let err = net.sandbox("web").create().await.unwrap_err();
@@ -658,7 +662,7 @@ fn a_failure_half_way_rolls_back_what_was_made() {
             "{err}"
         );
         assert_eq!(snapshot(&ctx.nl).await, before);
-        assert_eq!(files_under(&ctx.state), files_before);
+        assert_eq!(common::tree_under(&ctx.state), files_before);
         assert_eq!(holders(), holders_before, "the holder was not stopped");
         net.remove().await.unwrap();
     });

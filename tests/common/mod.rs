@@ -148,6 +148,20 @@ impl Drop for RemoveDir {
     }
 }
 
+/// Every file and directory under `dir`.
+pub fn tree_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            out.extend(tree_under(&p));
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Every file (not directory) under `dir`.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -175,27 +189,25 @@ fn link_name(l: &LinkMessage) -> String {
         .unwrap_or_default()
 }
 
-/// Names of all links in the test's namespace.
-pub async fn links(nl: &Handle) -> BTreeSet<String> {
-    let all: Vec<LinkMessage> = nl
-        .link()
+/// Every link in the test's namespace.
+async fn dump_links(nl: &Handle) -> Vec<LinkMessage> {
+    nl.link()
         .get()
         .execute()
         .try_collect()
         .await
-        .expect("dump links");
+        .expect("dump links")
+}
+
+/// Names of all links in the test's namespace.
+pub async fn links(nl: &Handle) -> BTreeSet<String> {
+    let all = dump_links(nl).await;
     all.iter().map(link_name).collect()
 }
 
 /// The hardware address of link `name`.
 pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
-    let all: Vec<LinkMessage> = nl
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .expect("dump links");
+    let all = dump_links(nl).await;
     let link = all
         .iter()
         .find(|l| link_name(l) == name)
@@ -211,13 +223,7 @@ pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
 
 /// Names of the ports of bridge `bridge`.
 pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
-    let all: Vec<LinkMessage> = nl
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .expect("dump links");
+    let all = dump_links(nl).await;
     let Some(index) = all
         .iter()
         .find(|l| link_name(l) == bridge)
