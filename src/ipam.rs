@@ -321,6 +321,13 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
     })
 }
 
+/// Overwrite the cursor file with `i` as 39 digits (enough for any u128),
+/// so the file never needs truncating.
+fn write_cursor(path: &Path, i: u128) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    open_private(path)?.write_all_at(format!("{i:039}").as_bytes(), 0)
+}
+
 /// Open (making it if needed, 0600) a file of the store for reading and
 /// writing, never through a symlink.
 pub(crate) fn open_private(path: &Path) -> std::io::Result<File> {
@@ -536,8 +543,10 @@ impl Store {
             let addr = pool.nth(i);
             match self.reserve(addr, owner) {
                 Ok(addr) => {
-                    // A stale cursor only costs a retry, so it is written in place.
-                    let _ = fs::write(&cursor_path, i.to_string());
+                    // A stale cursor only costs a retry, so it is written in
+                    // place, fixed-width (no truncation: O_TRUNC costs a
+                    // journal transaction on ext4).
+                    let _ = write_cursor(&cursor_path, i);
                     return Ok(addr);
                 }
                 Err(Error::AddressTaken { .. }) if i != cursor => continue,

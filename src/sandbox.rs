@@ -25,7 +25,6 @@ use crate::ipam::{Ident, Record};
 use crate::link::{self, Inside, Veth};
 use crate::netns::{self, Enter};
 use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
-use crate::rootless;
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -212,7 +211,8 @@ impl SandboxBuilder {
     /// then the record names it for gc.
     pub async fn create(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
-        rootless::check_privilege(&format!("create sandbox {:?}", self.name))?;
+        // Privilege was checked when the network was built; an EPERM from
+        // the kernel later still becomes Error::NotPermitted.
         let net = self.net.clone();
         let mut record = Record {
             name: self.name.clone(),
@@ -289,9 +289,9 @@ impl SandboxBuilder {
                 IpAddr::V4(_) => None,
             };
         }
-        // The addresses are in the record before anything else is made, so
-        // a crash from here on leaves a record that says what to reclaim.
-        net.store.update_record(record)?;
+        // No record rewrite here: if this process dies before the final
+        // one, gc releases reservations that no live record owns, kills
+        // holders by their argv and deletes the veth the record names.
         drop(lock);
         let holder = holder::spawn(HolderSpec {
             argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
