@@ -15,6 +15,8 @@
 //! is timed, so the baseline sees the same machine load as podnet. Nothing
 //! is asserted. For the kernel floor and other tools, see `shared/bench`.
 
+mod common;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -171,19 +173,7 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
     Ok(())
 }
 
-/// (count, median, p95) in milliseconds; p95 by nearest rank, as shared/bench does.
+/// (count, median, p95) in milliseconds.
 fn stats(xs: &[Duration]) -> Option<(usize, f64, f64)> {
-    if xs.is_empty() {
-        return None;
-    }
-    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = (n * 95).div_ceil(100).max(1);
-    Some((n, median, v[rank - 1]))
+    common::stats(xs, 1e3)
 }

@@ -13,6 +13,8 @@
 //! iteration) after a warm-up, so drift in the machine's load hits both
 //! alike. Nothing is asserted: it prints medians, p95 and podnet/baseline.
 
+mod common;
+
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -102,37 +104,26 @@ async fn measure(pod: &podnet::Sandbox) -> AnyResult<Vec<Row>> {
         let podnet_first = i % 2 == 1;
         for podnet_turn in [podnet_first, !podnet_first] {
             // (a) a process that joins the sandbox vs a plain one
-            let t = Instant::now();
-            let status = if podnet_turn {
-                pod.command("true").status().await?
+            let d = if podnet_turn {
+                timed_status(async { Ok(pod.command("true").status().await?) }).await?
             } else {
-                tokio::process::Command::new("true").status().await?
+                timed_status(async { Ok(tokio::process::Command::new("true").status().await?) })
+                    .await?
             };
-            let d = t.elapsed();
-            if !status.success() {
-                return Err(format!("true exited with {status}").into());
-            }
             if keep {
                 push(&mut command, podnet_turn, d);
             }
 
             // (a') the fork path without setns (podnet_turn) vs the same baseline
-            let t = Instant::now();
-            let status = if podnet_turn {
-                let mut cmd = tokio::process::Command::new("true");
+            let mut cmd = tokio::process::Command::new("true");
+            if podnet_turn {
                 // SAFETY: the hook runs in the child between fork and exec
                 // and does nothing at all.
                 unsafe {
                     cmd.pre_exec(|| Ok(()));
                 }
-                cmd.status().await?
-            } else {
-                tokio::process::Command::new("true").status().await?
-            };
-            let d = t.elapsed();
-            if !status.success() {
-                return Err(format!("true exited with {status}").into());
             }
+            let d = timed_status(async { Ok(cmd.status().await?) }).await?;
             if keep {
                 push(&mut pre_exec, podnet_turn, d);
             }
@@ -173,21 +164,22 @@ fn push(row: &mut Row, podnet: bool, d: Duration) {
     }
 }
 
-/// (median, p95) in microseconds; p95 by nearest rank, as shared/bench does.
-fn stats(xs: &[Duration]) -> Option<(f64, f64)> {
-    if xs.is_empty() {
-        return None;
+/// Time `run` (a command run to completion); a failed run is an error.
+async fn timed_status(
+    run: impl std::future::Future<Output = AnyResult<std::process::ExitStatus>>,
+) -> AnyResult<Duration> {
+    let t = Instant::now();
+    let status = run.await?;
+    let d = t.elapsed();
+    if !status.success() {
+        return Err(format!("true exited with {status}").into());
     }
-    let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = (n * 95).div_ceil(100).max(1);
-    Some((median, v[rank - 1]))
+    Ok(d)
+}
+
+/// (median, p95) in microseconds.
+fn stats(xs: &[Duration]) -> Option<(f64, f64)> {
+    common::stats(xs, 1e6).map(|(_, median, p95)| (median, p95))
 }
 
 fn print_table(rows: &[Row]) {

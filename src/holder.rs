@@ -372,24 +372,18 @@ impl Holder {
     /// blocking the caller. For rollbacks and drops.
     pub(crate) fn discard(self) {
         let _ = self.kill();
-        if let Ok(Some(_)) = self.try_exit() {
-            return;
-        }
-        if !self.child {
-            return;
-        }
-        // Reap off the caller: on its runtime if it has one, else on the
-        // spawner thread (a SIGKILLed holder exits at once, so that thread
-        // waits only briefly).
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move { self.wait().await });
+        // With a runtime, Drop reaps it on a task. Without one, Drop would
+        // leave it (a live holder could take forever); this one was just
+        // SIGKILLed, so the spawner thread waits only briefly.
+        if self.child && tokio::runtime::Handle::try_current().is_err() {
+            if let Ok(Some(_)) = self.try_exit() {
+                return;
             }
-            Err(_) => {
-                let _ = spawner_submit(Box::new(move |_: &mut [u8]| {
-                    let _ = waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED);
-                }));
-            }
+            self.reaped.store(true, Ordering::Relaxed);
+            let pidfd = self.pidfd.clone();
+            let _ = spawner_submit(Box::new(move |_: &mut [u8]| {
+                let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+            }));
         }
     }
 }

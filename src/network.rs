@@ -101,6 +101,8 @@ enum Liveness {
     Dead(Record),
     /// The record cannot be read.
     Corrupt(PathBuf),
+    /// Removed since it was listed: nothing to do.
+    Gone,
 }
 
 fn liveness(store: &Store, name: &str) -> Liveness {
@@ -110,17 +112,7 @@ fn liveness(store: &Store, name: &str) -> Liveness {
             None if holder::is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
             _ => Liveness::Dead(rec),
         },
-        // Removed meanwhile: nothing to do.
-        Ok(None) => Liveness::Dead(Record {
-            name: name.to_owned(),
-            id: String::new(),
-            creator: crate::ipam::Ident { pid: 0, start: 0 },
-            holder: None,
-            ipv4: None,
-            ipv6: None,
-            veth: String::new(),
-            persistent: false,
-        }),
+        Ok(None) => Liveness::Gone,
         Err(_) => Liveness::Corrupt(store.record_file(name)),
     }
 }
@@ -207,7 +199,7 @@ impl Network {
             let (rec, phase) = match liveness(store, &name) {
                 Liveness::Live(r) => (Some(r), Phase::Running),
                 Liveness::Pending(r) => (Some(r), Phase::Pending),
-                Liveness::Dead(r) if r.veth.is_empty() => continue,
+                Liveness::Gone => continue,
                 Liveness::Dead(r) => (Some(r), Phase::Failed),
                 Liveness::Corrupt(_) => (None, Phase::Unknown),
             };
@@ -301,7 +293,7 @@ impl Network {
                     report.corrupt.push(path);
                     continue;
                 }
-                Liveness::Dead(rec) if rec.veth.is_empty() => continue,
+                Liveness::Gone => continue,
                 Liveness::Dead(rec) => rec,
             };
             let object = format!("veth {} of dead sandbox {:?}", rec.veth, rec.name);

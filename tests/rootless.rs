@@ -95,21 +95,7 @@ fn main() {
         let second = net.sandbox("second").create().await.expect("create second");
         assert_ne!(first.ip(), second.ip(), "one pool: distinct addresses");
         // They share one bridge: second reaches first by its address.
-        let l = first
-            .run(|| TcpListener::bind("0.0.0.0:9000"))
-            .await
-            .unwrap()
-            .unwrap();
-        let ok = second
-            .command("bash")
-            .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", first.ip())])
-            .status()
-            .await
-            .unwrap()
-            .success();
-        assert!(ok);
-        let (_, peer) = l.accept().unwrap();
-        assert_eq!(peer.ip(), second.ip());
+        reaches_by_ip(&second, &first).await;
         first.remove().await.unwrap();
         second.remove().await.unwrap();
         net.remove().await.unwrap();
@@ -122,6 +108,26 @@ fn main() {
     passed += 1;
     let _ = std::fs::remove_dir_all(&state);
     println!("rootless: {passed} passed, 0 failed");
+}
+
+/// A member process of `from` connects to `to`'s address, and `to` sees it
+/// come from `from`'s address.
+async fn reaches_by_ip(from: &podnet::Sandbox, to: &podnet::Sandbox) {
+    let l = to
+        .run(|| TcpListener::bind("0.0.0.0:9000"))
+        .await
+        .unwrap()
+        .unwrap();
+    let ok = from
+        .command("bash")
+        .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", to.ip())])
+        .status()
+        .await
+        .unwrap()
+        .success();
+    assert!(ok, "{} could not reach {}", from.name(), to.name());
+    let (_, peer) = l.accept().unwrap();
+    assert_eq!(peer.ip(), from.ip());
 }
 
 struct Teardown;
@@ -196,22 +202,7 @@ fn private(state: &std::path::Path) {
         assert!(ok);
         assert_eq!(server.join().unwrap(), "local");
 
-        // b reaches a by its address.
-        let l = a
-            .run(|| TcpListener::bind("0.0.0.0:9000"))
-            .await
-            .unwrap()
-            .unwrap();
-        let ok = b
-            .command("bash")
-            .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", a.ip())])
-            .status()
-            .await
-            .unwrap()
-            .success();
-        assert!(ok);
-        let (_, peer) = l.accept().unwrap();
-        assert_eq!(peer.ip(), b.ip());
+        reaches_by_ip(&b, &a).await;
 
         a.remove().await.unwrap();
         b.remove().await.unwrap();
