@@ -328,6 +328,10 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner_submit(Box::new(move |stack: &mut [u8]| {
+        if tx.is_closed() {
+            // Cancelled before its turn: nothing to start.
+            return;
+        }
         let result = clone_holder(&spec, stack).map(|h| Unclaimed(Some(h)));
         // If the caller is gone, the value comes back and is dropped here;
         // if it goes later, the value is dropped with the channel: either
@@ -386,6 +390,21 @@ impl Holder {
             }));
         }
     }
+}
+
+/// Wait until the spawner thread has run every job submitted before this
+/// call (with a holder of a cancelled spawn ended). For tests.
+#[cfg(feature = "internals")]
+pub async fn flush_spawner() -> Result<()> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawner_submit(Box::new(move |_: &mut [u8]| {
+        let _ = tx.send(());
+    }))?;
+    rx.await.map_err(|_| Error::Sys {
+        op: "flush holder spawner",
+        object: "the spawner thread went away".into(),
+        errno: Errno::ECHILD,
+    })
 }
 
 type Job = Box<dyn FnOnce(&mut [u8]) + Send>;

@@ -683,7 +683,7 @@ impl Store {
 
 /// The store, for this crate's benchmarks only (feature `internals`).
 #[cfg(feature = "internals")]
-pub mod internals {
+pub(crate) mod internals {
     use super::*;
 
     /// One pool of one store.

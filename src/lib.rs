@@ -76,9 +76,13 @@ mod sandbox;
 pub use error::{Error, Result};
 
 /// Internals for this crate's benchmarks; not part of the API.
+/// Hooks for this crate's own tests and benches; not a stable API.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
-pub use ipam::internals;
+pub mod internals {
+    pub use crate::holder::flush_spawner;
+    pub use crate::ipam::internals::Ipam;
+}
 
 /// The README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -679,6 +679,9 @@ fn a_cancelled_create_leaves_nothing_behind() {
         // spawner thread; then the caller gives up.
         assert!(futures::poll!(&mut create).is_pending());
         drop(create);
+        // The spawner thread may not have run the clone yet: let it finish
+        // its queue (it ends a holder nobody claims), then wait for the end.
+        podnet::internals::flush_spawner().await.unwrap();
         let t = std::time::Instant::now();
         while holders() != holders_before && t.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(10)).await;
