@@ -294,6 +294,23 @@ impl Drop for Holder {
     }
 }
 
+/// Wait until the holder behind `pidfd` (PID `pid`) has exited and say how,
+/// without reaping it (its `Holder` does that).
+pub(crate) async fn wait_for_exit(pid: u32, pidfd: &OwnedFd) -> Result<String> {
+    let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
+    wait_exit(pid, pidfd).await?;
+    let status = waitid(
+        Id::PIDFd(pidfd.as_fd()),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    );
+    Ok(match status {
+        Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+        Ok(WaitStatus::Signaled(_, sig, _)) => Exit::Signal(sig as i32),
+        _ => Exit::Unknown,
+    }
+    .to_string())
+}
+
 /// Wait until the process behind `pidfd` has exited (its pidfd polls
 /// readable then, pidfd_open(2)); reaps nothing.
 async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
@@ -347,6 +364,31 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
         op: "spawn holder",
         object: "holder already taken".into(),
         errno: Errno::EINVAL,
+    })
+}
+
+/// Spawn `cmd` from the spawner thread, which lives as long as the process:
+/// a `PR_SET_PDEATHSIG` set in the child's `pre_exec` then fires when the
+/// process exits, not when some runtime thread that happened to fork ends.
+/// The child is registered with the caller's tokio runtime.
+pub(crate) async fn spawn_tied(
+    mut cmd: tokio::process::Command,
+) -> Result<std::io::Result<tokio::process::Child>> {
+    let runtime = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    spawner_submit(Box::new(move |_: &mut [u8]| {
+        if tx.is_closed() {
+            return;
+        }
+        let _entered = runtime.enter();
+        // A child whose caller went away is killed when dropped here.
+        cmd.kill_on_drop(true);
+        let _ = tx.send(cmd.spawn());
+    }))?;
+    rx.await.map_err(|_| Error::Sys {
+        op: "spawn process",
+        object: "the spawner thread went away".into(),
+        errno: Errno::ECHILD,
     })
 }
 

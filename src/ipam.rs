@@ -658,6 +658,39 @@ impl Store {
         removed
     }
 
+    /// Where the sandbox instance `owner` (`<name>@<id>`) keeps its pod
+    /// volumes; made by the pod layer on demand.
+    pub(crate) fn volumes_dir(&self, owner: &str) -> PathBuf {
+        self.dir.join("volumes").join(owner)
+    }
+
+    /// Remove the volumes of `owner`, if it has any.
+    pub(crate) fn remove_volumes(&self, owner: &str) -> Result<()> {
+        let dir = self.volumes_dir(owner);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("remove pod volumes", &dir, e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The owners (`<name>@<id>`) that have a volumes directory.
+    pub(crate) fn volume_owners(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("volumes");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &dir, e)),
+        };
+        let mut owners = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("list", &dir, e))?;
+            owners.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        Ok(owners)
+    }
+
     /// The path of a sandbox's record, for reports.
     pub(crate) fn record_file(&self, name: &str) -> PathBuf {
         self.record_path(name)

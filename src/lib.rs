@@ -70,12 +70,12 @@ mod ipam;
 mod link;
 mod netns;
 mod network;
+mod pod;
 pub mod rootless;
 mod sandbox;
 
 pub use error::{Error, Result};
 
-/// Internals for this crate's benchmarks; not part of the API.
 /// Hooks for this crate's own tests and benches; not a stable API.
 #[cfg(feature = "internals")]
 #[doc(hidden)]
@@ -92,4 +92,8 @@ pub use ipnetwork;
 pub use netns::Enter;
 pub use network::GcReport;
 pub use network::{Network, NetworkBuilder};
+pub use pod::{
+    Event, EventKind, KillReason, Member, MemberState, MemberStatus, Output, Pod, PodBuilder,
+    Probe, ProbeKind, RestartPolicy, Volume,
+};
 pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder, SandboxInfo};

@@ -17,7 +17,10 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sched::{setns, CloneFlags};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
+use nix::unistd::{chdir, getppid, Pid};
+use std::ffi::CString;
 
 use crate::error::{Error, Result};
 
@@ -188,6 +191,113 @@ pub(crate) fn join_on_exec(cmd: &mut tokio::process::Command, target: Arc<OwnedF
     // takes no locks. std reports its error through its own errno pipe.
     unsafe {
         cmd.pre_exec(join);
+    }
+}
+
+/// How a pod's process joins its sandbox between fork and exec.
+#[derive(Debug)]
+pub(crate) struct JoinSpec {
+    /// The holder's namespaces to join (network, and the pod's mount, UTS
+    /// and IPC namespaces where it has them).
+    pub namespaces: CloneFlags,
+    /// Directory to change to after joining: joining a mount namespace
+    /// moves the process to that namespace's root.
+    pub cwd: Option<Cwd>,
+    /// Ask for SIGKILL when the parent (this process) exits; with the
+    /// parent's PID to catch the race where it already has.
+    pub die_with: Option<Pid>,
+}
+
+/// Where a child goes after joining a mount namespace.
+#[derive(Debug)]
+pub(crate) enum Cwd {
+    /// This path, looked up inside.
+    Path(CString),
+    /// The path of the directory it was in, looked up again inside.
+    Keep,
+}
+
+/// Make `cmd`'s child join the namespaces of `target` as `spec` says.
+pub(crate) fn join_with_on_exec(
+    cmd: &mut tokio::process::Command,
+    target: Arc<OwnedFd>,
+    spec: JoinSpec,
+) {
+    let join = move || -> std::io::Result<()> {
+        if let Some(parent) = spec.die_with {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if getppid() != parent {
+                return Err(Errno::ESRCH.into());
+            }
+        }
+        // A buffer on the stack: no allocation after fork.
+        let mut here = [0u8; nix::libc::PATH_MAX as usize];
+        if let Some(Cwd::Keep) = spec.cwd {
+            // SAFETY: getcwd(3) writes at most `len` bytes, NUL included,
+            // into the buffer, which lives until the chdir below.
+            let p = unsafe { nix::libc::getcwd(here.as_mut_ptr().cast(), here.len()) };
+            if p.is_null() {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        setns(target.as_fd(), spec.namespaces)?;
+        match &spec.cwd {
+            Some(Cwd::Path(dir)) => chdir(dir.as_c_str())?,
+            Some(Cwd::Keep) => {
+                let dir = std::ffi::CStr::from_bytes_until_nul(&here)
+                    .map_err(|_| std::io::Error::from(Errno::ENAMETOOLONG))?;
+                chdir(dir)?;
+            }
+            None => {}
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec. It calls
+    // prctl(2), getppid(2), getcwd(3), setns(2) and chdir(2), all
+    // async-signal-safe, with an fd and a string that the closure owns and
+    // only borrows and a buffer on its stack; it does not allocate and
+    // takes no locks. std reports an error through its own errno pipe.
+    unsafe {
+        cmd.pre_exec(join);
+    }
+}
+
+/// Run `f` on a new OS thread that has joined `namespaces` of `target`,
+/// mount namespace included (the thread first stops sharing its
+/// filesystem context with the process, as setns(2) requires).
+pub(crate) async fn run_in_namespaces<F, T>(
+    target: Arc<OwnedFd>,
+    namespaces: CloneFlags,
+    what: String,
+    f: F,
+) -> Result<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("podnet-setup".into())
+        .spawn(move || {
+            let joined = if namespaces.contains(CloneFlags::CLONE_NEWNS) {
+                nix::sched::unshare(CloneFlags::CLONE_FS)
+            } else {
+                Ok(())
+            }
+            .and_then(|()| setns(target.as_fd(), namespaces));
+            // The thread exits after `f`: nothing to restore.
+            let result = match joined {
+                Ok(()) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))),
+                Err(errno) => Err(Error::sys("join the namespaces of", what, errno)),
+            };
+            let _ = tx.send(result);
+        })
+        .map_err(|e| Error::io("start a thread inside a pod", "", e))?;
+    match rx.await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::sys("run in pod", "thread vanished", Errno::ECHILD)),
     }
 }
 

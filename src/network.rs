@@ -79,6 +79,8 @@ pub struct GcReport {
     pub holders: Vec<u32>,
     /// Records that cannot be read; left alone, with everything they might own.
     pub corrupt: Vec<PathBuf>,
+    /// Volume directories of pods whose sandbox is gone, deleted.
+    pub volumes: Vec<PathBuf>,
 }
 
 impl GcReport {
@@ -88,6 +90,7 @@ impl GcReport {
             && self.addresses.is_empty()
             && self.links.is_empty()
             && self.holders.is_empty()
+            && self.volumes.is_empty()
     }
 }
 
@@ -329,6 +332,17 @@ impl Network {
             match store.release(ip, &owner) {
                 Ok(()) if !report.addresses.contains(&ip) => report.addresses.push(ip),
                 Ok(()) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        // Pod volumes of sandbox instances that are gone.
+        for owner in store.volume_owners()? {
+            let name = owner.split('@').next().unwrap_or_default();
+            if owned.contains(&owner) || report.corrupt.iter().any(|p| p.ends_with(name)) {
+                continue;
+            }
+            match store.remove_volumes(&owner) {
+                Ok(()) => report.volumes.push(store.volumes_dir(&owner)),
                 Err(e) => errors.push(e),
             }
         }

@@ -73,6 +73,9 @@ pub struct SandboxBuilder {
     mtu: Option<u32>,
     persistent: bool,
     remove_on_drop: bool,
+    /// Namespaces the holder keeps besides the network one (a pod's mount,
+    /// UTS and IPC namespaces).
+    extra_namespaces: CloneFlags,
 }
 
 /// A pod network sandbox: a network namespace held by a holder process,
@@ -127,6 +130,7 @@ impl SandboxBuilder {
             mtu: None,
             persistent: false,
             remove_on_drop: false,
+            extra_namespaces: CloneFlags::empty(),
         }
     }
 
@@ -158,6 +162,17 @@ impl SandboxBuilder {
     pub fn remove_on_drop(mut self, remove: bool) -> Self {
         self.remove_on_drop = remove;
         self
+    }
+
+    /// Have the holder keep these namespaces too (for pods).
+    pub(crate) fn extra_namespaces(mut self, namespaces: CloneFlags) -> Self {
+        self.extra_namespaces = namespaces;
+        self
+    }
+
+    /// The sandbox's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     fn validate(&self) -> Result<(String, Option<IpAddr>, Option<IpAddr>)> {
@@ -295,7 +310,7 @@ impl SandboxBuilder {
         drop(lock);
         let holder = holder::spawn(HolderSpec {
             argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
-            namespaces: CloneFlags::CLONE_NEWNET,
+            namespaces: CloneFlags::CLONE_NEWNET | self.extra_namespaces,
             die_with_creator: !self.persistent,
         })
         .await?;
@@ -460,11 +475,22 @@ fn creator() -> Result<Ident> {
 /// A sandbox name is a DNS-1123 label short enough that `<name>-xx` fits
 /// IFNAMSIZ.
 pub(crate) fn validate_name(name: &str) -> Result<()> {
-    let max = IFNAMSIZ_MAX - 3;
+    check_label("sandbox", name, IFNAMSIZ_MAX - 3)
+}
+
+/// Check that `name` is a DNS-1123 label of at most `max` characters;
+/// `what` names the kind of name in the error.
+pub(crate) fn check_label(what: &'static str, name: &str, max: usize) -> Result<()> {
     let reason = if name.is_empty() {
         "it is empty".to_owned()
     } else if name.len() > max {
-        format!("it is longer than {max} characters, so its interface name would not fit IFNAMSIZ")
+        if what == "sandbox" {
+            format!(
+                "it is longer than {max} characters, so its interface name would not fit IFNAMSIZ"
+            )
+        } else {
+            format!("it is longer than {max} characters")
+        }
     } else if !name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -476,7 +502,7 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         return Ok(());
     };
     Err(Error::InvalidName {
-        what: "sandbox",
+        what,
         name: name.to_owned(),
         reason,
     })
@@ -652,6 +678,49 @@ impl Sandbox {
         }
     }
 
+    /// A command whose child joins these namespaces of the holder (a
+    /// pod's); after joining a mount namespace it changes back to the
+    /// directory it was in (this process's, or the one set with
+    /// `current_dir`), looked up again inside.
+    pub(crate) fn command_joining(
+        &self,
+        program: impl AsRef<OsStr>,
+        namespaces: CloneFlags,
+    ) -> Command {
+        let program_name = program.as_ref().to_string_lossy().into_owned();
+        let mut inner = tokio::process::Command::new(program);
+        netns::join_with_on_exec(
+            &mut inner,
+            self.inner.holder.pidfd().clone(),
+            netns::JoinSpec {
+                namespaces,
+                cwd: namespaces
+                    .contains(CloneFlags::CLONE_NEWNS)
+                    .then_some(netns::Cwd::Keep),
+                die_with: None,
+            },
+        );
+        Command {
+            inner,
+            program: program_name,
+            sandbox: self.inner.clone(),
+        }
+    }
+
+    /// The holder's pidfd, which names its namespaces.
+    pub(crate) fn pidfd(&self) -> Arc<std::os::fd::OwnedFd> {
+        self.inner.holder.pidfd().clone()
+    }
+
+    /// Where this sandbox instance keeps its pod volumes: removed with the
+    /// sandbox, and by gc once the sandbox is gone.
+    pub(crate) fn volumes_dir(&self) -> std::path::PathBuf {
+        self.inner
+            .net
+            .store
+            .volumes_dir(&format!("{}@{}", self.inner.name, self.inner.id))
+    }
+
     /// Remove the sandbox: delete the veth pair, stop the holder, release the
     /// address(es) and the state. Idempotent, and fine on a Failed sandbox.
     ///
@@ -770,6 +839,7 @@ impl SbInner {
         let mut errors: Vec<Error> = ips
             .filter_map(|ip| store.release(ip, &owner).err())
             .collect();
+        errors.extend(store.remove_volumes(&owner).err());
         errors.extend(store.remove_record_if(&self.name, &self.id).err());
         match errors.len() {
             0 => Ok(()),
