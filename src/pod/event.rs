@@ -6,7 +6,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
+use futures::stream::BoxStream;
 use tokio::sync::watch;
 
 /// One thing that happened to a pod; see [`Pod::events`](crate::Pod::events).
@@ -171,9 +171,9 @@ impl Events {
 
     /// Every event from the oldest kept one on, then live ones, until the
     /// log is closed.
-    pub(crate) fn stream(self: &Arc<Self>) -> impl Stream<Item = Event> + Send + 'static {
+    pub(crate) fn stream(self: &Arc<Self>) -> BoxStream<'static, Event> {
         let rx = self.end.subscribe();
-        futures::stream::unfold(
+        Box::pin(futures::stream::unfold(
             (self.clone(), rx, 0u64),
             |(events, mut rx, mut next)| async move {
                 loop {
@@ -198,6 +198,6 @@ impl Events {
                     }
                 }
             },
-        )
+        ))
     }
 }

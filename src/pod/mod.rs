@@ -21,7 +21,7 @@ use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::Stream;
+use futures::stream::BoxStream;
 use nix::sched::CloneFlags;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{getpid, Pid};
@@ -730,7 +730,7 @@ impl Pod {
     /// What happens to the pod: every event since it was made (the last
     /// 4096), then new ones as they happen. The stream ends when the pod
     /// is removed or dropped.
-    pub fn events(&self) -> impl Stream<Item = Event> + Send + 'static {
+    pub fn events(&self) -> BoxStream<'static, Event> {
         self.shared.events.stream()
     }
 
