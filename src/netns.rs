@@ -160,24 +160,7 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("podnet-run".into())
-        .spawn(move || {
-            let result = match setns(target.as_fd(), CloneFlags::CLONE_NEWNET) {
-                // The thread exits after `f`, so there is nothing to restore.
-                Ok(()) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))),
-                Err(errno) => Err(setns_error(&what, errno)),
-            };
-            let _ = tx.send(result);
-        })
-        .map_err(|e| Error::io("start a thread for run()", "", e))?;
-    match rx.await {
-        Ok(Ok(Ok(value))) => Ok(value),
-        Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::sys("run closure", "thread vanished", Errno::ECHILD)),
-    }
+    run_in_namespaces(target, CloneFlags::CLONE_NEWNET, what, f).await
 }
 
 /// Make `cmd`'s child join the network namespace of `target` between fork
@@ -277,7 +260,7 @@ where
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
-        .name("podnet-setup".into())
+        .name("podnet-run".into())
         .spawn(move || {
             let joined = if namespaces.contains(CloneFlags::CLONE_NEWNS) {
                 nix::sched::unshare(CloneFlags::CLONE_FS)
@@ -288,16 +271,19 @@ where
             // The thread exits after `f`: nothing to restore.
             let result = match joined {
                 Ok(()) => Ok(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))),
+                Err(errno) if namespaces == CloneFlags::CLONE_NEWNET => {
+                    Err(setns_error(&what, errno))
+                }
                 Err(errno) => Err(Error::sys("join the namespaces of", what, errno)),
             };
             let _ = tx.send(result);
         })
-        .map_err(|e| Error::io("start a thread inside a pod", "", e))?;
+        .map_err(|e| Error::io("start a thread for run()", "", e))?;
     match rx.await {
         Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(Error::sys("run in pod", "thread vanished", Errno::ECHILD)),
+        Err(_) => Err(Error::sys("run closure", "thread vanished", Errno::ECHILD)),
     }
 }
 
