@@ -124,16 +124,15 @@ async fn demo(work: &Path) -> AnyResult<Phase> {
         }
     });
 
-    // Wait (at most 30 s) until the pod is Ready, and a little more.
-    let ready = async {
-        while !pod.ready() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-    };
-    tokio::time::timeout(Duration::from_secs(30), ready)
+    // Follow the events (no polling) until the pod is Ready; at most 30 s.
+    let mut ready = pod
+        .events()
+        .filter(|e| futures::future::ready(e.kind == EventKind::Ready(true)));
+    tokio::time::timeout(Duration::from_secs(30), ready.next())
         .await
         .map_err(|_| format!("the pod did not become ready: {:#?}", pod.members()))?;
+    // Let the sidecar rewrite the page a few times.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
 
     // From outside the pod (this namespace, where the bridge is).
     let page = fetch(pod.ip(), "/index.html").await?;
