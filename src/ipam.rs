@@ -376,7 +376,7 @@ impl Store {
         })
     }
 
-    #[cfg(test)]
+    /// The store's directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }

@@ -175,6 +175,11 @@ impl SandboxBuilder {
         &self.name
     }
 
+    /// The network's store directory (pod volumes live under it).
+    pub(crate) fn store_dir(&self) -> &Path {
+        self.net.store.dir()
+    }
+
     fn validate(&self) -> Result<(String, Option<IpAddr>, Option<IpAddr>)> {
         validate_name(&self.name)?;
         let veth = format!("{}-{}", self.name, self.net.tag);

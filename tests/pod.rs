@@ -90,7 +90,8 @@ fn sh(name: &str, script: &str) -> Member {
 }
 
 fn fast(b: podnet::PodBuilder) -> podnet::PodBuilder {
-    b.restart_backoff(Duration::from_millis(20), Duration::from_millis(80))
+    // A long maximum: back-off starts over only after a run of twice it.
+    b.restart_backoff(Duration::from_millis(20), Duration::from_secs(10))
         .termination_grace_period(Duration::from_secs(5))
 }
 
@@ -302,7 +303,7 @@ fn a_liveness_probe_restarts_a_server_that_stops_answering() {
             .liveness_probe(
                 Probe::http_get(8080, "/healthz")
                     .period(Duration::from_millis(100))
-                    .timeout(Duration::from_millis(300))
+                    .timeout(Duration::from_secs(1))
                     .failure_threshold(2),
             );
         let pod = fast(net.pod("web")).member(web).start().await.unwrap();
@@ -409,7 +410,8 @@ fn a_startup_probe_gates_the_others_and_ends_a_member_that_never_starts() {
                 ),
             ])
             .startup_probe(
-                probe(Probe::exec(["test", "-e", started.to_str().unwrap()])).failure_threshold(40),
+                probe(Probe::exec(["test", "-e", started.to_str().unwrap()]))
+                    .failure_threshold(400),
             )
             .readiness_probe(probe(Probe::tcp(7000)));
         // Never creates it: ended after four failures, then restarted.
@@ -582,7 +584,9 @@ fn stopping_a_member_sends_term_then_kill_to_its_whole_group() {
             .await
             .unwrap();
         // Once the flag exists, SIGTERM is ignored.
+        let t = std::time::Instant::now();
         while !flag.exists() {
+            assert!(t.elapsed() < Duration::from_secs(30), "{:?}", pod.members());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let MemberState::Running { pid } = pod.member("stubborn").unwrap().state else {
@@ -690,6 +694,7 @@ fn dropping_a_pod_kills_its_members() {
         while !net.sandboxes().await.unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert_eq!(net.sandboxes().await.unwrap(), []);
         net.remove().await.unwrap();
     });
 }
@@ -812,6 +817,237 @@ fn gc_removes_the_volumes_of_a_pod_whose_holder_died() {
         assert_eq!(report.sandboxes, ["gone"]);
         assert_eq!(report.volumes.len(), 1, "{report:?}");
         assert!(!report.volumes[0].exists());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn always_restarts_after_success_but_init_members_only_after_failure() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let runs = scratch.path("init-runs");
+        let pod = fast(net.pod("loop"))
+            .init_member(sh("init", &format!("echo run >> {}", runs.display())))
+            .member(sh("main", "exit 0"))
+            .start()
+            .await
+            .unwrap();
+        // main exits 0 and is restarted: Always.
+        events_until(
+            &pod,
+            |e| matches!(e, EventKind::Started { member, restarts: 2, .. } if member == "main"),
+        )
+        .await;
+        assert_eq!(pod.phase(), Phase::Running);
+        // The init member ran once: it succeeded.
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+        let init = pod.member("init").unwrap();
+        assert_eq!(init.restarts, 0);
+        assert!(matches!(init.state, MemberState::Terminated { status } if status.success()));
+        // A stop during a back-off ends it there, without a restart.
+        events_until(&pod, |e| matches!(e, EventKind::BackOff { .. })).await;
+        pod.stop().await;
+        let main = pod.member("main").unwrap();
+        assert!(
+            matches!(main.state, MemberState::Terminated { .. }),
+            "{main:?}"
+        );
+        let before = main.restarts;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(pod.member("main").unwrap().restarts, before);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn stopping_members_that_wait_behind_a_crash_looping_init_member_returns() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = fast(net.pod("stuck"))
+            .restart_policy(RestartPolicy::OnFailure)
+            .init_member(sh("init", "exit 1"))
+            .member(sh("main", "sleep 600"))
+            .start()
+            .await
+            .unwrap();
+        events_until(&pod, |e| matches!(e, EventKind::BackOff { .. })).await;
+        assert_eq!(
+            pod.phase(),
+            Phase::Pending,
+            "init crash loops keep a pod Pending"
+        );
+        tokio::time::timeout(Duration::from_secs(10), pod.stop_member("main"))
+            .await
+            .expect("stop_member of a member that never started returns")
+            .unwrap();
+        assert!(matches!(
+            pod.member("main").unwrap().state,
+            MemberState::Terminated { .. }
+        ));
+        tokio::time::timeout(Duration::from_secs(10), pod.remove())
+            .await
+            .expect("remove returns")
+            .unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn what_a_member_started_goes_when_it_exits() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let pids = scratch.path("pids");
+        // Leaves a background sleep behind, in its process group.
+        let pod = fast(net.pod("leaky"))
+            .restart_policy(RestartPolicy::Never)
+            .member(sh(
+                "main",
+                &format!("sleep 600 & echo $! > {}", pids.display()),
+            ))
+            .start()
+            .await
+            .unwrap();
+        pod.wait().await;
+        let pid: i32 = std::fs::read_to_string(&pids)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(pid);
+        gone(pid).await;
+        assert_eq!(
+            nix::sys::signal::kill(pid, None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn http_redirects_pass_exec_probes_time_out_and_a_probe_kill_restarts_under_on_failure() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let redirect = r#"
+import http.server, signal, socketserver, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        self.send_response(302)
+        self.send_header("Location", "/elsewhere")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+socketserver.TCPServer.allow_reuse_address = True
+socketserver.TCPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+        let web = Member::new("web", "python3")
+            .args(["-c", redirect])
+            .readiness_probe(Probe::http_get(8080, "/").period(Duration::from_millis(50)));
+        // Exits 0 on SIGTERM; its liveness probe hangs, so it is ended and,
+        // under OnFailure, restarted all the same.
+        let probes = scratch.path("probes");
+        let hung = sh("hung", "trap 'exit 0' TERM; while :; do sleep 0.05; done")
+            .env("PROBE_SLEEP", "5")
+            .liveness_probe(
+                Probe::exec([
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("echo $$ >> {}; sleep $PROBE_SLEEP", probes.display()),
+                ])
+                .period(Duration::from_millis(50))
+                .timeout(Duration::from_millis(200))
+                .failure_threshold(1),
+            );
+        let pod = fast(net.pod("probes"))
+            .restart_policy(RestartPolicy::OnFailure)
+            .member(web)
+            .member(hung)
+            .start()
+            .await
+            .unwrap();
+        let events = events_until(
+            &pod,
+            |e| matches!(e, EventKind::Started { member, restarts: 2, .. } if member == "hung"),
+        )
+        .await;
+        let has = |f: &dyn Fn(&EventKind) -> bool| events.iter().any(f);
+        assert!(
+            has(
+                &|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Liveness, passing: false, detail } if member == "hung" && detail.contains("timed out"))
+            ),
+            "{events:#?}"
+        );
+        assert!(
+            has(
+                &|e| matches!(e, EventKind::Exited { member, status } if member == "hung" && status.success())
+            ),
+            "{events:#?}"
+        );
+        events_until(&pod, |e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, detail } if member == "web" && detail == "HTTP 302")).await;
+        // Each timed-out probe's process group (its sh and its sleep) was
+        // ended; the last probe may still be under way.
+        let groups = std::fs::read_to_string(&probes).unwrap();
+        let groups: Vec<i32> = groups.lines().map(|l| l.parse().unwrap()).collect();
+        assert!(groups.len() >= 2, "{groups:?}");
+        for pgid in &groups[..groups.len() - 1] {
+            let group = nix::unistd::Pid::from_raw(-pgid);
+            gone(group).await;
+            assert_eq!(
+                nix::sys::signal::kill(group, None),
+                Err(nix::errno::Errno::ESRCH)
+            );
+        }
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn members_mounting_one_path_differently_are_refused() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let dir = scratch.dir("d");
+        for builder in [
+            net.pod("p")
+                .volume(Volume::new("a"))
+                .volume(Volume::new("b"))
+                .member(sh("one", "true").mount("a", &dir))
+                .member(sh("two", "true").mount("b", &dir)),
+            net.pod("p")
+                .volume(Volume::new("a"))
+                .member(sh("one", "true").mount("a", &dir))
+                .member(sh("two", "true").mount_read_only("a", &dir)),
+            net.pod("p")
+                .volume(Volume::new("a"))
+                .member(sh("one", "true").mount("a", "/")),
+            net.pod("p")
+                .member(sh("one", "true").current_dir("relative")),
+            net.pod("p")
+                .member(sh("one", "true").stdout(Output::File(scratch.path("missing/out")))),
+            net.pod("p").member(sh("one", "true").arg("a\0b")),
+        ] {
+            assert!(matches!(
+                builder.start().await,
+                Err(Error::InvalidConfig { .. })
+            ));
+        }
+        // The same mount twice is fine.
+        let pod = fast(net.pod("p"))
+            .restart_policy(RestartPolicy::Never)
+            .volume(Volume::new("a"))
+            .member(sh("one", "true").mount("a", &dir))
+            .member(sh("two", "true").mount("a", &dir))
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(pod.wait().await, Phase::Succeeded);
+        pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
 }

@@ -3,7 +3,7 @@
 //! probe, end on request or on a failed probe, restart with back-off as the
 //! pod's policy says.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -173,6 +173,23 @@ impl Member {
         self
     }
 
+    /// A command that runs `program` in the pod as this member would: its
+    /// namespaces, environment and directory, its own process group,
+    /// stdin from /dev/null. (Exec probes run this way too.)
+    pub(crate) fn command(
+        &self,
+        ctx: &crate::pod::Ctx,
+        program: &OsStr,
+    ) -> tokio::process::Command {
+        let mut cmd = ctx.tokio_command(program, self.cwd.as_deref());
+        cmd.stdin(Stdio::null()).process_group(0);
+        if self.env_clear {
+            cmd.env_clear();
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     fn open(out: &Output) -> std::io::Result<Stdio> {
         use std::os::unix::fs::OpenOptionsExt;
         Ok(match out {
@@ -214,6 +231,8 @@ pub(crate) async fn supervise(
             return shared.finish(index, None);
         }
         let started = Instant::now();
+        // Set when podnet ended the run because a probe failed.
+        let mut probe_kill = false;
         let status = match start(&shared, &spec).await {
             Err(e) => {
                 shared.update(|st, ev| {
@@ -226,10 +245,15 @@ pub(crate) async fn supervise(
                 exit_status(127)
             }
             Ok(mut child) => {
-                let pid = child.id().unwrap_or(0);
+                // A child not yet waited for always has its PID.
+                let pid = child.id().unwrap_or_default();
                 shared.update(|st, ev| {
                     let m = &mut st.members[index];
-                    m.state = MemberState::Running { pid };
+                    // Unless a stop marked it ended while it was starting
+                    // (it is ended again below, at once).
+                    if !matches!(m.state, MemberState::Terminated { .. }) {
+                        m.state = MemberState::Running { pid };
+                    }
                     m.started = spec.startup.is_none();
                     m.ready = spec.startup.is_none() && spec.readiness.is_none();
                     ev.push(EventKind::Started {
@@ -254,9 +278,13 @@ pub(crate) async fn supervise(
                             member: name.clone(),
                             reason,
                         });
+                        probe_kill = matches!(reason, KillReason::Liveness | KillReason::Startup);
                         terminate(&mut child, shared.grace).await
                     }
                 };
+                // What the member started goes with it, as a container's
+                // processes go with the container.
+                kill_group(pid);
                 shared.update(|st, ev| {
                     let m = &mut st.members[index];
                     m.ready = false;
@@ -270,10 +298,12 @@ pub(crate) async fn supervise(
                 status
             }
         };
+        // As Kubernetes: a member ended by a failing probe is restarted
+        // (unless Never) whatever its exit status.
         let restart = stop.borrow().is_none()
             && match shared.policy {
                 RestartPolicy::Always if !init => true,
-                RestartPolicy::Always | RestartPolicy::OnFailure => !status.success(),
+                RestartPolicy::Always | RestartPolicy::OnFailure => !status.success() || probe_kill,
                 RestartPolicy::Never => false,
             };
         if !restart {
@@ -281,7 +311,7 @@ pub(crate) async fn supervise(
         }
         // Kubernetes' back-off: doubled each time up to the maximum, back to
         // the start after a run of twice the maximum.
-        if started.elapsed() >= shared.backoff.1 * 2 {
+        if started.elapsed() >= shared.backoff.1.saturating_mul(2) {
             delay = shared.backoff.0;
         }
         shared.update(|st, ev| {
@@ -295,7 +325,7 @@ pub(crate) async fn supervise(
             () = tokio::time::sleep(delay) => {}
             _ = stopped(&mut stop) => return shared.finish(index, Some(status)),
         }
-        delay = (delay * 2).min(shared.backoff.1);
+        delay = delay.saturating_mul(2).min(shared.backoff.1);
         shared.update(|st, _| st.members[index].restarts += 1);
     }
 }
@@ -303,17 +333,10 @@ pub(crate) async fn supervise(
 /// Start one run of the member.
 async fn start(shared: &Shared, spec: &Member) -> Result<Child> {
     let what = |e| Error::io("start member", spec.name.clone(), e);
-    let mut cmd = shared.ctx.tokio_command(&spec.program, spec.cwd.as_deref());
+    let mut cmd = spec.command(&shared.ctx, &spec.program);
     cmd.args(&spec.args)
-        .stdin(Stdio::null())
         .stdout(Member::open(&spec.stdout).map_err(what)?)
-        .stderr(Member::open(&spec.stderr).map_err(what)?)
-        // Its own process group, so ending it ends what it started.
-        .process_group(0);
-    if spec.env_clear {
-        cmd.env_clear();
-    }
-    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+        .stderr(Member::open(&spec.stderr).map_err(what)?);
     shared.ctx.spawn_tied(cmd).await.map_err(|e| match e {
         Error::Io { source, .. } => Error::io(
             "start member",
@@ -337,6 +360,19 @@ async fn stopped(stop: &mut StopRx) -> KillReason {
     }
 }
 
+/// SIGKILL to what is left of the process group `pid` led, once its leader
+/// has been waited for. The number cannot name another group meanwhile:
+/// the kernel does not reuse a PID while a group of that number has
+/// members, and a new group of that number would need the PID to be reused
+/// and its new owner to lead a group, both since the wait.
+pub(crate) fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// SIGTERM to the member's process group, SIGKILL after `grace`.
 async fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     // Unreaped until `wait` returns, so its PID (and group) is still ours.
@@ -354,9 +390,8 @@ async fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
 /// Runs the member's probes for one run; resolves only when they say the
 /// member must be ended.
 async fn probes(shared: &Shared, index: usize, spec: &Member) -> KillReason {
-    let name = &spec.name;
     if let Some(probe) = &spec.startup {
-        if !watch_probe(shared, index, name, probe, ProbeKind::Startup).await {
+        if !watch_probe(shared, index, spec, probe, ProbeKind::Startup).await {
             return KillReason::Startup;
         }
         shared.update(|st, _| {
@@ -367,7 +402,7 @@ async fn probes(shared: &Shared, index: usize, spec: &Member) -> KillReason {
     }
     let liveness = async {
         match &spec.liveness {
-            Some(p) if !watch_probe(shared, index, name, p, ProbeKind::Liveness).await => {
+            Some(p) if !watch_probe(shared, index, spec, p, ProbeKind::Liveness).await => {
                 KillReason::Liveness
             }
             _ => std::future::pending().await,
@@ -375,7 +410,7 @@ async fn probes(shared: &Shared, index: usize, spec: &Member) -> KillReason {
     };
     let readiness = async {
         if let Some(p) = &spec.readiness {
-            watch_probe(shared, index, name, p, ProbeKind::Readiness).await;
+            watch_probe(shared, index, spec, p, ProbeKind::Readiness).await;
         }
         std::future::pending::<KillReason>().await
     };
@@ -392,17 +427,18 @@ async fn probes(shared: &Shared, index: usize, spec: &Member) -> KillReason {
 async fn watch_probe(
     shared: &Shared,
     index: usize,
-    member: &str,
+    spec: &Member,
     probe: &Probe,
     kind: ProbeKind,
 ) -> bool {
+    let member = spec.name.as_str();
     tokio::time::sleep(probe.initial_delay).await;
     let mut verdict = Verdict::new();
     let mut ticks = tokio::time::interval(probe.period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = probe.check(&shared.ctx).await;
+        let result = probe.check(&shared.ctx, spec).await;
         let ok = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
         if let Some(passing) = verdict.observe(ok, probe) {

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::ExitStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -110,6 +111,8 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     /// Bumped at every change of `state`.
     changes: watch::Sender<u64>,
+    /// `remove()` has begun: the holder's end is no failure.
+    removing: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,8 @@ struct State {
     inits: usize,
     init_done: bool,
     holder_died: bool,
+    /// The holder or the supervisor cannot be followed any more.
+    unreadable: bool,
     phase: Phase,
     ready: bool,
 }
@@ -243,6 +248,9 @@ impl State {
         if self.holder_died {
             return Phase::Failed;
         }
+        if self.unreadable {
+            return Phase::Unknown;
+        }
         let (inits, apps) = self.members.split_at(self.inits);
         let failed = |m: &MemberStatus| matches!(m.state, MemberState::Terminated { status } if !status.success());
         if !self.init_done {
@@ -327,6 +335,27 @@ pub struct Pod {
 }
 
 type StopTx = watch::Sender<Option<KillReason>>;
+
+/// Ends the members' supervision for good when dropped: a member not
+/// Terminated yet (the task panicked) is marked so, and the pod Unknown.
+struct EndGuard(Arc<Shared>);
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let panicking = std::thread::panicking();
+        self.0.update(|st, _| {
+            for m in &mut st.members {
+                if !matches!(m.state, MemberState::Terminated { .. }) {
+                    let status = ExitStatus::from_raw(Signal::SIGKILL as i32);
+                    m.state = MemberState::Terminated { status };
+                    m.ready = false;
+                    st.unreadable |= panicking;
+                }
+            }
+        });
+    }
+}
 
 /// Ask a member to end (the first reason given wins).
 fn stop(tx: &StopTx, reason: KillReason) {
@@ -447,6 +476,39 @@ impl PodBuilder {
             if m.program.is_empty() {
                 return bad(format!("member {:?}: empty program", m.name));
             }
+            let nul = |s: &std::ffi::OsStr| s.as_encoded_bytes().contains(&0);
+            if nul(&m.program)
+                || m.args.iter().any(|a| nul(a))
+                || m.env.iter().any(|(k, v)| {
+                    nul(k) || nul(v) || k.is_empty() || k.as_encoded_bytes().contains(&b'=')
+                })
+            {
+                return bad(format!(
+                    "member {:?}: a NUL byte in its program, arguments or environment, or an environment name that is empty or holds '='",
+                    m.name
+                ));
+            }
+            if let Some(dir) = &m.cwd {
+                if !dir.is_absolute() || nul(dir.as_os_str()) {
+                    return bad(format!(
+                        "member {:?}: working directory {} must be absolute, without NUL bytes",
+                        m.name,
+                        dir.display()
+                    ));
+                }
+            }
+            for out in [&m.stdout, &m.stderr] {
+                if let Output::File(path) = out {
+                    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                    if !parent.unwrap_or(Path::new(".")).is_dir() {
+                        return bad(format!(
+                            "member {:?}: output file {}: its directory does not exist",
+                            m.name,
+                            path.display()
+                        ));
+                    }
+                }
+            }
             for (probe, kind, one) in [
                 (&m.liveness, "liveness", true),
                 (&m.readiness, "readiness", false),
@@ -472,6 +534,36 @@ impl PodBuilder {
                         mount.path.display()
                     ));
                 }
+            }
+        }
+        // One pod mount namespace: a path means one volume, one way, for all.
+        let store = self.sandbox.store_dir();
+        let mut at: std::collections::HashMap<&Path, &volume::Mount> = Default::default();
+        for mount in self
+            .inits
+            .iter()
+            .chain(&self.members)
+            .flat_map(|m| &m.mounts)
+        {
+            if store.starts_with(&mount.path) {
+                return bad(format!(
+                    "mount path {} holds the state directory {}, where volumes live",
+                    mount.path.display(),
+                    store.display()
+                ));
+            }
+            match at.insert(&mount.path, mount) {
+                Some(other) if other != mount => {
+                    return bad(format!(
+                        "two members mount {} differently (volume {:?}{} and {:?}{}): members share one mount namespace",
+                        mount.path.display(),
+                        other.volume,
+                        if other.read_only { " read-only" } else { "" },
+                        mount.volume,
+                        if mount.read_only { " read-only" } else { "" },
+                    ));
+                }
+                _ => {}
             }
         }
         let mut vols = std::collections::HashSet::new();
@@ -503,8 +595,9 @@ impl PodBuilder {
     /// # Errors
     /// [`Error::InvalidConfig`] or [`Error::InvalidName`] for bad settings
     /// (nothing is made); whatever [`SandboxBuilder::create`] returns;
-    /// [`Error::Sys`] or [`Error::NotPermitted`] if the hostname or the
-    /// volumes cannot be set up (the sandbox is then removed again).
+    /// [`Error::Io`], [`Error::Sys`] or [`Error::NotPermitted`] if the
+    /// hostname or the volumes cannot be set up (the sandbox is then
+    /// removed again).
     pub async fn start(self) -> Result<Pod> {
         self.validate()?;
         let mut namespaces = CloneFlags::empty();
@@ -514,12 +607,17 @@ impl PodBuilder {
         if self.share_ipc {
             namespaces |= CloneFlags::CLONE_NEWIPC;
         }
-        let mounts: Vec<volume::Mount> = self
+        let mut mounts: Vec<volume::Mount> = Vec::new();
+        for m in self
             .inits
             .iter()
             .chain(&self.members)
-            .flat_map(|m| m.mounts.iter().cloned())
-            .collect();
+            .flat_map(|m| &m.mounts)
+        {
+            if !mounts.contains(m) {
+                mounts.push(m.clone());
+            }
+        }
         if !self.volumes.is_empty() {
             namespaces |= CloneFlags::CLONE_NEWNS;
         }
@@ -618,10 +716,12 @@ impl Pod {
                 inits: inits.len(),
                 init_done: inits.is_empty(),
                 holder_died: false,
+                unreadable: false,
                 phase: Phase::Pending,
                 ready: false,
             }),
             changes: watch::Sender::new(0),
+            removing: AtomicBool::new(false),
         });
         let all: Vec<(Arc<Member>, bool)> = inits
             .into_iter()
@@ -634,6 +734,8 @@ impl Pod {
         let run = {
             let shared = shared.clone();
             async move {
+                // Whatever happens to this task, no waiter is left hanging.
+                let _guard = EndGuard(shared.clone());
                 let mut app = Vec::new();
                 for (index, ((spec, init), rx)) in all.into_iter().zip(rxs).enumerate() {
                     if init {
@@ -662,9 +764,15 @@ impl Pod {
             let pidfd = sandbox.pidfd();
             let pid = sandbox.holder_pid();
             tokio::spawn(async move {
-                let status = match crate::holder::wait_for_exit(pid, &pidfd).await {
-                    Ok(exit) => exit,
-                    Err(e) => e.to_string(),
+                let status = crate::holder::wait_for_exit(pid, &pidfd).await;
+                if shared.removing.load(Ordering::Acquire) {
+                    return;
+                }
+                let Ok(status) = status else {
+                    // The holder cannot be watched (no fd left, say): its
+                    // state is unknown, and nothing is ended for that.
+                    shared.update(|st, _| st.unreadable = true);
+                    return;
                 };
                 shared.update(|st, ev| {
                     st.holder_died = true;
@@ -704,10 +812,12 @@ impl Pod {
     /// all ended and one failed, or the holder died; Unknown when the
     /// holder's state cannot be read.
     pub fn phase(&self) -> Phase {
-        if self.sandbox.phase() == Phase::Unknown {
-            return Phase::Unknown;
+        match (self.sandbox.phase(), self.shared.snapshot(|st| st.phase)) {
+            // Seen before the watcher has told the members.
+            (Phase::Failed, _) if !self.shared.removing.load(Ordering::Acquire) => Phase::Failed,
+            (Phase::Unknown, _) => Phase::Unknown,
+            (_, phase) => phase,
         }
-        self.shared.snapshot(|st| st.phase)
     }
 
     /// The pod's Ready condition: it is Running and every member runs and
@@ -734,13 +844,14 @@ impl Pod {
         self.shared.events.stream()
     }
 
-    /// Wait until the pod is Succeeded or Failed, and return which.
+    /// Wait until the pod is Succeeded or Failed (or Unknown: it can no
+    /// longer be followed), and return which.
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn wait(&self) -> Phase {
         self.shared
-            .wait_until(|st| matches!(st.phase, Phase::Succeeded | Phase::Failed))
+            .wait_until(|st| matches!(st.phase, Phase::Succeeded | Phase::Failed | Phase::Unknown))
             .await;
         self.phase()
     }
@@ -766,7 +877,7 @@ impl Pod {
                 what: "member",
                 name: name.to_owned(),
             })?;
-        stop(&self.stops[index], KillReason::Stopped);
+        self.request_stop(index);
         self.shared
             .wait_until(|st| matches!(st.members[index].state, MemberState::Terminated { .. }))
             .await;
@@ -776,8 +887,8 @@ impl Pod {
     /// End every member (SIGTERM, SIGKILL after the grace period), none
     /// to be restarted; returns once all have ended. The sandbox stays.
     pub async fn stop(&self) {
-        for s in self.stops.iter() {
-            stop(s, KillReason::Stopped);
+        for index in 0..self.stops.len() {
+            self.request_stop(index);
         }
         self.shared
             .wait_until(|st| {
@@ -788,6 +899,18 @@ impl Pod {
             .await;
     }
 
+    /// Ask member `index` to end. One that will not be started before the
+    /// init members are done (its task is not running yet) ends here.
+    fn request_stop(&self, index: usize) {
+        stop(&self.stops[index], KillReason::Stopped);
+        let waiting = self
+            .shared
+            .snapshot(|st| !st.init_done && st.members[index].state == MemberState::Waiting);
+        if waiting {
+            self.shared.finish(index, None);
+        }
+    }
+
     /// Stop the members, then remove the sandbox and the volumes.
     /// Idempotent. The event stream ends.
     ///
@@ -796,7 +919,7 @@ impl Pod {
     pub async fn remove(&self) -> Result<()> {
         self.stop().await;
         // The holder's end is no failure now.
-        self.tasks[1].abort();
+        self.shared.removing.store(true, Ordering::Release);
         let result = self.sandbox.remove().await;
         self.shared.events.close();
         result

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::{Error, Result};
+use crate::pod::member::Member;
 use crate::pod::Ctx;
 
 /// A check run periodically against a member, as Kubernetes defines probes.
@@ -160,27 +161,28 @@ impl Probe {
         }
     }
 
-    /// One check: `Ok(detail)` passes, `Err(detail)` fails.
-    pub(crate) async fn check(&self, ctx: &Ctx) -> std::result::Result<String, String> {
-        match tokio::time::timeout(self.timeout, self.attempt(ctx)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {:?}", self.timeout)),
-        }
-    }
-
-    async fn attempt(&self, ctx: &Ctx) -> std::result::Result<String, String> {
+    /// One check of `member`'s probe: `Ok(detail)` passes, `Err(detail)`
+    /// fails. The timeout counts from when the check is under way (for an
+    /// exec probe, from when its process has started).
+    pub(crate) async fn check(
+        &self,
+        ctx: &Ctx,
+        member: &Member,
+    ) -> std::result::Result<String, String> {
+        let timed_out = || format!("timed out after {:?}", self.timeout);
         match &self.action {
             Action::Exec(argv) => {
-                let mut cmd = ctx.tokio_command(&argv[0], None);
+                let mut cmd = member.command(ctx, &argv[0]);
                 cmd.args(&argv[1..])
-                    .stdin(Stdio::null())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
-                // Killed on timeout (the future is dropped with its child).
                 let child = ctx.spawn_tied(cmd).await.map_err(|e| e.to_string())?;
-                let out = child
-                    .wait_with_output()
+                // However the check ends (a timeout drops the child), what
+                // the probe started goes with it.
+                let _group = Group(child.id().unwrap_or_default());
+                let out = tokio::time::timeout(self.timeout, child.wait_with_output())
                     .await
+                    .map_err(|_| timed_out())?
                     .map_err(|e| format!("wait: {e}"))?;
                 let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                 text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -192,22 +194,29 @@ impl Probe {
                 }
             }
             Action::Tcp { host, port } => {
-                connect(ctx, host.unwrap_or(ctx.ip), *port).await?;
+                tokio::time::timeout(self.timeout, connect(ctx, host.unwrap_or(ctx.ip), *port))
+                    .await
+                    .map_err(|_| timed_out())??;
                 Ok(format!("connected to port {port}"))
             }
             Action::Http { host, port, path } => {
                 let host = host.unwrap_or(ctx.ip);
-                let mut stream = connect(ctx, host, *port).await?;
-                let authority = SocketAddr::new(host, *port);
-                let request = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: podnet-probe\r\n\
-                     Accept: */*\r\nConnection: close\r\n\r\n"
-                );
-                stream
-                    .write_all(request.as_bytes())
+                let get = async {
+                    let mut stream = connect(ctx, host, *port).await?;
+                    let authority = SocketAddr::new(host, *port);
+                    let request = format!(
+                        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: podnet-probe\r\n\
+                         Accept: */*\r\nConnection: close\r\n\r\n"
+                    );
+                    stream
+                        .write_all(request.as_bytes())
+                        .await
+                        .map_err(|e| format!("send request: {e}"))?;
+                    read_status(&mut stream).await
+                };
+                let status = tokio::time::timeout(self.timeout, get)
                     .await
-                    .map_err(|e| format!("send request: {e}"))?;
-                let status = read_status(&mut stream).await?;
+                    .map_err(|_| timed_out())??;
                 if (200..400).contains(&status) {
                     Ok(format!("HTTP {status}"))
                 } else {
@@ -215,6 +224,15 @@ impl Probe {
                 }
             }
         }
+    }
+}
+
+/// Kills the process group of an exec probe when dropped.
+struct Group(u32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        crate::pod::member::kill_group(self.0);
     }
 }
 

@@ -27,7 +27,9 @@ pub struct Volume {
 }
 
 impl Volume {
-    /// A volume on disk, in the network's state directory.
+    /// A volume in a directory under the network's state directory (on
+    /// disk, or in memory if that directory is, as `/run` and
+    /// `$XDG_RUNTIME_DIR` usually are), with no size limit of its own.
     pub fn new(name: impl Into<String>) -> Volume {
         Volume {
             name: name.into(),
