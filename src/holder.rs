@@ -296,7 +296,7 @@ impl Drop for Holder {
 
 /// Wait until the process behind `pidfd` has exited (its pidfd polls
 /// readable then, pidfd_open(2)); reaps nothing.
-async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
+pub(crate) async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
     let dup = pidfd
         .try_clone()
         .map_err(|e| Error::io("duplicate pidfd of holder", pid.to_string(), e))?;

@@ -70,6 +70,7 @@ mod ipam;
 mod link;
 mod netns;
 mod network;
+mod pod;
 pub mod rootless;
 mod sandbox;
 
@@ -92,4 +93,5 @@ pub use ipnetwork;
 pub use netns::Enter;
 pub use network::GcReport;
 pub use network::{Network, NetworkBuilder};
+pub use pod::ports::{PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE, MAX_UDP_FLOWS};
 pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder, SandboxInfo};
