@@ -75,7 +75,9 @@ async fn http_server(pod: &Sandbox, port: u16, dir: &Path) -> tokio::process::Ch
 /// `curl` run by a thread of this test's namespace (the host), or by a
 /// member of `inside`.
 async fn curl(inside: Option<&Sandbox>, url: &str) -> (bool, String) {
-    let args = ["-sS", "--max-time", "10", url];
+    // --noproxy: an http_proxy in the environment must not take the request
+    // out of the test's namespace.
+    let args = ["-sS", "--noproxy", "*", "--max-time", "10", url];
     let out = match inside {
         Some(pod) => pod.command("curl").args(args).output().await.unwrap(),
         None => tokio::process::Command::new("curl")
@@ -210,6 +212,19 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
             pod.remove_port(&added[0]).await,
             Err(Error::NotFound { .. })
         ));
+
+        // `::`: every IPv4 and IPv6 address of the host namespace.
+        let dual = pod
+            .add_port(PortMapping::tcp(0, 7000).host_ip("::".parse().unwrap()))
+            .await
+            .unwrap();
+        let port = dual[0].host.port();
+        assert_eq!(read_from(SocketAddr::from(([127, 0, 0, 1], port))), "7000");
+        assert_eq!(
+            read_from(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))),
+            "7000"
+        );
+        pod.remove_port(&dual[0]).await.unwrap();
 
         // Another handle of this process sees the same mappings.
         let again = net.open_sandbox("eph").await.unwrap();
