@@ -58,6 +58,24 @@ pub enum Error {
         name: String,
     },
 
+    /// A host port of a port mapping is taken (`EADDRINUSE`) by another
+    /// socket of the network's host namespace. Nothing was changed: ports of
+    /// the same request bound before it were closed again.
+    #[error(
+        "{protocol} port {address} is already in use: cannot publish it for sandbox {sandbox:?}"
+    )]
+    PortInUse {
+        /// The sandbox the mapping was for.
+        sandbox: String,
+        /// The protocol of the mapping.
+        protocol: crate::Protocol,
+        /// The host address and port.
+        address: std::net::SocketAddr,
+        /// `EADDRINUSE`.
+        #[source]
+        errno: Errno,
+    },
+
     /// The bridge name is held by a link of another kind.
     #[error("link {name:?} exists and is a {kind}, not a bridge")]
     NotABridge {
@@ -204,7 +222,9 @@ impl Error {
     /// The errno behind this error, if there is one.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            Error::Netlink { errno, .. } | Error::Sys { errno, .. } => Some(*errno),
+            Error::Netlink { errno, .. }
+            | Error::Sys { errno, .. }
+            | Error::PortInUse { errno, .. } => Some(*errno),
             Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             _ => None,
         }

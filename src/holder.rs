@@ -313,7 +313,7 @@ pub(crate) async fn wait_for_exit(pid: u32, pidfd: &OwnedFd) -> Result<String> {
 
 /// Wait until the process behind `pidfd` has exited (its pidfd polls
 /// readable then, pidfd_open(2)); reaps nothing.
-async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
+pub(crate) async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
     let dup = pidfd
         .try_clone()
         .map_err(|e| Error::io("duplicate pidfd of holder", pid.to_string(), e))?;

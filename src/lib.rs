@@ -52,6 +52,13 @@
 //! }
 //! ```
 //!
+//! # Port mappings
+//! [`SandboxBuilder::port`] and [`Sandbox::add_port`] publish a sandbox's
+//! port on the network's host namespace ([`PortMapping`]: TCP or UDP, host
+//! address, host port or 0 for an ephemeral one, ranges), served by a
+//! userspace forwarder of this process; see the README for why, with the
+//! measured figures.
+//!
 //! # Privilege
 //! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` over the host network
 //! namespace (the one holding the bridge): be root, run under
@@ -92,6 +99,7 @@ pub use ipnetwork;
 pub use netns::Enter;
 pub use network::GcReport;
 pub use network::{Network, NetworkBuilder};
+pub use pod::ports::{PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE, MAX_UDP_FLOWS};
 pub use pod::{
     Event, EventKind, KillReason, Member, MemberState, MemberStatus, Output, Pod, PodBuilder,
     Probe, ProbeKind, RestartPolicy, Volume,

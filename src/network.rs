@@ -62,6 +62,8 @@ pub(crate) struct NetInner {
     /// The host network namespace, as captured at build time.
     #[allow(dead_code)] // port mappings and gc enter it
     pub host_ns: OwnedFd,
+    /// The port forwarder, started with the first port mapping.
+    pub ports: crate::pod::ports::Slot,
 }
 
 /// What [`Network::gc`] reclaimed.
@@ -520,6 +522,7 @@ impl NetworkBuilder {
                 conn,
                 store,
                 host_ns,
+                ports: Default::default(),
             }),
         })
     }

@@ -25,6 +25,7 @@ use crate::ipam::{Ident, Record};
 use crate::link::{self, Inside, Veth};
 use crate::netns::{self, Enter};
 use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
+use crate::pod::ports::{self, PortMapping, PublishedPort};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -76,6 +77,7 @@ pub struct SandboxBuilder {
     /// Namespaces the holder keeps besides the network one (a pod's mount,
     /// UTS and IPC namespaces).
     extra_namespaces: CloneFlags,
+    ports: Vec<PortMapping>,
 }
 
 /// A pod network sandbox: a network namespace held by a holder process,
@@ -131,7 +133,18 @@ impl SandboxBuilder {
             persistent: false,
             remove_on_drop: false,
             extra_namespaces: CloneFlags::empty(),
+            ports: Vec::new(),
         }
+    }
+
+    /// Publish a port of the sandbox on the network's host namespace (see
+    /// [`PortMapping`]). Its host port(s) are bound first thing in
+    /// `create()`, so a port that is taken fails the create with
+    /// [`Error::PortInUse`] before anything is made. The ports the kernel
+    /// chose for host port 0 are in [`Sandbox::ports`].
+    pub fn port(mut self, mapping: PortMapping) -> Self {
+        self.ports.push(mapping);
+        self
     }
 
     /// Ask for this address instead of the next free one (at most one per
@@ -220,7 +233,9 @@ impl SandboxBuilder {
     /// Bad input changes nothing: [`Error::InvalidName`], [`Error::InvalidConfig`],
     /// [`Error::AddressNotInPool`], [`Error::AddressTaken`],
     /// [`Error::AlreadyExists`] (a sandbox of that name, or a link with its
-    /// veth name). [`Error::PoolExhausted`], [`Error::NotPermitted`]. A
+    /// veth name), [`Error::PortInUse`] (a host port of a
+    /// [`port`](SandboxBuilder::port) mapping is taken).
+    /// [`Error::PoolExhausted`], [`Error::NotPermitted`]. A
     /// failure part-way ([`Error::Netlink`], [`Error::Sys`], [`Error::Io`]
     /// naming the step) undoes what was made before it is returned.
     ///
@@ -231,6 +246,10 @@ impl SandboxBuilder {
     /// then the record names it for gc.
     pub async fn create(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
+        // Host ports before anything else: a taken one changes nothing.
+        // Dropped (closed) if a later step fails or the future is dropped.
+        let reserved =
+            ports::reserve(&self.net.ports, &self.net.host_ns, &self.name, &self.ports).await?;
         // Privilege was checked when the network was built; an EPERM from
         // the kernel later still becomes Error::NotPermitted.
         let net = self.net.clone();
@@ -266,6 +285,17 @@ impl SandboxBuilder {
                     .holder
                     .take()
                     .ok_or_else(|| Error::sys("create", "holder", Errno::EINVAL))?;
+                ports::start(
+                    &net.ports,
+                    &ports::Target {
+                        id: &record.id,
+                        ipv4: record.ipv4,
+                        ipv6: record.ipv6,
+                        holder_pid: holder.pid(),
+                        holder_pidfd: holder.pidfd(),
+                    },
+                    reserved,
+                );
                 Ok(Sandbox {
                     inner: Arc::new(SbInner {
                         net,
@@ -726,6 +756,86 @@ impl Sandbox {
             .volumes_dir(&format!("{}@{}", self.inner.name, self.inner.id))
     }
 
+    /// Publish a port of the running sandbox on the network's host namespace
+    /// (see [`PortMapping`]), and return what was published, one entry per
+    /// port, with the ports the kernel chose for host port 0.
+    ///
+    /// Connections to the host port are forwarded by podnet's userspace
+    /// forwarder, in this process, to the sandbox's address (the one of the
+    /// host address's family if it has one). The mapping ends with
+    /// [`remove_port`](Sandbox::remove_port), [`remove`](Sandbox::remove),
+    /// the death of the holder, or this process.
+    ///
+    /// ```no_run
+    /// # async fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
+    /// let published = pod.add_port(podnet::PortMapping::tcp(0, 80)).await?;
+    /// println!("curl http://{}/", published[0].host);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Nothing changes on error: [`Error::InvalidConfig`] for a bad mapping;
+    /// [`Error::PortInUse`] if a host port is taken (ports of the same
+    /// mapping bound before it are closed again); [`Error::NotPermitted`]
+    /// for a port below 1024 without `CAP_NET_BIND_SERVICE` over the host
+    /// namespace; [`Error::Sys`] naming the address for other bind
+    /// failures (`EADDRNOTAVAIL`: not an address of the host namespace);
+    /// [`Error::HolderDied`], [`Error::NotFound`] as for [`enter`](Sandbox::enter).
+    ///
+    /// # Cancel safety
+    /// Dropping the future before it completes closes the ports bound so
+    /// far; nothing is published.
+    pub async fn add_port(&self, mapping: PortMapping) -> Result<Vec<PublishedPort>> {
+        self.inner.check_alive()?;
+        let net = &self.inner.net;
+        let reserved = ports::reserve(
+            &net.ports,
+            &net.host_ns,
+            &self.inner.name,
+            std::slice::from_ref(&mapping),
+        )
+        .await?;
+        Ok(ports::start(
+            &net.ports,
+            &ports::Target {
+                id: &self.inner.id,
+                ipv4: self.inner.ipv4,
+                ipv6: self.inner.ipv6,
+                holder_pid: self.inner.holder.pid(),
+                holder_pidfd: self.inner.holder.pidfd(),
+            },
+            reserved,
+        ))
+    }
+
+    /// Stop publishing `port` (one entry of [`ports`](Sandbox::ports)):
+    /// returns once its host socket and its connections are closed.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if it is not published for this sandbox.
+    ///
+    /// # Cancel safety
+    /// The mapping is ended when the call starts; a dropped future only
+    /// stops waiting for its sockets to close.
+    pub async fn remove_port(&self, port: &PublishedPort) -> Result<()> {
+        if ports::end_one(&self.inner.net.ports, &self.inner.id, port).await {
+            Ok(())
+        } else {
+            Err(Error::NotFound {
+                what: "published port",
+                name: format!("{port} of sandbox {:?}", self.inner.name),
+            })
+        }
+    }
+
+    /// The ports published for this sandbox by this process, in the order
+    /// they were added. Mappings are served by the process that made them,
+    /// so a handle from [`open_sandbox`](crate::Network::open_sandbox) in
+    /// another process sees none of them.
+    pub fn ports(&self) -> Vec<PublishedPort> {
+        ports::list(&self.inner.net.ports, &self.inner.id)
+    }
+
     /// Remove the sandbox: delete the veth pair, stop the holder, release the
     /// address(es) and the state. Idempotent, and fine on a Failed sandbox.
     ///
@@ -800,6 +910,9 @@ impl SbInner {
                 State::Failed(_) | State::Removing => {}
             }
         }
+        // Port mappings first, so no new connection is forwarded to a
+        // sandbox being taken down; returns once their sockets are closed.
+        ports::end_all(&self.net.ports, &self.id).await;
         let mut errors = Vec::new();
         // The veth is deleted by name only while the name is still ours: a
         // stale handle must not take down a later sandbox of the same name.
@@ -865,6 +978,7 @@ impl Drop for Sandbox {
         // Nothing here may block: kill, release the files, and leave the
         // veth's deletion (an await) to a task if there is a runtime.
         let _ = self.inner.holder.kill();
+        ports::abort_all(&self.inner.net.ports, &self.inner.id);
         let _ = self.inner.release_state();
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {

@@ -1051,3 +1051,37 @@ fn members_mounting_one_path_differently_are_refused() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let flag = scratch.path("ready");
+        std::fs::write(&flag, "").unwrap();
+        let web = server(8080, u32::MAX, &flag)
+            .readiness_probe(Probe::http_get(8080, "/ready").period(Duration::from_millis(50)));
+        let pod = fast(net.pod("web"))
+            .port(podnet::PortMapping::tcp(0, 8080).host_ip("127.0.0.1".parse().unwrap()))
+            .member(web)
+            .start()
+            .await
+            .unwrap();
+        events_until(&pod, |e| *e == EventKind::Ready(true)).await;
+        let published = pod.sandbox().ports();
+        assert_eq!(published.len(), 1);
+        assert_ne!(published[0].host.port(), 0);
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(published[0].host)
+            .await
+            .unwrap();
+        s.write_all(b"GET /ready HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert!(got.starts_with("HTTP/1.0 200"), "{got}");
+        pod.remove().await.unwrap();
+        // The host port is free again.
+        std::net::TcpListener::bind(published[0].host).unwrap();
+        net.remove().await.unwrap();
+    });
+}

@@ -96,6 +96,30 @@ fn main() {
         assert_ne!(first.ip(), second.ip(), "one pool: distinct addresses");
         // They share one bridge: second reaches first by its address.
         reaches_by_ip(&second, &first).await;
+        // A port mapping on the rootless host, below 1024: this user
+        // namespace owns the host namespace, so binding 80 is allowed.
+        let published = second
+            .add_port(podnet::PortMapping::tcp(80, 9001))
+            .await
+            .expect("publish port 80 rootless");
+        assert_eq!(published[0].host.port(), 80);
+        let l = second
+            .run(|| TcpListener::bind("0.0.0.0:9001"))
+            .await
+            .unwrap()
+            .unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            std::io::Write::write_all(&mut s, b"through the mapping").unwrap();
+        });
+        let mut got = String::new();
+        std::io::Read::read_to_string(
+            &mut std::net::TcpStream::connect("127.0.0.1:80").unwrap(),
+            &mut got,
+        )
+        .unwrap();
+        assert_eq!(got, "through the mapping");
+        server.join().unwrap();
         first.remove().await.unwrap();
         second.remove().await.unwrap();
         net.remove().await.unwrap();

@@ -2,7 +2,8 @@
 //! one sandbox with Kubernetes' lifecycle: init members in order, then the
 //! others; a restart policy with back-off; liveness, readiness and startup
 //! probes; emptyDir-like volumes; a shared hostname and IPC namespace; and a
-//! stream of events.
+//! stream of events. Port mappings from the host namespace to a sandbox
+//! ([`ports`]) also live here.
 //!
 //! One task supervises each member; every change goes through
 //! [`Shared::update`], which recomputes the phase and Ready condition and
@@ -10,6 +11,7 @@
 
 mod event;
 mod member;
+pub(crate) mod ports;
 mod probe;
 mod volume;
 
@@ -450,6 +452,14 @@ impl PodBuilder {
     /// Ask for this address for the pod (see [`SandboxBuilder::ip`]).
     pub fn ip(mut self, addr: IpAddr) -> Self {
         self.sandbox = self.sandbox.ip(addr);
+        self
+    }
+
+    /// Publish a port of the pod on the network's host namespace (see
+    /// [`SandboxBuilder::port`]); the published ports are in
+    /// `pod.sandbox().ports()`.
+    pub fn port(mut self, mapping: crate::PortMapping) -> Self {
+        self.sandbox = self.sandbox.port(mapping);
         self
     }
 

@@ -1,0 +1,303 @@
+//! Port mappings: throughput, connection rate and request/response rate
+//! through a mapping, as a ratio to talking to the sandbox's address
+//! directly, measured in the same run; with kernel DNAT (an `iptables` nat
+//! OUTPUT rule in the bench's own namespace) beside them as the comparison
+//! point for the choice of a userspace forwarder.
+//!
+//! ```text
+//! cargo bench --bench ports              # needs [[bench]] name = "ports", harness = false
+//! cargo bench --bench ports -- 9 128     # rounds (default 7), MiB per throughput trial (default 64)
+//! ```
+//!
+//! It calls `podnet::rootless::enter_private()` first, so it runs as any
+//! user allowed to make user namespaces (root included), never touches the
+//! machine's real network, and leaves nothing behind: the iptables rules
+//! live and die with the bench's private network namespace. If `iptables`
+//! is missing or refused, the DNAT rows say so and the rest still runs.
+//!
+//! The servers are threads of this process inside the sandbox (std
+//! sockets, one connection at a time); the client is this process's main
+//! thread in the host namespace. Each round measures every path once, in
+//! the same order; figures are medians over the rounds, and ratios are
+//! medians of the per-round ratios to the direct path. Nothing is asserted.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use podnet::{Network, PortMapping, Protocol};
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Ports of the three servers inside the sandbox.
+const SINK: u16 = 5001;
+const HELLO: u16 = 5002;
+const ECHO: u16 = 5003;
+/// The userspace mapping publishes them at 18001..=18003 of the gateway
+/// address, the DNAT rules at 28001..=28003.
+const MAPPED: u16 = 18001;
+const DNAT: u16 = 28001;
+const CONNS_PER_TRIAL: usize = 500;
+const RR_PER_TRIAL: usize = 5000;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
+    let parse = |a: Option<String>, default: usize| match a.map(|a| a.parse::<usize>()) {
+        None => Some(default),
+        Some(Ok(n)) if n > 0 => Some(n),
+        Some(_) => None,
+    };
+    let (Some(rounds), Some(mib)) = (parse(args.next(), 7), parse(args.next(), 64)) else {
+        eprintln!("usage: ports [ROUNDS] [MIB]   (both > 0; default 7 and 64)");
+        return ExitCode::from(2);
+    };
+    // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
+    // multi-threaded process.
+    if let Err(e) = podnet::rootless::enter_private() {
+        eprintln!("ports bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    let state = std::env::temp_dir().join(format!("podnet-bench-ports-{}", std::process::id()));
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Into::into)
+        .and_then(|rt| rt.block_on(bench(&state, rounds, mib)));
+    let _ = std::fs::remove_dir_all(&state);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ports bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serve `listener` forever, one connection at a time, with `f`.
+fn serve(listener: TcpListener, f: fn(TcpStream) -> std::io::Result<()>) {
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let _ = s.set_nodelay(true);
+            let _ = f(s);
+        }
+    });
+}
+
+/// Read to EOF, then answer with the byte count.
+fn sink(mut s: TcpStream) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total: u64 = 0;
+    loop {
+        match s.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    s.write_all(&total.to_le_bytes())
+}
+
+/// Read one byte, answer one byte, close.
+fn hello(mut s: TcpStream) -> std::io::Result<()> {
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b)?;
+    s.write_all(&b)
+}
+
+/// Echo 1-byte messages until EOF.
+fn echo(mut s: TcpStream) -> std::io::Result<()> {
+    let mut b = [0u8; 1];
+    while s.read(&mut b)? == 1 {
+        s.write_all(&b)?;
+    }
+    Ok(())
+}
+
+/// MiB/s of sending `mib` MiB to the sink at `base` (and reading its count).
+fn throughput(base: SocketAddr, mib: usize) -> AnyResult<f64> {
+    let chunk = vec![7u8; 128 * 1024];
+    let t = Instant::now();
+    let mut s = TcpStream::connect(base)?;
+    for _ in 0..mib * 8 {
+        s.write_all(&chunk)?;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count)?;
+    let secs = t.elapsed().as_secs_f64();
+    let want = (mib * 1024 * 1024) as u64;
+    if u64::from_le_bytes(count) != want {
+        return Err(format!(
+            "sink at {base} got {} of {want} bytes",
+            u64::from_le_bytes(count)
+        )
+        .into());
+    }
+    Ok(mib as f64 / secs)
+}
+
+/// Connections per second (connect, 1 byte each way, close), and the
+/// time of each connection in `each`.
+fn conn_rate(at: SocketAddr, each: &mut Vec<Duration>) -> AnyResult<f64> {
+    let t = Instant::now();
+    for _ in 0..CONNS_PER_TRIAL {
+        let c = Instant::now();
+        let mut s = TcpStream::connect(at)?;
+        s.set_nodelay(true)?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        drop(s);
+        each.push(c.elapsed());
+    }
+    Ok(CONNS_PER_TRIAL as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Request/response round trips per second on one connection.
+fn rr_rate(at: SocketAddr) -> AnyResult<f64> {
+    let mut s = TcpStream::connect(at)?;
+    s.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    let t = Instant::now();
+    for _ in 0..RR_PER_TRIAL {
+        s.write_all(b"x")?;
+        s.read_exact(&mut b)?;
+    }
+    Ok(RR_PER_TRIAL as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Add DNAT rules from `gw:DNAT+i` to `pod:port_i` for locally made
+/// connections, in this process's own network namespace.
+fn add_dnat(gw: std::net::IpAddr, pod: std::net::IpAddr) -> Result<(), String> {
+    for (i, port) in [SINK, HELLO, ECHO].into_iter().enumerate() {
+        let from = (DNAT + u16::try_from(i).unwrap_or(0)).to_string();
+        let out = std::process::Command::new("iptables")
+            .args(["-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d"])
+            .arg(format!("{gw}/32"))
+            .args(["--dport", &from, "-j", "DNAT", "--to-destination"])
+            .arg(format!("{pod}:{port}"))
+            .output()
+            .map_err(|e| format!("iptables: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "iptables: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn median(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<()> {
+    let net = Network::builder("pnports0")
+        .subnet("10.88.0.0/16".parse()?)
+        .state_dir(state)
+        .build()
+        .await?;
+    let gw = net.gateways()[0];
+    let pod = net
+        .sandbox("bench")
+        .port(PortMapping::range(Protocol::Tcp, MAPPED..=MAPPED + 2, SINK..=ECHO).host_ip(gw))
+        .create()
+        .await?;
+    let result = async {
+        for (port, f) in [
+            (SINK, sink as fn(TcpStream) -> std::io::Result<()>),
+            (HELLO, hello),
+            (ECHO, echo),
+        ] {
+            let l = pod
+                .run(move || TcpListener::bind(("0.0.0.0", port)))
+                .await??;
+            serve(l, f);
+        }
+        let dnat = add_dnat(gw, pod.ip());
+        let mut paths = vec![
+            (
+                "direct to the pod's address",
+                SocketAddr::new(pod.ip(), SINK),
+            ),
+            ("podnet mapping (userspace)", SocketAddr::new(gw, MAPPED)),
+        ];
+        if dnat.is_ok() {
+            paths.push((
+                "kernel DNAT (iptables, comparison)",
+                SocketAddr::new(gw, DNAT),
+            ));
+        }
+        let at = |base: SocketAddr, off: u16| SocketAddr::new(base.ip(), base.port() + off);
+        // Warm-up, untimed.
+        for (_, base) in &paths {
+            throughput(*base, 4)?;
+            conn_rate(at(*base, 1), &mut Vec::new())?;
+        }
+        let n = paths.len();
+        let (mut tput, mut conns, mut rr) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
+        let mut each: Vec<Vec<Duration>> = vec![vec![]; n];
+        for _ in 0..rounds {
+            for (i, (_, base)) in paths.iter().enumerate() {
+                tput[i].push(throughput(*base, mib)?);
+                conns[i].push(conn_rate(at(*base, 1), &mut each[i])?);
+                rr[i].push(rr_rate(at(*base, 2))?);
+            }
+        }
+        println!(
+            "ports bench: {rounds} rounds; per round and path: one {mib} MiB transfer, \
+             {CONNS_PER_TRIAL} connections (1 byte each way), {RR_PER_TRIAL} 1-byte round trips \
+             on one connection. Medians; ratios are medians of per-round ratios to direct."
+        );
+        println!(
+            "{:<36} {:>10} {:>7} {:>10} {:>7} {:>10} {:>7}",
+            "path", "MiB/s", "ratio", "conn/s", "ratio", "rr/s", "ratio"
+        );
+        for (i, (what, _)) in paths.iter().enumerate() {
+            let ratio = |xs: &[Vec<f64>]| {
+                let mut r: Vec<f64> = xs[i].iter().zip(&xs[0]).map(|(a, b)| a / b).collect();
+                median(&mut r)
+            };
+            println!(
+                "{:<36} {:>10.0} {:>7.2} {:>10.0} {:>7.2} {:>10.0} {:>7.2}",
+                what,
+                median(&mut tput[i].clone()),
+                ratio(&tput),
+                median(&mut conns[i].clone()),
+                ratio(&conns),
+                median(&mut rr[i].clone()),
+                ratio(&rr),
+            );
+        }
+        println!("one connection (connect, 1 byte each way, close), µs:");
+        for (i, (what, _)) in paths.iter().enumerate() {
+            if let Some((n, med, p95)) = common::stats(&each[i], 1e6) {
+                println!("  {what:<36} n={n} median {med:.1} p95 {p95:.1}");
+            }
+        }
+        if let Err(why) = dnat {
+            println!("kernel DNAT: not measured ({why})");
+        }
+        Ok::<(), Box<dyn std::error::Error>>(())
+    }
+    .await;
+    // Removal goes on whatever happened, so nothing is left.
+    let removed = pod.remove().await;
+    let net_removed = net.remove().await;
+    result?;
+    removed?;
+    net_removed?;
+    Ok(())
+}

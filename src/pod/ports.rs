@@ -1,0 +1,836 @@
+//! Port mappings: an address and port of the network's host namespace
+//! forwarded to a port of a sandbox, over TCP or UDP, by a userspace
+//! forwarder.
+//!
+//! One forwarder per network, started with its first mapping: an OS thread
+//! that enters the network's host namespace once and runs a current-thread
+//! tokio runtime there. A socket keeps the namespace it was made in
+//! (socket(7) takes `current->nsproxy->net_ns` at creation), so every socket
+//! the forwarder makes (the host-side listeners and the connections to the
+//! sandbox) lives in the host namespace, whichever thread asked for the
+//! mapping, and the caller's runtime (current-thread or not) plays no part in
+//! moving bytes. Each mapping is a task on that runtime.
+//!
+//! Invariants:
+//! - Every host port of a request (a `create()` or an `add_port`) is bound
+//!   before anything else changes, and either all of them are or none: a
+//!   taken port is [`Error::PortInUse`] and the ports bound before it are
+//!   closed again.
+//! - A mapping ends when its sandbox is removed, when its holder dies (the
+//!   forwarder watches the holder's pidfd, so this holds whoever removed the
+//!   sandbox), when the last handle to the network is dropped, or with the
+//!   process. Nothing is made in the kernel (no rules) or on disk, so a
+//!   crash leaves nothing for gc to reclaim: the kernel closes the sockets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sched::{setns, CloneFlags};
+use nix::unistd::Pid;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{oneshot, OnceCell};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Default idle timeout of a UDP flow: the kernel's own for unreplied UDP
+/// conntrack entries (`nf_conntrack_udp_timeout`, 30 s).
+pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
+
+/// Most concurrent UDP flows (clients) of one mapped port; datagrams from
+/// further clients are dropped until a flow idles out.
+pub const MAX_UDP_FLOWS: usize = 4096;
+
+/// Per-direction buffer of a TCP connection. 64 KiB instead of tokio's 8 KiB
+/// default: fewer wake-ups per byte (measured by `benches/ports.rs`).
+const TCP_BUF: usize = 64 * 1024;
+
+/// Largest UDP payload.
+const UDP_BUF: usize = 65_535;
+
+/// The transport protocol of a port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// TCP: each connection to the host port gets one to the sandbox's port.
+    Tcp,
+    /// UDP: each client (source address and port) gets a flow of its own.
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A port mapping to declare: host address and port(s) of the network's
+/// host namespace, forwarded to port(s) of a sandbox. Used with
+/// [`SandboxBuilder::port`](crate::SandboxBuilder::port) and
+/// [`Sandbox::add_port`](crate::Sandbox::add_port).
+///
+/// The host address defaults to `0.0.0.0` (every IPv4 address of the host
+/// namespace, as Kubernetes' `hostIP`); `::` means every IPv4 and IPv6
+/// address. Host port 0 asks for an ephemeral port, reported back as a
+/// [`PublishedPort`].
+///
+/// ```
+/// use podnet::{PortMapping, Protocol};
+/// let web = PortMapping::tcp(8080, 80);                   // -p 8080:80
+/// let dns = PortMapping::udp(0, 53);                      // an ephemeral host port
+/// let range = PortMapping::range(Protocol::Tcp, 9000..=9002, 7000..=7002);
+/// let local = PortMapping::tcp(8443, 443).host_ip("127.0.0.1".parse().unwrap());
+/// assert_eq!(range.host_ports(), 9000..=9002);
+/// # let _ = (web, dns, local);
+/// ```
+///
+/// Nothing is checked until the mapping is used: then a pod port 0, a range
+/// whose start is above its end, host and pod ranges of different lengths,
+/// or a zero idle timeout are [`Error::InvalidConfig`], and nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PortMapping {
+    protocol: Protocol,
+    host_ip: IpAddr,
+    host_ports: RangeInclusive<u16>,
+    pod_ports: RangeInclusive<u16>,
+    udp_idle: Duration,
+}
+
+impl PortMapping {
+    /// Forward `host_port` (0: an ephemeral one) to `pod_port`.
+    pub fn new(protocol: Protocol, host_port: u16, pod_port: u16) -> PortMapping {
+        PortMapping::range(protocol, host_port..=host_port, pod_port..=pod_port)
+    }
+
+    /// Forward TCP `host_port` (0: an ephemeral one) to `pod_port`.
+    pub fn tcp(host_port: u16, pod_port: u16) -> PortMapping {
+        PortMapping::new(Protocol::Tcp, host_port, pod_port)
+    }
+
+    /// Forward UDP `host_port` (0: an ephemeral one) to `pod_port`.
+    pub fn udp(host_port: u16, pod_port: u16) -> PortMapping {
+        PortMapping::new(Protocol::Udp, host_port, pod_port)
+    }
+
+    /// Forward each port of `host` to the port of `pod` at the same offset;
+    /// both ranges have the same length. `host` may be `0..=0`: each pod
+    /// port then gets an ephemeral host port of its own (not contiguous).
+    pub fn range(
+        protocol: Protocol,
+        host: RangeInclusive<u16>,
+        pod: RangeInclusive<u16>,
+    ) -> PortMapping {
+        PortMapping {
+            protocol,
+            host_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            host_ports: host,
+            pod_ports: pod,
+            udp_idle: DEFAULT_UDP_IDLE,
+        }
+    }
+
+    /// Listen on this host address only (default `0.0.0.0`). It must be an
+    /// address of the network's host namespace.
+    pub fn host_ip(mut self, ip: IpAddr) -> PortMapping {
+        self.host_ip = ip;
+        self
+    }
+
+    /// How long a UDP flow (one client) lives without a datagram in either
+    /// direction (default [`DEFAULT_UDP_IDLE`]). Ignored for TCP.
+    pub fn udp_idle_timeout(mut self, idle: Duration) -> PortMapping {
+        self.udp_idle = idle;
+        self
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The host address listened on.
+    pub fn host_address(&self) -> IpAddr {
+        self.host_ip
+    }
+
+    /// The host ports (`0..=0`: ephemeral).
+    pub fn host_ports(&self) -> RangeInclusive<u16> {
+        self.host_ports.clone()
+    }
+
+    /// The sandbox's ports.
+    pub fn pod_ports(&self) -> RangeInclusive<u16> {
+        self.pod_ports.clone()
+    }
+
+    /// The idle timeout of a UDP flow.
+    pub fn udp_idle(&self) -> Duration {
+        self.udp_idle
+    }
+
+    /// Each (host port, pod port) pair, or why the mapping is refused.
+    fn pairs(&self) -> std::result::Result<Vec<(u16, u16)>, String> {
+        let (h0, h1) = (*self.host_ports.start(), *self.host_ports.end());
+        let (p0, p1) = (*self.pod_ports.start(), *self.pod_ports.end());
+        if p0 > p1 {
+            return Err(format!("pod port range {p0}-{p1} is inverted"));
+        }
+        if h0 > h1 {
+            return Err(format!("host port range {h0}-{h1} is inverted"));
+        }
+        if p0 == 0 {
+            return Err("pod port 0 is not a port".into());
+        }
+        if self.protocol == Protocol::Udp && self.udp_idle.is_zero() {
+            return Err("a UDP idle timeout of 0 would end every flow at once".into());
+        }
+        if (h0, h1) == (0, 0) {
+            return Ok((p0..=p1).map(|p| (0, p)).collect());
+        }
+        if h0 == 0 {
+            return Err(format!(
+                "host port range {h0}-{h1} includes 0 (ask for ephemeral ports with 0 alone)"
+            ));
+        }
+        if h1 - h0 != p1 - p0 {
+            return Err(format!(
+                "host ports {h0}-{h1} and pod ports {p0}-{p1} differ in length"
+            ));
+        }
+        Ok((h0..=h1).zip(p0..=p1).collect())
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |r: &RangeInclusive<u16>| {
+            if r.start() == r.end() {
+                r.start().to_string()
+            } else {
+                format!("{}-{}", r.start(), r.end())
+            }
+        };
+        write!(
+            f,
+            "{} {}:{} -> {}",
+            self.protocol,
+            self.host_ip,
+            range(&self.host_ports),
+            range(&self.pod_ports)
+        )
+    }
+}
+
+/// One forwarded port, as it is published: the host socket address (with
+/// the port the kernel chose, if 0 was asked for) and the sandbox's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct PublishedPort {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The address and port listened on in the network's host namespace.
+    pub host: SocketAddr,
+    /// The port of the sandbox it is forwarded to.
+    pub pod_port: u16,
+}
+
+impl fmt::Display for PublishedPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} -> {}", self.protocol, self.host, self.pod_port)
+    }
+}
+
+/// Where a sandbox's mappings forward to, and how to know it has ended.
+pub(crate) struct Target<'a> {
+    /// The sandbox instance (its record id): mappings are kept by it.
+    pub id: &'a str,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub holder_pid: Pid,
+    pub holder_pidfd: &'a OwnedFd,
+}
+
+impl Target<'_> {
+    /// The sandbox address of the host address's family if it has one.
+    fn pod_ip(&self, host: IpAddr) -> IpAddr {
+        match (host, self.ipv4, self.ipv6) {
+            (IpAddr::V6(_), _, Some(a)) => IpAddr::V6(a),
+            (_, Some(a), _) => IpAddr::V4(a),
+            (_, None, Some(a)) => IpAddr::V6(a),
+            (_, None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+}
+
+/// Host ports bound for a request, not forwarding yet. Dropping it closes
+/// them.
+#[derive(Debug, Default)]
+pub(crate) struct Reserved(Vec<Bound>);
+
+#[derive(Debug)]
+struct Bound {
+    port: PublishedPort,
+    sock: Sock,
+    udp_idle: Duration,
+}
+
+#[derive(Debug)]
+enum Sock {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// The network's forwarder, started with its first mapping.
+pub(crate) type Slot = OnceCell<Engine>;
+
+/// The forwarder thread of a network, and the mappings it serves.
+pub(crate) struct Engine {
+    rt: tokio::runtime::Handle,
+    /// Dropping it ends the thread, whose runtime then drops every task and
+    /// with them every socket.
+    _stop: oneshot::Sender<()>,
+    table: Arc<Mutex<Table>>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// Live mappings by sandbox instance id.
+type Table = HashMap<String, Entry>;
+
+struct Entry {
+    ports: Vec<Live>,
+    /// Ends the entry when the holder dies.
+    watcher: AbortHandle,
+}
+
+struct Live {
+    port: PublishedPort,
+    task: JoinHandle<()>,
+}
+
+fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
+    table.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Validate `mappings` and bind every host port they need, in the host
+/// namespace of the network (`host_ns`); all or none. No mapping: no
+/// forwarder is started and nothing is bound.
+pub(crate) async fn reserve(
+    slot: &Slot,
+    host_ns: &OwnedFd,
+    sandbox: &str,
+    mappings: &[PortMapping],
+) -> Result<Reserved> {
+    let plan = plan(sandbox, mappings)?;
+    if plan.is_empty() {
+        return Ok(Reserved::default());
+    }
+    let engine = slot.get_or_try_init(|| Engine::start(host_ns)).await?;
+    let sandbox = sandbox.to_owned();
+    let bind = async move {
+        let mut out = Vec::with_capacity(plan.len());
+        for (protocol, host, pod_port, udp_idle) in plan {
+            let sock = match protocol {
+                Protocol::Tcp => TcpListener::bind(host).await.map(Sock::Tcp),
+                Protocol::Udp => UdpSocket::bind(host).await.map(Sock::Udp),
+            };
+            // On error, `out` is dropped and the ports bound before close.
+            let sock = sock.map_err(|e| bind_error(&sandbox, protocol, host, &e))?;
+            let local = match &sock {
+                Sock::Tcp(l) => l.local_addr(),
+                Sock::Udp(u) => u.local_addr(),
+            }
+            .map_err(|e| bind_error(&sandbox, protocol, host, &e))?;
+            out.push(Bound {
+                port: PublishedPort {
+                    protocol,
+                    host: local,
+                    pod_port,
+                },
+                sock,
+                udp_idle,
+            });
+        }
+        Ok(Reserved(out))
+    };
+    engine.rt.spawn(bind).await.map_err(|_| forwarder_gone())?
+}
+
+/// Every (protocol, host address, pod port, idle) of `mappings`, checked.
+fn plan(
+    sandbox: &str,
+    mappings: &[PortMapping],
+) -> Result<Vec<(Protocol, SocketAddr, u16, Duration)>> {
+    let mut plan = Vec::new();
+    for m in mappings {
+        let pairs = m.pairs().map_err(|why| Error::InvalidConfig {
+            reason: format!("port mapping {m} of sandbox {sandbox:?}: {why}"),
+        })?;
+        for (h, p) in pairs {
+            let host = SocketAddr::new(m.host_ip, h);
+            if h != 0
+                && plan
+                    .iter()
+                    .any(|(proto, a, _, _)| (*proto, *a) == (m.protocol, host))
+            {
+                return Err(Error::InvalidConfig {
+                    reason: format!(
+                        "port mapping {m} of sandbox {sandbox:?}: {} {host} is asked for twice",
+                        m.protocol
+                    ),
+                });
+            }
+            plan.push((m.protocol, host, p, m.udp_idle));
+        }
+    }
+    Ok(plan)
+}
+
+fn bind_error(sandbox: &str, protocol: Protocol, address: SocketAddr, e: &io::Error) -> Error {
+    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32));
+    if errno == Errno::EADDRINUSE {
+        return Error::PortInUse {
+            sandbox: sandbox.to_owned(),
+            protocol,
+            address,
+            errno,
+        };
+    }
+    Error::sys(
+        "bind host port",
+        format!("{protocol} {address} for sandbox {sandbox:?}"),
+        errno,
+    )
+}
+
+fn forwarder_gone() -> Error {
+    Error::sys(
+        "port forwarder",
+        "its thread has ended (the network is being dropped)",
+        Errno::ESHUTDOWN,
+    )
+}
+
+impl Engine {
+    /// Start the forwarder thread in the host namespace `host_ns`.
+    async fn start(host_ns: &OwnedFd) -> Result<Engine> {
+        let ns = host_ns
+            .try_clone()
+            .map_err(|e| Error::io("duplicate host netns fd for the port forwarder", "", e))?;
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("podnet-ports".into())
+            .spawn(move || {
+                // The thread stays in the host namespace until it ends, so
+                // there is nothing to restore.
+                if let Err(errno) = setns(ns.as_fd(), CloneFlags::CLONE_NEWNET) {
+                    let _ = ready_tx.send(Err(Error::sys(
+                        "enter the host network namespace",
+                        "for the port forwarder",
+                        errno,
+                    )));
+                    return;
+                }
+                drop(ns);
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(Error::io(
+                            "start the port forwarder's runtime",
+                            "",
+                            e,
+                        )));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(rt.handle().clone()));
+                // Serve until the network is dropped. Dropping `rt` then
+                // drops every task and closes every socket.
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                });
+            })
+            .map_err(|e| Error::io("start the port forwarder thread", "", e))?;
+        let rt = ready_rx.await.map_err(|_| forwarder_gone())??;
+        Ok(Engine {
+            rt,
+            _stop: stop_tx,
+            table: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+}
+
+/// Start forwarding the ports of `reserved` to the sandbox `target`.
+/// Infallible: everything that can fail happened in [`reserve`].
+pub(crate) fn start(slot: &Slot, target: &Target<'_>, reserved: Reserved) -> Vec<PublishedPort> {
+    let Some(engine) = slot.get() else {
+        return Vec::new(); // nothing was reserved
+    };
+    if reserved.0.is_empty() {
+        return Vec::new();
+    }
+    let mut published = Vec::with_capacity(reserved.0.len());
+    let mut live = Vec::with_capacity(reserved.0.len());
+    for b in reserved.0 {
+        let to = SocketAddr::new(target.pod_ip(b.port.host.ip()), b.port.pod_port);
+        let task = match b.sock {
+            Sock::Tcp(l) => engine.rt.spawn(serve_tcp(l, to)),
+            Sock::Udp(u) => engine.rt.spawn(serve_udp(u, to, b.udp_idle)),
+        };
+        published.push(b.port);
+        live.push(Live { port: b.port, task });
+    }
+    let mut table = lock(&engine.table);
+    match table.get_mut(target.id) {
+        Some(entry) => entry.ports.extend(live),
+        None => {
+            let watcher = match target.holder_pidfd.try_clone() {
+                Ok(pidfd) => engine
+                    .rt
+                    .spawn(watch_holder(
+                        target.holder_pid,
+                        pidfd,
+                        target.id.to_owned(),
+                        engine.table.clone(),
+                    ))
+                    .abort_handle(),
+                // Without a watcher the mappings still end with remove().
+                Err(_) => engine.rt.spawn(async {}).abort_handle(),
+            };
+            table.insert(
+                target.id.to_owned(),
+                Entry {
+                    ports: live,
+                    watcher,
+                },
+            );
+        }
+    }
+    published
+}
+
+/// End the mappings of sandbox instance `id` once its holder has exited (a
+/// pidfd polls readable then, pidfd_open(2)).
+async fn watch_holder(pid: Pid, pidfd: OwnedFd, id: String, table: Arc<Mutex<Table>>) {
+    if crate::holder::wait_exit(pid, &pidfd).await.is_err() {
+        // Cannot watch it (no fd left to dup): remove() still ends them.
+        return;
+    }
+    if let Some(entry) = lock(&table).remove(&id) {
+        for live in entry.ports {
+            live.task.abort();
+        }
+    }
+}
+
+/// The live mappings of sandbox instance `id`.
+pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
+    let Some(engine) = slot.get() else {
+        return Vec::new();
+    };
+    lock(&engine.table)
+        .get(id)
+        .map(|e| e.ports.iter().map(|l| l.port).collect())
+        .unwrap_or_default()
+}
+
+/// Stop forwarding `port` of sandbox instance `id`; returns once its socket
+/// and its connections are closed. `false` if it was not published.
+pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> bool {
+    let Some(engine) = slot.get() else {
+        return false;
+    };
+    let task = {
+        let mut table = lock(&engine.table);
+        let Some(entry) = table.get_mut(id) else {
+            return false;
+        };
+        let Some(i) = entry.ports.iter().position(|l| l.port == *port) else {
+            return false;
+        };
+        entry.ports.remove(i).task
+    };
+    task.abort();
+    let _ = task.await; // the task's sockets are closed once it is dropped
+    true
+}
+
+/// Stop every mapping of sandbox instance `id`; returns once their sockets
+/// are closed.
+pub(crate) async fn end_all(slot: &Slot, id: &str) {
+    let tasks = abort_all(slot, id);
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// Stop every mapping of sandbox instance `id` without waiting (for Drop):
+/// the forwarder closes the sockets as soon as it runs.
+pub(crate) fn abort_all(slot: &Slot, id: &str) -> Vec<JoinHandle<()>> {
+    let Some(engine) = slot.get() else {
+        return Vec::new();
+    };
+    let Some(entry) = lock(&engine.table).remove(id) else {
+        return Vec::new();
+    };
+    entry.watcher.abort();
+    entry
+        .ports
+        .into_iter()
+        .map(|l| {
+            l.task.abort();
+            l.task
+        })
+        .collect()
+}
+
+/// Accept connections on `listener` and forward each to `to`. Dropping the
+/// task drops the listener and every connection.
+async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => {
+                    conns.spawn(forward_tcp(client, to));
+                }
+                // Out of fds or memory for a moment (EMFILE, ENFILE,
+                // ENOBUFS): the connection waits in the backlog. Back off
+                // instead of spinning on an accept that fails again.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// One TCP connection: connect to the sandbox, then copy both ways. EOF on
+/// one side becomes `shutdown(SHUT_WR)` on the other while the other
+/// direction goes on (half-close), which `copy_bidirectional` does.
+async fn forward_tcp(mut client: TcpStream, to: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let mut pod = match TcpStream::connect(to).await {
+        Ok(s) => s,
+        Err(_) => {
+            // Nothing listens in the sandbox: reset, as the pod's kernel
+            // did to us, rather than accept and close cleanly.
+            let _ = client.set_zero_linger();
+            return;
+        }
+    };
+    let _ = pod.set_nodelay(true);
+    let copied =
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pod, TCP_BUF, TCP_BUF).await;
+    if copied.is_err() {
+        // One side was reset: pass the reset on instead of a clean close.
+        let _ = client.set_zero_linger();
+        let _ = pod.set_zero_linger();
+    }
+}
+
+/// One UDP flow: a socket connected to the sandbox for one client.
+struct Flow {
+    up: Arc<UdpSocket>,
+    last: Arc<Mutex<Instant>>,
+    task: AbortHandle,
+}
+
+/// Receive datagrams on `sock` and forward each client's through a flow of
+/// its own (a socket connected to `to`, so replies come back to that client
+/// only). A flow ends after `idle` without a datagram either way.
+async fn serve_udp(sock: UdpSocket, to: SocketAddr, idle: Duration) {
+    let sock = Arc::new(sock);
+    let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
+    let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
+    let mut buf = vec![0u8; UDP_BUF];
+    loop {
+        tokio::select! {
+            got = sock.recv_from(&mut buf) => {
+                // An error here is an ICMP error for an earlier datagram:
+                // nothing to do but go on.
+                let Ok((n, client)) = got else { continue };
+                if flows.get(&client).is_some_and(|f| f.task.is_finished()) {
+                    flows.remove(&client);
+                }
+                if !flows.contains_key(&client) {
+                    if flows.len() >= MAX_UDP_FLOWS {
+                        continue;
+                    }
+                    let Ok(flow) = new_flow(&sock, client, to, idle, &mut tasks).await else {
+                        continue;
+                    };
+                    flows.insert(client, flow);
+                }
+                if let Some(flow) = flows.get(&client) {
+                    *flow.last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    let _ = flow.up.send(&buf[..n]).await;
+                }
+            }
+            Some(ended) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(client) = ended {
+                    if flows.get(&client).is_some_and(|f| f.task.is_finished()) {
+                        flows.remove(&client);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn new_flow(
+    sock: &Arc<UdpSocket>,
+    client: SocketAddr,
+    to: SocketAddr,
+    idle: Duration,
+    tasks: &mut JoinSet<SocketAddr>,
+) -> io::Result<Flow> {
+    let any = match to {
+        SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+    };
+    let up = UdpSocket::bind(any).await?;
+    up.connect(to).await?;
+    let up = Arc::new(up);
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let task = tasks.spawn(replies(
+        up.clone(),
+        sock.clone(),
+        client,
+        last.clone(),
+        idle,
+    ));
+    Ok(Flow { up, last, task })
+}
+
+/// Send the sandbox's replies on flow `up` back to `client` through the
+/// host socket, until the flow has been idle for `idle`; returns `client`.
+async fn replies(
+    up: Arc<UdpSocket>,
+    host: Arc<UdpSocket>,
+    client: SocketAddr,
+    last: Arc<Mutex<Instant>>,
+    idle: Duration,
+) -> SocketAddr {
+    let mut buf = vec![0u8; UDP_BUF];
+    loop {
+        let deadline = *last.lock().unwrap_or_else(|p| p.into_inner()) + idle;
+        tokio::select! {
+            got = up.recv(&mut buf) => {
+                // ECONNREFUSED: nothing listens in the sandbox (ICMP port
+                // unreachable); the client sees silence, as it would.
+                if let Ok(n) = got {
+                    *last.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+                    let _ = host.send_to(&buf[..n], client).await;
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let last = *last.lock().unwrap_or_else(|p| p.into_inner());
+                if last + idle <= Instant::now() {
+                    return client;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(m: PortMapping) -> String {
+        match plan("web", &[m]) {
+            Err(Error::InvalidConfig { reason }) => reason,
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    #[allow(clippy::reversed_empty_ranges)] // inverted ranges are the point
+    fn bad_mappings_are_refused_with_the_reason() {
+        assert!(refused(PortMapping::tcp(8080, 0)).contains("pod port 0"));
+        let inverted = PortMapping::range(Protocol::Tcp, 9002..=9000, 80..=82);
+        assert!(refused(inverted).contains("inverted"));
+        let inverted_pod = PortMapping::range(Protocol::Udp, 9000..=9002, 82..=80);
+        assert!(refused(inverted_pod).contains("inverted"));
+        let uneven = PortMapping::range(Protocol::Tcp, 9000..=9002, 80..=81);
+        assert!(refused(uneven).contains("differ in length"));
+        let zero_start = PortMapping::range(Protocol::Tcp, 0..=2, 80..=82);
+        assert!(refused(zero_start).contains("includes 0"));
+        let idle = PortMapping::udp(53, 53).udp_idle_timeout(Duration::ZERO);
+        assert!(refused(idle).contains("idle"));
+        let text = refused(PortMapping::tcp(1, 0));
+        assert!(text.contains("\"web\"") && text.contains("tcp 0.0.0.0:1 -> 0"));
+    }
+
+    #[test]
+    fn a_port_asked_for_twice_is_refused_but_protocols_and_ephemeral_ports_may_repeat() {
+        let twice = [PortMapping::tcp(8080, 80), PortMapping::tcp(8080, 81)];
+        assert!(matches!(
+            plan("web", &twice),
+            Err(Error::InvalidConfig { .. })
+        ));
+        let fine = [
+            PortMapping::tcp(8080, 80),
+            PortMapping::udp(8080, 80),
+            PortMapping::tcp(0, 81),
+            PortMapping::tcp(0, 82),
+        ];
+        assert_eq!(plan("web", &fine).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn ranges_pair_ports_in_order_and_ephemeral_ranges_get_one_each() {
+        let r = PortMapping::range(Protocol::Tcp, 9000..=9002, 80..=82);
+        assert_eq!(r.pairs().unwrap(), [(9000, 80), (9001, 81), (9002, 82)]);
+        let e = PortMapping::range(Protocol::Udp, 0..=0, 53..=54);
+        assert_eq!(e.pairs().unwrap(), [(0, 53), (0, 54)]);
+        assert_eq!(
+            PortMapping::range(Protocol::Tcp, 65535..=65535, 1..=1)
+                .pairs()
+                .unwrap(),
+            [(65535, 1)]
+        );
+    }
+
+    #[test]
+    fn the_pod_address_follows_the_host_address_family() {
+        let pidfd = crate::netns::thread_netns().unwrap();
+        let t = Target {
+            id: "x",
+            ipv4: Some(Ipv4Addr::new(10, 88, 0, 2)),
+            ipv6: Some("fd00:88::2".parse().unwrap()),
+            holder_pid: Pid::this(),
+            holder_pidfd: &pidfd,
+        };
+        assert_eq!(
+            t.pod_ip("0.0.0.0".parse().unwrap()).to_string(),
+            "10.88.0.2"
+        );
+        assert_eq!(t.pod_ip("::".parse().unwrap()).to_string(), "fd00:88::2");
+        let v4only = Target { ipv6: None, ..t };
+        assert_eq!(
+            v4only.pod_ip("::".parse().unwrap()).to_string(),
+            "10.88.0.2"
+        );
+    }
+}

@@ -1,0 +1,667 @@
+//! Port mappings, end to end, each test in a network namespace of its own
+//! (see `common::in_netns`): that namespace is the network's host, and
+//! "the host port" is a port there. Real programs on both ends where it
+//! matters: `curl` on the host side, `python3 -m http.server` and a python3
+//! UDP echo server as members of the sandbox.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{in_netns, snapshot, Ctx};
+use podnet::{Error, Network, PortMapping, Protocol, Sandbox};
+
+const BRIDGE: &str = "pnp0";
+
+async fn network_at(state: &Path) -> Network {
+    Network::builder(BRIDGE)
+        .subnet("10.88.0.0/16".parse().unwrap())
+        .state_dir(state)
+        .build()
+        .await
+        .expect("build network")
+}
+
+async fn network(ctx: &Ctx) -> Network {
+    network_at(&ctx.state).await
+}
+
+/// Whether `addr` can be bound by a TCP listener now, i.e. no listener
+/// holds it (std sets SO_REUSEADDR, so connections in TIME_WAIT do not
+/// count).
+fn tcp_free(addr: SocketAddr) -> bool {
+    TcpListener::bind(addr).is_ok()
+}
+
+/// Wait up to 5 s for `cond`.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `python3 -m http.server` in `pod` on `port`, serving a directory with
+/// `hello.txt`; returns once it answers on the pod's address.
+async fn http_server(pod: &Sandbox, port: u16, dir: &Path) -> tokio::process::Child {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("hello.txt"),
+        format!("hello from {}\n", pod.name()),
+    )
+    .unwrap();
+    let child = pod
+        .command("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "0.0.0.0"])
+        .arg("--directory")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 in the sandbox");
+    let at = SocketAddr::new(pod.ip(), port);
+    eventually("http.server listens", || TcpStream::connect(at).is_ok()).await;
+    child
+}
+
+/// `curl` run by a thread of this test's namespace (the host), or by a
+/// member of `inside`.
+async fn curl(inside: Option<&Sandbox>, url: &str) -> (bool, String) {
+    // --noproxy: an http_proxy in the environment must not take the request
+    // out of the test's namespace.
+    let args = ["-sS", "--noproxy", "*", "--max-time", "10", url];
+    let out = match inside {
+        Some(pod) => pod.command("curl").args(args).output().await.unwrap(),
+        None => tokio::process::Command::new("curl")
+            .args(args)
+            .output()
+            .await
+            .unwrap(),
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net
+            .sandbox("web")
+            .port(PortMapping::tcp(8080, 8000))
+            .create()
+            .await
+            .unwrap();
+        let published = pod.ports();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].protocol, Protocol::Tcp);
+        assert_eq!(published[0].host, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(published[0].pod_port, 8000);
+        let _server = http_server(&pod, 8000, &ctx.state.join("www")).await;
+
+        // From the host: loopback, and the bridge's address.
+        for url in [
+            "http://127.0.0.1:8080/hello.txt",
+            "http://10.88.0.1:8080/hello.txt",
+        ] {
+            let (ok, body) = curl(None, url).await;
+            assert!(ok, "{url}: {body}");
+            assert_eq!(body, "hello from web\n", "{url}");
+        }
+        // Hairpin: the pod reaches its own published port at the gateway.
+        let (ok, body) = curl(Some(&pod), "http://10.88.0.1:8080/hello.txt").await;
+        assert!(ok, "hairpin: {body}");
+        assert_eq!(body, "hello from web\n");
+        // Many connections in a row, each a new forwarded connection.
+        for _ in 0..20 {
+            let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();
+            s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            assert!(reply.starts_with("HTTP/1.0 200"), "{reply}");
+            assert!(reply.ends_with("hello from web\n"), "{reply}");
+        }
+
+        pod.remove().await.unwrap();
+        // Gone when remove() returns: nothing listens, the port is free.
+        assert!(TcpStream::connect("127.0.0.1:8080").is_err());
+        assert!(tcp_free("0.0.0.0:8080".parse().unwrap()));
+        assert!(pod.ports().is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+/// A server in `pod` on each of `ports` that answers every connection with
+/// the port it was made on and closes.
+async fn port_echoes(pod: &Sandbox, ports: &[u16]) {
+    for &port in ports {
+        let l = pod
+            .run(move || TcpListener::bind(("0.0.0.0", port)))
+            .await
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = write!(s, "{port}");
+            }
+        });
+    }
+}
+
+fn read_from(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn ephemeral_ports_and_ranges_are_published_and_reported() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net
+            .sandbox("eph")
+            .port(PortMapping::tcp(0, 7000).host_ip("127.0.0.1".parse().unwrap()))
+            .port(PortMapping::range(Protocol::Tcp, 0..=0, 7001..=7002))
+            .create()
+            .await
+            .unwrap();
+        port_echoes(&pod, &[7000, 7001, 7002, 7003, 7004]).await;
+        let published = pod.ports();
+        assert_eq!(
+            published.iter().map(|p| p.pod_port).collect::<Vec<_>>(),
+            [7000, 7001, 7002]
+        );
+        assert_eq!(published[0].host.ip().to_string(), "127.0.0.1");
+        let mut hosts: Vec<u16> = published.iter().map(|p| p.host.port()).collect();
+        assert!(hosts.iter().all(|p| *p != 0), "{published:?}");
+        hosts.dedup();
+        assert_eq!(hosts.len(), 3, "{published:?}");
+        for p in &published {
+            let at = SocketAddr::new("127.0.0.1".parse().unwrap(), p.host.port());
+            assert_eq!(read_from(at), p.pod_port.to_string(), "{p}");
+        }
+
+        // A range with host ports, added to the live sandbox.
+        let added = pod
+            .add_port(PortMapping::range(Protocol::Tcp, 9103..=9104, 7003..=7004))
+            .await
+            .unwrap();
+        assert_eq!(added.len(), 2);
+        assert_eq!(read_from("127.0.0.1:9103".parse().unwrap()), "7003");
+        assert_eq!(read_from("127.0.0.1:9104".parse().unwrap()), "7004");
+        assert_eq!(pod.ports().len(), 5);
+
+        // Removing one leaves the others.
+        pod.remove_port(&added[0]).await.unwrap();
+        assert!(tcp_free("0.0.0.0:9103".parse().unwrap()));
+        assert_eq!(read_from("127.0.0.1:9104".parse().unwrap()), "7004");
+        assert_eq!(pod.ports().len(), 4);
+        assert!(matches!(
+            pod.remove_port(&added[0]).await,
+            Err(Error::NotFound { .. })
+        ));
+
+        // `::`: every IPv4 and IPv6 address of the host namespace.
+        let dual = pod
+            .add_port(PortMapping::tcp(0, 7000).host_ip("::".parse().unwrap()))
+            .await
+            .unwrap();
+        let port = dual[0].host.port();
+        assert_eq!(read_from(SocketAddr::from(([127, 0, 0, 1], port))), "7000");
+        assert_eq!(
+            read_from(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))),
+            "7000"
+        );
+        pod.remove_port(&dual[0]).await.unwrap();
+
+        // Another handle of this process sees the same mappings.
+        let again = net.open_sandbox("eph").await.unwrap();
+        assert_eq!(again.ports(), pod.ports());
+
+        again.remove().await.unwrap();
+        for p in &published {
+            assert!(tcp_free(p.host), "{p}");
+        }
+        assert!(tcp_free("0.0.0.0:9104".parse().unwrap()));
+        assert!(pod.ports().is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn tcp_half_close_is_forwarded_both_ways() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net
+            .sandbox("half")
+            .port(PortMapping::tcp(9200, 80))
+            .port(PortMapping::tcp(9201, 81))
+            .create()
+            .await
+            .unwrap();
+        // 80: read to EOF, then answer on the same connection.
+        let l80 = pod
+            .run(|| TcpListener::bind("0.0.0.0:80"))
+            .await
+            .unwrap()
+            .unwrap();
+        let server80 = std::thread::spawn(move || {
+            let (mut s, _) = l80.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            write!(s, "got {} bytes", got.len()).unwrap();
+        });
+        // 81: speak first and shut down writing, then read to EOF.
+        let l81 = pod
+            .run(|| TcpListener::bind("0.0.0.0:81"))
+            .await
+            .unwrap()
+            .unwrap();
+        let server81 = std::thread::spawn(move || {
+            let (mut s, _) = l81.accept().unwrap();
+            s.write_all(b"banner").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).unwrap();
+            got
+        });
+
+        let mut c = TcpStream::connect("127.0.0.1:9200").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&[7u8; 100_000]).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert_eq!(reply, "got 100000 bytes");
+        server80.join().unwrap();
+
+        let mut c = TcpStream::connect("127.0.0.1:9201").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut banner = String::new();
+        c.read_to_string(&mut banner).unwrap(); // EOF arrives while we may still write
+        assert_eq!(banner, "banner");
+        c.write_all(b"still writing after your EOF").unwrap();
+        drop(c);
+        assert_eq!(server81.join().unwrap(), "still writing after your EOF");
+
+        // A port nothing listens on in the pod: the client is reset.
+        pod.add_port(PortMapping::tcp(9202, 82)).await.unwrap();
+        let mut c = TcpStream::connect("127.0.0.1:9202").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 1];
+        let err = c.read(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+/// A python3 UDP echo server in `pod` on `port`: answers each datagram
+/// with it and the source port it came from (`<data> from <port>`).
+fn udp_echo(pod: &Sandbox, port: u16) -> tokio::process::Child {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0', {port}))\n\
+         while True:\n    d, a = s.recvfrom(65535)\n    s.sendto(d + b' from %d' % a[1], a)\n"
+    );
+    pod.command("python3")
+        .args(["-c", &script])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 in the sandbox")
+}
+
+/// Send `msg` from `sock` to `to` until an answer comes (the first may be
+/// lost while the server starts); returns the answer.
+fn ask(sock: &UdpSocket, to: SocketAddr, msg: &str) -> String {
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..50 {
+        sock.send_to(msg.as_bytes(), to).unwrap();
+        if let Ok(n) = sock.recv(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to {msg:?} from {to}");
+}
+
+/// The pod-side source port in an answer of `udp_echo`.
+fn seen_port(answer: &str) -> u16 {
+    answer.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let idle = Duration::from_millis(400);
+        let pod = net
+            .sandbox("dns")
+            .port(PortMapping::udp(5300, 5353).udp_idle_timeout(idle))
+            .create()
+            .await
+            .unwrap();
+        let _server = udp_echo(&pod, 5353);
+        let to: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+
+        let a1 = ask(&a, to, "a1");
+        assert!(a1.starts_with("a1 from "), "{a1}");
+        let b1 = ask(&b, to, "b1");
+        assert!(b1.starts_with("b1 from "), "{b1}");
+        // Two clients, two flows: the pod sees two sources, and each
+        // client gets its own answers.
+        assert_ne!(seen_port(&a1), seen_port(&b1));
+        // Within the idle timeout, a client keeps its flow.
+        let a2 = ask(&a, to, "a2");
+        assert_eq!(a2, format!("a2 from {}", seen_port(&a1)));
+        // A large datagram goes through whole.
+        let big = "x".repeat(8000);
+        let answer = ask(&b, to, &big);
+        assert!(
+            answer == format!("{big} from {}", seen_port(&b1)),
+            "{} bytes back",
+            answer.len()
+        );
+
+        // After the idle timeout the flow is gone: a new one, a new source.
+        tokio::time::sleep(idle * 3).await;
+        let a3 = ask(&a, to, "a3");
+        assert!(a3.starts_with("a3 from "), "{a3}");
+        assert_ne!(seen_port(&a3), seen_port(&a1), "the idle flow was kept");
+
+        // An ephemeral UDP port, through the bridge's address.
+        let added = pod.add_port(PortMapping::udp(0, 5353)).await.unwrap();
+        let eph = SocketAddr::new("10.88.0.1".parse().unwrap(), added[0].host.port());
+        let c = UdpSocket::bind("10.88.0.1:0").unwrap();
+        assert!(ask(&c, eph, "c1").starts_with("c1 from "));
+
+        pod.remove().await.unwrap();
+        assert!(UdpSocket::bind("0.0.0.0:5300").is_ok());
+        assert!(UdpSocket::bind(added[0].host).is_ok());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_taken_host_port_is_a_clear_error_and_changes_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let _tcp = TcpListener::bind("0.0.0.0:8081").unwrap();
+        let _udp = UdpSocket::bind("0.0.0.0:8092").unwrap();
+        let before = snapshot(&ctx.nl).await;
+        let files_before = common::tree_under(&ctx.state);
+
+        let err = net
+            .sandbox("web")
+            .port(PortMapping::tcp(8070, 80))
+            .port(PortMapping::tcp(8081, 80))
+            .create()
+            .await
+            .unwrap_err();
+        match &err {
+            Error::PortInUse {
+                sandbox,
+                protocol,
+                address,
+                errno,
+            } => {
+                assert_eq!(sandbox, "web");
+                assert_eq!(*protocol, Protocol::Tcp);
+                assert_eq!(address.to_string(), "0.0.0.0:8081");
+                assert_eq!(*errno, nix::errno::Errno::EADDRINUSE);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(err.errno(), Some(nix::errno::Errno::EADDRINUSE));
+        let text = err.to_string();
+        assert!(
+            text.contains("tcp") && text.contains("0.0.0.0:8081") && text.contains("\"web\""),
+            "{text}"
+        );
+        // The second port of a UDP range is taken: the first is released.
+        let err = net
+            .sandbox("web")
+            .port(PortMapping::range(Protocol::Udp, 8091..=8093, 53..=55))
+            .create()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::PortInUse { address, protocol: Protocol::Udp, .. } if address.port() == 8092),
+            "{err:?}"
+        );
+        // Bad input.
+        for bad in [
+            PortMapping::tcp(8000, 0),
+            PortMapping::range(Protocol::Tcp, 8000..=8001, 80..=82),
+        ] {
+            let err = net.sandbox("web").port(bad).create().await.unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+        }
+        // Nothing was made, and the ports bound before the taken ones are free.
+        assert_eq!(snapshot(&ctx.nl).await, before);
+        assert_eq!(common::tree_under(&ctx.state), files_before);
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        assert!(common::holders_of(&common::network_key_prefix()).is_empty());
+        assert!(tcp_free("0.0.0.0:8070".parse().unwrap()));
+        assert!(UdpSocket::bind("0.0.0.0:8091").is_ok());
+
+        // The same on a live sandbox: add_port is all or nothing.
+        let pod = net.sandbox("web").create().await.unwrap();
+        let err = pod
+            .add_port(PortMapping::range(Protocol::Tcp, 8080..=8081, 80..=81))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err:?}");
+        assert!(pod.ports().is_empty());
+        assert!(tcp_free("0.0.0.0:8080".parse().unwrap()));
+        // A host address that is not one of the host namespace's.
+        let err = pod
+            .add_port(PortMapping::tcp(8080, 80).host_ip("198.18.0.1".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.errno(),
+            Some(nix::errno::Errno::EADDRNOTAVAIL),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("198.18.0.1:8080"), "{err}");
+        assert!(pod.ports().is_empty());
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn mappings_end_with_the_holder_and_with_remove_on_drop() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // The holder dies: the mapping ends with it, nobody calls remove().
+        let pod = net
+            .sandbox("dies")
+            .port(PortMapping::tcp(9300, 80))
+            .create()
+            .await
+            .unwrap();
+        assert!(!tcp_free("0.0.0.0:9300".parse().unwrap()));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pod.holder_pid()).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        eventually("the mapping of a dead holder ends", || {
+            tcp_free("0.0.0.0:9300".parse().unwrap())
+        })
+        .await;
+        assert!(pod.ports().is_empty());
+        pod.remove().await.unwrap();
+
+        // remove_on_drop: dropping the handle ends the mapping.
+        let pod = net
+            .sandbox("dropped")
+            .port(PortMapping::udp(9301, 53))
+            .port(PortMapping::tcp(9301, 80))
+            .remove_on_drop(true)
+            .create()
+            .await
+            .unwrap();
+        assert!(UdpSocket::bind("0.0.0.0:9301").is_err());
+        drop(pod);
+        eventually("the mappings of a dropped sandbox end", || {
+            UdpSocket::bind("0.0.0.0:9301").is_ok() && tcp_free("0.0.0.0:9301".parse().unwrap())
+        })
+        .await;
+        eventually("the dropped sandbox is gone", || {
+            common::holders_of(&common::network_key_prefix()).is_empty()
+        })
+        .await;
+        // A plain drop removes nothing: the mapping keeps serving.
+        let pod = net
+            .sandbox("kept")
+            .port(PortMapping::tcp(9302, 80))
+            .create()
+            .await
+            .unwrap();
+        port_echoes(&pod, &[80]).await;
+        drop(pod);
+        assert_eq!(read_from("127.0.0.1:9302".parse().unwrap()), "80");
+        let pod = net.open_sandbox("kept").await.unwrap();
+        assert_eq!(pod.ports().len(), 1);
+        pod.remove().await.unwrap();
+        assert!(tcp_free("0.0.0.0:9302".parse().unwrap()));
+        // Wait for the dropped sandbox's removal task before removing the network.
+        eventually("all sandboxes are gone", || {
+            common::holders_of(&common::network_key_prefix()).is_empty()
+        })
+        .await;
+        let t = Instant::now();
+        while net.remove().await.is_err() {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+}
+
+/// This test binary, run as a child in the current thread's namespace.
+fn child(ctx: &Ctx, action: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(
+        "PODNET_CHILD_NETNS",
+        format!(
+            "/proc/{}/task/{}/ns/net",
+            std::process::id(),
+            nix::unistd::gettid()
+        ),
+    )
+    .env("PODNET_CHILD_STATE", &ctx.state)
+    .env("PODNET_CHILD_ACTION", action)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+#[test]
+#[ignore = "run by the other tests as a child process"]
+fn child_process() {
+    let (Ok(netns), Ok(state), Ok(action)) = (
+        std::env::var("PODNET_CHILD_NETNS"),
+        std::env::var("PODNET_CHILD_STATE"),
+        std::env::var("PODNET_CHILD_ACTION"),
+    ) else {
+        return;
+    };
+    let ns = std::fs::File::open(&netns).unwrap();
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let net = network_at(Path::new(&state)).await;
+        match action.as_str() {
+            // Publish a port, say so, and wait to be killed.
+            "publish-and-wait" => {
+                let pod = net
+                    .sandbox("crash")
+                    .port(PortMapping::tcp(9400, 80))
+                    .port(PortMapping::udp(9400, 53))
+                    .create()
+                    .await
+                    .unwrap();
+                port_echoes(&pod, &[80]).await;
+                println!("published {:?}", pod.ports());
+                std::io::stdout().flush().unwrap();
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            }
+            _ => panic!("unknown action {action:?}"),
+        }
+    });
+}
+
+#[test]
+fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let mut proc = child(&ctx, "publish-and-wait").spawn().unwrap();
+        // The harness of the child prints its own lines first.
+        let out = std::io::BufReader::new(proc.stdout.take().unwrap());
+        let line = std::io::BufRead::lines(out)
+            .map(Result::unwrap)
+            .find(|l| l.contains("published ["));
+        assert!(line.is_some(), "the child did not publish");
+        // The child's forwarder serves the mapping.
+        assert_eq!(read_from("127.0.0.1:9400".parse().unwrap()), "80");
+        assert!(UdpSocket::bind("0.0.0.0:9400").is_err());
+
+        proc.kill().unwrap(); // SIGKILL: no cleanup of any kind
+        let status = proc.wait().unwrap();
+        assert_eq!(status.signal(), Some(9));
+        // The kernel closed its sockets: both ports are free at once.
+        assert!(tcp_free("0.0.0.0:9400".parse().unwrap()));
+        assert!(UdpSocket::bind("0.0.0.0:9400").is_ok());
+        // Its sandbox (holder killed with its creator) is gc's.
+        let t = Instant::now();
+        let mut report = net.gc().await.unwrap();
+        while report.sandboxes.is_empty() && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            report = net.gc().await.unwrap();
+        }
+        assert_eq!(report.sandboxes, ["crash"], "{report:?}");
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        // The port can be published again.
+        let pod = net
+            .sandbox("crash")
+            .port(PortMapping::tcp(9400, 80))
+            .create()
+            .await
+            .unwrap();
+        assert_eq!(pod.ports()[0].host.port(), 9400);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
