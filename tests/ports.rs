@@ -630,10 +630,20 @@ fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
         let mut proc = child(&ctx, "publish-and-wait").spawn().unwrap();
         // The harness of the child prints its own lines first.
         let out = std::io::BufReader::new(proc.stdout.take().unwrap());
-        let line = std::io::BufRead::lines(out)
-            .map(Result::unwrap)
-            .find(|l| l.contains("published ["));
-        assert!(line.is_some(), "the child did not publish");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let line = std::io::BufRead::lines(out)
+                .map_while(Result::ok)
+                .find(|l| l.contains("published ["));
+            let _ = tx.send(line);
+        });
+        // A child that hangs before publishing fails the test, not CI.
+        let line = rx.recv_timeout(Duration::from_secs(60));
+        if !matches!(line, Ok(Some(_))) {
+            proc.kill().unwrap();
+            proc.wait().unwrap();
+            panic!("the child did not publish: {line:?}");
+        }
         // The child's forwarder serves the mapping.
         assert_eq!(read_from("127.0.0.1:9400".parse().unwrap()), "80");
         assert!(UdpSocket::bind("0.0.0.0:9400").is_err());
