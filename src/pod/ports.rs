@@ -49,9 +49,33 @@ pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
 /// further clients are dropped until a flow idles out.
 pub const MAX_UDP_FLOWS: usize = 4096;
 
-/// Per-direction buffer of a TCP connection. 64 KiB instead of tokio's 8 KiB
-/// default: fewer wake-ups per byte (measured by `benches/ports.rs`).
+/// Longest UDP idle timeout accepted (a day).
+const MAX_UDP_IDLE: Duration = Duration::from_secs(24 * 3600);
+
+/// Per-direction buffer of a TCP connection: 64 KiB instead of tokio's
+/// 8 KiB default, for fewer wake-ups per byte.
 const TCP_BUF: usize = 64 * 1024;
+
+/// How long a forwarded TCP connection may take to reach the sandbox.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The file descriptors the forwarder of this process may hold for
+/// connections and flows: a quarter of the soft `RLIMIT_NOFILE`, so that
+/// traffic from outside can never take the fds the rest of the process
+/// (podnet's own netlink sockets, pidfds and store files included) needs.
+/// A TCP connection takes two, a UDP flow one; past the budget, new
+/// connections wait in the listen backlog and new UDP clients are dropped.
+fn fd_budget() -> Arc<tokio::sync::Semaphore> {
+    static BUDGET: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    BUDGET
+        .get_or_init(|| {
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _)| soft);
+            let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
+            Arc::new(tokio::sync::Semaphore::new(quarter.clamp(16, 1 << 20)))
+        })
+        .clone()
+}
 
 /// Largest UDP payload.
 const UDP_BUF: usize = 65_535;
@@ -194,6 +218,12 @@ impl PortMapping {
         }
         if self.protocol == Protocol::Udp && self.udp_idle.is_zero() {
             return Err("a UDP idle timeout of 0 would end every flow at once".into());
+        }
+        if self.udp_idle > MAX_UDP_IDLE {
+            return Err(format!(
+                "a UDP idle timeout of {:?} is more than the most, {MAX_UDP_IDLE:?}",
+                self.udp_idle
+            ));
         }
         if (h0, h1) == (0, 0) {
             return Ok((p0..=p1).map(|p| (0, p)).collect());
@@ -608,11 +638,23 @@ pub(crate) fn abort_all(slot: &Slot, id: &str) -> Vec<JoinHandle<()>> {
 /// task drops the listener and every connection.
 async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
     let mut conns = JoinSet::new();
+    let budget = fd_budget();
     loop {
+        // Two fds per connection, taken before it is accepted.
+        let permit = tokio::select! {
+            permit = budget.clone().acquire_many_owned(2) => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((client, _)) => {
-                    conns.spawn(forward_tcp(client, to));
+                    conns.spawn(async move {
+                        forward_tcp(client, to).await;
+                        drop(permit);
+                    });
                 }
                 // Out of fds or memory for a moment (EMFILE, ENFILE,
                 // ENOBUFS): the connection waits in the backlog. Back off
@@ -629,9 +671,9 @@ async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
 /// direction goes on (half-close), which `copy_bidirectional` does.
 async fn forward_tcp(mut client: TcpStream, to: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let mut pod = match TcpStream::connect(to).await {
-        Ok(s) => s,
-        Err(_) => {
+    let mut pod = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+        Ok(Ok(s)) => s,
+        _ => {
             // Nothing listens in the sandbox: reset, as the pod's kernel
             // did to us, rather than accept and close cleanly.
             let _ = client.set_zero_linger();
@@ -653,6 +695,8 @@ struct Flow {
     up: Arc<UdpSocket>,
     last: Arc<Mutex<Instant>>,
     task: AbortHandle,
+    /// Its fd, in the process's budget.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Receive datagrams on `sock` and forward each client's through a flow of
@@ -676,7 +720,10 @@ async fn serve_udp(sock: UdpSocket, to: SocketAddr, idle: Duration) {
                     if flows.len() >= MAX_UDP_FLOWS {
                         continue;
                     }
-                    let Ok(flow) = new_flow(&sock, client, to, idle, &mut tasks).await else {
+                    let Ok(permit) = fd_budget().try_acquire_owned() else {
+                        continue;
+                    };
+                    let Ok(flow) = new_flow(&sock, client, to, idle, &mut tasks, permit).await else {
                         continue;
                     };
                     flows.insert(client, flow);
@@ -703,6 +750,7 @@ async fn new_flow(
     to: SocketAddr,
     idle: Duration,
     tasks: &mut JoinSet<SocketAddr>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> io::Result<Flow> {
     let any = match to {
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
@@ -719,7 +767,12 @@ async fn new_flow(
         last.clone(),
         idle,
     ));
-    Ok(Flow { up, last, task })
+    Ok(Flow {
+        up,
+        last,
+        task,
+        _permit: permit,
+    })
 }
 
 /// Send the sandbox's replies on flow `up` back to `client` through the
@@ -731,11 +784,23 @@ async fn replies(
     last: Arc<Mutex<Instant>>,
     idle: Duration,
 ) -> SocketAddr {
-    let mut buf = vec![0u8; UDP_BUF];
+    // Made at the first reply: a flow the pod never answers holds none.
+    let mut buf = Vec::new();
     loop {
         let deadline = *last.lock().unwrap_or_else(|p| p.into_inner()) + idle;
         tokio::select! {
-            got = up.recv(&mut buf) => {
+            ready = up.readable() => {
+                if ready.is_err() {
+                    // The runtime is going away.
+                    return client;
+                }
+                if buf.is_empty() {
+                    buf = vec![0u8; UDP_BUF];
+                }
+                let got = match up.try_recv(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    got => got,
+                };
                 // ECONNREFUSED: nothing listens in the sandbox (ICMP port
                 // unreachable); the client sees silence, as it would.
                 if let Ok(n) = got {
