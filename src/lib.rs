@@ -89,6 +89,13 @@ pub use error::{Error, Result};
 pub mod internals {
     pub use crate::holder::flush_spawner;
     pub use crate::ipam::internals::Ipam;
+
+    /// The comments of the kernel port-mapping rules of `net`'s nf_tables
+    /// table (`podnet <name>@<id> <proto> <host> <pid>:<start>`), or
+    /// `None` if the table does not exist.
+    pub async fn port_rules(net: &crate::Network) -> crate::Result<Option<Vec<String>>> {
+        net.inner.port_rules().await
+    }
 }
 
 /// The README's example, compiled and run as a doctest.
@@ -99,7 +106,10 @@ pub use ipnetwork;
 pub use netns::Enter;
 pub use network::GcReport;
 pub use network::{Network, NetworkBuilder};
-pub use pod::ports::{PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE, MAX_UDP_FLOWS};
+pub use pod::ports::{
+    Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
+    MAX_UDP_FLOWS,
+};
 pub use pod::{
     Event, EventKind, KillReason, Member, MemberState, MemberStatus, Output, Pod, PodBuilder,
     Probe, ProbeKind, RestartPolicy, Volume,

@@ -1,5 +1,6 @@
 //! Every netlink call podnet makes: the bridge, veth pairs, addresses,
-//! routes, links up and down, deletion. Only this file speaks netlink.
+//! routes, links up and down, deletion. Only this file (and `link/nft.rs`,
+//! nf_tables for port mappings) speaks netlink.
 //!
 //! There is one strict-checking connection in the host namespace (opened when
 //! the `Network` is built, on the thread whose namespace is the host) and a
@@ -25,6 +26,10 @@ use rtnetlink::{
 };
 
 use crate::error::{Error, Result};
+
+/// nf_tables (the kernel DNAT path of port mappings): netlink too, so it
+/// lives beside this file.
+pub(crate) mod nft;
 
 /// Index of `lo` in a new network namespace: the loopback device is
 /// registered first in every namespace (net/core/dev.c).

@@ -11,11 +11,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
 use crate::ipam::Record;
 use crate::ipam::{Pool, Store};
+use crate::link::nft::{self, Nft};
+use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
@@ -64,6 +67,67 @@ pub(crate) struct NetInner {
     pub host_ns: OwnedFd,
     /// The port forwarder, started with the first port mapping.
     pub ports: crate::pod::ports::Slot,
+    /// Kernel or userspace forwarding of published ports.
+    pub port_forwarding: PortForwarding,
+}
+
+impl NetInner {
+    /// The pools' gateways and prefixes (v4, v6).
+    pub(crate) fn subnets(&self) -> [Option<(IpAddr, u8)>; 2] {
+        [
+            self.v4.as_ref().map(|p| (p.gateway(), p.prefix())),
+            self.v6.as_ref().map(|p| (p.gateway(), p.prefix())),
+        ]
+    }
+
+    /// The comments of the port-mapping rules in the network's table, or
+    /// `None` without a table (for this crate's tests).
+    #[cfg(feature = "internals")]
+    pub(crate) async fn port_rules(&self) -> Result<Option<Vec<String>>> {
+        let got = self
+            .with_nft("list rules", |nft| {
+                if !nft.table_exists()? {
+                    return Ok(None);
+                }
+                Ok(Some(nft.list()?.into_iter().map(|f| f.comment).collect()))
+            })
+            .await?;
+        Ok(got.flatten())
+    }
+
+    /// Run `f` with an nf_tables socket opened in the host namespace (on a
+    /// short-lived thread inside it). `None` if nf_tables is not there or
+    /// not allowed: then no rule can have been made either.
+    async fn with_nft<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&Nft) -> std::result::Result<T, Errno> + Send + 'static,
+    ) -> Result<Option<T>> {
+        let ns = self
+            .host_ns
+            .try_clone()
+            .map_err(|e| Error::io("duplicate host netns fd for nf_tables", "", e))?;
+        let bridge = self.bridge.clone();
+        let object = format!("table inet podnet-{bridge} ({what})");
+        let got = netns::run_inside(Arc::new(ns), what.to_owned(), move || {
+            let nft = match Nft::open(&bridge) {
+                Ok(nft) => nft,
+                Err(Error::Netlink { errno, .. }) => return Err(errno),
+                Err(_) => return Err(Errno::EIO),
+            };
+            f(&nft)
+        })
+        .await?;
+        match got {
+            Ok(v) => Ok(Some(v)),
+            Err(errno) if nft::refused(errno) => Ok(None),
+            Err(errno) => Err(Error::Netlink {
+                op: "nf_tables",
+                object,
+                errno,
+            }),
+        }
+    }
 }
 
 /// What [`Network::gc`] reclaimed.
@@ -83,6 +147,9 @@ pub struct GcReport {
     pub corrupt: Vec<PathBuf>,
     /// Volume directories of pods whose sandbox is gone, deleted.
     pub volumes: Vec<PathBuf>,
+    /// Kernel port-mapping rules deleted (their comments: sandbox instance,
+    /// port, process), of sandboxes that are gone or of processes that died.
+    pub port_rules: Vec<String>,
 }
 
 impl GcReport {
@@ -93,6 +160,7 @@ impl GcReport {
             && self.links.is_empty()
             && self.holders.is_empty()
             && self.volumes.is_empty()
+            && self.port_rules.is_empty()
     }
 }
 
@@ -130,6 +198,7 @@ pub struct NetworkBuilder {
     subnets: Vec<IpNetwork>,
     state_dir: Option<PathBuf>,
     mtu: Option<u32>,
+    port_forwarding: PortForwarding,
 }
 
 impl Network {
@@ -140,6 +209,7 @@ impl Network {
             subnets: Vec::new(),
             state_dir: None,
             mtu: None,
+            port_forwarding: PortForwarding::Auto,
         }
     }
 
@@ -184,6 +254,13 @@ impl Network {
                 sandboxes,
             });
         }
+        // The nf_tables table of port mappings (its rules went with the
+        // sandboxes).
+        inner
+            .with_nft("delete the table of port mappings", |nft| {
+                nft.delete_table()
+            })
+            .await?;
         // A bridge that was there before podnet came is left as it was found.
         if inner.store.bridge_is_ours() {
             let object = format!("bridge {:?}", inner.bridge);
@@ -386,6 +463,26 @@ impl Network {
                 Err(e) => errors.push(e),
             }
         }
+        // Kernel port-mapping rules of sandboxes without a live record, or
+        // made by a process that has died (mappings end with the process).
+        // A corrupt record keeps what it might own.
+        let corrupt: Vec<PathBuf> = report.corrupt.clone();
+        let gone = inner
+            .with_nft("delete rules of dead sandboxes", move |nft| {
+                nft.delete_where(|c| {
+                    ports::parse_comment(c).is_none_or(|c| {
+                        let name = c.owner.split('@').next().unwrap_or_default();
+                        let stale =
+                            !owned.contains(c.owner) || !holder::is_alive(c.creator.0, c.creator.1);
+                        stale && !corrupt.iter().any(|p| p.ends_with(name))
+                    })
+                })
+            })
+            .await;
+        match gone {
+            Ok(rules) => report.port_rules.extend(rules.unwrap_or_default()),
+            Err(e) => errors.push(e),
+        }
         store.remove_stale_temp_files();
         if errors.is_empty() {
             Ok(report)
@@ -428,6 +525,16 @@ impl NetworkBuilder {
     /// MTU of the bridge and, unless a sandbox says otherwise, of every veth.
     pub fn mtu(mut self, mtu: u32) -> Self {
         self.mtu = Some(mtu);
+        self
+    }
+
+    /// How published ports are forwarded (default [`PortForwarding::Auto`]:
+    /// the kernel's nf_tables DNAT where the host namespace allows it, the
+    /// userspace forwarder otherwise). [`PortForwarding::Kernel`] makes a
+    /// mapping fail if nf_tables refuses; [`PortForwarding::Userspace`]
+    /// never touches nf_tables.
+    pub fn port_forwarding(mut self, how: PortForwarding) -> Self {
+        self.port_forwarding = how;
         self
     }
 
@@ -523,6 +630,7 @@ impl NetworkBuilder {
                 store,
                 host_ns,
                 ports: Default::default(),
+                port_forwarding: self.port_forwarding,
             }),
         })
     }

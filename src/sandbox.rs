@@ -248,8 +248,7 @@ impl SandboxBuilder {
         let (veth, _, _) = self.validate()?;
         // Host ports before anything else: a taken one changes nothing.
         // Dropped (closed) if a later step fails or the future is dropped.
-        let reserved =
-            ports::reserve(&self.net.ports, &self.net.host_ns, &self.name, &self.ports).await?;
+        let reserved = ports::reserve(&self.net, &self.name, &self.ports).await?;
         // Privilege was checked when the network was built; an EPERM from
         // the kernel later still becomes Error::NotPermitted.
         let net = self.net.clone();
@@ -280,22 +279,36 @@ impl SandboxBuilder {
         };
         match self.build(&mut undo, &mut record, lock).await {
             Ok(()) => {
+                // The kernel rules of the mappings may still fail: then
+                // the sandbox is undone like any other step.
+                let started = match &undo.holder {
+                    Some(holder) => {
+                        ports::start(
+                            &net.ports,
+                            &ports::Target {
+                                name: &self.name,
+                                id: &record.id,
+                                subnets: net.subnets(),
+                                ipv4: record.ipv4,
+                                ipv6: record.ipv6,
+                                holder_pid: holder.pid(),
+                                holder_pidfd: holder.pidfd(),
+                            },
+                            reserved,
+                        )
+                        .await
+                    }
+                    None => Err(Error::sys("create", "holder", Errno::EINVAL)),
+                };
+                if let Err(e) = started {
+                    undo.rollback().await;
+                    return Err(e);
+                }
                 undo.armed = false;
                 let holder = undo
                     .holder
                     .take()
                     .ok_or_else(|| Error::sys("create", "holder", Errno::EINVAL))?;
-                ports::start(
-                    &net.ports,
-                    &ports::Target {
-                        id: &record.id,
-                        ipv4: record.ipv4,
-                        ipv6: record.ipv6,
-                        holder_pid: holder.pid(),
-                        holder_pidfd: holder.pidfd(),
-                    },
-                    reserved,
-                );
                 Ok(Sandbox {
                     inner: Arc::new(SbInner {
                         net,
@@ -788,24 +801,22 @@ impl Sandbox {
     pub async fn add_port(&self, mapping: PortMapping) -> Result<Vec<PublishedPort>> {
         self.inner.check_alive()?;
         let net = &self.inner.net;
-        let reserved = ports::reserve(
-            &net.ports,
-            &net.host_ns,
-            &self.inner.name,
-            std::slice::from_ref(&mapping),
-        )
-        .await?;
-        Ok(ports::start(
+        let reserved =
+            ports::reserve(net, &self.inner.name, std::slice::from_ref(&mapping)).await?;
+        ports::start(
             &net.ports,
             &ports::Target {
+                name: &self.inner.name,
                 id: &self.inner.id,
+                subnets: net.subnets(),
                 ipv4: self.inner.ipv4,
                 ipv6: self.inner.ipv6,
                 holder_pid: self.inner.holder.pid(),
                 holder_pidfd: self.inner.holder.pidfd(),
             },
             reserved,
-        ))
+        )
+        .await
     }
 
     /// Stop publishing `port` (one entry of [`ports`](Sandbox::ports)):
@@ -818,7 +829,7 @@ impl Sandbox {
     /// The mapping is ended when the call starts; a dropped future only
     /// stops waiting for its sockets to close.
     pub async fn remove_port(&self, port: &PublishedPort) -> Result<()> {
-        if ports::end_one(&self.inner.net.ports, &self.inner.id, port).await {
+        if ports::end_one(&self.inner.net.ports, &self.inner.id, port).await? {
             Ok(())
         } else {
             Err(Error::NotFound {
@@ -912,8 +923,11 @@ impl SbInner {
         }
         // Port mappings first, so no new connection is forwarded to a
         // sandbox being taken down; returns once their sockets are closed.
-        ports::end_all(&self.net.ports, &self.id).await;
-        let mut errors = Vec::new();
+        let mut errors: Vec<Error> = ports::end_all(&self.net.ports, &self.id)
+            .await
+            .err()
+            .into_iter()
+            .collect();
         // The veth is deleted by name only while the name is still ours: a
         // stale handle must not take down a later sandbox of the same name.
         // (Ours then goes with our holder's namespace.)

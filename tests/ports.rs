@@ -3,6 +3,13 @@
 //! "the host port" is a port there. Real programs on both ends where it
 //! matters: `curl` on the host side, `python3 -m http.server` and a python3
 //! UDP echo server as members of the sandbox.
+//!
+//! Every test runs twice (a module per test, `userspace` and `kernel`):
+//! once with the userspace forwarder, once with the kernel's nf_tables DNAT
+//! (forced, so a kernel that refuses fails the test rather than falling
+//! back). The kernel runs reach mappings at the bridge's address (loopback
+//! destinations are the forwarder's by design) and turn on IPv4 forwarding
+//! in the test's own namespace, so arriving traffic (hairpin) is DNATed too.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
@@ -15,21 +22,99 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{in_netns, snapshot, Ctx};
-use podnet::{Error, Network, PortMapping, Protocol, Sandbox};
+use podnet::{Error, Forwarder, Network, PortForwarding, PortMapping, Protocol, Sandbox};
 
 const BRIDGE: &str = "pnp0";
 
-async fn network_at(state: &Path) -> Network {
-    Network::builder(BRIDGE)
-        .subnet("10.88.0.0/16".parse().unwrap())
+/// Which forwarder a run of a test uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Userspace,
+    Kernel,
+}
+
+impl Via {
+    fn from_env() -> Via {
+        match std::env::var("PODNET_CHILD_VIA").as_deref() {
+            Ok("kernel") => Via::Kernel,
+            _ => Via::Userspace,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Via::Userspace => "userspace",
+            Via::Kernel => "kernel",
+        }
+    }
+
+    /// The forwarder of a mapping on a non-loopback host address.
+    fn forwarder(self) -> Forwarder {
+        match self {
+            Via::Userspace => Forwarder::Userspace,
+            Via::Kernel => Forwarder::Kernel,
+        }
+    }
+
+    /// Where clients reach host port `port`: loopback for the forwarder,
+    /// the bridge's address for the kernel (loopback is never DNATed).
+    fn at(self, port: u16) -> SocketAddr {
+        let ip = match self {
+            Via::Userspace => [127, 0, 0, 1],
+            Via::Kernel => [10, 88, 0, 1],
+        };
+        SocketAddr::from((ip, port))
+    }
+}
+
+/// Run `$body(Via)` as two tests, `$name::userspace` and `$name::kernel`.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn userspace() {
+                super::$name(super::Via::Userspace);
+            }
+            #[test]
+            fn kernel() {
+                super::$name(super::Via::Kernel);
+            }
+        }
+    };
+}
+
+async fn network_at(state: &Path, via: Via) -> Network {
+    network_named(state, via, BRIDGE, "10.88.0.0/16").await
+}
+
+async fn network_named(state: &Path, via: Via, bridge: &str, subnet: &str) -> Network {
+    let how = match via {
+        Via::Userspace => PortForwarding::Userspace,
+        Via::Kernel => {
+            // This test's own namespace: DNATed arriving packets are forwarded.
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").unwrap();
+            PortForwarding::Kernel
+        }
+    };
+    Network::builder(bridge)
+        .subnet(subnet.parse().unwrap())
         .state_dir(state)
+        .port_forwarding(how)
         .build()
         .await
         .expect("build network")
 }
 
-async fn network(ctx: &Ctx) -> Network {
-    network_at(&ctx.state).await
+async fn network(ctx: &Ctx, via: Via) -> Network {
+    network_at(&ctx.state, via).await
+}
+
+/// The comments of the network's kernel rules (none without a table).
+async fn rules(net: &Network) -> Vec<String> {
+    podnet::internals::port_rules(net)
+        .await
+        .unwrap()
+        .unwrap_or_default()
 }
 
 /// Whether `addr` can be bound by a TCP listener now, i.e. no listener
@@ -92,10 +177,10 @@ async fn curl(inside: Option<&Sandbox>, url: &str) -> (bool, String) {
     )
 }
 
-#[test]
-fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping);
+fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         let pod = net
             .sandbox("web")
             .port(PortMapping::tcp(8080, 8000))
@@ -107,6 +192,17 @@ fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping() {
         assert_eq!(published[0].protocol, Protocol::Tcp);
         assert_eq!(published[0].host, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(published[0].pod_port, 8000);
+        assert_eq!(published[0].forwarder, via.forwarder());
+        // prerouting, output, postrouting; each rule names its sandbox.
+        let made = rules(&net).await;
+        assert_eq!(
+            made.len(),
+            if via == Via::Kernel { 3 } else { 0 },
+            "{made:?}"
+        );
+        assert!(made
+            .iter()
+            .all(|c| c.contains(" web@") && c.contains(" tcp 0.0.0.0:8080 ")));
         let _server = http_server(&pod, 8000, &ctx.state.join("www")).await;
 
         // From the host: loopback, and the bridge's address.
@@ -118,13 +214,21 @@ fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping() {
             assert!(ok, "{url}: {body}");
             assert_eq!(body, "hello from web\n", "{url}");
         }
-        // Hairpin: the pod reaches its own published port at the gateway.
+        // Hairpin: the pod reaches its own published port at the gateway
+        // (by the forwarder's socket: see the README).
         let (ok, body) = curl(Some(&pod), "http://10.88.0.1:8080/hello.txt").await;
         assert!(ok, "hairpin: {body}");
         assert_eq!(body, "hello from web\n");
+        // Another pod reaches it at the gateway too (by the kernel:
+        // masqueraded, so the reply comes back through the host).
+        let other = net.sandbox("other").create().await.unwrap();
+        let (ok, body) = curl(Some(&other), "http://10.88.0.1:8080/hello.txt").await;
+        assert!(ok, "from another pod: {body}");
+        assert_eq!(body, "hello from web\n");
+        other.remove().await.unwrap();
         // Many connections in a row, each a new forwarded connection.
         for _ in 0..20 {
-            let mut s = TcpStream::connect("127.0.0.1:8080").unwrap();
+            let mut s = TcpStream::connect(via.at(8080)).unwrap();
             s.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n").unwrap();
             let mut reply = String::new();
             s.read_to_string(&mut reply).unwrap();
@@ -135,9 +239,13 @@ fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping() {
         pod.remove().await.unwrap();
         // Gone when remove() returns: nothing listens, the port is free.
         assert!(TcpStream::connect("127.0.0.1:8080").is_err());
+        assert!(TcpStream::connect("10.88.0.1:8080").is_err());
         assert!(tcp_free("0.0.0.0:8080".parse().unwrap()));
         assert!(pod.ports().is_empty());
+        // Its rules went with it, and the table goes with the network.
+        assert!(rules(&net).await.is_empty());
         net.remove().await.unwrap();
+        assert_eq!(podnet::internals::port_rules(&net).await.unwrap(), None);
     });
 }
 
@@ -166,10 +274,10 @@ fn read_from(addr: SocketAddr) -> String {
     got
 }
 
-#[test]
-fn ephemeral_ports_and_ranges_are_published_and_reported() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(ephemeral_ports_and_ranges_are_published_and_reported);
+fn ephemeral_ports_and_ranges_are_published_and_reported(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         let pod = net
             .sandbox("eph")
             .port(PortMapping::tcp(0, 7000).host_ip("127.0.0.1".parse().unwrap()))
@@ -184,6 +292,9 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
             [7000, 7001, 7002]
         );
         assert_eq!(published[0].host.ip().to_string(), "127.0.0.1");
+        // Loopback is the forwarder's whatever the network's choice.
+        assert_eq!(published[0].forwarder, Forwarder::Userspace);
+        assert_eq!(published[1].forwarder, via.forwarder());
         let mut hosts: Vec<u16> = published.iter().map(|p| p.host.port()).collect();
         assert!(hosts.iter().all(|p| *p != 0), "{published:?}");
         hosts.sort_unstable();
@@ -192,6 +303,9 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
         for p in &published {
             let at = SocketAddr::new("127.0.0.1".parse().unwrap(), p.host.port());
             assert_eq!(read_from(at), p.pod_port.to_string(), "{p}");
+            if !p.host.ip().is_loopback() {
+                assert_eq!(read_from(via.at(p.host.port())), p.pod_port.to_string());
+            }
         }
 
         // A range with host ports, added to the live sandbox.
@@ -200,15 +314,21 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
             .await
             .unwrap();
         assert_eq!(added.len(), 2);
-        assert_eq!(read_from("127.0.0.1:9103".parse().unwrap()), "7003");
-        assert_eq!(read_from("127.0.0.1:9104".parse().unwrap()), "7004");
+        assert_eq!(read_from(via.at(9103)), "7003");
+        assert_eq!(read_from(via.at(9104)), "7004");
         assert_eq!(pod.ports().len(), 5);
+        let kernel_rules = if via == Via::Kernel { 3 } else { 0 };
+        assert_eq!(rules(&net).await.len(), 4 * kernel_rules);
 
         // Removing one leaves the others.
         pod.remove_port(&added[0]).await.unwrap();
         assert!(tcp_free("0.0.0.0:9103".parse().unwrap()));
-        assert_eq!(read_from("127.0.0.1:9104".parse().unwrap()), "7004");
+        assert!(TcpStream::connect(via.at(9103)).is_err());
+        assert_eq!(read_from(via.at(9104)), "7004");
         assert_eq!(pod.ports().len(), 4);
+        let left = rules(&net).await;
+        assert_eq!(left.len(), 3 * kernel_rules, "{left:?}");
+        assert!(!left.iter().any(|c| c.contains(":9103 ")), "{left:?}");
         assert!(matches!(
             pod.remove_port(&added[0]).await,
             Err(Error::NotFound { .. })
@@ -225,6 +345,9 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
             read_from(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))),
             "7000"
         );
+        // IPv4 clients of `::` reach the pod's IPv4 address by the kernel.
+        assert_eq!(dual[0].forwarder, via.forwarder());
+        assert_eq!(read_from(via.at(port)), "7000");
         pod.remove_port(&dual[0]).await.unwrap();
 
         // Another handle of this process sees the same mappings.
@@ -237,14 +360,15 @@ fn ephemeral_ports_and_ranges_are_published_and_reported() {
         }
         assert!(tcp_free("0.0.0.0:9104".parse().unwrap()));
         assert!(pod.ports().is_empty());
+        assert!(rules(&net).await.is_empty());
         net.remove().await.unwrap();
     });
 }
 
-#[test]
-fn tcp_half_close_is_forwarded_both_ways() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(tcp_half_close_is_forwarded_both_ways);
+fn tcp_half_close_is_forwarded_both_ways(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         let pod = net
             .sandbox("half")
             .port(PortMapping::tcp(9200, 80))
@@ -279,7 +403,7 @@ fn tcp_half_close_is_forwarded_both_ways() {
             got
         });
 
-        let mut c = TcpStream::connect("127.0.0.1:9200").unwrap();
+        let mut c = TcpStream::connect(via.at(9200)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         c.write_all(&[7u8; 100_000]).unwrap();
         c.shutdown(Shutdown::Write).unwrap();
@@ -288,7 +412,7 @@ fn tcp_half_close_is_forwarded_both_ways() {
         assert_eq!(reply, "got 100000 bytes");
         server80.join().unwrap();
 
-        let mut c = TcpStream::connect("127.0.0.1:9201").unwrap();
+        let mut c = TcpStream::connect(via.at(9201)).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut banner = String::new();
         c.read_to_string(&mut banner).unwrap(); // EOF arrives while we may still write
@@ -297,13 +421,23 @@ fn tcp_half_close_is_forwarded_both_ways() {
         drop(c);
         assert_eq!(server81.join().unwrap(), "still writing after your EOF");
 
-        // A port nothing listens on in the pod: the client is reset.
+        // A port nothing listens on in the pod: the client is reset (the
+        // forwarder accepted first) or refused (the pod's kernel answered
+        // the SYN itself, through DNAT).
         pod.add_port(PortMapping::tcp(9202, 82)).await.unwrap();
-        let mut c = TcpStream::connect("127.0.0.1:9202").unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut buf = [0u8; 1];
-        let err = c.read(&mut buf).unwrap_err();
-        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        match via {
+            Via::Userspace => {
+                let mut c = TcpStream::connect(via.at(9202)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = [0u8; 1];
+                let err = c.read(&mut buf).unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+            }
+            Via::Kernel => {
+                let err = TcpStream::connect(via.at(9202)).unwrap_err();
+                assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+            }
+        }
 
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
@@ -351,10 +485,10 @@ fn seen_port(answer: &str) -> u16 {
     answer.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle);
+fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         // Long enough that a loaded machine does not end a flow between two
         // asks that expect it kept.
         let idle = Duration::from_secs(2);
@@ -365,9 +499,10 @@ fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle() {
             .await
             .unwrap();
         let _server = udp_echo(&pod, 5353);
-        let to: SocketAddr = "127.0.0.1:5300".parse().unwrap();
-        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(pod.ports()[0].forwarder, via.forwarder());
+        let to = via.at(5300);
+        let a = UdpSocket::bind(via.at(0)).unwrap();
+        let b = UdpSocket::bind(via.at(0)).unwrap();
 
         let a1 = ask(&a, to, "a1");
         assert!(a1.starts_with("a1 from "), "{a1}");
@@ -388,11 +523,21 @@ fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle() {
             answer.len()
         );
 
-        // After the idle timeout the flow is gone: a new one, a new source.
-        tokio::time::sleep(idle * 3).await;
-        let a3 = ask(&a, to, "a3");
-        assert!(a3.starts_with("a3 from "), "{a3}");
-        assert_ne!(seen_port(&a3), seen_port(&a1), "the idle flow was kept");
+        match via {
+            // After the idle timeout the flow is gone: a new one, a new source.
+            Via::Userspace => {
+                tokio::time::sleep(idle * 3).await;
+                let a3 = ask(&a, to, "a3");
+                assert!(a3.starts_with("a3 from "), "{a3}");
+                assert_ne!(seen_port(&a3), seen_port(&a1), "the idle flow was kept");
+            }
+            // Conntrack keeps the flow (its own UDP timeout): the pod sees
+            // the client's own port.
+            Via::Kernel => {
+                assert_eq!(seen_port(&a1), a.local_addr().unwrap().port());
+                assert_eq!(seen_port(&b1), b.local_addr().unwrap().port());
+            }
+        }
 
         // An ephemeral UDP port, through the bridge's address.
         let added = pod.add_port(PortMapping::udp(0, 5353)).await.unwrap();
@@ -403,14 +548,15 @@ fn udp_round_trip_keeps_a_flow_per_client_that_ends_when_idle() {
         pod.remove().await.unwrap();
         assert!(UdpSocket::bind("0.0.0.0:5300").is_ok());
         assert!(UdpSocket::bind(added[0].host).is_ok());
+        assert!(rules(&net).await.is_empty());
         net.remove().await.unwrap();
     });
 }
 
-#[test]
-fn a_taken_host_port_is_a_clear_error_and_changes_nothing() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(a_taken_host_port_is_a_clear_error_and_changes_nothing);
+fn a_taken_host_port_is_a_clear_error_and_changes_nothing(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         let _tcp = TcpListener::bind("0.0.0.0:8081").unwrap();
         let _udp = UdpSocket::bind("0.0.0.0:8092").unwrap();
         let before = snapshot(&ctx.nl).await;
@@ -469,6 +615,8 @@ fn a_taken_host_port_is_a_clear_error_and_changes_nothing() {
         assert!(common::holders_of(&common::network_key_prefix()).is_empty());
         assert!(tcp_free("0.0.0.0:8070".parse().unwrap()));
         assert!(UdpSocket::bind("0.0.0.0:8091").is_ok());
+        // Not even the table: it is made by the first mapping that binds.
+        assert_eq!(podnet::internals::port_rules(&net).await.unwrap(), None);
 
         // The same on a live sandbox: add_port is all or nothing.
         let pod = net.sandbox("web").create().await.unwrap();
@@ -491,15 +639,16 @@ fn a_taken_host_port_is_a_clear_error_and_changes_nothing() {
         );
         assert!(err.to_string().contains("198.18.0.1:8080"), "{err}");
         assert!(pod.ports().is_empty());
+        assert!(rules(&net).await.is_empty());
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
 }
 
-#[test]
-fn mappings_end_with_the_holder_and_with_remove_on_drop() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
+both!(mappings_end_with_the_holder_and_with_remove_on_drop);
+fn mappings_end_with_the_holder_and_with_remove_on_drop(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
         // The holder dies: the mapping ends with it, nobody calls remove().
         let pod = net
             .sandbox("dies")
@@ -518,6 +667,8 @@ fn mappings_end_with_the_holder_and_with_remove_on_drop() {
         })
         .await;
         assert!(pod.ports().is_empty());
+        // Its rules first, then its socket.
+        assert!(rules(&net).await.is_empty());
         pod.remove().await.unwrap();
 
         // remove_on_drop: dropping the handle ends the mapping.
@@ -539,6 +690,11 @@ fn mappings_end_with_the_holder_and_with_remove_on_drop() {
             common::holders_of(&common::network_key_prefix()).is_empty()
         })
         .await;
+        let t = Instant::now();
+        while !rules(&net).await.is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "rules left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A plain drop removes nothing: the mapping keeps serving.
         let pod = net
             .sandbox("kept")
@@ -548,7 +704,7 @@ fn mappings_end_with_the_holder_and_with_remove_on_drop() {
             .unwrap();
         port_echoes(&pod, &[80]).await;
         drop(pod);
-        assert_eq!(read_from("127.0.0.1:9302".parse().unwrap()), "80");
+        assert_eq!(read_from(via.at(9302)), "80");
         let pod = net.open_sandbox("kept").await.unwrap();
         assert_eq!(pod.ports().len(), 1);
         pod.remove().await.unwrap();
@@ -567,7 +723,7 @@ fn mappings_end_with_the_holder_and_with_remove_on_drop() {
 }
 
 /// This test binary, run as a child in the current thread's namespace.
-fn child(ctx: &Ctx, action: &str) -> Command {
+fn child(ctx: &Ctx, via: Via, action: &str) -> Command {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "child_process",
@@ -585,6 +741,7 @@ fn child(ctx: &Ctx, action: &str) -> Command {
         ),
     )
     .env("PODNET_CHILD_STATE", &ctx.state)
+    .env("PODNET_CHILD_VIA", via.name())
     .env("PODNET_CHILD_ACTION", action)
     .stdin(Stdio::piped())
     .stdout(Stdio::piped())
@@ -609,7 +766,7 @@ fn child_process() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let net = network_at(Path::new(&state)).await;
+        let net = network_at(Path::new(&state), Via::from_env()).await;
         match action.as_str() {
             // Publish a port, say so, and wait to be killed.
             "publish-and-wait" => {
@@ -631,11 +788,11 @@ fn child_process() {
     });
 }
 
-#[test]
-fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
-        let mut proc = child(&ctx, "publish-and-wait").spawn().unwrap();
+both!(a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox);
+fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox(via: Via) {
+    in_netns(move |ctx| async move {
+        let net = network(&ctx, via).await;
+        let mut proc = child(&ctx, via, "publish-and-wait").spawn().unwrap();
         // The harness of the child prints its own lines first.
         let out = std::io::BufReader::new(proc.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -653,8 +810,14 @@ fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
             panic!("the child did not publish: {line:?}");
         }
         // The child's forwarder serves the mapping.
-        assert_eq!(read_from("127.0.0.1:9400".parse().unwrap()), "80");
+        assert_eq!(read_from(via.at(9400)), "80");
         assert!(UdpSocket::bind("0.0.0.0:9400").is_err());
+        let made = rules(&net).await;
+        assert_eq!(
+            made.len(),
+            if via == Via::Kernel { 6 } else { 0 },
+            "{made:?}"
+        );
 
         proc.kill().unwrap(); // SIGKILL: no cleanup of any kind
         let status = proc.wait().unwrap();
@@ -662,15 +825,26 @@ fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
         // The kernel closed its sockets: both ports are free at once.
         assert!(tcp_free("0.0.0.0:9400".parse().unwrap()));
         assert!(UdpSocket::bind("0.0.0.0:9400").is_ok());
+        // Kernel rules outlive a crash, until gc.
+        assert_eq!(rules(&net).await, made);
         // Its sandbox (holder killed with its creator) is gc's.
         let t = Instant::now();
         let mut report = net.gc().await.unwrap();
+        // The rules (of a dead process) may go in an earlier gc than the
+        // sandbox (whose holder may take a moment to die).
+        let mut reclaimed = report.port_rules.clone();
         while report.sandboxes.is_empty() && t.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(20)).await;
             report = net.gc().await.unwrap();
+            reclaimed.extend(report.port_rules.iter().cloned());
         }
         assert_eq!(report.sandboxes, ["crash"], "{report:?}");
         assert!(net.sandboxes().await.unwrap().is_empty());
+        reclaimed.sort();
+        let mut made = made;
+        made.sort();
+        assert_eq!(reclaimed, made, "{report:?}");
+        assert!(rules(&net).await.is_empty());
         // The port can be published again.
         let pod = net
             .sandbox("crash")
@@ -679,7 +853,72 @@ fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox() {
             .await
             .unwrap();
         assert_eq!(pod.ports()[0].host.port(), 9400);
+        // gc leaves the rules of a live sandbox alone.
+        assert!(net.gc().await.unwrap().port_rules.is_empty());
+        assert_eq!(
+            rules(&net).await.len(),
+            if via == Via::Kernel { 3 } else { 0 }
+        );
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
+    in_netns(|ctx| async move {
+        let (sa, sb) = (ctx.state.join("a"), ctx.state.join("b"));
+        std::fs::create_dir_all(&sa).unwrap();
+        std::fs::create_dir_all(&sb).unwrap();
+        let a = network_named(&sa, Via::Kernel, "pnpa", "10.88.0.0/16").await;
+        let b = network_named(&sb, Via::Kernel, "pnpb", "10.89.0.0/16").await;
+        let pa = a
+            .sandbox("web")
+            .port(PortMapping::tcp(9500, 80))
+            .create()
+            .await
+            .unwrap();
+        let pb = b
+            .sandbox("web")
+            .port(PortMapping::tcp(9501, 80))
+            .create()
+            .await
+            .unwrap();
+        port_echoes(&pa, &[80]).await;
+        let lb = pb
+            .run(|| TcpListener::bind("0.0.0.0:80"))
+            .await
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for s in lb.incoming() {
+                let Ok(mut s) = s else { return };
+                let _ = write!(s, "b");
+            }
+        });
+        assert_eq!(pa.ports()[0].forwarder, Forwarder::Kernel);
+        assert_eq!(pb.ports()[0].forwarder, Forwarder::Kernel);
+        // Each reached at either bridge's address (both are local).
+        for ip in [[10, 88, 0, 1], [10, 89, 0, 1]] {
+            assert_eq!(read_from(SocketAddr::from((ip, 9500))), "80");
+            assert_eq!(read_from(SocketAddr::from((ip, 9501))), "b");
+        }
+        let (ra, rb) = (rules(&a).await, rules(&b).await);
+        assert_eq!((ra.len(), rb.len()), (3, 3));
+        assert!(ra.iter().all(|c| c.contains(":9500 ")), "{ra:?}");
+        assert!(rb.iter().all(|c| c.contains(":9501 ")), "{rb:?}");
+        // gc of one leaves the other's rules alone (its records are not
+        // in this store).
+        assert!(a.gc().await.unwrap().port_rules.is_empty());
+        assert_eq!(rules(&b).await, rb);
+        // Removing one network's sandbox and the network itself leaves the
+        // other serving.
+        pa.remove().await.unwrap();
+        a.remove().await.unwrap();
+        assert_eq!(podnet::internals::port_rules(&a).await.unwrap(), None);
+        assert_eq!(rules(&b).await, rb);
+        assert_eq!(read_from(SocketAddr::from(([10, 89, 0, 1], 9501))), "b");
+        pb.remove().await.unwrap();
+        b.remove().await.unwrap();
     });
 }

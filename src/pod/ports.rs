@@ -1,6 +1,17 @@
 //! Port mappings: an address and port of the network's host namespace
-//! forwarded to a port of a sandbox, over TCP or UDP, by a userspace
-//! forwarder.
+//! forwarded to a port of a sandbox, over TCP or UDP, by the kernel (DNAT
+//! rules in an nf_tables table of the network, `link/nft.rs`) where the host
+//! namespace allows it, and by a userspace forwarder otherwise.
+//!
+//! The userspace forwarder's listening socket is always made: it is the
+//! reservation of the host port (a kernel rule binds nothing, so without it
+//! another program could take the port and a conflict would go unnoticed,
+//! as podman and CNI's portmap also hold one), and it serves what the rules
+//! leave to it: destinations on loopback (DNAT from 127.0.0.1 needs
+//! `route_localnet` in the host namespace, a sysctl podnet does not change)
+//! and clients of an address family the sandbox has no address of. The
+//! kernel rules see the packets first (prerouting and output, before the
+//! socket lookup), so everything else never reaches the socket.
 //!
 //! One forwarder per network, started with its first mapping: an OS thread
 //! that enters the network's host namespace once and runs a current-thread
@@ -19,8 +30,9 @@
 //! - A mapping ends when its sandbox is removed, when its holder dies (the
 //!   forwarder watches the holder's pidfd, so this holds whoever removed the
 //!   sandbox), when the last handle to the network is dropped, or with the
-//!   process. Nothing is made in the kernel (no rules) or on disk, so a
-//!   crash leaves nothing for gc to reclaim: the kernel closes the sockets.
+//!   process: its rules are deleted then. Rules outlive a crash; each names
+//!   its sandbox instance and its process in its comment, so gc deletes the
+//!   rules of dead sandboxes and of dead processes. Nothing is on disk.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,6 +52,8 @@ use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::link::nft::{self, Dnat, Nft};
+use crate::network::NetInner;
 
 /// Default idle timeout of a UDP flow: the kernel's own for unreplied UDP
 /// conntrack entries (`nf_conntrack_udp_timeout`, 30 s).
@@ -262,8 +276,48 @@ impl fmt::Display for PortMapping {
     }
 }
 
+/// How a network forwards its published ports; set with
+/// [`NetworkBuilder::port_forwarding`](crate::NetworkBuilder::port_forwarding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PortForwarding {
+    /// The kernel if nf_tables is there and allowed in the host namespace
+    /// (tried once per network, at its first mapping), the userspace
+    /// forwarder otherwise, silently: [`PublishedPort::forwarder`] says
+    /// which.
+    #[default]
+    Auto,
+    /// The kernel (nf_tables DNAT) only: a mapping fails if nf_tables
+    /// refuses.
+    Kernel,
+    /// The userspace forwarder only.
+    Userspace,
+}
+
+/// What forwards a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Forwarder {
+    /// nf_tables DNAT rules of the network's table; destinations on
+    /// loopback, and clients of a family the sandbox has no address of, are
+    /// still served by the userspace forwarder's socket.
+    Kernel,
+    /// podnet's userspace forwarder (a tokio task per port).
+    Userspace,
+}
+
+impl fmt::Display for Forwarder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarder::Kernel => "kernel",
+            Forwarder::Userspace => "userspace",
+        })
+    }
+}
+
 /// One forwarded port, as it is published: the host socket address (with
-/// the port the kernel chose, if 0 was asked for) and the sandbox's port.
+/// the port the kernel chose, if 0 was asked for), the sandbox's port, and
+/// what forwards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct PublishedPort {
@@ -273,6 +327,8 @@ pub struct PublishedPort {
     pub host: SocketAddr,
     /// The port of the sandbox it is forwarded to.
     pub pod_port: u16,
+    /// The kernel or the userspace forwarder.
+    pub forwarder: Forwarder,
 }
 
 impl fmt::Display for PublishedPort {
@@ -283,8 +339,13 @@ impl fmt::Display for PublishedPort {
 
 /// Where a sandbox's mappings forward to, and how to know it has ended.
 pub(crate) struct Target<'a> {
+    /// The sandbox's name, for rule comments and errors.
+    pub name: &'a str,
     /// The sandbox instance (its record id): mappings are kept by it.
     pub id: &'a str,
+    /// The pools' gateways and prefixes (v4, v6): clients from them are
+    /// masqueraded by the kernel path.
+    pub subnets: [Option<(IpAddr, u8)>; 2],
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub holder_pid: Pid,
@@ -327,6 +388,12 @@ pub(crate) type Slot = OnceCell<Engine>;
 /// The forwarder thread of a network, and the mappings it serves.
 pub(crate) struct Engine {
     rt: tokio::runtime::Handle,
+    /// The network's nf_tables table, when the kernel forwards: decided
+    /// (and the table made) by the first mapping that gets past its binds,
+    /// so a taken port changes nothing, not even the table.
+    kernel: Arc<std::sync::OnceLock<Option<Arc<Nft>>>>,
+    bridge: String,
+    mode: PortForwarding,
     /// Dropping it ends the thread, whose runtime then drops every task and
     /// with them every socket.
     _stop: oneshot::Sender<()>,
@@ -361,8 +428,7 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
 /// namespace of the network (`host_ns`); all or none. No mapping: no
 /// forwarder is started and nothing is bound.
 pub(crate) async fn reserve(
-    slot: &Slot,
-    host_ns: &OwnedFd,
+    net: &NetInner,
     sandbox: &str,
     mappings: &[PortMapping],
 ) -> Result<Reserved> {
@@ -370,7 +436,10 @@ pub(crate) async fn reserve(
     if plan.is_empty() {
         return Ok(Reserved::default());
     }
-    let engine = slot.get_or_try_init(|| Engine::start(host_ns)).await?;
+    let engine = net
+        .ports
+        .get_or_try_init(|| Engine::start(&net.host_ns, &net.bridge, net.port_forwarding))
+        .await?;
     let sandbox = sandbox.to_owned();
     let bind = async move {
         let mut out = Vec::with_capacity(plan.len());
@@ -391,6 +460,7 @@ pub(crate) async fn reserve(
                     protocol,
                     host: local,
                     pod_port,
+                    forwarder: Forwarder::Userspace,
                 },
                 sock,
                 udp_idle,
@@ -456,14 +526,215 @@ fn forwarder_gone() -> Error {
     )
 }
 
+/// Open the nf_tables socket of network `bridge` in the calling thread's
+/// namespace and make its table; `None` if `mode` lets the userspace
+/// forwarder stand in for a kernel that refuses.
+fn open_kernel(bridge: &str, mode: PortForwarding) -> Result<Option<Arc<Nft>>> {
+    if mode == PortForwarding::Userspace {
+        return Ok(None);
+    }
+    let made = Nft::open(bridge).and_then(|nft| {
+        nft.ensure_table().map(|()| nft).map_err(|errno| {
+            nft_error(
+                "nf_tables: create table and nat chains",
+                &format!("for network {bridge:?}"),
+                errno,
+            )
+        })
+    });
+    match made {
+        Ok(nft) => Ok(Some(Arc::new(nft))),
+        Err(Error::Netlink { errno, .. })
+            if mode == PortForwarding::Auto && nft::refused(errno) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn nft_error(op: &'static str, object: &str, errno: Errno) -> Error {
+    Error::Netlink {
+        op,
+        object: object.to_owned(),
+        errno,
+    }
+}
+
+/// This process, as rule comments name it: PID and start time (PID reuse).
+fn me() -> (i32, u64) {
+    let pid = nix::unistd::getpid();
+    (
+        pid.as_raw(),
+        crate::holder::proc_start_time(pid).unwrap_or(0),
+    )
+}
+
+/// A parsed podnet rule comment:
+/// `podnet <name>@<id> <proto> <host addr:port> <pid>:<start>`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Comment<'a> {
+    pub owner: &'a str,
+    pub id: &'a str,
+    pub port: &'a str,
+    pub creator: (i32, u64),
+}
+
+pub(crate) fn parse_comment(c: &str) -> Option<Comment<'_>> {
+    let rest = c.strip_prefix(nft::TAG)?;
+    let mut f = rest.split(' ');
+    let owner = f.next()?;
+    let id = owner.split_once('@')?.1;
+    let proto = f.next()?;
+    let host = f.next()?;
+    let (pid, start) = f.next()?.split_once(':')?;
+    let port_len = proto.len() + 1 + host.len();
+    let at = nft::TAG.len() + owner.len() + 1;
+    Some(Comment {
+        owner,
+        id,
+        port: c.get(at..at + port_len)?,
+        creator: (pid.parse().ok()?, start.parse().ok()?),
+    })
+}
+
+fn comment(target: &Target<'_>, port: &PublishedPort) -> String {
+    let (pid, start) = me();
+    format!(
+        "{}{}@{} {} {} {pid}:{start}",
+        nft::TAG,
+        target.name,
+        target.id,
+        port.protocol,
+        port.host
+    )
+}
+
+/// The DNAT rules for `port` of `target`: one per address family the host
+/// address covers and the sandbox has an address of; none for loopback.
+fn dnats(target: &Target<'_>, port: &PublishedPort, forwarding: [bool; 2]) -> Vec<Dnat> {
+    let host = port.host.ip();
+    if host.is_loopback() {
+        return Vec::new();
+    }
+    let l4 = match port.protocol {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+    };
+    let v4 = match host {
+        IpAddr::V4(a) => Some(IpAddr::V4(a)),
+        // `::` takes IPv4 clients too (a dual-stack socket).
+        IpAddr::V6(a) if a.is_unspecified() => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        IpAddr::V6(_) => None,
+    };
+    let v6 = match host {
+        IpAddr::V6(a) => Some(IpAddr::V6(a)),
+        IpAddr::V4(_) => None,
+    };
+    let mut out = Vec::new();
+    for (host, pod, subnet, arriving) in [
+        (
+            v4,
+            target.ipv4.map(IpAddr::V4),
+            target.subnets[0],
+            forwarding[0],
+        ),
+        (
+            v6,
+            target.ipv6.map(IpAddr::V6),
+            target.subnets[1],
+            forwarding[1],
+        ),
+    ] {
+        if let (Some(host), Some(pod), Some(subnet)) = (host, pod, subnet) {
+            out.push(Dnat {
+                l4,
+                host,
+                host_port: port.host.port(),
+                pod,
+                pod_port: port.pod_port,
+                subnet,
+                comment: comment(target, port),
+                arriving,
+            });
+        }
+    }
+    out
+}
+
+/// Whether the sysctl `net/<name>` of the calling thread's network
+/// namespace is on. podnet reads it and never writes it.
+fn forwarding(name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/sys/net/{name}")).is_ok_and(|v| v.trim() != "0")
+}
+
+/// Run a blocking nf_tables call on `rt`'s blocking pool.
+async fn blocking<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    f: impl FnOnce() -> std::result::Result<T, Errno> + Send + 'static,
+) -> std::result::Result<T, Errno> {
+    rt.spawn_blocking(f).await.unwrap_or(Err(Errno::EINTR))
+}
+
+/// Delete the rules of sandbox instance `id` (one `port` of it, or all).
+async fn delete_rules(engine: &Engine, id: &str, port: Option<&PublishedPort>) -> Result<()> {
+    let Some(nft) = engine.nft() else {
+        return Ok(());
+    };
+    let (id, port) = (
+        id.to_owned(),
+        port.map(|p| format!("{} {}", p.protocol, p.host)),
+    );
+    let object = format!(
+        "{} of sandbox instance {id} in table inet {}",
+        port.as_deref().unwrap_or("every port"),
+        nft.table()
+    );
+    blocking(&engine.rt, move || {
+        nft.delete_where(|c| {
+            parse_comment(c)
+                .is_some_and(|c| c.id == id && port.as_deref().is_none_or(|p| p == c.port))
+        })
+    })
+    .await
+    .map(|_| ())
+    .map_err(|errno| nft_error("nf_tables: delete DNAT rules", &object, errno))
+}
+
 impl Engine {
-    /// Start the forwarder thread in the host namespace `host_ns`.
-    async fn start(host_ns: &OwnedFd) -> Result<Engine> {
+    /// The kernel path, if decided and on.
+    fn nft(&self) -> Option<Arc<Nft>> {
+        self.kernel.get().cloned().flatten()
+    }
+
+    /// The kernel path: decided at the first call, on the forwarder's
+    /// thread, whose namespace the nf_tables socket then belongs to.
+    async fn kernel(&self) -> Result<Option<Arc<Nft>>> {
+        if let Some(k) = self.kernel.get() {
+            return Ok(k.clone());
+        }
+        let (bridge, mode) = (self.bridge.clone(), self.mode);
+        let k = self
+            .rt
+            .spawn(async move { open_kernel(&bridge, mode) })
+            .await
+            .map_err(|_| forwarder_gone())??;
+        Ok(self.kernel.get_or_init(|| k).clone())
+    }
+
+    /// Start the forwarder thread in the host namespace `host_ns`, with the
+    /// kernel path of network `bridge` if `mode` asks for it and the kernel
+    /// allows it.
+    async fn start(host_ns: &OwnedFd, bridge: &str, mode: PortForwarding) -> Result<Engine> {
         let ns = host_ns
             .try_clone()
             .map_err(|e| Error::io("duplicate host netns fd for the port forwarder", "", e))?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(HashMap::new()));
+        let table_at_stop = table.clone();
+        let kernel: Arc<std::sync::OnceLock<Option<Arc<Nft>>>> = Arc::default();
+        let kernel_at_stop = kernel.clone();
         std::thread::Builder::new()
             .name("podnet-ports".into())
             .spawn(move || {
@@ -499,25 +770,72 @@ impl Engine {
                 rt.block_on(async {
                     let _ = stop_rx.await;
                 });
+                // The rules of what is still published go with the network.
+                if let Some(Some(nft)) = kernel_at_stop.get() {
+                    let ids: Vec<String> = lock(&table_at_stop).keys().cloned().collect();
+                    if !ids.is_empty() {
+                        let _ = nft.delete_where(|c| {
+                            parse_comment(c).is_some_and(|c| ids.iter().any(|i| i == c.id))
+                        });
+                    }
+                }
             })
             .map_err(|e| Error::io("start the port forwarder thread", "", e))?;
         let rt = ready_rx.await.map_err(|_| forwarder_gone())??;
         Ok(Engine {
             rt,
+            kernel,
+            bridge: bridge.to_owned(),
+            mode,
             _stop: stop_tx,
-            table: Arc::new(Mutex::new(HashMap::new())),
+            table,
         })
     }
 }
 
-/// Start forwarding the ports of `reserved` to the sandbox `target`.
-/// Infallible: everything that can fail happened in [`reserve`].
-pub(crate) fn start(slot: &Slot, target: &Target<'_>, reserved: Reserved) -> Vec<PublishedPort> {
+/// Start forwarding the ports of `reserved` to the sandbox `target`: the
+/// kernel rules of all of them in one batch (all or none), then the
+/// userspace tasks. On error nothing is published and the ports are closed.
+pub(crate) async fn start(
+    slot: &Slot,
+    target: &Target<'_>,
+    mut reserved: Reserved,
+) -> Result<Vec<PublishedPort>> {
     let Some(engine) = slot.get() else {
-        return Vec::new(); // nothing was reserved
+        return Ok(Vec::new()); // nothing was reserved
     };
     if reserved.0.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
+    }
+    if let Some(nft) = engine.kernel().await? {
+        // Read on the forwarder's thread: /proc/sys/net is the namespace of
+        // the thread that opens it.
+        let forwarding = engine
+            .rt
+            .spawn(async {
+                [
+                    forwarding("ipv4/ip_forward"),
+                    forwarding("ipv6/conf/all/forwarding"),
+                ]
+            })
+            .await
+            .map_err(|_| forwarder_gone())?;
+        let mut rules = Vec::new();
+        for b in &mut reserved.0 {
+            let d = dnats(target, &b.port, forwarding);
+            if !d.is_empty() {
+                b.port.forwarder = Forwarder::Kernel;
+            }
+            rules.extend(d);
+        }
+        let object = format!(
+            "for sandbox {:?} in table inet {}",
+            target.name,
+            nft.table()
+        );
+        blocking(&engine.rt, move || nft.add(&rules))
+            .await
+            .map_err(|errno| nft_error("nf_tables: add DNAT rules", &object, errno))?;
     }
     let mut published = Vec::with_capacity(reserved.0.len());
     let mut live = Vec::with_capacity(reserved.0.len());
@@ -542,6 +860,7 @@ pub(crate) fn start(slot: &Slot, target: &Target<'_>, reserved: Reserved) -> Vec
                         pidfd,
                         target.id.to_owned(),
                         engine.table.clone(),
+                        engine.nft(),
                     ))
                     .abort_handle(),
                 // Without a watcher the mappings still end with remove().
@@ -556,15 +875,30 @@ pub(crate) fn start(slot: &Slot, target: &Target<'_>, reserved: Reserved) -> Vec
             );
         }
     }
-    published
+    Ok(published)
 }
 
 /// End the mappings of sandbox instance `id` once its holder has exited (a
-/// pidfd polls readable then, pidfd_open(2)).
-async fn watch_holder(pid: Pid, pidfd: OwnedFd, id: String, table: Arc<Mutex<Table>>) {
+/// pidfd polls readable then, pidfd_open(2)): its rules first, then its
+/// sockets.
+async fn watch_holder(
+    pid: Pid,
+    pidfd: OwnedFd,
+    id: String,
+    table: Arc<Mutex<Table>>,
+    kernel: Option<Arc<Nft>>,
+) {
     if crate::holder::wait_exit(pid, &pidfd).await.is_err() {
         // Cannot watch it (no fd left to dup): remove() still ends them.
         return;
+    }
+    if let Some(nft) = kernel {
+        let id = id.clone();
+        // gc deletes them if this fails.
+        let _ = blocking(&tokio::runtime::Handle::current(), move || {
+            nft.delete_where(|c| parse_comment(c).is_some_and(|c| c.id == id))
+        })
+        .await;
     }
     if let Some(entry) = lock(&table).remove(&id) {
         for live in entry.ports {
@@ -584,45 +918,77 @@ pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
         .unwrap_or_default()
 }
 
-/// Stop forwarding `port` of sandbox instance `id`; returns once its socket
-/// and its connections are closed. `false` if it was not published.
-pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> bool {
+/// Stop forwarding `port` of sandbox instance `id`: its rules are deleted,
+/// then its socket and its connections closed. `false` if it was not
+/// published.
+pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> Result<bool> {
     let Some(engine) = slot.get() else {
-        return false;
+        return Ok(false);
     };
+    let known = lock(&engine.table)
+        .get(id)
+        .is_some_and(|e| e.ports.iter().any(|l| l.port == *port));
+    if !known {
+        return Ok(false);
+    }
+    if port.forwarder == Forwarder::Kernel {
+        delete_rules(engine, id, Some(port)).await?;
+    }
     let task = {
         let mut table = lock(&engine.table);
         let Some(entry) = table.get_mut(id) else {
-            return false;
+            return Ok(false);
         };
         let Some(i) = entry.ports.iter().position(|l| l.port == *port) else {
-            return false;
+            return Ok(false);
         };
         entry.ports.remove(i).task
     };
     task.abort();
     let _ = task.await; // the task's sockets are closed once it is dropped
-    true
+    Ok(true)
 }
 
-/// Stop every mapping of sandbox instance `id`; returns once their sockets
-/// are closed.
-pub(crate) async fn end_all(slot: &Slot, id: &str) {
-    let tasks = abort_all(slot, id);
+/// Stop every mapping of sandbox instance `id`: its rules are deleted, then
+/// its sockets closed; returns once they are. The sockets are closed even
+/// if the rules cannot be deleted (gc deletes them later).
+pub(crate) async fn end_all(slot: &Slot, id: &str) -> Result<()> {
+    let Some(engine) = slot.get() else {
+        return Ok(());
+    };
+    if !lock(&engine.table).contains_key(id) {
+        return Ok(()); // nothing published, or the holder watch ended it
+    }
+    let deleted = delete_rules(engine, id, None).await;
+    let tasks = take_all(engine, id, false);
     for task in tasks {
         let _ = task.await;
     }
+    deleted
 }
 
 /// Stop every mapping of sandbox instance `id` without waiting (for Drop):
-/// the forwarder closes the sockets as soon as it runs.
-pub(crate) fn abort_all(slot: &Slot, id: &str) -> Vec<JoinHandle<()>> {
-    let Some(engine) = slot.get() else {
-        return Vec::new();
-    };
+/// the rules are deleted and the sockets closed as soon as the forwarder
+/// runs.
+pub(crate) fn abort_all(slot: &Slot, id: &str) {
+    if let Some(engine) = slot.get() {
+        take_all(engine, id, true);
+    }
+}
+
+/// Abort the tasks of sandbox instance `id` and return them; with
+/// `rules`, have its rules deleted on the forwarder's blocking pool.
+fn take_all(engine: &Engine, id: &str, rules: bool) -> Vec<JoinHandle<()>> {
     let Some(entry) = lock(&engine.table).remove(id) else {
         return Vec::new();
     };
+    if let (true, Some(nft)) = (rules, engine.nft()) {
+        let id = id.to_owned();
+        // gc deletes them if this fails.
+        engine.rt.spawn_blocking(move || {
+            nft.delete_where(|c| parse_comment(c).is_some_and(|c| c.id == id))
+        });
+    }
     entry.watcher.abort();
     entry
         .ports
@@ -881,7 +1247,9 @@ mod tests {
     fn the_pod_address_follows_the_host_address_family() {
         let pidfd = crate::netns::thread_netns().unwrap();
         let t = Target {
+            name: "x",
             id: "x",
+            subnets: [None, None],
             ipv4: Some(Ipv4Addr::new(10, 88, 0, 2)),
             ipv6: Some("fd00:88::2".parse().unwrap()),
             holder_pid: Pid::this(),
