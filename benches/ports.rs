@@ -1,8 +1,7 @@
 //! Port mappings: throughput, connection rate and request/response rate
-//! through a mapping, as a ratio to talking to the sandbox's address
-//! directly, measured in the same run; with kernel DNAT (an `iptables` nat
-//! OUTPUT rule in the bench's own namespace) beside them as the comparison
-//! point for the choice of a userspace forwarder.
+//! through podnet's two forwarders, the kernel's (nf_tables DNAT rules that
+//! podnet makes) and the userspace one, as a ratio to talking to the
+//! sandbox's address directly, all measured in the same run.
 //!
 //! ```text
 //! cargo bench --bench ports              # needs [[bench]] name = "ports", harness = false
@@ -11,9 +10,13 @@
 //!
 //! It calls `podnet::rootless::enter_private()` first, so it runs as any
 //! user allowed to make user namespaces (root included), never touches the
-//! machine's real network, and leaves nothing behind: the iptables rules
-//! live and die with the bench's private network namespace. If `iptables`
-//! is missing or refused, the DNAT rows say so and the rest still runs.
+//! machine's real network, and leaves nothing behind: the nf_tables table
+//! lives and dies with the bench's private network namespace (and is
+//! deleted with the network before that). The network forces kernel
+//! forwarding; its mappings on the gateway address are the kernel's, and
+//! the same ports mapped on 127.0.0.1 are the userspace forwarder's (podnet
+//! never DNATs loopback destinations). The bench checks each mapping
+//! reports the forwarder it measures.
 //!
 //! The servers are threads of this process inside the sandbox (std
 //! sockets, one connection at a time); the client is this process's main
@@ -28,7 +31,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use podnet::{Network, PortMapping, Protocol};
+use podnet::{Forwarder, Network, PortForwarding, PortMapping, Protocol};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -36,8 +39,8 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 const SINK: u16 = 5001;
 const HELLO: u16 = 5002;
 const ECHO: u16 = 5003;
-/// The userspace mapping publishes them at 18001..=18003 of the gateway
-/// address, the DNAT rules at 28001..=28003.
+/// The userspace forwarder publishes them at 127.0.0.1:18001..=18003, the
+/// kernel at the gateway address's 28001..=28003.
 const MAPPED: u16 = 18001;
 const DNAT: u16 = 28001;
 const CONNS_PER_TRIAL: usize = 500;
@@ -169,28 +172,6 @@ fn rr_rate(at: SocketAddr) -> AnyResult<f64> {
     Ok(RR_PER_TRIAL as f64 / t.elapsed().as_secs_f64())
 }
 
-/// Add DNAT rules from `gw:DNAT+i` to `pod:port_i` for locally made
-/// connections, in this process's own network namespace.
-fn add_dnat(gw: std::net::IpAddr, pod: std::net::IpAddr) -> Result<(), String> {
-    for (i, port) in [SINK, HELLO, ECHO].into_iter().enumerate() {
-        let from = (DNAT + u16::try_from(i).unwrap_or(0)).to_string();
-        let out = std::process::Command::new("iptables")
-            .args(["-w", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d"])
-            .arg(format!("{gw}/32"))
-            .args(["--dport", &from, "-j", "DNAT", "--to-destination"])
-            .arg(format!("{pod}:{port}"))
-            .output()
-            .map_err(|e| format!("iptables: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "iptables: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-    }
-    Ok(())
-}
-
 fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     let n = xs.len();
@@ -207,12 +188,15 @@ async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<
     let net = Network::builder("pnports0")
         .subnet("10.88.0.0/16".parse()?)
         .state_dir(state)
+        .port_forwarding(PortForwarding::Kernel)
         .build()
         .await?;
     let gw = net.gateways()[0];
+    let lo = std::net::IpAddr::from([127, 0, 0, 1]);
     let pod = net
         .sandbox("bench")
-        .port(PortMapping::range(Protocol::Tcp, MAPPED..=MAPPED + 2, SINK..=ECHO).host_ip(gw))
+        .port(PortMapping::range(Protocol::Tcp, MAPPED..=MAPPED + 2, SINK..=ECHO).host_ip(lo))
+        .port(PortMapping::range(Protocol::Tcp, DNAT..=DNAT + 2, SINK..=ECHO).host_ip(gw))
         .create()
         .await?;
     let result = async {
@@ -226,20 +210,29 @@ async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<
                 .await??;
             serve(l, f);
         }
-        let dnat = add_dnat(gw, pod.ip());
-        let mut paths = vec![
+        for p in pod.ports() {
+            let want = if p.host.ip() == lo {
+                Forwarder::Userspace
+            } else {
+                Forwarder::Kernel
+            };
+            if p.forwarder != want {
+                return Err(
+                    format!("{p} is forwarded by the {}, not the {want}", p.forwarder).into(),
+                );
+            }
+        }
+        let paths = [
             (
                 "direct to the pod's address",
                 SocketAddr::new(pod.ip(), SINK),
             ),
-            ("podnet mapping (userspace)", SocketAddr::new(gw, MAPPED)),
-        ];
-        if dnat.is_ok() {
-            paths.push((
-                "kernel DNAT (iptables, comparison)",
+            ("podnet mapping, userspace", SocketAddr::new(lo, MAPPED)),
+            (
+                "podnet mapping, kernel (nf_tables)",
                 SocketAddr::new(gw, DNAT),
-            ));
-        }
+            ),
+        ];
         let at = |base: SocketAddr, off: u16| SocketAddr::new(base.ip(), base.port() + off);
         // Warm-up, untimed.
         for (_, base) in &paths {
@@ -286,9 +279,6 @@ async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<
             if let Some((n, med, p95)) = common::stats(&each[i], 1e6) {
                 println!("  {what:<36} n={n} median {med:.1} p95 {p95:.1}");
             }
-        }
-        if let Err(why) = dnat {
-            println!("kernel DNAT: not measured ({why})");
         }
         Ok::<(), Box<dyn std::error::Error>>(())
     }
