@@ -55,9 +55,11 @@
 //! # Port mappings
 //! [`SandboxBuilder::port`] and [`Sandbox::add_port`] publish a sandbox's
 //! port on the network's host namespace ([`PortMapping`]: TCP or UDP, host
-//! address, host port or 0 for an ephemeral one, ranges), served by a
-//! userspace forwarder of this process; see the README for why, with the
-//! measured figures.
+//! address, host port or 0 for an ephemeral one, ranges), forwarded by the
+//! kernel (nf_tables DNAT rules podnet makes over netlink) where the host
+//! namespace allows it and by a userspace forwarder of this process
+//! otherwise ([`NetworkBuilder::port_forwarding`], [`PublishedPort::forwarder`]);
+//! see the README for the choice, with the measured figures.
 //!
 //! # Privilege
 //! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` over the host network

@@ -773,9 +773,13 @@ impl Sandbox {
     /// (see [`PortMapping`]), and return what was published, one entry per
     /// port, with the ports the kernel chose for host port 0.
     ///
-    /// Connections to the host port are forwarded by podnet's userspace
-    /// forwarder, in this process, to the sandbox's address (the one of the
-    /// host address's family if it has one). The mapping ends with
+    /// Connections to the host port are forwarded to the sandbox's address
+    /// (the one of the host address's family if it has one) by the kernel
+    /// (nf_tables DNAT rules) or by podnet's userspace forwarder in this
+    /// process, as the network's
+    /// [`port_forwarding`](crate::NetworkBuilder::port_forwarding) and the
+    /// host namespace allow; [`PublishedPort::forwarder`] says which. The
+    /// host port is bound by this process either way. The mapping ends with
     /// [`remove_port`](Sandbox::remove_port), [`remove`](Sandbox::remove),
     /// the death of the holder, or this process.
     ///
@@ -793,11 +797,14 @@ impl Sandbox {
     /// for a port below 1024 without `CAP_NET_BIND_SERVICE` over the host
     /// namespace; [`Error::Sys`] naming the address for other bind
     /// failures (`EADDRNOTAVAIL`: not an address of the host namespace);
-    /// [`Error::HolderDied`], [`Error::NotFound`] as for [`enter`](Sandbox::enter).
+    /// [`Error::HolderDied`], [`Error::NotFound`] as for [`enter`](Sandbox::enter);
+    /// [`Error::Netlink`] naming the nf_tables operation if the kernel
+    /// refuses the rules (with [`PortForwarding::Kernel`](crate::PortForwarding::Kernel),
+    /// or an errno that is not a refusal).
     ///
     /// # Cancel safety
     /// Dropping the future before it completes closes the ports bound so
-    /// far; nothing is published.
+    /// far; nothing is published (rules added meanwhile are `gc`'s).
     pub async fn add_port(&self, mapping: PortMapping) -> Result<Vec<PublishedPort>> {
         self.inner.check_alive()?;
         let net = &self.inner.net;

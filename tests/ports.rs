@@ -922,3 +922,38 @@ fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
         b.remove().await.unwrap();
     });
 }
+
+#[test]
+fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
+    in_netns(|ctx| async move {
+        // The default, Auto.
+        let net = Network::builder(BRIDGE)
+            .subnet("10.88.0.0/16".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap();
+        let pod = net
+            .sandbox("auto")
+            .port(PortMapping::tcp(9600, 80))
+            .create()
+            .await
+            .unwrap();
+        port_echoes(&pod, &[80]).await;
+        // Where nf_tables refuses there is no table, and the forwarder
+        // serves; here (root or a user namespace) the kernel does.
+        let table = podnet::internals::port_rules(&net).await.unwrap();
+        let want = if table.is_some() {
+            Forwarder::Kernel
+        } else {
+            Forwarder::Userspace
+        };
+        assert_eq!(pod.ports()[0].forwarder, want);
+        assert_eq!(want, Forwarder::Kernel, "nf_tables is allowed here");
+        assert_eq!(read_from("10.88.0.1:9600".parse().unwrap()), "80");
+        assert_eq!(read_from("127.0.0.1:9600".parse().unwrap()), "80");
+        pod.remove().await.unwrap();
+        assert!(rules(&net).await.is_empty());
+        net.remove().await.unwrap();
+    });
+}
