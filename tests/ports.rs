@@ -957,3 +957,31 @@ fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn a_wide_range_is_one_batch_of_rules_and_goes_in_one() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, Via::Kernel).await;
+        let pod = net
+            .sandbox("wide")
+            .port(PortMapping::range(
+                Protocol::Tcp,
+                20000..=20299,
+                30000..=30299,
+            ))
+            .create()
+            .await
+            .unwrap();
+        assert_eq!(pod.ports().len(), 300);
+        assert_eq!(rules(&net).await.len(), 900);
+        port_echoes(&pod, &[30123]).await;
+        assert_eq!(read_from(via_kernel(20123)), "30123");
+        pod.remove().await.unwrap();
+        assert!(rules(&net).await.is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+fn via_kernel(port: u16) -> SocketAddr {
+    Via::Kernel.at(port)
+}

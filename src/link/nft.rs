@@ -14,9 +14,11 @@
 //! sandboxes and dead processes without any other record.
 //!
 //! Changes go in one batch (NFNL_MSG_BATCH_BEGIN … END), which the kernel
-//! applies all or nothing; every message asks for an ack, so the errno of
-//! the first failing one is returned. The socket is blocking: requests are
-//! a few hundred bytes and answered at once by the kernel.
+//! applies all or nothing. Only the last message asks for an ack (the
+//! kernel reports a failing message whatever its flags), so a batch of
+//! thousands of rules (a wide port range) is answered by one ack instead of
+//! one per rule, which could overflow the socket's receive buffer. The
+//! socket is blocking, and every wait for the kernel's answer is bounded.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -564,7 +566,7 @@ impl Nft {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         send(&sock, &t.finish())?;
         loop {
-            for (kind, rseq, body) in messages(&recv(&sock)?) {
+            for (kind, rseq, body) in messages(&recv_within(&sock, ANSWER_WAIT)?) {
                 if rseq != seq {
                     continue;
                 }
@@ -597,10 +599,21 @@ impl Nft {
                 msgs.push(r);
             }
         }
-        if msgs.is_empty() {
-            return Ok(());
+        // A batch is one datagram, at most the socket's send buffer: a
+        // wide range goes in several. If a later one fails, the rules of
+        // the earlier ones are deleted again, so it is still all or none.
+        let mut added = false;
+        for chunk in chunks(msgs) {
+            if let Err(e) = self.batch(chunk) {
+                if added {
+                    let ours: Vec<&str> = ports.iter().map(|p| p.comment.as_str()).collect();
+                    let _ = self.delete_where(|c| ours.contains(&c));
+                }
+                return Err(e);
+            }
+            added = true;
         }
-        self.batch(msgs)
+        Ok(())
     }
 
     /// Delete the rules `found` (from [`list`](Nft::list)) in one batch.
@@ -616,20 +629,25 @@ impl Nft {
                 .attr(NFTA_RULE_HANDLE, &f.handle.to_be_bytes());
             r
         };
-        match self.batch(found.iter().map(make).collect()) {
-            // One of them is gone (another process deleted it): the batch
-            // was undone as a whole, so delete the others one by one.
-            Err(Errno::ENOENT) => {
-                for f in found {
-                    match self.batch(vec![make(f)]) {
-                        Ok(()) | Err(Errno::ENOENT) => {}
-                        Err(e) => return Err(e),
+        // A DELRULE is under 100 bytes: 1000 of them fit a datagram.
+        for part in found.chunks(1000) {
+            match self.batch(part.iter().map(make).collect()) {
+                // One of them is gone (another process deleted it): the
+                // batch was undone as a whole, so delete the others one by
+                // one.
+                Err(Errno::ENOENT) => {
+                    for f in part {
+                        match self.batch(vec![make(f)]) {
+                            Ok(()) | Err(Errno::ENOENT) => {}
+                            Err(e) => return Err(e),
+                        }
                     }
                 }
-                Ok(())
+                Err(e) => return Err(e),
+                Ok(()) => {}
             }
-            other => other,
         }
+        Ok(())
     }
 
     /// Delete the rules whose comment satisfies `pick`; returns their
@@ -657,7 +675,7 @@ impl Nft {
         send(&sock, &m.finish())?;
         let mut out = Vec::new();
         loop {
-            let buf = recv(&sock)?;
+            let buf = recv_within(&sock, ANSWER_WAIT)?;
             for (kind, rseq, body) in messages(&buf) {
                 if rseq != seq {
                     continue;
@@ -681,10 +699,12 @@ impl Nft {
         }
     }
 
-    /// Send `msgs` as one batch and return the first error of any of them.
+    /// Send `msgs` (made with NLM_F_ACK) as one batch and return the
+    /// first error of any of them.
     fn batch(&self, msgs: Vec<Msg>) -> std::result::Result<(), Errno> {
         let begin_seq = self.next_seq();
-        let mut wanted: Vec<u32> = Vec::with_capacity(msgs.len());
+        let count = msgs.len();
+        let mut last_seq = begin_seq;
         let mut buf = Msg::new(
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
@@ -693,11 +713,14 @@ impl Nft {
             NFNL_SUBSYS_NFTABLES,
         )
         .finish();
-        for m in msgs {
-            let bytes = m.finish();
-            wanted.push(u32::from_ne_bytes([
-                bytes[8], bytes[9], bytes[10], bytes[11],
-            ]));
+        for (i, m) in msgs.into_iter().enumerate() {
+            let mut bytes = m.finish();
+            if i + 1 < count {
+                // Acks of the others: only their errors are reported.
+                let flags = u16::from_ne_bytes([bytes[6], bytes[7]]) & !NLM_F_ACK;
+                bytes[6..8].copy_from_slice(&flags.to_ne_bytes());
+            }
+            last_seq = u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
             buf.extend_from_slice(&bytes);
         }
         let end_seq = self.next_seq();
@@ -714,8 +737,20 @@ impl Nft {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         send(&sock, &buf)?;
         let mut first_err = None;
-        while !wanted.is_empty() {
-            let got = recv(&sock)?;
+        loop {
+            // Once an error is in, the rest of the answer (the last
+            // message's ack) is already queued if it comes at all.
+            let wait = if first_err.is_some() {
+                SHORT_WAIT
+            } else {
+                ANSWER_WAIT
+            };
+            let got = match recv_within(&sock, wait) {
+                Ok(got) => got,
+                Err(Errno::ETIMEDOUT) if first_err.is_some() => break,
+                Err(e) => return Err(e),
+            };
+            let mut done = false;
             for (kind, seq, body) in messages(&got) {
                 if kind != NLMSG_ERROR {
                     continue;
@@ -726,10 +761,10 @@ impl Nft {
                 }
                 // An error on the batch itself (no privilege over the
                 // namespace: EPERM) ends it before any message is read.
-                if seq == begin_seq || seq == end_seq {
-                    wanted.clear();
-                }
-                wanted.retain(|w| *w != seq);
+                done |= seq == last_seq || seq == begin_seq || seq == end_seq;
+            }
+            if done {
+                break;
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -738,6 +773,50 @@ impl Nft {
 
 fn send(sock: &Socket, buf: &[u8]) -> std::result::Result<(), Errno> {
     sock.send(buf, 0).map(|_| ()).map_err(io_errno)
+}
+
+/// Most bytes of messages in one batch: a batch is one datagram, and
+/// netlink refuses one larger than the socket's send buffer (EMSGSIZE; the
+/// default `wmem_default` is 208 KiB).
+const BATCH_BYTES: usize = 96 * 1024;
+
+/// `msgs` in batches of at most [`BATCH_BYTES`] (one message at least).
+fn chunks(msgs: Vec<Msg>) -> Vec<Vec<Msg>> {
+    let mut out: Vec<Vec<Msg>> = Vec::new();
+    let mut size = 0;
+    for m in msgs {
+        let len = m.buf.len();
+        match out.last_mut() {
+            Some(last) if size + len <= BATCH_BYTES => last.push(m),
+            _ => {
+                out.push(vec![m]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    out
+}
+
+/// The longest wait for the kernel's answer to a request (ms): it answers
+/// at once, so this only bounds a bug or a wedged kernel.
+const ANSWER_WAIT: u16 = 10_000;
+/// How long to wait for the rest of an answer after an error (ms).
+const SHORT_WAIT: u16 = 200;
+
+/// The next datagram, or ETIMEDOUT after `ms` milliseconds without one.
+fn recv_within(sock: &Socket, ms: u16) -> std::result::Result<Vec<u8>, Errno> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: the fd belongs to `sock`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) => Err(Errno::ETIMEDOUT),
+        Ok(_) => recv(sock),
+        Err(Errno::EINTR) => recv_within(sock, ms),
+        Err(e) => Err(e),
+    }
 }
 
 fn recv(sock: &Socket) -> std::result::Result<Vec<u8>, Errno> {
