@@ -985,3 +985,66 @@ fn a_wide_range_is_one_batch_of_rules_and_goes_in_one() {
 fn via_kernel(port: u16) -> SocketAddr {
     Via::Kernel.at(port)
 }
+
+#[test]
+fn ipv6_goes_through_the_kernel_and_dropping_the_network_ends_its_rules() {
+    in_netns(|ctx| async move {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").unwrap();
+        let net = Network::builder(BRIDGE)
+            .subnet("10.88.0.0/16".parse().unwrap())
+            .subnet("fd00:88::/64".parse().unwrap())
+            .state_dir(&ctx.state)
+            .port_forwarding(PortForwarding::Kernel)
+            .build()
+            .await
+            .unwrap();
+        let pod = net
+            .sandbox("six")
+            .port(PortMapping::tcp(9700, 80).host_ip("::".parse().unwrap()))
+            .create()
+            .await
+            .unwrap();
+        let l = pod
+            .run(|| TcpListener::bind("[::]:80"))
+            .await
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                // A dual-stack socket: IPv4 peers are IPv4-mapped.
+                let v4 = match s.peer_addr().unwrap().ip() {
+                    std::net::IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+                    std::net::IpAddr::V4(_) => true,
+                };
+                let _ = write!(s, "{}", if v4 { "v4" } else { "v6" });
+            }
+        });
+        assert_eq!(pod.ports()[0].forwarder, Forwarder::Kernel);
+        // `::` by the kernel: IPv4 clients to the pod's IPv4 address, IPv6
+        // ones to its IPv6 address. IPv6 is forwarded here, IPv4 not: 3
+        // rules for IPv6, only the output one for IPv4.
+        let made = rules(&net).await;
+        assert_eq!(made.len(), 4, "{made:?}");
+        assert_eq!(read_from("10.88.0.1:9700".parse().unwrap()), "v4");
+        assert_eq!(read_from("[fd00:88::1]:9700".parse().unwrap()), "v6");
+        // Dropping every handle to the network ends its mappings, rules
+        // included (the sandbox stays: a plain drop removes nothing).
+        drop(pod);
+        drop(net);
+        let net = network(&ctx, Via::Kernel).await;
+        let t = Instant::now();
+        while !rules(&net).await.is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "rules left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(tcp_free("[::]:9700".parse().unwrap()));
+        net.open_sandbox("six")
+            .await
+            .unwrap()
+            .remove()
+            .await
+            .unwrap();
+        net.remove().await.unwrap();
+    });
+}

@@ -542,8 +542,15 @@ fn open_kernel(bridge: &str, mode: PortForwarding) -> Result<Option<Arc<Nft>>> {
             )
         })
     });
+    Ok(fallback(mode, made)?.map(Arc::new))
+}
+
+/// What `mode` makes of an attempt at the kernel path: with `Auto`, a
+/// refusal (nf_tables not there or not allowed) is the userspace
+/// forwarder; anything else is kept.
+fn fallback<T>(mode: PortForwarding, made: Result<T>) -> Result<Option<T>> {
     match made {
-        Ok(nft) => Ok(Some(Arc::new(nft))),
+        Ok(k) => Ok(Some(k)),
         Err(Error::Netlink { errno, .. })
             if mode == PortForwarding::Auto && nft::refused(errno) =>
         {
@@ -1241,6 +1248,83 @@ mod tests {
                 .unwrap(),
             [(65535, 1)]
         );
+    }
+
+    #[test]
+    fn auto_falls_back_on_a_refusal_only_and_kernel_never() {
+        let refused = |errno| {
+            Err::<(), _>(Error::Netlink {
+                op: "nf_tables: create table and nat chains",
+                object: "for network \"pn0\"".into(),
+                errno,
+            })
+        };
+        for errno in [
+            Errno::EPERM,
+            Errno::ENOENT,
+            Errno::EOPNOTSUPP,
+            Errno::EPROTONOSUPPORT,
+        ] {
+            assert!(matches!(
+                fallback(PortForwarding::Auto, refused(errno)),
+                Ok(None)
+            ));
+            let forced = fallback(PortForwarding::Kernel, refused(errno)).unwrap_err();
+            assert_eq!(forced.errno(), Some(errno));
+            assert!(forced.to_string().contains("nf_tables"), "{forced}");
+        }
+        // A bug (EINVAL: a malformed message) is never hidden.
+        assert!(fallback(PortForwarding::Auto, refused(Errno::EINVAL)).is_err());
+        assert!(matches!(
+            fallback(PortForwarding::Auto, Ok(())),
+            Ok(Some(()))
+        ));
+    }
+
+    #[test]
+    fn comments_name_sandbox_port_and_process_and_parse_back() {
+        let c = "podnet web@1f-2a-0 udp [::]:5300 42:1234";
+        let got = parse_comment(c).unwrap();
+        assert_eq!(got.owner, "web@1f-2a-0");
+        assert_eq!(got.id, "1f-2a-0");
+        assert_eq!(got.port, "udp [::]:5300");
+        assert_eq!(got.creator, (42, 1234));
+        assert_eq!(parse_comment("podnet web tcp 0.0.0.0:1 1:2"), None);
+        assert_eq!(parse_comment("someone else's rule"), None);
+        let pidfd = crate::netns::thread_netns().unwrap();
+        let t = Target {
+            name: "web",
+            id: "1f-2a-0",
+            subnets: [Some(("10.88.0.1".parse().unwrap(), 16)), None],
+            ipv4: Some(Ipv4Addr::new(10, 88, 0, 2)),
+            ipv6: None,
+            holder_pid: Pid::this(),
+            holder_pidfd: &pidfd,
+        };
+        let port = PublishedPort {
+            protocol: Protocol::Tcp,
+            host: "0.0.0.0:8080".parse().unwrap(),
+            pod_port: 80,
+            forwarder: Forwarder::Userspace,
+        };
+        let made = comment(&t, &port);
+        let back = parse_comment(&made).unwrap();
+        assert_eq!((back.id, back.port), ("1f-2a-0", "tcp 0.0.0.0:8080"));
+        assert_eq!(back.creator, me());
+        // One rule set per family the host address covers and the pod has;
+        // none for loopback; arriving traffic only where forwarding is on.
+        assert_eq!(dnats(&t, &port, [true, true]).len(), 1);
+        assert!(dnats(&t, &port, [false, false]).iter().all(|d| !d.arriving));
+        let lo = PublishedPort {
+            host: "127.0.0.1:8080".parse().unwrap(),
+            ..port
+        };
+        assert!(dnats(&t, &lo, [true, true]).is_empty());
+        let v6 = PublishedPort {
+            host: "[fd00::1]:8080".parse().unwrap(),
+            ..port
+        };
+        assert!(dnats(&t, &v6, [true, true]).is_empty()); // the pod has no IPv6
     }
 
     #[test]
