@@ -243,7 +243,8 @@ impl SandboxBuilder {
     /// Dropping the future part-way kills the holder (the kernel then
     /// deletes the veth with its namespace) and releases the address and the
     /// record. Only if the process dies meanwhile is anything left, and
-    /// then the record names it for gc.
+    /// then the record names it for gc; so does gc find the kernel rules of
+    /// port mappings if the future is dropped while they are being added.
     pub async fn create(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
         // Host ports before anything else: a taken one changes nothing.

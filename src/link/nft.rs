@@ -705,6 +705,7 @@ impl Nft {
         let begin_seq = self.next_seq();
         let count = msgs.len();
         let mut last_seq = begin_seq;
+        let mut ours = vec![begin_seq];
         let mut buf = Msg::new(
             NFNL_MSG_BATCH_BEGIN,
             NLM_F_REQUEST,
@@ -721,9 +722,11 @@ impl Nft {
                 bytes[6..8].copy_from_slice(&flags.to_ne_bytes());
             }
             last_seq = u32::from_ne_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            ours.push(last_seq);
             buf.extend_from_slice(&bytes);
         }
         let end_seq = self.next_seq();
+        ours.push(end_seq);
         buf.extend_from_slice(
             &Msg::new(
                 NFNL_MSG_BATCH_END,
@@ -752,7 +755,9 @@ impl Nft {
             };
             let mut done = false;
             for (kind, seq, body) in messages(&got) {
-                if kind != NLMSG_ERROR {
+                // A late answer to an earlier request that gave up waiting
+                // is not this batch's.
+                if kind != NLMSG_ERROR || !ours.contains(&seq) {
                     continue;
                 }
                 let code = error_code(body);
