@@ -4,8 +4,8 @@
 //! sandbox's address directly, all measured in the same run.
 //!
 //! ```text
-//! cargo bench --bench ports              # needs [[bench]] name = "ports", harness = false
-//! cargo bench --bench ports -- 9 128     # rounds (default 7), MiB per throughput trial (default 64)
+//! cargo bench --bench mappings              # needs [[bench]] name = "mappings", harness = false
+//! cargo bench --bench mappings -- 9 128     # rounds (default 7), MiB per throughput trial (default 64)
 //! ```
 //!
 //! It calls `podnet::rootless::enter_private()` first, so it runs as any
