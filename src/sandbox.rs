@@ -315,7 +315,8 @@ impl SandboxBuilder {
             mtu: self.mtu.or(net.mtu),
             sandbox: name,
         };
-        match link::create_veth(&net.conn.handle, &veth).await {
+        let created = link::create_veth(&mut *net.host_nl()?, &veth);
+        let eth0 = match created {
             // Our record for this name is fresh, so no live sandbox of this
             // network owns a veth of this name: one on our bridge is left
             // from an earlier sandbox whose namespace the kernel is still
@@ -326,18 +327,18 @@ impl SandboxBuilder {
             {
                 let object = format!("leftover veth {} on bridge {:?}", record.veth, net.bridge);
                 link::delete_link(&net.conn.handle, &record.veth, &object).await?;
-                link::create_veth(&net.conn.handle, &veth).await?;
+                link::create_veth(&mut *net.host_nl()?, &veth)?
             }
             other => other?,
-        }
+        };
         undo.veth = Some(record.veth.clone());
         failpoint("veth");
 
         // A netlink socket is bound to the namespace it is made in: make one
         // inside, on this thread, without yielding while inside.
-        let socket = {
+        let mut inside_nl = {
             let _inside = netns::enter(pidfd.as_fd(), &format!("sandbox {name:?}"))?;
-            link::socket_here()?
+            link::Nl::here().map_err(|e| Error::io("open netlink socket in sandbox", name, e))?
         };
         let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
             let gw = match pool.gateway() {
@@ -354,14 +355,15 @@ impl SandboxBuilder {
             (a, pool.prefix(), gw)
         });
         link::configure_inside(
-            socket,
+            &mut inside_nl,
+            eth0,
             &Inside {
                 ipv4: v4,
                 ipv6: v6,
                 sandbox: name,
             },
-        )
-        .await?;
+        )?;
+        drop(inside_nl);
         failpoint("inside");
         record.holder = Some(holder_ident);
         net.store.update_record(record)?;
