@@ -313,7 +313,12 @@ async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
 
 /// `/proc/PID/stat` field 22, the start time in clock ticks since boot.
 pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read into a buffer large enough for any stat line (open, read,
+    // close: read_to_string would add a statx and a read per doubling).
+    let mut buf = [0u8; 1024];
+    let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = std::io::Read::read(&mut &file, &mut buf).ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // rest starts at field 3, so field 22 is index 19.

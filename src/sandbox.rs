@@ -21,7 +21,7 @@ use nix::unistd::getpid;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
-use crate::ipam::{Ident, Record};
+use crate::ipam::{Ident, Record, RecordFile};
 use crate::link::{self, Inside, Veth};
 use crate::netns::{self, Enter};
 use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
@@ -228,7 +228,7 @@ impl SandboxBuilder {
         // so a concurrent gc sees either none of them or a record whose
         // creator is alive (and leaves all of it alone).
         let lock = net.store.lock().await?;
-        net.store.create_record(&record)?;
+        let file = net.store.create_record(&record)?;
         failpoint("record");
         let mut undo = Undo {
             net: net.clone(),
@@ -239,7 +239,7 @@ impl SandboxBuilder {
             holder: None,
             armed: true,
         };
-        match self.build(&mut undo, &mut record, lock).await {
+        match self.build(&mut undo, &mut record, &file, lock).await {
             Ok(()) => {
                 undo.armed = false;
                 let holder = undo
@@ -267,7 +267,13 @@ impl SandboxBuilder {
         }
     }
 
-    async fn build(&self, undo: &mut Undo, record: &mut Record, lock: impl Sized) -> Result<()> {
+    async fn build(
+        &self,
+        undo: &mut Undo,
+        record: &mut Record,
+        file: &RecordFile,
+        lock: impl Sized,
+    ) -> Result<()> {
         let net = &self.net;
         let name = &self.name;
         let owner = record.owner();
@@ -289,9 +295,10 @@ impl SandboxBuilder {
                 IpAddr::V4(_) => None,
             };
         }
-        // No record rewrite here: if this process dies before the final
-        // one, gc releases reservations that no live record owns, kills
-        // holders by their argv and deletes the veth the record names.
+        // The record is not rewritten here: if this process dies before its
+        // `done=` line is written, gc releases reservations that no live
+        // record owns, kills holders by their argv and deletes the veth the
+        // record names.
         drop(lock);
         let holder = holder::spawn(HolderSpec {
             argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
@@ -366,7 +373,7 @@ impl SandboxBuilder {
         drop(inside_nl);
         failpoint("inside");
         record.holder = Some(holder_ident);
-        net.store.update_record(record)?;
+        net.store.set_done(file, record)?;
         failpoint("done");
         Ok(())
     }
