@@ -230,9 +230,20 @@ pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
     }
 }
 
-/// Holders of the network `key` (their argv is `podnet-pause KEY NAME`):
-/// `(pid, start time, sandbox name)` for each, found by scanning `/proc`.
-pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
+/// A holder found by [`find_holders`].
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub pid: Pid,
+    pub start: u64,
+    /// The sandbox it holds.
+    pub name: String,
+    /// The process that made it, `(pid, start time)`, if its argv says.
+    pub creator: Option<(i32, u64)>,
+}
+
+/// Holders of the network `key` (their argv is `podnet-pause KEY NAME
+/// CREATOR_PID:CREATOR_START`), found by scanning `/proc`.
+pub(crate) fn find_holders(key: &str) -> Vec<Found> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -255,9 +266,19 @@ pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
         let Some(name) = args.next().and_then(|n| std::str::from_utf8(n).ok()) else {
             continue;
         };
+        let creator = args
+            .next()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.split_once(':'))
+            .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)));
         let pid = Pid::from_raw(pid);
         if let Some(start) = proc_start_time(pid) {
-            out.push((pid, start, name.to_owned()));
+            out.push(Found {
+                pid,
+                start,
+                name: name.to_owned(),
+                creator,
+            });
         }
     }
     out
@@ -330,7 +351,20 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 /// # Cancel safety
 /// If cancelled after the clone was handed to the spawner thread, the holder
 /// is killed and reaped by that thread; nothing is left.
+#[cfg(test)]
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
+    start(spec)?.wait().await
+}
+
+/// A holder being cloned on the spawner thread; [`wait`](Spawning::wait)
+/// for it. Dropped unwaited, it ends the holder (or the clone never runs).
+#[derive(Debug)]
+pub(crate) struct Spawning(tokio::sync::oneshot::Receiver<Result<Unclaimed>>);
+
+/// Hand the clone of a holder to the spawner thread, at once (unlike
+/// [`spawn`], which does so when first polled), so the caller can do other
+/// work meanwhile.
+pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner_submit(Box::new(move |stack: &mut [u8]| {
         if tx.is_closed() {
@@ -343,16 +377,26 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
         // way `Unclaimed` ends the holder.
         let _ = tx.send(result);
     }))?;
-    let mut unclaimed = rx.await.map_err(|_| Error::Sys {
-        op: "spawn holder",
-        object: "the spawner thread went away".into(),
-        errno: Errno::ECHILD,
-    })??;
-    unclaimed.0.take().ok_or(Error::Sys {
-        op: "spawn holder",
-        object: "holder already taken".into(),
-        errno: Errno::EINVAL,
-    })
+    Ok(Spawning(rx))
+}
+
+impl Spawning {
+    /// The holder, once the spawner thread has made it.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the holder is killed and reaped by the spawner thread.
+    pub(crate) async fn wait(self) -> Result<Holder> {
+        let mut unclaimed = self.0.await.map_err(|_| Error::Sys {
+            op: "spawn holder",
+            object: "the spawner thread went away".into(),
+            errno: Errno::ECHILD,
+        })??;
+        unclaimed.0.take().ok_or(Error::Sys {
+            op: "spawn holder",
+            object: "holder already taken".into(),
+            errno: Errno::EINVAL,
+        })
+    }
 }
 
 /// Start a holder from the calling thread, without the spawner thread, for
@@ -366,7 +410,8 @@ pub(crate) fn spawn_here(spec: &HolderSpec) -> Result<Holder> {
 }
 
 /// A holder on its way to the caller; ended if the caller never takes it.
-struct Unclaimed(Option<Holder>);
+#[derive(Debug)]
+pub(crate) struct Unclaimed(Option<Holder>);
 
 impl Drop for Unclaimed {
     fn drop(&mut self) {

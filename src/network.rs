@@ -388,7 +388,18 @@ impl Network {
             }
         }
         // Holders of this network that no live sandbox claims.
-        for (pid, start, name) in holder::find_holders(&inner.key) {
+        for holder::Found {
+            pid,
+            start,
+            name,
+            creator,
+        } in holder::find_holders(&inner.key)
+        {
+            // Its creator is still making it: create() starts the holder
+            // before it writes the record.
+            if creator.is_some_and(|(p, s)| holder::is_alive(p, s)) && !keep.contains_key(&name) {
+                continue;
+            }
             let claimed = match keep.get(&name) {
                 Some(Some(h)) => h.pid == pid.as_raw() && h.start == start,
                 Some(None) => true,

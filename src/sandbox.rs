@@ -224,6 +224,20 @@ impl SandboxBuilder {
             veth: veth.clone(),
             persistent: self.persistent,
         };
+        // The holder's clone (a new namespace and an exec: the longest
+        // step) starts now on the spawner thread and runs while this thread
+        // does the store work. Its argv names its creator, so gc leaves it
+        // alone until the record claims it, while the creator lives.
+        let spawning = holder::start(HolderSpec {
+            argv: vec![
+                HOLDER_COMM.into(),
+                net.key.clone(),
+                self.name.clone(),
+                format!("{}:{}", record.creator.pid, record.creator.start),
+            ],
+            namespaces: CloneFlags::CLONE_NEWNET,
+            die_with_creator: !self.persistent,
+        })?;
         // The record and the reservations are made under the store's lock,
         // so a concurrent gc sees either none of them or a record whose
         // creator is alive (and leaves all of it alone).
@@ -239,7 +253,10 @@ impl SandboxBuilder {
             holder: None,
             armed: true,
         };
-        match self.build(&mut undo, &mut record, &file, lock).await {
+        match self
+            .build(&mut undo, &mut record, &file, lock, spawning)
+            .await
+        {
             Ok(()) => {
                 undo.armed = false;
                 let holder = undo
@@ -273,6 +290,7 @@ impl SandboxBuilder {
         record: &mut Record,
         file: &RecordFile,
         lock: impl Sized,
+        spawning: holder::Spawning,
     ) -> Result<()> {
         let net = &self.net;
         let name = &self.name;
@@ -300,12 +318,7 @@ impl SandboxBuilder {
         // record owns, kills holders by their argv and deletes the veth the
         // record names.
         drop(lock);
-        let holder = holder::spawn(HolderSpec {
-            argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
-            namespaces: CloneFlags::CLONE_NEWNET,
-            die_with_creator: !self.persistent,
-        })
-        .await?;
+        let holder = spawning.wait().await?;
         let holder_pid = holder.pid();
         let holder_ident = Ident {
             pid: holder_pid.as_raw(),
