@@ -288,6 +288,24 @@ pub(crate) async fn delete_link(h: &Handle, name: &str, object: &str) -> Result<
     }
 }
 
+/// [`delete_link`] over a blocking socket: the kernel deletes a veth inside
+/// the request (both ends, waiting for the network stack to let go of them:
+/// tens of ms), so callers run this on a blocking thread, one socket each,
+/// and removals in flight at once overlap as the kernel allows.
+pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<bool> {
+    let msg = LinkUnspec::new_with_name(name).build();
+    let answer = nl
+        .batch(vec![(RouteNetlinkMessage::DelLink(msg), 0)])
+        .map_err(|e| io_nl_err("delete link", object, e))?
+        .pop()
+        .unwrap_or(Err(Errno::EIO));
+    match answer {
+        Ok(_) => Ok(true),
+        Err(Errno::ENODEV | Errno::ENOENT) => Ok(false),
+        Err(errno) => Err(errno_err("delete link", object, errno)),
+    }
+}
+
 /// The inside of a sandbox: its address(es) and gateway(s).
 #[derive(Debug)]
 pub(crate) struct Inside<'a> {

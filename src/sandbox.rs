@@ -755,7 +755,13 @@ impl SbInner {
         let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
         if ours {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-            if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
+            let (net, veth) = (self.net.clone(), self.veth.clone());
+            let deleted = tokio::task::spawn_blocking(move || {
+                link::delete_link_blocking(&mut *net.host_nl()?, &veth, &object)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::sys("delete veth", e.to_string(), Errno::EINTR)));
+            if let Err(e) = deleted {
                 errors.push(e);
             }
         }
