@@ -18,10 +18,10 @@
 //! kernel reaps any child it adopts, every other fd is closed and its stdio is
 //! `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
 //!
-//! Clones run on one dedicated thread per process, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits (prctl(2)),
-//! not the process: a holder made on a tokio blocking thread would die when
-//! that thread idles out.
+//! Clones run on a few dedicated threads per process (one per CPU, at most
+//! four, used in turn), because `PR_SET_PDEATHSIG` fires when the *thread*
+//! that forked exits (prctl(2)), not the process: a holder made on a tokio
+//! blocking thread would die when that thread idles out.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt;
@@ -442,26 +442,44 @@ impl Holder {
     }
 }
 
-/// Wait until the spawner thread has run every job submitted before this
+/// Wait until the spawner threads have run every job submitted before this
 /// call (with a holder of a cancelled spawn ended). For tests.
 #[cfg(feature = "internals")]
 pub async fn flush_spawner() -> Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner_submit(Box::new(move |_: &mut [u8]| {
-        let _ = tx.send(());
-    }))?;
-    rx.await.map_err(|_| Error::Sys {
-        op: "flush holder spawner",
-        object: "the spawner thread went away".into(),
-        errno: Errno::ECHILD,
-    })
+    for _ in 0..spawner_threads() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawner_submit(Box::new(move |_: &mut [u8]| {
+            let _ = tx.send(());
+        }))?;
+        rx.await.map_err(|_| Error::Sys {
+            op: "flush holder spawner",
+            object: "the spawner thread went away".into(),
+            errno: Errno::ECHILD,
+        })?;
+    }
+    Ok(())
 }
 
 type Job = Box<dyn FnOnce(&mut [u8]) + Send>;
 
-/// The spawner thread's queue, with the PID of the process that started it
-/// (a child forked from a podnet process has no spawner thread).
-static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Job>)>> = Mutex::new(None);
+/// The spawner threads' queues, with the PID of the process that started
+/// them (a child forked from a podnet process has no spawner thread), and
+/// the next one to use.
+static SPAWNER: Mutex<Option<Spawners>> = Mutex::new(None);
+
+struct Spawners {
+    pid: u32,
+    queues: Vec<mpsc::Sender<Job>>,
+    next: usize,
+}
+
+/// How many spawner threads a process runs at most: clones in flight at
+/// once run on as many CPUs (a clone is kernel work: a namespace and an
+/// exec), and each thread lives as long as the process (its exit would fire
+/// the death signal of every holder it made), so they are few.
+fn spawner_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
 
 /// Stack size of the cloned child. It runs a handful of raw syscalls.
 const CHILD_STACK: usize = 64 * 1024;
@@ -469,12 +487,27 @@ const CHILD_STACK: usize = 64 * 1024;
 fn spawner_submit(job: Job) -> Result<()> {
     let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
     let me = std::process::id();
-    let job = match guard.as_ref() {
-        Some((pid, tx)) if *pid == me => match tx.send(job) {
+    if guard.as_ref().is_none_or(|s| s.pid != me) {
+        *guard = Some(Spawners {
+            pid: me,
+            queues: Vec::new(),
+            next: 0,
+        });
+    }
+    let spawners = guard.as_mut().ok_or(Error::Sys {
+        op: "spawn holder",
+        object: "no spawner".into(),
+        errno: Errno::ECHILD,
+    })?;
+    // Round robin; a thread is started when its turn first comes.
+    let i = spawners.next % spawner_threads();
+    spawners.next = spawners.next.wrapping_add(1);
+    let job = match spawners.queues.get(i) {
+        Some(tx) => match tx.send(job) {
             Ok(()) => return Ok(()),
             Err(mpsc::SendError(job)) => job,
         },
-        _ => job,
+        None => job,
     };
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -493,7 +526,11 @@ fn spawner_submit(job: Job) -> Result<()> {
         object: "the spawner thread went away".into(),
         errno: Errno::ECHILD,
     })?;
-    *guard = Some((me, tx));
+    if i < spawners.queues.len() {
+        spawners.queues[i] = tx;
+    } else {
+        spawners.queues.push(tx);
+    }
     Ok(())
 }
 
