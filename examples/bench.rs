@@ -101,11 +101,17 @@ async fn run(n: usize, c: usize) -> AnyResult<String> {
     let tmp = std::env::var_os("BENCH_TMP")
         .map(PathBuf::from)
         .map_or_else(std::env::current_dir, Ok)?;
+    // The store goes to $BENCH_TMP/state (the disk, like the CNI peer's
+    // host-local files) unless BENCH_STATE_DIR names another place, such as
+    // /run/podnet-bench: inside a round of run.sh, /run is a tmpfs of the
+    // round's own, as /run, podnet's default as root, is on most machines.
+    let state =
+        std::env::var_os("BENCH_STATE_DIR").map_or_else(|| tmp.join("state"), PathBuf::from);
 
     // Untimed: the bridge exists already (podnet reuses it), the store is new.
     let net = Network::builder(bridge.as_str())
         .subnet(subnet.parse()?)
-        .state_dir(tmp.join("state"))
+        .state_dir(state)
         .build()
         .await?;
 

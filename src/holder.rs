@@ -359,12 +359,31 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
 /// A holder being cloned on the spawner thread; [`wait`](Spawning::wait)
 /// for it. Dropped unwaited, it ends the holder (or the clone never runs).
 #[derive(Debug)]
-pub(crate) struct Spawning(tokio::sync::oneshot::Receiver<Result<Unclaimed>>);
+pub(crate) struct Spawning(SpawningInner);
+
+#[derive(Debug)]
+enum SpawningInner {
+    /// Being cloned on a spawner thread.
+    Queued(tokio::sync::oneshot::Receiver<Result<Unclaimed>>),
+    /// Cloned on the calling thread already.
+    Done(Result<Unclaimed>),
+}
 
 /// Hand the clone of a holder to the spawner thread, at once (unlike
 /// [`spawn`], which does so when first polled), so the caller can do other
 /// work meanwhile.
 pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
+    // The main thread lives as long as the process, so a holder it forks
+    // may carry the death signal: clone here, without two thread hand-offs
+    // (on a busy machine, the wait for the spawner thread to get a CPU).
+    if nix::unistd::gettid() == nix::unistd::getpid() {
+        let mut stack = MAIN_STACK
+            .with(|s| s.take())
+            .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
+        let result = clone_holder(&spec, &mut stack).map(|h| Unclaimed(Some(h)));
+        MAIN_STACK.with(|s| s.set(Some(stack)));
+        return Ok(Spawning(SpawningInner::Done(result)));
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner_submit(Box::new(move |stack: &mut [u8]| {
         if tx.is_closed() {
@@ -377,7 +396,12 @@ pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
         // way `Unclaimed` ends the holder.
         let _ = tx.send(result);
     }))?;
-    Ok(Spawning(rx))
+    Ok(Spawning(SpawningInner::Queued(rx)))
+}
+
+thread_local! {
+    /// The child stack for clones made on the main thread, kept between them.
+    static MAIN_STACK: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
 impl Spawning {
@@ -386,12 +410,22 @@ impl Spawning {
     /// # Cancel safety
     /// If cancelled, the holder is killed and reaped by the spawner thread.
     pub(crate) async fn wait(self) -> Result<Holder> {
-        let mut unclaimed = self.0.await.map_err(|_| Error::Sys {
+        let rx = match self.0 {
+            SpawningInner::Queued(rx) => rx,
+            SpawningInner::Done(result) => return result.map(Unclaimed::take)?,
+        };
+        let unclaimed = rx.await.map_err(|_| Error::Sys {
             op: "spawn holder",
             object: "the spawner thread went away".into(),
             errno: Errno::ECHILD,
         })??;
-        unclaimed.0.take().ok_or(Error::Sys {
+        unclaimed.take()
+    }
+}
+
+impl Unclaimed {
+    fn take(mut self) -> Result<Holder> {
+        self.0.take().ok_or(Error::Sys {
             op: "spawn holder",
             object: "holder already taken".into(),
             errno: Errno::EINVAL,
