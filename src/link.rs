@@ -212,6 +212,8 @@ pub(crate) struct Veth<'a> {
     pub host: &'a str,
     /// Index of the bridge the host end is enslaved to.
     pub bridge: u32,
+    /// Its name, for errors.
+    pub bridge_name: &'a str,
     /// PID of the holder whose network namespace gets the peer.
     pub holder_pid: u32,
     pub mtu: Option<u32>,
@@ -258,6 +260,10 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
         Err(Errno::EEXIST) => Err(Error::AlreadyExists {
             what: "link",
             name: v.host.to_owned(),
+        }),
+        // br_add_if() finds no free port number (net/bridge/br_if.c).
+        Err(Errno::EXFULL) => Err(Error::BridgeFull {
+            bridge: v.bridge_name.to_owned(),
         }),
         Err(errno) => Err(errno_err("create veth", &object(), errno)),
     }

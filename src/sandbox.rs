@@ -331,6 +331,7 @@ impl SandboxBuilder {
         let veth = Veth {
             host: &record.veth,
             bridge: net.bridge_index,
+            bridge_name: &net.bridge,
             holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
             mtu: self.mtu.or(net.mtu),
             sandbox: name,
