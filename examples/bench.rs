@@ -37,19 +37,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // A current-thread runtime, also for C > 1. Concurrency here is about
-    // overlapping waits, not about CPU: every create and removal is a chain of
-    // awaits (the holder clone runs on podnet's own spawner thread, netlink
-    // requests are answered by the kernel), and podnet sends all host-side
-    // netlink requests through the one connection task of the Network, so a
-    // multi-thread runtime could not run two host-side requests at once
-    // anyway; it would only add cross-thread wake-ups to what is timed. (Tried:
-    // two workers and a spawned task per sandbox left the N=200, C=2 teardown
-    // wall where it was, about twice the kernel floor's.)
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One at a time (C = 1) on a current-thread runtime: nothing to
+    // overlap, and no cross-thread wake-ups in what is timed. With C > 1,
+    // one worker per CPU (at most C): podnet's host-side requests go over a
+    // socket per create in flight and its holder clones over a spawner
+    // thread per CPU, so creates and removals in flight use both CPUs, as
+    // the C worker threads of the floor peer do.
+    let rt = if c == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(c.min(cpus))
+            .enable_all()
+            .build()
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bench: cannot start a runtime: {e}");
@@ -96,11 +101,17 @@ async fn run(n: usize, c: usize) -> AnyResult<String> {
     let tmp = std::env::var_os("BENCH_TMP")
         .map(PathBuf::from)
         .map_or_else(std::env::current_dir, Ok)?;
+    // The store goes to $BENCH_TMP/state (the disk, like the CNI peer's
+    // host-local files) unless BENCH_STATE_DIR names another place, such as
+    // /run/podnet-bench: inside a round of run.sh, /run is a tmpfs of the
+    // round's own, as /run, podnet's default as root, is on most machines.
+    let state =
+        std::env::var_os("BENCH_STATE_DIR").map_or_else(|| tmp.join("state"), PathBuf::from);
 
     // Untimed: the bridge exists already (podnet reuses it), the store is new.
     let net = Network::builder(bridge.as_str())
         .subnet(subnet.parse()?)
-        .state_dir(tmp.join("state"))
+        .state_dir(state)
         .build()
         .await?;
 
@@ -138,12 +149,17 @@ async fn create_all(
 ) -> (Vec<podnet::Result<Sandbox>>, Vec<Duration>, Duration) {
     let t0 = Instant::now();
     let outcomes: Vec<(podnet::Result<Sandbox>, Duration)> = stream::iter(0..n)
-        .map(|i| async move {
-            let start = Instant::now();
-            let pod = net.sandbox(format!("b{i}")).create().await;
-            (pod, start.elapsed())
+        .map(|i| {
+            // A task each, so that with C > 1 they run on any worker.
+            let net = net.clone();
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let pod = net.sandbox(format!("b{i}")).create().await;
+                (pod, start.elapsed())
+            })
         })
         .buffer_unordered(c)
+        .map(|joined| joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
         .collect()
         .await;
     let wall = t0.elapsed();
@@ -158,13 +174,16 @@ async fn create_all(
 /// Remove every sandbox, at most `c` at a time, each timed.
 async fn remove_all(pods: Vec<Sandbox>, c: usize) -> (AnyResult<()>, Vec<Duration>, Duration) {
     let t0 = Instant::now();
-    let outcomes: Vec<(podnet::Result<()>, Duration)> = stream::iter(pods.iter())
-        .map(|pod| async move {
-            let start = Instant::now();
-            let r = pod.remove().await;
-            (r, start.elapsed())
+    let outcomes: Vec<(podnet::Result<()>, Duration)> = stream::iter(pods)
+        .map(|pod| {
+            tokio::spawn(async move {
+                let start = Instant::now();
+                let r = pod.remove().await;
+                (r, start.elapsed())
+            })
         })
         .buffer_unordered(c.max(1))
+        .map(|joined| joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())))
         .collect()
         .await;
     let wall = t0.elapsed();

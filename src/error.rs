@@ -112,6 +112,19 @@ pub enum Error {
         pool: IpNetwork,
     },
 
+    /// The network's bridge has no port left for another sandbox: a Linux
+    /// bridge takes at most 1,023 ports (`BR_MAX_PORTS`; the kernel answers
+    /// EXFULL). podnet does not shard a network across bridges yet: split the
+    /// sandboxes over several networks.
+    #[error(
+        "bridge {bridge:?} is full: a Linux bridge takes at most 1023 ports, and podnet does \
+         not yet shard a network across bridges (use several networks)"
+    )]
+    BridgeFull {
+        /// The bridge.
+        bridge: String,
+    },
+
     /// A requested address is outside the pool or is one that is never handed out.
     #[error("address {addr} cannot be assigned from pool {pool}: {reason}")]
     AddressNotInPool {

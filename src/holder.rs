@@ -18,10 +18,10 @@
 //! kernel reaps any child it adopts, every other fd is closed and its stdio is
 //! `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
 //!
-//! Clones run on one dedicated thread per process, because
-//! `PR_SET_PDEATHSIG` fires when the *thread* that forked exits (prctl(2)),
-//! not the process: a holder made on a tokio blocking thread would die when
-//! that thread idles out.
+//! Clones run on a few dedicated threads per process (one per CPU, at most
+//! four, used in turn), because `PR_SET_PDEATHSIG` fires when the *thread*
+//! that forked exits (prctl(2)), not the process: a holder made on a tokio
+//! blocking thread would die when that thread idles out.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt;
@@ -230,9 +230,20 @@ pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
     }
 }
 
-/// Holders of the network `key` (their argv is `podnet-pause KEY NAME`):
-/// `(pid, start time, sandbox name)` for each, found by scanning `/proc`.
-pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
+/// A holder found by [`find_holders`].
+#[derive(Debug)]
+pub(crate) struct Found {
+    pub pid: Pid,
+    pub start: u64,
+    /// The sandbox it holds.
+    pub name: String,
+    /// The process that made it, `(pid, start time)`, if its argv says.
+    pub creator: Option<(i32, u64)>,
+}
+
+/// Holders of the network `key` (their argv is `podnet-pause KEY NAME
+/// CREATOR_PID:CREATOR_START`), found by scanning `/proc`.
+pub(crate) fn find_holders(key: &str) -> Vec<Found> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -255,9 +266,19 @@ pub(crate) fn find_holders(key: &str) -> Vec<(Pid, u64, String)> {
         let Some(name) = args.next().and_then(|n| std::str::from_utf8(n).ok()) else {
             continue;
         };
+        let creator = args
+            .next()
+            .and_then(|c| std::str::from_utf8(c).ok())
+            .and_then(|c| c.split_once(':'))
+            .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)));
         let pid = Pid::from_raw(pid);
         if let Some(start) = proc_start_time(pid) {
-            out.push((pid, start, name.to_owned()));
+            out.push(Found {
+                pid,
+                start,
+                name: name.to_owned(),
+                creator,
+            });
         }
     }
     out
@@ -330,7 +351,12 @@ pub(crate) async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
 
 /// `/proc/PID/stat` field 22, the start time in clock ticks since boot.
 pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // One read into a buffer large enough for any stat line (open, read,
+    // close: read_to_string would add a statx and a read per doubling).
+    let mut buf = [0u8; 1024];
+    let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = std::io::Read::read(&mut &file, &mut buf).ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     // rest starts at field 3, so field 22 is index 19.
@@ -342,7 +368,39 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 /// # Cancel safety
 /// If cancelled after the clone was handed to the spawner thread, the holder
 /// is killed and reaped by that thread; nothing is left.
+#[cfg(test)]
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
+    start(spec)?.wait().await
+}
+
+/// A holder being cloned on the spawner thread; [`wait`](Spawning::wait)
+/// for it. Dropped unwaited, it ends the holder (or the clone never runs).
+#[derive(Debug)]
+pub(crate) struct Spawning(SpawningInner);
+
+#[derive(Debug)]
+enum SpawningInner {
+    /// Being cloned on a spawner thread.
+    Queued(tokio::sync::oneshot::Receiver<Result<Unclaimed>>),
+    /// Cloned on the calling thread already.
+    Done(Result<Unclaimed>),
+}
+
+/// Hand the clone of a holder to the spawner thread, at once (unlike
+/// [`spawn`], which does so when first polled), so the caller can do other
+/// work meanwhile.
+pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
+    // The main thread lives as long as the process, so a holder it forks
+    // may carry the death signal: clone here, without two thread hand-offs
+    // (on a busy machine, the wait for the spawner thread to get a CPU).
+    if nix::unistd::gettid() == nix::unistd::getpid() {
+        let mut stack = MAIN_STACK
+            .with(|s| s.take())
+            .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
+        let result = clone_holder(&spec, &mut stack).map(|h| Unclaimed(Some(h)));
+        MAIN_STACK.with(|s| s.set(Some(stack)));
+        return Ok(Spawning(SpawningInner::Done(result)));
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     spawner_submit(Box::new(move |stack: &mut [u8]| {
         if tx.is_closed() {
@@ -355,16 +413,41 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
         // way `Unclaimed` ends the holder.
         let _ = tx.send(result);
     }))?;
-    let mut unclaimed = rx.await.map_err(|_| Error::Sys {
-        op: "spawn holder",
-        object: "the spawner thread went away".into(),
-        errno: Errno::ECHILD,
-    })??;
-    unclaimed.0.take().ok_or(Error::Sys {
-        op: "spawn holder",
-        object: "holder already taken".into(),
-        errno: Errno::EINVAL,
-    })
+    Ok(Spawning(SpawningInner::Queued(rx)))
+}
+
+thread_local! {
+    /// The child stack for clones made on the main thread, kept between them.
+    static MAIN_STACK: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
+}
+
+impl Spawning {
+    /// The holder, once the spawner thread has made it.
+    ///
+    /// # Cancel safety
+    /// If cancelled, the holder is killed and reaped by the spawner thread.
+    pub(crate) async fn wait(self) -> Result<Holder> {
+        let rx = match self.0 {
+            SpawningInner::Queued(rx) => rx,
+            SpawningInner::Done(result) => return result.map(Unclaimed::take)?,
+        };
+        let unclaimed = rx.await.map_err(|_| Error::Sys {
+            op: "spawn holder",
+            object: "the spawner thread went away".into(),
+            errno: Errno::ECHILD,
+        })??;
+        unclaimed.take()
+    }
+}
+
+impl Unclaimed {
+    fn take(mut self) -> Result<Holder> {
+        self.0.take().ok_or(Error::Sys {
+            op: "spawn holder",
+            object: "holder already taken".into(),
+            errno: Errno::EINVAL,
+        })
+    }
 }
 
 /// Spawn `cmd` from the spawner thread, which lives as long as the process:
@@ -403,7 +486,8 @@ pub(crate) fn spawn_here(spec: &HolderSpec) -> Result<Holder> {
 }
 
 /// A holder on its way to the caller; ended if the caller never takes it.
-struct Unclaimed(Option<Holder>);
+#[derive(Debug)]
+pub(crate) struct Unclaimed(Option<Holder>);
 
 impl Drop for Unclaimed {
     fn drop(&mut self) {
@@ -434,26 +518,44 @@ impl Holder {
     }
 }
 
-/// Wait until the spawner thread has run every job submitted before this
+/// Wait until the spawner threads have run every job submitted before this
 /// call (with a holder of a cancelled spawn ended). For tests.
 #[cfg(feature = "internals")]
 pub async fn flush_spawner() -> Result<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner_submit(Box::new(move |_: &mut [u8]| {
-        let _ = tx.send(());
-    }))?;
-    rx.await.map_err(|_| Error::Sys {
-        op: "flush holder spawner",
-        object: "the spawner thread went away".into(),
-        errno: Errno::ECHILD,
-    })
+    for _ in 0..spawner_threads() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        spawner_submit(Box::new(move |_: &mut [u8]| {
+            let _ = tx.send(());
+        }))?;
+        rx.await.map_err(|_| Error::Sys {
+            op: "flush holder spawner",
+            object: "the spawner thread went away".into(),
+            errno: Errno::ECHILD,
+        })?;
+    }
+    Ok(())
 }
 
 type Job = Box<dyn FnOnce(&mut [u8]) + Send>;
 
-/// The spawner thread's queue, with the PID of the process that started it
-/// (a child forked from a podnet process has no spawner thread).
-static SPAWNER: Mutex<Option<(u32, mpsc::Sender<Job>)>> = Mutex::new(None);
+/// The spawner threads' queues, with the PID of the process that started
+/// them (a child forked from a podnet process has no spawner thread), and
+/// the next one to use.
+static SPAWNER: Mutex<Option<Spawners>> = Mutex::new(None);
+
+struct Spawners {
+    pid: u32,
+    queues: Vec<mpsc::Sender<Job>>,
+    next: usize,
+}
+
+/// How many spawner threads a process runs at most: clones in flight at
+/// once run on as many CPUs (a clone is kernel work: a namespace and an
+/// exec), and each thread lives as long as the process (its exit would fire
+/// the death signal of every holder it made), so they are few.
+fn spawner_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
 
 /// Stack size of the cloned child. It runs a handful of raw syscalls.
 const CHILD_STACK: usize = 64 * 1024;
@@ -461,12 +563,27 @@ const CHILD_STACK: usize = 64 * 1024;
 fn spawner_submit(job: Job) -> Result<()> {
     let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
     let me = std::process::id();
-    let job = match guard.as_ref() {
-        Some((pid, tx)) if *pid == me => match tx.send(job) {
+    if guard.as_ref().is_none_or(|s| s.pid != me) {
+        *guard = Some(Spawners {
+            pid: me,
+            queues: Vec::new(),
+            next: 0,
+        });
+    }
+    let spawners = guard.as_mut().ok_or(Error::Sys {
+        op: "spawn holder",
+        object: "no spawner".into(),
+        errno: Errno::ECHILD,
+    })?;
+    // Round robin; a thread is started when its turn first comes.
+    let i = spawners.next % spawner_threads();
+    spawners.next = spawners.next.wrapping_add(1);
+    let job = match spawners.queues.get(i) {
+        Some(tx) => match tx.send(job) {
             Ok(()) => return Ok(()),
             Err(mpsc::SendError(job)) => job,
         },
-        _ => job,
+        None => job,
     };
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -485,7 +602,11 @@ fn spawner_submit(job: Job) -> Result<()> {
         object: "the spawner thread went away".into(),
         errno: Errno::ECHILD,
     })?;
-    *guard = Some((me, tx));
+    if i < spawners.queues.len() {
+        spawners.queues[i] = tx;
+    } else {
+        spawners.queues.push(tx);
+    }
     Ok(())
 }
 

@@ -2,27 +2,30 @@
 //! routes, links up and down, deletion. Only this file (and `link/nft.rs`,
 //! nf_tables for port mappings) speaks netlink.
 //!
-//! There is one strict-checking connection in the host namespace (opened when
-//! the `Network` is built, on the thread whose namespace is the host) and a
-//! short-lived one per sandbox, on a socket opened inside it. A sandbox is
-//! wired with one request on the host side (the veth, its peer already
-//! named `eth0` and moved into the sandbox, the host end enslaved and up) and
-//! one pipelined batch inside (`lo` up, `eth0` up, addresses, default
-//! routes). Errnos are translated here, where the operation is known.
+//! There is one strict-checking async connection in the host namespace
+//! (opened when the `Network` is built, on the thread whose namespace is the
+//! host) for the rare requests, and blocking sockets ([`Nl`]) for the hot
+//! path of `create()`: a sandbox is wired with one request on the host side
+//! (the veth, its peer already named `eth0` and moved into the sandbox, the
+//! host end enslaved and up; its echo tells `eth0`'s index) and one batch in
+//! one `sendmsg` on a socket opened inside (`lo` up, `eth0` up, addresses,
+//! default routes). Errnos are translated here, where the operation is known.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::future::{BoxFuture, Either, FutureExt};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::route::RouteMessage;
+use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
-use rtnetlink::sys::{AsyncSocket, TokioSocket};
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+};
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    AddressMessageBuilder, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::error::{Error, Result};
@@ -102,18 +105,6 @@ pub(crate) fn loopback_up_blocking() -> Result<()> {
             .await
             .map_err(|e| nl_err("set up", "lo of the new host namespace", e))
     })
-}
-
-/// A netlink socket in the calling thread's network namespace, to be used
-/// from any thread afterwards (netlink(7): the namespace is fixed at creation).
-pub(crate) fn socket_here() -> Result<TokioSocket> {
-    let mut socket = <TokioSocket as AsyncSocket>::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
-        .map_err(|e| Error::io("open netlink socket in sandbox", "", e))?;
-    socket
-        .socket_mut()
-        .set_netlink_get_strict_chk(true)
-        .map_err(|e| Error::io("set NETLINK_GET_STRICT_CHK in sandbox", "", e))?;
-    Ok(socket)
 }
 
 /// The link called `name`, if any. A missing name arrives as ENODEV.
@@ -226,6 +217,8 @@ pub(crate) struct Veth<'a> {
     pub host: &'a str,
     /// Index of the bridge the host end is enslaved to.
     pub bridge: u32,
+    /// Its name, for errors.
+    pub bridge_name: &'a str,
     /// PID of the holder whose network namespace gets the peer.
     pub holder_pid: u32,
     pub mtu: Option<u32>,
@@ -234,9 +227,13 @@ pub(crate) struct Veth<'a> {
 }
 
 /// Create the veth pair in one request: the host end enslaved to the
-/// bridge and up, the peer named `eth0` in the holder's namespace. (The peer cannot be set up in the same message: veth_open()
-/// answers ENOTCONN until both ends exist; that is done inside.)
-pub(crate) async fn create_veth(h: &Handle, v: &Veth<'_>) -> Result<()> {
+/// bridge and up, the peer named `eth0` in the holder's namespace. (The peer
+/// cannot be set up in the same message: veth_open() answers ENOTCONN until
+/// both ends exist; that is done inside.) Returns the index of `eth0` in the
+/// sandbox when the kernel tells it: the request asks for an echo
+/// (`NLM_F_ECHO`, answered for links since Linux 6.3), whose `IFLA_LINK` is
+/// the peer's index.
+pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
     let mut peer = LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid);
     let mut host = LinkVeth::new(v.host, ETH0).controller(v.bridge).up();
     if let Some(mtu) = v.mtu {
@@ -248,16 +245,33 @@ pub(crate) async fn create_veth(h: &Handle, v: &Veth<'_>) -> Result<()> {
         InfoData::Veth(InfoVeth::Peer(peer.build())),
     )
     .build();
-    let object = format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
-    h.link().add(msg).execute().await.map_err(|e| match e {
-        rtnetlink::Error::NetlinkError(m) if -m.raw_code() == Errno::EEXIST as i32 => {
-            Error::AlreadyExists {
-                what: "link",
-                name: v.host.to_owned(),
-            }
-        }
-        e => nl_err("create veth", &object, e),
-    })
+    let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
+    let answer = nl
+        .batch(vec![(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        )])
+        .map_err(|e| io_nl_err("create veth", &object(), e))?
+        .pop()
+        .unwrap_or(Err(Errno::EIO));
+    match answer {
+        Ok(echo) => Ok(echo.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Link(i) => Some(*i),
+                _ => None,
+            }),
+            _ => None,
+        })),
+        Err(Errno::EEXIST) => Err(Error::AlreadyExists {
+            what: "link",
+            name: v.host.to_owned(),
+        }),
+        // br_add_if() finds no free port number (net/bridge/br_if.c).
+        Err(Errno::EXFULL) => Err(Error::BridgeFull {
+            bridge: v.bridge_name.to_owned(),
+        }),
+        Err(errno) => Err(errno_err("create veth", &object(), errno)),
+    }
 }
 
 /// The index of the bridge link `name` is enslaved to, if any.
@@ -285,6 +299,24 @@ pub(crate) async fn delete_link(h: &Handle, name: &str, object: &str) -> Result<
     }
 }
 
+/// [`delete_link`] over a blocking socket: the kernel deletes a veth inside
+/// the request (both ends, waiting for the network stack to let go of them:
+/// tens of ms), so callers run this on a blocking thread, one socket each,
+/// and removals in flight at once overlap as the kernel allows.
+pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<bool> {
+    let msg = LinkUnspec::new_with_name(name).build();
+    let answer = nl
+        .batch(vec![(RouteNetlinkMessage::DelLink(msg), 0)])
+        .map_err(|e| io_nl_err("delete link", object, e))?
+        .pop()
+        .unwrap_or(Err(Errno::EIO));
+    match answer {
+        Ok(_) => Ok(true),
+        Err(Errno::ENODEV | Errno::ENOENT) => Ok(false),
+        Err(errno) => Err(errno_err("delete link", object, errno)),
+    }
+}
+
 /// The inside of a sandbox: its address(es) and gateway(s).
 #[derive(Debug)]
 pub(crate) struct Inside<'a> {
@@ -293,93 +325,101 @@ pub(crate) struct Inside<'a> {
     pub sandbox: &'a str,
 }
 
-/// Configure a sandbox over `socket` (opened inside it): `lo` up, `eth0` up,
-/// the addresses, default routes. The requests are queued back to back and
-/// the kernel handles them in order, without our waiting between them; but
-/// netlink-proto 0.14 sends one queued request per poll of the connection,
-/// so they still leave as separate `sendto` calls (strace: 4 sends, 3 rounds
-/// of acks), where one `sendmsg` could carry them all.
-pub(crate) async fn configure_inside(socket: TokioSocket, cfg: &Inside<'_>) -> Result<()> {
-    let (conn, h, _) = rtnetlink::from_socket(socket);
-    futures::pin_mut!(conn);
+/// Configure a sandbox over `nl` (a socket opened inside it): `lo` up,
+/// `eth0` up, the addresses, default routes, all in one `sendmsg` whose
+/// answers are read at once. `eth0` is the index [`create_veth`] learnt; if
+/// it learnt none, it is looked up first (one more round trip).
+pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>) -> Result<()> {
     let s = cfg.sandbox;
-    let eth0 = format!("{ETH0} in sandbox {s:?}");
-    // eth0's index is looked up, not assumed: the kernel ignores the index
-    // asked for a veth peer, and a new namespace may already hold tunnel
-    // devices (tunl0, sit0, gre0 when net.core.fb_tunnels_only_for_init_net
-    // is 0) that take the low indexes.
-    let lookup = get_link(&h, ETH0);
-    let index = match futures::future::select(Box::pin(lookup), &mut conn).await {
-        Either::Left((Ok(Some(link)), _)) => link.header.index,
-        Either::Left((Ok(None), _)) => {
-            return Err(Error::Netlink {
-                op: "get link",
-                object: eth0,
-                errno: Errno::ENODEV,
-            })
-        }
-        Either::Left((Err(e), _)) => return Err(e),
-        Either::Right(((), _)) => {
-            return Err(Error::NetlinkProtocol {
-                op: "get link",
-                object: eth0,
-                detail: "the netlink connection closed".into(),
-            })
-        }
-    };
-    let set_up = |index: u32, object: String| {
-        let req = h.link().set(LinkUnspec::new_with_index(index).up().build());
-        async move {
-            req.execute()
-                .await
-                .map_err(|e| nl_err("set up", &object, e))
+    let eth0_obj = || format!("{ETH0} in sandbox {s:?}");
+    // Without the echo, eth0's index is looked up, not assumed: the kernel
+    // ignores the index asked for a veth peer, and a new namespace may
+    // already hold tunnel devices (tunl0, sit0, gre0 when
+    // net.core.fb_tunnels_only_for_init_net is 0) that take the low indexes.
+    let index = match eth0 {
+        Some(i) => i,
+        None => {
+            let mut get = LinkMessage::default();
+            get.attributes.push(LinkAttribute::IfName(ETH0.into()));
+            let answer = nl
+                .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
+                .map_err(|e| io_nl_err("get link", &eth0_obj(), e))?
+                .pop()
+                .unwrap_or(Err(Errno::EIO))
+                .map_err(|errno| errno_err("get link", &eth0_obj(), errno))?;
+            answer
+                .iter()
+                .find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                    _ => None,
+                })
+                .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?
         }
     };
-    let default_route = |route: RouteMessage, gw: IpAddr| {
-        let req = h.route().add(route);
-        let object = format!("via {gw} in sandbox {s:?}");
-        async move {
-            req.execute()
-                .await
-                .map_err(|e| nl_err("add default route", &object, e))
-        }
-    };
-    let add_address =
-        |h: &Handle, addr: IpAddr, prefix: u8, object: &str| -> BoxFuture<'static, Result<()>> {
-            let (h, object) = (h.clone(), object.to_owned());
-            async move { ensure_address(&h, index, addr, prefix, &object).await }.boxed()
-        };
-    let mut steps: Vec<BoxFuture<'static, Result<()>>> = vec![
-        set_up(LO_INDEX, format!("lo in sandbox {s:?}")).boxed(),
-        set_up(index, eth0.clone()).boxed(),
+    let up = |i: u32| RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(i).up().build());
+    let create = NLM_F_CREATE | NLM_F_EXCL;
+    // What each request is, for errors: (op, object, EEXIST is fine).
+    let mut what: Vec<(&'static str, String, bool)> = vec![
+        ("set up", format!("lo in sandbox {s:?}"), false),
+        ("set up", eth0_obj(), false),
     ];
+    let mut reqs = vec![(up(LO_INDEX), 0), (up(index), 0)];
+    let mut add = |addr: IpAddr, prefix: u8, gw: IpAddr| {
+        let mut a = match addr {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()
+                .index(index)
+                .address(a, prefix)
+                .build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new()
+                .index(index)
+                .address(a, prefix)
+                .build(),
+        };
+        if addr.is_ipv6() {
+            // Ours to give: no duplicate address detection.
+            a.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        let route = match gw {
+            IpAddr::V4(g) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .output_interface(index)
+                .gateway(g)
+                .build(),
+            IpAddr::V6(g) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .output_interface(index)
+                .gateway(g)
+                .build(),
+        };
+        reqs.push((RouteNetlinkMessage::NewAddress(a), create));
+        what.push((
+            "add address",
+            format!("{addr}/{prefix} to {}", eth0_obj()),
+            true,
+        ));
+        reqs.push((RouteNetlinkMessage::NewRoute(route), create));
+        what.push((
+            "add default route",
+            format!("via {gw} in sandbox {s:?}"),
+            false,
+        ));
+    };
     if let Some((addr, prefix, gw)) = cfg.ipv4 {
-        let route = RouteMessageBuilder::<Ipv4Addr>::new()
-            .output_interface(index)
-            .gateway(gw)
-            .build();
-        steps.push(add_address(&h, addr.into(), prefix, &eth0));
-        steps.push(default_route(route, gw.into()).boxed());
+        add(addr.into(), prefix, gw.into());
     }
     if let Some((addr, prefix, gw)) = cfg.ipv6 {
-        let route = RouteMessageBuilder::<Ipv6Addr>::new()
-            .output_interface(index)
-            .gateway(gw)
-            .build();
-        steps.push(add_address(&h, addr.into(), prefix, &eth0));
-        steps.push(default_route(route, gw.into()).boxed());
+        add(addr.into(), prefix, gw.into());
     }
-    // try_join_all polls the steps in order on its first poll, so the
-    // requests go out in order; the connection future does the I/O.
-    let all = futures::future::try_join_all(steps);
-    match futures::future::select(all, conn).await {
-        Either::Left((result, _)) => result.map(drop),
-        Either::Right(((), _)) => Err(Error::NetlinkProtocol {
-            op: "configure",
-            object: format!("sandbox {s:?}"),
-            detail: "the netlink connection closed".into(),
-        }),
+    let answers = nl
+        .batch(reqs)
+        .map_err(|e| io_nl_err("configure", &format!("sandbox {s:?}"), e))?;
+    for (answer, (op, object, exist_ok)) in answers.into_iter().zip(what) {
+        match answer {
+            Ok(_) => {}
+            Err(Errno::EEXIST) if exist_ok => {}
+            Err(errno) => return Err(errno_err(op, &object, errno)),
+        }
     }
+    Ok(())
 }
 
 /// Names of the ports of bridge `index`, from one filtered dump.
@@ -403,4 +443,203 @@ pub(crate) async fn bridge_ports(h: &Handle, index: u32) -> Result<Vec<String>> 
             })
         })
         .collect())
+}
+
+/// A blocking netlink socket that sends a batch of requests in one
+/// `sendmsg` and reads every answer before it returns.
+///
+/// rtnetlink handles a request inside the `sendmsg` that carries it (the
+/// socket's receive queue holds the answers when the call returns), so
+/// "blocking" here never waits for anything but the kernel's own work, as a
+/// `sendto` of the async connection's task does. What this saves is the
+/// async connection's one request per poll: the inside of a sandbox is
+/// configured with one `sendmsg` and one `recv`, as in the kernel floor.
+#[derive(Debug)]
+pub(crate) struct Nl {
+    sock: rtnetlink::sys::Socket,
+    seq: u32,
+}
+
+/// What the kernel answered to one request of a batch: the messages it sent
+/// back for it (a reply to a get, an echo), or its errno.
+type Answer = std::result::Result<Vec<RouteNetlinkMessage>, Errno>;
+
+impl Nl {
+    /// A socket in the calling thread's network namespace (it stays bound to
+    /// it whichever thread uses it later, netlink(7)).
+    pub(crate) fn here() -> std::io::Result<Nl> {
+        let sock = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
+        sock.set_netlink_get_strict_chk(true)?;
+        Ok(Nl { sock, seq: 0 })
+    }
+
+    /// Send `reqs` (message, flags) in one `sendmsg`, every one with
+    /// `NLM_F_ACK`, and collect the answer to each, in order.
+    pub(crate) fn batch(
+        &mut self,
+        reqs: Vec<(RouteNetlinkMessage, u16)>,
+    ) -> std::io::Result<Vec<Answer>> {
+        let first = self.seq.wrapping_add(1);
+        let mut msgs = Vec::with_capacity(reqs.len());
+        for (inner, flags) in reqs {
+            self.seq = self.seq.wrapping_add(1);
+            let mut m = NetlinkMessage::from(inner);
+            m.header.flags = flags | NLM_F_REQUEST | NLM_F_ACK;
+            m.header.sequence_number = self.seq;
+            m.finalize();
+            msgs.push(m);
+        }
+        let len = msgs.iter().map(NetlinkMessage::buffer_len).sum();
+        let mut buf = vec![0u8; len];
+        let mut off = 0;
+        for m in &msgs {
+            m.serialize(&mut buf[off..off + m.buffer_len()]);
+            off += m.buffer_len();
+        }
+        loop {
+            match self.sock.send(&buf, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let n = msgs.len();
+        let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
+        let mut replies: Vec<Vec<RouteNetlinkMessage>> = (0..n).map(|_| Vec::new()).collect();
+        let mut pending = n;
+        let mut rbuf = vec![0u8; 64 * 1024];
+        while pending > 0 {
+            let got = loop {
+                let mut slice = &mut rbuf[..];
+                match self.sock.recv(&mut slice, 0) {
+                    Ok(got) => break got.min(rbuf.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut off = 0;
+            while off < got {
+                let data = &rbuf[off..got];
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let step = usize::try_from(msg.header.length)
+                    .unwrap_or(usize::MAX)
+                    .next_multiple_of(4);
+                if step == 0 {
+                    break;
+                }
+                off = off.saturating_add(step);
+                // Answers to an earlier, abandoned batch are skipped.
+                let Some(i) = usize::try_from(msg.header.sequence_number.wrapping_sub(first))
+                    .ok()
+                    .filter(|i| *i < n)
+                else {
+                    continue;
+                };
+                match msg.payload {
+                    NetlinkPayload::Error(err) => {
+                        if answers[i].is_none() {
+                            pending -= 1;
+                        }
+                        answers[i] = Some(match err.code {
+                            None => Ok(std::mem::take(&mut replies[i])),
+                            Some(code) => Err(Errno::from_raw(-code.get())),
+                        });
+                    }
+                    NetlinkPayload::InnerMessage(m) => replies[i].push(m),
+                    _ => {}
+                }
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(Errno::EIO)))
+            .collect())
+    }
+}
+
+/// A netlink error as an [`Error`], as [`nl_err`] does for rtnetlink's.
+fn errno_err(op: &'static str, object: &str, errno: Errno) -> Error {
+    if matches!(errno, Errno::EPERM | Errno::EACCES) {
+        Error::not_permitted(format!("netlink: {op} {object}"))
+    } else {
+        Error::Netlink {
+            op,
+            object: object.to_owned(),
+            errno,
+        }
+    }
+}
+
+fn io_nl_err(op: &'static str, object: &str, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(raw) => errno_err(op, object, Errno::from_raw(raw)),
+        None => Error::NetlinkProtocol {
+            op,
+            object: object.to_owned(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inside configuration without the echoed index (kernels before
+    /// 6.3) looks `eth0` up first. Run in a namespace of this test's own
+    /// (skipped without privilege, unless `PODNET_REQUIRE_PRIV=1`), on a veth
+    /// pair whose `eth0` end stays in the same namespace.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn inside_without_the_echoed_index_looks_eth0_up() {
+        std::thread::spawn(|| {
+            if let Err(errno) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+                assert_ne!(
+                    std::env::var("PODNET_REQUIRE_PRIV").as_deref(),
+                    Ok("1"),
+                    "cannot unshare a network namespace: {errno}"
+                );
+                eprintln!("SKIPPED: cannot unshare a network namespace ({errno})");
+                return;
+            }
+            let mut nl = Nl::here().unwrap();
+            let veth = LinkMessageBuilder::<LinkVeth>::set_info_data(
+                LinkVeth::new("x0", ETH0),
+                InfoData::Veth(InfoVeth::Peer(LinkUnspec::new_with_name(ETH0).build())),
+            )
+            .build();
+            let created = nl
+                .batch(vec![(
+                    RouteNetlinkMessage::NewLink(veth),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )])
+                .unwrap();
+            assert!(created[0].is_ok(), "{created:?}");
+            let cfg = Inside {
+                ipv4: Some((Ipv4Addr::new(10, 88, 0, 2), 16, Ipv4Addr::new(10, 88, 0, 1))),
+                ipv6: None,
+                sandbox: "unit",
+            };
+            configure_inside(&mut nl, None, &cfg).unwrap();
+            // Again: the address is there already (fine), the route too (an error).
+            let err = configure_inside(&mut nl, None, &cfg).unwrap_err();
+            assert_eq!(err.errno(), Some(Errno::EEXIST), "{err}");
+            assert!(err.to_string().contains("default route"), "{err}");
+            let mut get = LinkMessage::default();
+            get.attributes.push(LinkAttribute::IfName(ETH0.into()));
+            let answer = nl
+                .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap();
+            let RouteNetlinkMessage::NewLink(link) = &answer[0] else {
+                panic!("{answer:?}");
+            };
+            assert!(link.header.flags.contains(LinkFlags::Up));
+        })
+        .join()
+        .unwrap();
+    }
 }

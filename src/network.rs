@@ -61,9 +61,11 @@ pub(crate) struct NetInner {
     /// Names this network in holders' argv: `netns-<cookie>/<bridge>`.
     pub key: String,
     pub conn: link::Conn,
+    /// Blocking host-namespace sockets for the batched requests of
+    /// `create()`, one per create in flight (at most `NL_POOL` are kept).
+    pub nl_pool: std::sync::Mutex<Vec<link::Nl>>,
     pub store: Store,
     /// The host network namespace, as captured at build time.
-    #[allow(dead_code)] // port mappings and gc enter it
     pub host_ns: OwnedFd,
     /// The port forwarder, started with the first port mapping.
     pub ports: crate::pod::ports::Slot,
@@ -127,6 +129,59 @@ impl NetInner {
                 errno,
             }),
         }
+    }
+}
+
+/// How many idle host-namespace netlink sockets a network keeps.
+const NL_POOL: usize = 8;
+
+/// A host-namespace netlink socket lent by the network's pool; given back
+/// when dropped.
+#[derive(Debug)]
+pub(crate) struct PooledNl<'a> {
+    net: &'a NetInner,
+    nl: Option<link::Nl>,
+}
+
+impl std::ops::Deref for PooledNl<'_> {
+    type Target = link::Nl;
+    fn deref(&self) -> &link::Nl {
+        self.nl.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledNl<'_> {
+    fn deref_mut(&mut self) -> &mut link::Nl {
+        self.nl.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledNl<'_> {
+    fn drop(&mut self) {
+        let mut pool = self.net.nl_pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < NL_POOL {
+            pool.extend(self.nl.take());
+        }
+    }
+}
+
+impl NetInner {
+    /// A netlink socket in the host namespace, from the pool or made anew
+    /// (this thread enters the host namespace for the `socket(2)` call).
+    pub(crate) fn host_nl(&self) -> Result<PooledNl<'_>> {
+        let pooled = self.nl_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let nl = match pooled {
+            Some(nl) => nl,
+            None => {
+                let what = format!("host namespace of network {:?}", self.bridge);
+                let _host = netns::enter(std::os::fd::AsFd::as_fd(&self.host_ns), &what)?;
+                link::Nl::here().map_err(|e| Error::io("open netlink socket", what, e))?
+            }
+        };
+        Ok(PooledNl {
+            net: self,
+            nl: Some(nl),
+        })
     }
 }
 
@@ -426,7 +481,18 @@ impl Network {
             }
         }
         // Holders of this network that no live sandbox claims.
-        for (pid, start, name) in holder::find_holders(&inner.key) {
+        for holder::Found {
+            pid,
+            start,
+            name,
+            creator,
+        } in holder::find_holders(&inner.key)
+        {
+            // Its creator is still making it: create() starts the holder
+            // before it writes the record.
+            if creator.is_some_and(|(p, s)| holder::is_alive(p, s)) && !keep.contains_key(&name) {
+                continue;
+            }
             let claimed = match keep.get(&name) {
                 Some(Some(h)) => h.pid == pid.as_raw() && h.start == start,
                 Some(None) => true,
@@ -588,6 +654,7 @@ impl NetworkBuilder {
         // name) leaves nothing behind; a bridge made here goes if a later
         // step fails.
         let conn = link::connect()?;
+        let nl = link::Nl::here().map_err(|e| Error::io("open netlink socket", "", e))?;
         let (bridge_index, created) =
             link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
         let object = format!("bridge {:?}", self.bridge);
@@ -627,6 +694,7 @@ impl NetworkBuilder {
                 v6,
                 mtu: self.mtu,
                 conn,
+                nl_pool: std::sync::Mutex::new(vec![nl]),
                 store,
                 host_ns,
                 ports: Default::default(),

@@ -21,7 +21,7 @@ use nix::unistd::getpid;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
-use crate::ipam::{Ident, Record};
+use crate::ipam::{Ident, Record, RecordFile};
 use crate::link::{self, Inside, Veth};
 use crate::netns::{self, Enter};
 use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
@@ -263,11 +263,25 @@ impl SandboxBuilder {
             veth: veth.clone(),
             persistent: self.persistent,
         };
+        // The holder's clone (a new namespace and an exec: the longest
+        // step) starts now on the spawner thread and runs while this thread
+        // does the store work. Its argv names its creator, so gc leaves it
+        // alone until the record claims it, while the creator lives.
+        let spawning = holder::start(HolderSpec {
+            argv: vec![
+                HOLDER_COMM.into(),
+                net.key.clone(),
+                self.name.clone(),
+                format!("{}:{}", record.creator.pid, record.creator.start),
+            ],
+            namespaces: CloneFlags::CLONE_NEWNET | self.extra_namespaces,
+            die_with_creator: !self.persistent,
+        })?;
         // The record and the reservations are made under the store's lock,
         // so a concurrent gc sees either none of them or a record whose
         // creator is alive (and leaves all of it alone).
         let lock = net.store.lock().await?;
-        net.store.create_record(&record)?;
+        let file = net.store.create_record(&record)?;
         failpoint("record");
         let mut undo = Undo {
             net: net.clone(),
@@ -278,7 +292,10 @@ impl SandboxBuilder {
             holder: None,
             armed: true,
         };
-        match self.build(&mut undo, &mut record, lock).await {
+        match self
+            .build(&mut undo, &mut record, &file, lock, spawning)
+            .await
+        {
             Ok(()) => {
                 // The kernel rules of the mappings may still fail: then
                 // the sandbox is undone like any other step.
@@ -331,7 +348,14 @@ impl SandboxBuilder {
         }
     }
 
-    async fn build(&self, undo: &mut Undo, record: &mut Record, lock: impl Sized) -> Result<()> {
+    async fn build(
+        &self,
+        undo: &mut Undo,
+        record: &mut Record,
+        file: &RecordFile,
+        lock: impl Sized,
+        spawning: holder::Spawning,
+    ) -> Result<()> {
         let net = &self.net;
         let name = &self.name;
         let owner = record.owner();
@@ -353,16 +377,12 @@ impl SandboxBuilder {
                 IpAddr::V4(_) => None,
             };
         }
-        // No record rewrite here: if this process dies before the final
-        // one, gc releases reservations that no live record owns, kills
-        // holders by their argv and deletes the veth the record names.
+        // The record is not rewritten here: if this process dies before its
+        // `done=` line is written, gc releases reservations that no live
+        // record owns, kills holders by their argv and deletes the veth the
+        // record names.
         drop(lock);
-        let holder = holder::spawn(HolderSpec {
-            argv: vec![HOLDER_COMM.into(), net.key.clone(), name.clone()],
-            namespaces: CloneFlags::CLONE_NEWNET | self.extra_namespaces,
-            die_with_creator: !self.persistent,
-        })
-        .await?;
+        let holder = spawning.wait().await?;
         let holder_pid = holder.pid();
         let holder_ident = Ident {
             pid: holder_pid.as_raw(),
@@ -375,11 +395,13 @@ impl SandboxBuilder {
         let veth = Veth {
             host: &record.veth,
             bridge: net.bridge_index,
+            bridge_name: &net.bridge,
             holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
             mtu: self.mtu.or(net.mtu),
             sandbox: name,
         };
-        match link::create_veth(&net.conn.handle, &veth).await {
+        let created = link::create_veth(&mut *net.host_nl()?, &veth);
+        let eth0 = match created {
             // Our record for this name is fresh, so no live sandbox of this
             // network owns a veth of this name: one on our bridge is left
             // from an earlier sandbox whose namespace the kernel is still
@@ -390,18 +412,18 @@ impl SandboxBuilder {
             {
                 let object = format!("leftover veth {} on bridge {:?}", record.veth, net.bridge);
                 link::delete_link(&net.conn.handle, &record.veth, &object).await?;
-                link::create_veth(&net.conn.handle, &veth).await?;
+                link::create_veth(&mut *net.host_nl()?, &veth)?
             }
             other => other?,
-        }
+        };
         undo.veth = Some(record.veth.clone());
         failpoint("veth");
 
         // A netlink socket is bound to the namespace it is made in: make one
         // inside, on this thread, without yielding while inside.
-        let socket = {
+        let mut inside_nl = {
             let _inside = netns::enter(pidfd.as_fd(), &format!("sandbox {name:?}"))?;
-            link::socket_here()?
+            link::Nl::here().map_err(|e| Error::io("open netlink socket in sandbox", name, e))?
         };
         let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
             let gw = match pool.gateway() {
@@ -418,17 +440,18 @@ impl SandboxBuilder {
             (a, pool.prefix(), gw)
         });
         link::configure_inside(
-            socket,
+            &mut inside_nl,
+            eth0,
             &Inside {
                 ipv4: v4,
                 ipv6: v6,
                 sandbox: name,
             },
-        )
-        .await?;
+        )?;
+        drop(inside_nl);
         failpoint("inside");
         record.holder = Some(holder_ident);
-        net.store.update_record(record)?;
+        net.store.set_done(file, record)?;
         failpoint("done");
         Ok(())
     }
@@ -942,7 +965,13 @@ impl SbInner {
         let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
         if ours {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-            if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
+            let (net, veth) = (self.net.clone(), self.veth.clone());
+            let deleted = tokio::task::spawn_blocking(move || {
+                link::delete_link_blocking(&mut *net.host_nl()?, &veth, &object)
+            })
+            .await
+            .unwrap_or_else(|e| Err(Error::sys("delete veth", e.to_string(), Errno::EINTR)));
+            if let Err(e) = deleted {
                 errors.push(e);
             }
         }

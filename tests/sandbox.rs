@@ -674,10 +674,21 @@ fn a_cancelled_create_leaves_nothing_behind() {
         let net = network(&ctx, "pn0").await;
         let before = snapshot(&ctx.nl).await;
         let holders_before = holders();
-        let mut create = Box::pin(net.sandbox("web").create());
         // The first poll reserves the address and hands the clone to the
-        // spawner thread; then the caller gives up.
-        assert!(futures::poll!(&mut create).is_pending());
+        // spawner thread; then the caller gives up. (The rest of create()
+        // is synchronous, so if the spawner thread is done before that poll
+        // waits for it, which happens under load, the create finishes in
+        // that one poll: remove that sandbox and try again.)
+        let mut tries = 0;
+        let create = loop {
+            let mut create = Box::pin(net.sandbox("web").create());
+            match futures::poll!(&mut create) {
+                std::task::Poll::Pending => break create,
+                std::task::Poll::Ready(pod) => pod.unwrap().remove().await.unwrap(),
+            }
+            tries += 1;
+            assert!(tries < 50, "create() never waited for its holder");
+        };
         drop(create);
         // The spawner thread may not have run the clone yet: let it finish
         // its queue (it ends a holder nobody claims), then wait for the end.

@@ -33,6 +33,7 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFT_MSG_NEWTABLE: u16 = 0;
+#[cfg(feature = "internals")]
 const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
@@ -558,6 +559,7 @@ impl Nft {
         }
     }
 
+    #[cfg(feature = "internals")]
     /// Whether the table exists.
     pub(crate) fn table_exists(&self) -> std::result::Result<bool, Errno> {
         let seq = self.next_seq();
