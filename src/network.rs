@@ -264,7 +264,7 @@ impl Network {
             subnets: Vec::new(),
             state_dir: None,
             mtu: None,
-            port_forwarding: PortForwarding::Auto,
+            port_forwarding: PortForwarding::Userspace,
         }
     }
 
@@ -594,11 +594,13 @@ impl NetworkBuilder {
         self
     }
 
-    /// How published ports are forwarded (default [`PortForwarding::Auto`]:
-    /// the kernel's nf_tables DNAT where the host namespace allows it, the
-    /// userspace forwarder otherwise). [`PortForwarding::Kernel`] makes a
-    /// mapping fail if nf_tables refuses; [`PortForwarding::Userspace`]
-    /// never touches nf_tables.
+    /// How published ports are forwarded: by podnet's userspace forwarder
+    /// (the default, [`PortForwarding::Userspace`]), or, opted into, by the
+    /// kernel's nf_tables DNAT where the host namespace allows it
+    /// ([`PortForwarding::Auto`]) or always ([`PortForwarding::Kernel`],
+    /// which makes a mapping fail if nf_tables refuses). The kernel path's
+    /// rules outlive a process that exits without removing its sandboxes
+    /// until `gc()`; see the README.
     pub fn port_forwarding(mut self, how: PortForwarding) -> Self {
         self.port_forwarding = how;
         self

@@ -924,12 +924,36 @@ fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
 }
 
 #[test]
-fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
+fn the_default_is_userspace_and_auto_uses_the_kernel_where_nf_tables_is_allowed() {
     in_netns(|ctx| async move {
-        // The default, Auto.
         let net = Network::builder(BRIDGE)
             .subnet("10.88.0.0/16".parse().unwrap())
             .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap();
+        let pod = net
+            .sandbox("default")
+            .port(PortMapping::tcp(9601, 80))
+            .create()
+            .await
+            .unwrap();
+        assert!(pod
+            .ports()
+            .iter()
+            .all(|p| p.forwarder == Forwarder::Userspace));
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+    auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed();
+}
+
+fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
+    in_netns(|ctx| async move {
+        let net = Network::builder(BRIDGE)
+            .subnet("10.88.0.0/16".parse().unwrap())
+            .state_dir(&ctx.state)
+            .port_forwarding(PortForwarding::Auto)
             .build()
             .await
             .unwrap();

@@ -284,13 +284,15 @@ pub enum PortForwarding {
     /// The kernel if nf_tables is there and allowed in the host namespace
     /// (tried once per network, at its first mapping), the userspace
     /// forwarder otherwise, silently: [`PublishedPort::forwarder`] says
-    /// which.
-    #[default]
+    /// which. Opt-in: see the README ("Kernel or userspace forwarding")
+    /// for what the kernel path does to a real host's firewall.
     Auto,
     /// The kernel (nf_tables DNAT) only: a mapping fails if nf_tables
-    /// refuses.
+    /// refuses. Opt-in, as `Auto`.
     Kernel,
-    /// The userspace forwarder only.
+    /// The userspace forwarder only (the default): nothing outlives the
+    /// process, and nothing is asked of the host's firewall.
+    #[default]
     Userspace,
 }
 
