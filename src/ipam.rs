@@ -899,6 +899,20 @@ mod tests {
         Pool::new(s.parse().unwrap()).unwrap()
     }
 
+    /// Record "a" of no holder and no address.
+    fn record_a(persistent: bool) -> Record {
+        Record {
+            name: "a".into(),
+            id: "1-2-3".into(),
+            creator: Ident { pid: 1, start: 1 },
+            holder: None,
+            ipv4: None,
+            ipv6: None,
+            veth: "a-xx".into(),
+            persistent,
+        }
+    }
+
     fn temp_root(tag: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "podnet-ipam-{tag}-{}-{}",
@@ -1091,16 +1105,7 @@ mod tests {
     fn duplicate_record_is_already_exists_and_symlinked_records_are_refused() {
         let root = temp_root("rec");
         let store = Store::open(&root, "netns-test", "br0").unwrap();
-        let rec = Record {
-            name: "a".into(),
-            id: "1-2-3".into(),
-            creator: Ident { pid: 1, start: 1 },
-            holder: None,
-            ipv4: None,
-            ipv6: None,
-            veth: "a-xx".into(),
-            persistent: true,
-        };
+        let rec = record_a(true);
         store.create_record(&rec).unwrap();
         assert!(matches!(
             store.create_record(&rec),
@@ -1122,16 +1127,7 @@ mod tests {
     fn the_done_line_is_filled_in_place_and_a_torn_one_is_refused() {
         let root = temp_root("done");
         let store = Store::open(&root, "netns-test", "br0").unwrap();
-        let mut rec = Record {
-            name: "a".into(),
-            id: "1-2-3".into(),
-            creator: Ident { pid: 1, start: 1 },
-            holder: None,
-            ipv4: None,
-            ipv6: None,
-            veth: "a-xx".into(),
-            persistent: false,
-        };
+        let mut rec = record_a(false);
         let file = store.create_record(&rec).unwrap();
         assert_eq!(store.read_record("a").unwrap(), Some(rec.clone()));
         let path = store.dir().join("sandbox/a");

@@ -45,16 +45,7 @@ pub(crate) const ETH0: &str = "eth0";
 fn nl_err(op: &'static str, object: &str, e: rtnetlink::Error) -> Error {
     match e {
         rtnetlink::Error::NetlinkError(msg) => {
-            let errno = Errno::from_raw(-msg.raw_code());
-            if matches!(errno, Errno::EPERM | Errno::EACCES) {
-                Error::not_permitted(format!("netlink: {op} {object}"))
-            } else {
-                Error::Netlink {
-                    op,
-                    object: object.to_owned(),
-                    errno,
-                }
-            }
+            errno_err(op, object, Errno::from_raw(-msg.raw_code()))
         }
         other => Error::NetlinkProtocol {
             op,
@@ -558,7 +549,8 @@ impl Nl {
     }
 }
 
-/// A netlink error as an [`Error`], as [`nl_err`] does for rtnetlink's.
+/// A netlink errno as an [`Error`]: EPERM/EACCES become `NotPermitted`,
+/// any other errno is kept with the operation and object.
 fn errno_err(op: &'static str, object: &str, errno: Errno) -> Error {
     if matches!(errno, Errno::EPERM | Errno::EACCES) {
         Error::not_permitted(format!("netlink: {op} {object}"))

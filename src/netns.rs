@@ -166,15 +166,12 @@ where
 /// Make `cmd`'s child join the network namespace of `target` between fork
 /// and exec. `target` is kept alive by the command.
 pub(crate) fn join_on_exec(cmd: &mut tokio::process::Command, target: Arc<OwnedFd>) {
-    let join =
-        move || setns(target.as_fd(), CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from);
-    // SAFETY: the closure runs in the forked child before exec; it only
-    // calls setns(2), which is async-signal-safe, on an fd that the closure
-    // itself keeps open; it does not allocate (the Arc is only borrowed) and
-    // takes no locks. std reports its error through its own errno pipe.
-    unsafe {
-        cmd.pre_exec(join);
-    }
+    let spec = JoinSpec {
+        namespaces: CloneFlags::CLONE_NEWNET,
+        cwd: None,
+        die_with: None,
+    };
+    join_with_on_exec(cmd, target, spec);
 }
 
 /// How a pod's process joins its sandbox between fork and exec.
@@ -213,25 +210,26 @@ pub(crate) fn join_with_on_exec(
                 return Err(Errno::ESRCH.into());
             }
         }
-        // A buffer on the stack: no allocation after fork.
-        let mut here = [0u8; nix::libc::PATH_MAX as usize];
-        if let Some(Cwd::Keep) = spec.cwd {
-            // SAFETY: getcwd(3) writes at most `len` bytes, NUL included,
-            // into the buffer, which lives until the chdir below.
-            let p = unsafe { nix::libc::getcwd(here.as_mut_ptr().cast(), here.len()) };
-            if p.is_null() {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        setns(target.as_fd(), spec.namespaces)?;
         match &spec.cwd {
-            Some(Cwd::Path(dir)) => chdir(dir.as_c_str())?,
+            None => setns(target.as_fd(), spec.namespaces)?,
+            Some(Cwd::Path(dir)) => {
+                setns(target.as_fd(), spec.namespaces)?;
+                chdir(dir.as_c_str())?;
+            }
             Some(Cwd::Keep) => {
+                // A buffer on the stack: no allocation after fork.
+                let mut here = [0u8; nix::libc::PATH_MAX as usize];
+                // SAFETY: getcwd(3) writes at most `len` bytes, NUL
+                // included, into the buffer, which lives until the chdir.
+                let p = unsafe { nix::libc::getcwd(here.as_mut_ptr().cast(), here.len()) };
+                if p.is_null() {
+                    return Err(std::io::Error::last_os_error());
+                }
+                setns(target.as_fd(), spec.namespaces)?;
                 let dir = std::ffi::CStr::from_bytes_until_nul(&here)
                     .map_err(|_| std::io::Error::from(Errno::ENAMETOOLONG))?;
                 chdir(dir)?;
             }
-            None => {}
         }
         Ok(())
     };

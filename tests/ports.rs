@@ -724,28 +724,9 @@ fn mappings_end_with_the_holder_and_with_remove_on_drop(via: Via) {
 
 /// This test binary, run as a child in the current thread's namespace.
 fn child(ctx: &Ctx, via: Via, action: &str) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_process",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(
-        "PODNET_CHILD_NETNS",
-        format!(
-            "/proc/{}/task/{}/ns/net",
-            std::process::id(),
-            nix::unistd::gettid()
-        ),
-    )
-    .env("PODNET_CHILD_STATE", &ctx.state)
-    .env("PODNET_CHILD_VIA", via.name())
-    .env("PODNET_CHILD_ACTION", action)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    let mut cmd = common::child_command(ctx, action);
+    cmd.env("PODNET_CHILD_VIA", via.name())
+        .stdin(Stdio::piped());
     cmd
 }
 

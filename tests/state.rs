@@ -36,27 +36,8 @@ async fn network_at(state: &Path) -> Network {
 /// This test binary, run as a child doing `action` in the current thread's
 /// namespace with the test's state directory.
 fn child(ctx: &Ctx, action: &str, failpoint: Option<&str>) -> Command {
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "child_process",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(
-        "PODNET_CHILD_NETNS",
-        format!(
-            "/proc/{}/task/{}/ns/net",
-            std::process::id(),
-            nix::unistd::gettid()
-        ),
-    )
-    .env("PODNET_CHILD_STATE", &ctx.state)
-    .env("PODNET_CHILD_ACTION", action)
-    .env_remove("PODNET_FAILPOINT")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    let mut cmd = common::child_command(ctx, action);
+    cmd.env_remove("PODNET_FAILPOINT");
     if let Some(step) = failpoint {
         cmd.env("PODNET_FAILPOINT", step);
     }

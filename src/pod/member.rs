@@ -225,6 +225,24 @@ pub(crate) async fn supervise(
     mut stop: StopRx,
 ) -> ExitStatus {
     let name = spec.name.clone();
+    // Its turn first: init members one after the other, then the rest.
+    let mut changes = shared.changes.subscribe();
+    loop {
+        changes.borrow_and_update();
+        if stop.borrow().is_some() {
+            return shared.finish(index, None);
+        }
+        match shared.snapshot(|st| st.gate(index)) {
+            Some(true) => break,
+            // An init member before it failed for good: it never starts.
+            None => return shared.finish(index, None),
+            Some(false) => {}
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = stopped(&mut stop) => {}
+        }
+    }
     let mut delay = shared.backoff.0;
     loop {
         if stop.borrow().is_some() {
@@ -249,11 +267,7 @@ pub(crate) async fn supervise(
                 let pid = child.id().unwrap_or_default();
                 shared.update(|st, ev| {
                     let m = &mut st.members[index];
-                    // Unless a stop marked it ended while it was starting
-                    // (it is ended again below, at once).
-                    if !matches!(m.state, MemberState::Terminated { .. }) {
-                        m.state = MemberState::Running { pid };
-                    }
+                    m.state = MemberState::Running { pid };
                     m.started = spec.startup.is_none();
                     m.ready = spec.startup.is_none() && spec.readiness.is_none();
                     ev.push(EventKind::Started {

@@ -5,7 +5,8 @@
 //! stream of events. Port mappings from the host namespace to a sandbox
 //! ([`ports`]) also live here.
 //!
-//! One task supervises each member; every change goes through
+//! One future supervises each member (all on one task; each waits for its
+//! turn, see `State::gate`); every change goes through
 //! [`Shared::update`], which recomputes the phase and Ready condition and
 //! appends the events in the order things happened.
 
@@ -122,7 +123,6 @@ struct State {
     /// Init members first, in order, then the others.
     members: Vec<MemberStatus>,
     inits: usize,
-    init_done: bool,
     holder_died: bool,
     /// The holder or the supervisor cannot be followed any more.
     unreadable: bool,
@@ -245,6 +245,20 @@ impl Shared {
 }
 
 impl State {
+    /// Whether member `index` may start: init members one after the
+    /// other, the rest once every init member has succeeded. `Some(false)`:
+    /// not yet; `None`: never (an init member before it failed for good).
+    fn gate(&self, index: usize) -> Option<bool> {
+        for m in &self.members[..index.min(self.inits)] {
+            match m.state {
+                MemberState::Terminated { status } if status.success() => {}
+                MemberState::Terminated { .. } => return None,
+                _ => return Some(false),
+            }
+        }
+        Some(true)
+    }
+
     /// The pod's phase, as Kubernetes defines it.
     fn compute_phase(&self) -> Phase {
         if self.holder_died {
@@ -255,7 +269,7 @@ impl State {
         }
         let (inits, apps) = self.members.split_at(self.inits);
         let failed = |m: &MemberStatus| matches!(m.state, MemberState::Terminated { status } if !status.success());
-        if !self.init_done {
+        if self.gate(self.inits) != Some(true) {
             return if inits.iter().any(failed) {
                 Phase::Failed
             } else {
@@ -724,7 +738,6 @@ impl Pod {
                     .chain(members.iter().map(|m| status(m, false)))
                     .collect(),
                 inits: inits.len(),
-                init_done: inits.is_empty(),
                 holder_died: false,
                 unreadable: false,
                 phase: Phase::Pending,
@@ -746,24 +759,15 @@ impl Pod {
             async move {
                 // Whatever happens to this task, no waiter is left hanging.
                 let _guard = EndGuard(shared.clone());
-                let mut app = Vec::new();
-                for (index, ((spec, init), rx)) in all.into_iter().zip(rxs).enumerate() {
-                    if init {
-                        let status = member::supervise(shared.clone(), index, spec, true, rx).await;
-                        if !status.success() {
-                            // The pod has Failed (or was stopped): the
-                            // others never start.
-                            for i in index + 1..shared.snapshot(|st| st.members.len()) {
-                                shared.finish(i, None);
-                            }
-                            return;
-                        }
-                    } else {
-                        app.push(member::supervise(shared.clone(), index, spec, false, rx));
-                    }
-                }
-                shared.update(|st, _| st.init_done = true);
-                futures::future::join_all(app).await;
+                // Each waits for its turn (State::gate) or a stop.
+                let members =
+                    all.into_iter()
+                        .zip(rxs)
+                        .enumerate()
+                        .map(|(index, ((spec, init), rx))| {
+                            member::supervise(shared.clone(), index, spec, init, rx)
+                        });
+                futures::future::join_all(members).await;
             }
         };
         let run = tokio::spawn(run);
@@ -887,7 +891,7 @@ impl Pod {
                 what: "member",
                 name: name.to_owned(),
             })?;
-        self.request_stop(index);
+        stop(&self.stops[index], KillReason::Stopped);
         self.shared
             .wait_until(|st| matches!(st.members[index].state, MemberState::Terminated { .. }))
             .await;
@@ -898,7 +902,7 @@ impl Pod {
     /// to be restarted; returns once all have ended. The sandbox stays.
     pub async fn stop(&self) {
         for index in 0..self.stops.len() {
-            self.request_stop(index);
+            stop(&self.stops[index], KillReason::Stopped);
         }
         self.shared
             .wait_until(|st| {
@@ -907,18 +911,6 @@ impl Pod {
                     .all(|m| matches!(m.state, MemberState::Terminated { .. }))
             })
             .await;
-    }
-
-    /// Ask member `index` to end. One that will not be started before the
-    /// init members are done (its task is not running yet) ends here.
-    fn request_stop(&self, index: usize) {
-        stop(&self.stops[index], KillReason::Stopped);
-        let waiting = self
-            .shared
-            .snapshot(|st| !st.init_done && st.members[index].state == MemberState::Waiting);
-        if waiting {
-            self.shared.finish(index, None);
-        }
     }
 
     /// Stop the members, then remove the sandbox and the volumes.

@@ -263,3 +263,31 @@ pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
 pub async fn snapshot(nl: &Handle) -> (BTreeSet<String>, BTreeSet<(u32, IpAddr)>) {
     (links(nl).await, addresses(nl).await)
 }
+
+/// This test binary run again as a child: only its ignored test
+/// `child_process`, which joins the calling thread's network namespace
+/// (`PODNET_CHILD_NETNS`) and does `action` with the test's state directory.
+/// stdout is piped, stderr inherited.
+pub fn child_command(ctx: &Ctx, action: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "child_process",
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(
+        "PODNET_CHILD_NETNS",
+        format!(
+            "/proc/{}/task/{}/ns/net",
+            std::process::id(),
+            nix::unistd::gettid()
+        ),
+    )
+    .env("PODNET_CHILD_STATE", &ctx.state)
+    .env("PODNET_CHILD_ACTION", action)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit());
+    cmd
+}
