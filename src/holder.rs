@@ -520,13 +520,31 @@ impl Holder {
 
 /// Wait until the spawner threads have run every job submitted before this
 /// call (with a holder of a cancelled spawn ended). For tests.
+///
+/// A job goes to each running thread's queue by hand: the round-robin turn
+/// is shared by every caller in the process, so N jobs through
+/// [`spawner_submit`] could land twice on one thread and miss another.
 #[cfg(feature = "internals")]
 pub async fn flush_spawner() -> Result<()> {
-    for _ in 0..spawner_threads() {
+    let me = std::process::id();
+    let queues: Vec<mpsc::Sender<Job>> = {
+        let guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+        match guard.as_ref() {
+            Some(s) if s.pid == me => s.queues.clone(),
+            _ => Vec::new(),
+        }
+    };
+    for queue in queues {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        spawner_submit(Box::new(move |_: &mut [u8]| {
-            let _ = tx.send(());
-        }))?;
+        if queue
+            .send(Box::new(move |_: &mut [u8]| {
+                let _ = tx.send(());
+            }))
+            .is_err()
+        {
+            // That thread is gone, and its queue with it.
+            continue;
+        }
         rx.await.map_err(|_| Error::Sys {
             op: "flush holder spawner",
             object: "the spawner thread went away".into(),
