@@ -112,13 +112,16 @@ pub enum Error {
         pool: IpNetwork,
     },
 
-    /// The network's bridge has no port left for another sandbox: a Linux
-    /// bridge takes at most 1,023 ports (`BR_MAX_PORTS`; the kernel answers
-    /// EXFULL). podnet does not shard a network across bridges yet: split the
-    /// sandboxes over several networks.
+    /// A bridge of the network has no port left for another sandbox: a
+    /// Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS`; the kernel
+    /// answers EXFULL). A network spreads its sandboxes over up to 1,024
+    /// bridges by address (1,020 addresses each), so this happens only in a
+    /// pool of more than 1,044,480 addresses (an IPv4 pool wider than a /12,
+    /// or an IPv6 pool) when the live sandboxes of one bridge's addresses,
+    /// `1,020 × 1,024` apart, are more than it holds.
     #[error(
-        "bridge {bridge:?} is full: a Linux bridge takes at most 1023 ports, and podnet does \
-         not yet shard a network across bridges (use several networks)"
+        "bridge {bridge:?} is full: a Linux bridge takes at most 1023 ports, and the addresses \
+         of more than 1022 live sandboxes fall on it"
     )]
     BridgeFull {
         /// The bridge.

@@ -133,7 +133,8 @@ impl Pool {
         }
     }
 
-    fn index_of(&self, addr: IpAddr) -> Option<u128> {
+    /// The index of `addr` in the pool (the network address is 0).
+    pub(crate) fn index_of(&self, addr: IpAddr) -> Option<u128> {
         match (self.net, addr) {
             (IpNetwork::V4(n), IpAddr::V4(a)) if n.contains(a) => {
                 Some(u128::from(u32::from(a) - u32::from(n.network())))

@@ -130,11 +130,18 @@ fn bridge_mac(name: &str) -> Vec<u8> {
 
 /// Make sure bridge `name` exists and is up; return its index and whether
 /// it was made now. A bridge that exists already is reused; a non-bridge of
-/// that name is refused.
-pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> Result<(u32, bool)> {
+/// that name is refused. With an `alias`, the bridge is made with that
+/// `IFLA_IFALIAS`, and an existing one is reused only if it carries it (a
+/// shard of a network is recognised by its alias).
+pub(crate) async fn ensure_bridge(
+    h: &Handle,
+    name: &str,
+    alias: Option<&str>,
+    mtu: Option<u32>,
+) -> Result<(u32, bool)> {
     if let Some(link) = get_link(h, name).await? {
         return match link_kind(&link) {
-            Some(InfoKind::Bridge) => {
+            Some(InfoKind::Bridge) if alias.is_none_or(|a| link_alias(&link) == Some(a)) => {
                 if !link.header.flags.contains(LinkFlags::Up) {
                     h.link()
                         .set(LinkUnspec::new_with_index(link.header.index).up().build())
@@ -144,6 +151,10 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
                 }
                 Ok((link.header.index, false))
             }
+            Some(InfoKind::Bridge) => Err(Error::AlreadyExists {
+                what: "link",
+                name: name.to_owned(),
+            }),
             kind => Err(Error::NotABridge {
                 name: name.to_owned(),
                 kind: kind.map_or_else(
@@ -161,18 +172,118 @@ pub(crate) async fn ensure_bridge(h: &Handle, name: &str, mtu: Option<u32>) -> R
         Ok(()) => {}
         // Made by someone else meanwhile: check it like any existing link.
         Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == Errno::EEXIST as i32 => {
-            return Box::pin(ensure_bridge(h, name, mtu)).await;
+            return Box::pin(ensure_bridge(h, name, alias, mtu)).await;
         }
         Err(e) => return Err(nl_err("create bridge", name, e)),
     }
-    match get_link(h, name).await? {
-        Some(link) => Ok((link.header.index, true)),
-        None => Err(Error::Netlink {
-            op: "get link",
-            object: name.to_owned(),
-            errno: Errno::ENODEV,
-        }),
+    let index = match get_link(h, name).await? {
+        Some(link) => link.header.index,
+        None => {
+            return Err(Error::Netlink {
+                op: "get link",
+                object: name.to_owned(),
+                errno: Errno::ENODEV,
+            })
+        }
+    };
+    // The kernel takes IFLA_IFALIAS only when changing a link, not with
+    // RTM_NEWLINK's creation.
+    if let Some(alias) = alias {
+        let set = LinkUnspec::new_with_index(index).alias(alias).build();
+        if let Err(e) = h.link().set(set).execute().await {
+            let _ = delete_link(h, name, "").await;
+            return Err(nl_err("set alias of bridge", name, e));
+        }
     }
+    Ok((index, true))
+}
+
+fn link_alias(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// The bridges of this namespace whose alias starts with `prefix`: index,
+/// name and alias of each, from one dump filtered by kind in the kernel.
+pub(crate) async fn bridges_with_alias(
+    h: &Handle,
+    prefix: &str,
+) -> Result<Vec<(u32, String, String)>> {
+    let mut req = h.link().get();
+    req.message_mut()
+        .attributes
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
+    let links: Vec<LinkMessage> = req
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list bridges", prefix, e))?;
+    Ok(links
+        .iter()
+        .filter(|l| link_kind(l) == Some(&InfoKind::Bridge))
+        .filter_map(|l| {
+            let alias = link_alias(l).filter(|a| a.starts_with(prefix))?;
+            let name = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.clone()),
+                _ => None,
+            })?;
+            Some((l.header.index, name, alias.to_owned()))
+        })
+        .collect())
+}
+
+/// A veth pair joining two bridges into one segment (a trunk between a
+/// shard of a network and its parent).
+#[derive(Debug)]
+pub(crate) struct Trunk<'a> {
+    /// The end on the parent's bridge, and that bridge's index.
+    pub parent_end: &'a str,
+    pub parent: u32,
+    /// The end on the shard's bridge, and that bridge's index.
+    pub shard_end: &'a str,
+    pub shard: u32,
+    pub mtu: Option<u32>,
+}
+
+/// Make sure the trunk exists with both ends enslaved and up. Idempotent:
+/// the pair is made if its parent end is missing, then the shard end is
+/// (again) enslaved and set up, which also mends a pair whose maker died
+/// between the two requests.
+pub(crate) async fn ensure_trunk(h: &Handle, t: &Trunk<'_>) -> Result<()> {
+    let object = || format!("trunk {}/{}", t.parent_end, t.shard_end);
+    if get_link(h, t.parent_end).await?.is_none() {
+        let mut peer = LinkUnspec::new_with_name(t.shard_end);
+        let mut end = LinkVeth::new(t.parent_end, t.shard_end)
+            .controller(t.parent)
+            .up();
+        if let Some(mtu) = t.mtu {
+            peer = peer.mtu(mtu);
+            end = end.mtu(mtu);
+        }
+        let msg = LinkMessageBuilder::<LinkVeth>::set_info_data(
+            end,
+            InfoData::Veth(InfoVeth::Peer(peer.build())),
+        )
+        .build();
+        match h.link().add(msg).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == Errno::EEXIST as i32 => {}
+            Err(e) => return Err(nl_err("create veth", &object(), e)),
+        }
+    }
+    let set = LinkUnspec::new_with_name(t.shard_end)
+        .controller(t.shard)
+        .up()
+        .build();
+    h.link()
+        .set(set)
+        .execute()
+        .await
+        .map_err(|e| nl_err("enslave and set up", &object(), e))
 }
 
 /// Add `addr/prefix` to link `index` unless it is there already. IPv6

@@ -22,6 +22,8 @@ use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
+mod shard;
+
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
 pub(crate) const IFNAMSIZ_MAX: usize = 15;
 
@@ -71,6 +73,8 @@ pub(crate) struct NetInner {
     pub ports: crate::pod::ports::Slot,
     /// Kernel or userspace forwarding of published ports.
     pub port_forwarding: PortForwarding,
+    /// Bridge indexes of the shards (`k > 0`) this process has seen made.
+    pub shards: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
 }
 
 impl NetInner {
@@ -316,6 +320,8 @@ impl Network {
                 nft.delete_table()
             })
             .await?;
+        // The shards are podnet's, whoever made the network's bridge.
+        inner.remove_shards().await?;
         // A bridge that was there before podnet came is left as it was found.
         if inner.store.bridge_is_ours() {
             let object = format!("bridge {:?}", inner.bridge);
@@ -513,20 +519,23 @@ impl Network {
                 }
             }
         }
-        // Host ends of veths on our bridge that no live sandbox claims.
+        // Host ends of veths on the network's bridges that no live sandbox
+        // claims.
         let suffix = format!("-{}", inner.tag);
-        for port in link::bridge_ports(&inner.conn.handle, inner.bridge_index).await? {
-            let Some(name) = port.strip_suffix(&suffix) else {
-                continue;
-            };
-            if keep.contains_key(name) || report.links.contains(&port) {
-                continue;
-            }
-            let object = format!("veth {port} of no live sandbox");
-            match link::delete_link(&inner.conn.handle, &port, &object).await {
-                Ok(true) => report.links.push(port),
-                Ok(false) => {}
-                Err(e) => errors.push(e),
+        for (_, index, _) in inner.all_bridges().await? {
+            for port in link::bridge_ports(&inner.conn.handle, index).await? {
+                let Some(name) = port.strip_suffix(&suffix) else {
+                    continue;
+                };
+                if keep.contains_key(name) || report.links.contains(&port) {
+                    continue;
+                }
+                let object = format!("veth {port} of no live sandbox");
+                match link::delete_link(&inner.conn.handle, &port, &object).await {
+                    Ok(true) => report.links.push(port),
+                    Ok(false) => {}
+                    Err(e) => errors.push(e),
+                }
             }
         }
         // Kernel port-mapping rules of sandboxes without a live record, or
@@ -658,7 +667,7 @@ impl NetworkBuilder {
         let conn = link::connect()?;
         let nl = link::Nl::here().map_err(|e| Error::io("open netlink socket", "", e))?;
         let (bridge_index, created) =
-            link::ensure_bridge(&conn.handle, &self.bridge, self.mtu).await?;
+            link::ensure_bridge(&conn.handle, &self.bridge, None, self.mtu).await?;
         let object = format!("bridge {:?}", self.bridge);
         let rest = async {
             for pool in v4.iter().chain(v6.iter()) {
@@ -701,6 +710,7 @@ impl NetworkBuilder {
                 host_ns,
                 ports: Default::default(),
                 port_forwarding: self.port_forwarding,
+                shards: Default::default(),
             }),
         })
     }

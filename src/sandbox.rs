@@ -377,6 +377,14 @@ impl SandboxBuilder {
                 IpAddr::V4(_) => None,
             };
         }
+        // The bridge of the sandbox's shard, made under the lock if it is
+        // the shard's first sandbox.
+        let shard = record
+            .ipv4
+            .map(IpAddr::V4)
+            .or(record.ipv6.map(IpAddr::V6))
+            .map_or(0, |a| net.shard_of(a));
+        let (bridge, bridge_name) = net.shard_bridge(shard).await?;
         // The record is not rewritten here: if this process dies before its
         // `done=` line is written, gc releases reservations that no live
         // record owns, kills holders by their argv and deletes the veth the
@@ -394,8 +402,8 @@ impl SandboxBuilder {
 
         let veth = Veth {
             host: &record.veth,
-            bridge: net.bridge_index,
-            bridge_name: &net.bridge,
+            bridge,
+            bridge_name: &bridge_name,
             holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
             mtu: self.mtu.or(net.mtu),
             sandbox: name,
@@ -407,10 +415,9 @@ impl SandboxBuilder {
             // from an earlier sandbox whose namespace the kernel is still
             // tearing down (or a crash). Take it out of the way once.
             Err(Error::AlreadyExists { what: "link", .. })
-                if link::master_of(&net.conn.handle, &record.veth).await?
-                    == Some(net.bridge_index) =>
+                if link::master_of(&net.conn.handle, &record.veth).await? == Some(bridge) =>
             {
-                let object = format!("leftover veth {} on bridge {:?}", record.veth, net.bridge);
+                let object = format!("leftover veth {} on bridge {bridge_name:?}", record.veth);
                 link::delete_link(&net.conn.handle, &record.veth, &object).await?;
                 link::create_veth(&mut *net.host_nl()?, &veth)?
             }

@@ -719,3 +719,105 @@ fn holders() -> HashSet<u32> {
         .map(|(pid, _)| pid as u32)
         .collect()
 }
+
+#[test]
+fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
+    in_netns(|ctx| async move {
+        let before = snapshot(&ctx.nl).await;
+        let net = network(&ctx, "pn0").await;
+        // The address decides the bridge: 1,020 addresses a shard, the
+        // first on the network's own bridge; shard k hangs on (k - 1) / 2.
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a = net.sandbox("a").create().await.unwrap();
+        // Address 1,030 of the pool: shard 1.
+        let b = net.sandbox("b").ip(ip("10.88.4.6")).create();
+        let b = b.await.unwrap();
+        // Address 5,200: shard 5, whose parent 2 is made with it.
+        let c = net.sandbox("c").ip(ip("10.88.20.80")).create();
+        let c = c.await.unwrap();
+        let set = |names: &[&str]| -> std::collections::BTreeSet<String> {
+            names.iter().map(|n| (*n).to_owned()).collect()
+        };
+        assert_eq!(
+            ports(&ctx.nl, "pn0").await,
+            set(&[a.host_interface(), "pn0.1p", "pn0.2p"])
+        );
+        assert_eq!(
+            ports(&ctx.nl, "pn0.1").await,
+            set(&[b.host_interface(), "pn0.1s"])
+        );
+        assert_eq!(ports(&ctx.nl, "pn0.2").await, set(&["pn0.2s", "pn0.5p"]));
+        assert_eq!(
+            ports(&ctx.nl, "pn0.5").await,
+            set(&[c.host_interface(), "pn0.5s"])
+        );
+        // Every pod reaches every other by address, across shards.
+        let pods = [&a, &b, &c];
+        for (i, to) in pods.iter().enumerate() {
+            for (j, from) in pods.iter().enumerate() {
+                if i == j {
+                    continue;
+                }
+                let l = to
+                    .run(|| TcpListener::bind("0.0.0.0:9000"))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                let got = serve_once(l);
+                let msg = format!("{}-to-{}", from.name(), to.name());
+                assert!(
+                    send_from(from, &to.ip().to_string(), 9000, &msg).await,
+                    "{msg}"
+                );
+                assert_eq!(got.join().unwrap(), msg);
+            }
+        }
+        // The host reaches a pod of a shard (through the gateway's bridge).
+        let l = c
+            .run(|| TcpListener::bind("0.0.0.0:9001"))
+            .await
+            .unwrap()
+            .unwrap();
+        let got = serve_once(l);
+        let mut s = TcpStream::connect((c.ip(), 9001)).unwrap();
+        s.write_all(b"host").unwrap();
+        drop(s);
+        assert_eq!(got.join().unwrap(), "host");
+        // Concurrent creates in a shard that does not exist yet (3, from
+        // address 3,072) make it once, hung on shard 1.
+        let many: Vec<_> = join_all((2..22).map(|i| {
+            net.sandbox(format!("m{i}"))
+                .ip(ip(&format!("10.88.12.{i}")))
+                .create()
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .expect("20 creates in shard 3");
+        assert_eq!(ports(&ctx.nl, "pn0.3").await.len(), 21);
+        assert!(ports(&ctx.nl, "pn0.1").await.contains("pn0.3p"));
+        // gc deletes a veth of no sandbox on a shard's bridge.
+        let tag = a.host_interface().trim_start_matches("a-").to_owned();
+        let stray = format!("zz-{tag}");
+        let shard5 = common::link_index(&ctx.nl, "pn0.5").await.unwrap();
+        ctx.nl
+            .link()
+            .add(
+                rtnetlink::LinkVeth::new(&stray, "zzpeer")
+                    .controller(shard5)
+                    .build(),
+            )
+            .execute()
+            .await
+            .unwrap();
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.links, vec![stray]);
+        for p in many.iter().chain([&a, &b, &c]) {
+            p.remove().await.unwrap();
+        }
+        assert_eq!(ports(&ctx.nl, "pn0.3").await, set(&["pn0.3s"]));
+        // Removing the network takes its shards and trunks with it.
+        net.remove().await.unwrap();
+        assert_eq!(snapshot(&ctx.nl).await, before);
+    });
+}

@@ -221,17 +221,23 @@ pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
         .expect("link has an address")
 }
 
+/// The index of link `name`, if there is one.
+pub async fn link_index(nl: &Handle, name: &str) -> Option<u32> {
+    dump_links(nl)
+        .await
+        .iter()
+        .find(|l| link_name(l) == name)
+        .map(|l| l.header.index)
+}
+
 /// Names of the ports of bridge `bridge`.
 pub async fn ports(nl: &Handle, bridge: &str) -> BTreeSet<String> {
-    let all = dump_links(nl).await;
-    let Some(index) = all
-        .iter()
-        .find(|l| link_name(l) == bridge)
-        .map(|l| l.header.index)
-    else {
+    let Some(index) = link_index(nl, bridge).await else {
         return BTreeSet::new();
     };
-    all.iter()
+    dump_links(nl)
+        .await
+        .iter()
         .filter(|l| l.attributes.contains(&LinkAttribute::Controller(index)))
         .map(link_name)
         .collect()
