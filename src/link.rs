@@ -16,10 +16,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
+use nix::libc;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
 };
@@ -337,7 +339,7 @@ pub(crate) struct Veth<'a> {
 /// the peer's index.
 pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
     let mut peer = LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid);
-    let mut host = LinkVeth::new(v.host, ETH0).controller(v.bridge).up();
+    let mut host = LinkVeth::new(v.host, ETH0).controller(v.bridge);
     if let Some(mtu) = v.mtu {
         peer = peer.mtu(mtu);
         host = host.mtu(mtu);
@@ -348,14 +350,27 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
     )
     .build();
     let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
-    let answer = nl
-        .batch(vec![(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-        )])
-        .map_err(|e| io_nl_err("create veth", &object(), e))?
-        .pop()
-        .unwrap_or(Err(Errno::EIO));
+    // The host end, a bridge port, needs no IPv6 address: it is set up
+    // with address generation off (which RTM_NEWLINK does not take), in the
+    // same sendmsg, so it floods no DAD, MLD or router solicitation.
+    let answers = nl
+        .batch(vec![
+            (
+                RouteNetlinkMessage::NewLink(msg),
+                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            ),
+            (no_ipv6_addresses(LinkUnspec::new_with_name(v.host).up()), 0),
+        ])
+        .map_err(|e| io_nl_err("create veth", &object(), e))?;
+    let mut answers = answers.into_iter();
+    let answer = answers.next().unwrap_or(Err(Errno::EIO));
+    if answer.is_ok() {
+        if let Some(Err(errno)) = answers.next() {
+            // Made but not up: take it back (its peer goes with it).
+            let _ = delete_link_blocking(nl, v.host, "");
+            return Err(errno_err("set up", &object(), errno));
+        }
+    }
     match answer {
         Ok(echo) => Ok(echo.iter().find_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
@@ -374,6 +389,50 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
         }),
         Err(errno) => Err(errno_err("create veth", &object(), errno)),
     }
+}
+
+/// A `RTM_SETLINK` of `link` that turns IPv6 address generation off
+/// (`IN6_ADDR_GEN_MODE_NONE`): no link-local address, so no duplicate
+/// address detection, MLD report or router solicitation when it comes up.
+fn no_ipv6_addresses(link: LinkMessageBuilder<LinkUnspec>) -> RouteNetlinkMessage {
+    let mut msg = link.build();
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    RouteNetlinkMessage::SetLink(msg)
+}
+
+/// Turn GRO on for link `name` of `nl`'s namespace (`SIOCETHTOOL`,
+/// `ETHTOOL_SGRO`, on the netlink socket: the ioctl goes to the socket's
+/// namespace). On a veth this makes its receive side a NAPI queue.
+fn enable_gro(nl: &Nl, name: &str) -> std::result::Result<(), Errno> {
+    use std::os::fd::AsRawFd;
+    /// `struct ethtool_value`.
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_SGRO: u32 = 0x2c;
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_SGRO,
+        data: 1,
+    };
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= ifr.ifr_name.len() {
+        return Err(Errno::EINVAL);
+    }
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points
+    // to, both alive for the call.
+    let rc = unsafe { libc::ioctl(nl.sock.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
+    Errno::result(rc).map(drop)
 }
 
 /// The index of the bridge link `name` is enslaved to, if any.
@@ -458,14 +517,26 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
                 .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?
         }
     };
+    // Frames flooded by the bridges to every port (ARP requests, for one)
+    // reach eth0 through its NAPI queue, not the CPU's backlog, which drops
+    // what exceeds net.core.netdev_max_backlog (1,000) of one flood: past
+    // ~1,000 ports, ARP would reach only some sandboxes.
+    enable_gro(nl, ETH0)
+        .map_err(|errno| errno_err("enable GRO (NAPI receive) on", &eth0_obj(), errno))?;
     let up = |i: u32| RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(i).up().build());
     let create = NLM_F_CREATE | NLM_F_EXCL;
     // What each request is, for errors: (op, object, EEXIST is fine).
-    let mut what: Vec<(&'static str, String, bool)> = vec![
-        ("set up", format!("lo in sandbox {s:?}"), false),
-        ("set up", eth0_obj(), false),
-    ];
-    let mut reqs = vec![(up(LO_INDEX), 0), (up(index), 0)];
+    let mut what: Vec<(&'static str, String, bool)> =
+        vec![("set up", format!("lo in sandbox {s:?}"), false)];
+    let mut reqs = vec![(up(LO_INDEX), 0)];
+    if cfg.ipv6.is_none() {
+        // No IPv6 pool: no link-local address either, so eth0 coming up
+        // floods no DAD, MLD or router solicitation to every port.
+        reqs.push((no_ipv6_addresses(LinkUnspec::new_with_index(index)), 0));
+        what.push(("stop IPv6 address generation on", eth0_obj(), false));
+    }
+    reqs.push((up(index), 0));
+    what.push(("set up", eth0_obj(), false));
     let mut add = |addr: IpAddr, prefix: u8, gw: IpAddr| {
         let mut a = match addr {
             IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()

@@ -821,3 +821,56 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
         assert_eq!(snapshot(&ctx.nl).await, before);
     });
 }
+
+/// Whether GRO is on for `name` in this thread's namespace (`ETHTOOL_GGRO`).
+fn gro_on(name: &str) -> bool {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut value = EthtoolValue { cmd: 0x2b, data: 0 };
+    // SAFETY: plain data; zeroes are valid.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: the ifreq and the value it points to outlive the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), 0x8946, &mut ifr) };
+    assert_eq!(rc, 0, "ETHTOOL_GGRO {name}");
+    value.data != 0
+}
+
+/// Interfaces with an IPv6 address in this thread's namespace (not
+/// `/proc/net`, which is the main thread's).
+fn ipv6_interfaces() -> HashSet<String> {
+    std::fs::read_to_string("/proc/thread-self/net/if_inet6")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().last().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn ports_flood_nothing_of_ipv6_and_pods_receive_floods_by_napi() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("a").create().await.unwrap();
+        // GRO on eth0 puts the veth's receive side on a NAPI queue: a flood
+        // to many ports is not cut at the CPU backlog's 1,000 packets.
+        assert!(pod.run(|| gro_on("eth0")).await.unwrap());
+        // IPv4 only: neither end of the veth has an IPv6 address (so no
+        // DAD, MLD or router solicitation floods the bridge).
+        let inside = pod.run(ipv6_interfaces).await.unwrap();
+        assert!(!inside.contains("eth0"), "{inside:?}");
+        // The host end came up after its address generation was turned off.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ipv6_interfaces().contains(pod.host_interface()));
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
