@@ -238,6 +238,7 @@ impl Record {
         };
         let (mut name, mut id, mut creator, mut holder) = (None, None, None, None);
         let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
+        let mut done_seen = false;
         for line in text.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -249,6 +250,16 @@ impl Record {
                 "creator" => creator = Some(ident(v).ok_or_else(bad)?),
                 "holder" => holder = Some(ident(v).ok_or_else(bad)?),
                 "done" => {
+                    // Fixed-width and last: shorter is a record cut short
+                    // (a line being filled in place keeps its width).
+                    if v.len() != DONE_WIDTH {
+                        return Err(corrupt(format!(
+                            "its done line is {} characters wide, not {DONE_WIDTH}: \
+                             the record is cut short",
+                            v.len()
+                        )));
+                    }
+                    done_seen = true;
                     let done = parse_done(v).map_err(|torn| match torn {
                         true => Error::StateCorrupt {
                             path: path.to_owned(),
@@ -276,6 +287,20 @@ impl Record {
         }
         let missing = |k: &str| corrupt(format!("{k} is missing"));
         let name = name.ok_or_else(|| missing("name"))?;
+        // `encode` always ends with the done line: without it, or without
+        // its newline, the record was cut short, and must not be read as a
+        // sandbox that is still being made (gc would reclaim it once its
+        // creator is gone, live holder and all).
+        if !done_seen {
+            return Err(corrupt(
+                "its done= line is missing: the record is cut short".into(),
+            ));
+        }
+        if !text.ends_with('\n') {
+            return Err(corrupt(
+                "its last line has no newline: the record is cut short".into(),
+            ));
+        }
         // A record steers gc to a veth and addresses: it must be the record
         // of the file it is in.
         if path.file_name().and_then(|f| f.to_str()) != Some(name.as_str()) {
@@ -964,10 +989,17 @@ mod tests {
             assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
             assert!(err.to_string().contains("/x/sandbox/web"));
         }
-        // Truncation anywhere never panics.
-        let text = rec.encode();
-        for cut in 0..text.len() {
-            let _ = Record::decode(&text[..cut], p);
+        // Cut anywhere, done or not: corrupt, never a panic nor a record.
+        let undone = Record {
+            holder: None,
+            ..rec.clone()
+        };
+        assert_eq!(Record::decode(&undone.encode(), p).unwrap(), undone);
+        for text in [rec.encode(), undone.encode()] {
+            for cut in 0..text.len() {
+                let err = Record::decode(&text[..cut], p).unwrap_err();
+                assert!(matches!(err, Error::StateCorrupt { .. }), "{cut}: {err}");
+            }
         }
     }
 

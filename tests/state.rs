@@ -476,3 +476,109 @@ fn gc_racing_creates_leaves_them_whole() {
         net.remove().await.unwrap();
     });
 }
+
+/// The record of sandbox `name` in the test's store.
+fn record_path(ctx: &Ctx, name: &str) -> std::path::PathBuf {
+    files_under(&ctx.state)
+        .into_iter()
+        .find(|f| f.ends_with(Path::new("sandbox").join(name)))
+        .unwrap_or_else(|| panic!("no record of {name:?}"))
+}
+
+/// The reservation file of `ip` in the test's store.
+fn reservation_path(ctx: &Ctx, ip: &str) -> std::path::PathBuf {
+    files_under(&ctx.state)
+        .into_iter()
+        .find(|f| f.ends_with(Path::new("addr").join(ip)))
+        .unwrap_or_else(|| panic!("no reservation of {ip}"))
+}
+
+/// Whether holder `pid` of sandbox `name` of this test's network runs.
+fn holder_runs(name: &str, pid: u32) -> bool {
+    let key = format!("{}{BRIDGE}", common::network_key_prefix());
+    common::holders_of(&key)
+        .into_iter()
+        .any(|(p, n)| n == name && p as u32 == pid)
+}
+
+/// `open_sandbox`, `sandboxes` and `gc` all see sandbox `name`'s record as
+/// the corrupt file `record`, and gc reclaims nothing; `what` names the case.
+async fn assert_refused_everywhere(net: &Network, name: &str, record: &Path, what: &str) -> Error {
+    let err = net.open_sandbox(name).await.unwrap_err();
+    assert!(
+        matches!(err, Error::StateCorrupt { ref path, .. } if path == record),
+        "{what}: open_sandbox: {err}"
+    );
+    let listed = net.sandboxes().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.name == name && s.phase == Phase::Unknown),
+        "{what}: {listed:?}"
+    );
+    let report = net.gc().await.unwrap_or_else(|e| panic!("{what}: gc: {e}"));
+    assert_eq!(report.corrupt, [record.to_owned()], "{what}");
+    assert!(
+        report.is_empty(),
+        "{what}: gc must not reclaim what it cannot read: {report:?}"
+    );
+    err
+}
+
+#[test]
+fn a_record_cut_short_anywhere_is_corrupt_and_gc_leaves_its_live_sandbox_whole() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // Persistent, made by a process that has exited: a cut record read
+        // as a half-made sandbox would be Dead to gc (no holder, creator
+        // gone), which would delete its veth, release its address and kill
+        // its holder.
+        let out = child(&ctx, "create kept persistent", None)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (holder, ip) = parse(&String::from_utf8_lossy(&out.stdout));
+        let veth = net
+            .open_sandbox("kept")
+            .await
+            .unwrap()
+            .host_interface()
+            .to_owned();
+        let record = record_path(&ctx, "kept");
+        let reservation = reservation_path(&ctx, &ip);
+        let full = std::fs::read(&record).unwrap();
+        assert!(full.ends_with(b"\n") && full.windows(6).any(|w| w == b"\ndone="));
+        // Every strict prefix: each line boundary, and inside every line
+        // (the done line's padding included).
+        for cut in 0..full.len() {
+            let tail = String::from_utf8_lossy(&full[..cut]);
+            let what = format!(
+                "cut at byte {cut} of {}, after {:?}",
+                full.len(),
+                tail.rsplit('\n').next().unwrap_or_default()
+            );
+            std::fs::write(&record, &full[..cut]).unwrap();
+            let err = assert_refused_everywhere(&net, "kept", &record, &what).await;
+            assert!(
+                err.to_string().contains(&*record.to_string_lossy()),
+                "{err}"
+            );
+            // The live sandbox is untouched.
+            assert!(holder_runs("kept", holder), "{what}: its holder was killed");
+            assert!(
+                ports(&ctx.nl, BRIDGE).await.contains(&veth),
+                "{what}: its veth was deleted"
+            );
+            assert!(
+                std::fs::symlink_metadata(&reservation).is_ok(),
+                "{what}: its address was released"
+            );
+        }
+        std::fs::write(&record, &full).unwrap();
+        let pod = net.open_sandbox("kept").await.unwrap();
+        assert_eq!((pod.holder_pid(), pod.phase()), (holder, Phase::Running));
+        assert!(net.gc().await.unwrap().is_empty());
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
