@@ -224,7 +224,9 @@ impl Record {
         s
     }
 
-    fn decode(text: &str, path: &Path) -> Result<Record> {
+    /// Parse a record of the store of network (bridge) `network`, whose
+    /// host-side interface names end with `-<tag>`; `path` is its file.
+    fn decode(text: &str, path: &Path, network: &str, tag: &str) -> Result<Record> {
         let corrupt = |reason: String| Error::StateCorrupt {
             path: path.to_owned(),
             reason,
@@ -308,6 +310,21 @@ impl Record {
                 "it names sandbox {name:?}, not its file's"
             )));
         }
+        if let Err(e) = crate::sandbox::validate_name(&name) {
+            return Err(corrupt(format!(
+                "its file's name is not a sandbox name: {e}"
+            )));
+        }
+        // gc and remove() delete the interface of this name: it must be
+        // the sandbox's own host end, never the bridge or another link.
+        let veth = veth.ok_or_else(|| missing("veth"))?;
+        let own = format!("{name}-{tag}");
+        if veth != own || veth == network {
+            return Err(corrupt(format!(
+                "its veth {veth:?} is not {own:?}, the host end of sandbox {name:?} \
+                 on network {network:?}"
+            )));
+        }
         Ok(Record {
             name,
             id: id.ok_or_else(|| missing("id"))?,
@@ -315,7 +332,7 @@ impl Record {
             holder,
             ipv4,
             ipv6,
-            veth: veth.ok_or_else(|| missing("veth"))?,
+            veth,
             persistent: persistent.ok_or_else(|| missing("persistent"))?,
         })
     }
@@ -478,6 +495,9 @@ fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
 pub(crate) struct Store {
     dir: PathBuf,
     network: String,
+    /// The network's tag (see `NetInner::tag`): its sandboxes' host-side
+    /// veths are `<name>-<tag>`, which records are checked against.
+    tag: String,
     /// The cursor files (`next-v4`, `next-v6`), opened once: read and
     /// written with one `pread`/`pwrite` each, only under the lock.
     cursors: [std::sync::OnceLock<File>; 2],
@@ -504,6 +524,7 @@ impl Store {
         Ok(Store {
             dir,
             network: network.to_owned(),
+            tag: crate::network::tag(network),
             cursors: Default::default(),
         })
     }
@@ -617,7 +638,7 @@ impl Store {
             path: path.clone(),
             reason: "it is not UTF-8 text".into(),
         })?;
-        Record::decode(&text, &path).map(Some)
+        Record::decode(&text, &path, &self.network, &self.tag).map(Some)
     }
 
     /// Remove the record of `name` if it is still the one with `id` (not a
@@ -934,7 +955,7 @@ mod tests {
             holder: None,
             ipv4: None,
             ipv6: None,
-            veth: "a-xx".into(),
+            veth: format!("a-{}", crate::network::tag("br0")),
             persistent,
         }
     }
@@ -983,21 +1004,45 @@ mod tests {
             persistent: false,
         };
         let p = Path::new("/x/sandbox/web");
-        assert_eq!(Record::decode(&rec.encode(), p).unwrap(), rec);
+        assert_eq!(Record::decode(&rec.encode(), p, "br0", "k3").unwrap(), rec);
         for bad in ["", "garbage", "name=web\ncreator=x\n", "\u{0}\u{1}=\n"] {
-            let err = Record::decode(bad, p).unwrap_err();
+            let err = Record::decode(bad, p, "br0", "k3").unwrap_err();
             assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
             assert!(err.to_string().contains("/x/sandbox/web"));
         }
+        // A veth that is not the sandbox's own host end: gc and remove()
+        // would delete it.
+        for veth in ["br0", "eth0", "web-k4", "api-k3", "web-k3x"] {
+            let bad = Record {
+                veth: veth.into(),
+                ..rec.clone()
+            };
+            let err = Record::decode(&bad.encode(), p, "br0", "k3").unwrap_err();
+            assert!(
+                matches!(&err, Error::StateCorrupt { reason, .. } if reason.contains("veth")),
+                "{veth}: {err}"
+            );
+        }
+        // Nor may a record's file be named what no sandbox can be.
+        let bad = Record {
+            name: "Web".into(),
+            veth: "Web-k3".into(),
+            ..rec.clone()
+        };
+        let err = Record::decode(&bad.encode(), Path::new("/x/sandbox/Web"), "br0", "k3");
+        assert!(matches!(err, Err(Error::StateCorrupt { .. })), "{err:?}");
         // Cut anywhere, done or not: corrupt, never a panic nor a record.
         let undone = Record {
             holder: None,
             ..rec.clone()
         };
-        assert_eq!(Record::decode(&undone.encode(), p).unwrap(), undone);
+        assert_eq!(
+            Record::decode(&undone.encode(), p, "br0", "k3").unwrap(),
+            undone
+        );
         for text in [rec.encode(), undone.encode()] {
             for cut in 0..text.len() {
-                let err = Record::decode(&text[..cut], p).unwrap_err();
+                let err = Record::decode(&text[..cut], p, "br0", "k3").unwrap_err();
                 assert!(matches!(err, Error::StateCorrupt { .. }), "{cut}: {err}");
             }
         }

@@ -582,3 +582,61 @@ fn a_record_cut_short_anywhere_is_corrupt_and_gc_leaves_its_live_sandbox_whole()
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn a_record_whose_veth_is_not_its_own_is_corrupt_and_gc_deletes_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let other = net.sandbox("other").create().await.unwrap();
+        let pod = net.sandbox("web").persistent(true).create().await.unwrap();
+        let record = record_path(&ctx, "web");
+        let full = std::fs::read_to_string(&record).unwrap();
+        let line = format!("\nveth={}\n", pod.host_interface());
+        assert!(full.contains(&line), "{full}");
+        // The done line's check covers only what that line says (holder and
+        // addresses), so an edited veth= line passes it: only a check of
+        // the veth name itself can catch this.
+        let targets = [BRIDGE, other.host_interface(), "lo", "eth0"];
+        let damage = |target: &str| {
+            std::fs::write(&record, full.replace(&line, &format!("\nveth={target}\n"))).unwrap();
+        };
+        let links_before = common::links(&ctx.nl).await;
+        // Live: a handle opened from the damaged record would delete that
+        // interface on remove().
+        for target in targets {
+            damage(target);
+            let what = format!("live, veth={target}");
+            let err = assert_refused_everywhere(&net, "web", &record, &what).await;
+            assert!(err.to_string().contains("veth"), "{what}: {err}");
+            assert_eq!(common::links(&ctx.nl).await, links_before, "{what}");
+        }
+        // Dead holder: gc's branch for dead sandboxes deletes the veth the
+        // record names.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pod.holder_pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(pod.wait().await, Phase::Failed);
+        for target in targets {
+            damage(target);
+            let what = format!("dead, veth={target}");
+            assert_refused_everywhere(&net, "web", &record, &what).await;
+            let links = common::links(&ctx.nl).await;
+            assert!(links.contains(BRIDGE), "{what}: the bridge was deleted");
+            assert!(
+                links.contains(other.host_interface()),
+                "{what}: another sandbox's veth was deleted"
+            );
+            assert!(links.contains("lo"), "{what}");
+        }
+        // Repaired, the record is reclaimed as any dead one.
+        std::fs::write(&record, &full).unwrap();
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["web"], "{report:?}");
+        assert_eq!(other.phase(), Phase::Running);
+        pod.remove().await.unwrap();
+        other.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
