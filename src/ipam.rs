@@ -616,9 +616,11 @@ impl Store {
 
     fn read_record_once(&self, name: &str) -> Result<Option<Record>> {
         let path = self.record_path(name);
+        // O_NONBLOCK: a FIFO put in its place must not hang the open (it
+        // is then refused below, as not a regular file).
         let f = match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(f) => f,
@@ -631,6 +633,25 @@ impl Store {
             }
             Err(e) => return Err(io_err("open state file", &path, e)),
         };
+        // What was opened, not what the path names now: a record steers gc
+        // to links, addresses and processes, so only our own is believed.
+        let meta = f
+            .metadata()
+            .map_err(|e| io_err("inspect state file", &path, e))?;
+        let refuse = |reason: String| Error::StateCorrupt {
+            path: path.clone(),
+            reason: format!("refusing it: {reason}"),
+        };
+        if !meta.file_type().is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        let me = geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(refuse(format!(
+                "it belongs to uid {}, not to uid {me} (us)",
+                meta.uid()
+            )));
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut &f, &mut bytes)
             .map_err(|e| io_err("read state file", &path, e))?;
@@ -1195,6 +1216,17 @@ mod tests {
             store.read_record("evil"),
             Err(Error::StateCorrupt { .. })
         ));
+        // Nor is a FIFO waited on.
+        nix::unistd::mkfifo(
+            &store.dir().join("sandbox/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = store.read_record("fifo").unwrap_err();
+        assert!(
+            matches!(&err, Error::StateCorrupt { reason, .. } if reason.contains("regular")),
+            "{err}"
+        );
         store.remove_record("a").unwrap();
         store.remove_record("a").unwrap();
         assert_eq!(store.read_record("a").unwrap(), None);

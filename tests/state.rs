@@ -640,3 +640,40 @@ fn a_record_whose_veth_is_not_its_own_is_corrupt_and_gc_deletes_nothing() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn a_record_of_another_user_is_refused() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net.sandbox("web").create().await.unwrap();
+        let record = record_path(&ctx, "web");
+        // Only possible where uid 65534 is mapped (root, or a user namespace
+        // that maps it); CI runs this as root too.
+        if let Err(e) = nix::unistd::chown(&record, Some(nix::unistd::Uid::from_raw(65534)), None) {
+            assert!(
+                !nix::unistd::geteuid().is_root() || !podnet_in_initial_userns(),
+                "root in the initial user namespace must be able to chown: {e}"
+            );
+            eprintln!("SKIPPED part: cannot chown in this user namespace ({e})");
+            pod.remove().await.unwrap();
+            net.remove().await.unwrap();
+            return;
+        }
+        let err = assert_refused_everywhere(&net, "web", &record, "uid 65534").await;
+        let text = err.to_string();
+        assert!(
+            text.contains(&*record.to_string_lossy()) && text.contains("uid 65534"),
+            "{text}"
+        );
+        assert_eq!(pod.phase(), Phase::Running);
+        assert!(holder_runs("web", pod.holder_pid()));
+        assert!(ports(&ctx.nl, BRIDGE).await.contains(pod.host_interface()));
+        nix::unistd::chown(&record, Some(nix::unistd::geteuid()), None).unwrap();
+        assert_eq!(
+            net.open_sandbox("web").await.unwrap().phase(),
+            Phase::Running
+        );
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
