@@ -4,7 +4,8 @@
 //! The "other process" is this test binary run again (`child_process`,
 //! ignored unless asked for): it joins the parent test's network namespace
 //! and does what `PODNET_CHILD_ACTION` says, possibly dying by SIGKILL at
-//! the create step named by `PODNET_FAILPOINT` (the `failpoints` feature).
+//! the create step named by `PODNET_FAILPOINT`, or stopping (SIGSTOP) there
+//! if it says `stop:<step>` (the `failpoints` feature).
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
@@ -674,6 +675,66 @@ fn a_record_of_another_user_is_refused() {
             Phase::Running
         );
         pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_sandbox_another_process_is_making_is_pending_until_its_creator_dies() {
+    in_netns(|ctx| async move {
+        use nix::sys::signal::{kill, Signal};
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let net = network(&ctx).await;
+        // The child stops itself half-way through create(), after its veth
+        // is made and the store's lock released: a create in progress.
+        let mut other = child(&ctx, "create making dies-with-creator", Some("stop:veth"))
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(other.id() as i32);
+        // A failing assertion must not leave it stopped for ever.
+        struct KillIfStopped(Option<nix::unistd::Pid>);
+        impl Drop for KillIfStopped {
+            fn drop(&mut self) {
+                if let Some(pid) = self.0 {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        let mut guard = KillIfStopped(Some(pid));
+        // Blocks this test's thread only; the child needs nothing from it.
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {}
+            status => panic!("the child should stop at its failpoint: {status:?}"),
+        }
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let info = &listed[0];
+        assert_eq!(
+            (info.name.as_str(), info.phase, info.holder_pid),
+            ("making", Phase::Pending, None),
+            "{info:?}"
+        );
+        let err = net.open_sandbox("making").await.unwrap_err();
+        assert!(matches!(err, Error::HolderDied { .. }), "{err}");
+        // gc leaves a create in progress alone: its record, its address,
+        // its holder and its veth.
+        let report = net.gc().await.unwrap();
+        assert!(report.is_empty(), "{report:?}");
+        assert!(std::fs::symlink_metadata(reservation_path(&ctx, "10.88.0.2")).is_ok());
+        assert_eq!(ports(&ctx.nl, BRIDGE).await.len(), 1);
+        let key = format!("{}{BRIDGE}", common::network_key_prefix());
+        assert!(common::holders_of(&key).iter().any(|(_, n)| n == "making"));
+        assert_eq!(net.sandboxes().await.unwrap()[0].phase, Phase::Pending);
+        // Its creator dies half-way: Failed, and gc reclaims it all.
+        kill(pid, Signal::SIGKILL).unwrap();
+        assert_eq!(other.wait().unwrap().signal(), Some(9));
+        guard.0 = None; // reaped: its PID is no longer its
+        assert_eq!(net.sandboxes().await.unwrap()[0].phase, Phase::Failed);
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["making"], "{report:?}");
+        assert!(ports(&ctx.nl, BRIDGE).await.is_empty(), "{report:?}");
+        assert!(holders_named("making").is_empty(), "{report:?}");
+        assert!(net.sandboxes().await.unwrap().is_empty());
         net.remove().await.unwrap();
     });
 }
