@@ -224,7 +224,9 @@ impl Record {
         s
     }
 
-    fn decode(text: &str, path: &Path) -> Result<Record> {
+    /// Parse a record of the store of network (bridge) `network`, whose
+    /// host-side interface names end with `-<tag>`; `path` is its file.
+    fn decode(text: &str, path: &Path, network: &str, tag: &str) -> Result<Record> {
         let corrupt = |reason: String| Error::StateCorrupt {
             path: path.to_owned(),
             reason,
@@ -238,6 +240,7 @@ impl Record {
         };
         let (mut name, mut id, mut creator, mut holder) = (None, None, None, None);
         let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
+        let mut done_seen = false;
         for line in text.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -249,6 +252,16 @@ impl Record {
                 "creator" => creator = Some(ident(v).ok_or_else(bad)?),
                 "holder" => holder = Some(ident(v).ok_or_else(bad)?),
                 "done" => {
+                    // Fixed-width and last: shorter is a record cut short
+                    // (a line being filled in place keeps its width).
+                    if v.len() != DONE_WIDTH {
+                        return Err(corrupt(format!(
+                            "its done line is {} characters wide, not {DONE_WIDTH}: \
+                             the record is cut short",
+                            v.len()
+                        )));
+                    }
+                    done_seen = true;
                     let done = parse_done(v).map_err(|torn| match torn {
                         true => Error::StateCorrupt {
                             path: path.to_owned(),
@@ -276,11 +289,40 @@ impl Record {
         }
         let missing = |k: &str| corrupt(format!("{k} is missing"));
         let name = name.ok_or_else(|| missing("name"))?;
+        // `encode` always ends with the done line: without it, or without
+        // its newline, the record was cut short, and must not be read as a
+        // sandbox that is still being made (gc would reclaim it once its
+        // creator is gone, live holder and all).
+        if !done_seen {
+            return Err(corrupt(
+                "its done= line is missing: the record is cut short".into(),
+            ));
+        }
+        if !text.ends_with('\n') {
+            return Err(corrupt(
+                "its last line has no newline: the record is cut short".into(),
+            ));
+        }
         // A record steers gc to a veth and addresses: it must be the record
         // of the file it is in.
         if path.file_name().and_then(|f| f.to_str()) != Some(name.as_str()) {
             return Err(corrupt(format!(
                 "it names sandbox {name:?}, not its file's"
+            )));
+        }
+        if let Err(e) = crate::sandbox::validate_name(&name) {
+            return Err(corrupt(format!(
+                "its file's name is not a sandbox name: {e}"
+            )));
+        }
+        // gc and remove() delete the interface of this name: it must be
+        // the sandbox's own host end, never the bridge or another link.
+        let veth = veth.ok_or_else(|| missing("veth"))?;
+        let own = format!("{name}-{tag}");
+        if veth != own || veth == network {
+            return Err(corrupt(format!(
+                "its veth {veth:?} is not {own:?}, the host end of sandbox {name:?} \
+                 on network {network:?}"
             )));
         }
         Ok(Record {
@@ -290,7 +332,7 @@ impl Record {
             holder,
             ipv4,
             ipv6,
-            veth: veth.ok_or_else(|| missing("veth"))?,
+            veth,
             persistent: persistent.ok_or_else(|| missing("persistent"))?,
         })
     }
@@ -453,6 +495,9 @@ fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
 pub(crate) struct Store {
     dir: PathBuf,
     network: String,
+    /// The network's tag (see `NetInner::tag`): its sandboxes' host-side
+    /// veths are `<name>-<tag>`, which records are checked against.
+    tag: String,
     /// The cursor files (`next-v4`, `next-v6`), opened once: read and
     /// written with one `pread`/`pwrite` each, only under the lock.
     cursors: [std::sync::OnceLock<File>; 2],
@@ -479,6 +524,7 @@ impl Store {
         Ok(Store {
             dir,
             network: network.to_owned(),
+            tag: crate::network::tag(network),
             cursors: Default::default(),
         })
     }
@@ -570,9 +616,11 @@ impl Store {
 
     fn read_record_once(&self, name: &str) -> Result<Option<Record>> {
         let path = self.record_path(name);
+        // O_NONBLOCK: a FIFO put in its place must not hang the open (it
+        // is then refused below, as not a regular file).
         let f = match OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(&path)
         {
             Ok(f) => f,
@@ -585,6 +633,25 @@ impl Store {
             }
             Err(e) => return Err(io_err("open state file", &path, e)),
         };
+        // What was opened, not what the path names now: a record steers gc
+        // to links, addresses and processes, so only our own is believed.
+        let meta = f
+            .metadata()
+            .map_err(|e| io_err("inspect state file", &path, e))?;
+        let refuse = |reason: String| Error::StateCorrupt {
+            path: path.clone(),
+            reason: format!("refusing it: {reason}"),
+        };
+        if !meta.file_type().is_file() {
+            return Err(refuse("it is not a regular file".into()));
+        }
+        let me = geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(refuse(format!(
+                "it belongs to uid {}, not to uid {me} (us)",
+                meta.uid()
+            )));
+        }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut &f, &mut bytes)
             .map_err(|e| io_err("read state file", &path, e))?;
@@ -592,7 +659,7 @@ impl Store {
             path: path.clone(),
             reason: "it is not UTF-8 text".into(),
         })?;
-        Record::decode(&text, &path).map(Some)
+        Record::decode(&text, &path, &self.network, &self.tag).map(Some)
     }
 
     /// Remove the record of `name` if it is still the one with `id` (not a
@@ -909,7 +976,7 @@ mod tests {
             holder: None,
             ipv4: None,
             ipv6: None,
-            veth: "a-xx".into(),
+            veth: format!("a-{}", crate::network::tag("br0")),
             persistent,
         }
     }
@@ -958,16 +1025,47 @@ mod tests {
             persistent: false,
         };
         let p = Path::new("/x/sandbox/web");
-        assert_eq!(Record::decode(&rec.encode(), p).unwrap(), rec);
+        assert_eq!(Record::decode(&rec.encode(), p, "br0", "k3").unwrap(), rec);
         for bad in ["", "garbage", "name=web\ncreator=x\n", "\u{0}\u{1}=\n"] {
-            let err = Record::decode(bad, p).unwrap_err();
+            let err = Record::decode(bad, p, "br0", "k3").unwrap_err();
             assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
             assert!(err.to_string().contains("/x/sandbox/web"));
         }
-        // Truncation anywhere never panics.
-        let text = rec.encode();
-        for cut in 0..text.len() {
-            let _ = Record::decode(&text[..cut], p);
+        // A veth that is not the sandbox's own host end: gc and remove()
+        // would delete it.
+        for veth in ["br0", "eth0", "web-k4", "api-k3", "web-k3x"] {
+            let bad = Record {
+                veth: veth.into(),
+                ..rec.clone()
+            };
+            let err = Record::decode(&bad.encode(), p, "br0", "k3").unwrap_err();
+            assert!(
+                matches!(&err, Error::StateCorrupt { reason, .. } if reason.contains("veth")),
+                "{veth}: {err}"
+            );
+        }
+        // Nor may a record's file be named what no sandbox can be.
+        let bad = Record {
+            name: "Web".into(),
+            veth: "Web-k3".into(),
+            ..rec.clone()
+        };
+        let err = Record::decode(&bad.encode(), Path::new("/x/sandbox/Web"), "br0", "k3");
+        assert!(matches!(err, Err(Error::StateCorrupt { .. })), "{err:?}");
+        // Cut anywhere, done or not: corrupt, never a panic nor a record.
+        let undone = Record {
+            holder: None,
+            ..rec.clone()
+        };
+        assert_eq!(
+            Record::decode(&undone.encode(), p, "br0", "k3").unwrap(),
+            undone
+        );
+        for text in [rec.encode(), undone.encode()] {
+            for cut in 0..text.len() {
+                let err = Record::decode(&text[..cut], p, "br0", "k3").unwrap_err();
+                assert!(matches!(err, Error::StateCorrupt { .. }), "{cut}: {err}");
+            }
         }
     }
 
@@ -1118,6 +1216,17 @@ mod tests {
             store.read_record("evil"),
             Err(Error::StateCorrupt { .. })
         ));
+        // Nor is a FIFO waited on.
+        nix::unistd::mkfifo(
+            &store.dir().join("sandbox/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = store.read_record("fifo").unwrap_err();
+        assert!(
+            matches!(&err, Error::StateCorrupt { reason, .. } if reason.contains("regular")),
+            "{err}"
+        );
         store.remove_record("a").unwrap();
         store.remove_record("a").unwrap();
         assert_eq!(store.read_record("a").unwrap(), None);

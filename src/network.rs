@@ -757,7 +757,7 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Two base-36 characters derived from the bridge name.
-fn tag(bridge: &str) -> String {
+pub(crate) fn tag(bridge: &str) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let h = fnv1a(bridge.as_bytes());
     // Both indexes are < 36.

@@ -464,12 +464,20 @@ impl SandboxBuilder {
     }
 }
 
-/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step: crash tests
-/// (the `failpoints` feature, enabled for this crate's own tests only).
+/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step, or stop
+/// with SIGSTOP if it is `stop:<step>` (a create caught in progress, until
+/// the test sends SIGCONT or SIGKILL): crash tests (the `failpoints`
+/// feature, enabled for this crate's own tests only).
 #[cfg(feature = "failpoints")]
 fn failpoint(step: &str) {
-    if std::env::var("PODNET_FAILPOINT").as_deref() == Ok(step) {
-        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    use nix::sys::signal::{raise, Signal};
+    let Ok(want) = std::env::var("PODNET_FAILPOINT") else {
+        return;
+    };
+    if want == step {
+        let _ = raise(Signal::SIGKILL);
+    } else if want.strip_prefix("stop:") == Some(step) {
+        let _ = raise(Signal::SIGSTOP);
     }
 }
 

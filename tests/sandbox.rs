@@ -427,11 +427,30 @@ fn a_killed_holder_fails_the_sandbox_and_remove_still_cleans_up() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pod = net.sandbox("web").create().await.unwrap();
+        assert_eq!(pod.phase(), Phase::Running);
+        let killed = std::time::Instant::now();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pod.holder_pid() as i32),
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
+        // phase() alone (no wait) sees the death within 100 ms: polled
+        // every 2 ms, the time measured from the kill.
+        let seen = loop {
+            let phase = pod.phase();
+            let elapsed = killed.elapsed();
+            if phase != Phase::Running {
+                assert_eq!(phase, Phase::Failed);
+                break elapsed;
+            }
+            assert!(
+                elapsed < std::time::Duration::from_millis(100),
+                "phase() still says Running {elapsed:?} after SIGKILL"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
+        eprintln!("phase() was Failed {seen:?} after SIGKILL");
+        assert_eq!(pod.phase(), Phase::Failed, "Failed for good");
         assert_eq!(pod.wait().await, Phase::Failed);
         assert_eq!(pod.phase(), Phase::Failed);
         let err = pod.command("true").status().await.unwrap_err();

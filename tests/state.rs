@@ -4,7 +4,8 @@
 //! The "other process" is this test binary run again (`child_process`,
 //! ignored unless asked for): it joins the parent test's network namespace
 //! and does what `PODNET_CHILD_ACTION` says, possibly dying by SIGKILL at
-//! the create step named by `PODNET_FAILPOINT` (the `failpoints` feature).
+//! the create step named by `PODNET_FAILPOINT`, or stopping (SIGSTOP) there
+//! if it says `stop:<step>` (the `failpoints` feature).
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
@@ -473,6 +474,267 @@ fn gc_racing_creates_leaves_them_whole() {
             assert_eq!(pod.phase(), Phase::Running);
             pod.remove().await.unwrap();
         }
+        net.remove().await.unwrap();
+    });
+}
+
+/// The record of sandbox `name` in the test's store.
+fn record_path(ctx: &Ctx, name: &str) -> std::path::PathBuf {
+    files_under(&ctx.state)
+        .into_iter()
+        .find(|f| f.ends_with(Path::new("sandbox").join(name)))
+        .unwrap_or_else(|| panic!("no record of {name:?}"))
+}
+
+/// The reservation file of `ip` in the test's store.
+fn reservation_path(ctx: &Ctx, ip: &str) -> std::path::PathBuf {
+    files_under(&ctx.state)
+        .into_iter()
+        .find(|f| f.ends_with(Path::new("addr").join(ip)))
+        .unwrap_or_else(|| panic!("no reservation of {ip}"))
+}
+
+/// Whether holder `pid` of sandbox `name` of this test's network runs.
+fn holder_runs(name: &str, pid: u32) -> bool {
+    let key = format!("{}{BRIDGE}", common::network_key_prefix());
+    common::holders_of(&key)
+        .into_iter()
+        .any(|(p, n)| n == name && p as u32 == pid)
+}
+
+/// `open_sandbox`, `sandboxes` and `gc` all see sandbox `name`'s record as
+/// the corrupt file `record`, and gc reclaims nothing; `what` names the case.
+async fn assert_refused_everywhere(net: &Network, name: &str, record: &Path, what: &str) -> Error {
+    let err = net.open_sandbox(name).await.unwrap_err();
+    assert!(
+        matches!(err, Error::StateCorrupt { ref path, .. } if path == record),
+        "{what}: open_sandbox: {err}"
+    );
+    let listed = net.sandboxes().await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|s| s.name == name && s.phase == Phase::Unknown),
+        "{what}: {listed:?}"
+    );
+    let report = net.gc().await.unwrap_or_else(|e| panic!("{what}: gc: {e}"));
+    assert_eq!(report.corrupt, [record.to_owned()], "{what}");
+    assert!(
+        report.is_empty(),
+        "{what}: gc must not reclaim what it cannot read: {report:?}"
+    );
+    err
+}
+
+#[test]
+fn a_record_cut_short_anywhere_is_corrupt_and_gc_leaves_its_live_sandbox_whole() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // Persistent, made by a process that has exited: a cut record read
+        // as a half-made sandbox would be Dead to gc (no holder, creator
+        // gone), which would delete its veth, release its address and kill
+        // its holder.
+        let out = child(&ctx, "create kept persistent", None)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let (holder, ip) = parse(&String::from_utf8_lossy(&out.stdout));
+        let veth = net
+            .open_sandbox("kept")
+            .await
+            .unwrap()
+            .host_interface()
+            .to_owned();
+        let record = record_path(&ctx, "kept");
+        let reservation = reservation_path(&ctx, &ip);
+        let full = std::fs::read(&record).unwrap();
+        assert!(full.ends_with(b"\n") && full.windows(6).any(|w| w == b"\ndone="));
+        // Every strict prefix: each line boundary, and inside every line
+        // (the done line's padding included).
+        for cut in 0..full.len() {
+            let tail = String::from_utf8_lossy(&full[..cut]);
+            let what = format!(
+                "cut at byte {cut} of {}, after {:?}",
+                full.len(),
+                tail.rsplit('\n').next().unwrap_or_default()
+            );
+            std::fs::write(&record, &full[..cut]).unwrap();
+            let err = assert_refused_everywhere(&net, "kept", &record, &what).await;
+            assert!(
+                err.to_string().contains(&*record.to_string_lossy()),
+                "{err}"
+            );
+            // The live sandbox is untouched.
+            assert!(holder_runs("kept", holder), "{what}: its holder was killed");
+            assert!(
+                ports(&ctx.nl, BRIDGE).await.contains(&veth),
+                "{what}: its veth was deleted"
+            );
+            assert!(
+                std::fs::symlink_metadata(&reservation).is_ok(),
+                "{what}: its address was released"
+            );
+        }
+        std::fs::write(&record, &full).unwrap();
+        let pod = net.open_sandbox("kept").await.unwrap();
+        assert_eq!((pod.holder_pid(), pod.phase()), (holder, Phase::Running));
+        assert!(net.gc().await.unwrap().is_empty());
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_record_whose_veth_is_not_its_own_is_corrupt_and_gc_deletes_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let other = net.sandbox("other").create().await.unwrap();
+        let pod = net.sandbox("web").persistent(true).create().await.unwrap();
+        let record = record_path(&ctx, "web");
+        let full = std::fs::read_to_string(&record).unwrap();
+        let line = format!("\nveth={}\n", pod.host_interface());
+        assert!(full.contains(&line), "{full}");
+        // The done line's check covers only what that line says (holder and
+        // addresses), so an edited veth= line passes it: only a check of
+        // the veth name itself can catch this.
+        let targets = [BRIDGE, other.host_interface(), "lo", "eth0"];
+        let damage = |target: &str| {
+            std::fs::write(&record, full.replace(&line, &format!("\nveth={target}\n"))).unwrap();
+        };
+        let links_before = common::links(&ctx.nl).await;
+        // Live: a handle opened from the damaged record would delete that
+        // interface on remove().
+        for target in targets {
+            damage(target);
+            let what = format!("live, veth={target}");
+            let err = assert_refused_everywhere(&net, "web", &record, &what).await;
+            assert!(err.to_string().contains("veth"), "{what}: {err}");
+            assert_eq!(common::links(&ctx.nl).await, links_before, "{what}");
+        }
+        // Dead holder: gc's branch for dead sandboxes deletes the veth the
+        // record names.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pod.holder_pid() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(pod.wait().await, Phase::Failed);
+        for target in targets {
+            damage(target);
+            let what = format!("dead, veth={target}");
+            assert_refused_everywhere(&net, "web", &record, &what).await;
+            let links = common::links(&ctx.nl).await;
+            assert!(links.contains(BRIDGE), "{what}: the bridge was deleted");
+            assert!(
+                links.contains(other.host_interface()),
+                "{what}: another sandbox's veth was deleted"
+            );
+            assert!(links.contains("lo"), "{what}");
+        }
+        // Repaired, the record is reclaimed as any dead one.
+        std::fs::write(&record, &full).unwrap();
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["web"], "{report:?}");
+        assert_eq!(other.phase(), Phase::Running);
+        pod.remove().await.unwrap();
+        other.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_record_of_another_user_is_refused() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net.sandbox("web").create().await.unwrap();
+        let record = record_path(&ctx, "web");
+        // Only possible where uid 65534 is mapped (root, or a user namespace
+        // that maps it); CI runs this as root too.
+        if let Err(e) = nix::unistd::chown(&record, Some(nix::unistd::Uid::from_raw(65534)), None) {
+            assert!(
+                !nix::unistd::geteuid().is_root() || !podnet_in_initial_userns(),
+                "root in the initial user namespace must be able to chown: {e}"
+            );
+            eprintln!("SKIPPED part: cannot chown in this user namespace ({e})");
+            pod.remove().await.unwrap();
+            net.remove().await.unwrap();
+            return;
+        }
+        let err = assert_refused_everywhere(&net, "web", &record, "uid 65534").await;
+        let text = err.to_string();
+        assert!(
+            text.contains(&*record.to_string_lossy()) && text.contains("uid 65534"),
+            "{text}"
+        );
+        assert_eq!(pod.phase(), Phase::Running);
+        assert!(holder_runs("web", pod.holder_pid()));
+        assert!(ports(&ctx.nl, BRIDGE).await.contains(pod.host_interface()));
+        nix::unistd::chown(&record, Some(nix::unistd::geteuid()), None).unwrap();
+        assert_eq!(
+            net.open_sandbox("web").await.unwrap().phase(),
+            Phase::Running
+        );
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_sandbox_another_process_is_making_is_pending_until_its_creator_dies() {
+    in_netns(|ctx| async move {
+        use nix::sys::signal::{kill, Signal};
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let net = network(&ctx).await;
+        // The child stops itself half-way through create(), after its veth
+        // is made and the store's lock released: a create in progress.
+        let mut other = child(&ctx, "create making dies-with-creator", Some("stop:veth"))
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(other.id() as i32);
+        // A failing assertion must not leave it stopped for ever.
+        struct KillIfStopped(Option<nix::unistd::Pid>);
+        impl Drop for KillIfStopped {
+            fn drop(&mut self) {
+                if let Some(pid) = self.0 {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+        }
+        let mut guard = KillIfStopped(Some(pid));
+        // Blocks this test's thread only; the child needs nothing from it.
+        match waitpid(pid, Some(WaitPidFlag::WUNTRACED)) {
+            Ok(WaitStatus::Stopped(_, Signal::SIGSTOP)) => {}
+            status => panic!("the child should stop at its failpoint: {status:?}"),
+        }
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        let info = &listed[0];
+        assert_eq!(
+            (info.name.as_str(), info.phase, info.holder_pid),
+            ("making", Phase::Pending, None),
+            "{info:?}"
+        );
+        let err = net.open_sandbox("making").await.unwrap_err();
+        assert!(matches!(err, Error::HolderDied { .. }), "{err}");
+        // gc leaves a create in progress alone: its record, its address,
+        // its holder and its veth.
+        let report = net.gc().await.unwrap();
+        assert!(report.is_empty(), "{report:?}");
+        assert!(std::fs::symlink_metadata(reservation_path(&ctx, "10.88.0.2")).is_ok());
+        assert_eq!(ports(&ctx.nl, BRIDGE).await.len(), 1);
+        let key = format!("{}{BRIDGE}", common::network_key_prefix());
+        assert!(common::holders_of(&key).iter().any(|(_, n)| n == "making"));
+        assert_eq!(net.sandboxes().await.unwrap()[0].phase, Phase::Pending);
+        // Its creator dies half-way: Failed, and gc reclaims it all.
+        kill(pid, Signal::SIGKILL).unwrap();
+        assert_eq!(other.wait().unwrap().signal(), Some(9));
+        guard.0 = None; // reaped: its PID is no longer its
+        assert_eq!(net.sandboxes().await.unwrap()[0].phase, Phase::Failed);
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["making"], "{report:?}");
+        assert!(ports(&ctx.nl, BRIDGE).await.is_empty(), "{report:?}");
+        assert!(holders_named("making").is_empty(), "{report:?}");
+        assert!(net.sandboxes().await.unwrap().is_empty());
         net.remove().await.unwrap();
     });
 }

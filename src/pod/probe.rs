@@ -343,6 +343,41 @@ mod tests {
     }
 
     #[test]
+    fn defaults_are_kubernetes() {
+        // initialDelaySeconds 0, periodSeconds 10, timeoutSeconds 1,
+        // successThreshold 1, failureThreshold 3, whatever the check.
+        for p in [
+            Probe::exec(["true"]),
+            Probe::tcp(80),
+            Probe::http_get(80, "/healthz"),
+        ] {
+            assert_eq!(p.initial_delay, Duration::ZERO, "{p:?}");
+            assert_eq!(p.period, Duration::from_secs(10), "{p:?}");
+            assert_eq!(p.timeout, Duration::from_secs(1), "{p:?}");
+            assert_eq!(p.success_threshold, 1, "{p:?}");
+            assert_eq!(p.failure_threshold, 3, "{p:?}");
+            // The same as setting each through the public builder.
+            let explicit = p
+                .clone()
+                .initial_delay(Duration::ZERO)
+                .period(Duration::from_secs(10))
+                .timeout(Duration::from_secs(1))
+                .success_threshold(1)
+                .failure_threshold(3);
+            assert_eq!(p, explicit);
+            assert!(p.validate("p", true).is_ok(), "{p:?}");
+        }
+        // And they act so: three failures in a row fail, one success passes.
+        let p = Probe::tcp(80);
+        let mut v = Verdict::new();
+        assert_eq!(v.observe(true, &p), Some(true));
+        assert_eq!(v.observe(false, &p), None);
+        assert_eq!(v.observe(false, &p), None);
+        assert_eq!(v.observe(false, &p), Some(false));
+        assert_eq!(v.observe(true, &p), Some(true));
+    }
+
+    #[test]
     fn bad_settings_are_refused() {
         assert!(Probe::tcp(0).validate("p", false).is_err());
         assert!(Probe::tcp(1)
