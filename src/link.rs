@@ -328,6 +328,12 @@ pub(crate) struct Veth<'a> {
     pub mtu: Option<u32>,
     /// The sandbox it is for, for errors.
     pub sandbox: &'a str,
+    /// Whether `eth0` receives by NAPI: the host end without TSO, `eth0`
+    /// with GRO (see [`configure_inside`]). A veth without NAPI hands what
+    /// it receives to the CPU's backlog, which drops what exceeds
+    /// `net.core.netdev_max_backlog` (1,000): a bridge flooding one frame
+    /// (an ARP request) to more ports than that loses the rest.
+    pub napi_receive: bool,
 }
 
 /// Create the veth pair in one request: the host end enslaved to the
@@ -365,10 +371,20 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
     let mut answers = answers.into_iter();
     let answer = answers.next().unwrap_or(Err(Errno::EIO));
     if answer.is_ok() {
-        if let Some(Err(errno)) = answers.next() {
-            // Made but not up: take it back (its peer goes with it).
+        let mut done = answers
+            .next()
+            .unwrap_or(Err(Errno::EIO))
+            .map(drop)
+            .map_err(|errno| ("set up", errno));
+        if v.napi_receive && done.is_ok() {
+            // A frame sent by a TSO-capable veth never takes the peer's
+            // NAPI queue (veth_skb_is_eligible_for_gro()).
+            done = ethtool_set(nl, v.host, ETHTOOL_STSO, false).map_err(|e| ("turn TSO off on", e));
+        }
+        if let Err((op, errno)) = done {
+            // Made but not ready: take it back (its peer goes with it).
             let _ = delete_link_blocking(nl, v.host, "");
-            return Err(errno_err("set up", &object(), errno));
+            return Err(errno_err(op, &object(), errno));
         }
     }
     match answer {
@@ -403,10 +419,15 @@ fn no_ipv6_addresses(link: LinkMessageBuilder<LinkUnspec>) -> RouteNetlinkMessag
     RouteNetlinkMessage::SetLink(msg)
 }
 
-/// Turn GRO on for link `name` of `nl`'s namespace (`SIOCETHTOOL`,
-/// `ETHTOOL_SGRO`, on the netlink socket: the ioctl goes to the socket's
-/// namespace). On a veth this makes its receive side a NAPI queue.
-fn enable_gro(nl: &Nl, name: &str) -> std::result::Result<(), Errno> {
+/// `ETHTOOL_SGRO`: generic receive offload on or off.
+const ETHTOOL_SGRO: u32 = 0x2c;
+/// `ETHTOOL_STSO`: TCP segmentation offload on or off.
+const ETHTOOL_STSO: u32 = 0x1f;
+
+/// Set a legacy ethtool flag (`SIOCETHTOOL` with a `struct ethtool_value`)
+/// of link `name` in `nl`'s namespace: the ioctl goes to the socket's
+/// namespace, so the netlink socket serves.
+fn ethtool_set(nl: &Nl, name: &str, cmd: u32, on: bool) -> std::result::Result<(), Errno> {
     use std::os::fd::AsRawFd;
     /// `struct ethtool_value`.
     #[repr(C)]
@@ -414,11 +435,10 @@ fn enable_gro(nl: &Nl, name: &str) -> std::result::Result<(), Errno> {
         cmd: u32,
         data: u32,
     }
-    const ETHTOOL_SGRO: u32 = 0x2c;
     const SIOCETHTOOL: libc::c_ulong = 0x8946;
     let mut value = EthtoolValue {
-        cmd: ETHTOOL_SGRO,
-        data: 1,
+        cmd,
+        data: u32::from(on),
     };
     // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
@@ -484,6 +504,8 @@ pub(crate) struct Inside<'a> {
     pub ipv4: Option<(Ipv4Addr, u8, Ipv4Addr)>,
     pub ipv6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     pub sandbox: &'a str,
+    /// Receive by NAPI (see [`Veth::napi_receive`]): GRO on for `eth0`.
+    pub napi_receive: bool,
 }
 
 /// Configure a sandbox over `nl` (a socket opened inside it): `lo` up,
@@ -517,12 +539,11 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
                 .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?
         }
     };
-    // Frames flooded by the bridges to every port (ARP requests, for one)
-    // reach eth0 through its NAPI queue, not the CPU's backlog, which drops
-    // what exceeds net.core.netdev_max_backlog (1,000) of one flood: past
-    // ~1,000 ports, ARP would reach only some sandboxes.
-    enable_gro(nl, ETH0)
-        .map_err(|errno| errno_err("enable GRO (NAPI receive) on", &eth0_obj(), errno))?;
+    if cfg.napi_receive {
+        // GRO makes eth0's veth receive on a NAPI queue of its own.
+        ethtool_set(nl, ETH0, ETHTOOL_SGRO, true)
+            .map_err(|errno| errno_err("turn GRO on for", &eth0_obj(), errno))?;
+    }
     let up = |i: u32| RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(i).up().build());
     let create = NLM_F_CREATE | NLM_F_EXCL;
     // What each request is, for errors: (op, object, EEXIST is fine).
@@ -794,6 +815,7 @@ mod tests {
                 ipv4: Some((Ipv4Addr::new(10, 88, 0, 2), 16, Ipv4Addr::new(10, 88, 0, 1))),
                 ipv6: None,
                 sandbox: "unit",
+                napi_receive: true,
             };
             configure_inside(&mut nl, None, &cfg).unwrap();
             // Again: the address is there already (fine), the route too (an error).

@@ -379,12 +379,11 @@ impl SandboxBuilder {
         }
         // The bridge of the sandbox's shard, made under the lock if it is
         // the shard's first sandbox.
-        let shard = record
-            .ipv4
-            .map(IpAddr::V4)
-            .or(record.ipv6.map(IpAddr::V6))
-            .map_or(0, |a| net.shard_of(a));
+        // The address that decides: the IPv4 one where there are both.
+        let addr = record.ipv4.map(IpAddr::V4).or(record.ipv6.map(IpAddr::V6));
+        let shard = addr.map_or(0, |a| net.shard_of(a));
         let (bridge, bridge_name) = net.shard_bridge(shard).await?;
+        let napi_receive = addr.is_some_and(|a| net.napi_receive(a));
         // The record is not rewritten here: if this process dies before its
         // `done=` line is written, gc releases reservations that no live
         // record owns, kills holders by their argv and deletes the veth the
@@ -407,6 +406,7 @@ impl SandboxBuilder {
             holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
             mtu: self.mtu.or(net.mtu),
             sandbox: name,
+            napi_receive,
         };
         let created = link::create_veth(&mut *net.host_nl()?, &veth);
         let eth0 = match created {
@@ -453,6 +453,7 @@ impl SandboxBuilder {
                 ipv4: v4,
                 ipv6: v6,
                 sandbox: name,
+                napi_receive,
             },
         )?;
         drop(inside_nl);

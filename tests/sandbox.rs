@@ -841,8 +841,9 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
     });
 }
 
-/// Whether GRO is on for `name` in this thread's namespace (`ETHTOOL_GGRO`).
-fn gro_on(name: &str) -> bool {
+/// Whether a legacy ethtool flag (`ETHTOOL_GGRO`, `ETHTOOL_GTSO`) is on
+/// for link `name` in this thread's namespace.
+fn ethtool_get(name: &str, cmd: u32) -> bool {
     use nix::libc;
     use std::os::fd::AsRawFd;
     #[repr(C)]
@@ -851,7 +852,7 @@ fn gro_on(name: &str) -> bool {
         data: u32,
     }
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut value = EthtoolValue { cmd: 0x2b, data: 0 };
+    let mut value = EthtoolValue { cmd, data: 0 };
     // SAFETY: plain data; zeroes are valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
@@ -860,9 +861,11 @@ fn gro_on(name: &str) -> bool {
     ifr.ifr_ifru.ifru_data = (&raw mut value).cast();
     // SAFETY: the ifreq and the value it points to outlive the call.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), 0x8946, &mut ifr) };
-    assert_eq!(rc, 0, "ETHTOOL_GGRO {name}");
+    assert_eq!(rc, 0, "SIOCETHTOOL {cmd:#x} {name}");
     value.data != 0
 }
+const GRO: u32 = 0x2b;
+const TSO: u32 = 0x1e;
 
 /// Interfaces with an IPv6 address in this thread's namespace (not
 /// `/proc/net`, which is the main thread's).
@@ -875,21 +878,30 @@ fn ipv6_interfaces() -> HashSet<String> {
 }
 
 #[test]
-fn ports_flood_nothing_of_ipv6_and_pods_receive_floods_by_napi() {
+fn ports_flood_no_ipv6_and_sandboxes_past_900_receive_by_napi() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
-        let pod = net.sandbox("a").create().await.unwrap();
-        // GRO on eth0 puts the veth's receive side on a NAPI queue: a flood
-        // to many ports is not cut at the CPU backlog's 1,000 packets.
-        assert!(pod.run(|| gro_on("eth0")).await.unwrap());
-        // IPv4 only: neither end of the veth has an IPv6 address (so no
-        // DAD, MLD or router solicitation floods the bridge).
-        let inside = pod.run(ipv6_interfaces).await.unwrap();
-        assert!(!inside.contains("eth0"), "{inside:?}");
-        // The host end came up after its address generation was turned off.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!ipv6_interfaces().contains(pod.host_interface()));
-        pod.remove().await.unwrap();
+        // Address 2 of the pool, and address 968.
+        let a = net.sandbox("a").create().await.unwrap();
+        let ip: IpAddr = "10.88.3.200".parse().unwrap();
+        let b = net.sandbox("b").ip(ip).create().await.unwrap();
+        // The first 900 addresses keep TSO on their host port and eth0
+        // receives through the CPU's backlog; past them, eth0 receives by
+        // NAPI (GRO on, TSO off on the sending host port), so a flood to
+        // many ports is not cut at the backlog's 1,000 packets.
+        assert!(!a.run(|| ethtool_get("eth0", GRO)).await.unwrap());
+        assert!(ethtool_get(a.host_interface(), TSO));
+        assert!(b.run(|| ethtool_get("eth0", GRO)).await.unwrap());
+        assert!(!ethtool_get(b.host_interface(), TSO));
+        // IPv4 only: neither end of a veth has an IPv6 address (so no DAD,
+        // MLD or router solicitation floods the bridge).
+        for pod in [&a, &b] {
+            let inside = pod.run(ipv6_interfaces).await.unwrap();
+            assert!(!inside.contains("eth0"), "{inside:?}");
+            assert!(!ipv6_interfaces().contains(pod.host_interface()));
+        }
+        a.remove().await.unwrap();
+        b.remove().await.unwrap();
         net.remove().await.unwrap();
     });
 }

@@ -23,6 +23,13 @@
 //! first sandbox is, under the store's lock, and stay until
 //! [`Network::remove`].
 //!
+//! A segment of thousands of ports floods a broadcast (an ARP request) to
+//! all of them, and a veth hands what it receives to the CPU's backlog,
+//! which drops what exceeds `net.core.netdev_max_backlog` (1,000) of a
+//! flood. So sandboxes past the first 900 addresses receive by NAPI (a
+//! queue per veth; see [`link::Veth::napi_receive`]), and a flood reaches
+//! every port.
+//!
 //! [`Network::remove`]: crate::Network::remove
 
 use std::net::IpAddr;
@@ -40,6 +47,11 @@ const _: () = assert!(SPAN + 3 <= 1023);
 
 /// Shards at most (the tree is then 10 deep).
 const MAX: u128 = 1024;
+
+/// Sandboxes from this address of the pool on receive by NAPI: with at
+/// most this many ports flooding into the CPU's backlog, a flood stays
+/// under its 1,000 packets.
+const NAPI_FROM: u128 = 900;
 
 /// The shard a trunk joins shard `k > 0` to.
 fn parent(k: u32) -> u32 {
@@ -84,14 +96,29 @@ impl NetInner {
     /// The shard of `addr`, an address of one of the network's pools (the
     /// IPv4 one decides where a sandbox has both).
     pub(crate) fn shard_of(&self, addr: IpAddr) -> u32 {
-        let index = match addr {
-            IpAddr::V4(_) => self.v4.as_ref().and_then(|p| p.index_of(addr)),
-            IpAddr::V6(_) => self.v6.as_ref().and_then(|p| p.index_of(addr)),
-        };
         // The modulo keeps it below MAX.
         #[allow(clippy::cast_possible_truncation)]
-        let k = (index.unwrap_or(0) / SPAN % MAX) as u32;
+        let k = (self.pool_index(addr) / SPAN % MAX) as u32;
         k
+    }
+
+    /// Whether the sandbox of `addr` receives by NAPI (see
+    /// [`link::Veth::napi_receive`]): past the first `NAPI_FROM` addresses
+    /// of the pool. The ports of the first ones, the only ones that use the
+    /// CPU's backlog, are then too few for a flood to overflow it, however
+    /// many sandboxes the network holds; and the sandboxes of a small
+    /// network keep TSO on their host port (receiving bulk TCP by NAPI
+    /// costs ~30%: the host port segments what GRO then merges again).
+    pub(crate) fn napi_receive(&self, addr: IpAddr) -> bool {
+        self.pool_index(addr) >= NAPI_FROM
+    }
+
+    fn pool_index(&self, addr: IpAddr) -> u128 {
+        match addr {
+            IpAddr::V4(_) => self.v4.as_ref().and_then(|p| p.index_of(addr)),
+            IpAddr::V6(_) => self.v6.as_ref().and_then(|p| p.index_of(addr)),
+        }
+        .unwrap_or(0)
     }
 
     /// Index and name of shard `k`'s bridge, made (with its trunk, and its
