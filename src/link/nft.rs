@@ -554,8 +554,8 @@ impl Nft {
 
     /// Make the table, owned by this socket, and its chains if they are not
     /// there (idempotent: no NLM_F_EXCL, so a second call changes nothing).
-    /// A kernel without table owners (before 5.12) refuses the flag
-    /// (EOPNOTSUPP), as does a table of that name made without it.
+    /// A kernel without table owners (before 5.12) refuses the flag, and so
+    /// does a table of that name made without it: both are EOPNOTSUPP.
     pub(crate) fn ensure_table(&self) -> std::result::Result<(), Errno> {
         let mut msgs = Vec::new();
         let mut t = Msg::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
@@ -573,7 +573,13 @@ impl Nft {
                 .str(NFTA_CHAIN_TYPE, "nat");
             msgs.push(c);
         }
-        self.batch(msgs)
+        match self.batch(msgs) {
+            // Kernels before 5.12 take no table flag but DORMANT, and say
+            // EINVAL (5.12 made it EOPNOTSUPP): no owner, no kernel path.
+            // The messages are fixed, so this is not a malformed request.
+            Err(Errno::EINVAL) => Err(Errno::EOPNOTSUPP),
+            other => other,
+        }
     }
 
     /// Delete the table with everything in it; a missing table is fine.
