@@ -67,7 +67,9 @@ pub(crate) struct NetInner {
     pub store: Store,
     /// The host network namespace, as captured at build time.
     pub host_ns: OwnedFd,
-    /// The port forwarder, started with the first port mapping.
+    /// The port forwarder, started with the first port mapping, with the
+    /// nf_tables socket that owns this network's table in this process
+    /// (kept open as long as the network lives: its table goes with it).
     pub ports: crate::pod::ports::Slot,
     /// Kernel or userspace forwarding of published ports.
     pub port_forwarding: PortForwarding,
@@ -281,8 +283,9 @@ impl Network {
     }
 
     /// Remove the network: delete its bridge (if podnet made it: a bridge
-    /// that was there before is left alone) and its address store (and the
-    /// state directory, if that is then empty). Refused while the store
+    /// that was there before is left alone), this process's nf_tables table
+    /// of its port mappings, and its address store (and the state
+    /// directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
     ///

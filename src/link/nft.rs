@@ -619,13 +619,15 @@ impl Nft {
 
     /// Add the rules of every port of `ports` in one batch: all or none.
     pub(crate) fn add(&self, ports: &[Dnat]) -> std::result::Result<(), Errno> {
+        // This crate's tests: rules the kernel refuses (ENOENT, as for an
+        // expression whose module is missing).
+        #[cfg(feature = "failpoints")]
+        let refused = std::env::var("PODNET_FAILPOINT").as_deref() == Ok("nft-rule");
         let mut msgs = Vec::new();
         for p in ports {
             for (chain, exprs) in p.rules() {
-                // This crate's tests: a rule the kernel refuses (ENOENT, as
-                // for an expression whose module is missing).
                 #[cfg(feature = "failpoints")]
-                let chain = if std::env::var("PODNET_FAILPOINT").as_deref() == Ok("nft-rule") {
+                let chain = if refused {
                     "podnet-no-such-chain"
                 } else {
                     chain

@@ -1,7 +1,8 @@
 //! Port mappings: an address and port of the network's host namespace
 //! forwarded to a port of a sandbox, over TCP or UDP, by the kernel (DNAT
-//! rules in an nf_tables table of the network, `link/nft.rs`) where the host
-//! namespace allows it, and by a userspace forwarder otherwise.
+//! rules in an nf_tables table this process owns for the network,
+//! `link/nft.rs`) where the host namespace allows it, and by a userspace
+//! forwarder otherwise.
 //!
 //! The userspace forwarder's listening socket is always made: it is the
 //! reservation of the host port (a kernel rule binds nothing, so without it
@@ -1109,7 +1110,7 @@ pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
 fn delete_error(slot: &Slot, what: String, errno: Errno) -> Error {
     let table = nft_of(slot).map_or_else(String::new, |n| n.table().to_owned());
     nft_error(
-        "nf_tables: delete DNAT rules (the rules are left until gc() or until the network is dropped)",
+        "nf_tables: delete DNAT rules (left in this process's table until gc(), the network's drop or the process's exit)",
         &format!("{what} in table inet {table}"),
         errno,
     )
