@@ -92,11 +92,35 @@ pub mod internals {
     pub use crate::holder::flush_spawner;
     pub use crate::ipam::internals::Ipam;
 
-    /// The comments of the kernel port-mapping rules of `net`'s nf_tables
-    /// table (`podnet <name>@<id> <proto> <host> <pid>:<start>`), or
-    /// `None` if the table does not exist.
+    /// The comments of the kernel port-mapping rules of the nf_tables
+    /// table this process owns for `net` (`podnet <name>@<id> <proto>
+    /// <host> #<serial>`), or `None` if it has no table.
     pub async fn port_rules(net: &crate::Network) -> crate::Result<Option<Vec<String>>> {
         net.inner.port_rules().await
+    }
+
+    /// The name of the nf_tables table this process owns for `net`, if it
+    /// made one.
+    pub fn port_table(net: &crate::Network) -> Option<String> {
+        crate::pod::ports::nft_of(&net.inner.ports).map(|n| n.table().to_owned())
+    }
+
+    /// Every `podnet-` inet table of the calling thread's network
+    /// namespace, whichever process owns it, with its rules' comments.
+    /// Blocking.
+    pub fn podnet_tables() -> crate::Result<Vec<(String, Vec<String>)>> {
+        crate::link::nft::podnet_tables()
+    }
+
+    /// How many mappings of `net` have rules being added right now.
+    pub fn installing(net: &crate::Network) -> usize {
+        crate::pod::ports::installing(&net.inner.ports)
+    }
+
+    /// Make every operation on `net`'s table wait until the returned
+    /// sender is dropped (`None` without a table).
+    pub fn hold_port_table(net: &crate::Network) -> Option<std::sync::mpsc::Sender<()>> {
+        crate::pod::ports::nft_of(&net.inner.ports).map(|n| n.hold())
     }
 }
 

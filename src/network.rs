@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
 use crate::ipam::Record;
 use crate::ipam::{Pool, Store};
-use crate::link::nft::{self, Nft};
+use crate::link::nft::Nft;
 use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
@@ -69,7 +69,9 @@ pub(crate) struct NetInner {
     pub store: Store,
     /// The host network namespace, as captured at build time.
     pub host_ns: OwnedFd,
-    /// The port forwarder, started with the first port mapping.
+    /// The port forwarder, started with the first port mapping, with the
+    /// nf_tables socket that owns this network's table in this process
+    /// (kept open as long as the network lives: its table goes with it).
     pub ports: crate::pod::ports::Slot,
     /// Kernel or userspace forwarding of published ports.
     pub port_forwarding: PortForwarding,
@@ -101,38 +103,27 @@ impl NetInner {
         Ok(got.flatten())
     }
 
-    /// Run `f` with an nf_tables socket opened in the host namespace (on a
-    /// short-lived thread inside it). `None` if nf_tables is not there or
-    /// not allowed: then no rule can have been made either.
+    /// Run `f` on a blocking thread with the network's nf_tables socket,
+    /// the one that owns its table. `None` if this network has none (no
+    /// kernel mapping was made by this process, or nf_tables refused):
+    /// then it has no table either.
     async fn with_nft<T: Send + 'static>(
         &self,
         what: &str,
         f: impl FnOnce(&Nft) -> std::result::Result<T, Errno> + Send + 'static,
     ) -> Result<Option<T>> {
-        let ns = self
-            .host_ns
-            .try_clone()
-            .map_err(|e| Error::io("duplicate host netns fd for nf_tables", "", e))?;
-        let bridge = self.bridge.clone();
-        let object = format!("table inet podnet-{bridge} ({what})");
-        let got = netns::run_inside(Arc::new(ns), what.to_owned(), move || {
-            let nft = match Nft::open(&bridge) {
-                Ok(nft) => nft,
-                Err(Error::Netlink { errno, .. }) => return Err(errno),
-                Err(_) => return Err(Errno::EIO),
-            };
-            f(&nft)
+        let Some(nft) = ports::nft_of(&self.ports) else {
+            return Ok(None);
+        };
+        let object = format!("table inet {} ({what})", nft.table());
+        let got = tokio::task::spawn_blocking(move || f(&nft))
+            .await
+            .unwrap_or(Err(Errno::EINTR));
+        got.map(Some).map_err(|errno| Error::Netlink {
+            op: "nf_tables",
+            object,
+            errno,
         })
-        .await?;
-        match got {
-            Ok(v) => Ok(Some(v)),
-            Err(errno) if nft::refused(errno) => Ok(None),
-            Err(errno) => Err(Error::Netlink {
-                op: "nf_tables",
-                object,
-                errno,
-            }),
-        }
     }
 }
 
@@ -206,8 +197,12 @@ pub struct GcReport {
     pub corrupt: Vec<PathBuf>,
     /// Volume directories of pods whose sandbox is gone, deleted.
     pub volumes: Vec<PathBuf>,
-    /// Kernel port-mapping rules deleted (their comments: sandbox instance,
-    /// port, process), of sandboxes that are gone or of processes that died.
+    /// Kernel port-mapping rules deleted from this process's table of the
+    /// network (their comments: sandbox instance, port, mapping serial):
+    /// those of sandboxes that are gone (their mappings in this process are
+    /// ended too), and those no live mapping claims (a deletion that had
+    /// failed). Rules of processes that exited are never there to reclaim:
+    /// the kernel deletes their tables when they exit.
     pub port_rules: Vec<String>,
 }
 
@@ -268,7 +263,7 @@ impl Network {
             subnets: Vec::new(),
             state_dir: None,
             mtu: None,
-            port_forwarding: PortForwarding::Userspace,
+            port_forwarding: PortForwarding::Auto,
         }
     }
 
@@ -292,8 +287,9 @@ impl Network {
     }
 
     /// Remove the network: delete its bridge (if podnet made it: a bridge
-    /// that was there before is left alone) and its address store (and the
-    /// state directory, if that is then empty). Refused while the store
+    /// that was there before is left alone), this process's nf_tables table
+    /// of its port mappings, and its address store (and the state
+    /// directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
     ///
@@ -313,8 +309,9 @@ impl Network {
                 sandboxes,
             });
         }
-        // The nf_tables table of port mappings (its rules went with the
-        // sandboxes).
+        // This process's nf_tables table of the network's port mappings
+        // (its rules went with the sandboxes); it would go when the network
+        // is dropped anyway.
         inner
             .with_nft("delete the table of port mappings", |nft| {
                 nft.delete_table()
@@ -538,24 +535,18 @@ impl Network {
                 }
             }
         }
-        // Kernel port-mapping rules of sandboxes without a live record, or
-        // made by a process that has died (mappings end with the process).
-        // A corrupt record keeps what it might own.
+        // This process's mappings of sandboxes without a live record, and
+        // rules of its table that no live mapping claims (a deletion that
+        // failed). A corrupt record keeps what it might own. The rules of
+        // other processes are in tables they own: the kernel deletes those
+        // when the process exits, and no other process may touch them.
         let corrupt: Vec<PathBuf> = report.corrupt.clone();
-        let gone = inner
-            .with_nft("delete rules of dead sandboxes", move |nft| {
-                nft.delete_where(|c| {
-                    ports::parse_comment(c).is_none_or(|c| {
-                        let name = c.owner.split('@').next().unwrap_or_default();
-                        let stale =
-                            !owned.contains(c.owner) || !holder::is_alive(c.creator.0, c.creator.1);
-                        stale && !corrupt.iter().any(|p| p.ends_with(name))
-                    })
-                })
-            })
-            .await;
+        let gone = ports::gc(&inner.ports, |name, owner| {
+            !owned.contains(owner) && !corrupt.iter().any(|p| p.ends_with(name))
+        })
+        .await;
         match gone {
-            Ok(rules) => report.port_rules.extend(rules.unwrap_or_default()),
+            Ok(rules) => report.port_rules.extend(rules),
             Err(e) => errors.push(e),
         }
         store.remove_stale_temp_files();
@@ -603,13 +594,15 @@ impl NetworkBuilder {
         self
     }
 
-    /// How published ports are forwarded: by podnet's userspace forwarder
-    /// (the default, [`PortForwarding::Userspace`]), or, opted into, by the
-    /// kernel's nf_tables DNAT where the host namespace allows it
-    /// ([`PortForwarding::Auto`]) or always ([`PortForwarding::Kernel`],
-    /// which makes a mapping fail if nf_tables refuses). The kernel path's
-    /// rules outlive a process that exits without removing its sandboxes
-    /// until `gc()`; see the README.
+    /// How published ports are forwarded: by the kernel's nf_tables DNAT
+    /// where the host namespace allows it, else by podnet's userspace
+    /// forwarder (the default, [`PortForwarding::Auto`]); by the kernel
+    /// only ([`PortForwarding::Kernel`], which makes a mapping fail if
+    /// nf_tables refuses); or by the forwarder only
+    /// ([`PortForwarding::Userspace`]). The kernel's rules are in a table
+    /// owned by this process, which the kernel deletes when the process
+    /// exits; see the README ("Kernel or userspace forwarding") for what
+    /// they ask of the host.
     pub fn port_forwarding(mut self, how: PortForwarding) -> Self {
         self.port_forwarding = how;
         self

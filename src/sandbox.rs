@@ -243,8 +243,9 @@ impl SandboxBuilder {
     /// Dropping the future part-way kills the holder (the kernel then
     /// deletes the veth with its namespace) and releases the address and the
     /// record. Only if the process dies meanwhile is anything left, and
-    /// then the record names it for gc; so does gc find the kernel rules of
-    /// port mappings if the future is dropped while they are being added.
+    /// then the record names it for gc. Kernel rules of port mappings that
+    /// were being added when the future was dropped are deleted once the
+    /// kernel has taken them (and would go with the process's table).
     pub async fn create(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
         // Host ports before anything else: a taken one changes nothing.
@@ -839,12 +840,15 @@ impl Sandbox {
     /// failures (`EADDRNOTAVAIL`: not an address of the host namespace);
     /// [`Error::HolderDied`], [`Error::NotFound`] as for [`enter`](Sandbox::enter);
     /// [`Error::Netlink`] naming the nf_tables operation if the kernel
-    /// refuses the rules (with [`PortForwarding::Kernel`](crate::PortForwarding::Kernel),
-    /// or an errno that is not a refusal).
+    /// refuses the rules with [`PortForwarding::Kernel`](crate::PortForwarding::Kernel),
+    /// or fails them with an errno that is not a refusal (with
+    /// [`PortForwarding::Auto`](crate::PortForwarding::Auto), a refusal
+    /// leaves the ports to the userspace forwarder instead).
     ///
     /// # Cancel safety
     /// Dropping the future before it completes closes the ports bound so
-    /// far; nothing is published (rules added meanwhile are `gc`'s).
+    /// far and publishes nothing; kernel rules that were being added are
+    /// deleted once the kernel has taken them.
     pub async fn add_port(&self, mapping: PortMapping) -> Result<Vec<PublishedPort>> {
         self.inner.check_alive()?;
         let net = &self.inner.net;
@@ -867,14 +871,20 @@ impl Sandbox {
     }
 
     /// Stop publishing `port` (one entry of [`ports`](Sandbox::ports)):
-    /// returns once its host socket and its connections are closed.
+    /// its kernel rules are deleted, then its host socket and its
+    /// connections closed; returns once they are.
     ///
     /// # Errors
     /// [`Error::NotFound`] if it is not published for this sandbox.
+    /// [`Error::Netlink`] if its kernel rules could not be deleted (tried
+    /// three times): the mapping is ended all the same, and the rules are
+    /// left in this process's table until [`gc`](crate::Network::gc), the
+    /// drop of the network, or the end of the process, whichever comes
+    /// first.
     ///
     /// # Cancel safety
     /// The mapping is ended when the call starts; a dropped future only
-    /// stops waiting for its sockets to close.
+    /// stops waiting for its rules to be deleted and its sockets closed.
     pub async fn remove_port(&self, port: &PublishedPort) -> Result<()> {
         if ports::end_one(&self.inner.net.ports, &self.inner.id, port).await? {
             Ok(())
@@ -903,7 +913,11 @@ impl Sandbox {
     /// # Errors
     /// Every step is attempted; if any fails, [`Error::Multiple`] lists them
     /// all and the sandbox stays as it was for the steps that failed (call
-    /// `remove` again). Objects already gone count as removed.
+    /// `remove` again). Objects already gone count as removed. Port
+    /// mappings are the exception: they end whatever happens, and kernel
+    /// rules that could not be deleted are left to
+    /// [`gc`](crate::Network::gc) or to the end of the process, which takes
+    /// its table with it.
     ///
     /// # Cancel safety
     /// Each step is idempotent: a cancelled remove can be run again.

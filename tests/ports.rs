@@ -246,6 +246,7 @@ fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping(via: Via) {
         assert!(rules(&net).await.is_empty());
         net.remove().await.unwrap();
         assert_eq!(podnet::internals::port_rules(&net).await.unwrap(), None);
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
     });
 }
 
@@ -747,6 +748,9 @@ fn child_process() {
         .build()
         .unwrap();
     rt.block_on(async {
+        if action == "refused-rule" {
+            return refused_rule(Path::new(&state)).await;
+        }
         let net = network_at(Path::new(&state), Via::from_env()).await;
         match action.as_str() {
             // Publish a port, say so, and wait to be killed.
@@ -769,64 +773,145 @@ fn child_process() {
     });
 }
 
-both!(a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox);
-fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox(via: Via) {
+/// In a child run with `PODNET_FAILPOINT=nft-rule` (every rule it adds
+/// names a chain that does not exist, so the kernel refuses the batch with
+/// ENOENT, as for a rule whose expression's module is missing): `Auto`
+/// serves the mapping by the forwarder and leaves no rule; `Kernel` fails
+/// and changes nothing. Prints `refused-rule ok` at the end.
+async fn refused_rule(state: &Path) {
+    assert_eq!(
+        std::env::var("PODNET_FAILPOINT").as_deref(),
+        Ok("nft-rule"),
+        "run by a_refused_rule_falls_back_to_userspace_with_auto_only"
+    );
+    let net = Network::builder(BRIDGE)
+        .subnet("10.88.0.0/16".parse().unwrap())
+        .state_dir(state)
+        .port_forwarding(PortForwarding::Auto)
+        .build()
+        .await
+        .unwrap();
+    let pod = net
+        .sandbox("refused")
+        .port(PortMapping::tcp(9800, 80))
+        .create()
+        .await
+        .unwrap();
+    port_echoes(&pod, &[80]).await;
+    // The table was made (nf_tables is allowed), but not the rules.
+    assert!(podnet::internals::port_table(&net).is_some());
+    assert_eq!(rules(&net).await, Vec::<String>::new());
+    assert_eq!(pod.ports()[0].forwarder, Forwarder::Userspace);
+    assert_eq!(read_from(Via::Kernel.at(9800)), "80");
+    assert_eq!(read_from(Via::Userspace.at(9800)), "80");
+    // add_port too.
+    let added = pod.add_port(PortMapping::udp(9801, 53)).await.unwrap();
+    assert_eq!(added[0].forwarder, Forwarder::Userspace);
+    pod.remove().await.unwrap();
+    net.remove().await.unwrap();
+
+    let forced = Network::builder(BRIDGE)
+        .subnet("10.88.0.0/16".parse().unwrap())
+        .state_dir(state)
+        .port_forwarding(PortForwarding::Kernel)
+        .build()
+        .await
+        .unwrap();
+    let err = forced
+        .sandbox("refused")
+        .port(PortMapping::tcp(9800, 80))
+        .create()
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(nix::errno::Errno::ENOENT), "{err:?}");
+    assert!(err.to_string().contains("add DNAT rules"), "{err}");
+    assert!(forced.sandboxes().await.unwrap().is_empty());
+    assert!(tcp_free("0.0.0.0:9800".parse().unwrap()));
+    assert_eq!(rules(&forced).await, Vec::<String>::new());
+    forced.remove().await.unwrap();
+    println!("refused-rule ok");
+}
+
+#[test]
+fn a_refused_rule_falls_back_to_userspace_with_auto_only() {
+    in_netns(|ctx| async move {
+        let out = common::child_command(&ctx, "refused-rule")
+            .env("PODNET_FAILPOINT", "nft-rule")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        assert!(stdout.contains("refused-rule ok"), "{stdout}");
+        assert!(podnet::internals::podnet_tables().unwrap().is_empty());
+    });
+}
+
+/// Start a child that publishes TCP and UDP 9400 for a sandbox "crash"
+/// (`publish-and-wait`) and wait until it has.
+fn publishing_child(ctx: &Ctx, via: Via) -> std::process::Child {
+    let mut proc = child(ctx, via, "publish-and-wait").spawn().unwrap();
+    // The harness of the child prints its own lines first.
+    let out = std::io::BufReader::new(proc.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = std::io::BufRead::lines(out)
+            .map_while(Result::ok)
+            .find(|l| l.contains("published ["));
+        let _ = tx.send(line);
+    });
+    // A child that hangs before publishing fails the test, not CI.
+    let line = rx.recv_timeout(Duration::from_secs(60));
+    if !matches!(line, Ok(Some(_))) {
+        proc.kill().unwrap();
+        proc.wait().unwrap();
+        panic!("the child did not publish: {line:?}");
+    }
+    proc
+}
+
+both!(a_killed_creator_leaves_no_mapping_no_table_and_gc_reclaims_its_sandbox);
+fn a_killed_creator_leaves_no_mapping_no_table_and_gc_reclaims_its_sandbox(via: Via) {
     in_netns(move |ctx| async move {
         let net = network(&ctx, via).await;
-        let mut proc = child(&ctx, via, "publish-and-wait").spawn().unwrap();
-        // The harness of the child prints its own lines first.
-        let out = std::io::BufReader::new(proc.stdout.take().unwrap());
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let line = std::io::BufRead::lines(out)
-                .map_while(Result::ok)
-                .find(|l| l.contains("published ["));
-            let _ = tx.send(line);
-        });
-        // A child that hangs before publishing fails the test, not CI.
-        let line = rx.recv_timeout(Duration::from_secs(60));
-        if !matches!(line, Ok(Some(_))) {
-            proc.kill().unwrap();
-            proc.wait().unwrap();
-            panic!("the child did not publish: {line:?}");
-        }
+        let mut proc = publishing_child(&ctx, via);
         // The child's forwarder serves the mapping.
         assert_eq!(read_from(via.at(9400)), "80");
         assert!(UdpSocket::bind("0.0.0.0:9400").is_err());
-        let made = rules(&net).await;
-        assert_eq!(
-            made.len(),
-            if via == Via::Kernel { 6 } else { 0 },
-            "{made:?}"
-        );
+        // Its rules are in a table of its own (this process made none).
+        let tables = podnet::internals::podnet_tables().unwrap();
+        assert_eq!(podnet::internals::port_table(&net), None);
+        match via {
+            Via::Kernel => {
+                assert_eq!(tables.len(), 1, "{tables:?}");
+                assert!(tables[0].0.starts_with("podnet-pnp0-"), "{tables:?}");
+                assert_eq!(tables[0].1.len(), 6, "{tables:?}");
+            }
+            Via::Userspace => assert!(tables.is_empty(), "{tables:?}"),
+        }
 
         proc.kill().unwrap(); // SIGKILL: no cleanup of any kind
         let status = proc.wait().unwrap();
         assert_eq!(status.signal(), Some(9));
-        // The kernel closed its sockets: both ports are free at once.
+        // The kernel closed its sockets: both ports are free at once, and
+        // its table went with its nf_tables socket, rules and all, before
+        // any gc.
         assert!(tcp_free("0.0.0.0:9400".parse().unwrap()));
         assert!(UdpSocket::bind("0.0.0.0:9400").is_ok());
-        // Kernel rules outlive a crash, until gc.
-        assert_eq!(rules(&net).await, made);
-        // Its sandbox (holder killed with its creator) is gc's.
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
+        assert!(TcpStream::connect(Via::Kernel.at(9400)).is_err());
+        // Its sandbox (holder killed with its creator) is gc's; there is no
+        // rule left to reclaim.
         let t = Instant::now();
         let mut report = net.gc().await.unwrap();
-        // The rules (of a dead process) may go in an earlier gc than the
-        // sandbox (whose holder may take a moment to die).
-        let mut reclaimed = report.port_rules.clone();
         while report.sandboxes.is_empty() && t.elapsed() < Duration::from_secs(5) {
+            assert!(report.port_rules.is_empty(), "{report:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
             report = net.gc().await.unwrap();
-            reclaimed.extend(report.port_rules.iter().cloned());
         }
         assert_eq!(report.sandboxes, ["crash"], "{report:?}");
+        assert!(report.port_rules.is_empty(), "{report:?}");
         assert!(net.sandboxes().await.unwrap().is_empty());
-        reclaimed.sort();
-        let mut made = made;
-        made.sort();
-        assert_eq!(reclaimed, made, "{report:?}");
-        assert!(rules(&net).await.is_empty());
-        // The port can be published again.
+        // The port can be published again, by this process.
         let pod = net
             .sandbox("crash")
             .port(PortMapping::tcp(9400, 80))
@@ -841,6 +926,114 @@ fn a_crashed_creator_leaves_no_mapping_and_gc_reclaims_its_sandbox(via: Via) {
             if via == Via::Kernel { 3 } else { 0 }
         );
         pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
+    });
+}
+
+#[test]
+fn two_processes_on_one_network_keep_their_tables_apart() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, Via::Kernel).await;
+        let pod = net
+            .sandbox("here")
+            .port(PortMapping::tcp(9410, 80))
+            .create()
+            .await
+            .unwrap();
+        port_echoes(&pod, &[80]).await;
+        let mut proc = publishing_child(&ctx, Via::Kernel);
+        let mine = podnet::internals::port_table(&net).unwrap();
+        let tables = podnet::internals::podnet_tables().unwrap();
+        assert_eq!(tables.len(), 2, "{tables:?}");
+        let (ours, theirs): (Vec<_>, Vec<_>) = tables.into_iter().partition(|(t, _)| *t == mine);
+        assert_eq!(ours[0].1.len(), 3, "{ours:?}");
+        assert!(ours[0].1.iter().all(|c| c.contains(" here@")), "{ours:?}");
+        assert_eq!(theirs[0].1.len(), 6, "{theirs:?}");
+        assert!(
+            theirs[0].1.iter().all(|c| c.contains(" crash@")),
+            "{theirs:?}"
+        );
+        assert_eq!(read_from(Via::Kernel.at(9410)), "80");
+        assert_eq!(read_from(Via::Kernel.at(9400)), "80");
+        // This process's gc and removals touch its own table only.
+        assert!(net.gc().await.unwrap().port_rules.is_empty());
+        pod.remove().await.unwrap();
+        let after = podnet::internals::podnet_tables().unwrap();
+        assert!(after.contains(&(mine.clone(), Vec::new())), "{after:?}");
+        assert!(after.contains(&theirs[0]), "{after:?}");
+        assert_eq!(read_from(Via::Kernel.at(9400)), "80");
+        // The other process's end takes its table only.
+        proc.kill().unwrap();
+        proc.wait().unwrap();
+        assert_eq!(
+            podnet::internals::podnet_tables().unwrap(),
+            [(mine, Vec::new())]
+        );
+        let t = Instant::now();
+        while !net
+            .gc()
+            .await
+            .unwrap()
+            .sandboxes
+            .contains(&"crash".to_owned())
+        {
+            assert!(t.elapsed() < Duration::from_secs(5), "crash not reclaimed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        net.remove().await.unwrap();
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
+    });
+}
+
+#[test]
+fn a_cancelled_add_port_leaves_no_rule() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, Via::Kernel).await;
+        let pod = net
+            .sandbox("cancel")
+            .port(PortMapping::tcp(9420, 80))
+            .create()
+            .await
+            .unwrap();
+        let before = rules(&net).await;
+        assert_eq!(before.len(), 3);
+        // Hold the table's socket, so the rules of the next request wait
+        // to be added; give up on the request meanwhile.
+        let hold = podnet::internals::hold_port_table(&net).unwrap();
+        let range = PortMapping::range(Protocol::Tcp, 9500..=9599, 7000..=7099);
+        let mut request = Box::pin(pod.add_port(range));
+        let t = Instant::now();
+        // Run it until its 100 ports' rules are being added, then drop it.
+        while podnet::internals::installing(&net) != 100 {
+            tokio::select! {
+                got = &mut request => panic!("add_port returned while the table was held: {got:?}"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "no rule was being added"
+            );
+        }
+        drop(request);
+        drop(hold);
+        // The rules go in, and are deleted again as nobody took them.
+        let t = Instant::now();
+        while podnet::internals::installing(&net) != 0 || rules(&net).await != before {
+            assert!(t.elapsed() < Duration::from_secs(10), "rules left");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Nothing was published and the ports are free.
+        assert_eq!(pod.ports().len(), 1);
+        assert!(tcp_free("0.0.0.0:9500".parse().unwrap()));
+        assert!(tcp_free("0.0.0.0:9599".parse().unwrap()));
+        assert!(net.gc().await.unwrap().port_rules.is_empty());
+        // The same request, not cancelled, publishes them all.
+        let range = PortMapping::range(Protocol::Tcp, 9500..=9599, 7000..=7099);
+        assert_eq!(pod.add_port(range).await.unwrap().len(), 100);
+        assert_eq!(rules(&net).await.len(), 303);
+        pod.remove().await.unwrap();
+        assert!(rules(&net).await.is_empty());
         net.remove().await.unwrap();
     });
 }
@@ -886,6 +1079,13 @@ fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
         }
         let (ra, rb) = (rules(&a).await, rules(&b).await);
         assert_eq!((ra.len(), rb.len()), (3, 3));
+        // A table each, both owned by this process.
+        let (ta, tb) = (
+            podnet::internals::port_table(&a).unwrap(),
+            podnet::internals::port_table(&b).unwrap(),
+        );
+        assert!(ta.starts_with("podnet-pnpa-") && tb.starts_with("podnet-pnpb-"));
+        assert_eq!(podnet::internals::podnet_tables().unwrap().len(), 2);
         assert!(ra.iter().all(|c| c.contains(":9500 ")), "{ra:?}");
         assert!(rb.iter().all(|c| c.contains(":9501 ")), "{rb:?}");
         // gc of one leaves the other's rules alone (its records are not
@@ -898,6 +1098,10 @@ fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
         a.remove().await.unwrap();
         assert_eq!(podnet::internals::port_rules(&a).await.unwrap(), None);
         assert_eq!(rules(&b).await, rb);
+        assert_eq!(
+            podnet::internals::podnet_tables().unwrap(),
+            [(tb, rb.clone())]
+        );
         assert_eq!(read_from(SocketAddr::from(([10, 89, 0, 1], 9501))), "b");
         pb.remove().await.unwrap();
         b.remove().await.unwrap();
@@ -905,7 +1109,7 @@ fn two_networks_in_one_namespace_keep_their_kernel_rules_apart() {
 }
 
 #[test]
-fn the_default_is_userspace_and_auto_uses_the_kernel_where_nf_tables_is_allowed() {
+fn the_default_is_auto_which_uses_the_kernel_where_nf_tables_is_allowed() {
     in_netns(|ctx| async move {
         let net = Network::builder(BRIDGE)
             .subnet("10.88.0.0/16".parse().unwrap())
@@ -915,38 +1119,15 @@ fn the_default_is_userspace_and_auto_uses_the_kernel_where_nf_tables_is_allowed(
             .unwrap();
         let pod = net
             .sandbox("default")
-            .port(PortMapping::tcp(9601, 80))
-            .create()
-            .await
-            .unwrap();
-        assert!(pod
-            .ports()
-            .iter()
-            .all(|p| p.forwarder == Forwarder::Userspace));
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
-    });
-    auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed();
-}
-
-fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
-    in_netns(|ctx| async move {
-        let net = Network::builder(BRIDGE)
-            .subnet("10.88.0.0/16".parse().unwrap())
-            .state_dir(&ctx.state)
-            .port_forwarding(PortForwarding::Auto)
-            .build()
-            .await
-            .unwrap();
-        let pod = net
-            .sandbox("auto")
             .port(PortMapping::tcp(9600, 80))
+            .port(PortMapping::tcp(9601, 80).host_ip("127.0.0.1".parse().unwrap()))
             .create()
             .await
             .unwrap();
         port_echoes(&pod, &[80]).await;
         // Where nf_tables refuses there is no table, and the forwarder
-        // serves; here (root or a user namespace) the kernel does.
+        // serves; here (root, or a user namespace on Linux 5.12 or later)
+        // the kernel does, from a table of this process.
         let table = podnet::internals::port_rules(&net).await.unwrap();
         let want = if table.is_some() {
             Forwarder::Kernel
@@ -955,10 +1136,28 @@ fn auto_forwarding_uses_the_kernel_where_nf_tables_is_allowed() {
         };
         assert_eq!(pod.ports()[0].forwarder, want);
         assert_eq!(want, Forwarder::Kernel, "nf_tables is allowed here");
+        // Loopback is the forwarder's whatever the mode.
+        assert_eq!(pod.ports()[1].forwarder, Forwarder::Userspace);
         assert_eq!(read_from("10.88.0.1:9600".parse().unwrap()), "80");
         assert_eq!(read_from("127.0.0.1:9600".parse().unwrap()), "80");
+        assert_eq!(read_from("127.0.0.1:9601".parse().unwrap()), "80");
         pod.remove().await.unwrap();
         assert!(rules(&net).await.is_empty());
+        net.remove().await.unwrap();
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
+
+        // Userspace: no table at all.
+        let net = network(&ctx, Via::Userspace).await;
+        let pod = net
+            .sandbox("user")
+            .port(PortMapping::tcp(9602, 80))
+            .create()
+            .await
+            .unwrap();
+        assert_eq!(pod.ports()[0].forwarder, Forwarder::Userspace);
+        assert_eq!(podnet::internals::port_table(&net), None);
+        assert_eq!(podnet::internals::podnet_tables().unwrap(), []);
+        pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
 }
@@ -1033,17 +1232,20 @@ fn ipv6_goes_through_the_kernel_and_dropping_the_network_ends_its_rules() {
         assert_eq!(made.len(), 4, "{made:?}");
         assert_eq!(read_from("10.88.0.1:9700".parse().unwrap()), "v4");
         assert_eq!(read_from("[fd00:88::1]:9700".parse().unwrap()), "v6");
-        // Dropping every handle to the network ends its mappings, rules
-        // included (the sandbox stays: a plain drop removes nothing).
+        // Dropping every handle to the network ends its mappings, its
+        // table included (the sandbox stays: a plain drop removes nothing).
         drop(pod);
         drop(net);
-        let net = network(&ctx, Via::Kernel).await;
         let t = Instant::now();
-        while !rules(&net).await.is_empty() {
-            assert!(t.elapsed() < Duration::from_secs(5), "rules left");
+        while !podnet::internals::podnet_tables().unwrap().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(5), "table left");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(tcp_free("[::]:9700".parse().unwrap()));
+        eventually("the port is free", || {
+            tcp_free("[::]:9700".parse().unwrap())
+        })
+        .await;
+        let net = network(&ctx, Via::Kernel).await;
         net.open_sandbox("six")
             .await
             .unwrap()

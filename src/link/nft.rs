@@ -2,16 +2,24 @@
 //! path of port mappings. A sibling of `link.rs`, so netlink is still spoken
 //! in one place only.
 //!
-//! One table per network, `inet podnet-<bridge>`, with three nat chains:
-//! `prerouting` (dstnat, traffic arriving from outside or from the bridge),
-//! `output` (dstnat, locally generated) and `postrouting` (srcnat,
-//! masquerade of pod-subnet clients so hairpin and pod-to-pod through a
-//! mapping get their replies back through the host). Every rule carries a
-//! comment (nft's own userdata TLV, shown by `nft list ruleset`) naming the
-//! sandbox instance, the port and the process that made it:
-//! `podnet <name>@<id> <proto> <host addr>:<port> <pid>:<start>`, so a
-//! removal deletes exactly its rules and gc finds the rules of dead
-//! sandboxes and dead processes without any other record.
+//! One table per network *and per process*, `inet podnet-<bridge>-<port
+//! id>` (the netlink port id of the socket that made it, unique in the
+//! namespace while that socket is open), made with `NFT_TABLE_F_OWNER`
+//! (Linux 5.12): only the socket that made it may change it, and the
+//! kernel deletes it, with every rule in it, when that socket closes,
+//! whether the process removed its sandboxes, returned from `main`, or was
+//! killed. So a network keeps its socket open for as long as it lives in
+//! the process, and no rule outlives the process.
+//!
+//! Three nat chains: `prerouting` (dstnat, traffic arriving from outside
+//! or from the bridge), `output` (dstnat, locally generated) and
+//! `postrouting` (srcnat, masquerade of pod-subnet clients so hairpin and
+//! pod-to-pod through a mapping get their replies back through the host).
+//! Every rule carries a comment (nft's own userdata TLV, shown by
+//! `nft list ruleset`) naming the sandbox instance, the port and the
+//! mapping's serial in the process:
+//! `podnet <name>@<id> <proto> <host addr>:<port> #<serial>`, so a removal
+//! deletes exactly its rules and gc finds the rules no live mapping claims.
 //!
 //! Changes go in one batch (NFNL_MSG_BATCH_BEGIN … END), which the kernel
 //! applies all or nothing. Only the last message asks for an ack (the
@@ -56,6 +64,9 @@ const NFPROTO_IPV6: u8 = 10;
 
 // Attributes (linux/netfilter/nf_tables.h).
 const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_TABLE_FLAGS: u16 = 2;
+/// The table belongs to the socket that made it (Linux 5.12).
+const NFT_TABLE_F_OWNER: u32 = 0x2;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_CHAIN_HOOK: u16 = 4;
@@ -473,8 +484,10 @@ pub(crate) struct Found {
     pub comment: String,
 }
 
-/// An nf_tables socket bound to the namespace it was opened in, for one
-/// network's table.
+/// An nf_tables socket bound to the namespace it was opened in, and the
+/// table it owns (once [`ensure_table`](Nft::ensure_table) made it): the
+/// kernel deletes that table when this socket closes, that is when the
+/// last `Arc<Nft>` is dropped or the process ends.
 #[derive(Debug)]
 pub(crate) struct Nft {
     sock: Mutex<Socket>,
@@ -496,25 +509,36 @@ pub(crate) fn refused(errno: Errno) -> bool {
     )
 }
 
+/// A bound nf_tables socket of the calling thread's network namespace, and
+/// its netlink port id.
+fn socket(object: impl Fn() -> String) -> Result<(Socket, u32)> {
+    let err = |op: &'static str, e: std::io::Error| Error::Netlink {
+        op,
+        object: object(),
+        errno: io_errno(e),
+    };
+    let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| err("open", e))?;
+    sock.bind_auto().map_err(|e| err("bind", e))?;
+    sock.connect(&SocketAddr::new(0, 0))
+        .map_err(|e| err("connect", e))?;
+    let mut addr = SocketAddr::new(0, 0);
+    sock.get_address(&mut addr)
+        .map_err(|e| err("getsockname", e))?;
+    Ok((sock, addr.port_number()))
+}
+
 impl Nft {
     /// Open an nf_tables socket in the calling thread's network namespace
-    /// for the table of network `bridge` (the namespace is fixed at
-    /// creation, netlink(7), so it may be used from any thread after).
+    /// (the namespace is fixed at creation, netlink(7), so it may be used
+    /// from any thread after) for a table of network `bridge` that this
+    /// socket will own: `podnet-<bridge>-<port id>`. Nothing is made yet.
     pub(crate) fn open(bridge: &str) -> Result<Nft> {
-        let table = format!("podnet-{bridge}");
-        let err = |op: &'static str, e: std::io::Error| Error::Netlink {
-            op,
-            object: format!("nf_tables socket for table inet {table}"),
-            errno: Errno::from_raw(e.raw_os_error().unwrap_or(Errno::EIO as i32)),
-        };
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| err("open", e))?;
-        sock.bind_auto().map_err(|e| err("bind", e))?;
-        sock.connect(&SocketAddr::new(0, 0))
-            .map_err(|e| err("connect", e))?;
+        let (sock, port_id) = socket(|| format!("nf_tables socket for network {bridge:?}"))?;
         // Extended acks are not needed: errors are reported by errno.
         Ok(Nft {
             sock: Mutex::new(sock),
-            table,
+            // At most 7 + 15 + 1 + 10 bytes: far below NFT_NAME_MAXLEN (256).
+            table: format!("podnet-{bridge}-{port_id}"),
             seq: AtomicU32::new(1),
         })
     }
@@ -528,12 +552,15 @@ impl Nft {
         self.seq.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Make the table and its chains if they are not there (idempotent:
-    /// no NLM_F_EXCL, so a second process or a second call changes nothing).
+    /// Make the table, owned by this socket, and its chains if they are not
+    /// there (idempotent: no NLM_F_EXCL, so a second call changes nothing).
+    /// A kernel without table owners (before 5.12) refuses the flag, and so
+    /// does a table of that name made without it: both are EOPNOTSUPP.
     pub(crate) fn ensure_table(&self) -> std::result::Result<(), Errno> {
         let mut msgs = Vec::new();
         let mut t = Msg::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
-        t.str(NFTA_TABLE_NAME, &self.table);
+        t.str(NFTA_TABLE_NAME, &self.table)
+            .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
         msgs.push(t);
         for (name, hook, prio) in CHAINS {
             let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
@@ -546,7 +573,13 @@ impl Nft {
                 .str(NFTA_CHAIN_TYPE, "nat");
             msgs.push(c);
         }
-        self.batch(msgs)
+        match self.batch(msgs) {
+            // Kernels before 5.12 take no table flag but DORMANT, and say
+            // EINVAL (5.12 made it EOPNOTSUPP): no owner, no kernel path.
+            // The messages are fixed, so this is not a malformed request.
+            Err(Errno::EINVAL) => Err(Errno::EOPNOTSUPP),
+            other => other,
+        }
     }
 
     /// Delete the table with everything in it; a missing table is fine.
@@ -586,9 +619,19 @@ impl Nft {
 
     /// Add the rules of every port of `ports` in one batch: all or none.
     pub(crate) fn add(&self, ports: &[Dnat]) -> std::result::Result<(), Errno> {
+        // This crate's tests: rules the kernel refuses (ENOENT, as for an
+        // expression whose module is missing).
+        #[cfg(feature = "failpoints")]
+        let refused = std::env::var("PODNET_FAILPOINT").as_deref() == Ok("nft-rule");
         let mut msgs = Vec::new();
         for p in ports {
             for (chain, exprs) in p.rules() {
+                #[cfg(feature = "failpoints")]
+                let chain = if refused {
+                    "podnet-no-such-chain"
+                } else {
+                    chain
+                };
                 let mut r = Msg::nft(
                     NFT_MSG_NEWRULE,
                     NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
@@ -670,35 +713,24 @@ impl Nft {
     /// Every rule of the table with a podnet comment. A missing table has
     /// none.
     pub(crate) fn list(&self) -> std::result::Result<Vec<Found>, Errno> {
-        let seq = self.next_seq();
-        let mut m = Msg::nft(NFT_MSG_GETRULE, NLM_F_DUMP, seq);
-        m.str(NFTA_RULE_TABLE, &self.table);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        send(&sock, &m.finish())?;
-        let mut out = Vec::new();
-        loop {
-            let buf = recv_within(&sock, ANSWER_WAIT)?;
-            for (kind, rseq, body) in messages(&buf) {
-                if rseq != seq {
-                    continue;
-                }
-                match kind {
-                    NLMSG_DONE => return Ok(out),
-                    NLMSG_ERROR => match error_code(body) {
-                        0 => return Ok(out),
-                        e if Errno::from_raw(e) == Errno::ENOENT => return Ok(Vec::new()),
-                        e => return Err(Errno::from_raw(e)),
-                    },
-                    _ => {
-                        if let Some(f) = parse_rule(body) {
-                            if f.comment.starts_with(TAG) {
-                                out.push(f);
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        list_rules(&sock, self.next_seq(), &self.table)
+    }
+
+    /// Hold this socket (every operation on the table waits) until the
+    /// returned sender is dropped; for this crate's tests.
+    #[cfg(feature = "internals")]
+    pub(crate) fn hold(self: &std::sync::Arc<Self>) -> std::sync::mpsc::Sender<()> {
+        let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let nft = self.clone();
+        std::thread::spawn(move || {
+            let _sock = nft.sock.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = held_tx.send(());
+            let _ = release_rx.recv();
+        });
+        let _ = held_rx.recv();
+        release_tx
     }
 
     /// Send `msgs` (made with NLM_F_ACK) as one batch and return the
@@ -776,6 +808,85 @@ impl Nft {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// Every rule of `table` with a podnet comment, over `sock`. A missing
+/// table has none.
+fn list_rules(sock: &Socket, seq: u32, table: &str) -> std::result::Result<Vec<Found>, Errno> {
+    let mut m = Msg::nft(NFT_MSG_GETRULE, NLM_F_DUMP, seq);
+    m.str(NFTA_RULE_TABLE, table);
+    send(sock, &m.finish())?;
+    let mut out = Vec::new();
+    loop {
+        let buf = recv_within(sock, ANSWER_WAIT)?;
+        for (kind, rseq, body) in messages(&buf) {
+            if rseq != seq {
+                continue;
+            }
+            match kind {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => match error_code(body) {
+                    0 => return Ok(out),
+                    e if Errno::from_raw(e) == Errno::ENOENT => return Ok(Vec::new()),
+                    e => return Err(Errno::from_raw(e)),
+                },
+                _ => {
+                    if let Some(f) = parse_rule(body) {
+                        if f.comment.starts_with(TAG) {
+                            out.push(f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every inet table of the calling thread's network namespace whose name
+/// starts with `podnet-`, whoever made it, with the comments of its podnet
+/// rules (read over a socket of our own: reading another socket's table is
+/// allowed, changing it is not). For this crate's tests.
+#[cfg(feature = "internals")]
+pub(crate) fn podnet_tables() -> Result<Vec<(String, Vec<String>)>> {
+    let object = || "inet tables of this thread's network namespace".to_owned();
+    let (sock, _) = socket(object)?;
+    let err = |errno| Error::Netlink {
+        op: "nf_tables: list",
+        object: object(),
+        errno,
+    };
+    let seq = 1;
+    send(&sock, &Msg::nft(NFT_MSG_GETTABLE, NLM_F_DUMP, seq).finish()).map_err(err)?;
+    let mut names = Vec::new();
+    'dump: loop {
+        let buf = recv_within(&sock, ANSWER_WAIT).map_err(err)?;
+        for (kind, rseq, body) in messages(&buf) {
+            if rseq != seq {
+                continue;
+            }
+            match kind {
+                NLMSG_DONE => break 'dump,
+                NLMSG_ERROR => match error_code(body) {
+                    0 => break 'dump,
+                    e => return Err(err(Errno::from_raw(e))),
+                },
+                _ => {
+                    let name = attrs(body.get(4..).unwrap_or_default())
+                        .into_iter()
+                        .find(|(k, _)| *k == NFTA_TABLE_NAME)
+                        .map(|(_, d)| cstr(d));
+                    names.extend(name.filter(|n| n.starts_with("podnet-")));
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        let seq = 2 + u32::try_from(i).unwrap_or(0);
+        let rules = list_rules(&sock, seq, &name).map_err(err)?;
+        out.push((name, rules.into_iter().map(|f| f.comment).collect()));
+    }
+    Ok(out)
 }
 
 fn send(sock: &Socket, buf: &[u8]) -> std::result::Result<(), Errno> {

@@ -1,7 +1,8 @@
 //! Port mappings: an address and port of the network's host namespace
 //! forwarded to a port of a sandbox, over TCP or UDP, by the kernel (DNAT
-//! rules in an nf_tables table of the network, `link/nft.rs`) where the host
-//! namespace allows it, and by a userspace forwarder otherwise.
+//! rules in an nf_tables table this process owns for the network,
+//! `link/nft.rs`) where the host namespace allows it, and by a userspace
+//! forwarder otherwise.
 //!
 //! The userspace forwarder's listening socket is always made: it is the
 //! reservation of the host port (a kernel rule binds nothing, so without it
@@ -30,11 +31,15 @@
 //! - A mapping ends when its sandbox is removed, when its holder dies (the
 //!   forwarder watches the holder's pidfd, so this holds whoever removed the
 //!   sandbox), when the last handle to the network is dropped, or with the
-//!   process: its rules are deleted then. Rules outlive a crash; each names
-//!   its sandbox instance and its process in its comment, so gc deletes the
-//!   rules of dead sandboxes and of dead processes. Nothing is on disk.
+//!   process: its rules are deleted then. The rules are in a table owned by
+//!   the network's nf_tables socket in this process, so the kernel deletes
+//!   them when the process ends, however it ends. Nothing is on disk.
+//! - Every podnet rule of the table is claimed by a live mapping or by a
+//!   request adding it (by the serial in its comment); gc deletes any
+//!   other (left by a deletion that failed). A request whose caller went
+//!   away while its rules were being added deletes them (`Installed`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -278,21 +283,28 @@ impl fmt::Display for PortMapping {
 
 /// How a network forwards its published ports; set with
 /// [`NetworkBuilder::port_forwarding`](crate::NetworkBuilder::port_forwarding).
+///
+/// The kernel's rules live in an nf_tables table owned by this process
+/// (one per network), which the kernel deletes with every rule in it when
+/// the process exits, however it exits; see the README ("Kernel or
+/// userspace forwarding") for what they ask of the host's firewall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum PortForwarding {
-    /// The kernel if nf_tables is there and allowed in the host namespace
-    /// (tried once per network, at its first mapping), the userspace
-    /// forwarder otherwise, silently: [`PublishedPort::forwarder`] says
-    /// which. Opt-in: see the README ("Kernel or userspace forwarding")
-    /// for what the kernel path does to a real host's firewall.
+    /// The kernel where nf_tables is there and allowed in the host
+    /// namespace (Linux 5.12 or later, for table owners), the userspace
+    /// forwarder otherwise (the default). The table is tried once per
+    /// network, at its first mapping; a kernel that refuses the rules of a
+    /// later request leaves that request's ports to the forwarder. Silent,
+    /// but [`PublishedPort::forwarder`] says which serves each port.
+    #[default]
     Auto,
     /// The kernel (nf_tables DNAT) only: a mapping fails if nf_tables
-    /// refuses. Opt-in, as `Auto`.
+    /// refuses the table or the rules.
     Kernel,
-    /// The userspace forwarder only (the default): nothing outlives the
-    /// process, and nothing is asked of the host's firewall.
-    #[default]
+    /// The userspace forwarder only: nothing is asked of the host's
+    /// firewall, and the host namespace's connection tracking is left as
+    /// it is.
     Userspace,
 }
 
@@ -389,17 +401,24 @@ pub(crate) type Slot = OnceCell<Engine>;
 
 /// The forwarder thread of a network, and the mappings it serves.
 pub(crate) struct Engine {
-    rt: tokio::runtime::Handle,
-    /// The network's nf_tables table, when the kernel forwards: decided
-    /// (and the table made) by the first mapping that gets past its binds,
-    /// so a taken port changes nothing, not even the table.
-    kernel: Arc<std::sync::OnceLock<Option<Arc<Nft>>>>,
-    bridge: String,
-    mode: PortForwarding,
+    s: Arc<Shared>,
     /// Dropping it ends the thread, whose runtime then drops every task and
     /// with them every socket.
     _stop: oneshot::Sender<()>,
-    table: Arc<Mutex<Table>>,
+}
+
+/// What the engine's tasks share with it.
+struct Shared {
+    rt: tokio::runtime::Handle,
+    /// The network's nf_tables socket and the table it owns, when the
+    /// kernel forwards: decided (and the table made) by the first mapping
+    /// that gets past its binds, so a taken port changes nothing, not even
+    /// the table. The socket stays open as long as the engine (the
+    /// network) lives; the kernel deletes the table when it closes.
+    kernel: std::sync::OnceLock<Option<Arc<Nft>>>,
+    bridge: String,
+    mode: PortForwarding,
+    table: Mutex<Table>,
 }
 
 impl fmt::Debug for Engine {
@@ -408,10 +427,32 @@ impl fmt::Debug for Engine {
     }
 }
 
-/// Live mappings by sandbox instance id.
-type Table = HashMap<String, Entry>;
+/// What the engine serves, and the kernel rules it stands behind.
+#[derive(Default)]
+struct Table {
+    /// Live mappings by sandbox instance id.
+    entries: HashMap<String, Entry>,
+    /// Serials of mappings whose rules are being added: not live yet, but
+    /// not garbage either (gc leaves them alone).
+    installing: HashSet<u64>,
+}
+
+impl Table {
+    /// Whether a rule of mapping `serial` stands for a mapping that is
+    /// live or being made; any other podnet rule in the table is garbage.
+    fn claims(&self, serial: u64) -> bool {
+        self.installing.contains(&serial)
+            || self
+                .entries
+                .values()
+                .any(|e| e.ports.iter().any(|l| l.serial == Some(serial)))
+    }
+}
 
 struct Entry {
+    /// The sandbox's name (gc leaves the mappings of a sandbox whose record
+    /// is corrupt alone).
+    name: String,
     ports: Vec<Live>,
     /// Ends the entry when the holder dies.
     watcher: AbortHandle,
@@ -419,6 +460,8 @@ struct Entry {
 
 struct Live {
     port: PublishedPort,
+    /// The serial its kernel rules carry, if the kernel forwards it.
+    serial: Option<u64>,
     task: JoinHandle<()>,
 }
 
@@ -470,7 +513,12 @@ pub(crate) async fn reserve(
         }
         Ok(Reserved(out))
     };
-    engine.rt.spawn(bind).await.map_err(|_| forwarder_gone())?
+    engine
+        .s
+        .rt
+        .spawn(bind)
+        .await
+        .map_err(|_| forwarder_gone())?
 }
 
 /// Every (protocol, host address, pod port, idle) of `mappings`, checked.
@@ -529,27 +577,27 @@ fn forwarder_gone() -> Error {
 }
 
 /// Open the nf_tables socket of network `bridge` in the calling thread's
-/// namespace and make its table; `None` if `mode` lets the userspace
-/// forwarder stand in for a kernel that refuses.
+/// namespace and make its table, owned by that socket; `None` if `mode`
+/// lets the userspace forwarder stand in for a kernel that refuses.
 fn open_kernel(bridge: &str, mode: PortForwarding) -> Result<Option<Arc<Nft>>> {
     if mode == PortForwarding::Userspace {
         return Ok(None);
     }
-    let made = Nft::open(bridge).and_then(|nft| {
-        nft.ensure_table().map(|()| nft).map_err(|errno| {
-            nft_error(
-                "nf_tables: create table and nat chains",
-                &format!("for network {bridge:?}"),
-                errno,
-            )
-        })
+    let made = Nft::open(bridge).and_then(|nft| match nft.ensure_table() {
+        Ok(()) => Ok(nft),
+        Err(errno) => Err(nft_error(
+            "nf_tables: create table (owned by this process) and nat chains",
+            &format!("{} for network {bridge:?}", nft.table()),
+            errno,
+        )),
     });
     Ok(fallback(mode, made)?.map(Arc::new))
 }
 
-/// What `mode` makes of an attempt at the kernel path: with `Auto`, a
-/// refusal (nf_tables not there or not allowed) is the userspace
-/// forwarder; anything else is kept.
+/// What `mode` makes of an attempt at the kernel path (making the table,
+/// or adding a request's rules): with `Auto`, a refusal (nf_tables, or
+/// one of the expressions the rules use, not there or not allowed) is the
+/// userspace forwarder; anything else is kept.
 fn fallback<T>(mode: PortForwarding, made: Result<T>) -> Result<Option<T>> {
     match made {
         Ok(k) => Ok(Some(k)),
@@ -570,23 +618,21 @@ fn nft_error(op: &'static str, object: &str, errno: Errno) -> Error {
     }
 }
 
-/// This process, as rule comments name it: PID and start time (PID reuse).
-fn me() -> (i32, u64) {
-    let pid = nix::unistd::getpid();
-    (
-        pid.as_raw(),
-        crate::holder::proc_start_time(pid).unwrap_or(0),
-    )
+/// A serial for a mapping's rules, unique in the process (so in its
+/// tables).
+fn next_serial() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// A parsed podnet rule comment:
-/// `podnet <name>@<id> <proto> <host addr:port> <pid>:<start>`.
+/// `podnet <name>@<id> <proto> <host addr:port> #<serial>`.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Comment<'a> {
     pub owner: &'a str,
     pub id: &'a str,
     pub port: &'a str,
-    pub creator: (i32, u64),
+    pub serial: u64,
 }
 
 pub(crate) fn parse_comment(c: &str) -> Option<Comment<'_>> {
@@ -596,21 +642,23 @@ pub(crate) fn parse_comment(c: &str) -> Option<Comment<'_>> {
     let id = owner.split_once('@')?.1;
     let proto = f.next()?;
     let host = f.next()?;
-    let (pid, start) = f.next()?.split_once(':')?;
+    let serial = f.next()?.strip_prefix('#')?.parse().ok()?;
+    if f.next().is_some() {
+        return None;
+    }
     let port_len = proto.len() + 1 + host.len();
     let at = nft::TAG.len() + owner.len() + 1;
     Some(Comment {
         owner,
         id,
         port: c.get(at..at + port_len)?,
-        creator: (pid.parse().ok()?, start.parse().ok()?),
+        serial,
     })
 }
 
-fn comment(target: &Target<'_>, port: &PublishedPort) -> String {
-    let (pid, start) = me();
+fn comment(target: &Target<'_>, port: &PublishedPort, serial: u64) -> String {
     format!(
-        "{}{}@{} {} {} {pid}:{start}",
+        "{}{}@{} {} {} #{serial}",
         nft::TAG,
         target.name,
         target.id,
@@ -621,7 +669,13 @@ fn comment(target: &Target<'_>, port: &PublishedPort) -> String {
 
 /// The DNAT rules for `port` of `target`: one per address family the host
 /// address covers and the sandbox has an address of; none for loopback.
-fn dnats(target: &Target<'_>, port: &PublishedPort, forwarding: [bool; 2]) -> Vec<Dnat> {
+/// Each carries `serial` in its comment.
+fn dnats(
+    target: &Target<'_>,
+    port: &PublishedPort,
+    forwarding: [bool; 2],
+    serial: u64,
+) -> Vec<Dnat> {
     let host = port.host.ip();
     if host.is_loopback() {
         return Vec::new();
@@ -663,7 +717,7 @@ fn dnats(target: &Target<'_>, port: &PublishedPort, forwarding: [bool; 2]) -> Ve
                 pod,
                 pod_port: port.pod_port,
                 subnet,
-                comment: comment(target, port),
+                comment: comment(target, port, serial),
                 arriving,
             });
         }
@@ -677,40 +731,149 @@ fn forwarding(name: &str) -> bool {
     std::fs::read_to_string(format!("/proc/sys/net/{name}")).is_ok_and(|v| v.trim() != "0")
 }
 
-/// Run a blocking nf_tables call on `rt`'s blocking pool.
-async fn blocking<T: Send + 'static>(
-    rt: &tokio::runtime::Handle,
-    f: impl FnOnce() -> std::result::Result<T, Errno> + Send + 'static,
-) -> std::result::Result<T, Errno> {
-    rt.spawn_blocking(f).await.unwrap_or(Err(Errno::EINTR))
+/// Delete the rules of the mappings `serials` (blocking), trying three
+/// times (a transient ENOBUFS or a lost answer is not the end); returns
+/// the comments of the rules deleted. Rules left after a failure are
+/// garbage that gc deletes, and the kernel deletes with the table when
+/// the process ends (or the network is dropped).
+fn delete_serials(nft: &Nft, serials: &[u64]) -> std::result::Result<Vec<String>, Errno> {
+    let mut last = Errno::EIO;
+    for pause in [0, 20, 200] {
+        std::thread::sleep(Duration::from_millis(pause));
+        match nft.delete_where(|c| parse_comment(c).is_some_and(|c| serials.contains(&c.serial))) {
+            Ok(gone) => return Ok(gone),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
-/// Delete the rules of sandbox instance `id` (one `port` of it, or all).
-async fn delete_rules(engine: &Engine, id: &str, port: Option<&PublishedPort>) -> Result<()> {
-    let Some(nft) = engine.nft() else {
-        return Ok(());
+/// Rules added for a request that its caller has not taken yet. Dropped
+/// unaccepted (the caller's future was dropped while the rules were being
+/// added), it deletes them: a cancelled request leaves no rule.
+struct Installed {
+    s: Arc<Shared>,
+    nft: Arc<Nft>,
+    serials: Vec<u64>,
+    armed: bool,
+}
+
+impl Installed {
+    /// The caller takes the rules: from now on they stand for live
+    /// mappings of `table` (the caller holds its lock and adds them).
+    fn accept(mut self, table: &mut Table) {
+        for s in &self.serials {
+            table.installing.remove(s);
+        }
+        self.armed = false;
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        {
+            let mut table = lock(&self.s.table);
+            for s in &self.serials {
+                table.installing.remove(s);
+            }
+        }
+        let (nft, serials) = (self.nft.clone(), std::mem::take(&mut self.serials));
+        // On the forwarder's blocking pool, whatever thread drops this. If
+        // it fails, or the network is going away, the rules are garbage
+        // that gc, or the table's end with the network, deletes.
+        self.s
+            .rt
+            .spawn_blocking(move || delete_serials(&nft, &serials));
+    }
+}
+
+/// Add `rules` (of mappings `serials`) to the table of `nft` in one batch,
+/// on the forwarder's blocking pool, where it runs to completion even if
+/// the caller goes away; then the [`Installed`] guard deletes them again.
+async fn install(
+    s: &Arc<Shared>,
+    nft: Arc<Nft>,
+    rules: Vec<Dnat>,
+    serials: Vec<u64>,
+) -> std::result::Result<Installed, Errno> {
+    lock(&s.table).installing.extend(&serials);
+    let (tx, rx) = oneshot::channel();
+    let s = s.clone();
+    s.rt.clone().spawn_blocking(move || {
+        let got = match nft.add(&rules) {
+            Ok(()) => Ok(Installed {
+                s,
+                nft,
+                serials,
+                armed: true,
+            }),
+            Err(errno) => {
+                // All or none: nothing of it is in the table.
+                let mut table = lock(&s.table);
+                for s in &serials {
+                    table.installing.remove(s);
+                }
+                Err(errno)
+            }
+        };
+        // A caller that went away drops the guard here, which deletes the
+        // rules; one that goes away after this drops it with the channel.
+        let _ = tx.send(got);
+    });
+    rx.await.unwrap_or(Err(Errno::ESHUTDOWN))
+}
+
+/// Take every mapping of sandbox instance `id` (or only `port` of it) out
+/// of the table, and end it on the forwarder: its rules deleted first,
+/// then its sockets closed. The returned task runs to the end whether or
+/// not it is awaited; it gives the comments of the rules deleted. `None`
+/// if nothing matched.
+fn finish(
+    s: &Shared,
+    id: &str,
+    port: Option<&PublishedPort>,
+) -> Option<JoinHandle<std::result::Result<Vec<String>, Errno>>> {
+    let (lives, watcher) = {
+        let mut table = lock(&s.table);
+        match port {
+            None => {
+                let entry = table.entries.remove(id)?;
+                (entry.ports, Some(entry.watcher))
+            }
+            Some(port) => {
+                let entry = table.entries.get_mut(id)?;
+                let i = entry.ports.iter().position(|l| l.port == *port)?;
+                (vec![entry.ports.remove(i)], None)
+            }
+        }
     };
-    let (id, port) = (
-        id.to_owned(),
-        port.map(|p| format!("{} {}", p.protocol, p.host)),
-    );
-    let object = format!(
-        "{} of sandbox instance {id} in table inet {}",
-        port.as_deref().unwrap_or("every port"),
-        nft.table()
-    );
-    blocking(&engine.rt, move || {
-        nft.delete_where(|c| {
-            parse_comment(c)
-                .is_some_and(|c| c.id == id && port.as_deref().is_none_or(|p| p == c.port))
-        })
-    })
-    .await
-    .map(|_| ())
-    .map_err(|errno| nft_error("nf_tables: delete DNAT rules", &object, errno))
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    let serials: Vec<u64> = lives.iter().filter_map(|l| l.serial).collect();
+    let nft = s.nft();
+    let rt = s.rt.clone();
+    Some(s.rt.spawn(async move {
+        let deleted = match nft {
+            Some(nft) if !serials.is_empty() => rt
+                .spawn_blocking(move || delete_serials(&nft, &serials))
+                .await
+                .unwrap_or(Err(Errno::ESHUTDOWN)),
+            _ => Ok(Vec::new()),
+        };
+        // The sockets are closed even if the rules could not be deleted.
+        for live in lives {
+            live.task.abort();
+            let _ = live.task.await;
+        }
+        deleted
+    }))
 }
 
-impl Engine {
+impl Shared {
     /// The kernel path, if decided and on.
     fn nft(&self) -> Option<Arc<Nft>> {
         self.kernel.get().cloned().flatten()
@@ -730,7 +893,9 @@ impl Engine {
             .map_err(|_| forwarder_gone())??;
         Ok(self.kernel.get_or_init(|| k).clone())
     }
+}
 
+impl Engine {
     /// Start the forwarder thread in the host namespace `host_ns`, with the
     /// kernel path of network `bridge` if `mode` asks for it and the kernel
     /// allows it.
@@ -740,10 +905,6 @@ impl Engine {
             .map_err(|e| Error::io("duplicate host netns fd for the port forwarder", "", e))?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let table: Arc<Mutex<Table>> = Arc::new(Mutex::new(HashMap::new()));
-        let table_at_stop = table.clone();
-        let kernel: Arc<std::sync::OnceLock<Option<Arc<Nft>>>> = Arc::default();
-        let kernel_at_stop = kernel.clone();
         std::thread::Builder::new()
             .name("podnet-ports".into())
             .spawn(move || {
@@ -775,36 +936,41 @@ impl Engine {
                 };
                 let _ = ready_tx.send(Ok(rt.handle().clone()));
                 // Serve until the network is dropped. Dropping `rt` then
-                // drops every task and closes every socket.
+                // drops every task and closes every socket; the nf_tables
+                // socket closes with the last handle to it (the engine's),
+                // and the kernel deletes the table with every rule in it.
                 rt.block_on(async {
                     let _ = stop_rx.await;
                 });
-                // The rules of what is still published go with the network.
-                if let Some(Some(nft)) = kernel_at_stop.get() {
-                    let ids: Vec<String> = lock(&table_at_stop).keys().cloned().collect();
-                    if !ids.is_empty() {
-                        let _ = nft.delete_where(|c| {
-                            parse_comment(c).is_some_and(|c| ids.iter().any(|i| i == c.id))
-                        });
-                    }
-                }
             })
             .map_err(|e| Error::io("start the port forwarder thread", "", e))?;
         let rt = ready_rx.await.map_err(|_| forwarder_gone())??;
         Ok(Engine {
-            rt,
-            kernel,
-            bridge: bridge.to_owned(),
-            mode,
+            s: Arc::new(Shared {
+                rt,
+                kernel: std::sync::OnceLock::new(),
+                bridge: bridge.to_owned(),
+                mode,
+                table: Mutex::default(),
+            }),
             _stop: stop_tx,
-            table,
         })
     }
+}
+
+/// The nf_tables socket of the network whose forwarder is in `slot`, and
+/// the table it owns, if the kernel forwards its mappings.
+pub(crate) fn nft_of(slot: &Slot) -> Option<Arc<Nft>> {
+    slot.get().and_then(|e| e.s.nft())
 }
 
 /// Start forwarding the ports of `reserved` to the sandbox `target`: the
 /// kernel rules of all of them in one batch (all or none), then the
 /// userspace tasks. On error nothing is published and the ports are closed.
+/// With [`PortForwarding::Auto`], a kernel that refuses the rules leaves
+/// this request's ports to the userspace forwarder.
+///
+/// Cancel safe: rules added for a caller that went away are deleted.
 pub(crate) async fn start(
     slot: &Slot,
     target: &Target<'_>,
@@ -813,15 +979,17 @@ pub(crate) async fn start(
     let Some(engine) = slot.get() else {
         return Ok(Vec::new()); // nothing was reserved
     };
+    let s = &engine.s;
     if reserved.0.is_empty() {
         return Ok(Vec::new());
     }
-    if let Some(nft) = engine.kernel().await? {
+    let mut serials: Vec<Option<u64>> = vec![None; reserved.0.len()];
+    let mut installed = None;
+    if let Some(nft) = s.kernel().await? {
         // Read on the forwarder's thread: /proc/sys/net is the namespace of
         // the thread that opens it.
-        let forwarding = engine
-            .rt
-            .spawn(async {
+        let forwarding =
+            s.rt.spawn(async {
                 [
                     forwarding("ipv4/ip_forward"),
                     forwarding("ipv6/conf/all/forwarding"),
@@ -830,54 +998,79 @@ pub(crate) async fn start(
             .await
             .map_err(|_| forwarder_gone())?;
         let mut rules = Vec::new();
-        for b in &mut reserved.0 {
-            let d = dnats(target, &b.port, forwarding);
+        for (b, serial) in reserved.0.iter().zip(&mut serials) {
+            let s = next_serial();
+            let d = dnats(target, &b.port, forwarding, s);
             if !d.is_empty() {
-                b.port.forwarder = Forwarder::Kernel;
+                *serial = Some(s);
             }
             rules.extend(d);
         }
-        let object = format!(
-            "for sandbox {:?} in table inet {}",
-            target.name,
-            nft.table()
-        );
-        blocking(&engine.rt, move || nft.add(&rules))
-            .await
-            .map_err(|errno| nft_error("nf_tables: add DNAT rules", &object, errno))?;
+        if !rules.is_empty() {
+            let object = format!(
+                "for sandbox {:?} in table inet {}",
+                target.name,
+                nft.table()
+            );
+            let all: Vec<u64> = serials.iter().flatten().copied().collect();
+            let got = install(s, nft, rules, all)
+                .await
+                .map_err(|errno| nft_error("nf_tables: add DNAT rules", &object, errno));
+            match fallback(s.mode, got)? {
+                Some(guard) => {
+                    installed = Some(guard);
+                    for (b, serial) in reserved.0.iter_mut().zip(&serials) {
+                        if serial.is_some() {
+                            b.port.forwarder = Forwarder::Kernel;
+                        }
+                    }
+                }
+                // Refused: the userspace forwarder serves these ports.
+                None => serials.iter_mut().for_each(|s| *s = None),
+            }
+        }
     }
+    // From here on nothing awaits: the rules and the ports are published
+    // together, or (on a panic) the guard deletes the rules.
     let mut published = Vec::with_capacity(reserved.0.len());
     let mut live = Vec::with_capacity(reserved.0.len());
-    for b in reserved.0 {
+    for (b, serial) in reserved.0.into_iter().zip(serials) {
         let to = SocketAddr::new(target.pod_ip(b.port.host.ip()), b.port.pod_port);
         let task = match b.sock {
-            Sock::Tcp(l) => engine.rt.spawn(serve_tcp(l, to)),
-            Sock::Udp(u) => engine.rt.spawn(serve_udp(u, to, b.udp_idle)),
+            Sock::Tcp(l) => s.rt.spawn(serve_tcp(l, to)),
+            Sock::Udp(u) => s.rt.spawn(serve_udp(u, to, b.udp_idle)),
         };
         published.push(b.port);
-        live.push(Live { port: b.port, task });
+        live.push(Live {
+            port: b.port,
+            serial,
+            task,
+        });
     }
-    let mut table = lock(&engine.table);
-    match table.get_mut(target.id) {
+    let mut table = lock(&s.table);
+    if let Some(guard) = installed {
+        guard.accept(&mut table);
+    }
+    match table.entries.get_mut(target.id) {
         Some(entry) => entry.ports.extend(live),
         None => {
             let watcher = match target.holder_pidfd.try_clone() {
-                Ok(pidfd) => engine
-                    .rt
-                    .spawn(watch_holder(
+                Ok(pidfd) => {
+                    s.rt.spawn(watch_holder(
                         target.holder_pid,
                         pidfd,
                         target.id.to_owned(),
-                        engine.table.clone(),
-                        engine.nft(),
+                        s.clone(),
                     ))
-                    .abort_handle(),
+                    .abort_handle()
+                }
                 // Without a watcher the mappings still end with remove().
-                Err(_) => engine.rt.spawn(async {}).abort_handle(),
+                Err(_) => s.rt.spawn(async {}).abort_handle(),
             };
-            table.insert(
+            table.entries.insert(
                 target.id.to_owned(),
                 Entry {
+                    name: target.name.to_owned(),
                     ports: live,
                     watcher,
                 },
@@ -890,30 +1083,14 @@ pub(crate) async fn start(
 /// End the mappings of sandbox instance `id` once its holder has exited (a
 /// pidfd polls readable then, pidfd_open(2)): its rules first, then its
 /// sockets.
-async fn watch_holder(
-    pid: Pid,
-    pidfd: OwnedFd,
-    id: String,
-    table: Arc<Mutex<Table>>,
-    kernel: Option<Arc<Nft>>,
-) {
+async fn watch_holder(pid: Pid, pidfd: OwnedFd, id: String, s: Arc<Shared>) {
     if crate::holder::wait_exit(pid, &pidfd).await.is_err() {
         // Cannot watch it (no fd left to dup): remove() still ends them.
         return;
     }
-    if let Some(nft) = kernel {
-        let id = id.clone();
-        // gc deletes them if this fails.
-        let _ = blocking(&tokio::runtime::Handle::current(), move || {
-            nft.delete_where(|c| parse_comment(c).is_some_and(|c| c.id == id))
-        })
-        .await;
-    }
-    if let Some(entry) = lock(&table).remove(&id) {
-        for live in entry.ports {
-            live.task.abort();
-        }
-    }
+    // A task of its own, which aborting this watcher does not stop. A
+    // failed deletion leaves garbage for gc (and the table's end).
+    drop(finish(&s, &id, None));
 }
 
 /// The live mappings of sandbox instance `id`.
@@ -921,59 +1098,70 @@ pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
     let Some(engine) = slot.get() else {
         return Vec::new();
     };
-    lock(&engine.table)
+    lock(&engine.s.table)
+        .entries
         .get(id)
         .map(|e| e.ports.iter().map(|l| l.port).collect())
         .unwrap_or_default()
 }
 
+/// What a failed deletion of the rules of `what` in the table of `slot`
+/// is reported as.
+fn delete_error(slot: &Slot, what: String, errno: Errno) -> Error {
+    let table = nft_of(slot).map_or_else(String::new, |n| n.table().to_owned());
+    nft_error(
+        "nf_tables: delete DNAT rules (left in this process's table until gc(), the network's drop or the process's exit)",
+        &format!("{what} in table inet {table}"),
+        errno,
+    )
+}
+
 /// Stop forwarding `port` of sandbox instance `id`: its rules are deleted,
 /// then its socket and its connections closed. `false` if it was not
-/// published.
+/// published. If the rules cannot be deleted (after retries), the socket
+/// is closed all the same and the error says so.
+///
+/// Cancel safe: the mapping is taken out at once and ended on the
+/// forwarder whether or not this is awaited to the end.
 pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> Result<bool> {
     let Some(engine) = slot.get() else {
         return Ok(false);
     };
-    let known = lock(&engine.table)
-        .get(id)
-        .is_some_and(|e| e.ports.iter().any(|l| l.port == *port));
-    if !known {
+    let Some(job) = finish(&engine.s, id, Some(port)) else {
         return Ok(false);
-    }
-    if port.forwarder == Forwarder::Kernel {
-        delete_rules(engine, id, Some(port)).await?;
-    }
-    let task = {
-        let mut table = lock(&engine.table);
-        let Some(entry) = table.get_mut(id) else {
-            return Ok(false);
-        };
-        let Some(i) = entry.ports.iter().position(|l| l.port == *port) else {
-            return Ok(false);
-        };
-        entry.ports.remove(i).task
     };
-    task.abort();
-    let _ = task.await; // the task's sockets are closed once it is dropped
-    Ok(true)
+    match job.await {
+        Ok(Ok(_)) => Ok(true),
+        Ok(Err(errno)) => Err(delete_error(
+            slot,
+            format!("{port} of sandbox instance {id}"),
+            errno,
+        )),
+        Err(_) => Err(forwarder_gone()),
+    }
 }
 
 /// Stop every mapping of sandbox instance `id`: its rules are deleted, then
 /// its sockets closed; returns once they are. The sockets are closed even
-/// if the rules cannot be deleted (gc deletes them later).
+/// if the rules cannot be deleted (then the error says so). Cancel safe, as
+/// [`end_one`].
 pub(crate) async fn end_all(slot: &Slot, id: &str) -> Result<()> {
     let Some(engine) = slot.get() else {
         return Ok(());
     };
-    if !lock(&engine.table).contains_key(id) {
-        return Ok(()); // nothing published, or the holder watch ended it
+    // Nothing published, or the holder watch ended it.
+    let Some(job) = finish(&engine.s, id, None) else {
+        return Ok(());
+    };
+    match job.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(errno)) => Err(delete_error(
+            slot,
+            format!("every port of sandbox instance {id}"),
+            errno,
+        )),
+        Err(_) => Err(forwarder_gone()),
     }
-    let deleted = delete_rules(engine, id, None).await;
-    let tasks = take_all(engine, id, false);
-    for task in tasks {
-        let _ = task.await;
-    }
-    deleted
 }
 
 /// Stop every mapping of sandbox instance `id` without waiting (for Drop):
@@ -981,32 +1169,88 @@ pub(crate) async fn end_all(slot: &Slot, id: &str) -> Result<()> {
 /// runs.
 pub(crate) fn abort_all(slot: &Slot, id: &str) {
     if let Some(engine) = slot.get() {
-        take_all(engine, id, true);
+        drop(finish(&engine.s, id, None));
     }
 }
 
-/// Abort the tasks of sandbox instance `id` and return them; with
-/// `rules`, have its rules deleted on the forwarder's blocking pool.
-fn take_all(engine: &Engine, id: &str, rules: bool) -> Vec<JoinHandle<()>> {
-    let Some(entry) = lock(&engine.table).remove(id) else {
-        return Vec::new();
+/// gc's share of the mappings of this process's network in `slot`: end
+/// the mappings of sandbox instances for which `gone(name, owner)` holds
+/// (`owner` is `<name>@<id>`), then delete every podnet rule of the
+/// network's table that no live mapping claims (left by a deletion that
+/// failed). Returns the comments of the rules deleted. Rules of other
+/// processes are in tables of their own, which the kernel deletes when
+/// they exit.
+pub(crate) async fn gc(slot: &Slot, gone: impl Fn(&str, &str) -> bool) -> Result<Vec<String>> {
+    let Some(engine) = slot.get() else {
+        return Ok(Vec::new());
     };
-    if let (true, Some(nft)) = (rules, engine.nft()) {
-        let id = id.to_owned();
-        // gc deletes them if this fails.
-        engine.rt.spawn_blocking(move || {
-            nft.delete_where(|c| parse_comment(c).is_some_and(|c| c.id == id))
-        });
+    let s = &engine.s;
+    let stale: Vec<String> = lock(&s.table)
+        .entries
+        .iter()
+        .filter(|(id, e)| gone(&e.name, &format!("{}@{id}", e.name)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    let mut deleted = Vec::new();
+    let mut errors = Vec::new();
+    for id in stale {
+        if let Some(job) = finish(s, &id, None) {
+            match job.await {
+                Ok(Ok(gone)) => deleted.extend(gone),
+                Ok(Err(errno)) => errors.push(delete_error(
+                    slot,
+                    format!("every port of gone sandbox instance {id}"),
+                    errno,
+                )),
+                Err(_) => errors.push(forwarder_gone()),
+            }
+        }
     }
-    entry.watcher.abort();
-    entry
-        .ports
-        .into_iter()
-        .map(|l| {
-            l.task.abort();
-            l.task
-        })
-        .collect()
+    if let Some(nft) = s.nft() {
+        let shared = s.clone();
+        let swept =
+            s.rt.spawn_blocking(move || {
+                let found = nft.list()?;
+                // Claims are read after the listing: a rule listed was
+                // added after its serial was claimed (installing), so it
+                // is claimed now unless its mapping has ended since.
+                let garbage: Vec<nft::Found> = {
+                    let table = lock(&shared.table);
+                    found
+                        .into_iter()
+                        .filter(|f| {
+                            parse_comment(&f.comment).is_none_or(|c| !table.claims(c.serial))
+                        })
+                        .collect()
+                };
+                nft.delete(&garbage)?;
+                Ok(garbage.into_iter().map(|f| f.comment).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap_or(Err(Errno::ESHUTDOWN));
+        match swept {
+            Ok(gone) => deleted.extend(gone),
+            Err(errno) => errors.push(delete_error(
+                slot,
+                "rules no live mapping claims".to_owned(),
+                errno,
+            )),
+        }
+    }
+    match errors.len() {
+        0 => Ok(deleted),
+        1 => Err(errors.remove(0)),
+        _ => Err(Error::Multiple {
+            op: "delete stale port-mapping rules".to_owned(),
+            errors,
+        }),
+    }
+}
+
+/// How many mappings' rules are being added now (for this crate's tests).
+#[cfg(feature = "internals")]
+pub(crate) fn installing(slot: &Slot) -> usize {
+    slot.get().map_or(0, |e| lock(&e.s.table).installing.len())
 }
 
 /// Accept connections on `listener` and forward each to `to`. Dropping the
@@ -1254,44 +1498,59 @@ mod tests {
 
     #[test]
     fn auto_falls_back_on_a_refusal_only_and_kernel_never() {
-        let refused = |errno| {
-            Err::<(), _>(Error::Netlink {
-                op: "nf_tables: create table and nat chains",
-                object: "for network \"pn0\"".into(),
-                errno,
-            })
-        };
-        for errno in [
-            Errno::EPERM,
-            Errno::ENOENT,
-            Errno::EOPNOTSUPP,
-            Errno::EPROTONOSUPPORT,
+        // A refusal of the table, or of a request's rules (an expression
+        // whose module is missing: ENOENT), is the same decision.
+        for op in [
+            "nf_tables: create table (owned by this process) and nat chains",
+            "nf_tables: add DNAT rules",
         ] {
-            assert!(matches!(
-                fallback(PortForwarding::Auto, refused(errno)),
-                Ok(None)
-            ));
-            let forced = fallback(PortForwarding::Kernel, refused(errno)).unwrap_err();
-            assert_eq!(forced.errno(), Some(errno));
-            assert!(forced.to_string().contains("nf_tables"), "{forced}");
+            let refused = |errno| {
+                Err::<(), _>(Error::Netlink {
+                    op,
+                    object: "for network \"pn0\"".into(),
+                    errno,
+                })
+            };
+            for errno in [
+                Errno::EPERM,
+                Errno::EACCES,
+                Errno::ENOENT,
+                Errno::EOPNOTSUPP,
+                Errno::EPROTONOSUPPORT,
+                Errno::EAFNOSUPPORT,
+            ] {
+                assert!(matches!(
+                    fallback(PortForwarding::Auto, refused(errno)),
+                    Ok(None)
+                ));
+                let forced = fallback(PortForwarding::Kernel, refused(errno)).unwrap_err();
+                assert_eq!(forced.errno(), Some(errno));
+                assert!(forced.to_string().contains("nf_tables"), "{forced}");
+            }
+            // A bug (EINVAL: a malformed message) or a full socket buffer
+            // is never hidden.
+            for errno in [Errno::EINVAL, Errno::ENOBUFS, Errno::ETIMEDOUT] {
+                assert!(fallback(PortForwarding::Auto, refused(errno)).is_err());
+            }
         }
-        // A bug (EINVAL: a malformed message) is never hidden.
-        assert!(fallback(PortForwarding::Auto, refused(Errno::EINVAL)).is_err());
         assert!(matches!(
             fallback(PortForwarding::Auto, Ok(())),
             Ok(Some(()))
         ));
+        assert_eq!(PortForwarding::default(), PortForwarding::Auto);
     }
 
     #[test]
-    fn comments_name_sandbox_port_and_process_and_parse_back() {
-        let c = "podnet web@1f-2a-0 udp [::]:5300 42:1234";
+    fn comments_name_sandbox_port_and_serial_and_parse_back() {
+        let c = "podnet web@1f-2a-0 udp [::]:5300 #42";
         let got = parse_comment(c).unwrap();
         assert_eq!(got.owner, "web@1f-2a-0");
         assert_eq!(got.id, "1f-2a-0");
         assert_eq!(got.port, "udp [::]:5300");
-        assert_eq!(got.creator, (42, 1234));
-        assert_eq!(parse_comment("podnet web tcp 0.0.0.0:1 1:2"), None);
+        assert_eq!(got.serial, 42);
+        assert_eq!(parse_comment("podnet web tcp 0.0.0.0:1 #2"), None);
+        assert_eq!(parse_comment("podnet web@x tcp 0.0.0.0:1 42:1234"), None);
+        assert_eq!(parse_comment("podnet web@x tcp 0.0.0.0:1 #2 more"), None);
         assert_eq!(parse_comment("someone else's rule"), None);
         let pidfd = crate::netns::thread_netns().unwrap();
         let t = Target {
@@ -1309,24 +1568,60 @@ mod tests {
             pod_port: 80,
             forwarder: Forwarder::Userspace,
         };
-        let made = comment(&t, &port);
+        let made = comment(&t, &port, 7);
         let back = parse_comment(&made).unwrap();
         assert_eq!((back.id, back.port), ("1f-2a-0", "tcp 0.0.0.0:8080"));
-        assert_eq!(back.creator, me());
+        assert_eq!(back.serial, 7);
+        assert_ne!(next_serial(), next_serial());
         // One rule set per family the host address covers and the pod has;
         // none for loopback; arriving traffic only where forwarding is on.
-        assert_eq!(dnats(&t, &port, [true, true]).len(), 1);
-        assert!(dnats(&t, &port, [false, false]).iter().all(|d| !d.arriving));
+        assert_eq!(dnats(&t, &port, [true, true], 7).len(), 1);
+        assert!(dnats(&t, &port, [false, false], 7)
+            .iter()
+            .all(|d| !d.arriving));
         let lo = PublishedPort {
             host: "127.0.0.1:8080".parse().unwrap(),
             ..port
         };
-        assert!(dnats(&t, &lo, [true, true]).is_empty());
+        assert!(dnats(&t, &lo, [true, true], 7).is_empty());
         let v6 = PublishedPort {
             host: "[fd00::1]:8080".parse().unwrap(),
             ..port
         };
-        assert!(dnats(&t, &v6, [true, true]).is_empty()); // the pod has no IPv6
+        assert!(dnats(&t, &v6, [true, true], 7).is_empty()); // the pod has no IPv6
+    }
+
+    #[test]
+    fn a_rule_is_claimed_while_its_mapping_is_being_added_or_live_only() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _in = rt.enter();
+        let mut table = Table::default();
+        assert!(!table.claims(1));
+        table.installing.insert(1);
+        assert!(table.claims(1) && !table.claims(2));
+        let live = |serial| Live {
+            port: PublishedPort {
+                protocol: Protocol::Tcp,
+                host: "0.0.0.0:1".parse().unwrap(),
+                pod_port: 1,
+                forwarder: Forwarder::Kernel,
+            },
+            serial,
+            task: tokio::spawn(async {}),
+        };
+        table.entries.insert(
+            "id".into(),
+            Entry {
+                name: "web".into(),
+                ports: vec![live(Some(2)), live(None)],
+                watcher: tokio::spawn(async {}).abort_handle(),
+            },
+        );
+        assert!(table.claims(1) && table.claims(2) && !table.claims(3));
+        table.installing.clear();
+        assert!(!table.claims(1) && table.claims(2));
     }
 
     #[test]
