@@ -757,13 +757,11 @@ impl Sandbox {
     /// # Ok(()) }
     /// ```
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let program_name = program.as_ref().to_string_lossy().into_owned();
-        let mut inner = tokio::process::Command::new(program);
-        netns::join_on_exec(&mut inner, self.inner.holder.pidfd().clone());
         Command {
-            inner,
-            program: program_name,
+            program: program.as_ref().to_string_lossy().into_owned(),
+            inner: tokio::process::Command::new(program),
             sandbox: self.inner.clone(),
+            joins_in_child: false,
         }
     }
 
@@ -793,6 +791,7 @@ impl Sandbox {
             inner,
             program: program_name,
             sandbox: self.inner.clone(),
+            joins_in_child: true,
         }
     }
 
@@ -1074,11 +1073,22 @@ impl Drop for Sandbox {
 /// A [`tokio::process::Command`] whose child joins a sandbox; made by
 /// [`Sandbox::command`]. The methods mirror tokio's; [`inner_mut`](Command::inner_mut)
 /// reaches the rest.
+///
+/// The child is spawned from the calling thread moved into the sandbox's
+/// network namespace for the call (and back), so it starts there with no
+/// hook between fork and exec, and std spawns it as fast as any command
+/// (`posix_spawn`). Once [`inner_mut`](Command::inner_mut) has been called,
+/// the child joins in a `pre_exec` hook instead, so the tokio command joins
+/// however it is spawned.
 #[derive(Debug)]
 pub struct Command {
     inner: tokio::process::Command,
     program: String,
     sandbox: Arc<SbInner>,
+    /// Whether the child joins in a `pre_exec` hook (pod members, which
+    /// join a mount namespace too, and commands whose `inner_mut` was
+    /// taken) rather than by being spawned from inside.
+    joins_in_child: bool,
 }
 
 impl Command {
@@ -1157,11 +1167,38 @@ impl Command {
         self
     }
 
-    /// The wrapped tokio command, for everything else (process group, more
-    /// `pre_exec` hooks, which run after the sandbox is joined). Not `uid`
-    /// or `gid`: std switches identity before `pre_exec` hooks run, and the
-    /// join then fails with EPERM.
+    /// Run the child as user `id` (it joins the sandbox first). Not for a
+    /// pod's [`command`](crate::Pod::command) nor after
+    /// [`inner_mut`](Command::inner_mut): their child joins in a `pre_exec`
+    /// hook, std switches identity before such hooks run, and the join
+    /// would then fail with EPERM.
+    pub fn uid(&mut self, id: u32) -> &mut Self {
+        self.inner.uid(id);
+        self
+    }
+
+    /// Run the child as group `id`; as [`uid`](Command::uid).
+    pub fn gid(&mut self, id: u32) -> &mut Self {
+        self.inner.gid(id);
+        self
+    }
+
+    /// Put the child in process group `pgroup` (0: a new group, led by it).
+    pub fn process_group(&mut self, pgroup: i32) -> &mut Self {
+        self.inner.process_group(pgroup);
+        self
+    }
+
+    /// The wrapped tokio command, for everything else (more `pre_exec`
+    /// hooks, which run after the sandbox is joined). From this call on the
+    /// child joins in a `pre_exec` hook, so the tokio command joins the
+    /// sandbox however it is spawned; it then starts by fork and exec,
+    /// not `posix_spawn`, and may not switch `uid` or `gid`.
     pub fn inner_mut(&mut self) -> &mut tokio::process::Command {
+        if !self.joins_in_child {
+            netns::join_on_exec(&mut self.inner, self.sandbox.holder.pidfd().clone());
+            self.joins_in_child = true;
+        }
         &mut self.inner
     }
 
@@ -1170,14 +1207,27 @@ impl Command {
         self.sandbox.holder_error(e)
     }
 
+    /// `f` (a spawn of the tokio command), from this thread moved into the
+    /// sandbox for the call unless the child joins by itself.
+    fn spawn_inside<T>(&mut self, f: impl FnOnce(&mut tokio::process::Command) -> T) -> Result<T> {
+        self.sandbox.check_alive()?;
+        if self.joins_in_child {
+            return Ok(f(&mut self.inner));
+        }
+        let what = format!("sandbox {:?}", self.sandbox.name);
+        let _inside = netns::enter(self.sandbox.holder.pidfd().as_fd(), &what)
+            .map_err(|e| self.sandbox.holder_error(e))?;
+        Ok(f(&mut self.inner))
+    }
+
     /// Start the child inside the sandbox.
     ///
     /// # Errors
     /// [`Error::HolderDied`] if the sandbox has Failed; [`Error::Io`] naming
     /// the program if it cannot be started.
     pub fn spawn(&mut self) -> Result<tokio::process::Child> {
-        self.sandbox.check_alive()?;
-        self.inner.spawn().map_err(|e| self.spawn_error(e))
+        self.spawn_inside(tokio::process::Command::spawn)?
+            .map_err(|e| self.spawn_error(e))
     }
 
     /// Run the child to completion, collecting its output.
@@ -1185,8 +1235,9 @@ impl Command {
     /// # Errors
     /// As [`spawn`](Command::spawn).
     pub async fn output(&mut self) -> Result<Output> {
-        self.sandbox.check_alive()?;
-        self.inner.output().await.map_err(|e| self.spawn_error(e))
+        // tokio spawns the child when output() is called, not when polled.
+        let running = self.spawn_inside(tokio::process::Command::output)?;
+        running.await.map_err(|e| self.spawn_error(e))
     }
 
     /// Run the child to completion and return its exit status.
@@ -1194,8 +1245,8 @@ impl Command {
     /// # Errors
     /// As [`spawn`](Command::spawn).
     pub async fn status(&mut self) -> Result<ExitStatus> {
-        self.sandbox.check_alive()?;
-        self.inner.status().await.map_err(|e| self.spawn_error(e))
+        let running = self.spawn_inside(tokio::process::Command::status)?;
+        running.await.map_err(|e| self.spawn_error(e))
     }
 }
 

@@ -905,3 +905,67 @@ fn ports_flood_no_ipv6_and_sandboxes_past_900_receive_by_napi() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn commands_run_inside_however_they_are_spawned_and_may_switch_user() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("a").create().await.unwrap();
+        let inside = std::fs::read_link(pod.netns_path()).unwrap();
+        let here = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+        let ns_of = |out: std::process::Output| -> std::path::PathBuf {
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().into()
+        };
+        // Spawned from this thread, moved inside for the call and back.
+        let out = pod
+            .command("readlink")
+            .arg("/proc/self/ns/net")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(ns_of(out), inside);
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            here
+        );
+        let mut child = pod.command("sleep").arg("0").spawn().unwrap();
+        assert!(child.wait().await.unwrap().success());
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").unwrap(),
+            here
+        );
+        // Through the inner tokio command: the child joins by itself.
+        let mut cmd = pod.command("readlink");
+        cmd.arg("/proc/self/ns/net");
+        let out = cmd.inner_mut().output().await.unwrap();
+        assert_eq!(ns_of(out), inside);
+        // Another user, where this user namespace maps one (as root, not
+        // under `unshare --map-root-user`, which maps only 0).
+        let mapped = std::fs::read_to_string("/proc/self/uid_map")
+            .unwrap()
+            .lines()
+            .any(|l| {
+                let f: Vec<u64> = l
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                f.len() == 3 && f[0] <= 65534 && 65534 < f[0] + f[2]
+            });
+        if mapped {
+            let out = pod
+                .command("id")
+                .arg("-u")
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(ns_of(out), std::path::PathBuf::from("65534"));
+        } else {
+            eprintln!("uid 65534 is not mapped here: the uid part is skipped");
+        }
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
