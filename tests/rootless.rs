@@ -24,7 +24,12 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let state = std::env::temp_dir().join("podnet-rootless-test");
+    // The state directory of this run (children are told it), so two runs
+    // at once do not share one.
+    let state = match args.get(2) {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::env::temp_dir().join(format!("podnet-rootless-test-{}", std::process::id())),
+    };
     match args.get(1).map(String::as_str) {
         Some("--private") => return private(&state.with_extension("private")),
         Some("--shared-first") => return shared_first(&state),
@@ -69,6 +74,7 @@ fn main() {
     let me = std::env::current_exe().unwrap();
     let ok = std::process::Command::new(&me)
         .arg("--private")
+        .arg(&state)
         .status()
         .unwrap();
     assert!(ok.success(), "private rootless run failed");
@@ -81,6 +87,7 @@ fn main() {
     let _teardown = Teardown;
     let ok = std::process::Command::new(&me)
         .arg("--shared-first")
+        .arg(&state)
         .status()
         .unwrap();
     assert!(ok.success(), "first shared rootless process failed");
