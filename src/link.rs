@@ -356,26 +356,43 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
     )
     .build();
     let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
-    // The host end, a bridge port, needs no IPv6 address: it is set up
-    // with address generation off (which RTM_NEWLINK does not take), in the
-    // same sendmsg, so it floods no DAD, MLD or router solicitation.
-    let answers = nl
-        .batch(vec![
-            (
-                RouteNetlinkMessage::NewLink(msg),
-                NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-            ),
-            (no_ipv6_addresses(LinkUnspec::new_with_name(v.host).up()), 0),
-        ])
-        .map_err(|e| io_nl_err("create veth", &object(), e))?;
-    let mut answers = answers.into_iter();
-    let answer = answers.next().unwrap_or(Err(Errno::EIO));
-    if answer.is_ok() {
-        let mut done = answers
-            .next()
-            .unwrap_or(Err(Errno::EIO))
-            .map(drop)
-            .map_err(|errno| ("set up", errno));
+    let answer = nl
+        .batch(vec![(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+        )])
+        .map_err(|e| io_nl_err("create veth", &object(), e))?
+        .pop()
+        .unwrap_or(Err(Errno::EIO));
+    if let Ok(echo) = &answer {
+        // The host end, a bridge port, needs no IPv6 address: it is set up
+        // with address generation off (which RTM_NEWLINK does not take), so
+        // it floods no DAD, MLD or router solicitation. A request of its
+        // own, to the index the echo gives: sent with the creation, it
+        // would be carried out even if the creation failed, on whatever
+        // link holds the name.
+        let index = echo.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+            _ => None,
+        });
+        let link = match index {
+            Some(i) => LinkUnspec::new_with_index(i),
+            None => LinkUnspec::new_with_name(v.host),
+        };
+        let mut done = nl
+            .batch(vec![(no_ipv6_addresses(link.up()), 0)])
+            .map_err(|e| {
+                (
+                    "set up",
+                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                )
+            })
+            .and_then(|mut a| {
+                a.pop()
+                    .unwrap_or(Err(Errno::EIO))
+                    .map(drop)
+                    .map_err(|errno| ("set up", errno))
+            });
         if v.napi_receive && done.is_ok() {
             // A frame sent by a TSO-capable veth never takes the peer's
             // NAPI queue (veth_skb_is_eligible_for_gro()).

@@ -265,9 +265,21 @@ pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
         .collect()
 }
 
-/// Links and addresses: what "nothing changed" compares.
-pub async fn snapshot(nl: &Handle) -> (BTreeSet<String>, BTreeSet<(u32, IpAddr)>) {
-    (links(nl).await, addresses(nl).await)
+/// Links (with whether each is up) and addresses: what "nothing changed"
+/// compares.
+pub async fn snapshot(nl: &Handle) -> (BTreeSet<(String, bool)>, BTreeSet<(u32, IpAddr)>) {
+    let links = dump_links(nl)
+        .await
+        .iter()
+        .map(|l| {
+            let up = l
+                .header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up);
+            (link_name(l), up)
+        })
+        .collect();
+    (links, addresses(nl).await)
 }
 
 /// This test binary run again as a child: only its ignored test
