@@ -47,6 +47,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pool {
     net: IpNetwork,
+    /// Where the allocation window may end (see [`Pool::with_regions`]).
+    regions: Option<(u128, u128)>,
 }
 
 impl Pool {
@@ -83,7 +85,39 @@ impl Pool {
                 ),
             });
         }
-        Ok(Pool { net })
+        Ok(Pool { net, regions: None })
+    }
+
+    /// Hand addresses out from a window `[first, top)` of the pool that
+    /// grows only when every address in it is taken: first to index
+    /// `first_end`, then by `step` (to the next multiple of it). Without
+    /// regions, the window is the whole pool. So the live sandboxes, not
+    /// the creates so far, decide how far into the pool addresses go, and
+    /// what the network decides by address (its shards, which sandboxes
+    /// receive by NAPI) follows how many sandboxes there are.
+    pub(crate) fn with_regions(mut self, first_end: u128, step: u128) -> Pool {
+        self.regions = Some((first_end, step.max(1)));
+        self
+    }
+
+    /// The end (exclusive) of the window that follows one ending at `top`.
+    fn grow(&self, top: u128) -> u128 {
+        let end = self.last().saturating_add(1);
+        match self.regions {
+            None => end,
+            Some((first_end, _)) if top < first_end => first_end.min(end),
+            Some((_, step)) => (top / step).saturating_add(1).saturating_mul(step).min(end),
+        }
+    }
+
+    /// The smallest window that holds index `i` (and the first region).
+    fn window_for(&self, i: u128) -> u128 {
+        let end = self.last().saturating_add(1);
+        let mut top = self.grow(self.first());
+        while top <= i && top < end {
+            top = self.grow(top);
+        }
+        top
     }
 
     pub(crate) fn network(&self) -> IpNetwork {
@@ -460,17 +494,19 @@ pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
 
 /// Overwrite the cursor file with `i` as 39 digits (enough for any u128),
 /// so the file never needs truncating.
-fn write_cursor(file: &File, i: u128) -> std::io::Result<()> {
+fn write_cursor(file: &File, i: u128, top: u128) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    file.write_all_at(format!("{i:039}").as_bytes(), 0)
+    file.write_all_at(format!("{i:039} {top:039}").as_bytes(), 0)
 }
 
-/// The cursor in `file`, if it holds one.
-fn read_cursor(file: &File) -> Option<u128> {
+/// The cursor and the end of the window in `file`, if it holds them.
+fn read_cursor(file: &File) -> Option<(u128, u128)> {
     use std::os::unix::fs::FileExt;
-    let mut buf = [0u8; 39];
+    let mut buf = [0u8; 79];
     let n = file.read_at(&mut buf, 0).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    let text = std::str::from_utf8(&buf[..n]).ok()?;
+    let mut words = text.split_whitespace().map(str::parse::<u128>);
+    Some((words.next()?.ok()?, words.next()?.ok()?))
 }
 
 /// Open (making it if needed, 0600) a file of the store for reading and
@@ -733,32 +769,69 @@ impl Store {
             return self.reserve(addr, owner);
         }
         let cursor_file = self.cursor_file(pool)?;
-        let (first, last) = (pool.first(), pool.last());
-        let cursor = read_cursor(cursor_file)
-            .filter(|c| (first..=last).contains(c))
-            .unwrap_or(last);
-        let mut i = cursor;
+        let (first, end) = (pool.first(), pool.last().saturating_add(1));
+        // A missing or garbled cursor starts over: the first address next.
+        let (cursor, top) = read_cursor(cursor_file).unwrap_or((0, 0));
+        let mut top = top.clamp(pool.grow(first), end);
+        let mut i = if (first..top).contains(&cursor) {
+            cursor
+        } else {
+            top - 1
+        };
+        // Next fit within the window, as host-local does in the whole pool
+        // (a freed address is not handed out again at once).
+        let mut taken: u128 = 0;
         loop {
-            i = if i >= last { first } else { i + 1 };
+            i = if i + 1 >= top { first } else { i + 1 };
             let addr = pool.nth(i);
-            match self.reserve(addr, owner) {
-                Ok(addr) => {
-                    // A stale cursor only costs a retry, so it is written in
-                    // place, fixed-width (no truncation: O_TRUNC costs a
-                    // journal transaction on ext4).
-                    let _ = write_cursor(cursor_file, i);
-                    return Ok(addr);
-                }
-                Err(Error::AddressTaken { .. }) if i != cursor => continue,
-                Err(Error::AddressTaken { .. }) => {
+            if self.try_reserve(addr, owner)? {
+                // A stale cursor only costs a retry, so it is written in
+                // place, fixed-width (no truncation: O_TRUNC costs a
+                // journal transaction on ext4).
+                let _ = write_cursor(cursor_file, i, top);
+                return Ok(addr);
+            }
+            taken += 1;
+            if taken >= top - first {
+                if top >= end {
                     return Err(Error::PoolExhausted {
                         network: self.network.clone(),
                         pool: pool.network(),
-                    })
+                    });
                 }
-                Err(e) => return Err(e),
+                // Every address of the window is taken: it grows by a
+                // region, whose first address is next.
+                i = top - 1;
+                top = pool.grow(top);
             }
         }
+    }
+
+    /// Shrink the allocation window of `pool` to the smallest that holds
+    /// every address in `reserved` (what gc found still reserved), so a
+    /// network that shrank hands out low addresses again. Under the lock.
+    pub(crate) fn fit_window(&self, pool: &Pool, reserved: &[IpAddr]) -> Result<()> {
+        let cursor_file = self.cursor_file(pool)?;
+        let Some((cursor, top)) = read_cursor(cursor_file) else {
+            return Ok(());
+        };
+        let highest = reserved
+            .iter()
+            .filter_map(|a| pool.index_of(*a))
+            .max()
+            .unwrap_or(pool.first());
+        let fit = pool.window_for(highest);
+        if fit < top {
+            let cursor = if cursor < fit { cursor } else { fit - 1 };
+            write_cursor(cursor_file, cursor, fit).map_err(|e| {
+                io_err(
+                    "write cursor",
+                    &self.dir.join(format!("next-{}", pool.family())),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// The cursor file of `pool`'s family, opened on first use.
@@ -770,6 +843,16 @@ impl Store {
         let path = self.dir.join(format!("next-{}", pool.family()));
         let f = open_private(&path).map_err(|e| io_err("open cursor file", &path, e))?;
         Ok(slot.get_or_init(|| f))
+    }
+
+    /// Reserve `addr` for `owner`; `false` if it is taken.
+    fn try_reserve(&self, addr: IpAddr, owner: &str) -> Result<bool> {
+        let path = self.addr_path(addr);
+        match std::os::unix::fs::symlink(owner, &path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err("reserve address", &path, e)),
+        }
     }
 
     fn reserve(&self, addr: IpAddr, owner: &str) -> Result<IpAddr> {
@@ -1094,6 +1177,47 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.reservations().unwrap().len(), 5);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_window_grows_only_when_full_and_gc_shrinks_it() {
+        let root = temp_root("window");
+        let store = Store::open(&root, "netns-test", "br0").unwrap();
+        // Window [2, 5), then [2, 10), then [2, 15) ...
+        let p = pool("10.88.0.0/24").with_regions(5, 5);
+        let ip = |i: u8| -> IpAddr { format!("10.88.0.{i}").parse().unwrap() };
+        for (i, owner) in ["a", "b", "c"].iter().enumerate() {
+            let got = store.allocate(&p, owner, None).await.unwrap();
+            assert_eq!(got, ip(2 + u8::try_from(i).unwrap()));
+        }
+        // A freed address is handed out again before the window grows, as
+        // often as creates and removes come and go.
+        let mut owner = "b".to_owned();
+        for round in 0..20 {
+            store.release(ip(3), &owner).unwrap();
+            owner = format!("r{round}");
+            assert_eq!(store.allocate(&p, &owner, None).await.unwrap(), ip(3));
+        }
+        // Full: the next region, from its first address.
+        assert_eq!(store.allocate(&p, "d", None).await.unwrap(), ip(5));
+        assert_eq!(store.allocate(&p, "e", None).await.unwrap(), ip(6));
+        // Back down to two addresses: gc fits the window again, and the
+        // next address is low.
+        store.release(ip(5), "d").unwrap();
+        store.release(ip(6), "e").unwrap();
+        store.release(ip(3), &owner).unwrap();
+        let reserved: Vec<IpAddr> = store
+            .reservations()
+            .unwrap()
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+        store.fit_window(&p, &reserved).unwrap();
+        assert_eq!(store.allocate(&p, "f", None).await.unwrap(), ip(3));
+        // Without regions the window is the whole pool: next fit goes on.
+        let whole = pool("10.88.0.0/24");
+        assert_eq!(store.allocate(&whole, "g", None).await.unwrap(), ip(5));
         fs::remove_dir_all(&root).unwrap();
     }
 

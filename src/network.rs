@@ -472,6 +472,18 @@ impl Network {
                 Err(e) => errors.push(e),
             }
         }
+        // The allocation windows, back to what the addresses still
+        // reserved need.
+        let reserved: Vec<IpAddr> = store
+            .reservations()?
+            .into_iter()
+            .map(|(ip, _)| ip)
+            .collect();
+        for pool in inner.v4.iter().chain(inner.v6.iter()) {
+            if let Err(e) = store.fit_window(pool, &reserved) {
+                errors.push(e);
+            }
+        }
         // Pod volumes of sandbox instances that are gone.
         for owner in store.volume_owners()? {
             let name = owner.split('@').next().unwrap_or_default();
@@ -639,7 +651,9 @@ impl NetworkBuilder {
                     ),
                 });
             }
-            *slot = Some(Pool::new(*subnet)?);
+            // Addresses go no further into the pool than the sandboxes
+            // need: to the first NAPI one, then a shard at a time.
+            *slot = Some(Pool::new(*subnet)?.with_regions(shard::NAPI_FROM, shard::SPAN));
         }
         if v4.is_none() && v6.is_none() {
             return Err(Error::InvalidConfig {

@@ -40,7 +40,7 @@ use crate::network::NetInner;
 
 /// Addresses of the pool per shard: with three trunk ports, a bridge is
 /// then at most full (1,023 ports).
-const SPAN: u128 = 1020;
+pub(crate) const SPAN: u128 = 1020;
 // No bridge holds more than 1,023 ports: SPAN sandboxes at most (fewer on
 // shard 0), a trunk to the parent and two to children.
 const _: () = assert!(SPAN + 3 <= 1023);
@@ -51,7 +51,7 @@ const MAX: u128 = 1024;
 /// Sandboxes from this address of the pool on receive by NAPI: with at
 /// most this many ports flooding into the CPU's backlog, a flood stays
 /// under its 1,000 packets.
-const NAPI_FROM: u128 = 900;
+pub(crate) const NAPI_FROM: u128 = 900;
 
 /// The shard a trunk joins shard `k > 0` to.
 fn parent(k: u32) -> u32 {
