@@ -142,8 +142,37 @@ pub(crate) async fn ensure_bridge(
     mtu: Option<u32>,
 ) -> Result<(u32, bool)> {
     if let Some(link) = get_link(h, name).await? {
+        let index = link.header.index;
+        let found = link_alias(&link);
         return match link_kind(&link) {
-            Some(InfoKind::Bridge) if alias.is_none_or(|a| link_alias(&link) == Some(a)) => {
+            // A shard of some network is no network's bridge.
+            Some(InfoKind::Bridge) if alias.is_none() && found.is_some_and(is_shard_alias) => {
+                Err(Error::InvalidConfig {
+                    reason: format!(
+                        "bridge {name:?} is a shard of another network ({:?})",
+                        found.unwrap_or_default()
+                    ),
+                })
+            }
+            // Made for a shard by a create that died (or was cancelled)
+            // before it set the alias: no alias and no port. Adopted.
+            Some(InfoKind::Bridge)
+                if alias.is_some()
+                    && found.is_none()
+                    && bridge_ports(h, index).await?.is_empty() =>
+            {
+                let set = LinkUnspec::new_with_index(index)
+                    .alias(alias.unwrap_or_default())
+                    .up()
+                    .build();
+                h.link()
+                    .set(set)
+                    .execute()
+                    .await
+                    .map_err(|e| nl_err("set alias of bridge", name, e))?;
+                Ok((index, true))
+            }
+            Some(InfoKind::Bridge) if alias.is_none_or(|a| found == Some(a)) => {
                 if !link.header.flags.contains(LinkFlags::Up) {
                     h.link()
                         .set(LinkUnspec::new_with_index(link.header.index).up().build())
@@ -154,7 +183,7 @@ pub(crate) async fn ensure_bridge(
                 Ok((link.header.index, false))
             }
             Some(InfoKind::Bridge) => Err(Error::AlreadyExists {
-                what: "link",
+                what: "bridge (not this network's shard)",
                 name: name.to_owned(),
             }),
             kind => Err(Error::NotABridge {
@@ -198,6 +227,11 @@ pub(crate) async fn ensure_bridge(
         }
     }
     Ok((index, true))
+}
+
+/// Whether `alias` is one podnet gives a network's shard.
+fn is_shard_alias(alias: &str) -> bool {
+    alias.starts_with("podnet ") && alias.contains(" shard ")
 }
 
 fn link_alias(link: &LinkMessage) -> Option<&str> {

@@ -531,8 +531,19 @@ impl Network {
         // Host ends of veths on the network's bridges that no live sandbox
         // claims.
         let suffix = format!("-{}", inner.tag);
-        for (_, index, _) in inner.all_bridges().await? {
-            for port in link::bridge_ports(&inner.conn.handle, index).await? {
+        let bridges = inner.all_bridges().await.unwrap_or_else(|e| {
+            errors.push(e);
+            Vec::new()
+        });
+        for (_, index, _) in bridges {
+            let ports = match link::bridge_ports(&inner.conn.handle, index).await {
+                Ok(ports) => ports,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            for port in ports {
                 let Some(name) = port.strip_suffix(&suffix) else {
                     continue;
                 };

@@ -831,10 +831,33 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
             .unwrap();
         let report = net.gc().await.unwrap();
         assert_eq!(report.links, vec![stray]);
+        // A shard's bridge left without its alias (its maker died between
+        // the two requests) and with no port is adopted, not refused.
+        ctx.nl
+            .link()
+            .add(rtnetlink::LinkBridge::new("pn0.7").build())
+            .execute()
+            .await
+            .unwrap();
+        let g = net.sandbox("g").ip(ip("10.88.28.10")).create();
+        let g = g.await.expect("a create in shard 7 adopts its bridge");
+        assert!(ports(&ctx.nl, "pn0.7").await.contains(g.host_interface()));
+        assert!(ports(&ctx.nl, "pn0.3").await.contains("pn0.7p"));
+        // A shard is no network's bridge: refused, and nothing changes.
+        let before_refusal = snapshot(&ctx.nl).await;
+        let err = Network::builder("pn0.1")
+            .subnet("10.89.0.0/16".parse().unwrap())
+            .state_dir(&ctx.state)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert_eq!(snapshot(&ctx.nl).await, before_refusal);
+        g.remove().await.unwrap();
         for p in many.iter().chain([&a, &b, &c]) {
             p.remove().await.unwrap();
         }
-        assert_eq!(ports(&ctx.nl, "pn0.3").await, set(&["pn0.3s"]));
+        assert_eq!(ports(&ctx.nl, "pn0.3").await, set(&["pn0.3s", "pn0.7p"]));
         // Removing the network takes its shards and trunks with it.
         net.remove().await.unwrap();
         assert_eq!(snapshot(&ctx.nl).await, before);

@@ -66,16 +66,23 @@ pub(crate) struct Names {
     pub shard_end: String,
 }
 
-/// The names of shard `k > 0` of network `bridge`: the network's name, cut
-/// so the longest (`<base>.<k>p`) fits IFNAMSIZ.
+/// The names of shard `k > 0` of network `bridge`: `<base>.<k>`, where the
+/// base is the network's name if the longest (`<base>.<k>p`) fits IFNAMSIZ,
+/// and else its start and the two characters of its tag (a hash of the
+/// whole name), so two long names with one start do not share shards.
 pub(crate) fn names(bridge: &str, k: u32) -> Names {
     let suffix = format!(".{k}");
     let room = crate::network::IFNAMSIZ_MAX - suffix.len() - 1;
-    let mut cut = bridge.len().min(room);
-    while !bridge.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let base = format!("{}{suffix}", &bridge[..cut]);
+    let base = if bridge.len() <= room {
+        bridge.to_owned()
+    } else {
+        let mut cut = room - 2;
+        while !bridge.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}{}", &bridge[..cut], crate::network::tag(bridge))
+    };
+    let base = format!("{base}{suffix}");
     Names {
         parent_end: format!("{base}p"),
         shard_end: format!("{base}s"),
@@ -221,6 +228,11 @@ mod tests {
                 assert_ne!(names(bridge, k + 1).bridge, n.bridge);
             }
         }
+        // Long names that start alike get shards of their own.
+        assert_ne!(
+            names("podnet-tenant-a", 1).bridge,
+            names("podnet-tenant-b", 1).bridge
+        );
     }
 
     #[test]
