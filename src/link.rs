@@ -307,7 +307,14 @@ pub(crate) async fn ensure_trunk(h: &Handle, t: &Trunk<'_>) -> Result<()> {
         .build();
         match h.link().add(msg).execute().await {
             Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == Errno::EEXIST as i32 => {}
+            // The parent end is missing, so the other name is taken by a
+            // link that is not this trunk's: never enslave it.
+            Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == Errno::EEXIST as i32 => {
+                return Err(Error::AlreadyExists {
+                    what: "link (not this network's trunk)",
+                    name: t.shard_end.to_owned(),
+                })
+            }
             Err(e) => return Err(nl_err("create veth", &object(), e)),
         }
     }

@@ -648,6 +648,7 @@ fn public_futures_are_send() {
         is_send(&pod.run(|| 1));
         is_send(&pod.wait());
         is_send(&pod.command("x").output());
+        is_send(&pod.command("x").status());
         is_send(&net.clone().remove());
     }
     let _ = check;
@@ -920,6 +921,8 @@ fn ports_flood_no_ipv6_and_sandboxes_past_900_receive_by_napi() {
         // MLD or router solicitation floods the bridge).
         for pod in [&a, &b] {
             let inside = pod.run(ipv6_interfaces).await.unwrap();
+            // IPv6 is there (::1 on lo): its absence on eth0 means something.
+            assert!(inside.contains("lo"), "{inside:?}");
             assert!(!inside.contains("eth0"), "{inside:?}");
             assert!(!ipv6_interfaces().contains(pod.host_interface()));
         }
