@@ -1004,6 +1004,10 @@ impl SbInner {
                 errors.push(e);
             }
         }
+        // The namespace outlives the holder for a moment (netns::bury), so
+        // namespaces are destroyed in batches, not one at each removal.
+        let what = format!("sandbox {:?}", self.name);
+        let ns = netns::netns_of(self.holder.pidfd().as_fd(), &what).ok();
         match self.holder.kill() {
             Ok(()) => match self.holder.wait().await {
                 Ok(exit) => {
@@ -1014,6 +1018,9 @@ impl SbInner {
             Err(e) => errors.push(e),
         }
         errors.extend(self.release_state().err());
+        if let Some(ns) = ns {
+            netns::bury(ns);
+        }
         if errors.is_empty() {
             *self.lock_state() = State::Removed;
             Ok(())
