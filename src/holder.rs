@@ -1013,8 +1013,14 @@ mod tests {
         .await
         .expect("spawn holder");
         let pid = holder.pid();
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm.trim(), HOLDER_COMM);
+        // The exec names it after its memfd ("memfd:podnet-pa"); its first
+        // instruction renames it, which it may not have run yet.
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        let t = std::time::Instant::now();
+        while comm().trim() != HOLDER_COMM && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(comm().trim(), HOLDER_COMM);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
