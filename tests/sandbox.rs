@@ -56,8 +56,13 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
         assert_eq!(pod.gateway().to_string(), "10.88.0.1");
         assert_eq!(pod.name(), "web");
         assert!(pod.netns_path().exists());
-        let comm = std::fs::read_to_string(format!("/proc/{}/comm", pod.holder_pid())).unwrap();
-        assert_eq!(comm.trim(), "podnet-pause");
+        // Named by its first instruction, which it may not have run yet.
+        let comm = || std::fs::read_to_string(format!("/proc/{}/comm", pod.holder_pid())).unwrap();
+        let t = std::time::Instant::now();
+        while comm().trim() != "podnet-pause" && t.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(comm().trim(), "podnet-pause");
         assert_eq!(
             ports(&ctx.nl, "pn0").await.into_iter().collect::<Vec<_>>(),
             [pod.host_interface().to_owned()]
