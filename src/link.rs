@@ -292,19 +292,13 @@ pub(crate) struct Trunk<'a> {
 pub(crate) async fn ensure_trunk(h: &Handle, t: &Trunk<'_>) -> Result<()> {
     let object = || format!("trunk {}/{}", t.parent_end, t.shard_end);
     if get_link(h, t.parent_end).await?.is_none() {
-        let mut peer = LinkUnspec::new_with_name(t.shard_end);
-        let mut end = LinkVeth::new(t.parent_end, t.shard_end)
-            .controller(t.parent)
-            .up();
-        if let Some(mtu) = t.mtu {
-            peer = peer.mtu(mtu);
-            end = end.mtu(mtu);
-        }
-        let msg = LinkMessageBuilder::<LinkVeth>::set_info_data(
-            end,
-            InfoData::Veth(InfoVeth::Peer(peer.build())),
-        )
-        .build();
+        let msg = veth_pair(
+            LinkVeth::new(t.parent_end, t.shard_end)
+                .controller(t.parent)
+                .up(),
+            LinkUnspec::new_with_name(t.shard_end),
+            t.mtu,
+        );
         match h.link().add(msg).execute().await {
             Ok(()) => {}
             // The parent end is missing, so the other name is taken by a
@@ -378,24 +372,19 @@ pub(crate) struct Veth<'a> {
 }
 
 /// Create the veth pair in one request: the host end enslaved to the
-/// bridge and up, the peer named `eth0` in the holder's namespace. (The peer
-/// cannot be set up in the same message: veth_open() answers ENOTCONN until
-/// both ends exist; that is done inside.) Returns the index of `eth0` in the
-/// sandbox when the kernel tells it: the request asks for an echo
-/// (`NLM_F_ECHO`, answered for links since Linux 6.3), whose `IFLA_LINK` is
-/// the peer's index.
+/// bridge, the peer named `eth0` in the holder's namespace; then set the
+/// host end up without IPv6 addresses (and, for a NAPI sandbox, TSO off).
+/// (The peer cannot be set up in the same message: veth_open() answers
+/// ENOTCONN until both ends exist; that is done inside.) Returns the index
+/// of `eth0` in the sandbox when the kernel tells it: the request asks for
+/// an echo (`NLM_F_ECHO`, answered for links since Linux 6.3), whose
+/// `IFLA_LINK` is the peer's index.
 pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
-    let mut peer = LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid);
-    let mut host = LinkVeth::new(v.host, ETH0).controller(v.bridge);
-    if let Some(mtu) = v.mtu {
-        peer = peer.mtu(mtu);
-        host = host.mtu(mtu);
-    }
-    let msg: LinkMessage = LinkMessageBuilder::<LinkVeth>::set_info_data(
-        host,
-        InfoData::Veth(InfoVeth::Peer(peer.build())),
-    )
-    .build();
+    let msg = veth_pair(
+        LinkVeth::new(v.host, ETH0).controller(v.bridge),
+        LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid),
+        v.mtu,
+    );
     let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
     let answer = nl
         .batch(vec![(
@@ -420,29 +409,26 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
             Some(i) => LinkUnspec::new_with_index(i),
             None => LinkUnspec::new_with_name(v.host),
         };
-        let mut done = nl
+        let ready = nl
             .batch(vec![(no_ipv6_addresses(link.up()), 0)])
-            .map_err(|e| {
-                (
-                    "set up",
-                    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-                )
+            .map_err(|e| io_nl_err("set up", &object(), e))
+            .and_then(|mut answers| {
+                let answer = answers.pop().unwrap_or(Err(Errno::EIO));
+                answer.map_err(|errno| errno_err("set up", &object(), errno))
             })
-            .and_then(|mut a| {
-                a.pop()
-                    .unwrap_or(Err(Errno::EIO))
-                    .map(drop)
-                    .map_err(|errno| ("set up", errno))
+            .and_then(|_| {
+                // A frame sent by a TSO-capable veth never takes the peer's
+                // NAPI queue (veth_skb_is_eligible_for_gro()).
+                if !v.napi_receive {
+                    return Ok(());
+                }
+                ethtool_set(nl, v.host, ETHTOOL_STSO, false)
+                    .map_err(|errno| errno_err("turn TSO off on", &object(), errno))
             });
-        if v.napi_receive && done.is_ok() {
-            // A frame sent by a TSO-capable veth never takes the peer's
-            // NAPI queue (veth_skb_is_eligible_for_gro()).
-            done = ethtool_set(nl, v.host, ETHTOOL_STSO, false).map_err(|e| ("turn TSO off on", e));
-        }
-        if let Err((op, errno)) = done {
+        if let Err(e) = ready {
             // Made but not ready: take it back (its peer goes with it).
             let _ = delete_link_blocking(nl, v.host, "");
-            return Err(errno_err(op, &object(), errno));
+            return Err(e);
         }
     }
     match answer {
@@ -463,6 +449,20 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
         }),
         Err(errno) => Err(errno_err("create veth", &object(), errno)),
     }
+}
+
+/// The `RTM_NEWLINK` of a veth pair: `end` with `peer`, both of `mtu`.
+fn veth_pair(
+    mut end: LinkMessageBuilder<LinkVeth>,
+    mut peer: LinkMessageBuilder<LinkUnspec>,
+    mtu: Option<u32>,
+) -> LinkMessage {
+    if let Some(mtu) = mtu {
+        end = end.mtu(mtu);
+        peer = peer.mtu(mtu);
+    }
+    LinkMessageBuilder::<LinkVeth>::set_info_data(end, InfoData::Veth(InfoVeth::Peer(peer.build())))
+        .build()
 }
 
 /// A `RTM_SETLINK` of `link` that turns IPv6 address generation off

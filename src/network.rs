@@ -460,25 +460,26 @@ impl Network {
         }
         // Addresses whose owner has no record: a crash between the steps of
         // a removal, or a hand-edited store.
+        // What stays reserved fits the allocation windows below.
+        let mut reserved: Vec<IpAddr> = Vec::new();
         for (ip, owner) in store.reservations()? {
             let name = owner.split('@').next().unwrap_or_default();
             // A corrupt record may own it: leave it with the record.
             if owned.contains(&owner) || report.corrupt.iter().any(|p| p.ends_with(name)) {
+                reserved.push(ip);
                 continue;
             }
             match store.release(ip, &owner) {
                 Ok(()) if !report.addresses.contains(&ip) => report.addresses.push(ip),
                 Ok(()) => {}
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    reserved.push(ip);
+                    errors.push(e);
+                }
             }
         }
         // The allocation windows, back to what the addresses still
         // reserved need.
-        let reserved: Vec<IpAddr> = store
-            .reservations()?
-            .into_iter()
-            .map(|(ip, _)| ip)
-            .collect();
         for pool in inner.v4.iter().chain(inner.v6.iter()) {
             if let Err(e) = store.fit_window(pool, &reserved) {
                 errors.push(e);

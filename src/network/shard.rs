@@ -115,7 +115,7 @@ impl NetInner {
     /// CPU's backlog, are then too few for a flood to overflow it, however
     /// many sandboxes the network holds; and the sandboxes of a small
     /// network keep TSO on their host port (receiving bulk TCP by NAPI
-    /// costs ~30%: the host port segments what GRO then merges again).
+    /// costs throughput: the host port segments what GRO then merges again).
     pub(crate) fn napi_receive(&self, addr: IpAddr) -> bool {
         self.pool_index(addr) >= NAPI_FROM
     }
