@@ -46,8 +46,8 @@ pub(crate) fn netns_of(target: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
 /// so the kernel destroys namespaces in batches: it destroys one as soon as
 /// the last reference goes, on a worker that takes the locks a veth's
 /// deletion waits for, so a namespace destroyed at each removal slows the
-/// next removal's deletion (~36 ms each, one after another, against ~20 ms
-/// with the namespaces kept), and a batch is destroyed with less work per
+/// next removal's deletion (README "Performance": teardown ~36 ms before
+/// this, ~20 ms with it), and a batch is destroyed with less work per
 /// namespace. The fds are closed once [`BURY_BATCH`] are kept, or
 /// [`BURY_IDLE`] after the last one came.
 pub(crate) fn bury(ns: OwnedFd) {
