@@ -1080,8 +1080,16 @@ fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
         s.read_to_string(&mut got).await.unwrap();
         assert!(got.starts_with("HTTP/1.0 200"), "{got}");
         pod.remove().await.unwrap();
-        // The host port is free again.
-        std::net::TcpListener::bind(published[0].host).unwrap();
+        // The host port is free again (within moments: a child another
+        // test's thread forked may hold a copy of the socket until its exec).
+        let t = std::time::Instant::now();
+        while std::net::TcpListener::bind(published[0].host).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "host port still taken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         net.remove().await.unwrap();
     });
 }

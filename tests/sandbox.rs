@@ -776,22 +776,26 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
             ports(&ctx.nl, "pn0.5").await,
             set(&[c.host_interface(), "pn0.5s"])
         );
-        // Every pod reaches every other by address, across shards.
+        // Every pod reaches every other by address, across shards. A port
+        // per pair: a listener just closed may still be open for a moment in
+        // a child that another test's thread forked (until its exec closes
+        // it), so binding the same port again at once can fail (EADDRINUSE).
         let pods = [&a, &b, &c];
         for (i, to) in pods.iter().enumerate() {
             for (j, from) in pods.iter().enumerate() {
                 if i == j {
                     continue;
                 }
+                let port = 9100 + u16::try_from(i * pods.len() + j).unwrap();
                 let l = to
-                    .run(|| TcpListener::bind("0.0.0.0:9000"))
+                    .run(move || TcpListener::bind(("0.0.0.0", port)))
                     .await
                     .unwrap()
                     .unwrap();
                 let got = serve_once(l);
                 let msg = format!("{}-to-{}", from.name(), to.name());
                 assert!(
-                    send_from(from, &to.ip().to_string(), 9000, &msg).await,
+                    send_from(from, &to.ip().to_string(), port, &msg).await,
                     "{msg}"
                 );
                 assert_eq!(got.join().unwrap(), msg);
