@@ -1,10 +1,14 @@
 //! Spawning and watching the holder (pause) process of a sandbox.
 //!
 //! This is the only file that forks by hand. A holder is made by one
-//! `clone(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_NEW*)`: the kernel
-//! makes the namespaces, returns a pidfd for the child, and resumes us only
-//! once the child has called `execve` on a tiny program of our own (kept in a
-//! sealed memfd) or has exited. The child runs on a stack we allocated and
+//! `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | CLONE_NEW*)`:
+//! the kernel makes the namespaces, returns a pidfd for the child, and
+//! resumes us only once the child has called `execve` on a tiny program of
+//! our own (kept in a sealed memfd) or has exited. The child shares our fd
+//! table until its first call makes it a table of its own with only our few
+//! lowest fds (`close_range(.., CLOSE_RANGE_UNSHARE)`): a fork would copy
+//! every fd of the creator (a cost that grows with its sandboxes) and hold
+//! its sockets open until the exec. The child runs on a stack we allocated and
 //! makes only raw system calls, everything it uses prepared before the clone;
 //! it reports a failure by storing the step and errno in memory it shares with
 //! us, which is safe to read because `CLONE_VFORK` suspends us until the
@@ -633,6 +637,9 @@ fn spawner_submit(job: Job) -> Result<()> {
 struct ChildArgs {
     exe: RawFd,
     devnull: RawFd,
+    /// The child's private fd table gets only the fds below this: stdio,
+    /// `exe`, `devnull` and whatever lies between (closed at once).
+    keep_below: c_int,
     argv: *const *const c_char,
     envp: *const *const c_char,
     root: *const c_char,
@@ -647,8 +654,9 @@ struct ChildArgs {
 }
 
 /// The steps of the child, for error messages.
-const STEPS: [&str; 6] = [
+const STEPS: [&str; 7] = [
     "",
+    "unshare fd table of holder",
     "set parent-death signal of holder",
     "creator exited while spawning holder",
     "set up stdio of holder",
@@ -673,16 +681,36 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // before the clone and outlive the child; none allocates, locks, or
     // touches memory the parent might change meanwhile.
     unsafe {
+        // We share the creator's fd table (CLONE_FILES): first take a table
+        // of our own holding only the fds below `keep_below`. The kernel
+        // copies just those (close_range(2): a range up to ~0 is not
+        // copied), so the cost does not grow with the creator's fds, and we
+        // never hold its files numbered above ours; those below, we let go
+        // at once rather than at the exec. So a socket the creator closes
+        // is gone then, not held open by a holder being made.
+        let close = |first: c_int, last: c_int, flags: libc::c_uint| {
+            libc::syscall(libc::SYS_close_range, first, last, flags)
+        };
+        if close(a.keep_below, -1, libc::CLOSE_RANGE_UNSHARE) != 0 {
+            return fail(1);
+        }
+        let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
+        if low > 3 {
+            close(3, low - 1, 0);
+        }
+        if high > low + 1 {
+            close(low + 1, high - 1, 0);
+        }
         if a.die_with_creator {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return fail(1);
+                return fail(2);
             }
             // The creator may have died before the prctl: then we were
             // reparented and must not live on.
             if libc::getppid() != a.creator {
                 // Not a failed call: say ESRCH rather than a stale errno.
                 *libc::__errno_location() = libc::ESRCH;
-                return fail(2);
+                return fail(3);
             }
         }
         // Out of the creator's session, so a terminal's ^C reaches the
@@ -699,7 +727,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         libc::sigaction(libc::SIGCHLD, &a.sig_ignore, std::ptr::null_mut());
         for fd in 0..3 {
             if libc::dup2(a.devnull, fd) < 0 {
-                return fail(3);
+                return fail(4);
             }
         }
         // Everything else closes at exec: the holder holds nothing open.
@@ -710,7 +738,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             libc::CLOSE_RANGE_CLOEXEC,
         );
         if libc::chdir(a.root) != 0 {
-            return fail(4);
+            return fail(5);
         }
         libc::sigprocmask(libc::SIG_SETMASK, &a.empty_mask, std::ptr::null_mut());
         libc::syscall(
@@ -722,7 +750,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             libc::AT_EMPTY_PATH,
         );
     }
-    fail(5)
+    fail(6)
 }
 
 /// Clone the holder; runs on the spawner thread.
@@ -753,9 +781,11 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
     sig_default.sa_sigaction = libc::SIG_DFL;
     sig_ignore.sa_sigaction = libc::SIG_IGN;
 
+    let keep_below = exe.as_raw_fd().max(devnull.as_raw_fd()) + 1;
     let args = ChildArgs {
         exe: exe.as_raw_fd(),
         devnull: devnull.as_raw_fd(),
+        keep_below,
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         root: c"/".as_ptr(),
@@ -769,7 +799,11 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
     };
     // The stack grows down on every architecture we build for; keep 16-byte alignment.
     let top = stack.as_mut_ptr_range().end as usize & !15;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | spec.namespaces.bits();
+    let flags = libc::CLONE_VM
+        | libc::CLONE_VFORK
+        | libc::CLONE_FILES
+        | libc::CLONE_PIDFD
+        | spec.namespaces.bits();
     let mut pidfd: c_int = -1;
     let mut old_mask = empty_mask;
     // SAFETY: the child runs `child_main` on `stack` (ours, unused by anyone
@@ -831,8 +865,8 @@ fn devnull() -> Result<&'static OwnedFd> {
             .read(true)
             .write(true)
             .open("/dev/null")
-            .map(OwnedFd::from)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|f| above_stdio(f.into()))
     });
     fd.as_ref()
         .map_err(|errno| Error::sys("open", "/dev/null", *errno))
@@ -875,7 +909,22 @@ fn make_holder_memfd() -> std::result::Result<OwnedFd, (&'static str, Errno)> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
         return Err(("seal holder program", Errno::last()));
     }
-    Ok(OwnedFd::from(file))
+    above_stdio(file.into()).map_err(|errno| ("fcntl(F_DUPFD_CLOEXEC) holder program", errno))
+}
+
+/// `fd`, or a copy numbered 3 or more if it is 0, 1 or 2 (a creator started
+/// with stdio closed): the child puts /dev/null on those.
+fn above_stdio(fd: OwnedFd) -> std::result::Result<OwnedFd, Errno> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own; the new fd is ours.
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if copy < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: fcntl returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
 }
 
 /// Load address of the image.
