@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench --bench create          # needs [[bench]] name = "create", harness = false
 //! cargo bench --bench create -- 200   # another N (default 50)
+//! cargo bench --bench create -- 50 5000  # with 5,000 more fds open
 //! ```
 //!
 //! It calls `podnet::rootless::enter_private()` first (not `enter()`, whose
@@ -25,17 +26,28 @@ use podnet::{Network, Sandbox};
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    // `cargo bench` passes `--bench`; any other argument is N.
-    let n = match std::env::args()
+    // `cargo bench` passes `--bench`; the others are N and the extra fds.
+    let args: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .map(|a| a.parse::<usize>())
-    {
-        None => 50,
-        Some(Ok(n)) if n > 0 => n,
-        Some(_) => {
-            eprintln!("usage: create [N]   (N > 0, default 50)");
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let parsed = |i: usize, default: usize| args.get(i).map_or(Ok(default), |a| a.parse::<usize>());
+    let (n, fds) = match (parsed(0, 50), parsed(1, 0)) {
+        (Ok(n), Ok(fds)) if n > 0 && args.len() <= 2 => (n, fds),
+        _ => {
+            eprintln!(
+                "usage: create [N [FDS]]   (N > 0 sandboxes, default 50; FDS more open fds, default 0)"
+            );
             return ExitCode::from(2);
+        }
+    };
+    // A runtime holds many fds of its own (sockets, pidfds, files): every
+    // clone or fork that copies the fd table pays for them.
+    let _extra = match open_fds(fds, n) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("create bench: cannot open {fds} more fds: {e}");
+            return ExitCode::FAILURE;
         }
     };
     // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
@@ -49,7 +61,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .map_err(Into::into)
-        .and_then(|rt| rt.block_on(bench(&state, n)));
+        .and_then(|rt| rt.block_on(bench(&state, n, fds)));
     let _ = std::fs::remove_dir(&state); // net.remove() leaves nothing; this is for errors
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -58,6 +70,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `count` open fds (of /dev/null), with the soft `RLIMIT_NOFILE` raised
+/// (up to the hard limit) to fit them beside `n` sandboxes' pidfds.
+fn open_fds(count: usize, n: usize) -> AnyResult<Vec<std::fs::File>> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let want = u64::try_from(count + n + 256)?;
+    if want > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, want.min(hard), hard)?;
+    }
+    let null = std::fs::File::open("/dev/null")?;
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count {
+        fds.push(null.try_clone()?);
+    }
+    Ok(fds)
 }
 
 async fn fork_exec() -> AnyResult<Duration> {
@@ -71,7 +103,7 @@ async fn fork_exec() -> AnyResult<Duration> {
     }
 }
 
-async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
+async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
     let net = Network::builder("pnbench0")
         .subnet("10.88.0.0/16".parse()?)
         .state_dir(state)
@@ -141,8 +173,8 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
         return Err("no samples".into());
     };
     println!(
-        "create bench: N={n} sandboxes one at a time (after 1 warm-up), each create and each remove \
-         preceded by one timed fork+exec of `true` (ms)"
+        "create bench: N={n} sandboxes one at a time (after 1 warm-up), {fds} more fds open, each \
+         create and each remove preceded by one timed fork+exec of `true` (ms)"
     );
     println!(
         "{:<44} {:>5} {:>9} {:>9} {:>9} {:>12}",
