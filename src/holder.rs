@@ -574,9 +574,11 @@ struct Spawners {
 /// How many spawner threads a process runs at most: clones in flight at
 /// once run on as many CPUs (a clone is kernel work: a namespace and an
 /// exec), and each thread lives as long as the process (its exit would fire
-/// the death signal of every holder it made), so they are few.
+/// the death signal of every holder it made), so they are few. Asked once:
+/// `available_parallelism` reads the cgroup's CPU quota (three files).
 fn spawner_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
 }
 
 /// Stack size of the cloned child. It runs a handful of raw syscalls.
