@@ -860,6 +860,16 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
     })
 }
 
+/// Make what every holder's clone uses, once per process: the holder
+/// program's memfd and the /dev/null of its stdio. Called when a network is
+/// built, so that a process refused them (a seccomp filter on memfd_create)
+/// learns it there, and its first create does not pay for them.
+pub(crate) fn prepare() -> Result<()> {
+    holder_exe()?;
+    devnull()?;
+    Ok(())
+}
+
 fn devnull() -> Result<&'static OwnedFd> {
     static DEVNULL: OnceLock<std::result::Result<OwnedFd, Errno>> = OnceLock::new();
     let fd = DEVNULL.get_or_init(|| {

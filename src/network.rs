@@ -676,6 +676,8 @@ impl NetworkBuilder {
             check_mtu(mtu)?;
         }
         rootless::check_privilege(&format!("build network {:?}", self.bridge))?;
+        crate::holder::prepare()?;
+        crate::sandbox::creator()?;
 
         let host_ns = netns::thread_netns()?;
         let host_key = format!("netns-{}", netns::netns_cookie()?);

@@ -546,8 +546,9 @@ fn instance_id() -> String {
     format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos)
 }
 
-/// The identity of this process, for records.
-fn creator() -> Result<Ident> {
+/// The identity of this process, for records (asked once per process, and
+/// first when a network is built).
+pub(crate) fn creator() -> Result<Ident> {
     static ME: OnceLock<(i32, u64)> = OnceLock::new();
     let pid = getpid();
     let (p, start) = *ME.get_or_init(|| (pid.as_raw(), holder::proc_start_time(pid).unwrap_or(0)));
