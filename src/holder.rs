@@ -65,6 +65,9 @@ pub(crate) struct Holder {
     start_time: u64,
     /// Whether we are its parent, so `waitid` can reap it.
     child: bool,
+    /// Whether it dies with this process (`PR_SET_PDEATHSIG`): a child of
+    /// ours made so, never an adopted one.
+    dies_with_us: bool,
     /// Whether it has been reaped (only meaningful for our children).
     reaped: std::sync::atomic::AtomicBool,
 }
@@ -168,6 +171,17 @@ impl Holder {
         }
     }
 
+    /// Hand the ending of this holder to someone else (`netns::bury`): its
+    /// pidfd, to kill it and reap it with `end`, if it is a child of ours
+    /// that dies with this process anyway (so it cannot outlive us if that
+    /// is never done). `None` for any other holder: end it now.
+    pub(crate) fn end_later(&self) -> Option<Arc<OwnedFd>> {
+        if !self.child || !self.dies_with_us || self.reaped.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        Some(self.pidfd.clone())
+    }
+
     /// Wait until the holder has exited, reap it, and say how it ended.
     ///
     /// # Cancel safety
@@ -213,6 +227,7 @@ impl Holder {
             pidfd: Arc::new(pidfd),
             start_time,
             child,
+            dies_with_us: false,
             reaped: false.into(),
         }))
     }
@@ -316,6 +331,29 @@ impl Drop for Holder {
                 );
             }
         });
+    }
+}
+
+/// Kill the holders behind `pidfds` (children of ours, from
+/// [`Holder::end_later`]), then reap them. Blocking, briefly: a killed
+/// process exits at once.
+pub(crate) fn end(pidfds: &[Arc<OwnedFd>]) {
+    for pidfd in pidfds {
+        // SAFETY: pidfd_send_signal(2) with a valid pidfd, a valid signal
+        // number, a null siginfo and no flags touches no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            );
+        }
+    }
+    for pidfd in pidfds {
+        // ECHILD: a `Sandbox::wait` reaped it first.
+        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
     }
 }
 
@@ -856,6 +894,7 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
         pidfd,
         start_time,
         child: true,
+        dies_with_us: spec.die_with_creator,
         reaped: false.into(),
     })
 }

@@ -42,59 +42,76 @@ pub(crate) fn netns_of(target: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
     thread_netns()
 }
 
-/// Keep the network namespace `ns` of a removed sandbox open for a moment,
-/// so the kernel destroys namespaces in batches: it destroys one as soon as
-/// the last reference goes, on a worker that takes the locks a veth's
-/// deletion waits for, so a namespace destroyed at each removal slows the
-/// next removal's deletion (README "Performance": teardown ~36 ms before
-/// this, ~20 ms with it), and a batch is destroyed with less work per
-/// namespace. The fds are closed once [`BURY_BATCH`] are kept, or
-/// [`BURY_IDLE`] after the last one came.
-pub(crate) fn bury(ns: OwnedFd) {
+/// Keep the network namespace `ns` of a removed sandbox open, and its
+/// holder (`holder`, from `Holder::end_later`) alive, for a moment, so the
+/// kernel destroys namespaces in batches and the next removals' veth
+/// deletions do not wait for them: the kernel destroys a namespace as soon
+/// as the last reference goes, on a worker that takes the locks a veth's
+/// deletion waits for, and a holder's exit leaves work that the next
+/// deletion's `rcu_barrier()` waits for (README "Performance": teardown
+/// ~36 ms one after another before either, ~20 ms with both). Both are let
+/// go by the grave's thread once [`BURY_BATCH`] are kept, or [`BURY_IDLE`]
+/// after the last one came.
+pub(crate) fn bury(ns: Option<OwnedFd>, holder: Option<Arc<OwnedFd>>) {
     let grave = &*GRAVE;
-    let mut g = grave.fds.lock().unwrap_or_else(|p| p.into_inner());
-    g.0.push(ns);
-    g.1 = std::time::Instant::now();
-    if g.0.len() >= BURY_BATCH {
-        let batch = std::mem::take(&mut g.0);
-        drop(g);
-        drop(batch);
-        return;
-    }
+    let mut g = grave.state.lock().unwrap_or_else(|p| p.into_inner());
+    g.namespaces.extend(ns);
+    g.holders.extend(holder);
+    g.last = Some(std::time::Instant::now());
+    g.full = g.namespaces.len().max(g.holders.len()) >= BURY_BATCH;
     drop(g);
     grave.wake.notify_one();
 }
 
-/// Namespaces kept at most before they are let go.
+/// Namespaces (or holders) kept at most before they are let go.
 const BURY_BATCH: usize = 64;
-/// How long namespaces are kept after the last one came.
+/// How long they are kept after the last one came.
 const BURY_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+#[derive(Default)]
+struct Buried {
+    namespaces: Vec<OwnedFd>,
+    /// pidfds of holders to kill and reap.
+    holders: Vec<Arc<OwnedFd>>,
+    /// When the last one came.
+    last: Option<std::time::Instant>,
+    /// A batch is full: let go at once.
+    full: bool,
+}
+
+impl Buried {
+    fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.holders.is_empty()
+    }
+}
+
 struct Grave {
-    /// The namespaces, and when the last one came.
-    fds: std::sync::Mutex<(Vec<OwnedFd>, std::time::Instant)>,
+    state: std::sync::Mutex<Buried>,
     wake: std::sync::Condvar,
 }
 
-/// The grave, with the thread that empties it once it has been idle for
-/// [`BURY_IDLE`] (started with the first burial; it sleeps while empty).
+/// The grave, with the thread that empties it when a batch is full or it
+/// has been idle for [`BURY_IDLE`] (started with the first burial; it
+/// sleeps while empty). Holders are killed first, then the namespaces'
+/// fds closed, outside the lock.
 static GRAVE: std::sync::LazyLock<Grave> = std::sync::LazyLock::new(|| {
     let _ = std::thread::Builder::new()
         .name("podnet-netns-grave".into())
         .spawn(|| {
             let grave = &*GRAVE;
-            let mut g = grave.fds.lock().unwrap_or_else(|p| p.into_inner());
+            let mut g = grave.state.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if g.0.is_empty() {
+                if g.is_empty() {
                     g = grave.wake.wait(g).unwrap_or_else(|p| p.into_inner());
                     continue;
                 }
-                let idle = g.1.elapsed();
-                if idle >= BURY_IDLE {
-                    let batch = std::mem::take(&mut g.0);
+                let idle = g.last.map_or(BURY_IDLE, |t| t.elapsed());
+                if g.full || idle >= BURY_IDLE {
+                    let batch = std::mem::take(&mut *g);
                     drop(g);
+                    crate::holder::end(&batch.holders);
                     drop(batch);
-                    g = grave.fds.lock().unwrap_or_else(|p| p.into_inner());
+                    g = grave.state.lock().unwrap_or_else(|p| p.into_inner());
                 } else {
                     g = grave
                         .wake
@@ -105,7 +122,7 @@ static GRAVE: std::sync::LazyLock<Grave> = std::sync::LazyLock::new(|| {
             }
         });
     Grave {
-        fds: std::sync::Mutex::new((Vec::new(), std::time::Instant::now())),
+        state: std::sync::Mutex::new(Buried::default()),
         wake: std::sync::Condvar::new(),
     }
 });

@@ -904,8 +904,17 @@ impl Sandbox {
         ports::list(&self.inner.net.ports, &self.inner.id)
     }
 
-    /// Remove the sandbox: delete the veth pair, stop the holder, release the
-    /// address(es) and the state. Idempotent, and fine on a Failed sandbox.
+    /// Remove the sandbox: delete the veth pair, release the address(es)
+    /// and the state, and stop the holder. Idempotent, and fine on a Failed
+    /// sandbox. The name and the address can be used again when it returns.
+    ///
+    /// A holder that dies with this process (not
+    /// [`persistent`](SandboxBuilder::persistent)) is killed and reaped in
+    /// the background, with those of other removals: 100 ms after the last
+    /// removal, or once 64 are waiting. So it may still run, in a namespace
+    /// with only `lo`, when this returns; ending it at once would make the
+    /// next removal's veth deletion wait for its exit (README
+    /// "Performance"). Any other holder is stopped before this returns.
     ///
     /// Processes that joined the sandbox are not killed; they are left with
     /// a namespace that has only `lo`.
@@ -1005,23 +1014,26 @@ impl SbInner {
                 errors.push(e);
             }
         }
-        // The namespace outlives the holder for a moment (netns::bury), so
-        // namespaces are destroyed in batches, not one at each removal.
+        // The namespace, and a holder that dies with this process anyway,
+        // outlive the removal for a moment (netns::bury): namespaces are
+        // destroyed in batches, and no holder's exit is in the way of the
+        // next removal's veth deletion. Any other holder is ended now.
         let what = format!("sandbox {:?}", self.name);
         let ns = netns::netns_of(self.holder.pidfd().as_fd(), &what).ok();
-        match self.holder.kill() {
-            Ok(()) => match self.holder.wait().await {
-                Ok(exit) => {
-                    self.record_exit(exit);
-                }
+        let later = self.holder.end_later();
+        if later.is_none() {
+            match self.holder.kill() {
+                Ok(()) => match self.holder.wait().await {
+                    Ok(exit) => {
+                        self.record_exit(exit);
+                    }
+                    Err(e) => errors.push(e),
+                },
                 Err(e) => errors.push(e),
-            },
-            Err(e) => errors.push(e),
+            }
         }
         errors.extend(self.release_state().err());
-        if let Some(ns) = ns {
-            netns::bury(ns);
-        }
+        netns::bury(ns, later);
         if errors.is_empty() {
             *self.lock_state() = State::Removed;
             Ok(())

@@ -239,9 +239,20 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
             .expect("50 removes");
         assert!(ports(&ctx.nl, "pn0").await.is_empty());
         assert_eq!(snapshot(&ctx.nl).await, before);
-        for p in &pods {
-            assert!(!std::path::Path::new(&format!("/proc/{}", p.holder_pid())).exists());
+        // Their holders die with this process, so they are ended in the
+        // background, in one batch, soon after.
+        let alive = || {
+            pods.iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{}", p.holder_pid())).exists())
+                .count()
+        };
+        let t = std::time::Instant::now();
+        while alive() > 0 && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        eprintln!("holders ended {:?} after the removals", t.elapsed());
+        assert_eq!(alive(), 0, "holders still alive 5 s after their removal");
+        assert!(pods.iter().all(|p| p.phase() == Phase::Succeeded));
         net.remove().await.unwrap();
         assert!(files_under(&ctx.state).is_empty());
     });
