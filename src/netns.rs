@@ -53,6 +53,9 @@ pub(crate) fn netns_of(target: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
 /// go by the grave's thread once [`BURY_BATCH`] are kept, or [`BURY_IDLE`]
 /// after the last one came.
 pub(crate) fn bury(ns: Option<OwnedFd>, holder: Option<Arc<OwnedFd>>) {
+    if ns.is_none() && holder.is_none() {
+        return;
+    }
     let grave = &*GRAVE;
     let mut g = grave.state.lock().unwrap_or_else(|p| p.into_inner());
     g.namespaces.extend(ns);

@@ -568,6 +568,37 @@ fn remove_on_drop_cleans_up_when_a_test_panics() {
 }
 
 #[test]
+fn a_persistent_holder_ends_before_remove_returns_and_others_soon_after() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let proc_of = |pid: u32| std::path::PathBuf::from(format!("/proc/{pid}"));
+        // A persistent holder would outlive this process if ending it were
+        // left for later: it is killed and reaped before remove() returns.
+        let kept = net.sandbox("kept").persistent(true).create().await.unwrap();
+        let kept_pid = kept.holder_pid();
+        kept.remove().await.unwrap();
+        assert!(!proc_of(kept_pid).exists(), "persistent holder still there");
+        // One that dies with this process is ended with the namespaces, in
+        // the background; the name and address are free at once.
+        let plain = net.sandbox("plain").create().await.unwrap();
+        let (plain_pid, ip) = (plain.holder_pid(), plain.ip());
+        plain.remove().await.unwrap();
+        let again = net.sandbox("plain").ip(ip).create().await.unwrap();
+        assert_ne!(again.holder_pid(), plain_pid);
+        let t = std::time::Instant::now();
+        assert_eq!(plain.wait().await, Phase::Succeeded);
+        eprintln!("ended {:?} after remove() returned", t.elapsed());
+        // Reaped by whichever of wait() and the grave's thread came first.
+        while proc_of(plain_pid).exists() && t.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!proc_of(plain_pid).exists(), "not reaped 5 s after removal");
+        again.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn dropping_a_sandbox_handle_keeps_the_sandbox() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
