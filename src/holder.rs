@@ -5,10 +5,11 @@
 //! the kernel makes the namespaces, returns a pidfd for the child, and
 //! resumes us only once the child has called `execve` on a tiny program of
 //! our own (kept in a sealed memfd) or has exited. The child shares our fd
-//! table until its first call makes it a table of its own with only our few
-//! lowest fds (`close_range(.., CLOSE_RANGE_UNSHARE)`): a fork would copy
-//! every fd of the creator (a cost that grows with its sandboxes) and hold
-//! its sockets open until the exec. The child runs on a stack we allocated and
+//! table until its first call makes it a table of its own with only our
+//! lowest fds (`close_range(.., CLOSE_RANGE_UNSHARE)`), which it closes in
+//! its next calls but for its own two: a fork would copy every fd of the
+//! creator (a cost that grows with its sandboxes) and hold its sockets
+//! open until the exec. The child runs on a stack we allocated and
 //! makes only raw system calls, everything it uses prepared before the clone;
 //! it reports a failure by storing the step and errno in memory it shares with
 //! us, which is safe to read because `CLONE_VFORK` suspends us until the
@@ -175,11 +176,14 @@ impl Holder {
     /// pidfd, to kill it and reap it with `end`, if it is a child of ours
     /// that dies with this process anyway (so it cannot outlive us if that
     /// is never done). `None` for any other holder: end it now.
-    pub(crate) fn end_later(&self) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn end_later(&self) -> Option<Ending> {
         if !self.child || !self.dies_with_us || self.reaped.swap(true, Ordering::Relaxed) {
             return None;
         }
-        Some(self.pidfd.clone())
+        Some(Ending {
+            pid: self.pid,
+            pidfd: self.pidfd.clone(),
+        })
     }
 
     /// Wait until the holder has exited, reap it, and say how it ended.
@@ -334,26 +338,39 @@ impl Drop for Holder {
     }
 }
 
-/// Kill the holders behind `pidfds` (children of ours, from
-/// [`Holder::end_later`]), then reap them. Blocking, briefly: a killed
-/// process exits at once.
-pub(crate) fn end(pidfds: &[Arc<OwnedFd>]) {
-    for pidfd in pidfds {
-        // SAFETY: pidfd_send_signal(2) with a valid pidfd, a valid signal
-        // number, a null siginfo and no flags touches no memory of ours.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
-    }
-    for pidfd in pidfds {
+/// A holder to end later (from [`Holder::end_later`]): a child of ours.
+#[derive(Debug)]
+pub(crate) struct Ending {
+    pub(crate) pid: Pid,
+    pidfd: Arc<OwnedFd>,
+}
+
+/// Kill the holders `ending`, then reap those the signal reached (or that
+/// were gone already). Blocking, briefly: a killed process exits at once.
+/// One the kill did not reach (a security module refusing it) is left to
+/// exit with this process, unreaped, rather than waited for.
+pub(crate) fn end(ending: &[Ending]) {
+    let killed: Vec<&Ending> = ending
+        .iter()
+        .filter(|h| {
+            // SAFETY: pidfd_send_signal(2) with a valid pidfd, a valid
+            // signal number, a null siginfo and no flags touches no memory
+            // of ours.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    h.pidfd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
+            };
+            rc == 0 || Errno::last() == Errno::ESRCH
+        })
+        .collect();
+    for h in killed {
         // ECHILD: a `Sandbox::wait` reaped it first.
-        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
+        let _ = waitid(Id::PIDFd(h.pidfd.as_fd()), WaitPidFlag::WEXITED);
     }
 }
 
@@ -722,17 +739,29 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // touches memory the parent might change meanwhile.
     unsafe {
         // We share the creator's fd table (CLONE_FILES): first take a table
-        // of our own holding only the fds below `keep_below`. The kernel
-        // copies just those (close_range(2): a range up to ~0 is not
-        // copied), so the cost does not grow with the creator's fds, and we
-        // never hold its files numbered above ours; those below, we let go
-        // at once rather than at the exec. So a socket the creator closes
-        // is gone then, not held open by a holder being made.
+        // of our own holding only the fds below `keep_below` (the kernel
+        // copies just those, rounded up to a multiple of 64 on some
+        // kernels: close_range(2) does not copy a range it closes up to
+        // ~0), so the cost does not grow with the creator's fds; then let
+        // go of the copies of its fds below ours at once rather than at the
+        // exec. So a socket the creator closes is not held open by a holder
+        // being made, but for the few system calls until then if it is
+        // numbered below podnet's two fds.
         let close = |first: c_int, last: c_int, flags: libc::c_uint| {
             libc::syscall(libc::SYS_close_range, first, last, flags)
         };
         if close(a.keep_below, -1, libc::CLOSE_RANGE_UNSHARE) != 0 {
-            return fail(1);
+            // close_range refused (a seccomp profile that predates it):
+            // a private copy of the whole table, as a fork makes.
+            if libc::syscall(libc::SYS_unshare, libc::CLONE_FILES) != 0 {
+                return fail(1);
+            }
+        }
+        // Our stdio next, so the creator's fds 0-2 are let go at once too.
+        for fd in 0..3 {
+            if libc::dup2(a.devnull, fd) < 0 {
+                return fail(4);
+            }
         }
         let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
         if low > 3 {
@@ -765,11 +794,6 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             }
         }
         libc::sigaction(libc::SIGCHLD, &a.sig_ignore, std::ptr::null_mut());
-        for fd in 0..3 {
-            if libc::dup2(a.devnull, fd) < 0 {
-                return fail(4);
-            }
-        }
         // Everything else closes at exec: the holder holds nothing open.
         libc::syscall(
             libc::SYS_close_range,

@@ -52,11 +52,19 @@ pub(crate) fn netns_of(target: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
 /// ~36 ms one after another before either, ~20 ms with both). Both are let
 /// go by the grave's thread once [`BURY_BATCH`] are kept, or [`BURY_IDLE`]
 /// after the last one came.
-pub(crate) fn bury(ns: Option<OwnedFd>, holder: Option<Arc<OwnedFd>>) {
+///
+/// Only while [`grave_open`]: otherwise nothing would let them go.
+pub(crate) fn bury(ns: Option<OwnedFd>, holder: Option<crate::holder::Ending>) {
     if ns.is_none() && holder.is_none() {
         return;
     }
     let grave = &*GRAVE;
+    if !grave_open() {
+        // No thread to let them go (it could not be started, or this is a
+        // forked child): now, then.
+        crate::holder::end(holder.as_slice());
+        return;
+    }
     let mut g = grave.state.lock().unwrap_or_else(|p| p.into_inner());
     g.namespaces.extend(ns);
     g.holders.extend(holder);
@@ -71,11 +79,31 @@ const BURY_BATCH: usize = 64;
 /// How long they are kept after the last one came.
 const BURY_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Whether this process's grave thread runs, so that what is buried is let
+/// go (a forked child has the grave of its parent, but not its thread).
+pub(crate) fn grave_open() -> bool {
+    GRAVE.pid == std::process::id()
+}
+
+/// Whether the holder `pid` was buried by this process and is not ended
+/// yet (gc leaves it alone).
+pub(crate) fn buried(pid: Pid) -> bool {
+    let grave = &*GRAVE;
+    grave_open()
+        && grave
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .holders
+            .iter()
+            .any(|h| h.pid == pid)
+}
+
 #[derive(Default)]
 struct Buried {
     namespaces: Vec<OwnedFd>,
-    /// pidfds of holders to kill and reap.
-    holders: Vec<Arc<OwnedFd>>,
+    /// Holders to kill and reap.
+    holders: Vec<crate::holder::Ending>,
     /// When the last one came.
     last: Option<std::time::Instant>,
     /// A batch is full: let go at once.
@@ -91,6 +119,8 @@ impl Buried {
 struct Grave {
     state: std::sync::Mutex<Buried>,
     wake: std::sync::Condvar,
+    /// The process whose thread empties it (0: none could be started).
+    pid: u32,
 }
 
 /// The grave, with the thread that empties it when a batch is full or it
@@ -98,7 +128,7 @@ struct Grave {
 /// sleeps while empty). Holders are killed first, then the namespaces'
 /// fds closed, outside the lock.
 static GRAVE: std::sync::LazyLock<Grave> = std::sync::LazyLock::new(|| {
-    let _ = std::thread::Builder::new()
+    let started = std::thread::Builder::new()
         .name("podnet-netns-grave".into())
         .spawn(|| {
             let grave = &*GRAVE;
@@ -127,6 +157,11 @@ static GRAVE: std::sync::LazyLock<Grave> = std::sync::LazyLock::new(|| {
     Grave {
         state: std::sync::Mutex::new(Buried::default()),
         wake: std::sync::Condvar::new(),
+        pid: if started.is_ok() {
+            std::process::id()
+        } else {
+            0
+        },
     }
 });
 

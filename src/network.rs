@@ -504,6 +504,11 @@ impl Network {
             creator,
         } in holder::find_holders(&inner.key)
         {
+            // Removed by this process, and ended soon with others
+            // (netns::bury): not an orphan.
+            if netns::buried(pid) {
+                continue;
+            }
             // Its creator is still making it: create() starts the holder
             // before it writes the record.
             if creator.is_some_and(|(p, s)| holder::is_alive(p, s)) && !keep.contains_key(&name) {

@@ -680,6 +680,11 @@ impl Sandbox {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn wait(&self) -> Phase {
+        // Removed (or being removed): its holder may still be ending in
+        // the background (see `remove`), but the sandbox is gone.
+        if matches!(*self.inner.lock_state(), State::Removing | State::Removed) {
+            return Phase::Succeeded;
+        }
         match self.inner.holder.wait().await {
             Ok(exit) => self.inner.record_exit(exit),
             Err(_) => Phase::Unknown,

@@ -18,8 +18,9 @@ use nix::libc;
 use podnet::Network;
 
 /// The binder's sockets are numbered this or more: above the fds podnet
-/// keeps for itself (its holder program and /dev/null, opened by the first
-/// create), which its holders copy for a moment.
+/// keeps for itself (its holder program and /dev/null, opened when the
+/// network is built). Fds below those are copied by a holder for a moment
+/// (see src/holder.rs), which this test does not cover.
 const HIGH: i32 = 200;
 
 /// A new TCP socket numbered `HIGH` or more: lower ones are kept in
@@ -78,7 +79,8 @@ fn a_closed_listener_is_gone_at_once_while_holders_are_made() {
             .build()
             .await
             .unwrap();
-        // The first create opens the fds podnet keeps.
+        // A first create and removal, so nothing is done for the first time
+        // while the binder runs.
         net.sandbox("first")
             .create()
             .await
