@@ -466,12 +466,13 @@ impl SandboxBuilder {
     }
 }
 
-/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step, or stop
-/// with SIGSTOP if it is `stop:<step>` (a create caught in progress, until
-/// the test sends SIGCONT or SIGKILL): crash tests (the `failpoints`
-/// feature, enabled for this crate's own tests only).
+/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step, stop with
+/// SIGSTOP if it is `stop:<step>` (a create caught in progress, until the
+/// test sends SIGCONT or SIGKILL), or panic if it is `panic:<step>` (a
+/// task that fails): crash tests (the `failpoints` feature, enabled for
+/// this crate's own tests only).
 #[cfg(feature = "failpoints")]
-fn failpoint(step: &str) {
+pub(crate) fn failpoint(step: &str) {
     use nix::sys::signal::{raise, Signal};
     let Ok(want) = std::env::var("PODNET_FAILPOINT") else {
         return;
@@ -480,12 +481,14 @@ fn failpoint(step: &str) {
         let _ = raise(Signal::SIGKILL);
     } else if want.strip_prefix("stop:") == Some(step) {
         let _ = raise(Signal::SIGSTOP);
+    } else if want.strip_prefix("panic:") == Some(step) {
+        panic!("failpoint {step}");
     }
 }
 
 #[cfg(not(feature = "failpoints"))]
 #[inline(always)]
-fn failpoint(_step: &str) {}
+pub(crate) fn failpoint(_step: &str) {}
 
 /// What `create()` has made so far, and how to unmake it.
 struct Undo {

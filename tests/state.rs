@@ -105,8 +105,56 @@ fn child_process() {
                 let _ = std::io::stdin().read_line(&mut line);
                 pod.remove().await.unwrap();
             }
+            // A pod whose supervision task panics (failpoint
+            // `panic:supervise`): its phase, what wait() says, its members.
+            ["pod-lost", name] => {
+                let pod = net
+                    .pod(name)
+                    .member(podnet::Member::new("sleeper", "sleep").arg("60"))
+                    .start()
+                    .await
+                    .unwrap();
+                let waited = tokio::time::timeout(std::time::Duration::from_secs(10), pod.wait())
+                    .await
+                    .expect("wait() returns once the supervision is lost");
+                let states: Vec<String> = pod
+                    .members()
+                    .iter()
+                    .map(|m| format!("{}:{:?}", m.name, m.state))
+                    .collect();
+                println!(
+                    "phase={:?} waited={waited:?} members={}",
+                    pod.phase(),
+                    states.join(",")
+                );
+                std::io::stdout().flush().unwrap();
+                pod.remove().await.unwrap();
+            }
             _ => panic!("unknown action {action:?}"),
         }
+    });
+}
+
+#[test]
+fn a_pod_whose_supervision_is_lost_is_unknown() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let out = child(&ctx, "pod-lost lost", Some("panic:supervise"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the child failed: {stdout}");
+        let line = stdout
+            .lines()
+            .find_map(|l| l.find("phase=").map(|at| &l[at..]))
+            .unwrap_or_else(|| panic!("no phase printed: {stdout:?}"));
+        // Kubernetes' Unknown: the pod's state cannot be obtained. Its
+        // member is not left Waiting for ever either.
+        assert!(line.starts_with("phase=Unknown waited=Unknown "), "{line}");
+        assert!(line.contains("sleeper:Terminated"), "{line}");
+        // The child removed its pod: nothing is left.
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        net.remove().await.unwrap();
     });
 }
 
