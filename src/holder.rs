@@ -151,25 +151,7 @@ impl Holder {
 
     /// Send SIGKILL. A holder that is already gone is not an error.
     pub(crate) fn kill(&self) -> Result<()> {
-        // SAFETY: pidfd_send_signal(2) with a valid pidfd we own, a valid
-        // signal number, a null siginfo and no flags touches no memory of ours.
-        // JUSTIFICATION: nix 0.31 has no pidfd_send_signal wrapper.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if rc == 0 {
-            return Ok(());
-        }
-        match Errno::last() {
-            Errno::ESRCH => Ok(()),
-            errno => Err(Error::sys("kill holder", self.pid.to_string(), errno)),
-        }
+        sigkill(&self.pidfd).map_err(|errno| Error::sys("kill holder", self.pid.to_string(), errno))
     }
 
     /// Hand the ending of this holder to someone else (`netns::bury`): its
@@ -338,6 +320,27 @@ impl Drop for Holder {
     }
 }
 
+/// SIGKILL to the process behind `pidfd`; one that is gone already
+/// (ESRCH) counts as killed.
+fn sigkill(pidfd: &OwnedFd) -> std::result::Result<(), Errno> {
+    // SAFETY: pidfd_send_signal(2) with a valid pidfd, a valid signal
+    // number, a null siginfo and no flags touches no memory of ours.
+    // JUSTIFICATION: nix 0.31 has no pidfd_send_signal wrapper.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match (rc, Errno::last()) {
+        (0, _) | (_, Errno::ESRCH) => Ok(()),
+        (_, errno) => Err(errno),
+    }
+}
+
 /// A holder to end later (from [`Holder::end_later`]): a child of ours.
 #[derive(Debug)]
 pub(crate) struct Ending {
@@ -352,21 +355,7 @@ pub(crate) struct Ending {
 pub(crate) fn end(ending: &[Ending]) {
     let killed: Vec<&Ending> = ending
         .iter()
-        .filter(|h| {
-            // SAFETY: pidfd_send_signal(2) with a valid pidfd, a valid
-            // signal number, a null siginfo and no flags touches no memory
-            // of ours.
-            let rc = unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    h.pidfd.as_raw_fd(),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-            rc == 0 || Errno::last() == Errno::ESRCH
-        })
+        .filter(|h| sigkill(&h.pidfd).is_ok())
         .collect();
     for h in killed {
         // ECHILD: a `Sandbox::wait` reaped it first.
