@@ -91,13 +91,19 @@ pub(crate) fn loopback_up_blocking() -> Result<()> {
         .map_err(|e| Error::io("start a runtime to set up", "lo", e))?;
     rt.block_on(async {
         let conn = connect()?;
-        conn.handle
-            .link()
-            .set(LinkUnspec::new_with_index(LO_INDEX).up().build())
-            .execute()
-            .await
-            .map_err(|e| nl_err("set up", "lo of the new host namespace", e))
+        let up = LinkUnspec::new_with_index(LO_INDEX).up().build();
+        set_link(&conn.handle, up, "set up", "lo of the new host namespace").await
     })
+}
+
+/// Send `msg` (an `RTM_SETLINK`) and wait for the answer; `op` and
+/// `object` name it in the error.
+async fn set_link(h: &Handle, msg: LinkMessage, op: &'static str, object: &str) -> Result<()> {
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .map_err(|e| nl_err(op, object, e))
 }
 
 /// The link called `name`, if any. A missing name arrives as ENODEV.
@@ -165,22 +171,15 @@ pub(crate) async fn ensure_bridge(
                     .alias(alias.unwrap_or_default())
                     .up()
                     .build();
-                h.link()
-                    .set(set)
-                    .execute()
-                    .await
-                    .map_err(|e| nl_err("set alias of bridge", name, e))?;
+                set_link(h, set, "set alias of bridge", name).await?;
                 Ok((index, true))
             }
             Some(InfoKind::Bridge) if alias.is_none_or(|a| found == Some(a)) => {
                 if !link.header.flags.contains(LinkFlags::Up) {
-                    h.link()
-                        .set(LinkUnspec::new_with_index(link.header.index).up().build())
-                        .execute()
-                        .await
-                        .map_err(|e| nl_err("set up bridge", name, e))?;
+                    let up = LinkUnspec::new_with_index(index).up().build();
+                    set_link(h, up, "set up bridge", name).await?;
                 }
-                Ok((link.header.index, false))
+                Ok((index, false))
             }
             Some(InfoKind::Bridge) => Err(Error::AlreadyExists {
                 what: "bridge (not this network's shard)",
@@ -221,9 +220,9 @@ pub(crate) async fn ensure_bridge(
     // RTM_NEWLINK's creation.
     if let Some(alias) = alias {
         let set = LinkUnspec::new_with_index(index).alias(alias).build();
-        if let Err(e) = h.link().set(set).execute().await {
+        if let Err(e) = set_link(h, set, "set alias of bridge", name).await {
             let _ = delete_link(h, name, "").await;
-            return Err(nl_err("set alias of bridge", name, e));
+            return Err(e);
         }
     }
     Ok((index, true))
@@ -316,11 +315,7 @@ pub(crate) async fn ensure_trunk(h: &Handle, t: &Trunk<'_>) -> Result<()> {
         .controller(t.shard)
         .up()
         .build();
-    h.link()
-        .set(set)
-        .execute()
-        .await
-        .map_err(|e| nl_err("enslave and set up", &object(), e))
+    set_link(h, set, "enslave and set up", &object()).await
 }
 
 /// Add `addr/prefix` to link `index` unless it is there already. IPv6
@@ -394,61 +389,65 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
         .map_err(|e| io_nl_err("create veth", &object(), e))?
         .pop()
         .unwrap_or(Err(Errno::EIO));
-    if let Ok(echo) = &answer {
-        // The host end, a bridge port, needs no IPv6 address: it is set up
-        // with address generation off (which RTM_NEWLINK does not take), so
-        // it floods no DAD, MLD or router solicitation. A request of its
-        // own, to the index the echo gives: sent with the creation, it
-        // would be carried out even if the creation failed, on whatever
-        // link holds the name.
-        let index = echo.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-            _ => None,
-        });
-        let link = match index {
-            Some(i) => LinkUnspec::new_with_index(i),
-            None => LinkUnspec::new_with_name(v.host),
-        };
-        let ready = nl
-            .batch(vec![(no_ipv6_addresses(link.up()), 0)])
-            .map_err(|e| io_nl_err("set up", &object(), e))
-            .and_then(|mut answers| {
-                let answer = answers.pop().unwrap_or(Err(Errno::EIO));
-                answer.map_err(|errno| errno_err("set up", &object(), errno))
+    let echo = match answer {
+        Ok(echo) => echo,
+        Err(Errno::EEXIST) => {
+            return Err(Error::AlreadyExists {
+                what: "link",
+                name: v.host.to_owned(),
             })
-            .and_then(|_| {
-                // A frame sent by a TSO-capable veth never takes the peer's
-                // NAPI queue (veth_skb_is_eligible_for_gro()).
-                if !v.napi_receive {
-                    return Ok(());
-                }
-                ethtool_set(nl, v.host, ETHTOOL_STSO, false)
-                    .map_err(|errno| errno_err("turn TSO off on", &object(), errno))
-            });
-        if let Err(e) = ready {
-            // Made but not ready: take it back (its peer goes with it).
-            let _ = delete_link_blocking(nl, v.host, "");
-            return Err(e);
         }
-    }
-    match answer {
-        Ok(echo) => Ok(echo.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::Link(i) => Some(*i),
-                _ => None,
-            }),
-            _ => None,
-        })),
-        Err(Errno::EEXIST) => Err(Error::AlreadyExists {
-            what: "link",
-            name: v.host.to_owned(),
-        }),
         // br_add_if() finds no free port number (net/bridge/br_if.c).
-        Err(Errno::EXFULL) => Err(Error::BridgeFull {
-            bridge: v.bridge_name.to_owned(),
-        }),
-        Err(errno) => Err(errno_err("create veth", &object(), errno)),
+        Err(Errno::EXFULL) => {
+            return Err(Error::BridgeFull {
+                bridge: v.bridge_name.to_owned(),
+            })
+        }
+        Err(errno) => return Err(errno_err("create veth", &object(), errno)),
+    };
+    // The echo: the host end's index, and its peer's (IFLA_LINK).
+    let echoed = echo.iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(l),
+        _ => None,
+    });
+    let peer = echoed.and_then(|l| {
+        l.attributes.iter().find_map(|a| match a {
+            LinkAttribute::Link(i) => Some(*i),
+            _ => None,
+        })
+    });
+    // The host end, a bridge port, needs no IPv6 address: it is set up
+    // with address generation off (which RTM_NEWLINK does not take), so
+    // it floods no DAD, MLD or router solicitation. A request of its own,
+    // to the index the echo gives: sent with the creation, it would be
+    // carried out even if the creation failed, on whatever link holds the
+    // name.
+    let link = match echoed {
+        Some(l) => LinkUnspec::new_with_index(l.header.index),
+        None => LinkUnspec::new_with_name(v.host),
+    };
+    let ready = nl
+        .batch(vec![(no_ipv6_addresses(link.up()), 0)])
+        .map_err(|e| io_nl_err("set up", &object(), e))
+        .and_then(|mut answers| {
+            let answer = answers.pop().unwrap_or(Err(Errno::EIO));
+            answer.map_err(|errno| errno_err("set up", &object(), errno))
+        })
+        .and_then(|_| {
+            // A frame sent by a TSO-capable veth never takes the peer's
+            // NAPI queue (veth_skb_is_eligible_for_gro()).
+            if !v.napi_receive {
+                return Ok(());
+            }
+            ethtool_set(nl, v.host, ETHTOOL_STSO, false)
+                .map_err(|errno| errno_err("turn TSO off on", &object(), errno))
+        });
+    if let Err(e) = ready {
+        // Made but not ready: take it back (its peer goes with it).
+        let _ = delete_link_blocking(nl, v.host, "");
+        return Err(e);
     }
+    Ok(peer)
 }
 
 /// The `RTM_NEWLINK` of a veth pair: `end` with `peer`, both of `mtu`.
