@@ -855,21 +855,20 @@ impl Store {
         }
     }
 
+    /// Reserve `addr` for `owner`; [`Error::AddressTaken`] names who holds it.
     fn reserve(&self, addr: IpAddr, owner: &str) -> Result<IpAddr> {
-        let path = self.addr_path(addr);
-        match std::os::unix::fs::symlink(owner, &path) {
-            Ok(()) => Ok(addr),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AddressTaken {
-                addr,
-                owner: fs::read_link(&path)
-                    .map(|t| {
-                        let t = t.to_string_lossy();
-                        t.split('@').next().unwrap_or_default().to_owned()
-                    })
-                    .unwrap_or_default(),
-            }),
-            Err(e) => Err(io_err("reserve address", &path, e)),
+        if self.try_reserve(addr, owner)? {
+            return Ok(addr);
         }
+        Err(Error::AddressTaken {
+            addr,
+            owner: fs::read_link(self.addr_path(addr))
+                .map(|t| {
+                    let t = t.to_string_lossy();
+                    t.split('@').next().unwrap_or_default().to_owned()
+                })
+                .unwrap_or_default(),
+        })
     }
 
     /// Release `addr` if `owner` holds it. A missing reservation is not an error.
