@@ -683,9 +683,6 @@ fn spawner_submit(job: Job) -> Result<()> {
 struct ChildArgs {
     exe: RawFd,
     devnull: RawFd,
-    /// The child's private fd table gets only the fds below this: stdio,
-    /// `exe`, `devnull` and whatever lies between (closed at once).
-    keep_below: c_int,
     argv: *const *const c_char,
     envp: *const *const c_char,
     root: *const c_char,
@@ -728,7 +725,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // touches memory the parent might change meanwhile.
     unsafe {
         // We share the creator's fd table (CLONE_FILES): first take a table
-        // of our own holding only the fds below `keep_below` (the kernel
+        // of our own holding only the fds up to `exe` and `devnull` (the kernel
         // copies just those, rounded up to a multiple of 64 on some
         // kernels: close_range(2) does not copy a range it closes up to
         // ~0), so the cost does not grow with the creator's fds; then let
@@ -739,7 +736,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         let close = |first: c_int, last: c_int, flags: libc::c_uint| {
             libc::syscall(libc::SYS_close_range, first, last, flags)
         };
-        if close(a.keep_below, -1, libc::CLOSE_RANGE_UNSHARE) != 0 {
+        let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
+        if close(high + 1, -1, libc::CLOSE_RANGE_UNSHARE) != 0 {
             // close_range refused (a seccomp profile that predates it):
             // a private copy of the whole table, as a fork makes.
             if libc::syscall(libc::SYS_unshare, libc::CLONE_FILES) != 0 {
@@ -752,7 +750,6 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 return fail(4);
             }
         }
-        let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
         if low > 3 {
             close(3, low - 1, 0);
         }
@@ -834,11 +831,9 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
     sig_default.sa_sigaction = libc::SIG_DFL;
     sig_ignore.sa_sigaction = libc::SIG_IGN;
 
-    let keep_below = exe.as_raw_fd().max(devnull.as_raw_fd()) + 1;
     let args = ChildArgs {
         exe: exe.as_raw_fd(),
         devnull: devnull.as_raw_fd(),
-        keep_below,
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         root: c"/".as_ptr(),

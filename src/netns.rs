@@ -81,7 +81,6 @@ pub(crate) fn bury(ns: Option<OwnedFd>, holder: Option<crate::holder::Ending>) {
     g.namespaces.extend(ns);
     g.holders.extend(holder);
     g.last = Some(std::time::Instant::now());
-    g.full = g.namespaces.len().max(g.holders.len()) >= BURY_BATCH;
     drop(g);
     grave.wake.notify_one();
 }
@@ -118,13 +117,16 @@ struct Buried {
     holders: Vec<crate::holder::Ending>,
     /// When the last one came.
     last: Option<std::time::Instant>,
-    /// A batch is full: let go at once.
-    full: bool,
 }
 
 impl Buried {
     fn is_empty(&self) -> bool {
         self.namespaces.is_empty() && self.holders.is_empty()
+    }
+
+    /// A batch is full: let go at once.
+    fn full(&self) -> bool {
+        self.namespaces.len().max(self.holders.len()) >= BURY_BATCH
     }
 }
 
@@ -151,7 +153,7 @@ static GRAVE: std::sync::LazyLock<Grave> = std::sync::LazyLock::new(|| {
                     continue;
                 }
                 let idle = g.last.map_or(BURY_IDLE, |t| t.elapsed());
-                if g.full || idle >= BURY_IDLE {
+                if g.full() || idle >= BURY_IDLE {
                     let batch = std::mem::take(&mut *g);
                     drop(g);
                     crate::holder::end(&batch.holders);

@@ -1030,13 +1030,14 @@ impl SbInner {
         let ns = netns::netns_of(self.holder.pidfd().as_fd(), &what).ok();
         let later = self.holder.end_later();
         if later.is_none() {
-            match self.holder.kill() {
-                Ok(()) => match self.holder.wait().await {
-                    Ok(exit) => {
-                        self.record_exit(exit);
-                    }
-                    Err(e) => errors.push(e),
-                },
+            let ended = match self.holder.kill() {
+                Ok(()) => self.holder.wait().await,
+                Err(e) => Err(e),
+            };
+            match ended {
+                Ok(exit) => {
+                    self.record_exit(exit);
+                }
                 Err(e) => errors.push(e),
             }
         }
