@@ -15,7 +15,6 @@ use std::sync::Arc;
 use common::in_netns;
 use nix::errno::Errno;
 use nix::libc;
-use podnet::Network;
 
 /// The binder's sockets are numbered this or more: above the fds podnet
 /// keeps for itself (its holder program and /dev/null, opened when the
@@ -73,10 +72,7 @@ fn listen_once(port: u16, parked: &mut Vec<OwnedFd>) -> bool {
 #[test]
 fn a_closed_listener_is_gone_at_once_while_holders_are_made() {
     in_netns(|ctx| async move {
-        let net = Network::builder("pn0")
-            .subnet("10.88.0.0/16".parse().unwrap())
-            .state_dir(&ctx.state)
-            .build()
+        let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
             .await
             .unwrap();
         // A first create and removal, so nothing is done for the first time

@@ -17,10 +17,7 @@ use podnet::{
 };
 
 async fn network(ctx: &Ctx) -> Network {
-    Network::builder("pn0")
-        .subnet("10.88.0.0/16".parse().unwrap())
-        .state_dir(&ctx.state)
-        .build()
+    common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
         .await
         .expect("build network")
 }
@@ -1082,14 +1079,10 @@ fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
         pod.remove().await.unwrap();
         // The host port is free again (within moments: a child another
         // test's thread forked may hold a copy of the socket until its exec).
-        let t = std::time::Instant::now();
-        while std::net::TcpListener::bind(published[0].host).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(5),
-                "host port still taken"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        common::eventually("the host port is free", Duration::from_secs(5), || {
+            std::net::TcpListener::bind(published[0].host).is_ok()
+        })
+        .await;
         net.remove().await.unwrap();
     });
 }

@@ -15,10 +15,7 @@ use futures::future::join_all;
 use podnet::{Error, Network, Phase};
 
 async fn network(ctx: &Ctx, bridge: &str) -> Network {
-    Network::builder(bridge)
-        .subnet("10.88.0.0/16".parse().unwrap())
-        .state_dir(&ctx.state)
-        .build()
+    common::build_network(&ctx.state, bridge, "10.88.0.0/16")
         .await
         .expect("build network")
 }
@@ -58,11 +55,10 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
         assert!(pod.netns_path().exists());
         // Named by its first instruction, which it may not have run yet.
         let comm = || std::fs::read_to_string(format!("/proc/{}/comm", pod.holder_pid())).unwrap();
-        let t = std::time::Instant::now();
-        while comm().trim() != "podnet-pause" && t.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(comm().trim(), "podnet-pause");
+        common::eventually("the holder names itself", Duration::from_secs(10), || {
+            comm().trim() == "podnet-pause"
+        })
+        .await;
         assert_eq!(
             ports(&ctx.nl, "pn0").await.into_iter().collect::<Vec<_>>(),
             [pod.host_interface().to_owned()]
@@ -246,12 +242,9 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
                 .filter(|p| std::path::Path::new(&format!("/proc/{}", p.holder_pid())).exists())
                 .count()
         };
-        let t = std::time::Instant::now();
-        while alive() > 0 && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        eprintln!("holders ended {:?} after the removals", t.elapsed());
-        assert_eq!(alive(), 0, "holders still alive 5 s after their removal");
+        let took =
+            common::eventually("the holders end", Duration::from_secs(5), || alive() == 0).await;
+        eprintln!("holders ended {took:?} after the removals");
         net.remove().await.unwrap();
         assert!(files_under(&ctx.state).is_empty());
     });
@@ -418,10 +411,8 @@ fn bad_input_gets_the_right_error_and_changes_nothing() {
 #[test]
 fn a_full_pool_is_a_clear_error() {
     in_netns(|ctx| async move {
-        let net = Network::builder("pn0")
-            .subnet("10.88.0.0/30".parse().unwrap()) // one address: .2
-            .state_dir(&ctx.state)
-            .build()
+        // One address: .2
+        let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/30")
             .await
             .unwrap();
         let a = net.sandbox("a").create().await.unwrap();
@@ -592,14 +583,12 @@ fn a_persistent_holder_ends_before_remove_returns_and_others_soon_after() {
         // wait() does not wait for the holder's end: the sandbox is gone.
         let waited = tokio::time::timeout(Duration::from_secs(1), plain.wait()).await;
         assert_eq!(waited, Ok(Phase::Succeeded));
-        while proc_of(plain_pid).exists() && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let left = Duration::from_secs(5).saturating_sub(t.elapsed());
+        common::eventually("the holder ends and is reaped", left, || {
+            !proc_of(plain_pid).exists()
+        })
+        .await;
         eprintln!("ended {:?} after remove() returned", t.elapsed());
-        assert!(
-            !proc_of(plain_pid).exists(),
-            "not ended and reaped 5 s after removal"
-        );
         again.remove().await.unwrap();
         net.remove().await.unwrap();
     });
@@ -647,14 +636,12 @@ fn the_holder_of_a_dropped_handle_is_reaped_when_it_ends() {
         .unwrap();
         // We are its parent: until we reap it, it stays in /proc as a zombie.
         let proc = format!("/proc/{pid}");
-        let t = std::time::Instant::now();
-        while std::path::Path::new(&proc).exists() && t.elapsed() < Duration::from_secs(5) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            !std::path::Path::new(&proc).exists(),
-            "holder {pid} was never reaped"
-        );
+        common::eventually(
+            &format!("holder {pid} reaped"),
+            Duration::from_secs(5),
+            || !std::path::Path::new(&proc).exists(),
+        )
+        .await;
         // And gc reclaims the rest.
         let report = net.gc().await.unwrap();
         assert_eq!(report.sandboxes, ["kept"]);
@@ -674,10 +661,7 @@ fn a_bridge_that_exists_is_reused_and_a_second_network_coexists() {
         assert_ne!(a.ip(), b.ip());
         assert_eq!(ports(&ctx.nl, "pn0").await.len(), 2);
         // Another network in the same namespace, same sandbox names.
-        let other = Network::builder("pn1")
-            .subnet("10.89.0.0/24".parse().unwrap())
-            .state_dir(&ctx.state)
-            .build()
+        let other = common::build_network(&ctx.state, "pn1", "10.89.0.0/24")
             .await
             .unwrap();
         let a1 = other.sandbox("a").create().await.unwrap();
@@ -767,12 +751,11 @@ fn a_cancelled_create_leaves_nothing_behind() {
         // The spawner thread may not have run the clone yet: let it finish
         // its queue (it ends a holder nobody claims), then wait for the end.
         podnet::internals::flush_spawner().await.unwrap();
-        let t = std::time::Instant::now();
-        while holders() != holders_before && t.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        eprintln!("cancelled holder gone after {:?}", t.elapsed());
-        assert_eq!(holders(), holders_before);
+        let took = common::eventually("the cancelled holder ends", Duration::from_secs(10), || {
+            holders() == holders_before
+        })
+        .await;
+        eprintln!("cancelled holder gone after {took:?}");
         assert_eq!(snapshot(&ctx.nl).await, before);
         // Nothing claims a name or an address any more.
         assert!(files_under(&ctx.state).iter().all(|f| {
@@ -904,10 +887,7 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
         assert!(ports(&ctx.nl, "pn0.3").await.contains("pn0.7p"));
         // A shard is no network's bridge: refused, and nothing changes.
         let before_refusal = snapshot(&ctx.nl).await;
-        let err = Network::builder("pn0.1")
-            .subnet("10.89.0.0/16".parse().unwrap())
-            .state_dir(&ctx.state)
-            .build()
+        let err = common::build_network(&ctx.state, "pn0.1", "10.89.0.0/16")
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
@@ -1073,16 +1053,11 @@ fn a_removed_sandbox_namespace_is_let_go_soon_after() {
         // Kept for a moment, so namespaces are destroyed in batches (other
         // tests' removals may fill a batch at any time, so when is not
         // asserted), then let go: never leaked.
-        let t = std::time::Instant::now();
-        while holds_fd_to(&ns) && t.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(
-            !holds_fd_to(&ns),
-            "{ns:?} still held after {:?}",
-            t.elapsed()
-        );
-        eprintln!("namespace let go after {:?}", t.elapsed());
+        let took = common::eventually(&format!("{ns:?} let go"), Duration::from_secs(10), || {
+            !holds_fd_to(&ns)
+        })
+        .await;
+        eprintln!("namespace let go after {took:?}");
         net.remove().await.unwrap();
     });
 }

@@ -26,10 +26,7 @@ async fn network(ctx: &Ctx) -> Network {
 }
 
 async fn network_at(state: &Path) -> Network {
-    Network::builder(BRIDGE)
-        .subnet("10.88.0.0/16".parse().unwrap())
-        .state_dir(state)
-        .build()
+    common::build_network(state, BRIDGE, "10.88.0.0/16")
         .await
         .expect("build network")
 }
@@ -451,10 +448,7 @@ fn a_state_directory_of_another_user_is_refused() {
             eprintln!("SKIPPED part: cannot chown in this user namespace ({e})");
             return;
         }
-        let err = Network::builder(BRIDGE)
-            .subnet("10.88.0.0/16".parse().unwrap())
-            .state_dir(&ctx.state)
-            .build()
+        let err = common::build_network(&ctx.state, BRIDGE, "10.88.0.0/16")
             .await
             .unwrap_err();
         assert!(matches!(err, Error::StateCorrupt { .. }), "{err}");

@@ -265,6 +265,34 @@ pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
         .collect()
 }
 
+/// Build network `bridge` with one pool, `subnet`, and its store in `state`.
+pub async fn build_network(
+    state: &Path,
+    bridge: &str,
+    subnet: &str,
+) -> podnet::Result<podnet::Network> {
+    podnet::Network::builder(bridge)
+        .subnet(subnet.parse().unwrap())
+        .state_dir(state)
+        .build()
+        .await
+}
+
+/// Wait until `cond` holds, polling every 10 ms; fail the test, naming
+/// `what`, if it does not within `within`. Returns how long it took.
+pub async fn eventually(
+    what: &str,
+    within: std::time::Duration,
+    mut cond: impl FnMut() -> bool,
+) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < within, "not within {within:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    t.elapsed()
+}
+
 /// Links (with whether each is up) and addresses: what "nothing changed"
 /// compares.
 pub async fn snapshot(nl: &Handle) -> (BTreeSet<(String, bool)>, BTreeSet<(u32, IpAddr)>) {
