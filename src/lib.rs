@@ -117,6 +117,23 @@ pub mod internals {
         crate::pod::ports::installing(&net.inner.ports)
     }
 
+    /// The sizes of the batches in which `net` has deleted sandboxes'
+    /// veths so far (one each for removals one after another).
+    pub fn veth_batches(net: &crate::Network) -> Vec<usize> {
+        net.inner.reaper.batches()
+    }
+
+    /// How many veth deletions of `net` are waiting for the one in flight.
+    pub fn veth_deletions_waiting(net: &crate::Network) -> usize {
+        net.inner.reaper.waiting()
+    }
+
+    /// Hold `net`'s veth deletions as if one were in flight, until the
+    /// returned value is dropped; `None` if one is.
+    pub fn hold_veth_deletions(net: &crate::Network) -> Option<impl Send + std::fmt::Debug> {
+        crate::network::reaper::Reaper::hold(&net.inner)
+    }
+
     /// Make every operation on `net`'s table wait until the returned
     /// sender is dropped (`None` without a table).
     pub fn hold_port_table(net: &crate::Network) -> Option<std::sync::mpsc::Sender<()>> {

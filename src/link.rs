@@ -555,6 +555,69 @@ pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Res
     }
 }
 
+/// Delete the links named in `links` (name, object for errors), veth peers
+/// included, in one kernel operation: one `sendmsg` puts each in link
+/// group `group` (`RTM_SETLINK` with `IFLA_GROUP`), then one `RTM_DELLINK`
+/// of the group has the kernel unregister them all at once
+/// (`unregister_netdevice_many`), so they share one wait for the network
+/// stack to let go of them, which one by one each waits for alone (most of
+/// a veth deletion's ~20 ms). The group must be one that no other link of
+/// the namespace is in (the caller picks it at random). `Ok(false)` for a
+/// link that was gone already. If the kernel refuses the group's deletion,
+/// the links are deleted one by one.
+pub(crate) fn delete_links_blocking(
+    nl: &mut Nl,
+    links: &[(&str, &str)],
+    group: u32,
+) -> Vec<Result<bool>> {
+    if let [(name, object)] = links {
+        return vec![delete_link_blocking(nl, name, object)];
+    }
+    let set_group = |name: &str| {
+        let mut msg = LinkUnspec::new_with_name(name).build();
+        msg.attributes.push(LinkAttribute::Group(group));
+        (RouteNetlinkMessage::SetLink(msg), 0)
+    };
+    let answers = match nl.batch(links.iter().map(|(name, _)| set_group(name)).collect()) {
+        Ok(answers) => answers,
+        Err(e) => {
+            let copy = |e: &std::io::Error| match e.raw_os_error() {
+                Some(raw) => std::io::Error::from_raw_os_error(raw),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            };
+            return links
+                .iter()
+                .map(|(_, object)| Err(io_nl_err("delete link", object, copy(&e))))
+                .collect();
+        }
+    };
+    let mut results: Vec<Option<Result<bool>>> = answers
+        .into_iter()
+        .zip(links)
+        .map(|(answer, (_, object))| match answer {
+            Ok(_) => None,
+            Err(Errno::ENODEV | Errno::ENOENT) => Some(Ok(false)),
+            Err(errno) => Some(Err(errno_err("delete link", object, errno))),
+        })
+        .collect();
+    let mut del = LinkMessage::default();
+    del.attributes.push(LinkAttribute::Group(group));
+    let together = nl
+        .batch(vec![(RouteNetlinkMessage::DelLink(del), 0)])
+        .ok()
+        .and_then(|mut answers| answers.pop())
+        .is_some_and(|answer| answer.is_ok());
+    for (result, (name, object)) in results.iter_mut().zip(links) {
+        if result.is_none() {
+            *result = Some(match together {
+                true => Ok(true),
+                false => delete_link_blocking(nl, name, object),
+            });
+        }
+    }
+    results.into_iter().flatten().collect()
+}
+
 /// The inside of a sandbox: its address(es) and gateway(s).
 #[derive(Debug)]
 pub(crate) struct Inside<'a> {

@@ -22,6 +22,7 @@ use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
+pub(crate) mod reaper;
 mod shard;
 
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
@@ -77,6 +78,8 @@ pub(crate) struct NetInner {
     pub port_forwarding: PortForwarding,
     /// Bridge indexes of the shards (`k > 0`) this process has seen made.
     pub shards: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
+    /// Veth deletions waiting for the one in flight.
+    pub reaper: reaper::Reaper,
 }
 
 impl NetInner {
@@ -737,6 +740,7 @@ impl NetworkBuilder {
                 ports: Default::default(),
                 port_forwarding: self.port_forwarding,
                 shards: Default::default(),
+                reaper: Default::default(),
             }),
         })
     }

@@ -1012,13 +1012,7 @@ impl SbInner {
         let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
         if ours {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-            let (net, veth) = (self.net.clone(), self.veth.clone());
-            let deleted = tokio::task::spawn_blocking(move || {
-                link::delete_link_blocking(&mut *net.host_nl()?, &veth, &object)
-            })
-            .await
-            .unwrap_or_else(|e| Err(Error::sys("delete veth", e.to_string(), Errno::EINTR)));
-            if let Err(e) = deleted {
+            if let Err(e) = self.net.delete_veth(&self.veth, object).await {
                 errors.push(e);
             }
         }

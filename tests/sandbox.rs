@@ -251,6 +251,59 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
 }
 
 #[test]
+fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pods: Vec<_> = join_all((0..6).map(|i| net.sandbox(format!("r{i}")).create()))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("6 creates");
+        let keep = net.sandbox("keep").create().await.unwrap();
+        // Links that are not the removals' own stay: another sandbox's
+        // veth and a link of somebody else's.
+        ctx.nl
+            .link()
+            .add(rtnetlink::LinkVeth::new("other0", "other1").build())
+            .execute()
+            .await
+            .unwrap();
+        // A veth deleted already: its removal still succeeds.
+        let gone = common::link_index(&ctx.nl, pods[5].host_interface()).await;
+        ctx.nl.link().del(gone.unwrap()).execute().await.unwrap();
+
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        let removals = join_all(pods.iter().map(|p| p.remove()));
+        let release = async {
+            common::eventually("six deletions wait", Duration::from_secs(5), || {
+                podnet::internals::veth_deletions_waiting(&net) == 6
+            })
+            .await;
+            drop(held);
+        };
+        let (removed, ()) = futures::join!(removals, release);
+        removed
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("6 removes");
+        assert_eq!(podnet::internals::veth_batches(&net), [6]);
+        let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
+        assert_eq!(ports(&ctx.nl, "pn0").await, want);
+        assert!(common::links(&ctx.nl).await.contains("other0"));
+        assert_eq!(keep.phase(), Phase::Running);
+        // Names and addresses are free again at once.
+        let again = net.sandbox("r0").ip(pods[0].ip()).create().await.unwrap();
+
+        // One at a time, each removal is a batch of its own.
+        again.remove().await.unwrap();
+        keep.remove().await.unwrap();
+        assert_eq!(podnet::internals::veth_batches(&net), [6, 1, 1]);
+        net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty());
+    });
+}
+
+#[test]
 fn ipv4_and_ipv6_pools_give_both_addresses_and_routes() {
     in_netns(|ctx| async move {
         let net = Network::builder("pn6")
