@@ -442,9 +442,7 @@ pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
     // may carry the death signal: clone here, without two thread hand-offs
     // (on a busy machine, the wait for the spawner thread to get a CPU).
     if nix::unistd::gettid() == nix::unistd::getpid() {
-        let mut stack = MAIN_STACK
-            .with(|s| s.take())
-            .unwrap_or_else(|| vec![0u8; CHILD_STACK]);
+        let mut stack = MAIN_STACK.with(|s| s.take()).unwrap_or_else(new_stack);
         let result = clone_holder(&spec, &mut stack).map(|h| Unclaimed(Some(h)));
         MAIN_STACK.with(|s| s.set(Some(stack)));
         return Ok(Spawning(SpawningInner::Done(result)));
@@ -529,7 +527,7 @@ pub(crate) async fn spawn_tied(
 /// signal would be tied to this thread.
 pub(crate) fn spawn_here(spec: &HolderSpec) -> Result<Holder> {
     debug_assert!(!spec.die_with_creator);
-    let mut stack = vec![0u8; CHILD_STACK];
+    let mut stack = new_stack();
     clone_holder(spec, &mut stack)
 }
 
@@ -628,6 +626,19 @@ fn spawner_threads() -> usize {
 /// Stack size of the cloned child. It runs a handful of raw syscalls.
 const CHILD_STACK: usize = 64 * 1024;
 
+/// A child stack with every page in memory: the child's first touch of a
+/// page would be a page fault inside the clone, which waits for it (in a
+/// virtual machine, a costly one).
+fn new_stack() -> Vec<u8> {
+    let mut stack = vec![0u8; CHILD_STACK];
+    for page in stack.chunks_mut(4096) {
+        // SAFETY: a write of the byte it holds, in bounds; volatile, so it
+        // is made even though the allocator gave zeroed memory.
+        unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+    }
+    stack
+}
+
 fn spawner_submit(job: Job) -> Result<()> {
     let mut guard = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
     let me = std::process::id();
@@ -657,7 +668,7 @@ fn spawner_submit(job: Job) -> Result<()> {
     std::thread::Builder::new()
         .name("podnet-spawner".into())
         .spawn(move || {
-            let mut stack = vec![0u8; CHILD_STACK];
+            let mut stack = new_stack();
             while let Ok(job) = rx.recv() {
                 // This thread must outlive every job: its exit would fire
                 // PR_SET_PDEATHSIG on every holder it made.
@@ -908,12 +919,19 @@ fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
 }
 
 /// Make what every holder's clone uses, once per process: the holder
-/// program's memfd and the /dev/null of its stdio. Called when a network is
-/// built, so that a process refused them (a seccomp filter on memfd_create)
-/// learns it there, and its first create does not pay for them.
+/// program's memfd and the /dev/null of its stdio, and on the main thread
+/// its child stack. Called when a network is built, so that a process
+/// refused them (a seccomp filter on memfd_create) learns it there, and its
+/// first create does not pay for them.
 pub(crate) fn prepare() -> Result<()> {
     holder_exe()?;
     devnull()?;
+    if nix::unistd::gettid() == nix::unistd::getpid() {
+        MAIN_STACK.with(|s| {
+            let stack = s.take().unwrap_or_else(new_stack);
+            s.set(Some(stack));
+        });
+    }
     Ok(())
 }
 

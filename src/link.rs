@@ -672,7 +672,10 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
     let mut reqs = vec![(up(LO_INDEX), 0)];
     if cfg.ipv6.is_none() {
         // No IPv6 pool: no link-local address either, so eth0 coming up
-        // floods no DAD, MLD or router solicitation to every port.
+        // floods no DAD, MLD or router solicitation to every port. A
+        // request of its own, before the one that sets eth0 up: in one
+        // request the kernel changes the flags first, and eth0, whose peer
+        // is up already, would have its address by then.
         reqs.push((no_ipv6_addresses(LinkUnspec::new_with_index(index)), 0));
         what.push(("stop IPv6 address generation on", eth0_obj(), false));
     }
@@ -774,6 +777,13 @@ pub(crate) struct Nl {
     seq: u32,
 }
 
+thread_local! {
+    /// Where [`Nl::batch`] receives answers (64 KiB, as a netlink dump's
+    /// messages): made once per thread, written only as far as answers go.
+    static RECV_BUF: std::cell::RefCell<Vec<u8>> =
+        std::cell::RefCell::new(Vec::with_capacity(64 * 1024));
+}
+
 /// What the kernel answered to one request of a batch: the messages it sent
 /// back for it (a reply to a get, an echo), or its errno.
 type Answer = std::result::Result<Vec<RouteNetlinkMessage>, Errno>;
@@ -821,50 +831,53 @@ impl Nl {
         let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
         let mut replies: Vec<Vec<RouteNetlinkMessage>> = (0..n).map(|_| Vec::new()).collect();
         let mut pending = n;
-        let mut rbuf = vec![0u8; 64 * 1024];
-        while pending > 0 {
-            let got = loop {
-                let mut slice = &mut rbuf[..];
-                match self.sock.recv(&mut slice, 0) {
-                    Ok(got) => break got.min(rbuf.len()),
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
-            };
-            let mut off = 0;
-            while off < got {
-                let data = &rbuf[off..got];
-                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                let step = usize::try_from(msg.header.length)
-                    .unwrap_or(usize::MAX)
-                    .next_multiple_of(4);
-                if step == 0 {
-                    break;
-                }
-                off = off.saturating_add(step);
-                // Answers to an earlier, abandoned batch are skipped.
-                let Some(i) = usize::try_from(msg.header.sequence_number.wrapping_sub(first))
-                    .ok()
-                    .filter(|i| *i < n)
-                else {
-                    continue;
-                };
-                match msg.payload {
-                    NetlinkPayload::Error(err) => {
-                        if answers[i].is_none() {
-                            pending -= 1;
-                        }
-                        answers[i] = Some(match err.code {
-                            None => Ok(std::mem::take(&mut replies[i])),
-                            Some(code) => Err(Errno::from_raw(-code.get())),
-                        });
+        // Received into a buffer of the thread's, not zeroed for each call.
+        RECV_BUF.with_borrow_mut(|rbuf| {
+            while pending > 0 {
+                rbuf.clear();
+                let got = loop {
+                    match self.sock.recv(rbuf, 0) {
+                        Ok(got) => break got.min(rbuf.len()),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
                     }
-                    NetlinkPayload::InnerMessage(m) => replies[i].push(m),
-                    _ => {}
+                };
+                let mut off = 0;
+                while off < got {
+                    let data = &rbuf[off..got];
+                    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                    let step = usize::try_from(msg.header.length)
+                        .unwrap_or(usize::MAX)
+                        .next_multiple_of(4);
+                    if step == 0 {
+                        break;
+                    }
+                    off = off.saturating_add(step);
+                    // Answers to an earlier, abandoned batch are skipped.
+                    let Some(i) = usize::try_from(msg.header.sequence_number.wrapping_sub(first))
+                        .ok()
+                        .filter(|i| *i < n)
+                    else {
+                        continue;
+                    };
+                    match msg.payload {
+                        NetlinkPayload::Error(err) => {
+                            if answers[i].is_none() {
+                                pending -= 1;
+                            }
+                            answers[i] = Some(match err.code {
+                                None => Ok(std::mem::take(&mut replies[i])),
+                                Some(code) => Err(Errno::from_raw(-code.get())),
+                            });
+                        }
+                        NetlinkPayload::InnerMessage(m) => replies[i].push(m),
+                        _ => {}
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(answers
             .into_iter()
             .map(|a| a.unwrap_or(Err(Errno::EIO)))
