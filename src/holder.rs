@@ -57,6 +57,14 @@ pub(crate) struct HolderSpec {
     pub die_with_creator: bool,
 }
 
+impl HolderSpec {
+    /// How errors name the holder: its argv after its name (the network,
+    /// the sandbox, the creator).
+    fn object(&self) -> String {
+        format!("[{}]", self.argv.get(1..).unwrap_or_default().join(" "))
+    }
+}
+
 /// A running (or dead, not yet reaped) holder, owned by its pidfd.
 #[derive(Debug)]
 pub(crate) struct Holder {
@@ -71,6 +79,9 @@ pub(crate) struct Holder {
     dies_with_us: bool,
     /// Whether it has been reaped (only meaningful for our children).
     reaped: std::sync::atomic::AtomicBool,
+    /// Until [`started`](Holder::started): the memory our child may still
+    /// be running on before its exec.
+    launch: Option<Launch>,
 }
 
 /// How a holder ended.
@@ -149,6 +160,28 @@ impl Holder {
         }
     }
 
+    /// Wait until our child has exec'd the holder program (at once, if it
+    /// has: it runs alongside its creator, see `clone_holder`), and say
+    /// whether a step before failed; then it is reaped. Until this
+    /// returns, the holder's namespaces exist (they can be entered and
+    /// given links) but it may not be running the holder program yet.
+    pub(crate) fn started(&mut self) -> Result<()> {
+        let Some(launch) = self.launch.take() else {
+            return Ok(());
+        };
+        let Some((step, errno)) = launch.wait() else {
+            return Ok(());
+        };
+        let _ = waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED);
+        self.reaped.store(true, Ordering::Relaxed);
+        let op = usize::try_from(step)
+            .ok()
+            .and_then(|s| STEPS.get(s))
+            .copied()
+            .unwrap_or("spawn holder");
+        Err(Error::sys(op, &launch.object, Errno::from_raw(errno)))
+    }
+
     /// Send SIGKILL. A holder that is already gone is not an error.
     pub(crate) fn kill(&self) -> Result<()> {
         sigkill(&self.pidfd).map_err(|errno| Error::sys("kill holder", self.pid.to_string(), errno))
@@ -215,6 +248,7 @@ impl Holder {
             child,
             dies_with_us: false,
             reaped: false.into(),
+            launch: None,
         }))
     }
 }
@@ -418,7 +452,9 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 /// is killed and reaped by that thread; nothing is left.
 #[cfg(test)]
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
-    start(spec)?.wait().await
+    let mut holder = start(spec)?.wait().await?;
+    holder.started()?;
+    Ok(holder)
 }
 
 /// A holder being cloned on the spawner thread; [`wait`](Spawning::wait)
@@ -442,29 +478,22 @@ pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
     // may carry the death signal: clone here, without two thread hand-offs
     // (on a busy machine, the wait for the spawner thread to get a CPU).
     if nix::unistd::gettid() == nix::unistd::getpid() {
-        let mut stack = MAIN_STACK.with(|s| s.take()).unwrap_or_else(new_stack);
-        let result = clone_holder(&spec, &mut stack).map(|h| Unclaimed(Some(h)));
-        MAIN_STACK.with(|s| s.set(Some(stack)));
+        let result = clone_holder(&spec).map(|h| Unclaimed(Some(h)));
         return Ok(Spawning(SpawningInner::Done(result)));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner_submit(Box::new(move |stack: &mut [u8]| {
+    spawner_submit(Box::new(move || {
         if tx.is_closed() {
             // Cancelled before its turn: nothing to start.
             return;
         }
-        let result = clone_holder(&spec, stack).map(|h| Unclaimed(Some(h)));
+        let result = clone_holder(&spec).map(|h| Unclaimed(Some(h)));
         // If the caller is gone, the value comes back and is dropped here;
         // if it goes later, the value is dropped with the channel: either
         // way `Unclaimed` ends the holder.
         let _ = tx.send(result);
     }))?;
     Ok(Spawning(SpawningInner::Queued(rx)))
-}
-
-thread_local! {
-    /// The child stack for clones made on the main thread, kept between them.
-    static MAIN_STACK: std::cell::Cell<Option<Vec<u8>>> = const { std::cell::Cell::new(None) };
 }
 
 impl Spawning {
@@ -505,7 +534,7 @@ pub(crate) async fn spawn_tied(
 ) -> Result<std::io::Result<tokio::process::Child>> {
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner_submit(Box::new(move |_: &mut [u8]| {
+    spawner_submit(Box::new(move || {
         if tx.is_closed() {
             return;
         }
@@ -527,8 +556,9 @@ pub(crate) async fn spawn_tied(
 /// signal would be tied to this thread.
 pub(crate) fn spawn_here(spec: &HolderSpec) -> Result<Holder> {
     debug_assert!(!spec.die_with_creator);
-    let mut stack = new_stack();
-    clone_holder(spec, &mut stack)
+    let mut holder = clone_holder(spec)?;
+    holder.started()?;
+    Ok(holder)
 }
 
 /// A holder on its way to the caller; ended if the caller never takes it.
@@ -557,7 +587,7 @@ impl Holder {
             }
             self.reaped.store(true, Ordering::Relaxed);
             let pidfd = self.pidfd.clone();
-            let _ = spawner_submit(Box::new(move |_: &mut [u8]| {
+            let _ = spawner_submit(Box::new(move || {
                 let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
             }));
         }
@@ -583,7 +613,7 @@ pub async fn flush_spawner() -> Result<()> {
     for queue in queues {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if queue
-            .send(Box::new(move |_: &mut [u8]| {
+            .send(Box::new(move || {
                 let _ = tx.send(());
             }))
             .is_err()
@@ -600,7 +630,7 @@ pub async fn flush_spawner() -> Result<()> {
     Ok(())
 }
 
-type Job = Box<dyn FnOnce(&mut [u8]) + Send>;
+type Job = Box<dyn FnOnce() + Send>;
 
 /// The spawner threads' queues, with the PID of the process that started
 /// them (a child forked from a podnet process has no spawner thread), and
@@ -668,11 +698,10 @@ fn spawner_submit(job: Job) -> Result<()> {
     std::thread::Builder::new()
         .name("podnet-spawner".into())
         .spawn(move || {
-            let mut stack = new_stack();
             while let Ok(job) = rx.recv() {
                 // This thread must outlive every job: its exit would fire
                 // PR_SET_PDEATHSIG on every holder it made.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut stack)));
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             }
         })
         .map_err(|e| Error::io("start the holder spawner thread", "", e))?;
@@ -699,12 +728,23 @@ struct ChildArgs {
     root: *const c_char,
     die_with_creator: bool,
     creator: libc::pid_t,
-    sig_default: libc::sigaction,
-    sig_ignore: libc::sigaction,
-    empty_mask: libc::sigset_t,
+    sig_default: KernelSigaction,
+    sig_ignore: KernelSigaction,
+    /// An empty signal set, as the kernel takes it (64 bits).
+    empty_mask: u64,
     /// Set by the child when a step fails: which step, and the errno.
     failed_step: AtomicI32,
     failed_errno: AtomicI32,
+}
+
+/// `struct sigaction` as `rt_sigaction(2)` takes it on x86_64 and aarch64
+/// (not glibc's layout).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
 }
 
 /// The steps of the child, for error messages.
@@ -718,219 +758,374 @@ const STEPS: [&str; 7] = [
     "exec holder program",
 ];
 
-/// Runs in the cloned child: only raw, async-signal-safe system calls, no
-/// allocation, no locks; see the module docs.
-extern "C" fn child_main(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` points to the ChildArgs that `clone_holder` keeps alive
-    // on its stack; the parent is suspended (CLONE_VFORK) until we exec or
-    // exit, so the memory is valid and nobody writes it but us.
-    let a = unsafe { &*(arg as *const ChildArgs) };
-    let fail = |step: i32| -> c_int {
-        a.failed_errno.store(Errno::last_raw(), Ordering::Relaxed);
-        a.failed_step.store(step, Ordering::Relaxed);
-        // SAFETY: _exit is async-signal-safe and ends only this child.
-        unsafe { libc::_exit(127) }
-    };
-    // SAFETY: each call is a raw system call on values that were prepared
-    // before the clone and outlive the child; none allocates, locks, or
-    // touches memory the parent might change meanwhile.
+/// Whether the child runs alongside the thread that cloned it (no
+/// `CLONE_VFORK`): where its system calls are made without glibc, which
+/// would set `errno` in the thread-local storage the child shares with
+/// that thread. Elsewhere the thread waits until the child has exec'd.
+const CONCURRENT_CHILD: bool = cfg!(target_arch = "x86_64");
+
+/// A system call that gives `-errno` on failure and writes no `errno`.
+///
+/// # Safety
+/// The call and its arguments must be valid; see syscall(2).
+#[cfg(target_arch = "x86_64")]
+unsafe fn raw_syscall(nr: libc::c_long, args: [usize; 6]) -> libc::c_long {
+    let ret: libc::c_long;
+    // SAFETY: the caller's contract; `syscall` clobbers rcx and r11 only.
     unsafe {
-        // We share the creator's fd table (CLONE_FILES): first take a table
-        // of our own holding only the fds up to `exe` and `devnull` (the kernel
-        // copies just those, rounded up to a multiple of 64 on some
-        // kernels: close_range(2) does not copy a range it closes up to
-        // ~0), so the cost does not grow with the creator's fds; then let
-        // go of the copies of its fds below ours at once rather than at the
-        // exec. So a socket the creator closes is not held open by a holder
-        // being made, but for the few system calls until then if it is
-        // numbered below podnet's two fds.
-        let close = |first: c_int, last: c_int, flags: libc::c_uint| {
-            libc::syscall(libc::SYS_close_range, first, last, flags)
-        };
-        let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
-        if close(high + 1, -1, libc::CLOSE_RANGE_UNSHARE) != 0 {
-            // close_range refused (a seccomp profile that predates it):
-            // a private copy of the whole table, as a fork makes.
-            if libc::syscall(libc::SYS_unshare, libc::CLONE_FILES) != 0 {
-                return fail(1);
-            }
-        }
-        // Our stdio next, so the creator's fds 0-2 are let go at once too.
-        for fd in 0..3 {
-            if libc::dup2(a.devnull, fd) < 0 {
-                return fail(4);
-            }
-        }
-        if low > 3 {
-            close(3, low - 1, 0);
-        }
-        if high > low + 1 {
-            close(low + 1, high - 1, 0);
-        }
-        if a.die_with_creator {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return fail(2);
-            }
-            // The creator may have died before the prctl: then we were
-            // reparented and must not live on.
-            if libc::getppid() != a.creator {
-                // Not a failed call: say ESRCH rather than a stale errno.
-                *libc::__errno_location() = libc::ESRCH;
-                return fail(3);
-            }
-        }
-        // Out of the creator's session, so a terminal's ^C reaches the
-        // creator (and, through the death signal, us) but not persistent holders.
-        libc::setsid();
-        // Handlers of the creator must not run here; exec would reset caught
-        // signals anyway, but not ignored ones (SIGTERM ignored by the creator
-        // must still end the holder). SIGCHLD ignored = the kernel reaps.
-        for sig in 1..=libc::SIGRTMAX() {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &a.sig_default, std::ptr::null_mut());
-            }
-        }
-        libc::sigaction(libc::SIGCHLD, &a.sig_ignore, std::ptr::null_mut());
-        // Everything else closes at exec: the holder holds nothing open.
-        libc::syscall(
-            libc::SYS_close_range,
-            3 as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        if libc::chdir(a.root) != 0 {
-            return fail(5);
-        }
-        libc::sigprocmask(libc::SIG_SETMASK, &a.empty_mask, std::ptr::null_mut());
-        libc::syscall(
-            libc::SYS_execveat,
-            a.exe,
-            c"".as_ptr(),
-            a.argv,
-            a.envp,
-            libc::AT_EMPTY_PATH,
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            in("r9") args[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
         );
     }
-    fail(6)
+    ret
 }
 
-/// Clone the holder; runs on the spawner thread.
-fn clone_holder(spec: &HolderSpec, stack: &mut [u8]) -> Result<Holder> {
+/// The same through glibc, for a child that runs while its creator's thread
+/// waits (`CONCURRENT_CHILD` is false), so its `errno` is free to use.
+///
+/// # Safety
+/// The call and its arguments must be valid; see syscall(2).
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn raw_syscall(nr: libc::c_long, args: [usize; 6]) -> libc::c_long {
+    // SAFETY: the caller's contract.
+    let ret = unsafe { libc::syscall(nr, args[0], args[1], args[2], args[3], args[4], args[5]) };
+    if ret < 0 {
+        -libc::c_long::from(Errno::last_raw())
+    } else {
+        ret
+    }
+}
+
+/// Runs in the cloned child, alongside the creator's threads (see
+/// [`CONCURRENT_CHILD`]): only raw system calls through [`raw_syscall`], no
+/// allocation, no locks, no `errno`; see the module docs.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` points to the ChildArgs of the `Launch` that
+    // `clone_holder` made; it is neither moved, written nor freed until the
+    // kernel has cleared its `running` word, i.e. until we exec or exit.
+    let a = unsafe { &*(arg as *const ChildArgs) };
+    let sys = |nr: libc::c_long, args: [usize; 6]| -> std::result::Result<usize, i32> {
+        // SAFETY: each call below passes values prepared before the clone
+        // that outlive the child (see above), or plain integers.
+        let ret = unsafe { raw_syscall(nr, args) };
+        usize::try_from(ret).map_err(|_| i32::try_from(-ret).unwrap_or(libc::EINVAL))
+    };
+    let fail = |step: i32, errno: i32| -> c_int {
+        a.failed_errno.store(errno, Ordering::SeqCst);
+        a.failed_step.store(step, Ordering::SeqCst);
+        let _ = sys(libc::SYS_exit_group, [127, 0, 0, 0, 0, 0]);
+        127
+    };
+    let int = |v: c_int| v as usize;
+    // We share the creator's fd table (CLONE_FILES): first take a table of
+    // our own holding only the fds up to `exe` and `devnull` (the kernel
+    // copies just those, rounded up to a multiple of 64 on some kernels:
+    // close_range(2) does not copy a range it closes up to ~0), so the cost
+    // does not grow with the creator's fds; then let go of the copies of its
+    // fds below ours at once rather than at the exec. So a socket the
+    // creator closes is not held open by a holder being made, but for the
+    // few system calls until then if it is numbered below podnet's two fds.
+    let close = |first: c_int, last: c_int, flags: libc::c_uint| {
+        sys(
+            libc::SYS_close_range,
+            [
+                int(first),
+                last as libc::c_uint as usize,
+                flags as usize,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
+    if close(high + 1, -1, libc::CLOSE_RANGE_UNSHARE).is_err() {
+        // close_range refused (a seccomp profile that predates it): a
+        // private copy of the whole table, as a fork makes.
+        if let Err(errno) = sys(libc::SYS_unshare, [int(libc::CLONE_FILES), 0, 0, 0, 0, 0]) {
+            return fail(1, errno);
+        }
+    }
+    // Our stdio next, so the creator's fds 0-2 are let go at once too
+    // (`devnull` is never 0-2: see `above_stdio`).
+    for fd in 0..3 {
+        if let Err(errno) = sys(libc::SYS_dup3, [int(a.devnull), fd, 0, 0, 0, 0]) {
+            return fail(4, errno);
+        }
+    }
+    if low > 3 {
+        let _ = close(3, low - 1, 0);
+    }
+    if high > low + 1 {
+        let _ = close(low + 1, high - 1, 0);
+    }
+    if a.die_with_creator {
+        let pdeathsig = [int(libc::PR_SET_PDEATHSIG), int(libc::SIGKILL), 0, 0, 0, 0];
+        if let Err(errno) = sys(libc::SYS_prctl, pdeathsig) {
+            return fail(2, errno);
+        }
+        // The creator may have died before the prctl: then we were
+        // reparented and must not live on.
+        if sys(libc::SYS_getppid, [0; 6]) != Ok(int(a.creator)) {
+            return fail(3, libc::ESRCH);
+        }
+    }
+    // Out of the creator's session, so a terminal's ^C reaches the creator
+    // (and, through the death signal, us) but not persistent holders.
+    let _ = sys(libc::SYS_setsid, [0; 6]);
+    // Handlers of the creator must not run here; exec would reset caught
+    // signals anyway, but not ignored ones (SIGTERM ignored by the creator
+    // must still end the holder). SIGCHLD ignored = the kernel reaps.
+    let action = |sig: c_int, act: &KernelSigaction| {
+        let act = act as *const KernelSigaction as usize;
+        sys(libc::SYS_rt_sigaction, [int(sig), act, 0, 8, 0, 0])
+    };
+    for sig in 1..=64 {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            let _ = action(sig, &a.sig_default);
+        }
+    }
+    let _ = action(libc::SIGCHLD, &a.sig_ignore);
+    // Everything else closes at exec: the holder holds nothing open.
+    let _ = close(3, -1, libc::CLOSE_RANGE_CLOEXEC);
+    if let Err(errno) = sys(libc::SYS_chdir, [a.root as usize, 0, 0, 0, 0, 0]) {
+        return fail(5, errno);
+    }
+    let mask = &a.empty_mask as *const u64 as usize;
+    let _ = sys(
+        libc::SYS_rt_sigprocmask,
+        [int(libc::SIG_SETMASK), mask, 0, 8, 0, 0],
+    );
+    let exec = [
+        int(a.exe),
+        c"".as_ptr() as usize,
+        a.argv as usize,
+        a.envp as usize,
+        int(libc::AT_EMPTY_PATH),
+        0,
+    ];
+    match sys(libc::SYS_execveat, exec) {
+        Ok(_) => fail(6, libc::EINVAL),
+        Err(errno) => fail(6, errno),
+    }
+}
+
+/// The memory a cloned child runs on until it has exec'd the holder
+/// program: its stack and what it reads. Owned by the `Holder` until then.
+struct Launch {
+    mem: Box<LaunchMem>,
+    pidfd: Arc<OwnedFd>,
+    /// What errors name the holder by.
+    object: String,
+}
+
+struct LaunchMem {
+    args: ChildArgs,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    envp: [*const c_char; 1],
+    stack: Vec<u8>,
+    /// 1 until the child has exec'd or exited: then the kernel writes 0 and
+    /// wakes a futex waiter (`CLONE_CHILD_CLEARTID`).
+    running: std::sync::atomic::AtomicU32,
+}
+
+// SAFETY: the raw pointers point into the same box (argv strings, argv
+// array, envp), which moves with them; nothing else refers to them but the
+// child, which `Launch` outlives (see its Drop).
+unsafe impl Send for LaunchMem {}
+// SAFETY: as for Send; shared access only reads, but for the atomics.
+unsafe impl Sync for LaunchMem {}
+
+impl fmt::Debug for Launch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launch")
+            .field("running", &self.mem.running)
+            .finish()
+    }
+}
+
+impl Launch {
+    /// Wait until the child has exec'd or exited; then its failure, if any:
+    /// (step, errno).
+    fn wait(&self) -> Option<(i32, i32)> {
+        let word = &self.mem.running;
+        while word.load(Ordering::Acquire) != 0 {
+            // SAFETY: futex(2) FUTEX_WAIT on a u32 we own, no timeout. Not
+            // FUTEX_PRIVATE: the kernel's wake at exit or exec is shared.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    word.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    1u32,
+                    std::ptr::null::<libc::timespec>(),
+                );
+            }
+        }
+        let a = &self.mem.args;
+        match a.failed_step.load(Ordering::SeqCst) {
+            0 => None,
+            step => Some((step, a.failed_errno.load(Ordering::SeqCst))),
+        }
+    }
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        // The child may still run on this memory: end it first.
+        if self.mem.running.load(Ordering::Acquire) != 0 {
+            let _ = sigkill(&self.pidfd);
+            self.wait();
+        }
+        let stack = std::mem::take(&mut self.mem.stack);
+        let mut spare = SPARE_STACKS.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_STACKS_MAX {
+            spare.push(stack);
+        }
+    }
+}
+
+/// Child stacks whose children have exec'd, for the next clones (their
+/// pages are in memory already).
+static SPARE_STACKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const SPARE_STACKS_MAX: usize = 8;
+
+fn take_stack() -> Vec<u8> {
+    let spare = SPARE_STACKS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    spare.unwrap_or_else(new_stack)
+}
+
+/// Clone the holder. The child runs its setup and exec alongside the
+/// caller (`CONCURRENT_CHILD`), so the holder comes back at once, its
+/// namespaces made; [`Holder::started`] waits for the exec and says
+/// whether it failed.
+fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
     let exe = holder_exe()?;
     let devnull = devnull()?;
-    let argv_c: Vec<CString> = spec
+    let argv = spec
         .argv
         .iter()
         .map(|a| CString::new(a.as_str()).map_err(|_| Error::sys("holder argv", a, Errno::EINVAL)))
-        .collect::<Result<_>>()?;
-    let mut argv: Vec<*const c_char> = argv_c.iter().map(|a| a.as_ptr()).collect();
-    argv.push(std::ptr::null());
-    let envp: [*const c_char; 1] = [std::ptr::null()];
-
-    // SAFETY: all-zero is a valid sigaction/sigset_t; the fields we need are
-    // set below (SIG_DFL and SIG_IGN are 0 and 1, an empty mask is all-zero).
-    let (mut sig_default, mut sig_ignore, empty_mask, full_mask) = unsafe {
-        let mut full: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut full);
-        (
-            std::mem::zeroed::<libc::sigaction>(),
-            std::mem::zeroed::<libc::sigaction>(),
-            std::mem::zeroed::<libc::sigset_t>(),
-            full,
-        )
+        .collect::<Result<Vec<_>>>()?;
+    let sig = |handler: usize| KernelSigaction {
+        handler,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
     };
-    sig_default.sa_sigaction = libc::SIG_DFL;
-    sig_ignore.sa_sigaction = libc::SIG_IGN;
-
-    let args = ChildArgs {
-        exe: exe.as_raw_fd(),
-        devnull: devnull.as_raw_fd(),
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        root: c"/".as_ptr(),
-        die_with_creator: spec.die_with_creator,
-        creator: nix::unistd::getpid().as_raw(),
-        sig_default,
-        sig_ignore,
-        empty_mask,
-        failed_step: AtomicI32::new(0),
-        failed_errno: AtomicI32::new(0),
-    };
+    let mut mem = Box::new(LaunchMem {
+        args: ChildArgs {
+            exe: exe.as_raw_fd(),
+            devnull: devnull.as_raw_fd(),
+            argv: std::ptr::null(),
+            envp: std::ptr::null(),
+            root: c"/".as_ptr(),
+            die_with_creator: spec.die_with_creator,
+            creator: nix::unistd::getpid().as_raw(),
+            sig_default: sig(libc::SIG_DFL),
+            sig_ignore: sig(libc::SIG_IGN),
+            empty_mask: 0,
+            failed_step: AtomicI32::new(0),
+            failed_errno: AtomicI32::new(0),
+        },
+        argv_ptrs: argv
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain([std::ptr::null()])
+            .collect(),
+        _argv: argv,
+        envp: [std::ptr::null()],
+        stack: take_stack(),
+        running: 1.into(),
+    });
+    mem.args.argv = mem.argv_ptrs.as_ptr();
+    mem.args.envp = mem.envp.as_ptr();
     // The stack grows down on every architecture we build for; keep 16-byte alignment.
-    let top = stack.as_mut_ptr_range().end as usize & !15;
+    let top = mem.stack.as_mut_ptr_range().end as usize & !15;
+    let vfork = if CONCURRENT_CHILD {
+        0
+    } else {
+        libc::CLONE_VFORK
+    };
     let flags = libc::CLONE_VM
-        | libc::CLONE_VFORK
         | libc::CLONE_FILES
         | libc::CLONE_PIDFD
+        | libc::CLONE_CHILD_CLEARTID
+        | vfork
         | spec.namespaces.bits();
     let mut pidfd: c_int = -1;
-    let mut old_mask = empty_mask;
-    // SAFETY: the child runs `child_main` on `stack` (ours, unused by anyone
-    // else while the spawner thread is blocked in this call) and only reads
-    // `args`, which lives until clone returns, i.e. until the child has exec'd
-    // or exited (CLONE_VFORK). All signals are blocked around the clone so no
-    // handler of ours can run on the child's stack before it resets them.
-    // With CLONE_PIDFD the kernel stores the pidfd in `pidfd` (clone(2)).
+    // SAFETY: all-zero is a valid sigset_t; sigfillset fills it.
+    let (full_mask, mut old_mask) = unsafe {
+        let mut full: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut full);
+        (full, std::mem::zeroed::<libc::sigset_t>())
+    };
+    // SAFETY: the child runs `child_main` on `mem.stack` and reads
+    // `mem.args`, both in a box that the returned Holder owns (its Launch)
+    // until the kernel has cleared `mem.running` at the child's exec or
+    // exit (CLONE_CHILD_CLEARTID), and that nothing writes meanwhile. All
+    // signals are blocked around the clone so no handler of ours can run on
+    // the child's stack before it resets them. With CLONE_PIDFD the kernel
+    // stores the pidfd in `pidfd` (clone(2)).
     let pid = unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &full_mask, &mut old_mask);
         let pid = libc::clone(
             child_main,
             top as *mut c_void,
             flags | libc::SIGCHLD,
-            &args as *const ChildArgs as *mut c_void,
+            &mem.args as *const ChildArgs as *mut c_void,
             &mut pidfd as *mut c_int,
+            std::ptr::null_mut::<c_void>(),
+            mem.running.as_ptr(),
         );
         let errno = Errno::last();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
         if pid < 0 {
-            return Err(Error::sys(
-                "clone holder",
-                &spec.argv[spec.argv.len() - 1],
-                errno,
-            ));
+            return Err(Error::sys("clone holder", spec.object(), errno));
         }
         pid
     };
     // SAFETY: the kernel gave us this pidfd (CLONE_PIDFD) and nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(pidfd) });
     let pid = Pid::from_raw(pid);
-    let step = args.failed_step.load(Ordering::Relaxed);
-    if step != 0 {
-        let _ = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-        let errno = Errno::from_raw(args.failed_errno.load(Ordering::Relaxed));
-        let op = usize::try_from(step)
-            .ok()
-            .and_then(|s| STEPS.get(s))
-            .copied()
-            .unwrap_or("spawn holder");
-        return Err(Error::sys(op, &spec.argv[spec.argv.len() - 1], errno));
-    }
-    let pidfd = Arc::new(pidfd);
-    // Read after the exec: the start time was fixed at clone and never changes.
+    // The start time is fixed at clone and never changes.
     let start_time = proc_start_time(pid).unwrap_or(0);
     Ok(Holder {
         pid,
-        pidfd,
+        pidfd: pidfd.clone(),
         start_time,
         child: true,
         dies_with_us: spec.die_with_creator,
         reaped: false.into(),
+        launch: Some(Launch {
+            mem,
+            pidfd,
+            object: spec.object(),
+        }),
     })
 }
 
 /// Make what every holder's clone uses, once per process: the holder
-/// program's memfd and the /dev/null of its stdio, and on the main thread
-/// its child stack. Called when a network is built, so that a process
+/// program's memfd and the /dev/null of its stdio, and a child stack. Called when a network is built, so that a process
 /// refused them (a seccomp filter on memfd_create) learns it there, and its
 /// first create does not pay for them.
 pub(crate) fn prepare() -> Result<()> {
     holder_exe()?;
     devnull()?;
-    if nix::unistd::gettid() == nix::unistd::getpid() {
-        MAIN_STACK.with(|s| {
-            let stack = s.take().unwrap_or_else(new_stack);
-            s.set(Some(stack));
-        });
+    let mut spare = SPARE_STACKS.lock().unwrap_or_else(|p| p.into_inner());
+    if spare.is_empty() {
+        spare.push(new_stack());
     }
     Ok(())
 }

@@ -400,64 +400,78 @@ impl SandboxBuilder {
         undo.holder = Some(holder);
         failpoint("holder");
 
-        let veth = Veth {
-            host: &record.veth,
-            bridge,
-            bridge_name: &bridge_name,
-            holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
-            mtu: self.mtu.or(net.mtu),
-            sandbox: name,
-            napi_receive,
-        };
-        let created = link::create_veth(&mut *net.host_nl()?, &veth);
-        let eth0 = match created {
-            // Our record for this name is fresh, so no live sandbox of this
-            // network owns a veth of this name: one on our bridge is left
-            // from an earlier sandbox whose namespace the kernel is still
-            // tearing down (or a crash). Take it out of the way once.
-            Err(Error::AlreadyExists { what: "link", .. })
-                if link::master_of(&net.conn.handle, &record.veth).await? == Some(bridge) =>
-            {
-                let object = format!("leftover veth {} on bridge {bridge_name:?}", record.veth);
-                link::delete_link(&net.conn.handle, &record.veth, &object).await?;
-                link::create_veth(&mut *net.host_nl()?, &veth)?
-            }
-            other => other?,
-        };
-        undo.veth = Some(record.veth.clone());
-        failpoint("veth");
-
-        // A netlink socket is bound to the namespace it is made in: make one
-        // inside, on this thread, without yielding while inside.
-        let mut inside_nl = {
-            let _inside = netns::enter(pidfd.as_fd(), &format!("sandbox {name:?}"))?;
-            link::Nl::here().map_err(|e| Error::io("open netlink socket in sandbox", name, e))?
-        };
-        let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
-            let gw = match pool.gateway() {
-                IpAddr::V4(g) => g,
-                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-            };
-            (a, pool.prefix(), gw)
-        });
-        let v6 = net.v6.as_ref().zip(record.ipv6).map(|(pool, a)| {
-            let gw = match pool.gateway() {
-                IpAddr::V6(g) => g,
-                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
-            };
-            (a, pool.prefix(), gw)
-        });
-        link::configure_inside(
-            &mut inside_nl,
-            eth0,
-            &Inside {
-                ipv4: v4,
-                ipv6: v6,
+        // The veth and the inside, while the holder's child sets itself up
+        // and execs alongside (its namespaces exist from the clone on).
+        let wired: Result<()> = async {
+            let veth = Veth {
+                host: &record.veth,
+                bridge,
+                bridge_name: &bridge_name,
+                holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
+                mtu: self.mtu.or(net.mtu),
                 sandbox: name,
                 napi_receive,
-            },
-        )?;
-        drop(inside_nl);
+            };
+            let created = link::create_veth(&mut *net.host_nl()?, &veth);
+            let eth0 = match created {
+                // Our record for this name is fresh, so no live sandbox of this
+                // network owns a veth of this name: one on our bridge is left
+                // from an earlier sandbox whose namespace the kernel is still
+                // tearing down (or a crash). Take it out of the way once.
+                Err(Error::AlreadyExists { what: "link", .. })
+                    if link::master_of(&net.conn.handle, &record.veth).await? == Some(bridge) =>
+                {
+                    let object = format!("leftover veth {} on bridge {bridge_name:?}", record.veth);
+                    link::delete_link(&net.conn.handle, &record.veth, &object).await?;
+                    link::create_veth(&mut *net.host_nl()?, &veth)?
+                }
+                other => other?,
+            };
+            undo.veth = Some(record.veth.clone());
+            failpoint("veth");
+
+            // A netlink socket is bound to the namespace it is made in: make one
+            // inside, on this thread, without yielding while inside.
+            let mut inside_nl = {
+                let _inside = netns::enter(pidfd.as_fd(), &format!("sandbox {name:?}"))?;
+                link::Nl::here()
+                    .map_err(|e| Error::io("open netlink socket in sandbox", name, e))?
+            };
+            let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
+                let gw = match pool.gateway() {
+                    IpAddr::V4(g) => g,
+                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                };
+                (a, pool.prefix(), gw)
+            });
+            let v6 = net.v6.as_ref().zip(record.ipv6).map(|(pool, a)| {
+                let gw = match pool.gateway() {
+                    IpAddr::V6(g) => g,
+                    IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+                };
+                (a, pool.prefix(), gw)
+            });
+            link::configure_inside(
+                &mut inside_nl,
+                eth0,
+                &Inside {
+                    ipv4: v4,
+                    ipv6: v6,
+                    sandbox: name,
+                    napi_receive,
+                },
+            )?;
+            drop(inside_nl);
+            Ok(())
+        }
+        .await;
+        // If the child failed, that is also why a step above failed (no
+        // veth goes to a namespace whose holder has exited): its error is
+        // the one to give.
+        if let Some(holder) = undo.holder.as_mut() {
+            holder.started()?;
+        }
+        wired?;
         failpoint("inside");
         record.holder = Some(holder_ident);
         net.store.set_done(file, record)?;

@@ -1087,56 +1087,12 @@ fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
     });
 }
 
-/// Refuse mount(2) with EPERM on this thread and the threads it starts
-/// from now on (a seccomp filter; `no_new_privs` first, as the kernel
-/// requires of an unprivileged filter). Other tests' threads are untouched.
-fn forbid_mount_on_this_thread() {
-    use nix::libc;
-    #[cfg(target_arch = "x86_64")]
-    const ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
-    #[cfg(target_arch = "aarch64")]
-    const ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const RET_K: u16 = 0x06;
-    const RET_ALLOW: u32 = 0x7fff_0000;
-    const RET_ERRNO: u32 = 0x0005_0000;
-    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-    let mut prog = [
-        f(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
-        f(JEQ_K, 0, 3, ARCH),
-        f(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
-        f(JEQ_K, 0, 1, libc::SYS_mount as u32),
-        f(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
-        f(RET_K, 0, 0, RET_ALLOW),
-    ];
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(prog.len()).unwrap(),
-        filter: prog.as_mut_ptr(),
-    };
-    // SAFETY: prctl(2) with a filter program that outlives the call.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog
-            ),
-            0,
-            "seccomp: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
 #[test]
 fn a_volume_that_may_not_be_mounted_is_a_clear_error_and_leaves_nothing() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let before = common::snapshot(&ctx.nl).await;
-        forbid_mount_on_this_thread();
+        common::refuse_on_this_thread(nix::libc::SYS_mount, nix::libc::EPERM);
         let err = fast(net.pod("vol"))
             .volume(Volume::tmpfs("mem", 1 << 20))
             .member(sh("m", "true").mount("mem", "/mnt"))

@@ -127,8 +127,37 @@ fn child_process() {
                 std::io::stdout().flush().unwrap();
                 pod.remove().await.unwrap();
             }
+            // A create whose holder may not exec (a seccomp filter on this
+            // thread, which the clone and any spawner thread inherit).
+            ["exec-refused", name] => {
+                common::refuse_on_this_thread(nix::libc::SYS_execveat, nix::libc::ENOEXEC);
+                let err = net.sandbox(name).create().await.unwrap_err();
+                let left = net.sandboxes().await.unwrap().len();
+                println!("error={err} errno={:?} left={left}", err.errno());
+            }
             _ => panic!("unknown action {action:?}"),
         }
+    });
+}
+
+#[test]
+fn a_holder_that_cannot_exec_fails_the_create_by_name_and_leaves_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let before = common::snapshot(&ctx.nl).await;
+        let out = child(&ctx, "exec-refused noexec", None).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out = String::from_utf8(out.stdout).unwrap();
+        // The child's failed step and its errno, from the child that ran
+        // alongside its creator until then.
+        assert!(out.contains("exec holder program"), "{out}");
+        assert!(out.contains("errno=Some(ENOEXEC)"), "{out}");
+        assert!(out.contains(" noexec "), "names the sandbox: {out}");
+        assert!(out.contains("left=0"), "{out}");
+        assert_eq!(common::snapshot(&ctx.nl).await, before);
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        assert!(holders_named("noexec").is_empty());
+        net.remove().await.unwrap();
     });
 }
 

@@ -337,3 +337,48 @@ pub fn child_command(ctx: &Ctx, action: &str) -> std::process::Command {
     .stderr(std::process::Stdio::inherit());
     cmd
 }
+
+/// Make system call `nr` fail with `errno` on this thread and the threads
+/// and processes it starts from now on (a seccomp filter; `no_new_privs`
+/// first, as the kernel requires of an unprivileged filter). Other tests'
+/// threads are untouched.
+pub fn refuse_on_this_thread(nr: nix::libc::c_long, errno: i32) {
+    use nix::libc;
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
+    let mut prog = [
+        f(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
+        f(JEQ_K, 0, 3, ARCH),
+        f(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
+        f(JEQ_K, 0, 1, nr as u32),
+        f(RET_K, 0, 0, RET_ERRNO | errno as u32),
+        f(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(prog.len()).unwrap(),
+        filter: prog.as_mut_ptr(),
+    };
+    // SAFETY: prctl(2) with a filter program that outlives the call.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0,
+            "seccomp: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
