@@ -1,19 +1,24 @@
 //! Spawning and watching the holder (pause) process of a sandbox.
 //!
 //! This is the only file that forks by hand. A holder is made by one
-//! `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES | CLONE_PIDFD | CLONE_NEW*)`:
-//! the kernel makes the namespaces, returns a pidfd for the child, and
-//! resumes us only once the child has called `execve` on a tiny program of
-//! our own (kept in a sealed memfd) or has exited. The child shares our fd
-//! table until its first call makes it a table of its own with only our
-//! lowest fds (`close_range(.., CLOSE_RANGE_UNSHARE)`), which it closes in
-//! its next calls but for its own two: a fork would copy every fd of the
-//! creator (a cost that grows with its sandboxes) and hold its sockets
-//! open until the exec. The child runs on a stack we allocated and
-//! makes only raw system calls, everything it uses prepared before the clone;
-//! it reports a failure by storing the step and errno in memory it shares with
-//! us, which is safe to read because `CLONE_VFORK` suspends us until the
-//! child has exec'd or exited (glibc's `posix_spawn` does the same).
+//! `clone(CLONE_VM | CLONE_FILES | CLONE_PIDFD | CLONE_CHILD_CLEARTID |
+//! CLONE_NEW*)`: the kernel makes the namespaces and returns a pidfd for the
+//! child, which then calls `execve` on a tiny program of our own (kept in a
+//! sealed memfd) while we go on: the namespaces can be entered and given
+//! links at once. The child shares our fd table until its first call makes
+//! it a table of its own with only our lowest fds (`close_range(..,
+//! CLOSE_RANGE_UNSHARE)`), which it closes in its next calls but for its
+//! own two: a fork would copy every fd of the creator (a cost that grows
+//! with its sandboxes) and hold its sockets open until the exec. The child
+//! runs on a stack we allocated and makes only raw system calls, without
+//! glibc, whose wrappers would set `errno` in the thread-local storage it
+//! shares with the thread that cloned it; everything it uses is prepared
+//! before the clone, in memory the `Holder` owns until the kernel clears a
+//! word of it at the child's exec or exit (`CLONE_CHILD_CLEARTID`), which
+//! [`Holder::started`] waits for before it reads the step and errno a failed
+//! child stored there. Where those raw calls are not written (aarch64), the
+//! clone also has `CLONE_VFORK`, which suspends us until then (glibc's
+//! `posix_spawn` does the same).
 //!
 //! Why exec at all: a plain fork of a multi-threaded runtime shares its whole
 //! heap copy-on-write, and keeps all of it alive once the creator exits. The
@@ -923,8 +928,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 /// The memory a cloned child runs on until it has exec'd the holder
 /// program: its stack and what it reads. Owned by the `Holder` until then.
 struct Launch {
-    mem: Box<LaunchMem>,
-    pidfd: Arc<OwnedFd>,
+    /// A box of ours (`Box::into_raw`), freed by Drop once the child is
+    /// done with it: a raw pointer, as the child reads it while the
+    /// `Launch` moves (a `Box` would claim unique access).
+    mem: std::ptr::NonNull<LaunchMem>,
+    /// The child's pidfd, once it is cloned.
+    pidfd: Option<Arc<OwnedFd>>,
     /// What errors name the holder by.
     object: String,
 }
@@ -940,26 +949,42 @@ struct LaunchMem {
     running: std::sync::atomic::AtomicU32,
 }
 
-// SAFETY: the raw pointers point into the same box (argv strings, argv
-// array, envp), which moves with them; nothing else refers to them but the
-// child, which `Launch` outlives (see its Drop).
-unsafe impl Send for LaunchMem {}
-// SAFETY: as for Send; shared access only reads, but for the atomics.
-unsafe impl Sync for LaunchMem {}
+// SAFETY: the memory is a box owned by the Launch alone (its raw pointers
+// point into the same box: argv strings, argv array, envp); the child only
+// reads it, but for the atomics, until the Launch's Drop has waited for it.
+unsafe impl Send for Launch {}
+// SAFETY: as for Send; `&Launch` gives shared reads and atomics only.
+unsafe impl Sync for Launch {}
 
 impl fmt::Debug for Launch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Launch")
-            .field("running", &self.mem.running)
+            .field("running", &self.mem().running)
             .finish()
     }
 }
 
 impl Launch {
+    /// Take ownership of `mem` before the clone, so that every way out
+    /// of `clone_holder` frees it only once the child is done with it.
+    fn new(mem: Box<LaunchMem>, object: String) -> Launch {
+        Launch {
+            // SAFETY: Box::into_raw never gives null.
+            mem: unsafe { std::ptr::NonNull::new_unchecked(Box::into_raw(mem)) },
+            pidfd: None,
+            object,
+        }
+    }
+
+    fn mem(&self) -> &LaunchMem {
+        // SAFETY: the box lives until Drop; shared access only (see Send).
+        unsafe { self.mem.as_ref() }
+    }
+
     /// Wait until the child has exec'd or exited; then its failure, if any:
     /// (step, errno).
     fn wait(&self) -> Option<(i32, i32)> {
-        let word = &self.mem.running;
+        let word = &self.mem().running;
         while word.load(Ordering::Acquire) != 0 {
             // SAFETY: futex(2) FUTEX_WAIT on a u32 we own, no timeout. Not
             // FUTEX_PRIVATE: the kernel's wake at exit or exec is shared.
@@ -973,7 +998,7 @@ impl Launch {
                 );
             }
         }
-        let a = &self.mem.args;
+        let a = &self.mem().args;
         match a.failed_step.load(Ordering::SeqCst) {
             0 => None,
             step => Some((step, a.failed_errno.load(Ordering::SeqCst))),
@@ -983,12 +1008,18 @@ impl Launch {
 
 impl Drop for Launch {
     fn drop(&mut self) {
-        // The child may still run on this memory: end it first.
-        if self.mem.running.load(Ordering::Acquire) != 0 {
-            let _ = sigkill(&self.pidfd);
+        // The child may still run on this memory: end it first. (Without
+        // a pidfd there was no child, and `running` was cleared.)
+        if self.mem().running.load(Ordering::Acquire) != 0 {
+            if let Some(pidfd) = &self.pidfd {
+                let _ = sigkill(pidfd);
+            }
             self.wait();
         }
-        let stack = std::mem::take(&mut self.mem.stack);
+        // SAFETY: from Box::into_raw in `new`; the child is done with it,
+        // and this is the only place that frees it.
+        let mut mem = unsafe { Box::from_raw(self.mem.as_ptr()) };
+        let stack = std::mem::take(&mut mem.stack);
         let mut spare = SPARE_STACKS.lock().unwrap_or_else(|p| p.into_inner());
         if spare.len() < SPARE_STACKS_MAX {
             spare.push(stack);
@@ -1053,6 +1084,8 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
     mem.args.envp = mem.envp.as_ptr();
     // The stack grows down on every architecture we build for; keep 16-byte alignment.
     let top = mem.stack.as_mut_ptr_range().end as usize & !15;
+    let mut launch = Launch::new(mem, spec.object());
+    let mem = launch.mem();
     let vfork = if CONCURRENT_CHILD {
         0
     } else {
@@ -1076,8 +1109,10 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
     // until the kernel has cleared `mem.running` at the child's exec or
     // exit (CLONE_CHILD_CLEARTID), and that nothing writes meanwhile. All
     // signals are blocked around the clone so no handler of ours can run on
-    // the child's stack before it resets them. With CLONE_PIDFD the kernel
-    // stores the pidfd in `pidfd` (clone(2)).
+    // the child's stack before it resets them, but glibc's two (32 and 33,
+    // which it never blocks), whose handlers return at once for a signal
+    // not sent by their own process. With CLONE_PIDFD the kernel stores the
+    // pidfd in `pidfd` (clone(2)).
     let pid = unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &full_mask, &mut old_mask);
         let pid = libc::clone(
@@ -1092,27 +1127,26 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
         let errno = Errno::last();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old_mask, std::ptr::null_mut());
         if pid < 0 {
+            // No child runs on the memory.
+            mem.running.store(0, Ordering::Release);
             return Err(Error::sys("clone holder", spec.object(), errno));
         }
         pid
     };
     // SAFETY: the kernel gave us this pidfd (CLONE_PIDFD) and nothing else owns it.
     let pidfd = Arc::new(unsafe { OwnedFd::from_raw_fd(pidfd) });
+    launch.pidfd = Some(pidfd.clone());
     let pid = Pid::from_raw(pid);
     // The start time is fixed at clone and never changes.
     let start_time = proc_start_time(pid).unwrap_or(0);
     Ok(Holder {
         pid,
-        pidfd: pidfd.clone(),
+        pidfd,
         start_time,
         child: true,
         dies_with_us: spec.die_with_creator,
         reaped: false.into(),
-        launch: Some(Launch {
-            mem,
-            pidfd,
-            object: spec.object(),
-        }),
+        launch: Some(launch),
     })
 }
 

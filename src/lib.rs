@@ -117,9 +117,10 @@ pub mod internals {
         crate::pod::ports::installing(&net.inner.ports)
     }
 
-    /// The sizes of the batches in which `net` has deleted sandboxes'
-    /// veths so far (one each for removals one after another).
-    pub fn veth_batches(net: &crate::Network) -> Vec<usize> {
+    /// The batches in which `net` has deleted sandboxes' veths so far (one
+    /// each for removals one after another): how many, and whether the
+    /// kernel deleted them in one operation (not one by one, the fallback).
+    pub fn veth_batches(net: &crate::Network) -> Vec<(usize, bool)> {
         net.inner.reaper.batches()
     }
 

@@ -562,60 +562,60 @@ pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Res
 /// (`unregister_netdevice_many`), so they share one wait for the network
 /// stack to let go of them, which one by one each waits for alone (most of
 /// a veth deletion's ~20 ms). The group must be one that no other link of
-/// the namespace is in (the caller picks it at random). `Ok(false)` for a
-/// link that was gone already. If the kernel refuses the group's deletion,
-/// the links are deleted one by one.
+/// the namespace is in (the caller picks it at random), and the batch small
+/// enough that the acknowledgements fit the socket's receive buffer.
+/// `Ok(false)` for a link that was gone already. A link that could not be
+/// put in the group, or a group the kernel would not delete, is deleted by
+/// name instead. Also says whether all went in one operation.
 pub(crate) fn delete_links_blocking(
     nl: &mut Nl,
     links: &[(&str, &str)],
     group: u32,
-) -> Vec<Result<bool>> {
+) -> (Vec<Result<bool>>, bool) {
     if let [(name, object)] = links {
-        return vec![delete_link_blocking(nl, name, object)];
+        return (vec![delete_link_blocking(nl, name, object)], true);
+    }
+    #[derive(Clone, Copy, PartialEq)]
+    enum Step {
+        Grouped,
+        Gone,
+        ByName,
     }
     let set_group = |name: &str| {
         let mut msg = LinkUnspec::new_with_name(name).build();
         msg.attributes.push(LinkAttribute::Group(group));
         (RouteNetlinkMessage::SetLink(msg), 0)
     };
-    let answers = match nl.batch(links.iter().map(|(name, _)| set_group(name)).collect()) {
-        Ok(answers) => answers,
-        Err(e) => {
-            let copy = |e: &std::io::Error| match e.raw_os_error() {
-                Some(raw) => std::io::Error::from_raw_os_error(raw),
-                None => std::io::Error::new(e.kind(), e.to_string()),
-            };
-            return links
-                .iter()
-                .map(|(_, object)| Err(io_nl_err("delete link", object, copy(&e))))
-                .collect();
-        }
+    let steps: Vec<Step> = match nl.batch(links.iter().map(|(name, _)| set_group(name)).collect()) {
+        Ok(answers) => answers
+            .into_iter()
+            .map(|answer| match answer {
+                Ok(_) => Step::Grouped,
+                Err(Errno::ENODEV | Errno::ENOENT) => Step::Gone,
+                Err(_) => Step::ByName,
+            })
+            .collect(),
+        // Which of them the kernel put in the group is unknown: by name.
+        Err(_) => vec![Step::ByName; links.len()],
     };
-    let mut results: Vec<Option<Result<bool>>> = answers
-        .into_iter()
+    let together = steps.contains(&Step::Grouped) && {
+        let mut del = LinkMessage::default();
+        del.attributes.push(LinkAttribute::Group(group));
+        nl.batch(vec![(RouteNetlinkMessage::DelLink(del), 0)])
+            .ok()
+            .and_then(|mut answers| answers.pop())
+            .is_some_and(|answer| answer.is_ok())
+    };
+    let results = steps
+        .iter()
         .zip(links)
-        .map(|(answer, (_, object))| match answer {
-            Ok(_) => None,
-            Err(Errno::ENODEV | Errno::ENOENT) => Some(Ok(false)),
-            Err(errno) => Some(Err(errno_err("delete link", object, errno))),
+        .map(|(step, (name, object))| match step {
+            Step::Grouped if together => Ok(true),
+            Step::Gone => Ok(false),
+            Step::Grouped | Step::ByName => delete_link_blocking(nl, name, object),
         })
         .collect();
-    let mut del = LinkMessage::default();
-    del.attributes.push(LinkAttribute::Group(group));
-    let together = nl
-        .batch(vec![(RouteNetlinkMessage::DelLink(del), 0)])
-        .ok()
-        .and_then(|mut answers| answers.pop())
-        .is_some_and(|answer| answer.is_ok());
-    for (result, (name, object)) in results.iter_mut().zip(links) {
-        if result.is_none() {
-            *result = Some(match together {
-                true => Ok(true),
-                false => delete_link_blocking(nl, name, object),
-            });
-        }
-    }
-    results.into_iter().flatten().collect()
+    (results, together && !steps.contains(&Step::ByName))
 }
 
 /// The inside of a sandbox: its address(es) and gateway(s).

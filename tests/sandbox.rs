@@ -286,7 +286,8 @@ fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
             .into_iter()
             .collect::<Result<Vec<_>, _>>()
             .expect("6 removes");
-        assert_eq!(podnet::internals::veth_batches(&net), [6]);
+        // In one kernel operation, not the one-by-one fallback.
+        assert_eq!(podnet::internals::veth_batches(&net), [(6, true)]);
         let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
         assert_eq!(ports(&ctx.nl, "pn0").await, want);
         assert!(common::links(&ctx.nl).await.contains("other0"));
@@ -297,7 +298,43 @@ fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
         // One at a time, each removal is a batch of its own.
         again.remove().await.unwrap();
         keep.remove().await.unwrap();
-        assert_eq!(podnet::internals::veth_batches(&net), [6, 1, 1]);
+        assert_eq!(
+            podnet::internals::veth_batches(&net),
+            [(6, true), (1, true), (1, true)]
+        );
+        net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty());
+    });
+}
+
+#[test]
+fn a_long_queue_of_removals_goes_in_batches_of_at_most_64() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pods: Vec<_> = join_all((0..70).map(|i| net.sandbox(format!("q{i}")).create()))
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .expect("70 creates");
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        let removals = join_all(pods.iter().map(|p| p.remove()));
+        let release = async {
+            common::eventually("70 deletions wait", Duration::from_secs(10), || {
+                podnet::internals::veth_deletions_waiting(&net) == 70
+            })
+            .await;
+            drop(held);
+        };
+        let (removed, ()) = futures::join!(removals, release);
+        removed
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("70 removes");
+        assert_eq!(
+            podnet::internals::veth_batches(&net),
+            [(64, true), (6, true)]
+        );
+        assert!(ports(&ctx.nl, "pn0").await.is_empty());
         net.remove().await.unwrap();
         assert!(files_under(&ctx.state).is_empty());
     });

@@ -43,14 +43,21 @@ pub(crate) struct Reaper {
 /// for removals one after another).
 const LINGER: Duration = Duration::from_millis(1);
 
+/// The most deletions in one batch. Each `RTM_SETLINK` of a batch is
+/// acknowledged, and the kernel drops acknowledgements that do not fit the
+/// socket's receive buffer (212,992 bytes by default: 255 fitted, 260 did
+/// not); a batch well under that also keeps each wait short.
+const BATCH_MAX: usize = 64;
+
 #[derive(Debug, Default)]
 struct Queue {
     waiting: Vec<Waiting>,
     /// Whether a thread is sending deletions (and will take `waiting`).
     busy: bool,
-    /// The size of each batch sent, for this crate's tests.
+    /// Each batch sent, for this crate's tests: its size, and whether the
+    /// kernel deleted it in one operation.
     #[cfg(feature = "internals")]
-    batches: Vec<usize>,
+    batches: Vec<(usize, bool)>,
 }
 
 #[derive(Debug)]
@@ -96,68 +103,83 @@ impl NetInner {
 
 /// Send the queued deletions from a blocking thread until none is left.
 fn start(net: Arc<NetInner>) {
+    let sender = Sender { net, done: false };
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn_blocking(move || send_all(&net))),
-        Err(_) => send_all(&net),
+        // A closure the runtime drops unrun (it is shutting down) drops the
+        // sender with it, which frees the queue.
+        Ok(rt) => drop(rt.spawn_blocking(move || sender.run())),
+        Err(_) => sender.run(),
     }
 }
 
-fn send_all(net: &NetInner) {
-    // If this thread unwinds, the queue is not left busy with nobody to
-    // take it: the waiting deletions fail (their senders are dropped).
-    struct Unbusy<'a>(&'a Reaper);
-    impl Drop for Unbusy<'_> {
-        fn drop(&mut self) {
-            let mut queue = self.0.lock();
+/// The one thread sending a network's deletions. If it ends before the
+/// queue is empty (it unwinds, or its closure is never run), it leaves
+/// the queue free, and the waiting deletions fail (their answer channels
+/// are dropped) rather than wait for nobody.
+struct Sender {
+    net: Arc<NetInner>,
+    done: bool,
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut queue = self.net.reaper.lock();
             queue.busy = false;
             queue.waiting.clear();
         }
     }
-    let unbusy = Unbusy(&net.reaper);
-    // How many the last batch had, once it is sent.
-    let mut sent = 0;
-    loop {
-        let nl = net.host_nl();
-        let batch = {
-            let mut queue = net.reaper.lock();
-            if sent > 0 && !queue.waiting.is_empty() {
-                // Deletions came while the last batch was in flight: its
-                // callers are being answered now and may each ask for
-                // another. Give them a moment to join this batch.
-                let want = queue.waiting.len() + sent;
-                queue = net
-                    .reaper
-                    .arrived
-                    .wait_timeout_while(queue, LINGER, |q| q.waiting.len() < want)
-                    .map_or_else(|p| p.into_inner().0, |(q, _)| q);
-            }
-            let take = match &nl {
-                Ok(_) => queue.waiting.len(),
-                // One waiting removal gets this error; the next may fare better.
-                Err(_) => queue.waiting.len().min(1),
+}
+
+impl Sender {
+    fn run(mut self) {
+        let net = &self.net;
+        // How many the last batch had, once it is sent.
+        let mut sent = 0;
+        loop {
+            let nl = net.host_nl();
+            let batch = {
+                let mut queue = net.reaper.lock();
+                if sent > 0 && !queue.waiting.is_empty() {
+                    // Deletions came while the last batch was in flight:
+                    // its callers are being answered now and may each ask
+                    // for another. Give them a moment to join this batch.
+                    let want = (queue.waiting.len() + sent).min(BATCH_MAX);
+                    queue = net
+                        .reaper
+                        .arrived
+                        .wait_timeout_while(queue, LINGER, |q| q.waiting.len() < want)
+                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+                }
+                let take = match &nl {
+                    Ok(_) => queue.waiting.len().min(BATCH_MAX),
+                    // One waiting removal gets this error; the next may fare better.
+                    Err(_) => queue.waiting.len().min(1),
+                };
+                if take == 0 {
+                    queue.busy = false;
+                    self.done = true;
+                    return;
+                }
+                queue.waiting.drain(..take).collect::<Vec<_>>()
             };
-            if take == 0 {
-                queue.busy = false;
-                std::mem::forget(unbusy);
-                return;
-            }
+            sent = batch.len();
+            let (results, together) = match nl {
+                Ok(mut nl) => {
+                    let links: Vec<(&str, &str)> = batch
+                        .iter()
+                        .map(|w| (w.name.as_str(), w.object.as_str()))
+                        .collect();
+                    link::delete_links_blocking(&mut nl, &links, fresh_group())
+                }
+                Err(e) => (vec![Err(e)], false),
+            };
             #[cfg(feature = "internals")]
-            queue.batches.push(take);
-            queue.waiting.drain(..take).collect::<Vec<_>>()
-        };
-        sent = batch.len();
-        let results = match nl {
-            Ok(mut nl) => {
-                let links: Vec<(&str, &str)> = batch
-                    .iter()
-                    .map(|w| (w.name.as_str(), w.object.as_str()))
-                    .collect();
-                link::delete_links_blocking(&mut nl, &links, fresh_group())
+            net.reaper.lock().batches.push((sent, together));
+            let _ = together;
+            for (w, result) in batch.into_iter().zip(results) {
+                let _ = w.done.send(result);
             }
-            Err(e) => vec![Err(e)],
-        };
-        for (w, result) in batch.into_iter().zip(results) {
-            let _ = w.done.send(result);
         }
     }
 }
@@ -177,8 +199,8 @@ fn fresh_group() -> u32 {
 /// For this crate's tests.
 #[cfg(feature = "internals")]
 impl Reaper {
-    /// The sizes of the batches sent so far.
-    pub(crate) fn batches(&self) -> Vec<usize> {
+    /// The batches sent so far: size, and whether deleted together.
+    pub(crate) fn batches(&self) -> Vec<(usize, bool)> {
         self.lock().batches.clone()
     }
 
