@@ -20,6 +20,34 @@ async fn network(ctx: &Ctx, bridge: &str) -> Network {
         .expect("build network")
 }
 
+/// Sandboxes `<prefix>0`.. `<prefix>{n-1}`, made at once.
+async fn create_many(net: &Network, prefix: &str, n: usize) -> Vec<podnet::Sandbox> {
+    join_all((0..n).map(|i| net.sandbox(format!("{prefix}{i}")).create()))
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{n} creates: {e}"))
+}
+
+/// Remove `pods` at once, their veth deletions held back until all of
+/// them wait, so that they reach the kernel queued together.
+async fn remove_queued(net: &Network, pods: &[podnet::Sandbox]) {
+    let held = podnet::internals::hold_veth_deletions(net).expect("none in flight");
+    let removals = join_all(pods.iter().map(|p| p.remove()));
+    let release = async {
+        common::eventually("the deletions wait", Duration::from_secs(10), || {
+            podnet::internals::veth_deletions_waiting(net) == pods.len()
+        })
+        .await;
+        drop(held);
+    };
+    let (removed, ()) = futures::join!(removals, release);
+    removed
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .expect("removes");
+}
+
 /// Accept one connection and read it to the end.
 fn serve_once(l: TcpListener) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
@@ -214,11 +242,7 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let before = snapshot(&ctx.nl).await;
-        let pods: Vec<_> = join_all((0..50).map(|i| net.sandbox(format!("p{i}")).create()))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .expect("50 creates");
+        let pods = create_many(&net, "p", 50).await;
         let ips: HashSet<IpAddr> = pods.iter().map(|p| p.ip()).collect();
         assert_eq!(ips.len(), 50);
         // host-local's order: .2 up to .51, whatever the interleaving.
@@ -254,11 +278,7 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
 fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
-        let pods: Vec<_> = join_all((0..6).map(|i| net.sandbox(format!("r{i}")).create()))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .expect("6 creates");
+        let pods = create_many(&net, "r", 6).await;
         let keep = net.sandbox("keep").create().await.unwrap();
         // Links that are not the removals' own stay: another sandbox's
         // veth and a link of somebody else's.
@@ -272,20 +292,7 @@ fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
         let gone = common::link_index(&ctx.nl, pods[5].host_interface()).await;
         ctx.nl.link().del(gone.unwrap()).execute().await.unwrap();
 
-        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
-        let removals = join_all(pods.iter().map(|p| p.remove()));
-        let release = async {
-            common::eventually("six deletions wait", Duration::from_secs(5), || {
-                podnet::internals::veth_deletions_waiting(&net) == 6
-            })
-            .await;
-            drop(held);
-        };
-        let (removed, ()) = futures::join!(removals, release);
-        removed
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .expect("6 removes");
+        remove_queued(&net, &pods).await;
         // In one kernel operation, not the one-by-one fallback.
         assert_eq!(podnet::internals::veth_batches(&net), [(6, true)]);
         let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
@@ -311,25 +318,8 @@ fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
 fn a_long_queue_of_removals_goes_in_batches_of_at_most_64() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
-        let pods: Vec<_> = join_all((0..70).map(|i| net.sandbox(format!("q{i}")).create()))
-            .await
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .expect("70 creates");
-        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
-        let removals = join_all(pods.iter().map(|p| p.remove()));
-        let release = async {
-            common::eventually("70 deletions wait", Duration::from_secs(10), || {
-                podnet::internals::veth_deletions_waiting(&net) == 70
-            })
-            .await;
-            drop(held);
-        };
-        let (removed, ()) = futures::join!(removals, release);
-        removed
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .expect("70 removes");
+        let pods = create_many(&net, "q", 70).await;
+        remove_queued(&net, &pods).await;
         assert_eq!(
             podnet::internals::veth_batches(&net),
             [(64, true), (6, true)]
