@@ -45,8 +45,9 @@ const LINGER: Duration = Duration::from_millis(1);
 
 /// The most deletions in one batch. Each `RTM_SETLINK` of a batch is
 /// acknowledged, and the kernel drops acknowledgements that do not fit the
-/// socket's receive buffer (212,992 bytes by default: 255 fitted, 260 did
-/// not); a batch well under that also keeps each wait short.
+/// socket's receive buffer (`net.core.rmem_default`, 212,992 bytes here:
+/// a few hundred acknowledgements); a batch well under that also keeps
+/// each wait short.
 const BATCH_MAX: usize = 64;
 
 #[derive(Debug, Default)]
