@@ -117,9 +117,9 @@ pub mod internals {
         crate::pod::ports::installing(&net.inner.ports)
     }
 
-    /// The batches in which `net` has deleted sandboxes' veths so far (one
-    /// each for removals one after another): how many, and whether the
-    /// kernel deleted them in one operation (not one by one, the fallback).
+    /// The batches in which `net` has deleted removed sandboxes' veths in
+    /// the background so far: how many, and whether the kernel deleted
+    /// them in one operation (not one by one, the fallback).
     pub fn veth_batches(net: &crate::Network) -> Vec<(usize, bool)> {
         net.inner.reaper.batches()
     }
@@ -127,6 +127,12 @@ pub mod internals {
     /// How many veth deletions of `net` are waiting for the one in flight.
     pub fn veth_deletions_waiting(net: &crate::Network) -> usize {
         net.inner.reaper.waiting()
+    }
+
+    /// Wait until `net`'s veth deletions asked so far are done (as
+    /// `Network::remove()` does first); the errors of those that failed.
+    pub async fn veth_deletions_settled(net: &crate::Network) -> crate::Result<()> {
+        net.inner.settled().await
     }
 
     /// Hold `net`'s veth deletions as if one were in flight, until the

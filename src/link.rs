@@ -370,11 +370,11 @@ pub(crate) struct Veth<'a> {
 /// bridge, the peer named `eth0` in the holder's namespace; then set the
 /// host end up without IPv6 addresses (and, for a NAPI sandbox, TSO off).
 /// (The peer cannot be set up in the same message: veth_open() answers
-/// ENOTCONN until both ends exist; that is done inside.) Returns the index
-/// of `eth0` in the sandbox when the kernel tells it: the request asks for
+/// ENOTCONN until both ends exist; that is done inside.) Returns the
+/// indexes of both ends when the kernel tells them: the request asks for
 /// an echo (`NLM_F_ECHO`, answered for links since Linux 6.3), whose
 /// `IFLA_LINK` is the peer's index.
-pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
+pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<VethIndexes> {
     let msg = veth_pair(
         LinkVeth::new(v.host, ETH0).controller(v.bridge),
         LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid),
@@ -447,7 +447,19 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<Option<u32>> {
         let _ = delete_link_blocking(nl, v.host, "");
         return Err(e);
     }
-    Ok(peer)
+    Ok(VethIndexes {
+        host: echoed.map(|l| l.header.index),
+        eth0: peer,
+    })
+}
+
+/// The indexes of a new veth pair's ends, if the kernel told them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct VethIndexes {
+    /// The host end, in the host namespace.
+    pub host: Option<u32>,
+    /// The peer, `eth0` in the sandbox.
+    pub eth0: Option<u32>,
 }
 
 /// The `RTM_NEWLINK` of a veth pair: `end` with `peer`, both of `mtu`.
@@ -553,6 +565,100 @@ pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Res
         Err(Errno::ENODEV | Errno::ENOENT) => Ok(false),
         Err(errno) => Err(errno_err("delete link", object, errno)),
     }
+}
+
+/// What [`unplug_blocking`] did with a veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unplugged {
+    /// It was gone already.
+    Gone,
+    /// It is off its bridge, down, and renamed: delete it by its new name.
+    Renamed,
+    /// It could not be renamed, so it was deleted (and waited for).
+    Deleted,
+}
+
+/// Take the veth whose host end is `name` (index `index`, if known) out
+/// of use at once, without waiting for the kernel to delete it: one
+/// `sendmsg` of two `RTM_SETLINK`s to its index, one taking it off its
+/// bridge (`IFLA_MASTER` 0) and setting it down (so its peer loses carrier
+/// and sends nothing more), one renaming it `dying` (the kernel renames
+/// only a link that is down, and checks that before it changes the flags,
+/// so this is a request of its own; and it looks a link up by the name in
+/// the request, so a rename goes by index). Its name, its bridge port and
+/// its peer's address are then free for others; the caller deletes it by
+/// `dying` later. Without `index`, it is looked up by name first (one more
+/// round trip). If it cannot be renamed, it is deleted by `name` now.
+pub(crate) fn unplug_blocking(
+    nl: &mut Nl,
+    name: &str,
+    index: Option<u32>,
+    dying: &str,
+    object: &str,
+) -> Result<Unplugged> {
+    let index = match index {
+        Some(i) => i,
+        None => {
+            let get = LinkUnspec::new_with_name(name).build();
+            let answer = nl
+                .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
+                .map_err(|e| io_nl_err("get link", object, e))?
+                .pop()
+                .unwrap_or(Err(Errno::EIO));
+            let found = match answer {
+                Ok(msgs) => msgs.iter().find_map(|m| match m {
+                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                    _ => None,
+                }),
+                Err(Errno::ENODEV | Errno::ENOENT) => return Ok(Unplugged::Gone),
+                Err(errno) => return Err(errno_err("get link", object, errno)),
+            };
+            match found {
+                Some(i) => i,
+                None => return Err(errno_err("get link", object, Errno::ENODEV)),
+            }
+        }
+    };
+    let off = LinkUnspec::new_with_index(index)
+        .nocontroller()
+        .down()
+        .build();
+    let rename = LinkUnspec::new_with_index(index).name(dying).build();
+    let answers = nl.batch(vec![
+        (RouteNetlinkMessage::SetLink(off), 0),
+        (RouteNetlinkMessage::SetLink(rename), 0),
+    ]);
+    match answers.as_deref() {
+        Ok([Err(Errno::ENODEV | Errno::ENOENT), _]) => Ok(Unplugged::Gone),
+        Ok([Ok(_), Ok(_)]) => Ok(Unplugged::Renamed),
+        // Not both done (the answers, or why they are missing, say
+        // little the deletion will not): delete it under its own name.
+        _ => Ok(match delete_link_blocking(nl, name, object)? {
+            true => Unplugged::Deleted,
+            false => Unplugged::Gone,
+        }),
+    }
+}
+
+/// Names of the links that start with `prefix`, from one dump of every link
+/// (for gc, which is not on any hot path).
+pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<String>> {
+    let links: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .map_err(|e| nl_err("list links", &format!("named {prefix}*"), e))?;
+    Ok(links
+        .iter()
+        .filter_map(|l| {
+            l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) if n.starts_with(prefix) => Some(n.clone()),
+                _ => None,
+            })
+        })
+        .collect())
 }
 
 /// Delete the links named in `links` (name, object for errors), veth peers

@@ -56,8 +56,9 @@ pub(crate) fn netns_of(target: BorrowedFd<'_>, what: &str) -> Result<OwnedFd> {
 
 /// Keep the network namespace `ns` of a removed sandbox open, and its
 /// holder (`holder`, from `Holder::end_later`) alive, for a moment, so the
-/// kernel destroys namespaces in batches and the next removals' veth
-/// deletions do not wait for them: the kernel destroys a namespace as soon
+/// kernel destroys namespaces in batches and the next veth deletions (in
+/// the background since removals stopped waiting for them) do not wait
+/// for them: the kernel destroys a namespace as soon
 /// as the last reference goes, on a worker that takes the locks a veth's
 /// deletion waits for, and a holder's exit leaves work that the next
 /// deletion's `rcu_barrier()` waits for (README "Performance": teardown

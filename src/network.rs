@@ -296,14 +296,21 @@ impl Network {
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
     ///
+    /// It first waits for the veths of sandboxes this process removed to be
+    /// deleted ([`Sandbox::remove`](crate::Sandbox::remove) leaves that to
+    /// the background), so when it returns, nothing of the network is left.
+    ///
     /// # Errors
     /// [`Error::Busy`] naming the sandboxes left; [`Error::Netlink`] or
-    /// [`Error::Io`] naming what could not be deleted.
+    /// [`Error::Io`] naming what could not be deleted, including the veths
+    /// of removed sandboxes whose deletion in the background failed (then
+    /// nothing else is done: [`gc`](Self::gc) deletes them).
     ///
     /// # Cancel safety
     /// Idempotent: a cancelled remove can be run again.
     pub async fn remove(&self) -> Result<()> {
         let inner = &self.inner;
+        inner.settled().await?;
         let _lock = inner.store.lock().await?;
         let sandboxes = inner.store.sandbox_names()?;
         if !sandboxes.is_empty() {
@@ -567,6 +574,31 @@ impl Network {
                 }
             }
         }
+        // Veths of removed sandboxes whose deletion in the background never
+        // happened: their remover died first, or the deletion failed. Those
+        // of a live remover are its own to delete; this process's are
+        // waited for first (so any left failed).
+        let _ = inner.settled().await;
+        let dying = reaper::dying_prefix(&inner.tag);
+        match link::links_named(&inner.conn.handle, &dying).await {
+            Ok(names) => {
+                for name in names {
+                    let Some(remover) = reaper::dying_remover(&inner.tag, &name) else {
+                        continue;
+                    };
+                    if remover != std::process::id() && process_lives(remover) {
+                        continue;
+                    }
+                    let object = format!("veth {name} of a removed sandbox");
+                    match link::delete_link(&inner.conn.handle, &name, &object).await {
+                        Ok(true) => report.links.push(name),
+                        Ok(false) => {}
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
         // This process's mappings of sandboxes without a live record, and
         // rules of its table that no live mapping claims (a deletion that
         // failed). A corrupt record keeps what it might own. The rules of
@@ -784,6 +816,20 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Whether a process `pid` exists (one that we may not signal does).
+fn process_lives(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    !matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
 }
 
 /// Two base-36 characters derived from the bridge name.

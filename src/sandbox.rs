@@ -22,9 +22,9 @@ use nix::unistd::getpid;
 use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
 use crate::ipam::{Ident, Record, RecordFile};
-use crate::link::{self, Inside, Veth};
+use crate::link::{self, Inside, Unplugged, Veth};
 use crate::netns::{self, Enter};
-use crate::network::{check_mtu, NetInner, IFNAMSIZ_MAX};
+use crate::network::{check_mtu, reaper, NetInner, IFNAMSIZ_MAX};
 use crate::pod::ports::{self, PortMapping, PublishedPort};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
@@ -110,6 +110,8 @@ struct SbInner {
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
     veth: String,
+    /// Index of the veth's host end, if the kernel told it at create.
+    veth_index: Option<u32>,
     holder: Holder,
     state: Mutex<State>,
 }
@@ -297,7 +299,7 @@ impl SandboxBuilder {
             .build(&mut undo, &mut record, &file, lock, spawning)
             .await
         {
-            Ok(()) => {
+            Ok(veth_index) => {
                 // The kernel rules of the mappings may still fail: then
                 // the sandbox is undone like any other step.
                 let started = match &undo.holder {
@@ -336,6 +338,7 @@ impl SandboxBuilder {
                         ipv4: record.ipv4,
                         ipv6: record.ipv6,
                         veth,
+                        veth_index,
                         holder,
                         state: Mutex::new(State::Running),
                     }),
@@ -356,7 +359,7 @@ impl SandboxBuilder {
         file: &RecordFile,
         lock: impl Sized,
         spawning: holder::Spawning,
-    ) -> Result<()> {
+    ) -> Result<Option<u32>> {
         let net = &self.net;
         let name = &self.name;
         let owner = record.owner();
@@ -402,7 +405,7 @@ impl SandboxBuilder {
 
         // The veth and the inside, while the holder's child sets itself up
         // and execs alongside (its namespaces exist from the clone on).
-        let wired: Result<()> = async {
+        let wired: Result<Option<u32>> = async {
             let veth = Veth {
                 host: &record.veth,
                 bridge,
@@ -413,7 +416,7 @@ impl SandboxBuilder {
                 napi_receive,
             };
             let created = link::create_veth(&mut *net.host_nl()?, &veth);
-            let eth0 = match created {
+            let made = match created {
                 // Our record for this name is fresh, so no live sandbox of this
                 // network owns a veth of this name: one on our bridge is left
                 // from an earlier sandbox whose namespace the kernel is still
@@ -453,7 +456,7 @@ impl SandboxBuilder {
             });
             link::configure_inside(
                 &mut inside_nl,
-                eth0,
+                made.eth0,
                 &Inside {
                     ipv4: v4,
                     ipv6: v6,
@@ -462,7 +465,7 @@ impl SandboxBuilder {
                 },
             )?;
             drop(inside_nl);
-            Ok(())
+            Ok(made.host)
         }
         .await;
         // If the child failed, that is also why a step above failed (no
@@ -471,12 +474,12 @@ impl SandboxBuilder {
         if let Some(holder) = undo.holder.as_mut() {
             holder.started()?;
         }
-        wired?;
+        let veth_index = wired?;
         failpoint("inside");
         record.holder = Some(holder_ident);
         net.store.set_done(file, record)?;
         failpoint("done");
-        Ok(())
+        Ok(veth_index)
     }
 }
 
@@ -627,6 +630,7 @@ impl Sandbox {
                 ipv4: record.ipv4,
                 ipv6: record.ipv6,
                 veth: record.veth,
+                veth_index: None,
                 holder,
                 state: Mutex::new(State::Running),
             }),
@@ -930,13 +934,24 @@ impl Sandbox {
     /// and the state, and stop the holder. Idempotent, and fine on a Failed
     /// sandbox. The name and the address can be used again when it returns.
     ///
+    /// The veth pair is not waited for: the kernel takes ~20 ms to delete
+    /// one, nearly all of it waiting for the network stack to let go. It is
+    /// taken off the bridge, set down (so the sandbox's `eth0` has no
+    /// carrier and nothing reaches it or leaves it) and renamed
+    /// `<tag>~<12 hex digits>` before this returns, then deleted in the
+    /// background, in one kernel operation with the other removals' veths
+    /// that queued meanwhile. [`Network::remove`](crate::Network::remove)
+    /// waits for those deletions; [`Network::gc`](crate::Network::gc)
+    /// deletes any that a process did not live to finish.
+    ///
     /// A holder that dies with this process (not
     /// [`persistent`](SandboxBuilder::persistent)) is killed and reaped in
     /// the background, with those of other removals: 100 ms after the last
     /// removal, or once 64 are waiting. So it may still run, in a namespace
-    /// with only `lo`, when this returns; ending it at once would make the
-    /// next removal's veth deletion wait for its exit (README
-    /// "Performance"). Any other holder is stopped before this returns.
+    /// with only `lo`, when this returns; ending each at once would have
+    /// the kernel destroy their namespaces one by one, in the way of the
+    /// veth deletions (README "Performance"). Any other holder is stopped
+    /// before this returns.
     ///
     /// Processes that joined the sandbox are not killed; they are left with
     /// a namespace that has only `lo`.
@@ -955,6 +970,21 @@ impl Sandbox {
     pub async fn remove(&self) -> Result<()> {
         self.inner.remove().await
     }
+
+    /// [`remove`](Self::remove), the veth deleted before this returns: for
+    /// rollbacks, which leave the host as they found it.
+    pub(crate) async fn remove_now(&self) -> Result<()> {
+        self.inner.remove_now().await
+    }
+}
+
+/// When a removal's veth is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletion {
+    /// Before the removal returns.
+    Now,
+    /// In the background, once it is off the bridge, down and renamed.
+    Background,
 }
 
 impl SbInner {
@@ -1005,6 +1035,16 @@ impl SbInner {
     }
 
     async fn remove(&self) -> Result<()> {
+        self.remove_with(Deletion::Background).await
+    }
+
+    /// [`remove`](Self::remove), the veth deleted before this returns
+    /// (a rollback leaves the host as it found it).
+    pub(crate) async fn remove_now(&self) -> Result<()> {
+        self.remove_with(Deletion::Now).await
+    }
+
+    async fn remove_with(&self, deletion: Deletion) -> Result<()> {
         {
             let mut state = self.lock_state();
             match *state {
@@ -1024,10 +1064,28 @@ impl SbInner {
         // stale handle must not take down a later sandbox of the same name.
         // (Ours then goes with our holder's namespace.)
         let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
-        if ours {
+        if ours && deletion == Deletion::Now {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-            if let Err(e) = self.net.delete_veth(&self.veth, object).await {
+            if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
                 errors.push(e);
+            }
+        } else if ours {
+            // Off the bridge, down and renamed now; deleted in the background.
+            let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
+            let dying = reaper::dying_name(&self.net.tag);
+            let unplugged = self.net.host_nl().and_then(|mut nl| {
+                link::unplug_blocking(&mut nl, &self.veth, self.veth_index, &dying, &object)
+            });
+            match unplugged {
+                Ok(Unplugged::Renamed) => {
+                    let object = format!(
+                        "veth {dying} (was {}) of removed sandbox {:?}",
+                        self.veth, self.name
+                    );
+                    self.net.delete_veth_later(dying, object);
+                }
+                Ok(Unplugged::Gone | Unplugged::Deleted) => {}
+                Err(e) => errors.push(e),
             }
         }
         // The namespace, and a holder that dies with this process anyway,

@@ -29,23 +29,31 @@ async fn create_many(net: &Network, prefix: &str, n: usize) -> Vec<podnet::Sandb
         .unwrap_or_else(|e| panic!("{n} creates: {e}"))
 }
 
-/// Remove `pods` at once, their veth deletions held back until all of
-/// them wait, so that they reach the kernel queued together.
+/// Remove `pods` at once, their veths' deletions held back until all of
+/// them are queued, so that they reach the kernel together; then wait for
+/// the deletions.
 async fn remove_queued(net: &Network, pods: &[podnet::Sandbox]) {
     let held = podnet::internals::hold_veth_deletions(net).expect("none in flight");
-    let removals = join_all(pods.iter().map(|p| p.remove()));
-    let release = async {
-        common::eventually("the deletions wait", Duration::from_secs(10), || {
-            podnet::internals::veth_deletions_waiting(net) == pods.len()
-        })
-        .await;
-        drop(held);
-    };
-    let (removed, ()) = futures::join!(removals, release);
-    removed
+    join_all(pods.iter().map(|p| p.remove()))
+        .await
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .expect("removes");
+    // Each removal returned with its veth renamed and queued.
+    assert_eq!(podnet::internals::veth_deletions_waiting(net), pods.len());
+    drop(held);
+    podnet::internals::veth_deletions_settled(net)
+        .await
+        .expect("deletions");
+}
+
+/// The links whose names start with `prefix`.
+async fn links_starting(ctx: &Ctx, prefix: &str) -> Vec<String> {
+    common::links(&ctx.nl)
+        .await
+        .into_iter()
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Accept one connection and read it to the end.
@@ -258,6 +266,10 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
             .collect::<Result<Vec<_>, _>>()
             .expect("50 removes");
         assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        // Their veths are deleted in the background.
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
         assert_eq!(snapshot(&ctx.nl).await, before);
         // Their holders die with this process, so they are ended in the
         // background, in one batch, soon after.
@@ -275,7 +287,72 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
 }
 
 #[test]
-fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
+fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let a = net.sandbox("a").create().await.unwrap();
+        let b = net.sandbox("b").create().await.unwrap();
+        let tag = a.host_interface().trim_start_matches("a-").to_owned();
+        let dying = format!("{tag}~");
+        let (veth, ip) = (a.host_interface().to_owned(), a.ip());
+        let addr = std::net::SocketAddr::new(ip, 9000);
+        let listener = a
+            .run(move || TcpListener::bind(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let reach = || b.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)));
+        // b reaches a before the removal.
+        reach().await.unwrap().unwrap();
+
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        a.remove().await.unwrap();
+        // The veth is still there, but off the bridge, down and renamed.
+        assert_eq!(podnet::internals::veth_deletions_waiting(&net), 1);
+        let names = links_starting(&ctx, &dying).await;
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert_eq!(names[0].len(), 15, "{names:?}");
+        assert!(!common::links(&ctx.nl).await.contains(&veth));
+        assert!(!ports(&ctx.nl, "pn0").await.contains(&names[0]));
+        assert!(!common::link_is_up(&ctx.nl, &names[0]).await);
+        // So the old sandbox, whose listener is still open, is out of reach.
+        assert!(reach().await.unwrap().is_err());
+        // The name and the address are free at once: a new "a" gets both,
+        // and is reached, not the old one. (From a new sandbox: b's
+        // neighbour entry still has the old one's MAC address for a while,
+        // as after any reuse of an address.)
+        let again = net.sandbox("a").ip(ip).create().await.unwrap();
+        assert_eq!(again.host_interface(), veth);
+        let l2 = again
+            .run(move || TcpListener::bind(addr))
+            .await
+            .unwrap()
+            .unwrap();
+        let accepted = std::thread::spawn(move || l2.accept().map(|(_, peer)| peer));
+        let c = net.sandbox("c").create().await.unwrap();
+        c.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(accepted.join().unwrap().unwrap().ip(), c.ip());
+        drop(listener);
+
+        drop(held);
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
+        assert_eq!(podnet::internals::veth_batches(&net), [(1, true)]);
+        assert!(links_starting(&ctx, &dying).await.is_empty());
+        for p in [again, b, c] {
+            p.remove().await.unwrap();
+        }
+        net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty());
+    });
+}
+
+#[test]
+fn removals_queued_behind_a_deletion_in_flight_go_to_the_kernel_together() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pods = create_many(&net, "r", 6).await;
@@ -288,28 +365,129 @@ fn removals_asked_while_a_deletion_is_in_flight_go_to_the_kernel_together() {
             .execute()
             .await
             .unwrap();
-        // A veth deleted already: its removal still succeeds.
+        // A veth deleted already: its removal still succeeds, with nothing
+        // left to delete.
         let gone = common::link_index(&ctx.nl, pods[5].host_interface()).await;
         ctx.nl.link().del(gone.unwrap()).execute().await.unwrap();
+        pods[5].remove().await.unwrap();
 
-        remove_queued(&net, &pods).await;
+        remove_queued(&net, &pods[..5]).await;
         // In one kernel operation, not the one-by-one fallback.
-        assert_eq!(podnet::internals::veth_batches(&net), [(6, true)]);
+        assert_eq!(podnet::internals::veth_batches(&net), [(5, true)]);
         let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
         assert_eq!(ports(&ctx.nl, "pn0").await, want);
         assert!(common::links(&ctx.nl).await.contains("other0"));
+        let tag = keep.host_interface().trim_start_matches("keep-").to_owned();
+        assert!(links_starting(&ctx, &format!("{tag}~")).await.is_empty());
         assert_eq!(keep.phase(), Phase::Running);
-        // Names and addresses are free again at once.
-        let again = net.sandbox("r0").ip(pods[0].ip()).create().await.unwrap();
 
-        // One at a time, each removal is a batch of its own.
-        again.remove().await.unwrap();
+        // On its own, a deletion is a batch of its own.
         keep.remove().await.unwrap();
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
         assert_eq!(
             podnet::internals::veth_batches(&net),
-            [(6, true), (1, true), (1, true)]
+            [(5, true), (1, true)]
         );
         net.remove().await.unwrap();
+        assert!(files_under(&ctx.state).is_empty());
+    });
+}
+
+#[test]
+fn a_veth_is_deleted_even_while_a_process_keeps_its_namespace() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("a").create().await.unwrap();
+        let tag = pod.host_interface().trim_start_matches("a-").to_owned();
+        let mut member = pod.command("sleep").arg("30").spawn().unwrap();
+        pod.remove().await.unwrap();
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
+        assert!(links_starting(&ctx, &format!("{tag}~")).await.is_empty());
+        assert!(links_starting(&ctx, "a-").await.is_empty());
+        // The member is still there, in a namespace with only lo.
+        assert!(member.try_wait().unwrap().is_none());
+        member.kill().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn gc_deletes_the_veths_of_removed_sandboxes_that_no_process_deleted() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pod = net.sandbox("a").create().await.unwrap();
+        let tag = pod.host_interface().trim_start_matches("a-").to_owned();
+        // As a remover that died before its deletion in the background
+        // leaves it (while a process keeps the namespace): renamed after
+        // the dead remover, down, on no bridge.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let left = format!("{tag}~{dead_pid:06x}abcdef");
+        // A live remover's is its own to delete; links that only look a
+        // bit like one stay too.
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let others = [
+            format!("{tag}~{:06x}abcdef", live.id()),
+            format!("{tag}~01234"),
+            format!("{tag}~0123456789az"),
+        ];
+        for (i, name) in std::iter::once(&left).chain(&others).enumerate() {
+            ctx.nl
+                .link()
+                .add(rtnetlink::LinkVeth::new(name, &format!("peer{i}")).build())
+                .execute()
+                .await
+                .unwrap();
+        }
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.links, vec![left.clone()]);
+        let links = common::links(&ctx.nl).await;
+        assert!(!links.contains(&left));
+        assert!(others.iter().all(|o| links.contains(o)), "{links:?}");
+        assert!(links.contains(pod.host_interface()));
+        // This process's own, once its deletions are done, were left by a
+        // deletion that failed: gc takes them too.
+        let own = format!("{tag}~{:06x}000000", std::process::id());
+        ctx.nl
+            .link()
+            .add(rtnetlink::LinkVeth::new(&own, "peer9").build())
+            .execute()
+            .await
+            .unwrap();
+        assert_eq!(net.gc().await.unwrap().links, vec![own]);
+        live.kill().unwrap();
+        live.wait().unwrap();
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn network_remove_waits_for_the_veths_of_removed_sandboxes() {
+    in_netns(|ctx| async move {
+        let before = snapshot(&ctx.nl).await;
+        let net = network(&ctx, "pn0").await;
+        let pods = create_many(&net, "w", 3).await;
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        for p in &pods {
+            p.remove().await.unwrap();
+        }
+        let removing = net.remove();
+        tokio::pin!(removing);
+        // Not while the deletions are held back.
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut removing).await;
+        assert!(early.is_err(), "returned with veths left: {early:?}");
+        drop(held);
+        removing.await.unwrap();
+        assert_eq!(snapshot(&ctx.nl).await, before);
         assert!(files_under(&ctx.state).is_empty());
     });
 }

@@ -1,17 +1,18 @@
-//! Veth deletions asked while another is in flight go to the kernel
-//! together.
+//! The veths of removed sandboxes are deleted in the background, in
+//! batches.
 //!
 //! The kernel deletes a veth inside the request, then waits for the network
-//! stack to let go of both ends: ~20 ms, nearly all of it waiting, and
-//! deletions sent at once from many threads mostly wait one after another.
-//! So a network sends one deletion at a time: the first removal to ask
-//! sends its own (one by one, nothing changes), and those that ask
-//! meanwhile queue here; when it returns, its thread sends all of them in
-//! one kernel operation (`link::delete_links_blocking`), and so on until
-//! the queue is empty. Each removal still returns only once its veth is
-//! gone, so its name and address can be used again at once. A batch of 8
-//! costs the kernel about what one deletion does (README, "How it is
-//! built", with the command that shows it).
+//! stack to let go of both ends (an `rcu_barrier()`): ~20 ms, nearly all of
+//! it waiting. A removal does not wait for that: it takes its veth off the
+//! bridge, sets it down and renames it (`link::unplug_blocking`, well under
+//! a millisecond), so the sandbox's name, bridge port and address are free
+//! at once, and queues the deletion here. One thread per network sends
+//! them: the first deletion alone, then whatever queued meanwhile in one
+//! kernel operation (`link::delete_links_blocking`), and so on until the
+//! queue is empty. A batch of 8 costs the kernel about what one deletion
+//! does (README, "How it is built", with the command that shows it).
+//! [`NetInner::settled`] waits for the queue to empty
+//! (`Network::remove()` does).
 //!
 //! The group that carries a batch is random (31 bits), so a link of
 //! anybody else is in it only if they picked the same number for a group
@@ -19,11 +20,10 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use nix::errno::Errno;
-use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use super::NetInner;
 use crate::error::{Error, Result};
@@ -33,21 +33,15 @@ use crate::link;
 #[derive(Debug, Default)]
 pub(crate) struct Reaper {
     queue: Mutex<Queue>,
-    /// Signalled when a deletion is queued.
-    arrived: Condvar,
+    /// Notified when the queue is empty and no deletion is in flight.
+    idle: Notify,
 }
-
-/// How long the thread sending deletions waits, after a batch, for its
-/// callers' next deletions: a fraction of what a batch takes in the kernel
-/// (15-40 ms), and only while deletions are queued meanwhile (so never
-/// for removals one after another).
-const LINGER: Duration = Duration::from_millis(1);
 
 /// The most deletions in one batch. Each `RTM_SETLINK` of a batch is
 /// acknowledged, and the kernel drops acknowledgements that do not fit the
 /// socket's receive buffer (`net.core.rmem_default`, 212,992 bytes here:
 /// a few hundred acknowledgements); a batch well under that also keeps
-/// each wait short.
+/// the kernel's hold of its lock for one batch short.
 const BATCH_MAX: usize = 64;
 
 #[derive(Debug, Default)]
@@ -55,6 +49,8 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// Whether a thread is sending deletions (and will take `waiting`).
     busy: bool,
+    /// Deletions that failed since [`NetInner::settled`] last reported.
+    failed: Vec<Error>,
     /// Each batch sent, for this crate's tests: its size, and whether the
     /// kernel deleted it in one operation.
     #[cfg(feature = "internals")]
@@ -65,7 +61,6 @@ struct Queue {
 struct Waiting {
     name: String,
     object: String,
-    done: oneshot::Sender<Result<bool>>,
 }
 
 impl Reaper {
@@ -81,31 +76,76 @@ impl Reaper {
 }
 
 impl NetInner {
-    /// Delete the host-side veth `name` (and so its peer), in a batch with
-    /// the other deletions asked meanwhile; `object` names it in errors.
-    /// `Ok(false)` if it was gone already.
-    ///
-    /// # Cancel safety
-    /// The deletion goes on if the future is dropped.
-    pub(crate) async fn delete_veth(self: &Arc<Self>, name: &str, object: String) -> Result<bool> {
-        let (done, answer) = oneshot::channel();
+    /// Delete the host-side veth `name` (and so its peer) in the background,
+    /// in a batch with the other deletions asked meanwhile; `object` names
+    /// it in errors, which [`settled`](Self::settled) reports.
+    pub(crate) fn delete_veth_later(self: &Arc<Self>, name: String, object: String) {
         let lead = {
             let mut queue = self.reaper.lock();
-            queue.waiting.push(Waiting {
-                name: name.to_owned(),
-                object,
-                done,
-            });
+            queue.waiting.push(Waiting { name, object });
             !std::mem::replace(&mut queue.busy, true)
         };
-        self.reaper.arrived.notify_one();
         if lead {
             start(self.clone());
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(Error::sys("delete veth", name, Errno::EINTR)))
     }
+
+    /// Wait until every veth deletion asked so far is done; the errors of
+    /// those that failed since the last call, if any.
+    pub(crate) async fn settled(&self) -> Result<()> {
+        loop {
+            let idle = self.reaper.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            {
+                let mut queue = self.reaper.lock();
+                if !queue.busy {
+                    let mut errors = std::mem::take(&mut queue.failed);
+                    return match errors.len() {
+                        0 => Ok(()),
+                        1 => Err(errors.remove(0)),
+                        _ => Err(Error::Multiple {
+                            op: format!("delete veths of removed sandboxes of {:?}", self.bridge),
+                            errors,
+                        }),
+                    };
+                }
+            }
+            idle.await;
+        }
+    }
+}
+
+/// A name for the veth of a removed sandbox until it is deleted:
+/// `<tag>~`, then the remover's PID and 24 random bits in 12 hex digits
+/// (15 characters, as IFNAMSIZ allows). The PID tells gc whether the
+/// remover lives (and will delete it); no sandbox's veth looks like that,
+/// since a sandbox name has no `~`.
+pub(crate) fn dying_name(tag: &str) -> String {
+    let pid = std::process::id();
+    let mut h = RandomState::new().build_hasher();
+    h.write_u32(pid);
+    format!(
+        "{}{:06x}{:06x}",
+        dying_prefix(tag),
+        // PIDs are below 2^22 (PID_MAX_LIMIT).
+        pid & 0xff_ffff,
+        h.finish() & 0xff_ffff
+    )
+}
+
+/// What the names of [`dying_name`] start with.
+pub(crate) fn dying_prefix(tag: &str) -> String {
+    format!("{tag}~")
+}
+
+/// The remover's PID, if `name` is one of [`dying_name`]'s for `tag`.
+pub(crate) fn dying_remover(tag: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(&dying_prefix(tag))?;
+    if rest.len() != 12 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u32::from_str_radix(&rest[..6], 16).ok()
 }
 
 /// Send the queued deletions from a blocking thread until none is left.
@@ -121,8 +161,8 @@ fn start(net: Arc<NetInner>) {
 
 /// The one thread sending a network's deletions. If it ends before the
 /// queue is empty (it unwinds, or its closure is never run), it leaves
-/// the queue free, and the waiting deletions fail (their answer channels
-/// are dropped) rather than wait for nobody.
+/// the queue free, and the deletions still waiting are reported as failed
+/// (their veths are left to the end of their namespaces, or to gc).
 struct Sender {
     net: Arc<NetInner>,
     done: bool,
@@ -133,7 +173,14 @@ impl Drop for Sender {
         if !self.done {
             let mut queue = self.net.reaper.lock();
             queue.busy = false;
-            queue.waiting.clear();
+            let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
+            queue.failed.extend(
+                dropped
+                    .into_iter()
+                    .map(|w| Error::sys("delete", &w.object, Errno::ECANCELED)),
+            );
+            drop(queue);
+            self.net.reaper.idle.notify_waiters();
         }
     }
 }
@@ -141,36 +188,24 @@ impl Drop for Sender {
 impl Sender {
     fn run(mut self) {
         let net = &self.net;
-        // How many the last batch had, once it is sent.
-        let mut sent = 0;
         loop {
             let nl = net.host_nl();
             let batch = {
                 let mut queue = net.reaper.lock();
-                if sent > 0 && !queue.waiting.is_empty() {
-                    // Deletions came while the last batch was in flight:
-                    // its callers are being answered now and may each ask
-                    // for another. Give them a moment to join this batch.
-                    let want = (queue.waiting.len() + sent).min(BATCH_MAX);
-                    queue = net
-                        .reaper
-                        .arrived
-                        .wait_timeout_while(queue, LINGER, |q| q.waiting.len() < want)
-                        .map_or_else(|p| p.into_inner().0, |(q, _)| q);
-                }
                 let take = match &nl {
                     Ok(_) => queue.waiting.len().min(BATCH_MAX),
-                    // One waiting removal gets this error; the next may fare better.
+                    // One deletion gets this error; the next may fare better.
                     Err(_) => queue.waiting.len().min(1),
                 };
                 if take == 0 {
                     queue.busy = false;
                     self.done = true;
+                    drop(queue);
+                    net.reaper.idle.notify_waiters();
                     return;
                 }
                 queue.waiting.drain(..take).collect::<Vec<_>>()
             };
-            sent = batch.len();
             let (results, together) = match nl {
                 Ok(mut nl) => {
                     let links: Vec<(&str, &str)> = batch
@@ -181,9 +216,10 @@ impl Sender {
                 }
                 Err(e) => (vec![Err(e)], false),
             };
-            net.reaper.record(sent, together);
-            for (w, result) in batch.into_iter().zip(results) {
-                let _ = w.done.send(result);
+            net.reaper.record(batch.len(), together);
+            let failed: Vec<Error> = results.into_iter().filter_map(|r| r.err()).collect();
+            if !failed.is_empty() {
+                net.reaper.lock().failed.extend(failed);
             }
         }
     }

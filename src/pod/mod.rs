@@ -679,7 +679,7 @@ impl PodBuilder {
         };
         if let Err(e) = setup.await {
             // The sandbox goes, and with it the volumes directory.
-            if let Err(undo) = sandbox.remove().await {
+            if let Err(undo) = sandbox.remove_now().await {
                 return Err(Error::Multiple {
                     op: format!("start pod {name:?}"),
                     errors: vec![e, undo],

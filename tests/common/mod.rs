@@ -221,6 +221,19 @@ pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
         .expect("link has an address")
 }
 
+/// Whether link `name` is administratively up (false if there is none).
+pub async fn link_is_up(nl: &Handle, name: &str) -> bool {
+    dump_links(nl)
+        .await
+        .iter()
+        .find(|l| link_name(l) == name)
+        .is_some_and(|l| {
+            l.header
+                .flags
+                .contains(netlink_packet_route::link::LinkFlags::Up)
+        })
+}
+
 /// The index of link `name`, if there is one.
 pub async fn link_index(nl: &Handle, name: &str) -> Option<u32> {
     dump_links(nl)
