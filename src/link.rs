@@ -472,6 +472,15 @@ fn veth_pair(
         end = end.mtu(mtu);
         peer = peer.mtu(mtu);
     }
+    // One queue each way, asked for: the kernel's default allocates a
+    // queue per CPU, then cuts each end down to one after registering it
+    // (veth_init_queues()), and cutting the queues of a registered link
+    // waits for an RCU grace period (synchronize_net()) while holding the
+    // lock every netlink request of the host takes.
+    for q in [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)] {
+        end = end.append_extra_attribute(q.clone());
+        peer = peer.append_extra_attribute(q);
+    }
     LinkMessageBuilder::<LinkVeth>::set_info_data(end, InfoData::Veth(InfoVeth::Peer(peer.build())))
         .build()
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{files_under, in_netns, ports, snapshot, Ctx};
 use futures::future::join_all;
+use netlink_packet_route::link::LinkAttribute;
 use podnet::{Error, Network, Phase};
 
 async fn network(ctx: &Ctx, bridge: &str) -> Network {
@@ -99,6 +100,11 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
             ports(&ctx.nl, "pn0").await.into_iter().collect::<Vec<_>>(),
             [pod.host_interface().to_owned()]
         );
+        // One queue each way, made so (not cut down after registration).
+        let attrs = common::link_attributes(&ctx.nl, pod.host_interface()).await;
+        for q in [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)] {
+            assert!(attrs.contains(&q), "{q:?} in {attrs:?}");
+        }
         // Inside: lo and eth0 up, the address, a default route via the gateway.
         let out = pod
             .command("cat")

@@ -234,6 +234,16 @@ pub async fn link_is_up(nl: &Handle, name: &str) -> bool {
         })
 }
 
+/// The attributes of link `name` (empty if there is none).
+pub async fn link_attributes(nl: &Handle, name: &str) -> Vec<LinkAttribute> {
+    dump_links(nl)
+        .await
+        .into_iter()
+        .find(|l| link_name(l) == name)
+        .map(|l| l.attributes)
+        .unwrap_or_default()
+}
+
 /// The index of link `name`, if there is one.
 pub async fn link_index(nl: &Handle, name: &str) -> Option<u32> {
     dump_links(nl)
