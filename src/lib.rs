@@ -44,7 +44,7 @@
 //!             let _inside = pod.enter()?; // this thread is inside until the guard drops
 //!         }
 //!
-//!         pod.remove().await?; // holder, veth, address, state: gone
+//!         pod.remove().await?; // address and name free; veth unplugged, deleted soon after
 //!         assert_eq!(pod.phase(), Phase::Succeeded);
 //!         net.remove().await?; // the bridge and the store
 //!         Ok(())

@@ -583,26 +583,28 @@ pub(crate) enum Unplugged {
     Gone,
     /// It is off its bridge, down, and renamed: delete it by its new name.
     Renamed,
-    /// It could not be renamed, so it was deleted (and waited for).
-    Deleted,
+    /// Not both requests were carried out (or their answers were lost):
+    /// delete it by this index, which is its own whatever its name.
+    Stuck(u32),
 }
 
 /// Take the veth whose host end is `name` (index `index`, if known) out
 /// of use at once, without waiting for the kernel to delete it: one
 /// `sendmsg` of two `RTM_SETLINK`s to its index, one taking it off its
-/// bridge (`IFLA_MASTER` 0) and setting it down (so its peer loses carrier
-/// and sends nothing more), one renaming it `dying` (the kernel renames
-/// only a link that is down, and checks that before it changes the flags,
-/// so this is a request of its own; and it looks a link up by the name in
-/// the request, so a rename goes by index). Its name, its bridge port and
-/// its peer's address are then free for others; the caller deletes it by
-/// `dying` later. Without `index`, it is looked up by name first (one more
-/// round trip). If it cannot be renamed, it is deleted by `name` now.
+/// bridge (`IFLA_MASTER` 0), setting it down (so its peer loses carrier
+/// and sends nothing more) and giving it the alias `alias` (who removed
+/// it), one renaming it `dying` (the kernel renames only a link that is
+/// down, and checks that before it changes the flags, so this is a request
+/// of its own; and it looks a link up by the name in the request, so a
+/// rename goes by index). Its name, its bridge port and its peer's address
+/// are then free for others; the caller deletes it by `dying` later.
+/// Without `index`, it is looked up by name first (one more round trip).
 pub(crate) fn unplug_blocking(
     nl: &mut Nl,
     name: &str,
     index: Option<u32>,
     dying: &str,
+    alias: &str,
     object: &str,
 ) -> Result<Unplugged> {
     let index = match index {
@@ -631,27 +633,37 @@ pub(crate) fn unplug_blocking(
     let off = LinkUnspec::new_with_index(index)
         .nocontroller()
         .down()
+        .alias(alias)
         .build();
     let rename = LinkUnspec::new_with_index(index).name(dying).build();
     let answers = nl.batch(vec![
         (RouteNetlinkMessage::SetLink(off), 0),
         (RouteNetlinkMessage::SetLink(rename), 0),
     ]);
-    match answers.as_deref() {
-        Ok([Err(Errno::ENODEV | Errno::ENOENT), _]) => Ok(Unplugged::Gone),
-        Ok([Ok(_), Ok(_)]) => Ok(Unplugged::Renamed),
-        // Not both done (the answers, or why they are missing, say
-        // little the deletion will not): delete it under its own name.
-        _ => Ok(match delete_link_blocking(nl, name, object)? {
-            true => Unplugged::Deleted,
-            false => Unplugged::Gone,
-        }),
+    Ok(match answers.as_deref() {
+        Ok([Err(Errno::ENODEV | Errno::ENOENT), _]) => Unplugged::Gone,
+        Ok([Ok(_), Ok(_)]) => Unplugged::Renamed,
+        _ => Unplugged::Stuck(index),
+    })
+}
+
+/// Delete link `index`; `object` describes it for errors. Returns whether
+/// it existed.
+pub(crate) async fn delete_link_index(h: &Handle, index: u32, object: &str) -> Result<bool> {
+    match h.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(m))
+            if [Errno::ENODEV as i32, Errno::ENOENT as i32].contains(&-m.raw_code()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(nl_err("delete link", object, e)),
     }
 }
 
-/// Names of the links that start with `prefix`, from one dump of every link
-/// (for gc, which is not on any hot path).
-pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<String>> {
+/// Names and aliases of the links whose names start with `prefix`, from
+/// one dump of every link (for gc, which is not on any hot path).
+pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<(String, Option<String>)>> {
     let links: Vec<LinkMessage> = h
         .link()
         .get()
@@ -662,10 +674,15 @@ pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<String>>
     Ok(links
         .iter()
         .filter_map(|l| {
-            l.attributes.iter().find_map(|a| match a {
+            let name = l.attributes.iter().find_map(|a| match a {
                 LinkAttribute::IfName(n) if n.starts_with(prefix) => Some(n.clone()),
                 _ => None,
-            })
+            })?;
+            let alias = l.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfAlias(s) => Some(s.clone()),
+                _ => None,
+            });
+            Some((name, alias))
         })
         .collect())
 }

@@ -166,6 +166,40 @@ impl Drop for PooledNl<'_> {
 impl NetInner {
     /// A netlink socket in the host namespace, from the pool or made anew
     /// (this thread enters the host namespace for the `socket(2)` call).
+    /// Delete the veths of removed sandboxes (renamed `<tag>~...`) that
+    /// nobody will: those whose remover is dead, and this process's own
+    /// that are not queued for deletion (their deletion failed). Those of
+    /// a live remover are its own. Returns the names deleted, and the
+    /// errors.
+    pub(crate) async fn delete_dying_links(&self) -> (Vec<String>, Vec<Error>) {
+        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
+        let links =
+            match link::links_named(&self.conn.handle, &reaper::dying_prefix(&self.tag)).await {
+                Ok(links) => links,
+                Err(e) => return (deleted, vec![e]),
+            };
+        let me = crate::sandbox::creator().ok();
+        for (name, alias) in links {
+            let remover = alias.as_deref().and_then(reaper::dying_remover);
+            let Some(remover) = remover.filter(|_| reaper::is_dying_name(&self.tag, &name)) else {
+                continue;
+            };
+            let ours = Some(remover) == me;
+            if (ours && self.deleting(&name))
+                || (!ours && crate::holder::is_alive(remover.pid, remover.start))
+            {
+                continue;
+            }
+            let object = format!("veth {name} of a removed sandbox");
+            match link::delete_link(&self.conn.handle, &name, &object).await {
+                Ok(true) => deleted.push(name),
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        (deleted, errors)
+    }
+
     pub(crate) fn host_nl(&self) -> Result<PooledNl<'_>> {
         let pooled = self.nl_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let nl = match pooled {
@@ -296,21 +330,22 @@ impl Network {
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
     ///
-    /// It first waits for the veths of sandboxes this process removed to be
-    /// deleted ([`Sandbox::remove`](crate::Sandbox::remove) leaves that to
-    /// the background), so when it returns, nothing of the network is left.
+    /// It first waits for the veths of sandboxes that this handle removed to
+    /// be deleted ([`Sandbox::remove`](crate::Sandbox::remove) leaves that
+    /// to the background), then deletes any that this process failed to
+    /// delete, or whose remover died (as [`gc`](Self::gc) does), so when it
+    /// returns, nothing of the network is left but the veths that live
+    /// removers (other processes, other handles) are deleting.
     ///
     /// # Errors
     /// [`Error::Busy`] naming the sandboxes left; [`Error::Netlink`] or
-    /// [`Error::Io`] naming what could not be deleted, including the veths
-    /// of removed sandboxes whose deletion in the background failed (then
-    /// nothing else is done: [`gc`](Self::gc) deletes them).
+    /// [`Error::Io`] naming what could not be deleted, including veths of
+    /// removed sandboxes (then nothing else is done).
     ///
     /// # Cancel safety
     /// Idempotent: a cancelled remove can be run again.
     pub async fn remove(&self) -> Result<()> {
         let inner = &self.inner;
-        inner.settled().await?;
         let _lock = inner.store.lock().await?;
         let sandboxes = inner.store.sandbox_names()?;
         if !sandboxes.is_empty() {
@@ -318,6 +353,21 @@ impl Network {
                 network: inner.bridge.clone(),
                 sandboxes,
             });
+        }
+        // A removal queues its veth's deletion before it lets go of its
+        // record, so with no record left, every deletion is queued: wait
+        // for them, then delete what they failed to.
+        let _ = inner.settled().await;
+        let (_, mut errors) = inner.delete_dying_links().await;
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => {
+                return Err(Error::Multiple {
+                    op: format!("remove network {:?}", inner.bridge),
+                    errors,
+                })
+            }
         }
         // This process's nf_tables table of the network's port mappings
         // (its rules went with the sandboxes); it would go when the network
@@ -575,30 +625,10 @@ impl Network {
             }
         }
         // Veths of removed sandboxes whose deletion in the background never
-        // happened: their remover died first, or the deletion failed. Those
-        // of a live remover are its own to delete; this process's are
-        // waited for first (so any left failed).
-        let _ = inner.settled().await;
-        let dying = reaper::dying_prefix(&inner.tag);
-        match link::links_named(&inner.conn.handle, &dying).await {
-            Ok(names) => {
-                for name in names {
-                    let Some(remover) = reaper::dying_remover(&inner.tag, &name) else {
-                        continue;
-                    };
-                    if remover != std::process::id() && process_lives(remover) {
-                        continue;
-                    }
-                    let object = format!("veth {name} of a removed sandbox");
-                    match link::delete_link(&inner.conn.handle, &name, &object).await {
-                        Ok(true) => report.links.push(name),
-                        Ok(false) => {}
-                        Err(e) => errors.push(e),
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
+        // happened: their remover died first, or the deletion failed.
+        let (deleted, failed) = inner.delete_dying_links().await;
+        report.links.extend(deleted);
+        errors.extend(failed);
         // This process's mappings of sandboxes without a live record, and
         // rules of its table that no live mapping claims (a deletion that
         // failed). A corrupt record keeps what it might own. The rules of
@@ -816,20 +846,6 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Whether a process `pid` exists (one that we may not signal does).
-fn process_lives(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(Errno::ESRCH)
-    )
 }
 
 /// Two base-36 characters derived from the bridge name.

@@ -948,18 +948,21 @@ impl Sandbox {
     /// [`persistent`](SandboxBuilder::persistent)) is killed and reaped in
     /// the background, with those of other removals: 100 ms after the last
     /// removal, or once 64 are waiting. So it may still run, in a namespace
-    /// with only `lo`, when this returns; ending each at once would have
+    /// with `lo` and an `eth0` without carrier until its veth is deleted,
+    /// when this returns; ending each at once would have
     /// the kernel destroy their namespaces one by one, in the way of the
     /// veth deletions (README "Performance"). Any other holder is stopped
     /// before this returns.
     ///
     /// Processes that joined the sandbox are not killed; they are left with
-    /// a namespace that has only `lo`.
+    /// a namespace whose `eth0` has no carrier, and then only `lo`.
     ///
     /// # Errors
     /// Every step is attempted; if any fails, [`Error::Multiple`] lists them
     /// all and the sandbox stays as it was for the steps that failed (call
-    /// `remove` again). Objects already gone count as removed. Port
+    /// `remove` again). A veth whose deletion in the background fails is
+    /// reported by [`Network::remove`](crate::Network::remove), which deletes
+    /// it then, as `gc` does. Objects already gone count as removed. Port
     /// mappings are the exception: they end whatever happens, and kernel
     /// rules that could not be deleted are left to
     /// [`gc`](crate::Network::gc) or to the end of the process, which takes
@@ -1060,9 +1063,10 @@ impl SbInner {
             .err()
             .into_iter()
             .collect();
-        // The veth is deleted by name only while the name is still ours: a
-        // stale handle must not take down a later sandbox of the same name.
-        // (Ours then goes with our holder's namespace.)
+        // The veth is touched only while the name is still ours (it is
+        // found by name unless this handle made it): a stale handle must
+        // not take down a later sandbox of the same name. (Ours then goes
+        // with our holder's namespace.)
         let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
         if ours && deletion == Deletion::Now {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
@@ -1073,25 +1077,44 @@ impl SbInner {
             // Off the bridge, down and renamed now; deleted in the background.
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
             let dying = reaper::dying_name(&self.net.tag);
-            let unplugged = self.net.host_nl().and_then(|mut nl| {
-                link::unplug_blocking(&mut nl, &self.veth, self.veth_index, &dying, &object)
+            let unplugged = creator().and_then(|me| {
+                let alias = reaper::dying_alias(me);
+                let mut nl = self.net.host_nl()?;
+                link::unplug_blocking(
+                    &mut nl,
+                    &self.veth,
+                    self.veth_index,
+                    &dying,
+                    &alias,
+                    &object,
+                )
             });
-            match unplugged {
+            let h = &self.net.conn.handle;
+            let deleted = match unplugged {
                 Ok(Unplugged::Renamed) => {
                     let object = format!(
                         "veth {dying} (was {}) of removed sandbox {:?}",
                         self.veth, self.name
                     );
                     self.net.delete_veth_later(dying, object);
+                    Ok(())
                 }
-                Ok(Unplugged::Gone | Unplugged::Deleted) => {}
-                Err(e) => errors.push(e),
-            }
+                Ok(Unplugged::Gone) => Ok(()),
+                // Then it is deleted now, as it is.
+                Ok(Unplugged::Stuck(index)) => {
+                    link::delete_link_index(h, index, &object).await.map(drop)
+                }
+                Err(e) => match link::delete_link(h, &self.veth, &object).await {
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(e),
+                },
+            };
+            errors.extend(deleted.err());
         }
         // The namespace, and a holder that dies with this process anyway,
         // outlive the removal for a moment (netns::bury): namespaces are
         // destroyed in batches, and no holder's exit is in the way of the
-        // next removal's veth deletion. Any other holder is ended now.
+        // veth deletions. Any other holder is ended now.
         let what = format!("sandbox {:?}", self.name);
         let ns = netns::netns_of(self.holder.pidfd().as_fd(), &what).ok();
         let later = self.holder.end_later();

@@ -307,9 +307,9 @@ fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
             .await
             .unwrap()
             .unwrap();
-        let reach = || b.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(300)));
+        let reach = |within| b.run(move || TcpStream::connect_timeout(&addr, within));
         // b reaches a before the removal.
-        reach().await.unwrap().unwrap();
+        reach(Duration::from_secs(5)).await.unwrap().unwrap();
 
         let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
         a.remove().await.unwrap();
@@ -322,7 +322,7 @@ fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
         assert!(!ports(&ctx.nl, "pn0").await.contains(&names[0]));
         assert!(!common::link_is_up(&ctx.nl, &names[0]).await);
         // So the old sandbox, whose listener is still open, is out of reach.
-        assert!(reach().await.unwrap().is_err());
+        assert!(reach(Duration::from_millis(300)).await.unwrap().is_err());
         // The name and the address are free at once: a new "a" gets both,
         // and is reached, not the old one. (From a new sandbox: b's
         // neighbour entry still has the old one's MAC address for a while,
@@ -377,13 +377,27 @@ fn removals_queued_behind_a_deletion_in_flight_go_to_the_kernel_together() {
         ctx.nl.link().del(gone.unwrap()).execute().await.unwrap();
         pods[5].remove().await.unwrap();
 
-        remove_queued(&net, &pods[..5]).await;
+        // Queued behind a deletion held in flight; one of them is deleted
+        // meanwhile, under its new name, by somebody else.
+        let tag = keep.host_interface().trim_start_matches("keep-").to_owned();
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        for p in &pods[..5] {
+            p.remove().await.unwrap();
+        }
+        assert_eq!(podnet::internals::veth_deletions_waiting(&net), 5);
+        let renamed = links_starting(&ctx, &format!("{tag}~")).await;
+        assert_eq!(renamed.len(), 5, "{renamed:?}");
+        let index = common::link_index(&ctx.nl, &renamed[0]).await.unwrap();
+        ctx.nl.link().del(index).execute().await.unwrap();
+        drop(held);
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .expect("a link gone already is no failure");
         // In one kernel operation, not the one-by-one fallback.
         assert_eq!(podnet::internals::veth_batches(&net), [(5, true)]);
         let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
         assert_eq!(ports(&ctx.nl, "pn0").await, want);
         assert!(common::links(&ctx.nl).await.contains("other0"));
-        let tag = keep.host_interface().trim_start_matches("keep-").to_owned();
         assert!(links_starting(&ctx, &format!("{tag}~")).await.is_empty());
         assert_eq!(keep.phase(), Phase::Running);
 
@@ -421,54 +435,85 @@ fn a_veth_is_deleted_even_while_a_process_keeps_its_namespace() {
     });
 }
 
+/// The start time of process `pid` (`/proc/PID/stat`, field 22).
+fn start_time(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
 #[test]
 fn gc_deletes_the_veths_of_removed_sandboxes_that_no_process_deleted() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pod = net.sandbox("a").create().await.unwrap();
         let tag = pod.host_interface().trim_start_matches("a-").to_owned();
-        // As a remover that died before its deletion in the background
-        // leaves it (while a process keeps the namespace): renamed after
-        // the dead remover, down, on no bridge.
         let mut dead = std::process::Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
         dead.wait().unwrap();
-        let left = format!("{tag}~{dead_pid:06x}abcdef");
-        // A live remover's is its own to delete; links that only look a
-        // bit like one stay too.
         let mut live = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
             .unwrap();
-        let others = [
-            format!("{tag}~{:06x}abcdef", live.id()),
-            format!("{tag}~01234"),
-            format!("{tag}~0123456789az"),
+        let (live_pid, me) = (live.id(), std::process::id());
+        let removed_by = |pid: u32, start: u64| Some(format!("podnet removed by {pid}:{start}"));
+        // (name, alias, whether gc deletes it). As a remover leaves them
+        // that died before its deletion in the background (while a process
+        // keeps the namespace): renamed, with the remover in the alias.
+        let cases = [
+            (format!("{tag}~00000000000a"), removed_by(dead_pid, 1), true),
+            // Its PID now someone else's.
+            (format!("{tag}~00000000000b"), removed_by(live_pid, 1), true),
+            // This process's, not queued: a deletion that failed.
+            (
+                format!("{tag}~00000000000c"),
+                removed_by(me, start_time(me)),
+                true,
+            ),
+            // A live remover's is its own to delete.
+            (
+                format!("{tag}~00000000000d"),
+                removed_by(live_pid, start_time(live_pid)),
+                false,
+            ),
+            // Not podnet's doing.
+            (format!("{tag}~00000000000e"), None, false),
+            (format!("{tag}~0000000000"), removed_by(dead_pid, 1), false),
+            (
+                format!("{tag}~00000000000z"),
+                removed_by(dead_pid, 1),
+                false,
+            ),
         ];
-        for (i, name) in std::iter::once(&left).chain(&others).enumerate() {
+        for (i, (name, alias, _)) in cases.iter().enumerate() {
             ctx.nl
                 .link()
                 .add(rtnetlink::LinkVeth::new(name, &format!("peer{i}")).build())
                 .execute()
                 .await
                 .unwrap();
+            if let Some(alias) = alias {
+                ctx.nl
+                    .link()
+                    .set(
+                        rtnetlink::LinkUnspec::new_with_name(name)
+                            .alias(alias)
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .unwrap();
+            }
         }
-        let report = net.gc().await.unwrap();
-        assert_eq!(report.links, vec![left.clone()]);
+        let mut report = net.gc().await.unwrap();
+        report.links.sort();
+        let want: Vec<String> = cases.iter().filter(|c| c.2).map(|c| c.0.clone()).collect();
+        assert_eq!(report.links, want);
         let links = common::links(&ctx.nl).await;
-        assert!(!links.contains(&left));
-        assert!(others.iter().all(|o| links.contains(o)), "{links:?}");
+        for (name, _, gone) in &cases {
+            assert_eq!(!links.contains(name), *gone, "{name}");
+        }
         assert!(links.contains(pod.host_interface()));
-        // This process's own, once its deletions are done, were left by a
-        // deletion that failed: gc takes them too.
-        let own = format!("{tag}~{:06x}000000", std::process::id());
-        ctx.nl
-            .link()
-            .add(rtnetlink::LinkVeth::new(&own, "peer9").build())
-            .execute()
-            .await
-            .unwrap();
-        assert_eq!(net.gc().await.unwrap().links, vec![own]);
         live.kill().unwrap();
         live.wait().unwrap();
         pod.remove().await.unwrap();
@@ -1020,6 +1065,11 @@ fn a_cancelled_create_leaves_nothing_behind() {
         })
         .await;
         eprintln!("cancelled holder gone after {took:?}");
+        // (A sandbox made and removed in the loop above: its veth's
+        // deletion in the background.)
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
         assert_eq!(snapshot(&ctx.nl).await, before);
         // Nothing claims a name or an address any more.
         assert!(files_under(&ctx.state).iter().all(|f| {

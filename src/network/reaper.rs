@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::NetInner;
 use crate::error::{Error, Result};
+use crate::ipam::Ident;
 use crate::link;
 
 /// The deletions of a network's veths waiting for the one in flight.
@@ -47,6 +48,8 @@ const BATCH_MAX: usize = 64;
 #[derive(Debug, Default)]
 struct Queue {
     waiting: Vec<Waiting>,
+    /// The names of the batch being sent.
+    in_flight: Vec<String>,
     /// Whether a thread is sending deletions (and will take `waiting`).
     busy: bool,
     /// Deletions that failed since [`NetInner::settled`] last reported.
@@ -90,8 +93,14 @@ impl NetInner {
         }
     }
 
-    /// Wait until every veth deletion asked so far is done; the errors of
-    /// those that failed since the last call, if any.
+    /// Whether the deletion of veth `name` is queued or being sent.
+    pub(crate) fn deleting(&self, name: &str) -> bool {
+        let queue = self.reaper.lock();
+        queue.in_flight.iter().any(|n| n == name) || queue.waiting.iter().any(|w| w.name == name)
+    }
+
+    /// Wait until the queue is empty and no deletion is in flight; the
+    /// errors of the deletions that failed since the last call, if any.
     pub(crate) async fn settled(&self) -> Result<()> {
         loop {
             let idle = self.reaper.idle.notified();
@@ -116,22 +125,13 @@ impl NetInner {
     }
 }
 
-/// A name for the veth of a removed sandbox until it is deleted:
-/// `<tag>~`, then the remover's PID and 24 random bits in 12 hex digits
-/// (15 characters, as IFNAMSIZ allows). The PID tells gc whether the
-/// remover lives (and will delete it); no sandbox's veth looks like that,
-/// since a sandbox name has no `~`.
+/// A name for the veth of a removed sandbox until it is deleted: `<tag>~`
+/// and 48 random bits in 12 hex digits (15 characters, as IFNAMSIZ
+/// allows). No sandbox's veth looks like that: a sandbox name has no `~`.
 pub(crate) fn dying_name(tag: &str) -> String {
-    let pid = std::process::id();
     let mut h = RandomState::new().build_hasher();
-    h.write_u32(pid);
-    format!(
-        "{}{:06x}{:06x}",
-        dying_prefix(tag),
-        // PIDs are below 2^22 (PID_MAX_LIMIT).
-        pid & 0xff_ffff,
-        h.finish() & 0xff_ffff
-    )
+    h.write_u32(std::process::id());
+    format!("{tag}~{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
 /// What the names of [`dying_name`] start with.
@@ -139,13 +139,28 @@ pub(crate) fn dying_prefix(tag: &str) -> String {
     format!("{tag}~")
 }
 
-/// The remover's PID, if `name` is one of [`dying_name`]'s for `tag`.
-pub(crate) fn dying_remover(tag: &str, name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(&dying_prefix(tag))?;
-    if rest.len() != 12 || !rest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u32::from_str_radix(&rest[..6], 16).ok()
+/// Whether `name` is one of [`dying_name`]'s for `tag`.
+pub(crate) fn is_dying_name(tag: &str, name: &str) -> bool {
+    name.strip_prefix(&dying_prefix(tag))
+        .is_some_and(|rest| rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The alias a removed sandbox's veth gets: who removed it (and so will
+/// delete it), by PID and start time, so gc tells a live remover's from
+/// one whose remover died, PID reuse or not.
+pub(crate) fn dying_alias(remover: Ident) -> String {
+    format!("{DYING_ALIAS}{}:{}", remover.pid, remover.start)
+}
+
+const DYING_ALIAS: &str = "podnet removed by ";
+
+/// The remover an alias of [`dying_alias`] names.
+pub(crate) fn dying_remover(alias: &str) -> Option<Ident> {
+    let (pid, start) = alias.strip_prefix(DYING_ALIAS)?.split_once(':')?;
+    Some(Ident {
+        pid: pid.parse().ok()?,
+        start: start.parse().ok()?,
+    })
 }
 
 /// Send the queued deletions from a blocking thread until none is left.
@@ -170,24 +185,37 @@ struct Sender {
 
 impl Drop for Sender {
     fn drop(&mut self) {
-        if !self.done {
-            let mut queue = self.net.reaper.lock();
-            queue.busy = false;
-            let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
-            queue.failed.extend(
-                dropped
-                    .into_iter()
-                    .map(|w| Error::sys("delete", &w.object, Errno::ECANCELED)),
-            );
-            drop(queue);
-            self.net.reaper.idle.notify_waiters();
+        if self.done {
+            return;
         }
+        if !std::thread::panicking() {
+            // Never run (the runtime is shutting down, and blocks for its
+            // blocking work anyway): send them from here.
+            self.send_all();
+            return;
+        }
+        let mut queue = self.net.reaper.lock();
+        queue.busy = false;
+        queue.in_flight.clear();
+        let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
+        queue.failed.extend(
+            dropped
+                .into_iter()
+                .map(|w| Error::sys("delete", &w.object, Errno::ECANCELED)),
+        );
+        drop(queue);
+        self.net.reaper.idle.notify_waiters();
     }
 }
 
 impl Sender {
     fn run(mut self) {
-        let net = &self.net;
+        self.send_all();
+    }
+
+    /// Send batches until the queue is empty; then free it.
+    fn send_all(&mut self) {
+        let net = self.net.clone();
         loop {
             let nl = net.host_nl();
             let batch = {
@@ -199,12 +227,15 @@ impl Sender {
                 };
                 if take == 0 {
                     queue.busy = false;
+                    queue.in_flight.clear();
                     self.done = true;
                     drop(queue);
                     net.reaper.idle.notify_waiters();
                     return;
                 }
-                queue.waiting.drain(..take).collect::<Vec<_>>()
+                let batch = queue.waiting.drain(..take).collect::<Vec<_>>();
+                queue.in_flight = batch.iter().map(|w| w.name.clone()).collect();
+                batch
             };
             let (results, together) = match nl {
                 Ok(mut nl) => {
