@@ -22,16 +22,21 @@
 //!
 //! Why exec at all: a plain fork of a multi-threaded runtime shares its whole
 //! heap copy-on-write, and keeps all of it alive once the creator exits. The
-//! program we exec is 41 bytes of code: it names itself `podnet-pause` and
+//! program we exec is 80 bytes of code: it names itself `podnet-pause`, then
+//! polls its fd 3 and exits once that is readable, or, without an fd 3,
 //! calls `pause()` forever. Its signal dispositions are set before the exec:
 //! SIGTERM and SIGINT end it (default action), SIGCHLD is ignored so the
 //! kernel reaps any child it adopts, every other fd is closed and its stdio is
 //! `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
 //!
-//! Clones run on a few dedicated threads per process (one per CPU, at most
-//! four, used in turn), because `PR_SET_PDEATHSIG` fires when the *thread*
-//! that forked exits (prctl(2)), not the process: a holder made on a tokio
-//! blocking thread would die when that thread idles out.
+//! A holder that dies with its creator gets as fd 3 a pidfd of the creator
+//! process (its *lifeline*, [`lifeline`]), which polls readable when that
+//! process exits, so it is cloned on whatever thread creates the sandbox.
+//! A parent-death signal (`PR_SET_PDEATHSIG`) would fire when the *thread*
+//! that cloned it exits (prctl(2)), not the process: where the holder
+//! program has no lifeline (aarch64), or the holder gets a PID namespace of
+//! its own, those holders are cloned on a few dedicated threads per process
+//! instead (one per CPU, at most four, used in turn), or on the main thread.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt;
@@ -79,8 +84,8 @@ pub(crate) struct Holder {
     start_time: u64,
     /// Whether we are its parent, so `waitid` can reap it.
     child: bool,
-    /// Whether it dies with this process (`PR_SET_PDEATHSIG`): a child of
-    /// ours made so, never an adopted one.
+    /// Whether it dies with this process (its lifeline, or
+    /// `PR_SET_PDEATHSIG`): a child of ours made so, never an adopted one.
     dies_with_us: bool,
     /// Whether it has been reaped (only meaningful for our children).
     reaped: std::sync::atomic::AtomicBool,
@@ -479,10 +484,12 @@ enum SpawningInner {
 /// [`spawn`], which does so when first polled), so the caller can do other
 /// work meanwhile.
 pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
-    // The main thread lives as long as the process, so a holder it forks
-    // may carry the death signal: clone here, without two thread hand-offs
-    // (on a busy machine, the wait for the spawner thread to get a CPU).
-    if nix::unistd::gettid() == nix::unistd::getpid() {
+    // Clone here, without two thread hand-offs (on a busy machine, the
+    // wait for the spawner thread to get a CPU), unless the holder would
+    // carry a death signal and this thread may end before the process:
+    // the main thread lives as long as the process.
+    let signal = spec.die_with_creator && !lifeline(&spec);
+    if !signal || nix::unistd::gettid() == nix::unistd::getpid() {
         let result = clone_holder(&spec).map(|h| Unclaimed(Some(h)));
         return Ok(Spawning(SpawningInner::Done(result)));
     }
@@ -732,6 +739,9 @@ struct ChildArgs {
     envp: *const *const c_char,
     root: *const c_char,
     die_with_creator: bool,
+    /// Whether the holder watches its creator through a pidfd, its fd 3
+    /// (see [`lifeline`]), rather than a parent-death signal.
+    lifeline: bool,
     creator: libc::pid_t,
     sig_default: KernelSigaction,
     sig_ignore: KernelSigaction,
@@ -753,7 +763,7 @@ struct KernelSigaction {
 }
 
 /// The steps of the child, for error messages.
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "",
     "unshare fd table of holder",
     "set parent-death signal of holder",
@@ -761,7 +771,20 @@ const STEPS: [&str; 7] = [
     "set up stdio of holder",
     "chdir / in holder",
     "exec holder program",
+    "open a pidfd of its creator in holder",
 ];
+
+/// Whether holders that die with their creator watch it through a pidfd
+/// (their fd 3, which the holder program polls) rather than a parent-death
+/// signal, which fires when the *thread* that cloned them exits (prctl(2)),
+/// so that any thread may clone them: where the holder program does so.
+const LIFELINE: bool = cfg!(target_arch = "x86_64");
+
+/// Whether the holder made from `spec` watches its creator by a pidfd: it
+/// dies with it, and is in its PID namespace, where the PID names it.
+fn lifeline(spec: &HolderSpec) -> bool {
+    LIFELINE && spec.die_with_creator && !spec.namespaces.contains(CloneFlags::CLONE_NEWPID)
+}
 
 /// Whether the child runs alongside the thread that cloned it (no
 /// `CLONE_VFORK`): where its system calls are made without glibc, which
@@ -862,7 +885,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
     }
     // Our stdio next, so the creator's fds 0-2 are let go at once too
-    // (`devnull` is never 0-2: see `above_stdio`).
+    // (`devnull` is never 0-3: see `above_3`).
     for fd in 0..3 {
         if let Err(errno) = sys(libc::SYS_dup3, [int(a.devnull), fd, 0, 0, 0, 0]) {
             return fail(4, errno);
@@ -874,16 +897,36 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     if high > low + 1 {
         let _ = close(low + 1, high - 1, 0);
     }
-    if a.die_with_creator {
+    if a.lifeline {
+        // A pidfd of the creator, as fd 3 and kept across the exec: the
+        // holder program exits once it polls readable (the creator exited).
+        // Our fds are 0-2 and podnet's two, both above 3 (`above_3`), so
+        // the kernel gives 3 unless it is taken.
+        let fd = match sys(libc::SYS_pidfd_open, [int(a.creator), 0, 0, 0, 0, 0]) {
+            Ok(fd) => fd,
+            Err(errno) => return fail(7, errno),
+        };
+        let kept = if fd == 3 {
+            sys(libc::SYS_fcntl, [3, int(libc::F_SETFD), 0, 0, 0, 0])
+        } else {
+            let moved = sys(libc::SYS_dup3, [fd, 3, 0, 0, 0, 0]);
+            let _ = sys(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+            moved
+        };
+        if let Err(errno) = kept {
+            return fail(7, errno);
+        }
+    } else if a.die_with_creator {
         let pdeathsig = [int(libc::PR_SET_PDEATHSIG), int(libc::SIGKILL), 0, 0, 0, 0];
         if let Err(errno) = sys(libc::SYS_prctl, pdeathsig) {
             return fail(2, errno);
         }
-        // The creator may have died before the prctl: then we were
-        // reparented and must not live on.
-        if sys(libc::SYS_getppid, [0; 6]) != Ok(int(a.creator)) {
-            return fail(3, libc::ESRCH);
-        }
+    }
+    // The creator may have died before the pidfd or the prctl: then we
+    // were reparented and must not live on. (While it is our parent, the
+    // pidfd is its.)
+    if a.die_with_creator && sys(libc::SYS_getppid, [0; 6]) != Ok(int(a.creator)) {
+        return fail(3, libc::ESRCH);
     }
     // Out of the creator's session, so a terminal's ^C reaches the creator
     // (and, through the death signal, us) but not persistent holders.
@@ -901,8 +944,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         }
     }
     let _ = action(libc::SIGCHLD, &a.sig_ignore);
-    // Everything else closes at exec: the holder holds nothing open.
-    let _ = close(3, -1, libc::CLOSE_RANGE_CLOEXEC);
+    // Everything else closes at exec: the holder holds nothing open but
+    // its lifeline (fd 3), if it has one.
+    let _ = close(4, -1, libc::CLOSE_RANGE_CLOEXEC);
     if let Err(errno) = sys(libc::SYS_chdir, [a.root as usize, 0, 0, 0, 0, 0]) {
         return fail(5, errno);
     }
@@ -1063,6 +1107,7 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
             envp: std::ptr::null(),
             root: c"/".as_ptr(),
             die_with_creator: spec.die_with_creator,
+            lifeline: lifeline(spec),
             creator: nix::unistd::getpid().as_raw(),
             sig_default: sig(libc::SIG_DFL),
             sig_ignore: sig(libc::SIG_IGN),
@@ -1172,7 +1217,7 @@ fn devnull() -> Result<&'static OwnedFd> {
             .write(true)
             .open("/dev/null")
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
-            .and_then(|f| above_stdio(f.into()))
+            .and_then(|f| above_3(f.into()))
     });
     fd.as_ref()
         .map_err(|errno| Error::sys("open", "/dev/null", *errno))
@@ -1215,17 +1260,18 @@ fn make_holder_memfd() -> std::result::Result<OwnedFd, (&'static str, Errno)> {
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
         return Err(("seal holder program", Errno::last()));
     }
-    above_stdio(file.into()).map_err(|errno| ("fcntl(F_DUPFD_CLOEXEC) holder program", errno))
+    above_3(file.into()).map_err(|errno| ("fcntl(F_DUPFD_CLOEXEC) holder program", errno))
 }
 
-/// `fd`, or a copy numbered 3 or more if it is 0, 1 or 2 (a creator started
-/// with stdio closed): the child puts /dev/null on those.
-fn above_stdio(fd: OwnedFd) -> std::result::Result<OwnedFd, Errno> {
-    if fd.as_raw_fd() > 2 {
+/// `fd`, or a copy numbered 4 or more if it is 0-3: the child puts
+/// /dev/null on 0-2 (a creator may have started with stdio closed) and its
+/// lifeline on 3.
+fn above_3(fd: OwnedFd) -> std::result::Result<OwnedFd, Errno> {
+    if fd.as_raw_fd() > 3 {
         return Ok(fd);
     }
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) on an fd we own; the new fd is ours.
-    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    let copy = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 4) };
     if copy < 0 {
         return Err(Errno::last());
     }
@@ -1239,23 +1285,54 @@ const BASE: u64 = 0x40_0000;
 const EHDR_SIZE: u16 = 64;
 const PHDR_SIZE: u16 = 56;
 
-/// Machine code of the holder, then its NUL-terminated name.
+/// Machine code of the holder, then its NUL-terminated name. It polls its
+/// fd 3 (a pidfd of its creator: see [`lifeline`]) and exits once that is
+/// readable; without an fd 3 (`POLLNVAL`) it pauses forever.
 ///
 /// ```text
-///  0: bf 0f 00 00 00         mov  edi, 15            ; PR_SET_NAME
-///  5: 48 8d 35 10 00 00 00   lea  rsi, [rip + 16]    ; -> name at 28
-/// 12: b8 9d 00 00 00         mov  eax, 157           ; SYS_prctl
-/// 17: 0f 05                  syscall
-/// 19: b8 22 00 00 00   loop: mov  eax, 34            ; SYS_pause
-/// 24: 0f 05                  syscall
-/// 26: eb f7                  jmp  loop
-/// 28: "podnet-pause\0"
+///  0: bf 0f 00 00 00           mov  edi, 15             ; PR_SET_NAME
+///  5: 48 8d 35 44 00 00 00     lea  rsi, [rip + 68]     ; -> name at 80
+/// 12: b8 9d 00 00 00           mov  eax, 157            ; SYS_prctl
+/// 17: 0f 05                    syscall
+/// 19: 48 b8 03 00 00 00        movabs rax, 0x100000003  ; struct pollfd:
+///     01 00 00 00                                       ;  fd 3, POLLIN
+/// 29: 50                       push rax
+/// 30: 48 89 e7                 mov  rdi, rsp
+/// 33: be 01 00 00 00     poll: mov  esi, 1              ; one fd
+/// 38: ba ff ff ff ff           mov  edx, -1             ; no timeout
+/// 43: b8 07 00 00 00           mov  eax, 7              ; SYS_poll
+/// 48: 0f 05                    syscall
+/// 50: 48 85 c0                 test rax, rax
+/// 53: 7e ea                    jle  poll                ; EINTR: again
+/// 55: f6 44 24 06 20           test byte [rsp + 6], 0x20 ; revents POLLNVAL
+/// 60: 75 09                    jnz  pause
+/// 62: 31 ff                    xor  edi, edi
+/// 64: b8 e7 00 00 00           mov  eax, 231            ; SYS_exit_group
+/// 69: 0f 05                    syscall
+/// 71: b8 22 00 00 00    pause: mov  eax, 34             ; SYS_pause
+/// 76: 0f 05                    syscall
+/// 78: eb f7                    jmp  pause
+/// 80: "podnet-pause\0"
 /// ```
 #[cfg(target_arch = "x86_64")]
 const CODE: &[u8] = &[
     0xbf, 0x0f, 0x00, 0x00, 0x00, // mov edi, 15
-    0x48, 0x8d, 0x35, 0x10, 0x00, 0x00, 0x00, // lea rsi, [rip+16]
+    0x48, 0x8d, 0x35, 0x44, 0x00, 0x00, 0x00, // lea rsi, [rip+68]
     0xb8, 0x9d, 0x00, 0x00, 0x00, // mov eax, 157
+    0x0f, 0x05, // syscall
+    0x48, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, // movabs rax
+    0x50, // push rax
+    0x48, 0x89, 0xe7, // mov rdi, rsp
+    0xbe, 0x01, 0x00, 0x00, 0x00, // mov esi, 1
+    0xba, 0xff, 0xff, 0xff, 0xff, // mov edx, -1
+    0xb8, 0x07, 0x00, 0x00, 0x00, // mov eax, 7
+    0x0f, 0x05, // syscall
+    0x48, 0x85, 0xc0, // test rax, rax
+    0x7e, 0xea, // jle -22
+    0xf6, 0x44, 0x24, 0x06, 0x20, // test byte [rsp+6], 0x20
+    0x75, 0x09, // jnz +9
+    0x31, 0xff, // xor edi, edi
+    0xb8, 0xe7, 0x00, 0x00, 0x00, // mov eax, 231
     0x0f, 0x05, // syscall
     0xb8, 0x22, 0x00, 0x00, 0x00, // mov eax, 34
     0x0f, 0x05, // syscall
@@ -1264,8 +1341,9 @@ const CODE: &[u8] = &[
 #[cfg(target_arch = "x86_64")]
 const MACHINE: u16 = 62; // EM_X86_64
 
-/// The same for AArch64, which has no `pause` syscall: `ppoll(NULL, 0, NULL, NULL)`
-/// sleeps until a signal, as `pause` does.
+/// For AArch64, which has no `pause` syscall: `ppoll(NULL, 0, NULL, NULL)`
+/// sleeps until a signal, as `pause` does. No lifeline here (its holders
+/// die with their creator by a parent-death signal): it only pauses.
 ///
 /// ```text
 ///  0: d28001e0   mov  x0, #15           ; PR_SET_NAME
@@ -1378,15 +1456,66 @@ mod tests {
         assert_eq!(comm().trim(), HOLDER_COMM);
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
         assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .count();
-        assert_eq!(fds, 3, "only stdin, stdout, stderr");
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: &[&str] = if LIFELINE {
+            &["0", "1", "2", "3"]
+        } else {
+            &["0", "1", "2"]
+        };
+        let mut fds = fds;
+        fds.sort();
+        assert_eq!(fds, want, "stdin, stdout, stderr and its lifeline");
+        if LIFELINE {
+            let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+            assert_eq!(fd3.to_string_lossy(), "anon_inode:[pidfd]");
+        }
         assert_eq!(holder.start_time(), proc_start_time(pid).unwrap());
         assert_eq!(holder.try_exit(), Ok(None));
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let exit = holder.wait().await.unwrap();
         assert_eq!(exit, Exit::Signal(libc::SIGTERM));
         assert_eq!(exit.to_string(), "killed by SIGTERM");
+    }
+
+    /// A holder that outlives its creator has no lifeline: the program
+    /// finds no fd 3 and pauses.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_persistent_holder_pauses_without_a_lifeline() {
+        let holder = spawn(HolderSpec {
+            argv: vec![HOLDER_COMM.into(), "unit".into(), "persistent".into()],
+            namespaces: CloneFlags::empty(),
+            die_with_creator: false,
+        })
+        .await
+        .expect("spawn holder");
+        let pid = holder.pid();
+        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        let t = std::time::Instant::now();
+        while comm().trim() != HOLDER_COMM && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // Past its poll: sleeping in pause, not exited.
+        let t = std::time::Instant::now();
+        let syscall = || std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap();
+        // pause(2) on x86_64, ppoll(2) on aarch64, as /proc numbers them.
+        let sleeping = if cfg!(target_arch = "x86_64") {
+            "34 "
+        } else {
+            "73 "
+        };
+        while !syscall().starts_with(sleeping) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(syscall().starts_with(sleeping), "asleep: {}", syscall());
+        assert_eq!(holder.try_exit(), Ok(None));
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        assert_eq!(fds, 3, "only stdin, stdout, stderr");
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        assert_eq!(holder.wait().await.unwrap(), Exit::Signal(libc::SIGTERM));
     }
 }

@@ -163,8 +163,8 @@ impl SandboxBuilder {
     }
 
     /// Whether the holder outlives the process that created the sandbox
-    /// (default `false`: it is killed, through `PR_SET_PDEATHSIG`, when that
-    /// process exits). A persistent sandbox stays until it is removed.
+    /// (default `false`: it exits when that process exits, which it watches
+    /// through a pidfd). A persistent sandbox stays until it is removed.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self

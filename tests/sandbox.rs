@@ -1036,40 +1036,69 @@ fn a_failure_half_way_rolls_back_what_was_made() {
 }
 
 #[test]
+fn a_sandbox_made_on_a_thread_that_ends_lives_on() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let on_thread = net.clone();
+        let made = tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(on_thread.sandbox("t").create())
+            })
+            .join()
+        });
+        let pod = made.await.unwrap().unwrap().unwrap();
+        // The thread (and runtime) that made it, and cloned its holder, is
+        // gone; the holder dies with this process, not with that thread.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(pod.phase(), Phase::Running);
+        assert!(std::path::Path::new(&format!("/proc/{}", pod.holder_pid())).exists());
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_cancelled_create_leaves_nothing_behind() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let before = snapshot(&ctx.nl).await;
         let holders_before = holders();
-        // The first poll reserves the address and hands the clone to the
-        // spawner thread; then the caller gives up. (The rest of create()
-        // is synchronous, so if the spawner thread is done before that poll
-        // waits for it, which happens under load, the create finishes in
-        // that one poll: remove that sandbox and try again.)
-        let mut tries = 0;
-        let create = loop {
-            let mut create = Box::pin(net.sandbox("web").create());
-            match futures::poll!(&mut create) {
-                std::task::Poll::Pending => break create,
-                std::task::Poll::Ready(pod) => pod.unwrap().remove().await.unwrap(),
-            }
-            tries += 1;
-            assert!(tries < 50, "create() never waited for its holder");
-        };
+        // Another holder of the store's lock (as another process's create
+        // or gc would be) makes the create wait for it, after its holder is
+        // cloned; then the caller gives up.
+        let store = files_under(&ctx.state)
+            .into_iter()
+            .find(|f| f.ends_with("bridge-made-here"))
+            .expect("the store")
+            .with_file_name("lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&store)
+            .unwrap();
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let mut create = Box::pin(net.sandbox("web").create());
+        assert!(futures::poll!(&mut create).is_pending());
+        common::eventually("its holder runs", Duration::from_secs(10), || {
+            holders().len() == holders_before.len() + 1
+        })
+        .await;
         drop(create);
-        // The spawner thread may not have run the clone yet: let it finish
-        // its queue (it ends a holder nobody claims), then wait for the end.
+        drop(lock);
+        // The spawner thread, where clones are made on it, may not have run
+        // the clone yet: let it finish its queue (it ends a holder nobody
+        // claims), then wait for the end.
         podnet::internals::flush_spawner().await.unwrap();
         let took = common::eventually("the cancelled holder ends", Duration::from_secs(10), || {
             holders() == holders_before
         })
         .await;
         eprintln!("cancelled holder gone after {took:?}");
-        // (A sandbox made and removed in the loop above: its veth's
-        // deletion in the background.)
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
         assert_eq!(snapshot(&ctx.nl).await, before);
         // Nothing claims a name or an address any more.
         assert!(files_under(&ctx.state).iter().all(|f| {
