@@ -111,7 +111,7 @@ async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
         .await?;
 
     // Warm-up, untimed: the first create also makes the holder program's
-    // memfd and podnet's spawner thread.
+    // memfd and the pidfd that holders watch.
     let warm = net.sandbox("warm").create().await?;
     warm.remove().await?;
     fork_exec().await?;

@@ -22,7 +22,7 @@
 //!
 //! Why exec at all: a plain fork of a multi-threaded runtime shares its whole
 //! heap copy-on-write, and keeps all of it alive once the creator exits. The
-//! program we exec is 80 bytes of code: it names itself `podnet-pause`, then
+//! program we exec is 86 bytes of code: it names itself `podnet-pause`, then
 //! polls its fd 3 and exits once that is readable, or, without an fd 3,
 //! calls `pause()` forever. Its signal dispositions are set before the exec:
 //! SIGTERM and SIGINT end it (default action), SIGCHLD is ignored so the
@@ -34,9 +34,9 @@
 //! process exits, so it is cloned on whatever thread creates the sandbox.
 //! A parent-death signal (`PR_SET_PDEATHSIG`) would fire when the *thread*
 //! that cloned it exits (prctl(2)), not the process: where the holder
-//! program has no lifeline (aarch64), or the holder gets a PID namespace of
-//! its own, those holders are cloned on a few dedicated threads per process
-//! instead (one per CPU, at most four, used in turn), or on the main thread.
+//! program has no lifeline (aarch64), or the kernel refuses `pidfd_open`,
+//! those holders are cloned on a few dedicated threads per process instead
+//! (one per CPU, at most four, used in turn), or on the main thread.
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::fmt;
@@ -63,7 +63,7 @@ pub(crate) struct HolderSpec {
     pub argv: Vec<String>,
     /// The namespaces the holder gets (`CLONE_NEWNET`, ...).
     pub namespaces: CloneFlags,
-    /// Whether the holder is killed when the creating process exits.
+    /// Whether the holder ends when the creating process exits.
     pub die_with_creator: bool,
 }
 
@@ -458,8 +458,8 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
 /// Start a holder with fresh namespaces.
 ///
 /// # Cancel safety
-/// If cancelled after the clone was handed to the spawner thread, the holder
-/// is killed and reaped by that thread; nothing is left.
+/// If cancelled after the clone was made or handed to a spawner thread, the
+/// holder is killed and reaped; nothing is left.
 #[cfg(test)]
 pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
     let mut holder = start(spec)?.wait().await?;
@@ -467,8 +467,9 @@ pub(crate) async fn spawn(spec: HolderSpec) -> Result<Holder> {
     Ok(holder)
 }
 
-/// A holder being cloned on the spawner thread; [`wait`](Spawning::wait)
-/// for it. Dropped unwaited, it ends the holder (or the clone never runs).
+/// A holder cloned on the calling thread or being cloned on a spawner
+/// thread; [`wait`](Spawning::wait) for it. Dropped unwaited, it ends the
+/// holder (or the clone never runs).
 #[derive(Debug)]
 pub(crate) struct Spawning(SpawningInner);
 
@@ -480,15 +481,16 @@ enum SpawningInner {
     Done(Result<Unclaimed>),
 }
 
-/// Hand the clone of a holder to the spawner thread, at once (unlike
-/// [`spawn`], which does so when first polled), so the caller can do other
-/// work meanwhile.
+/// Clone a holder, at once (unlike [`spawn`], which does so when first
+/// polled): on this thread, or, for a holder that would carry a
+/// parent-death signal, on the main thread or a spawner thread, while the
+/// caller does other work.
 pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
     // Clone here, without two thread hand-offs (on a busy machine, the
     // wait for the spawner thread to get a CPU), unless the holder would
     // carry a death signal and this thread may end before the process:
     // the main thread lives as long as the process.
-    let signal = spec.die_with_creator && !lifeline(&spec);
+    let signal = spec.die_with_creator && lifeline(&spec).is_none();
     if !signal || nix::unistd::gettid() == nix::unistd::getpid() {
         let result = clone_holder(&spec).map(|h| Unclaimed(Some(h)));
         return Ok(Spawning(SpawningInner::Done(result)));
@@ -509,7 +511,7 @@ pub(crate) fn start(spec: HolderSpec) -> Result<Spawning> {
 }
 
 impl Spawning {
-    /// The holder, once the spawner thread has made it.
+    /// The holder, once it is made.
     ///
     /// # Cancel safety
     /// If cancelled, the holder is killed and reaped by the spawner thread.
@@ -739,9 +741,10 @@ struct ChildArgs {
     envp: *const *const c_char,
     root: *const c_char,
     die_with_creator: bool,
-    /// Whether the holder watches its creator through a pidfd, its fd 3
-    /// (see [`lifeline`]), rather than a parent-death signal.
-    lifeline: bool,
+    /// A pidfd of the creator process that the holder keeps as its fd 3 and
+    /// watches (see [`lifeline`]), or -1: then it has a parent-death signal
+    /// if it dies with its creator.
+    lifeline: RawFd,
     creator: libc::pid_t,
     sig_default: KernelSigaction,
     sig_ignore: KernelSigaction,
@@ -771,7 +774,7 @@ const STEPS: [&str; 8] = [
     "set up stdio of holder",
     "chdir / in holder",
     "exec holder program",
-    "open a pidfd of its creator in holder",
+    "keep the pidfd of its creator in holder",
 ];
 
 /// Whether holders that die with their creator watch it through a pidfd
@@ -780,10 +783,39 @@ const STEPS: [&str; 8] = [
 /// so that any thread may clone them: where the holder program does so.
 const LIFELINE: bool = cfg!(target_arch = "x86_64");
 
-/// Whether the holder made from `spec` watches its creator by a pidfd: it
-/// dies with it, and is in its PID namespace, where the PID names it.
-fn lifeline(spec: &HolderSpec) -> bool {
-    LIFELINE && spec.die_with_creator && !spec.namespaces.contains(CloneFlags::CLONE_NEWPID)
+/// The pidfd that the holder made from `spec` keeps to watch its creator,
+/// if it dies with it and lifelines are to be had.
+fn lifeline(spec: &HolderSpec) -> Option<RawFd> {
+    if LIFELINE && spec.die_with_creator {
+        self_pidfd()
+    } else {
+        None
+    }
+}
+
+/// A pidfd of this process, for lifelines: opened once per process (a
+/// child forked since opens its own), numbered 4 or more (`above_3`);
+/// `None` where the kernel or a seccomp filter refuses `pidfd_open`, and
+/// then holders die with their creator by a parent-death signal.
+fn self_pidfd() -> Option<RawFd> {
+    static SELF: Mutex<Option<(Pid, Option<OwnedFd>)>> = Mutex::new(None);
+    let me = nix::unistd::getpid();
+    let mut current = SELF.lock().unwrap_or_else(|p| p.into_inner());
+    if current.as_ref().map(|(pid, _)| *pid) != Some(me) {
+        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd
+        // (close-on-exec) that nothing else owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, me.as_raw(), 0) };
+        let fd = c_int::try_from(fd)
+            .ok()
+            .filter(|fd| *fd >= 0)
+            // SAFETY: as above.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .and_then(|fd| above_3(fd).ok());
+        *current = Some((me, fd));
+    }
+    current
+        .as_ref()
+        .and_then(|(_, fd)| fd.as_ref().map(AsRawFd::as_raw_fd))
 }
 
 /// Whether the child runs alongside the thread that cloned it (no
@@ -876,8 +908,15 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             ],
         )
     };
-    let (low, high) = (a.exe.min(a.devnull), a.exe.max(a.devnull));
-    if close(high + 1, -1, libc::CLOSE_RANGE_UNSHARE).is_err() {
+    // The fds we keep: podnet's two and the lifeline, all above 3
+    // (`above_3`), in order (no allocation here).
+    let mut keep = [a.exe, a.devnull, a.lifeline];
+    for (i, j) in [(0, 1), (1, 2), (0, 1)] {
+        if keep[i] > keep[j] {
+            keep.swap(i, j);
+        }
+    }
+    if close(keep[2] + 1, -1, libc::CLOSE_RANGE_UNSHARE).is_err() {
         // close_range refused (a seccomp profile that predates it): a
         // private copy of the whole table, as a fork makes.
         if let Err(errno) = sys(libc::SYS_unshare, [int(libc::CLONE_FILES), 0, 0, 0, 0, 0]) {
@@ -891,45 +930,43 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             return fail(4, errno);
         }
     }
-    if low > 3 {
-        let _ = close(3, low - 1, 0);
+    // Then the creator's fds between ours (a missing lifeline, -1, is
+    // skipped).
+    let mut next = 3;
+    for fd in keep {
+        if fd >= next {
+            if fd > next {
+                let _ = close(next, fd - 1, 0);
+            }
+            next = fd + 1;
+        }
     }
-    if high > low + 1 {
-        let _ = close(low + 1, high - 1, 0);
-    }
-    if a.lifeline {
-        // A pidfd of the creator, as fd 3 and kept across the exec: the
-        // holder program exits once it polls readable (the creator exited).
-        // Our fds are 0-2 and podnet's two, both above 3 (`above_3`), so
-        // the kernel gives 3 unless it is taken.
-        let fd = match sys(libc::SYS_pidfd_open, [int(a.creator), 0, 0, 0, 0, 0]) {
-            Ok(fd) => fd,
-            Err(errno) => return fail(7, errno),
-        };
-        let kept = if fd == 3 {
-            sys(libc::SYS_fcntl, [3, int(libc::F_SETFD), 0, 0, 0, 0])
-        } else {
-            let moved = sys(libc::SYS_dup3, [fd, 3, 0, 0, 0, 0]);
-            let _ = sys(libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
-            moved
-        };
-        if let Err(errno) = kept {
+    if a.lifeline >= 0 {
+        // The creator's pidfd as fd 3, kept across the exec: the holder
+        // program exits once it polls readable (the creator exited, even
+        // before this). Opened by the creator before the clone, it is the
+        // creator's whatever happened since.
+        if let Err(errno) = sys(libc::SYS_dup3, [int(a.lifeline), 3, 0, 0, 0, 0]) {
             return fail(7, errno);
         }
-    } else if a.die_with_creator {
-        let pdeathsig = [int(libc::PR_SET_PDEATHSIG), int(libc::SIGKILL), 0, 0, 0, 0];
-        if let Err(errno) = sys(libc::SYS_prctl, pdeathsig) {
-            return fail(2, errno);
+    } else {
+        // Nothing at fd 3, so the program pauses (the closes above may
+        // have been refused with close_range).
+        let _ = sys(libc::SYS_close, [3, 0, 0, 0, 0, 0]);
+        if a.die_with_creator {
+            let pdeathsig = [int(libc::PR_SET_PDEATHSIG), int(libc::SIGKILL), 0, 0, 0, 0];
+            if let Err(errno) = sys(libc::SYS_prctl, pdeathsig) {
+                return fail(2, errno);
+            }
+            // The creator may have died before the prctl: then we were
+            // reparented and must not live on.
+            if sys(libc::SYS_getppid, [0; 6]) != Ok(int(a.creator)) {
+                return fail(3, libc::ESRCH);
+            }
         }
     }
-    // The creator may have died before the pidfd or the prctl: then we
-    // were reparented and must not live on. (While it is our parent, the
-    // pidfd is its.)
-    if a.die_with_creator && sys(libc::SYS_getppid, [0; 6]) != Ok(int(a.creator)) {
-        return fail(3, libc::ESRCH);
-    }
     // Out of the creator's session, so a terminal's ^C reaches the creator
-    // (and, through the death signal, us) but not persistent holders.
+    // (and, once it exits, us) but not persistent holders.
     let _ = sys(libc::SYS_setsid, [0; 6]);
     // Handlers of the creator must not run here; exec would reset caught
     // signals anyway, but not ignored ones (SIGTERM ignored by the creator
@@ -1107,7 +1144,7 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
             envp: std::ptr::null(),
             root: c"/".as_ptr(),
             die_with_creator: spec.die_with_creator,
-            lifeline: lifeline(spec),
+            lifeline: lifeline(spec).unwrap_or(-1),
             creator: nix::unistd::getpid().as_raw(),
             sig_default: sig(libc::SIG_DFL),
             sig_ignore: sig(libc::SIG_IGN),
@@ -1202,6 +1239,7 @@ fn clone_holder(spec: &HolderSpec) -> Result<Holder> {
 pub(crate) fn prepare() -> Result<()> {
     holder_exe()?;
     devnull()?;
+    self_pidfd();
     let mut spare = SPARE_STACKS.lock().unwrap_or_else(|p| p.into_inner());
     if spare.is_empty() {
         spare.push(new_stack());
@@ -1287,11 +1325,12 @@ const PHDR_SIZE: u16 = 56;
 
 /// Machine code of the holder, then its NUL-terminated name. It polls its
 /// fd 3 (a pidfd of its creator: see [`lifeline`]) and exits once that is
-/// readable; without an fd 3 (`POLLNVAL`) it pauses forever.
+/// readable; without an fd 3 (`POLLNVAL`), or if `poll` fails but for
+/// EINTR, it pauses forever.
 ///
 /// ```text
 ///  0: bf 0f 00 00 00           mov  edi, 15             ; PR_SET_NAME
-///  5: 48 8d 35 44 00 00 00     lea  rsi, [rip + 68]     ; -> name at 80
+///  5: 48 8d 35 4a 00 00 00     lea  rsi, [rip + 74]     ; -> name at 86
 /// 12: b8 9d 00 00 00           mov  eax, 157            ; SYS_prctl
 /// 17: 0f 05                    syscall
 /// 19: 48 b8 03 00 00 00        movabs rax, 0x100000003  ; struct pollfd:
@@ -1302,22 +1341,24 @@ const PHDR_SIZE: u16 = 56;
 /// 38: ba ff ff ff ff           mov  edx, -1             ; no timeout
 /// 43: b8 07 00 00 00           mov  eax, 7              ; SYS_poll
 /// 48: 0f 05                    syscall
-/// 50: 48 85 c0                 test rax, rax
-/// 53: 7e ea                    jle  poll                ; EINTR: again
-/// 55: f6 44 24 06 20           test byte [rsp + 6], 0x20 ; revents POLLNVAL
-/// 60: 75 09                    jnz  pause
-/// 62: 31 ff                    xor  edi, edi
-/// 64: b8 e7 00 00 00           mov  eax, 231            ; SYS_exit_group
-/// 69: 0f 05                    syscall
-/// 71: b8 22 00 00 00    pause: mov  eax, 34             ; SYS_pause
-/// 76: 0f 05                    syscall
-/// 78: eb f7                    jmp  pause
-/// 80: "podnet-pause\0"
+/// 50: 48 83 f8 fc              cmp  rax, -4             ; -EINTR: again
+/// 54: 74 e9                    je   poll
+/// 56: 48 85 c0                 test rax, rax
+/// 59: 7e 10                    jle  pause               ; another error
+/// 61: f6 44 24 06 20           test byte [rsp + 6], 0x20 ; revents POLLNVAL
+/// 66: 75 09                    jnz  pause
+/// 68: 31 ff                    xor  edi, edi
+/// 70: b8 e7 00 00 00           mov  eax, 231            ; SYS_exit_group
+/// 75: 0f 05                    syscall
+/// 77: b8 22 00 00 00    pause: mov  eax, 34             ; SYS_pause
+/// 82: 0f 05                    syscall
+/// 84: eb f7                    jmp  pause
+/// 86: "podnet-pause\0"
 /// ```
 #[cfg(target_arch = "x86_64")]
 const CODE: &[u8] = &[
     0xbf, 0x0f, 0x00, 0x00, 0x00, // mov edi, 15
-    0x48, 0x8d, 0x35, 0x44, 0x00, 0x00, 0x00, // lea rsi, [rip+68]
+    0x48, 0x8d, 0x35, 0x4a, 0x00, 0x00, 0x00, // lea rsi, [rip+74]
     0xb8, 0x9d, 0x00, 0x00, 0x00, // mov eax, 157
     0x0f, 0x05, // syscall
     0x48, 0xb8, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, // movabs rax
@@ -1327,8 +1368,10 @@ const CODE: &[u8] = &[
     0xba, 0xff, 0xff, 0xff, 0xff, // mov edx, -1
     0xb8, 0x07, 0x00, 0x00, 0x00, // mov eax, 7
     0x0f, 0x05, // syscall
+    0x48, 0x83, 0xf8, 0xfc, // cmp rax, -4
+    0x74, 0xe9, // je -23
     0x48, 0x85, 0xc0, // test rax, rax
-    0x7e, 0xea, // jle -22
+    0x7e, 0x10, // jle +16
     0xf6, 0x44, 0x24, 0x06, 0x20, // test byte [rsp+6], 0x20
     0x75, 0x09, // jnz +9
     0x31, 0xff, // xor edi, edi
@@ -1469,8 +1512,12 @@ mod tests {
         fds.sort();
         assert_eq!(fds, want, "stdin, stdout, stderr and its lifeline");
         if LIFELINE {
+            // A pidfd of this process, its creator.
             let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
             assert_eq!(fd3.to_string_lossy(), "anon_inode:[pidfd]");
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+            let me = format!("Pid:\t{}\n", std::process::id());
+            assert!(info.contains(&me), "{info}");
         }
         assert_eq!(holder.start_time(), proc_start_time(pid).unwrap());
         assert_eq!(holder.try_exit(), Ok(None));

@@ -17,7 +17,7 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
@@ -375,9 +375,14 @@ pub(crate) struct Veth<'a> {
 /// an echo (`NLM_F_ECHO`, answered for links since Linux 6.3), whose
 /// `IFLA_LINK` is the peer's index.
 pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<VethIndexes> {
+    // eth0 starts dormant, so that its IPv6 address generation can be
+    // turned off in the request that sets it up (see `configure_inside`).
+    let peer = LinkUnspec::new_with_name(ETH0)
+        .setns_by_pid(v.holder_pid)
+        .append_extra_attribute(LinkAttribute::OperState(State::Dormant));
     let msg = veth_pair(
         LinkVeth::new(v.host, ETH0).controller(v.bridge),
-        LinkUnspec::new_with_name(ETH0).setns_by_pid(v.holder_pid),
+        peer,
         v.mtu,
     );
     let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
@@ -804,15 +809,23 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
     let mut reqs = vec![(up(LO_INDEX), 0)];
     if cfg.ipv6.is_none() {
         // No IPv6 pool: no link-local address either, so eth0 coming up
-        // floods no DAD, MLD or router solicitation to every port. A
-        // request of its own, before the one that sets eth0 up: in one
-        // request the kernel changes the flags first, and eth0, whose peer
-        // is up already, would have its address by then.
-        reqs.push((no_ipv6_addresses(LinkUnspec::new_with_index(index)), 0));
-        what.push(("stop IPv6 address generation on", eth0_obj(), false));
+        // floods no DAD, MLD or router solicitation to every port. In the
+        // request that sets it up: the kernel changes the flags first, but
+        // eth0 was made dormant (`create_veth`), so IPv6 waits for the
+        // kernel to find its carrier (linkwatch, which runs once this
+        // request lets go of the rtnl lock), and by then the address
+        // generation is off.
+        let eth0 = LinkUnspec::new_with_index(index).up();
+        reqs.push((no_ipv6_addresses(eth0), 0));
+        what.push((
+            "set up, without IPv6 address generation,",
+            eth0_obj(),
+            false,
+        ));
+    } else {
+        reqs.push((up(index), 0));
+        what.push(("set up", eth0_obj(), false));
     }
-    reqs.push((up(index), 0));
-    what.push(("set up", eth0_obj(), false));
     let mut add = |addr: IpAddr, prefix: u8, gw: IpAddr| {
         let mut a = match addr {
             IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new()

@@ -164,7 +164,8 @@ impl SandboxBuilder {
 
     /// Whether the holder outlives the process that created the sandbox
     /// (default `false`: it exits when that process exits, which it watches
-    /// through a pidfd). A persistent sandbox stays until it is removed.
+    /// through a pidfd; an exec of a new program by that process is no
+    /// exit). A persistent sandbox stays until it is removed.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self
@@ -266,10 +267,10 @@ impl SandboxBuilder {
             veth: veth.clone(),
             persistent: self.persistent,
         };
-        // The holder's clone (a new namespace and an exec: the longest
-        // step) starts now on the spawner thread and runs while this thread
-        // does the store work. Its argv names its creator, so gc leaves it
-        // alone until the record claims it, while the creator lives.
+        // The holder's clone (a new namespace: the longest step); its child
+        // sets itself up and execs while this thread does the store work and
+        // the wiring. Its argv names its creator, so gc leaves it alone
+        // until the record claims it, while the creator lives.
         let spawning = holder::start(HolderSpec {
             argv: vec![
                 HOLDER_COMM.into(),

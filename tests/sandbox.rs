@@ -1055,7 +1055,9 @@ fn a_sandbox_made_on_a_thread_that_ends_lives_on() {
         // gone; the holder dies with this process, not with that thread.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(pod.phase(), Phase::Running);
-        assert!(std::path::Path::new(&format!("/proc/{}", pod.holder_pid())).exists());
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pod.holder_pid())).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
+        assert!(matches!(state, Some('S' | 'R')), "holder state: {stat}");
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
@@ -1299,8 +1301,18 @@ fn ports_flood_no_ipv6_and_sandboxes_past_900_receive_by_napi() {
         assert!(b.run(|| ethtool_get("eth0", GRO)).await.unwrap());
         assert!(!ethtool_get(b.host_interface(), TSO));
         // IPv4 only: neither end of a veth has an IPv6 address (so no DAD,
-        // MLD or router solicitation floods the bridge).
+        // MLD or router solicitation floods the bridge), also once the
+        // kernel has seen their carrier (which would give them one).
         for pod in [&a, &b] {
+            let up = LinkAttribute::OperState(netlink_packet_route::link::State::Up);
+            let t = std::time::Instant::now();
+            while !common::link_attributes(&ctx.nl, pod.host_interface())
+                .await
+                .contains(&up)
+            {
+                assert!(t.elapsed() < Duration::from_secs(5), "host end never up");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let inside = pod.run(ipv6_interfaces).await.unwrap();
             // IPv6 is there (::1 on lo): its absence on eth0 means something.
             assert!(inside.contains("lo"), "{inside:?}");

@@ -289,6 +289,34 @@ fn a_creator_killed_at_any_step_leaves_only_what_gc_reclaims() {
 }
 
 #[test]
+fn a_holder_ends_when_its_creator_exits() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // The child creates a sandbox that dies with it, and exits normally.
+        let out = child(&ctx, "create gone dies-with-creator", None)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let (holder, _) = parse(&String::from_utf8_lossy(&out.stdout));
+        let took = common::eventually(
+            "the holder ends",
+            std::time::Duration::from_secs(10),
+            || holders_named("gone").is_empty(),
+        )
+        .await;
+        eprintln!("holder {holder} ended {took:?} after its creator");
+        // Its sandbox is Failed, and gc reclaims it and its veth.
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].phase, Phase::Failed);
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.sandboxes, ["gone"]);
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_second_process_opens_joins_and_removes_a_persistent_sandbox() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
