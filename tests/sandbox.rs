@@ -1012,6 +1012,10 @@ fn a_failure_half_way_rolls_back_what_was_made() {
             .trim_start_matches("probe")
             .to_owned();
         probe.remove().await.unwrap();
+        // (Its veth is deleted in the background: not part of what follows.)
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
         let squatter = format!("web{suffix}");
         ctx.nl
             .link()
