@@ -119,7 +119,8 @@ pub mod internals {
 
     /// The batches in which `net` has deleted removed sandboxes' veths in
     /// the background so far: how many, and whether the kernel deleted
-    /// them in one operation (not one by one, the fallback).
+    /// them in one operation, or with their namespaces before it (not one
+    /// by one, the fallback).
     pub fn veth_batches(net: &crate::Network) -> Vec<(usize, bool)> {
         net.inner.reaper.batches()
     }

@@ -703,7 +703,7 @@ pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<(String,
 /// enough that the acknowledgements fit the socket's receive buffer.
 /// `Ok(false)` for a link that was gone already. A link that could not be
 /// put in the group, or a group the kernel would not delete, is deleted by
-/// name instead. Also says whether all went in one operation.
+/// name instead. Also says whether none had to be deleted by name.
 pub(crate) fn delete_links_blocking(
     nl: &mut Nl,
     links: &[(&str, &str)],
@@ -735,24 +735,26 @@ pub(crate) fn delete_links_blocking(
         // Which of them the kernel put in the group is unknown: by name.
         Err(_) => vec![Step::ByName; links.len()],
     };
-    let together = steps.contains(&Step::Grouped) && {
+    // The group deleted, or none of it left to delete (ENODEV: the kernel
+    // deleted them meanwhile with their namespaces).
+    let group_gone = !steps.contains(&Step::Grouped) || {
         let mut del = LinkMessage::default();
         del.attributes.push(LinkAttribute::Group(group));
         nl.batch(vec![(RouteNetlinkMessage::DelLink(del), 0)])
             .ok()
             .and_then(|mut answers| answers.pop())
-            .is_some_and(|answer| answer.is_ok())
+            .is_some_and(|answer| matches!(answer, Ok(_) | Err(Errno::ENODEV)))
     };
     let results = steps
         .iter()
         .zip(links)
         .map(|(step, (name, object))| match step {
-            Step::Grouped if together => Ok(true),
+            Step::Grouped if group_gone => Ok(true),
             Step::Gone => Ok(false),
             Step::Grouped | Step::ByName => delete_link_blocking(nl, name, object),
         })
         .collect();
-    (results, together && !steps.contains(&Step::ByName))
+    (results, group_gone && !steps.contains(&Step::ByName))
 }
 
 /// The inside of a sandbox: its address(es) and gateway(s).

@@ -544,6 +544,42 @@ fn network_remove_waits_for_the_veths_of_removed_sandboxes() {
 }
 
 #[test]
+fn veths_the_kernel_deleted_with_their_namespaces_are_no_failure() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx, "pn0").await;
+        let pods = create_many(&net, "k", 3).await;
+        let tag = pods[0]
+            .host_interface()
+            .trim_start_matches("k0-")
+            .to_owned();
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        for p in &pods {
+            p.remove().await.unwrap();
+        }
+        // Their holders are ended a moment after the removals, and the
+        // kernel then deletes each veth with its namespace, before the
+        // deletions held back are sent.
+        let prefix = format!("{tag}~");
+        let t = std::time::Instant::now();
+        loop {
+            let renamed = links_starting(&ctx, &prefix).await;
+            if renamed.is_empty() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{renamed:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(held);
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .expect("links gone already are no failure");
+        // Nothing was left to delete one by one.
+        assert_eq!(podnet::internals::veth_batches(&net), [(3, true)]);
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_long_queue_of_removals_goes_in_batches_of_at_most_64() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;

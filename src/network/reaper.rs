@@ -55,7 +55,8 @@ struct Queue {
     /// Deletions that failed since [`NetInner::settled`] last reported.
     failed: Vec<Error>,
     /// Each batch sent, for this crate's tests: its size, and whether the
-    /// kernel deleted it in one operation.
+    /// kernel deleted it in one operation (or had deleted it already), none
+    /// of it one by one.
     #[cfg(feature = "internals")]
     batches: Vec<(usize, bool)>,
 }
