@@ -173,8 +173,10 @@ impl SandboxBuilder {
 
     /// Remove the sandbox when its handle is dropped, also while a panic
     /// unwinds: the holder is killed and the address and state released at
-    /// once; deleting the veth is left to a task on the current runtime, or
-    /// to the kernel, which deletes it with the namespace.
+    /// once. Inside a tokio runtime, the veth is taken off the bridge and
+    /// renamed at once too, as [`remove`](Sandbox::remove) does, and deleted
+    /// in the background; outside one, the kernel deletes it with the
+    /// namespace.
     pub fn remove_on_drop(mut self, remove: bool) -> Self {
         self.remove_on_drop = remove;
         self
@@ -1077,30 +1079,9 @@ impl SbInner {
         } else if ours {
             // Off the bridge, down and renamed now; deleted in the background.
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
-            let dying = reaper::dying_name(&self.net.tag);
-            let unplugged = creator().and_then(|me| {
-                let alias = reaper::dying_alias(me);
-                let mut nl = self.net.host_nl()?;
-                link::unplug_blocking(
-                    &mut nl,
-                    &self.veth,
-                    self.veth_index,
-                    &dying,
-                    &alias,
-                    &object,
-                )
-            });
             let h = &self.net.conn.handle;
-            let deleted = match unplugged {
-                Ok(Unplugged::Renamed) => {
-                    let object = format!(
-                        "veth {dying} (was {}) of removed sandbox {:?}",
-                        self.veth, self.name
-                    );
-                    self.net.delete_veth_later(dying, object);
-                    Ok(())
-                }
-                Ok(Unplugged::Gone) => Ok(()),
+            let deleted = match self.unplug(&object) {
+                Ok(Unplugged::Renamed | Unplugged::Gone) => Ok(()),
                 // Then it is deleted now, as it is.
                 Ok(Unplugged::Stuck(index)) => {
                     link::delete_link_index(h, index, &object).await.map(drop)
@@ -1144,6 +1125,24 @@ impl SbInner {
         }
     }
 
+    /// Take the veth off the bridge, down and renamed (a blocking request
+    /// of well under a millisecond), and queue its deletion by the new name.
+    fn unplug(&self, object: &str) -> Result<Unplugged> {
+        let dying = reaper::dying_name(&self.net.tag);
+        let alias = reaper::dying_alias(creator()?);
+        let mut nl = self.net.host_nl()?;
+        let unplugged =
+            link::unplug_blocking(&mut nl, &self.veth, self.veth_index, &dying, &alias, object)?;
+        if unplugged == Unplugged::Renamed {
+            let object = format!(
+                "veth {dying} (was {}) of removed sandbox {:?}",
+                self.veth, self.name
+            );
+            self.net.delete_veth_later(dying, object);
+        }
+        Ok(unplugged)
+    }
+
     /// Release the address(es) and the record; synchronous and quick.
     fn release_state(&self) -> Result<()> {
         let store = &self.net.store;
@@ -1174,17 +1173,28 @@ impl Drop for Sandbox {
         if !self.remove_on_drop || *self.inner.lock_state() == State::Removed {
             return;
         }
-        // Nothing here may block: kill, release the files, and leave the
-        // veth's deletion (an await) to a task if there is a runtime.
-        let _ = self.inner.holder.kill();
-        ports::abort_all(&self.inner.net.ports, &self.inner.id);
-        let _ = self.inner.release_state();
-        match tokio::runtime::Handle::try_current() {
+        // Nothing here may wait: kill, take the veth off the bridge (one
+        // quick request; its deletion goes to the background) if there is a
+        // runtime for that, release the files, and leave the rest (an
+        // await) to a task. Without a runtime, the veth goes with the
+        // holder's namespace.
+        let inner = &self.inner;
+        let _ = inner.holder.kill();
+        ports::abort_all(&inner.net.ports, &inner.id);
+        let rt = tokio::runtime::Handle::try_current();
+        let ours =
+            matches!(inner.net.store.read_record(&inner.name), Ok(Some(r)) if r.id == inner.id);
+        if rt.is_ok() && ours {
+            let object = format!("veth {} of sandbox {:?}", inner.veth, inner.name);
+            let _ = inner.unplug(&object);
+        }
+        let _ = inner.release_state();
+        match rt {
             Ok(rt) => {
-                let inner = self.inner.clone();
+                let inner = inner.clone();
                 rt.spawn(async move { inner.remove().await });
             }
-            Err(_) => *self.inner.lock_state() = State::Removed,
+            Err(_) => *inner.lock_state() = State::Removed,
         }
     }
 }

@@ -884,20 +884,23 @@ fn remove_on_drop_cleans_up_when_a_test_panics() {
             assert!(unwound.is_err());
             pid
         };
-        // The holder was killed and the state released at once...
+        // The holder was killed, the veth taken off the bridge (and its
+        // name freed) and the state released at once...
         assert!(files_under(&state)
             .iter()
             .all(|f| !f.to_string_lossy().contains("doomed")));
-        // ...and the veth goes with the task the drop left on this runtime.
-        for _ in 0..100 {
-            if ports(&ctx.nl, "pn0").await.is_empty()
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         assert!(ports(&ctx.nl, "pn0").await.is_empty());
+        assert!(links_starting(&ctx, "doomed-").await.is_empty());
+        // ...and the veth is deleted in the background, the holder reaped by
+        // the task the drop left on this runtime.
+        podnet::internals::veth_deletions_settled(&net)
+            .await
+            .unwrap();
+        assert_eq!(podnet::internals::veth_batches(&net), [(1, true)]);
+        common::eventually("the holder is reaped", Duration::from_secs(5), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .await;
         net.remove().await.unwrap();
     });
 }
