@@ -235,12 +235,12 @@ fn a_creator_killed_at_any_step_leaves_only_what_gc_reclaims() {
                         "{step} {persistent}: {report:?}"
                     );
                 }
-                // A persistent holder made before the record named it is
-                // found by its argv and killed: once it has exec'd, which
-                // its child does alongside the create, so a creator killed
-                // right after the clone may die before it (then a later gc
-                // finds it).
-                if persistent == "persistent" && matches!(step, "holder" | "veth" | "inside") {
+                // A persistent holder made before the record named it (it
+                // is cloned before the record is written) is found by its
+                // argv and killed: once it has exec'd, which its child does
+                // alongside the create, so a creator killed right after the
+                // clone may die before it (then a later gc finds it).
+                if persistent == "persistent" && step != "done" {
                     let mut holders = report.holders.clone();
                     let t = std::time::Instant::now();
                     while holders.is_empty() && t.elapsed() < std::time::Duration::from_secs(5) {
@@ -250,10 +250,18 @@ fn a_creator_killed_at_any_step_leaves_only_what_gc_reclaims() {
                     assert_eq!(holders.len(), 1, "{step}: {report:?}");
                 }
                 // Nothing is left: no veth, no holder, no record, no address.
+                // (A holder that dies with its creator exits once it polls
+                // its lifeline, after its exec: it may still be on its way.)
                 assert!(
                     ports(&ctx.nl, BRIDGE).await.is_empty(),
                     "{step} {persistent}: {report:?}"
                 );
+                let t = std::time::Instant::now();
+                while !holders_named("crash").is_empty()
+                    && t.elapsed() < std::time::Duration::from_secs(5)
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
                 assert!(
                     holders_named("crash").is_empty(),
                     "{step} {persistent}: {report:?}"
