@@ -40,9 +40,9 @@ fn main() -> ExitCode {
     // One at a time (C = 1) on a current-thread runtime: nothing to
     // overlap, and no cross-thread wake-ups in what is timed. With C > 1,
     // one worker per CPU (at most C): podnet's host-side requests go over a
-    // socket per create in flight and its holder clones over a spawner
-    // thread per CPU, so creates and removals in flight use both CPUs, as
-    // the C worker threads of the floor peer do.
+    // socket per create in flight and its holders are cloned on the worker
+    // that creates, so creates and removals in flight use both CPUs, as the
+    // C worker threads of the floor peer do.
     let rt = if c == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -7,8 +7,9 @@
 //! sealed memfd) while we go on: the namespaces can be entered and given
 //! links at once. The child shares our fd table until its first call makes
 //! it a table of its own with only our lowest fds (`close_range(..,
-//! CLOSE_RANGE_UNSHARE)`), which it closes in its next calls but for its
-//! own two: a fork would copy every fd of the creator (a cost that grows
+//! CLOSE_RANGE_UNSHARE)`), which it closes in its next calls but for podnet's
+//! own (the program, `/dev/null`, the lifeline): a fork would copy every fd
+//! of the creator (a cost that grows
 //! with its sandboxes) and hold its sockets open until the exec. The child
 //! runs on a stack we allocated and makes only raw system calls, without
 //! glibc, whose wrappers would set `errno` in the thread-local storage it
@@ -26,8 +27,8 @@
 //! polls its fd 3 and exits once that is readable, or, without an fd 3,
 //! calls `pause()` forever. Its signal dispositions are set before the exec:
 //! SIGTERM and SIGINT end it (default action), SIGCHLD is ignored so the
-//! kernel reaps any child it adopts, every other fd is closed and its stdio is
-//! `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
+//! kernel reaps any child it adopts, every other fd but its lifeline (fd 3)
+//! is closed and its stdio is `/dev/null`. Like Kubernetes' `pause.c`, minus the C runtime.
 //!
 //! A holder that dies with its creator gets as fd 3 a pidfd of the creator
 //! process (its *lifeline*, [`lifeline`]), which polls readable when that
@@ -514,7 +515,8 @@ impl Spawning {
     /// The holder, once it is made.
     ///
     /// # Cancel safety
-    /// If cancelled, the holder is killed and reaped by the spawner thread.
+    /// If cancelled, the holder is killed and reaped (by a task, or by the
+    /// spawner thread).
     pub(crate) async fn wait(self) -> Result<Holder> {
         let rx = match self.0 {
             SpawningInner::Queued(rx) => rx,
@@ -588,8 +590,9 @@ impl Drop for Unclaimed {
 }
 
 impl Holder {
-    /// Kill the holder and have the spawner thread reap it, without
-    /// blocking the caller. For rollbacks and drops.
+    /// Kill the holder and have it reaped without blocking the caller: by a
+    /// task with a runtime, by the spawner thread without. For rollbacks
+    /// and drops.
     pub(crate) fn discard(self) {
         let _ = self.kill();
         // With a runtime, Drop reaps it on a task. Without one, Drop would

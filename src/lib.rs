@@ -131,7 +131,8 @@ pub mod internals {
     }
 
     /// Wait until `net`'s veth deletions asked so far are done (as
-    /// `Network::remove()` does first); the errors of those that failed.
+    /// `Network::remove()` does after its busy check, where it ignores the
+    /// errors); the errors of those that failed.
     pub async fn veth_deletions_settled(net: &crate::Network) -> crate::Result<()> {
         net.inner.settled().await
     }

@@ -5,11 +5,11 @@
 //! There is one strict-checking async connection in the host namespace
 //! (opened when the `Network` is built, on the thread whose namespace is the
 //! host) for the rare requests, and blocking sockets ([`Nl`]) for the hot
-//! path of `create()`: a sandbox is wired with one request on the host side
-//! (the veth, its peer already named `eth0` and moved into the sandbox, the
-//! host end enslaved and up; its echo tells `eth0`'s index) and one batch in
-//! one `sendmsg` on a socket opened inside (`lo` up, `eth0` up, addresses,
-//! default routes). Errnos are translated here, where the operation is known.
+//! path of `create()`: a sandbox is wired with two requests on the host side
+//! (the veth, its peer already named `eth0` and made in the sandbox, the
+//! host end enslaved, its echo telling both indexes; then the host end up
+//! without IPv6 address generation) and one batch in one `sendmsg` on a
+//! socket opened inside (`lo` up, `eth0` up, addresses, default routes). Errnos are translated here, where the operation is known.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -565,8 +565,8 @@ pub(crate) async fn delete_link(h: &Handle, name: &str, object: &str) -> Result<
 
 /// [`delete_link`] over a blocking socket: the kernel deletes a veth inside
 /// the request (both ends, waiting for the network stack to let go of them:
-/// tens of ms), so callers run this on a blocking thread, one socket each,
-/// and removals in flight at once overlap as the kernel allows.
+/// tens of ms), so it is for blocking threads (the deleting thread's
+/// fallback by name) and rollbacks of a create that failed.
 pub(crate) fn delete_link_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<bool> {
     let msg = LinkUnspec::new_with_name(name).build();
     let answer = nl

@@ -164,8 +164,6 @@ impl Drop for PooledNl<'_> {
 }
 
 impl NetInner {
-    /// A netlink socket in the host namespace, from the pool or made anew
-    /// (this thread enters the host namespace for the `socket(2)` call).
     /// Delete the veths of removed sandboxes (renamed `<tag>~...`) that
     /// nobody will: those whose remover is dead, and this process's own
     /// that are not queued for deletion (their deletion failed). Those of
@@ -200,6 +198,8 @@ impl NetInner {
         (deleted, errors)
     }
 
+    /// A netlink socket in the host namespace, from the pool or made anew
+    /// (this thread enters the host namespace for the `socket(2)` call).
     pub(crate) fn host_nl(&self) -> Result<PooledNl<'_>> {
         let pooled = self.nl_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let nl = match pooled {
@@ -226,7 +226,9 @@ pub struct GcReport {
     pub sandboxes: Vec<String>,
     /// Addresses released back to the pool.
     pub addresses: Vec<IpAddr>,
-    /// Host-side interfaces deleted (veths of dead or unknown sandboxes).
+    /// Host-side interfaces deleted (veths of dead or unknown sandboxes, and
+    /// veths of removed sandboxes, renamed `<tag>~...`, whose remover died or
+    /// whose deletion failed).
     pub links: Vec<String>,
     /// PIDs of holders killed because no live sandbox claims them.
     pub holders: Vec<u32>,
@@ -330,12 +332,13 @@ impl Network {
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
     ///
-    /// It first waits for the veths of sandboxes that this handle removed to
-    /// be deleted ([`Sandbox::remove`](crate::Sandbox::remove) leaves that
-    /// to the background), then deletes any that this process failed to
-    /// delete, or whose remover died (as [`gc`](Self::gc) does), so when it
-    /// returns, nothing of the network is left but the veths that live
-    /// removers (other processes, other handles) are deleting.
+    /// It first waits for the veths of sandboxes that this network (any of
+    /// its clones) removed to be deleted
+    /// ([`Sandbox::remove`](crate::Sandbox::remove) leaves that to the
+    /// background), then deletes any that this process failed to delete, or
+    /// whose remover died (as [`gc`](Self::gc) does), so when it returns,
+    /// nothing of the network is left but the veths that other live
+    /// processes are deleting.
     ///
     /// # Errors
     /// [`Error::Busy`] naming the sandboxes left; [`Error::Netlink`] or
@@ -454,7 +457,9 @@ impl Network {
     /// Reclaim what dead holders and crashed callers left behind: sandboxes
     /// whose holder died (their veth, addresses and record), sandboxes whose
     /// creator died half-way, addresses owned by no sandbox, holders and
-    /// host-side veths of this network that no live sandbox claims, and
+    /// host-side veths of this network that no live sandbox claims, veths
+    /// of removed sandboxes (renamed `<tag>~...`, named in their alias)
+    /// whose remover died or whose deletion by this process failed, and
     /// temporary files of dead writers. A live sandbox, or one that a live
     /// process is still creating, is never touched, whichever process owns it.
     ///

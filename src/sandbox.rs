@@ -164,8 +164,10 @@ impl SandboxBuilder {
 
     /// Whether the holder outlives the process that created the sandbox
     /// (default `false`: it exits when that process exits, which it watches
-    /// through a pidfd; an exec of a new program by that process is no
-    /// exit). A persistent sandbox stays until it is removed.
+    /// through a pidfd, so an exec of a new program by that process is no
+    /// exit; on aarch64, or where `pidfd_open` is refused, it is killed by a
+    /// parent-death signal, which such an exec does fire). A persistent
+    /// sandbox stays until it is removed.
     pub fn persistent(mut self, persistent: bool) -> Self {
         self.persistent = persistent;
         self
@@ -954,7 +956,7 @@ impl Sandbox {
     /// with `lo` and an `eth0` without carrier until its veth is deleted,
     /// when this returns; ending each at once would have
     /// the kernel destroy their namespaces one by one, in the way of the
-    /// veth deletions (README "Performance"). Any other holder is stopped
+    /// veth deletions (README "How it is built"). Any other holder is stopped
     /// before this returns.
     ///
     /// Processes that joined the sandbox are not killed; they are left with
@@ -963,9 +965,11 @@ impl Sandbox {
     /// # Errors
     /// Every step is attempted; if any fails, [`Error::Multiple`] lists them
     /// all and the sandbox stays as it was for the steps that failed (call
-    /// `remove` again). A veth whose deletion in the background fails is
-    /// reported by [`Network::remove`](crate::Network::remove), which deletes
-    /// it then, as `gc` does. Objects already gone count as removed. Port
+    /// `remove` again; but not for the veth, once the record is released:
+    /// it is left to the end of the namespace, or to `gc`). A veth whose
+    /// deletion in the background fails is deleted again by
+    /// [`Network::remove`](crate::Network::remove) (or `gc`), which reports
+    /// it only if that fails too. Objects already gone count as removed. Port
     /// mappings are the exception: they end whatever happens, and kernel
     /// rules that could not be deleted are left to
     /// [`gc`](crate::Network::gc) or to the end of the process, which takes

@@ -169,16 +169,17 @@ fn start(net: Arc<NetInner>) {
     let sender = Sender { net, done: false };
     match tokio::runtime::Handle::try_current() {
         // A closure the runtime drops unrun (it is shutting down) drops the
-        // sender with it, which frees the queue.
+        // sender with it, which sends the queue from there.
         Ok(rt) => drop(rt.spawn_blocking(move || sender.run())),
         Err(_) => sender.run(),
     }
 }
 
-/// The one thread sending a network's deletions. If it ends before the
-/// queue is empty (it unwinds, or its closure is never run), it leaves
-/// the queue free, and the deletions still waiting are reported as failed
-/// (their veths are left to the end of their namespaces, or to gc).
+/// The one thread sending a network's deletions. If its closure is never
+/// run (the runtime is shutting down), its drop sends them. If it unwinds,
+/// it leaves the queue free, and the deletions still waiting are reported
+/// as failed (their veths are left to the end of their namespaces, or to
+/// `Network::remove()` and gc).
 struct Sender {
     net: Arc<NetInner>,
     done: bool,
