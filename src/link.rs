@@ -9,7 +9,8 @@
 //! (the veth, its peer already named `eth0` and made in the sandbox, the
 //! host end enslaved, its echo telling both indexes; then the host end up
 //! without IPv6 address generation) and one batch in one `sendmsg` on a
-//! socket opened inside (`lo` up, `eth0` up, addresses, default routes). Errnos are translated here, where the operation is known.
+//! socket opened inside (`lo` up, `eth0` up, addresses, default routes).
+//! Errnos are translated here, where the operation is known.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -552,7 +553,19 @@ pub(crate) async fn master_of(h: &Handle, name: &str) -> Result<Option<u32>> {
 /// it existed (ENODEV: already gone).
 pub(crate) async fn delete_link(h: &Handle, name: &str, object: &str) -> Result<bool> {
     let msg = LinkUnspec::new_with_name(name).build();
-    match h.link().del_with_message(msg).execute().await {
+    deleted(h.link().del_with_message(msg).execute().await, object)
+}
+
+/// Delete link `index`; `object` describes it for errors. Returns whether
+/// it existed.
+pub(crate) async fn delete_link_index(h: &Handle, index: u32, object: &str) -> Result<bool> {
+    deleted(h.link().del(index).execute().await, object)
+}
+
+/// What a deletion's answer means: `Ok(false)` if the link was gone
+/// already (ENODEV, ENOENT).
+fn deleted(answer: std::result::Result<(), rtnetlink::Error>, object: &str) -> Result<bool> {
+    match answer {
         Ok(()) => Ok(true),
         Err(rtnetlink::Error::NetlinkError(m))
             if [Errno::ENODEV as i32, Errno::ENOENT as i32].contains(&-m.raw_code()) =>
@@ -560,6 +573,25 @@ pub(crate) async fn delete_link(h: &Handle, name: &str, object: &str) -> Result<
             Ok(false)
         }
         Err(e) => Err(nl_err("delete link", object, e)),
+    }
+}
+
+/// The index of link `name` in `nl`'s namespace (one `RTM_GETLINK`), or
+/// `None` if there is none; `object` names it in errors.
+fn index_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<Option<u32>> {
+    let get = LinkUnspec::new_with_name(name).build();
+    let answer = nl
+        .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
+        .map_err(|e| io_nl_err("get link", object, e))?
+        .pop()
+        .unwrap_or(Err(Errno::EIO));
+    match answer {
+        Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+            _ => None,
+        })),
+        Err(Errno::ENODEV | Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(errno_err("get link", object, errno)),
     }
 }
 
@@ -612,28 +644,9 @@ pub(crate) fn unplug_blocking(
     alias: &str,
     object: &str,
 ) -> Result<Unplugged> {
-    let index = match index {
-        Some(i) => i,
-        None => {
-            let get = LinkUnspec::new_with_name(name).build();
-            let answer = nl
-                .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
-                .map_err(|e| io_nl_err("get link", object, e))?
-                .pop()
-                .unwrap_or(Err(Errno::EIO));
-            let found = match answer {
-                Ok(msgs) => msgs.iter().find_map(|m| match m {
-                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                    _ => None,
-                }),
-                Err(Errno::ENODEV | Errno::ENOENT) => return Ok(Unplugged::Gone),
-                Err(errno) => return Err(errno_err("get link", object, errno)),
-            };
-            match found {
-                Some(i) => i,
-                None => return Err(errno_err("get link", object, Errno::ENODEV)),
-            }
-        }
+    let Some(index) = index.map_or_else(|| index_blocking(nl, name, object), |i| Ok(Some(i)))?
+    else {
+        return Ok(Unplugged::Gone);
     };
     let off = LinkUnspec::new_with_index(index)
         .nocontroller()
@@ -650,20 +663,6 @@ pub(crate) fn unplug_blocking(
         Ok([Ok(_), Ok(_)]) => Unplugged::Renamed,
         _ => Unplugged::Stuck(index),
     })
-}
-
-/// Delete link `index`; `object` describes it for errors. Returns whether
-/// it existed.
-pub(crate) async fn delete_link_index(h: &Handle, index: u32, object: &str) -> Result<bool> {
-    match h.link().del(index).execute().await {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(m))
-            if [Errno::ENODEV as i32, Errno::ENOENT as i32].contains(&-m.raw_code()) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(nl_err("delete link", object, e)),
-    }
 }
 
 /// Names and aliases of the links whose names start with `prefix`, from
@@ -780,23 +779,8 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
     // net.core.fb_tunnels_only_for_init_net is 0) that take the low indexes.
     let index = match eth0 {
         Some(i) => i,
-        None => {
-            let mut get = LinkMessage::default();
-            get.attributes.push(LinkAttribute::IfName(ETH0.into()));
-            let answer = nl
-                .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
-                .map_err(|e| io_nl_err("get link", &eth0_obj(), e))?
-                .pop()
-                .unwrap_or(Err(Errno::EIO))
-                .map_err(|errno| errno_err("get link", &eth0_obj(), errno))?;
-            answer
-                .iter()
-                .find_map(|m| match m {
-                    RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-                    _ => None,
-                })
-                .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?
-        }
+        None => index_blocking(nl, ETH0, &eth0_obj())?
+            .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?,
     };
     if cfg.napi_receive {
         // GRO makes eth0's veth receive on a NAPI queue of its own.

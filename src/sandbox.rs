@@ -1074,7 +1074,7 @@ impl SbInner {
         // found by name unless this handle made it): a stale handle must
         // not take down a later sandbox of the same name. (Ours then goes
         // with our holder's namespace.)
-        let ours = matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id);
+        let ours = self.record_is_ours();
         if ours && deletion == Deletion::Now {
             let object = format!("veth {} of sandbox {:?}", self.veth, self.name);
             if let Err(e) = link::delete_link(&self.net.conn.handle, &self.veth, &object).await {
@@ -1127,6 +1127,11 @@ impl SbInner {
                 errors,
             })
         }
+    }
+
+    /// Whether the store's record of this name is still this sandbox's.
+    fn record_is_ours(&self) -> bool {
+        matches!(self.net.store.read_record(&self.name), Ok(Some(r)) if r.id == self.id)
     }
 
     /// Take the veth off the bridge, down and renamed (a blocking request
@@ -1186,9 +1191,7 @@ impl Drop for Sandbox {
         let _ = inner.holder.kill();
         ports::abort_all(&inner.net.ports, &inner.id);
         let rt = tokio::runtime::Handle::try_current();
-        let ours =
-            matches!(inner.net.store.read_record(&inner.name), Ok(Some(r)) if r.id == inner.id);
-        if rt.is_ok() && ours {
+        if rt.is_ok() && inner.record_is_ours() {
             let object = format!("veth {} of sandbox {:?}", inner.veth, inner.name);
             let _ = inner.unplug(&object);
         }

@@ -130,9 +130,7 @@ impl NetInner {
 /// and 48 random bits in 12 hex digits (15 characters, as IFNAMSIZ
 /// allows). No sandbox's veth looks like that: a sandbox name has no `~`.
 pub(crate) fn dying_name(tag: &str) -> String {
-    let mut h = RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    format!("{tag}~{:012x}", h.finish() & 0xffff_ffff_ffff)
+    format!("{}{:012x}", dying_prefix(tag), random() & 0xffff_ffff_ffff)
 }
 
 /// What the names of [`dying_name`] start with.
@@ -262,12 +260,16 @@ impl Sender {
 /// from the small numbers people give their own groups
 /// (`/etc/iproute2/group`), so that no other link is in it.
 fn fresh_group() -> u32 {
+    let [a, b, c, d, ..] = random().to_le_bytes();
+    u32::from_le_bytes([a, b, c, d]) | 0x8000_0000
+}
+
+/// 64 random bits: RandomState's keys come from the OS once per thread,
+/// then step by one, and hashing makes each value unrelated to the last.
+fn random() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u32(std::process::id());
-    // RandomState's keys come from the OS once per thread, then step by one:
-    // hashing makes each value unrelated to the last.
-    let [a, b, c, d, ..] = h.finish().to_le_bytes();
-    u32::from_le_bytes([a, b, c, d]) | 0x8000_0000
+    h.finish()
 }
 
 /// For this crate's tests.
