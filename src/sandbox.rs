@@ -1182,19 +1182,21 @@ impl Drop for Sandbox {
         if !self.remove_on_drop || *self.inner.lock_state() == State::Removed {
             return;
         }
-        // Nothing here may wait: kill, take the veth off the bridge (one
-        // quick request; its deletion goes to the background) if there is a
-        // runtime for that, release the files, and leave the rest (an
-        // await) to a task. Without a runtime, the veth goes with the
-        // holder's namespace.
+        // Nothing here may wait: take the veth off the bridge (one quick
+        // request; its deletion goes to the background) if there is a
+        // runtime for that, then kill, release the files, and leave the
+        // rest (an await) to a task. Without a runtime, the veth goes with
+        // the holder's namespace. (Unplugged first, as remove() does: once
+        // the holder is killed, the kernel may delete the veth with the
+        // namespace before it is renamed and queued.)
         let inner = &self.inner;
-        let _ = inner.holder.kill();
-        ports::abort_all(&inner.net.ports, &inner.id);
         let rt = tokio::runtime::Handle::try_current();
         if rt.is_ok() && inner.record_is_ours() {
             let object = format!("veth {} of sandbox {:?}", inner.veth, inner.name);
             let _ = inner.unplug(&object);
         }
+        let _ = inner.holder.kill();
+        ports::abort_all(&inner.net.ports, &inner.id);
         let _ = inner.release_state();
         match rt {
             Ok(rt) => {
