@@ -1480,40 +1480,56 @@ mod tests {
         assert!(proc_start_time(nix::unistd::getpid()).is_some());
     }
 
-    /// A holder without new namespaces needs no privilege: spawn one, check
-    /// what it is, end it, and see how it ended.
-    #[tokio::test(flavor = "current_thread")]
-    async fn holder_is_tiny_named_and_ends_on_sigterm() {
+    /// A holder without new namespaces (which needs no privilege), argv
+    /// `podnet-pause unit <tag>`, once it has named itself: the exec names
+    /// it after its memfd ("memfd:podnet-pa"), its first instruction
+    /// renames it.
+    async fn spawn_named(tag: &str, die_with_creator: bool) -> Holder {
         let holder = spawn(HolderSpec {
-            argv: vec![HOLDER_COMM.into(), "unit".into(), "test".into()],
+            argv: vec![HOLDER_COMM.into(), "unit".into(), tag.into()],
             namespaces: CloneFlags::empty(),
-            die_with_creator: true,
+            die_with_creator,
         })
         .await
         .expect("spawn holder");
         let pid = holder.pid();
-        // The exec names it after its memfd ("memfd:podnet-pa"); its first
-        // instruction renames it, which it may not have run yet.
         let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+        wait_until(|| comm().trim() == HOLDER_COMM);
+        assert_eq!(comm().trim(), HOLDER_COMM);
+        holder
+    }
+
+    /// Poll `cond` every millisecond, for up to 10 s.
+    fn wait_until(cond: impl Fn() -> bool) {
         let t = std::time::Instant::now();
-        while comm().trim() != HOLDER_COMM && t.elapsed() < std::time::Duration::from_secs(10) {
+        while !cond() && t.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
-        assert_eq!(comm().trim(), HOLDER_COMM);
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
-        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    }
+
+    /// The open fds of process `pid`, sorted.
+    fn fds_of(pid: Pid) -> Vec<String> {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
+        fds.sort();
+        fds
+    }
+
+    /// Spawn one, check what it is, end it, and see how it ended.
+    #[tokio::test(flavor = "current_thread")]
+    async fn holder_is_tiny_named_and_ends_on_sigterm() {
+        let holder = spawn_named("test", true).await;
+        let pid = holder.pid();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        assert_eq!(cmdline, b"podnet-pause\0unit\0test\0");
         let want: &[&str] = if LIFELINE {
             &["0", "1", "2", "3"]
         } else {
             &["0", "1", "2"]
         };
-        let mut fds = fds;
-        fds.sort();
-        assert_eq!(fds, want, "stdin, stdout, stderr and its lifeline");
+        assert_eq!(fds_of(pid), want, "stdin, stdout, stderr and its lifeline");
         if LIFELINE {
             // A pidfd of this process, its creator.
             let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
@@ -1534,21 +1550,9 @@ mod tests {
     /// finds no fd 3 and pauses.
     #[tokio::test(flavor = "current_thread")]
     async fn a_persistent_holder_pauses_without_a_lifeline() {
-        let holder = spawn(HolderSpec {
-            argv: vec![HOLDER_COMM.into(), "unit".into(), "persistent".into()],
-            namespaces: CloneFlags::empty(),
-            die_with_creator: false,
-        })
-        .await
-        .expect("spawn holder");
+        let holder = spawn_named("persistent", false).await;
         let pid = holder.pid();
-        let comm = || std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        let t = std::time::Instant::now();
-        while comm().trim() != HOLDER_COMM && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
         // Past its poll: sleeping in pause, not exited.
-        let t = std::time::Instant::now();
         let syscall = || std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap();
         // pause(2) on x86_64, ppoll(2) on aarch64, as /proc numbers them.
         let sleeping = if cfg!(target_arch = "x86_64") {
@@ -1556,15 +1560,10 @@ mod tests {
         } else {
             "73 "
         };
-        while !syscall().starts_with(sleeping) && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        wait_until(|| syscall().starts_with(sleeping));
         assert!(syscall().starts_with(sleeping), "asleep: {}", syscall());
         assert_eq!(holder.try_exit(), Ok(None));
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count();
-        assert_eq!(fds, 3, "only stdin, stdout, stderr");
+        assert_eq!(fds_of(pid), ["0", "1", "2"], "only stdin, stdout, stderr");
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         assert_eq!(holder.wait().await.unwrap(), Exit::Signal(libc::SIGTERM));
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{files_under, in_netns, ports, snapshot, Ctx};
 use futures::future::join_all;
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use podnet::{Error, Network, Phase};
 
 async fn network(ctx: &Ctx, bridge: &str) -> Network {
@@ -43,9 +43,21 @@ async fn remove_queued(net: &Network, pods: &[podnet::Sandbox]) {
     // Each removal returned with its veth renamed and queued.
     assert_eq!(podnet::internals::veth_deletions_waiting(net), pods.len());
     drop(held);
+    settled(net).await;
+}
+
+/// The tag of `pod`'s network: its veth is `<name>-<tag>`, and the veths
+/// of its removed sandboxes are `<tag>~...` until they are deleted.
+fn tag_of(pod: &podnet::Sandbox) -> String {
+    let (_, tag) = pod.host_interface().rsplit_once('-').expect("<name>-<tag>");
+    tag.to_owned()
+}
+
+/// Wait for `net`'s veth deletions in the background.
+async fn settled(net: &Network) {
     podnet::internals::veth_deletions_settled(net)
         .await
-        .expect("deletions");
+        .expect("veth deletions");
 }
 
 /// The links whose names start with `prefix`.
@@ -101,7 +113,10 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
             [pod.host_interface().to_owned()]
         );
         // One queue each way, made so (not cut down after registration).
-        let attrs = common::link_attributes(&ctx.nl, pod.host_interface()).await;
+        let attrs = common::link(&ctx.nl, pod.host_interface())
+            .await
+            .unwrap()
+            .attributes;
         for q in [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)] {
             assert!(attrs.contains(&q), "{q:?} in {attrs:?}");
         }
@@ -273,9 +288,7 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
             .expect("50 removes");
         assert!(ports(&ctx.nl, "pn0").await.is_empty());
         // Their veths are deleted in the background.
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         assert_eq!(snapshot(&ctx.nl).await, before);
         // Their holders die with this process, so they are ended in the
         // background, in one batch, soon after.
@@ -298,7 +311,7 @@ fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
         let net = network(&ctx, "pn0").await;
         let a = net.sandbox("a").create().await.unwrap();
         let b = net.sandbox("b").create().await.unwrap();
-        let tag = a.host_interface().trim_start_matches("a-").to_owned();
+        let tag = tag_of(&a);
         let dying = format!("{tag}~");
         let (veth, ip) = (a.host_interface().to_owned(), a.ip());
         let addr = std::net::SocketAddr::new(ip, 9000);
@@ -320,7 +333,8 @@ fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
         assert_eq!(names[0].len(), 15, "{names:?}");
         assert!(!common::links(&ctx.nl).await.contains(&veth));
         assert!(!ports(&ctx.nl, "pn0").await.contains(&names[0]));
-        assert!(!common::link_is_up(&ctx.nl, &names[0]).await);
+        let renamed = common::link(&ctx.nl, &names[0]).await.unwrap();
+        assert!(!renamed.header.flags.contains(LinkFlags::Up));
         // So the old sandbox, whose listener is still open, is out of reach.
         assert!(reach(Duration::from_millis(300)).await.unwrap().is_err());
         // The name and the address are free at once: a new "a" gets both,
@@ -344,9 +358,7 @@ fn a_removal_frees_name_port_and_address_at_once_and_deletes_the_veth_after() {
         drop(listener);
 
         drop(held);
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         assert_eq!(podnet::internals::veth_batches(&net), [(1, true)]);
         assert!(links_starting(&ctx, &dying).await.is_empty());
         for p in [again, b, c] {
@@ -379,7 +391,7 @@ fn removals_queued_behind_a_deletion_in_flight_go_to_the_kernel_together() {
 
         // Queued behind a deletion held in flight; one of them is deleted
         // meanwhile, under its new name, by somebody else.
-        let tag = keep.host_interface().trim_start_matches("keep-").to_owned();
+        let tag = tag_of(&keep);
         let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
         for p in &pods[..5] {
             p.remove().await.unwrap();
@@ -390,9 +402,8 @@ fn removals_queued_behind_a_deletion_in_flight_go_to_the_kernel_together() {
         let index = common::link_index(&ctx.nl, &renamed[0]).await.unwrap();
         ctx.nl.link().del(index).execute().await.unwrap();
         drop(held);
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .expect("a link gone already is no failure");
+        // A link gone already is no failure.
+        settled(&net).await;
         // In one kernel operation, not the one-by-one fallback.
         assert_eq!(podnet::internals::veth_batches(&net), [(5, true)]);
         let want: std::collections::BTreeSet<String> = [keep.host_interface().to_owned()].into();
@@ -403,9 +414,7 @@ fn removals_queued_behind_a_deletion_in_flight_go_to_the_kernel_together() {
 
         // On its own, a deletion is a batch of its own.
         keep.remove().await.unwrap();
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         assert_eq!(
             podnet::internals::veth_batches(&net),
             [(5, true), (1, true)]
@@ -420,12 +429,10 @@ fn a_veth_is_deleted_even_while_a_process_keeps_its_namespace() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pod = net.sandbox("a").create().await.unwrap();
-        let tag = pod.host_interface().trim_start_matches("a-").to_owned();
+        let tag = tag_of(&pod);
         let mut member = pod.command("sleep").arg("30").spawn().unwrap();
         pod.remove().await.unwrap();
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         assert!(links_starting(&ctx, &format!("{tag}~")).await.is_empty());
         assert!(links_starting(&ctx, "a-").await.is_empty());
         // The member is still there, in a namespace with only lo.
@@ -435,11 +442,9 @@ fn a_veth_is_deleted_even_while_a_process_keeps_its_namespace() {
     });
 }
 
-/// The start time of process `pid` (`/proc/PID/stat`, field 22).
-fn start_time(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 1..];
-    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+/// The start time of process `pid`.
+fn start_time(pid: i32) -> u64 {
+    common::proc_stat(pid).expect("process exists").1
 }
 
 #[test]
@@ -447,7 +452,7 @@ fn gc_deletes_the_veths_of_removed_sandboxes_that_no_process_deleted() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pod = net.sandbox("a").create().await.unwrap();
-        let tag = pod.host_interface().trim_start_matches("a-").to_owned();
+        let tag = tag_of(&pod);
         let mut dead = std::process::Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
         dead.wait().unwrap();
@@ -467,13 +472,13 @@ fn gc_deletes_the_veths_of_removed_sandboxes_that_no_process_deleted() {
             // This process's, not queued: a deletion that failed.
             (
                 format!("{tag}~00000000000c"),
-                removed_by(me, start_time(me)),
+                removed_by(me, start_time(me as i32)),
                 true,
             ),
             // A live remover's is its own to delete.
             (
                 format!("{tag}~00000000000d"),
-                removed_by(live_pid, start_time(live_pid)),
+                removed_by(live_pid, start_time(live_pid as i32)),
                 false,
             ),
             // Not podnet's doing.
@@ -548,10 +553,7 @@ fn veths_the_kernel_deleted_with_their_namespaces_are_no_failure() {
     in_netns(|ctx| async move {
         let net = network(&ctx, "pn0").await;
         let pods = create_many(&net, "k", 3).await;
-        let tag = pods[0]
-            .host_interface()
-            .trim_start_matches("k0-")
-            .to_owned();
+        let tag = tag_of(&pods[0]);
         let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
         for p in &pods {
             p.remove().await.unwrap();
@@ -570,9 +572,8 @@ fn veths_the_kernel_deleted_with_their_namespaces_are_no_failure() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         drop(held);
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .expect("links gone already are no failure");
+        // Links gone already are no failure.
+        settled(&net).await;
         // Nothing was left to delete one by one.
         assert_eq!(podnet::internals::veth_batches(&net), [(3, true)]);
         net.remove().await.unwrap();
@@ -893,9 +894,7 @@ fn remove_on_drop_cleans_up_when_a_test_panics() {
         assert!(links_starting(&ctx, "doomed-").await.is_empty());
         // ...and the veth is deleted in the background, the holder reaped by
         // the task the drop left on this runtime.
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         assert_eq!(podnet::internals::veth_batches(&net), [(1, true)]);
         common::eventually("the holder is reaped", Duration::from_secs(5), || {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -1052,9 +1051,7 @@ fn a_failure_half_way_rolls_back_what_was_made() {
             .to_owned();
         probe.remove().await.unwrap();
         // (Its veth is deleted in the background: not part of what follows.)
-        podnet::internals::veth_deletions_settled(&net)
-            .await
-            .unwrap();
+        settled(&net).await;
         let squatter = format!("web{suffix}");
         ctx.nl
             .link()
@@ -1098,9 +1095,8 @@ fn a_sandbox_made_on_a_thread_that_ends_lives_on() {
         // gone; the holder dies with this process, not with that thread.
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(pod.phase(), Phase::Running);
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", pod.holder_pid())).unwrap();
-        let state = stat[stat.rfind(')').unwrap() + 2..].chars().next();
-        assert!(matches!(state, Some('S' | 'R')), "holder state: {stat}");
+        let state = common::proc_stat(pod.holder_pid() as i32).map(|(state, _)| state);
+        assert!(matches!(state, Some('S' | 'R')), "holder state: {state:?}");
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
@@ -1246,7 +1242,7 @@ fn a_network_shards_its_sandboxes_over_bridges_that_reach_each_other() {
         assert_eq!(ports(&ctx.nl, "pn0.3").await.len(), 21);
         assert!(ports(&ctx.nl, "pn0.1").await.contains("pn0.3p"));
         // gc deletes a veth of no sandbox on a shard's bridge.
-        let tag = a.host_interface().trim_start_matches("a-").to_owned();
+        let tag = tag_of(&a);
         let stray = format!("zz-{tag}");
         let shard5 = common::link_index(&ctx.nl, "pn0.5").await.unwrap();
         ctx.nl
@@ -1349,9 +1345,9 @@ fn ports_flood_no_ipv6_and_sandboxes_past_900_receive_by_napi() {
         for pod in [&a, &b] {
             let up = LinkAttribute::OperState(netlink_packet_route::link::State::Up);
             let t = std::time::Instant::now();
-            while !common::link_attributes(&ctx.nl, pod.host_interface())
+            while !common::link(&ctx.nl, pod.host_interface())
                 .await
-                .contains(&up)
+                .is_some_and(|l| l.attributes.contains(&up))
             {
                 assert!(t.elapsed() < Duration::from_secs(5), "host end never up");
                 tokio::time::sleep(Duration::from_millis(5)).await;

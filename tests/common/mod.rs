@@ -107,11 +107,7 @@ pub fn holders_of(prefix: &str) -> Vec<(i32, String)> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
     {
         let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|r| r.trim_start().starts_with('Z'));
+        let zombie = proc_stat(pid).is_some_and(|(state, _)| state == 'Z');
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         if !zombie
             && args.first() == Some(&&b"podnet-pause"[..])
@@ -125,6 +121,15 @@ pub fn holders_of(prefix: &str) -> Vec<(i32, String)> {
         }
     }
     out
+}
+
+/// The state (`R`, `S`, `Z`, ...) and start time of process `pid`, from
+/// `/proc/PID/stat` (fields 3 and 22), if it exists.
+pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 struct KillHolders(String);
@@ -205,52 +210,31 @@ pub async fn links(nl: &Handle) -> BTreeSet<String> {
     all.iter().map(link_name).collect()
 }
 
+/// Link `name` as a dump shows it, if there is one.
+pub async fn link(nl: &Handle, name: &str) -> Option<LinkMessage> {
+    dump_links(nl)
+        .await
+        .into_iter()
+        .find(|l| link_name(l) == name)
+}
+
 /// The hardware address of link `name`.
 pub async fn mac(nl: &Handle, name: &str) -> Vec<u8> {
-    let all = dump_links(nl).await;
-    let link = all
-        .iter()
-        .find(|l| link_name(l) == name)
-        .expect("link exists");
-    link.attributes
-        .iter()
+    link(nl, name)
+        .await
+        .expect("link exists")
+        .attributes
+        .into_iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(m) => Some(m.clone()),
+            LinkAttribute::Address(m) => Some(m),
             _ => None,
         })
         .expect("link has an address")
 }
 
-/// Whether link `name` is administratively up (false if there is none).
-pub async fn link_is_up(nl: &Handle, name: &str) -> bool {
-    dump_links(nl)
-        .await
-        .iter()
-        .find(|l| link_name(l) == name)
-        .is_some_and(|l| {
-            l.header
-                .flags
-                .contains(netlink_packet_route::link::LinkFlags::Up)
-        })
-}
-
-/// The attributes of link `name` (empty if there is none).
-pub async fn link_attributes(nl: &Handle, name: &str) -> Vec<LinkAttribute> {
-    dump_links(nl)
-        .await
-        .into_iter()
-        .find(|l| link_name(l) == name)
-        .map(|l| l.attributes)
-        .unwrap_or_default()
-}
-
 /// The index of link `name`, if there is one.
 pub async fn link_index(nl: &Handle, name: &str) -> Option<u32> {
-    dump_links(nl)
-        .await
-        .iter()
-        .find(|l| link_name(l) == name)
-        .map(|l| l.header.index)
+    link(nl, name).await.map(|l| l.header.index)
 }
 
 /// Names of the ports of bridge `bridge`.
