@@ -227,23 +227,9 @@ impl Holder {
     /// Adopt a holder we did not create, checking that `pid` still is the
     /// process that started at `start_time` (so a reused PID is refused).
     pub(crate) fn adopt(pid: Pid, start_time: u64) -> Result<Option<Holder>> {
-        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
-        // JUSTIFICATION: nix 0.31 has no pidfd_open wrapper.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-        if fd < 0 {
-            return match Errno::last() {
-                Errno::ESRCH => Ok(None),
-                errno => Err(Error::sys("pidfd_open holder", pid.to_string(), errno)),
-            };
-        }
-        let fd = RawFd::try_from(fd).map_err(|_| Error::sys("pidfd_open", "", Errno::EBADF))?;
-        // SAFETY: the syscall returned a new fd that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // The pidfd pins the process it was opened for; if that process still
-        // has the start time we recorded, it is the holder, not a reused PID.
-        if !is_alive(pid.as_raw(), start_time) {
+        let Some(pidfd) = pidfd_of(pid, start_time)? else {
             return Ok(None);
-        }
+        };
         // Our own child (re-opened by the process that made it) is ours to reap.
         let child = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
@@ -262,6 +248,26 @@ impl Holder {
             launch: None,
         }))
     }
+}
+
+/// A pidfd of the process `pid` that started at `start_time`, or `None`
+/// if it is gone (a reused PID has another start time).
+pub(crate) fn pidfd_of(pid: Pid, start_time: u64) -> Result<Option<OwnedFd>> {
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd.
+    // JUSTIFICATION: nix 0.31 has no pidfd_open wrapper.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return match Errno::last() {
+            Errno::ESRCH => Ok(None),
+            errno => Err(Error::sys("pidfd_open holder", pid.to_string(), errno)),
+        };
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| Error::sys("pidfd_open", "", Errno::EBADF))?;
+    // SAFETY: the syscall returned a new fd that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The pidfd pins the process it was opened for; if that process still
+    // has the start time we recorded, it is the holder, not a reused PID.
+    Ok(is_alive(pid.as_raw(), start_time).then_some(pidfd))
 }
 
 /// Whether the process `pid` that started at `start_time` is still alive

@@ -41,6 +41,7 @@ use nix::libc;
 use nix::unistd::geteuid;
 
 use crate::error::{Error, Result};
+use crate::network::{fnv1a, fnv1a_from};
 
 /// An address pool: every address of `net` except the network address, the
 /// gateway (the first address) and, for IPv4, the broadcast address.
@@ -236,8 +237,10 @@ impl Record {
         format!("{}@{}", self.name, self.id)
     }
 
-    fn encode(&self) -> String {
-        let mut s = format!(
+    /// The record's text, and the hash of its head (everything before the
+    /// `done=` line), which the done line's check continues.
+    fn encode(&self) -> (String, u64) {
+        let mut head = format!(
             "name={}\nid={}\ncreator={}:{}\nveth={}\npersistent={}\n",
             self.name,
             self.id,
@@ -247,23 +250,65 @@ impl Record {
             u8::from(self.persistent)
         );
         if let Some(a) = self.ipv4 {
-            s += &format!("ipv4={a}\n");
+            head += &format!("ipv4={a}\n");
         }
         if let Some(a) = self.ipv6 {
-            s += &format!("ipv6={a}\n");
+            head += &format!("ipv6={a}\n");
         }
+        head += &format!("sum={}\n", check_hex(fnv1a(head.as_bytes())));
+        let head_hash = fnv1a(head.as_bytes());
         // Always present and fixed-width, so that it can be filled in place
         // once the sandbox is made (see `Store::set_done`).
-        s += &self.done_line();
-        s
+        let text = head + &self.done_line(head_hash);
+        (text, head_hash)
     }
 
     /// Parse a record of the store of network (bridge) `network`, whose
     /// host-side interface names end with `-<tag>`; `path` is its file.
+    ///
+    /// The record's integrity: its `sum=` line is the FNV-1a 64 of every
+    /// byte before it, and the check at the end of its `done=` line
+    /// continues that hash over the head (up to the done line) and the
+    /// line's value, so a change of any byte fails one of them. A done line
+    /// whose check fails is reported as [`TORN`] (it may be being written);
+    /// [`Store::read_record`] reads it again before it calls it damaged.
     fn decode(text: &str, path: &Path, network: &str, tag: &str) -> Result<Record> {
         let corrupt = |reason: String| Error::StateCorrupt {
             path: path.to_owned(),
             reason,
+        };
+        // `encode` always ends with the done line: without it, or without
+        // its newline, the record was cut short, and must not be read as a
+        // sandbox that is still being made (gc would reclaim it once its
+        // creator is gone, live holder and all).
+        let Some(body) = text.strip_suffix('\n') else {
+            return Err(corrupt(
+                "its last line has no newline: the record is cut short".into(),
+            ));
+        };
+        let (head_len, last) = body
+            .rsplit_once('\n')
+            .map_or((0, body), |(h, l)| (h.len() + 1, l));
+        let Some(done) = last.strip_prefix("done=") else {
+            return Err(corrupt(
+                "its done= line is missing: the record is cut short".into(),
+            ));
+        };
+        // Fixed-width: shorter is a record cut short (a line being filled
+        // in place keeps its width).
+        if done.len() != DONE_WIDTH {
+            return Err(corrupt(format!(
+                "its done line is {} characters wide, not {DONE_WIDTH}: \
+                 the record is cut short",
+                done.len()
+            )));
+        }
+        let head = &text[..head_len];
+        let (fields, sum_line) = match head.strip_suffix('\n') {
+            Some(h) => h
+                .rsplit_once('\n')
+                .map_or(("", h), |(f, l)| (&head[..f.len() + 1], l)),
+            None => ("", ""),
         };
         let ident = |v: &str| -> Option<Ident> {
             let (p, s) = v.split_once(':')?;
@@ -272,10 +317,9 @@ impl Record {
                 start: s.parse().ok()?,
             })
         };
-        let (mut name, mut id, mut creator, mut holder) = (None, None, None, None);
+        let (mut name, mut id, mut creator) = (None, None, None);
         let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
-        let mut done_seen = false;
-        for line in text.lines() {
+        for line in fields.lines() {
             let (k, v) = line
                 .split_once('=')
                 .ok_or_else(|| corrupt(format!("line {line:?} is not key=value")))?;
@@ -284,31 +328,6 @@ impl Record {
                 "name" => name = Some(v.to_owned()),
                 "id" => id = Some(v.to_owned()),
                 "creator" => creator = Some(ident(v).ok_or_else(bad)?),
-                "holder" => holder = Some(ident(v).ok_or_else(bad)?),
-                "done" => {
-                    // Fixed-width and last: shorter is a record cut short
-                    // (a line being filled in place keeps its width).
-                    if v.len() != DONE_WIDTH {
-                        return Err(corrupt(format!(
-                            "its done line is {} characters wide, not {DONE_WIDTH}: \
-                             the record is cut short",
-                            v.len()
-                        )));
-                    }
-                    done_seen = true;
-                    let done = parse_done(v).map_err(|torn| match torn {
-                        true => Error::StateCorrupt {
-                            path: path.to_owned(),
-                            reason: TORN.into(),
-                        },
-                        false => bad(),
-                    })?;
-                    if let Some((h, v4, v6)) = done {
-                        holder = Some(h);
-                        ipv4 = v4.or(ipv4);
-                        ipv6 = v6.or(ipv6);
-                    }
-                }
                 "ipv4" => ipv4 = Some(v.parse().map_err(|_| bad())?),
                 "ipv6" => ipv6 = Some(v.parse().map_err(|_| bad())?),
                 "veth" => veth = Some(v.to_owned()),
@@ -317,26 +336,13 @@ impl Record {
                     "1" => persistent = Some(true),
                     _ => return Err(bad()),
                 },
-                // Keys of later versions are skipped, not refused.
+                // Keys of later versions are skipped, not refused (the
+                // check covers them all the same).
                 _ => {}
             }
         }
         let missing = |k: &str| corrupt(format!("{k} is missing"));
         let name = name.ok_or_else(|| missing("name"))?;
-        // `encode` always ends with the done line: without it, or without
-        // its newline, the record was cut short, and must not be read as a
-        // sandbox that is still being made (gc would reclaim it once its
-        // creator is gone, live holder and all).
-        if !done_seen {
-            return Err(corrupt(
-                "its done= line is missing: the record is cut short".into(),
-            ));
-        }
-        if !text.ends_with('\n') {
-            return Err(corrupt(
-                "its last line has no newline: the record is cut short".into(),
-            ));
-        }
         // A record steers gc to a veth and addresses: it must be the record
         // of the file it is in.
         if path.file_name().and_then(|f| f.to_str()) != Some(name.as_str()) {
@@ -359,6 +365,23 @@ impl Record {
                  on network {network:?}"
             )));
         }
+        // Last, so that the checks above name what is wrong where they can.
+        if sum_line.strip_prefix("sum=") != Some(check_hex(fnv1a(fields.as_bytes())).as_str()) {
+            return Err(corrupt(format!(
+                "its content does not match its check ({sum_line:?}): \
+                 the record was changed or damaged after it was written"
+            )));
+        }
+        let done = parse_done(done, fnv1a(head.as_bytes())).map_err(|torn| match torn {
+            true => corrupt(TORN.into()),
+            false => corrupt(format!("bad done line: {done:?}")),
+        })?;
+        let mut holder = None;
+        if let Some((h, v4, v6)) = done {
+            holder = Some(h);
+            ipv4 = v4.or(ipv4);
+            ipv6 = v6.or(ipv6);
+        }
         Ok(Record {
             name,
             id: id.ok_or_else(|| missing("id"))?,
@@ -372,20 +395,31 @@ impl Record {
     }
 }
 
+/// A record check as it is written: 16 lowercase hex digits. Checks are
+/// compared as text, so that a digit changed to its other case fails too.
+fn check_hex(h: u64) -> String {
+    format!("{h:016x}")
+}
+
 /// Width of the value of a record's `done=` line,
 /// `PID:START,IPV4,IPV6,CHECK` (at most 10 + 1 + 20 + 1 + 15 + 1 + 39 + 1 +
 /// 16 characters, `-` for a missing address), padded with spaces; all
 /// spaces until the sandbox is made.
 const DONE_WIDTH: usize = 112;
 
-/// Why a record was read as corrupt when its `done=` line was being written
-/// at that moment; readers read it again.
+/// Why a record was read as corrupt when its `done=` line fails its check:
+/// it may be being written at that moment, so readers read it again.
 const TORN: &str = "its done line is being written";
+
+/// Why a record is corrupt whose `done=` line failed its check every time
+/// it was read.
+const DONE_DAMAGED: &str = "its done line does not match its check: \
+                            the record was changed or damaged after it was written";
 
 impl Record {
     /// `done=<value>\n`, `DONE_WIDTH` wide: the holder and the addresses,
-    /// once there is a holder.
-    fn done_line(&self) -> String {
+    /// once there is a holder, checked by continuing `head_hash`.
+    fn done_line(&self, head_hash: u64) -> String {
         let value = self.holder.map_or_else(String::new, |h| {
             let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
             let body = format!(
@@ -395,7 +429,8 @@ impl Record {
                 show(self.ipv4.map(|a| a.to_string())),
                 show(self.ipv6.map(|a| a.to_string())),
             );
-            format!("{body},{:016x}", crate::network::fnv1a(body.as_bytes()))
+            let check = check_hex(fnv1a_from(head_hash, body.as_bytes()));
+            format!("{body},{check}")
         });
         format!("done={value:<DONE_WIDTH$}\n")
     }
@@ -404,17 +439,18 @@ impl Record {
 /// What a `done=` line says.
 type Done = (Ident, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
-/// The value of a `done=` line: `Ok(None)` when blank, `Err(true)` when
-/// its check does not match (a write in progress: the line is filled in
-/// place), `Err(false)` when it is malformed.
-fn parse_done(v: &str) -> std::result::Result<Option<Done>, bool> {
+/// The value of a `done=` line of a record whose head hashes to
+/// `head_hash`: `Ok(None)` when blank, `Err(true)` when its check does not
+/// match (a write in progress, or damage), `Err(false)` when it is
+/// malformed.
+fn parse_done(v: &str, head_hash: u64) -> std::result::Result<Option<Done>, bool> {
     let v = v.trim_end_matches(' ');
     if v.is_empty() {
         return Ok(None);
     }
     // A prefix of a value being written fails the check.
     let (body, check) = v.rsplit_once(',').ok_or(true)?;
-    if u64::from_str_radix(check, 16).ok() != Some(crate::network::fnv1a(body.as_bytes())) {
+    if check != check_hex(fnv1a_from(head_hash, body.as_bytes())) {
         return Err(true);
     }
     let mut parts = body.split(',');
@@ -445,6 +481,8 @@ fn parse_done(v: &str) -> std::result::Result<Option<Done>, bool> {
 pub(crate) struct RecordFile {
     file: File,
     done_at: u64,
+    /// The hash of the record's head, which the done line's check continues.
+    head_hash: u64,
 }
 
 /// The default root of all stores: `$PODNET_STATE_DIR` if set (an
@@ -598,7 +636,7 @@ impl Store {
     /// Publish a new record; a record of that name already there is
     /// [`Error::AlreadyExists`]. Returns it open, for [`set_done`](Store::set_done).
     pub(crate) fn create_record(&self, rec: &Record) -> Result<RecordFile> {
-        let text = rec.encode();
+        let (text, head_hash) = rec.encode();
         let done_at = text
             .rfind("\ndone=")
             .map(|i| i + 1)
@@ -609,7 +647,11 @@ impl Store {
         let linked = fs::hard_link(&tmp, &path);
         let _ = fs::remove_file(&tmp);
         match linked {
-            Ok(()) => Ok(RecordFile { file, done_at }),
+            Ok(()) => Ok(RecordFile {
+                file,
+                done_at,
+                head_hash,
+            }),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::AlreadyExists {
                 what: "sandbox",
                 name: rec.name.clone(),
@@ -628,7 +670,7 @@ impl Store {
     /// written sees its check fail and reads again.
     pub(crate) fn set_done(&self, file: &RecordFile, rec: &Record) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let line = rec.done_line();
+        let line = rec.done_line(file.head_hash);
         file.file
             .write_all_at(&line.as_bytes()["done=".len()..], file.done_at + 5)
             .map_err(|e| io_err("write state file", &self.record_path(&rec.name), e))
@@ -644,6 +686,12 @@ impl Store {
                 Err(Error::StateCorrupt { reason, .. }) if reason == TORN && tries < 100 => {
                     tries += 1;
                     std::thread::yield_now();
+                }
+                Err(Error::StateCorrupt { path, reason }) if reason == TORN => {
+                    return Err(Error::StateCorrupt {
+                        path,
+                        reason: DONE_DAMAGED.into(),
+                    })
                 }
                 other => return other,
             }
@@ -989,22 +1037,54 @@ impl Store {
         self.record_path(name)
     }
 
-    /// Every reserved address with its owner (`<name>@<id>`).
-    pub(crate) fn reservations(&self) -> Result<Vec<(IpAddr, String)>> {
+    /// Every entry of `addr/`: normally a reserved address and its owner
+    /// (`<name>@<id>`), but whatever is there is listed, for gc to report.
+    pub(crate) fn reservations(&self) -> Result<Vec<AddrEntry>> {
         let dir = self.dir.join("addr");
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))? {
             let entry = entry.map_err(|e| io_err("list", &dir, e))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Ok(addr) = name.parse::<IpAddr>() else {
-                continue;
+            let path = entry.path();
+            let addr = entry.file_name().to_str().and_then(|n| n.parse().ok());
+            let target = match fs::read_link(&path) {
+                Ok(t) => t
+                    .into_os_string()
+                    .into_string()
+                    .map_err(|t| format!("it points to {t:?}, which is not UTF-8")),
+                // EINVAL: not a symlink.
+                Err(_) => Err(match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => "it is a directory, not a symlink to its owner".into(),
+                    Ok(m) if m.is_file() => {
+                        "it is a regular file, not a symlink to its owner".into()
+                    }
+                    Ok(_) => "it is not a symlink to its owner".into(),
+                    Err(e) => format!("it cannot be read: {e}"),
+                }),
             };
-            if let Ok(owner) = fs::read_link(entry.path()) {
-                out.push((addr, owner.to_string_lossy().into_owned()));
-            }
+            out.push(AddrEntry { path, addr, target });
         }
         Ok(out)
     }
+}
+
+/// An entry of a store's `addr/` directory, as [`Store::reservations`]
+/// found it.
+#[derive(Debug)]
+pub(crate) struct AddrEntry {
+    pub path: PathBuf,
+    /// The address its name is, if it is one.
+    pub addr: Option<IpAddr>,
+    /// What its symlink points to (the owner), or why it has no target.
+    pub target: std::result::Result<String, String>,
+}
+
+/// The sandbox name and instance id of an owner (`<name>@<id>`), if it is
+/// one this store writes: a sandbox name and an id of hex digits and `-`.
+pub(crate) fn parse_owner(owner: &str) -> Option<(&str, &str)> {
+    let (name, id) = owner.split_once('@')?;
+    let id_ok =
+        !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    (id_ok && crate::sandbox::validate_name(name).is_ok()).then_some((name, id))
 }
 
 /// The store, for this crate's benchmarks only (feature `internals`).
@@ -1107,7 +1187,10 @@ mod tests {
             persistent: false,
         };
         let p = Path::new("/x/sandbox/web");
-        assert_eq!(Record::decode(&rec.encode(), p, "br0", "k3").unwrap(), rec);
+        assert_eq!(
+            Record::decode(&rec.encode().0, p, "br0", "k3").unwrap(),
+            rec
+        );
         for bad in ["", "garbage", "name=web\ncreator=x\n", "\u{0}\u{1}=\n"] {
             let err = Record::decode(bad, p, "br0", "k3").unwrap_err();
             assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
@@ -1120,7 +1203,7 @@ mod tests {
                 veth: veth.into(),
                 ..rec.clone()
             };
-            let err = Record::decode(&bad.encode(), p, "br0", "k3").unwrap_err();
+            let err = Record::decode(&bad.encode().0, p, "br0", "k3").unwrap_err();
             assert!(
                 matches!(&err, Error::StateCorrupt { reason, .. } if reason.contains("veth")),
                 "{veth}: {err}"
@@ -1132,7 +1215,7 @@ mod tests {
             veth: "Web-k3".into(),
             ..rec.clone()
         };
-        let err = Record::decode(&bad.encode(), Path::new("/x/sandbox/Web"), "br0", "k3");
+        let err = Record::decode(&bad.encode().0, Path::new("/x/sandbox/Web"), "br0", "k3");
         assert!(matches!(err, Err(Error::StateCorrupt { .. })), "{err:?}");
         // Cut anywhere, done or not: corrupt, never a panic nor a record.
         let undone = Record {
@@ -1140,14 +1223,118 @@ mod tests {
             ..rec.clone()
         };
         assert_eq!(
-            Record::decode(&undone.encode(), p, "br0", "k3").unwrap(),
+            Record::decode(&undone.encode().0, p, "br0", "k3").unwrap(),
             undone
         );
-        for text in [rec.encode(), undone.encode()] {
+        for (text, _) in [rec.encode(), undone.encode()] {
             for cut in 0..text.len() {
                 let err = Record::decode(&text[..cut], p, "br0", "k3").unwrap_err();
                 assert!(matches!(err, Error::StateCorrupt { .. }), "{cut}: {err}");
             }
+        }
+    }
+
+    /// A done and an undone record of sandbox "web", and their file.
+    fn web_records() -> ([Record; 2], &'static Path) {
+        let done = Record {
+            name: "web".into(),
+            id: "1f-2a-3".into(),
+            creator: Ident { pid: 7, start: 99 },
+            holder: Some(Ident { pid: 8, start: 100 }),
+            ipv4: Some("10.88.0.2".parse().unwrap()),
+            ipv6: Some("fd00:88::2".parse().unwrap()),
+            veth: "web-k3".into(),
+            persistent: true,
+        };
+        let undone = Record {
+            holder: None,
+            ipv4: None,
+            ipv6: None,
+            ..done.clone()
+        };
+        ([done, undone], Path::new("/x/sandbox/web"))
+    }
+
+    #[test]
+    fn any_one_byte_replaced_inserted_or_deleted_makes_a_record_corrupt() {
+        let (recs, p) = web_records();
+        for rec in recs {
+            let text = rec.encode().0.into_bytes();
+            let decode = |b: &[u8]| {
+                std::str::from_utf8(b)
+                    .map_err(|_| ())
+                    .and_then(|t| Record::decode(t, p, "br0", "k3").map_err(|_| ()))
+            };
+            assert_eq!(decode(&text), Ok(rec.clone()));
+            for at in 0..text.len() {
+                // Every other value at each position: flips, other case, NUL.
+                for byte in 0..=u8::MAX {
+                    if byte == text[at] {
+                        continue;
+                    }
+                    let mut b = text.clone();
+                    b[at] = byte;
+                    assert!(decode(&b).is_err(), "byte {at} set to {byte:#x}");
+                }
+                for byte in [0, b' ', b'\n', b'0', b'a', b'='] {
+                    let mut b = text.clone();
+                    b.insert(at, byte);
+                    assert!(decode(&b).is_err(), "{byte:#x} inserted at {at}");
+                }
+                let mut b = text.clone();
+                b.remove(at);
+                assert!(decode(&b).is_err(), "byte {at} deleted");
+            }
+            // Every line twice, and every two lines swapped.
+            let lines: Vec<&[u8]> = text.split_inclusive(|c| *c == b'\n').collect();
+            for i in 0..lines.len() {
+                let mut twice = lines.clone();
+                twice.insert(i, lines[i]);
+                assert!(decode(&twice.concat()).is_err(), "line {i} twice");
+                for j in i + 1..lines.len() {
+                    let mut swapped = lines.clone();
+                    swapped.swap(i, j);
+                    assert!(
+                        decode(&swapped.concat()).is_err(),
+                        "lines {i} and {j} swapped"
+                    );
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_are_never_a_record_and_never_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)
+        ) {
+            let (_, p) = web_records();
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let got = Record::decode(text, p, "br0", "k3");
+                let corrupt = matches!(got, Err(Error::StateCorrupt { .. }));
+                proptest::prop_assert!(corrupt, "{:?}", got);
+            }
+        }
+
+        #[test]
+        fn a_record_with_arbitrary_text_spliced_in_is_corrupt(
+            which in 0usize..2,
+            at in proptest::prelude::any::<usize>(),
+            cut in 0usize..8,
+            splice in "\\PC{0,12}",
+        ) {
+            let (recs, p) = web_records();
+            let text = recs[which].encode().0;
+            let mut at = at % (text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let end = (at + cut).min(text.len());
+            let damaged = format!("{}{splice}{}", &text[..at], &text[end..]);
+            proptest::prop_assume!(damaged != text);
+            let got = Record::decode(&damaged, p, "br0", "k3");
+            let corrupt = matches!(got, Err(Error::StateCorrupt { .. }));
+            proptest::prop_assert!(corrupt, "{:?}: {:?}", damaged, got);
         }
     }
 
@@ -1210,7 +1397,7 @@ mod tests {
             .reservations()
             .unwrap()
             .into_iter()
-            .map(|(a, _)| a)
+            .filter_map(|e| e.addr)
             .collect();
         store.fit_window(&p, &reserved).unwrap();
         assert_eq!(store.allocate(&p, "f", None).await.unwrap(), ip(3));
@@ -1381,18 +1568,27 @@ mod tests {
             let mut torn = text.clone().into_bytes();
             torn[at + cut..at + DONE_WIDTH].fill(b' ');
             fs::write(&path, &torn).unwrap();
-            let err = store.read_record("a").unwrap_err();
+            let err = store.read_record_once("a").unwrap_err();
             assert!(
                 matches!(&err, Error::StateCorrupt { reason, .. } if reason == TORN),
                 "{err}"
             );
+            // Torn at every read: damaged, not being written.
+            let err = store.read_record("a").unwrap_err();
+            assert!(
+                matches!(&err, Error::StateCorrupt { reason, .. } if reason == DONE_DAMAGED),
+                "{err}"
+            );
         }
         // Blank is not done yet; a malformed value is corrupt, not torn.
-        assert_eq!(parse_done(&" ".repeat(DONE_WIDTH)), Ok(None));
+        let h = 0x1234_5678_9abc_def0;
+        assert_eq!(parse_done(&" ".repeat(DONE_WIDTH), h), Ok(None));
         let body = "12:34,10.88.0.2,-";
-        let good = format!("{body},{:016x}", crate::network::fnv1a(body.as_bytes()));
+        let good = format!("{body},{}", check_hex(fnv1a_from(h, body.as_bytes())));
+        // The check continues the head's hash: under another head it fails.
+        assert_eq!(parse_done(&good, h ^ 1), Err(true));
         assert_eq!(
-            parse_done(&good),
+            parse_done(&good, h),
             Ok(Some((
                 Ident { pid: 12, start: 34 },
                 Some(Ipv4Addr::new(10, 88, 0, 2)),
@@ -1400,8 +1596,8 @@ mod tests {
             )))
         );
         let bad = "1x:34,-,-";
-        let bad = format!("{bad},{:016x}", crate::network::fnv1a(bad.as_bytes()));
-        assert_eq!(parse_done(&bad), Err(false));
+        let bad = format!("{bad},{}", check_hex(fnv1a_from(h, bad.as_bytes())));
+        assert_eq!(parse_done(&bad, h), Err(false));
         fs::remove_dir_all(&root).unwrap();
     }
 

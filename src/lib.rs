@@ -156,7 +156,7 @@ pub mod internals {
 mod readme {}
 pub use ipnetwork;
 pub use netns::Enter;
-pub use network::GcReport;
+pub use network::{Damaged, GcReport};
 pub use network::{Network, NetworkBuilder};
 pub use pod::ports::{
     Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,

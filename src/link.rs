@@ -15,7 +15,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoVeth, LinkAttribute,
     LinkFlags, LinkInfo, LinkMessage, State,
@@ -24,7 +24,8 @@ use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
 use nix::libc;
 use rtnetlink::packet_core::{
-    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use rtnetlink::{
     AddressMessageBuilder, Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
@@ -756,6 +757,30 @@ pub(crate) fn delete_links_blocking(
     (results, group_gone && !steps.contains(&Step::ByName))
 }
 
+/// Every address on every interface of the namespace `nl` was opened in
+/// (one `RTM_GETADDR` dump); `object` names the namespace for errors.
+pub(crate) fn addresses_blocking(nl: &mut Nl, object: &str) -> Result<Vec<IpAddr>> {
+    let req = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+    let msgs = nl
+        .dump(req)
+        .map_err(|e| io_nl_err("list addresses of", object, e))?
+        .map_err(|errno| errno_err("list addresses of", object, errno))?;
+    let mut out = Vec::new();
+    for msg in msgs {
+        let RouteNetlinkMessage::NewAddress(a) = msg else {
+            continue;
+        };
+        for attr in a.attributes {
+            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = attr {
+                if !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The inside of a sandbox: its address(es) and gateway(s).
 #[derive(Debug)]
 pub(crate) struct Inside<'a> {
@@ -962,57 +987,111 @@ impl Nl {
         let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
         let mut replies: Vec<Vec<RouteNetlinkMessage>> = (0..n).map(|_| Vec::new()).collect();
         let mut pending = n;
-        // Received into a buffer of the thread's, not zeroed for each call.
-        RECV_BUF.with_borrow_mut(|rbuf| {
-            while pending > 0 {
-                rbuf.clear();
-                let got = loop {
-                    match self.sock.recv(rbuf, 0) {
-                        Ok(got) => break got.min(rbuf.len()),
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => return Err(e),
+        if pending == 0 {
+            return Ok(Vec::new());
+        }
+        self.receive(|msg| {
+            // Answers to an earlier, abandoned batch are skipped.
+            let Some(i) = usize::try_from(msg.header.sequence_number.wrapping_sub(first))
+                .ok()
+                .filter(|i| *i < n)
+            else {
+                return pending == 0;
+            };
+            match msg.payload {
+                NetlinkPayload::Error(err) => {
+                    if answers[i].is_none() {
+                        pending -= 1;
                     }
-                };
-                let mut off = 0;
-                while off < got {
-                    let data = &rbuf[off..got];
-                    let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data)
-                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-                    let step = usize::try_from(msg.header.length)
-                        .unwrap_or(usize::MAX)
-                        .next_multiple_of(4);
-                    if step == 0 {
-                        break;
-                    }
-                    off = off.saturating_add(step);
-                    // Answers to an earlier, abandoned batch are skipped.
-                    let Some(i) = usize::try_from(msg.header.sequence_number.wrapping_sub(first))
-                        .ok()
-                        .filter(|i| *i < n)
-                    else {
-                        continue;
-                    };
-                    match msg.payload {
-                        NetlinkPayload::Error(err) => {
-                            if answers[i].is_none() {
-                                pending -= 1;
-                            }
-                            answers[i] = Some(match err.code {
-                                None => Ok(std::mem::take(&mut replies[i])),
-                                Some(code) => Err(Errno::from_raw(-code.get())),
-                            });
-                        }
-                        NetlinkPayload::InnerMessage(m) => replies[i].push(m),
-                        _ => {}
-                    }
+                    answers[i] = Some(match err.code {
+                        None => Ok(std::mem::take(&mut replies[i])),
+                        Some(code) => Err(Errno::from_raw(-code.get())),
+                    });
                 }
+                NetlinkPayload::InnerMessage(m) => replies[i].push(m),
+                _ => {}
             }
-            Ok(())
+            pending == 0
         })?;
         Ok(answers
             .into_iter()
             .map(|a| a.unwrap_or(Err(Errno::EIO)))
             .collect())
+    }
+
+    /// Send `req` as a dump (`NLM_F_DUMP`) and collect what the kernel
+    /// sends for it until its `NLMSG_DONE`, or its errno.
+    pub(crate) fn dump(&mut self, req: RouteNetlinkMessage) -> std::io::Result<Answer> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut m = NetlinkMessage::from(req);
+        m.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        m.header.sequence_number = seq;
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        loop {
+            match self.sock.send(&buf, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut got = Vec::new();
+        let mut answer = None;
+        self.receive(|msg| {
+            if msg.header.sequence_number == seq && answer.is_none() {
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(m) => got.push(m),
+                    NetlinkPayload::Done(_) => answer = Some(Ok(std::mem::take(&mut got))),
+                    NetlinkPayload::Error(err) => {
+                        answer = Some(Err(err
+                            .code
+                            .map_or(Errno::EIO, |c| Errno::from_raw(-c.get()))));
+                    }
+                    _ => {}
+                }
+            }
+            answer.is_some()
+        })?;
+        Ok(answer.unwrap_or(Err(Errno::EIO)))
+    }
+
+    /// Receive datagrams, giving `on` each message in them, until `on` has
+    /// said that it has all it waits for (at the end of that datagram).
+    fn receive(
+        &mut self,
+        mut on: impl FnMut(NetlinkMessage<RouteNetlinkMessage>) -> bool,
+    ) -> std::io::Result<()> {
+        // Received into a buffer of the thread's, not zeroed for each call.
+        RECV_BUF.with_borrow_mut(|rbuf| loop {
+            rbuf.clear();
+            let got = loop {
+                match self.sock.recv(rbuf, 0) {
+                    Ok(got) => break got.min(rbuf.len()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            let mut off = 0;
+            let mut done = false;
+            while off < got {
+                let data = &rbuf[off..got];
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(data)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+                let step = usize::try_from(msg.header.length)
+                    .unwrap_or(usize::MAX)
+                    .next_multiple_of(4);
+                if step == 0 {
+                    break;
+                }
+                off = off.saturating_add(step);
+                done |= on(msg);
+            }
+            if done {
+                return Ok(());
+            }
+        })
     }
 }
 

@@ -14,16 +14,19 @@ use ipnetwork::IpNetwork;
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
-use crate::holder::{self, Holder};
-use crate::ipam::Record;
+use crate::holder::Holder;
 use crate::ipam::{Pool, Store};
 use crate::link::nft::Nft;
 use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
+mod gc;
 pub(crate) mod reaper;
 mod shard;
+
+use gc::{liveness, Liveness};
+pub use gc::{Damaged, GcReport};
 
 /// Longest interface name the kernel takes (IFNAMSIZ - 1).
 pub(crate) const IFNAMSIZ_MAX: usize = 15;
@@ -217,72 +220,6 @@ impl NetInner {
     }
 }
 
-/// What [`Network::gc`] reclaimed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GcReport {
-    /// Sandboxes whose holder was dead, or whose creator died half-way:
-    /// their records are gone.
-    pub sandboxes: Vec<String>,
-    /// Addresses released back to the pool.
-    pub addresses: Vec<IpAddr>,
-    /// Host-side interfaces deleted (veths of dead or unknown sandboxes, and
-    /// veths of removed sandboxes, renamed `<tag>~...`, whose remover died or
-    /// whose deletion failed).
-    pub links: Vec<String>,
-    /// PIDs of holders killed because no live sandbox claims them.
-    pub holders: Vec<u32>,
-    /// Records that cannot be read; left alone, with everything they might own.
-    pub corrupt: Vec<PathBuf>,
-    /// Volume directories of pods whose sandbox is gone, deleted.
-    pub volumes: Vec<PathBuf>,
-    /// Kernel port-mapping rules deleted from this process's table of the
-    /// network (their comments: sandbox instance, port, mapping serial):
-    /// those of sandboxes that are gone (their mappings in this process are
-    /// ended too), and those no live mapping claims (a deletion that had
-    /// failed). Rules of processes that exited are never there to reclaim:
-    /// the kernel deletes their tables when they exit.
-    pub port_rules: Vec<String>,
-}
-
-impl GcReport {
-    /// Whether nothing was reclaimed (corrupt records are only reported).
-    pub fn is_empty(&self) -> bool {
-        self.sandboxes.is_empty()
-            && self.addresses.is_empty()
-            && self.links.is_empty()
-            && self.holders.is_empty()
-            && self.volumes.is_empty()
-            && self.port_rules.is_empty()
-    }
-}
-
-/// How gc sees one record.
-enum Liveness {
-    /// The holder lives: never touched.
-    Live(Record),
-    /// No holder yet and the creator lives: a create in progress.
-    Pending(Record),
-    /// Holder dead, or creator died before there was one.
-    Dead(Record),
-    /// The record cannot be read.
-    Corrupt(PathBuf),
-    /// Removed since it was listed: nothing to do.
-    Gone,
-}
-
-fn liveness(store: &Store, name: &str) -> Liveness {
-    match store.read_record(name) {
-        Ok(Some(rec)) => match rec.holder {
-            Some(h) if holder::is_alive(h.pid, h.start) => Liveness::Live(rec),
-            None if holder::is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
-            _ => Liveness::Dead(rec),
-        },
-        Ok(None) => Liveness::Gone,
-        Err(_) => Liveness::Corrupt(store.record_file(name)),
-    }
-}
-
 /// Configures a [`Network`]; made by [`Network::builder`].
 #[derive(Debug)]
 #[must_use = "a builder does nothing until .build().await"]
@@ -404,7 +341,7 @@ impl Network {
                 Liveness::Pending(r) => (Some(r), Phase::Pending),
                 Liveness::Gone => continue,
                 Liveness::Dead(r) => (Some(r), Phase::Failed),
-                Liveness::Corrupt(_) => (None, Phase::Unknown),
+                Liveness::Corrupt { .. } => (None, Phase::Unknown),
             };
             out.push(SandboxInfo {
                 name,
@@ -470,193 +407,7 @@ impl Network {
     /// # Cancel safety
     /// Each step is idempotent: a cancelled gc can be run again.
     pub async fn gc(&self) -> Result<GcReport> {
-        let inner = &self.inner;
-        let store = &inner.store;
-        // Excludes other gcs and allocations (not creates as a whole: a
-        // create in progress is recognised by its live creator).
-        let _lock = store.lock().await?;
-        let mut report = GcReport::default();
-        let mut errors = Vec::new();
-        // Names whose holders and veths must be left alone.
-        let mut keep = std::collections::HashMap::new();
-        // Reservations (`<name>@<id>`) that records still stand behind.
-        let mut owned = std::collections::HashSet::new();
-        for name in store.sandbox_names()? {
-            let rec = match liveness(store, &name) {
-                Liveness::Live(rec) => {
-                    owned.insert(rec.owner());
-                    keep.insert(name, rec.holder);
-                    continue;
-                }
-                Liveness::Pending(rec) => {
-                    owned.insert(rec.owner());
-                    keep.insert(name, None);
-                    continue;
-                }
-                Liveness::Corrupt(path) => {
-                    keep.insert(name, None);
-                    report.corrupt.push(path);
-                    continue;
-                }
-                Liveness::Gone => continue,
-                Liveness::Dead(rec) => rec,
-            };
-            let object = format!("veth {} of dead sandbox {:?}", rec.veth, rec.name);
-            match link::delete_link(&inner.conn.handle, &rec.veth, &object).await {
-                Ok(true) => report.links.push(rec.veth.clone()),
-                Ok(false) => {}
-                Err(e) => errors.push(e),
-            }
-            for ip in rec
-                .ipv4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(rec.ipv6.map(IpAddr::V6))
-            {
-                match store.release(ip, &rec.owner()) {
-                    Ok(()) => report.addresses.push(ip),
-                    Err(e) => errors.push(e),
-                }
-            }
-            match store.remove_record_if(&rec.name, &rec.id) {
-                Ok(()) => report.sandboxes.push(rec.name),
-                Err(e) => errors.push(e),
-            }
-        }
-        // Addresses whose owner has no record: a crash between the steps of
-        // a removal, or a hand-edited store.
-        // What stays reserved fits the allocation windows below.
-        let mut reserved: Vec<IpAddr> = Vec::new();
-        for (ip, owner) in store.reservations()? {
-            let name = owner.split('@').next().unwrap_or_default();
-            // A corrupt record may own it: leave it with the record.
-            if owned.contains(&owner) || report.corrupt.iter().any(|p| p.ends_with(name)) {
-                reserved.push(ip);
-                continue;
-            }
-            match store.release(ip, &owner) {
-                Ok(()) if !report.addresses.contains(&ip) => report.addresses.push(ip),
-                Ok(()) => {}
-                Err(e) => {
-                    reserved.push(ip);
-                    errors.push(e);
-                }
-            }
-        }
-        // The allocation windows, back to what the addresses still
-        // reserved need.
-        for pool in inner.v4.iter().chain(inner.v6.iter()) {
-            if let Err(e) = store.fit_window(pool, &reserved) {
-                errors.push(e);
-            }
-        }
-        // Pod volumes of sandbox instances that are gone.
-        for owner in store.volume_owners()? {
-            let name = owner.split('@').next().unwrap_or_default();
-            if owned.contains(&owner) || report.corrupt.iter().any(|p| p.ends_with(name)) {
-                continue;
-            }
-            match store.remove_volumes(&owner) {
-                Ok(()) => report.volumes.push(store.volumes_dir(&owner)),
-                Err(e) => errors.push(e),
-            }
-        }
-        // Holders of this network that no live sandbox claims.
-        for holder::Found {
-            pid,
-            start,
-            name,
-            creator,
-        } in holder::find_holders(&inner.key)
-        {
-            // Removed by this process, and ended soon with others
-            // (netns::bury): not an orphan.
-            if netns::buried(pid) {
-                continue;
-            }
-            // Its creator is still making it: create() starts the holder
-            // before it writes the record.
-            if creator.is_some_and(|(p, s)| holder::is_alive(p, s)) && !keep.contains_key(&name) {
-                continue;
-            }
-            let claimed = match keep.get(&name) {
-                Some(Some(h)) => h.pid == pid.as_raw() && h.start == start,
-                Some(None) => true,
-                None => false,
-            };
-            if claimed {
-                continue;
-            }
-            if let Ok(Some(h)) = Holder::adopt(pid, start) {
-                match h.kill() {
-                    Ok(()) => {
-                        report
-                            .holders
-                            .push(u32::try_from(pid.as_raw()).unwrap_or(0));
-                        h.discard();
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
-        // Host ends of veths on the network's bridges that no live sandbox
-        // claims.
-        let suffix = format!("-{}", inner.tag);
-        let bridges = inner.all_bridges().await.unwrap_or_else(|e| {
-            errors.push(e);
-            Vec::new()
-        });
-        for (_, index, _) in bridges {
-            let ports = match link::bridge_ports(&inner.conn.handle, index).await {
-                Ok(ports) => ports,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
-            for port in ports {
-                let Some(name) = port.strip_suffix(&suffix) else {
-                    continue;
-                };
-                if keep.contains_key(name) || report.links.contains(&port) {
-                    continue;
-                }
-                let object = format!("veth {port} of no live sandbox");
-                match link::delete_link(&inner.conn.handle, &port, &object).await {
-                    Ok(true) => report.links.push(port),
-                    Ok(false) => {}
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
-        // Veths of removed sandboxes whose deletion in the background never
-        // happened: their remover died first, or the deletion failed.
-        let (deleted, failed) = inner.delete_dying_links().await;
-        report.links.extend(deleted);
-        errors.extend(failed);
-        // This process's mappings of sandboxes without a live record, and
-        // rules of its table that no live mapping claims (a deletion that
-        // failed). A corrupt record keeps what it might own. The rules of
-        // other processes are in tables they own: the kernel deletes those
-        // when the process exits, and no other process may touch them.
-        let corrupt: Vec<PathBuf> = report.corrupt.clone();
-        let gone = ports::gc(&inner.ports, |name, owner| {
-            !owned.contains(owner) && !corrupt.iter().any(|p| p.ends_with(name))
-        })
-        .await;
-        match gone {
-            Ok(rules) => report.port_rules.extend(rules),
-            Err(e) => errors.push(e),
-        }
-        store.remove_stale_temp_files();
-        if errors.is_empty() {
-            Ok(report)
-        } else {
-            Err(Error::Multiple {
-                op: format!("gc of network {:?}", inner.bridge),
-                errors,
-            })
-        }
+        gc::run(&self.inner).await
     }
 
     /// Start configuring a sandbox called `name` on this network.
@@ -846,11 +597,18 @@ pub(crate) fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
     })
 }
 
-/// 64-bit FNV-1a: a stable hash for derived names (not for security).
+/// 64-bit FNV-1a: a stable hash for derived names and the checks of store
+/// records (it detects any one changed byte; not for security).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+/// FNV-1a 64 of `bytes` continued from the state `h` (`fnv1a(a ++ b)` is
+/// `fnv1a_from(fnv1a(a), b)`).
+pub(crate) fn fnv1a_from(h: u64, bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Two base-36 characters derived from the bridge name.

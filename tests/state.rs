@@ -16,7 +16,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{files_under, in_netns, ports, Ctx};
+use common::{files_under, in_netns, ports, record_path, reservation_path, Ctx};
 use podnet::{Error, Network, Phase};
 
 const BRIDGE: &str = "pn0";
@@ -488,7 +488,7 @@ fn corrupted_state_gives_clear_errors_and_never_panics() {
                 "{what}"
             );
             let report = net.gc().await.unwrap();
-            assert_eq!(report.corrupt, std::slice::from_ref(&bad), "{what}");
+            assert_eq!(damaged_paths(&report), std::slice::from_ref(&bad), "{what}");
             assert!(
                 report.is_empty(),
                 "{what}: gc must not reclaim what it cannot read: {report:?}"
@@ -594,20 +594,9 @@ fn gc_racing_creates_leaves_them_whole() {
     });
 }
 
-/// The record of sandbox `name` in the test's store.
-fn record_path(ctx: &Ctx, name: &str) -> std::path::PathBuf {
-    files_under(&ctx.state)
-        .into_iter()
-        .find(|f| f.ends_with(Path::new("sandbox").join(name)))
-        .unwrap_or_else(|| panic!("no record of {name:?}"))
-}
-
-/// The reservation file of `ip` in the test's store.
-fn reservation_path(ctx: &Ctx, ip: &str) -> std::path::PathBuf {
-    files_under(&ctx.state)
-        .into_iter()
-        .find(|f| f.ends_with(Path::new("addr").join(ip)))
-        .unwrap_or_else(|| panic!("no reservation of {ip}"))
+/// The paths of the store entries gc reported as damaged.
+fn damaged_paths(report: &podnet::GcReport) -> Vec<std::path::PathBuf> {
+    report.corrupt.iter().map(|d| d.path.clone()).collect()
 }
 
 /// Whether holder `pid` of sandbox `name` of this test's network runs.
@@ -634,7 +623,7 @@ async fn assert_refused_everywhere(net: &Network, name: &str, record: &Path, wha
         "{what}: {listed:?}"
     );
     let report = net.gc().await.unwrap_or_else(|e| panic!("{what}: gc: {e}"));
-    assert_eq!(report.corrupt, [record.to_owned()], "{what}");
+    assert_eq!(damaged_paths(&report), [record.to_owned()], "{what}");
     assert!(
         report.is_empty(),
         "{what}: gc must not reclaim what it cannot read: {report:?}"

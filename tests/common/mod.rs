@@ -272,6 +272,33 @@ pub async fn addresses(nl: &Handle) -> BTreeSet<(u32, IpAddr)> {
         .collect()
 }
 
+/// The directory of the test's network store (the one holding `addr/` and
+/// `sandbox/`); there must be exactly one network.
+pub fn store_dir(ctx: &Ctx) -> PathBuf {
+    let dirs: Vec<PathBuf> = tree_under(&ctx.state)
+        .into_iter()
+        .filter(|p| p.ends_with("addr") && p.is_dir())
+        .filter_map(|p| p.parent().map(Path::to_owned))
+        .collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "one store under {}: {dirs:?}",
+        ctx.state.display()
+    );
+    dirs[0].clone()
+}
+
+/// The record of sandbox `name` in the test's store.
+pub fn record_path(ctx: &Ctx, name: &str) -> PathBuf {
+    store_dir(ctx).join("sandbox").join(name)
+}
+
+/// The reservation of address `ip` in the test's store.
+pub fn reservation_path(ctx: &Ctx, ip: &str) -> PathBuf {
+    store_dir(ctx).join("addr").join(ip)
+}
+
 /// Build network `bridge` with one pool, `subnet`, and its store in `state`.
 pub async fn build_network(
     state: &Path,
