@@ -400,6 +400,12 @@ impl Network {
     /// temporary files of dead writers. A live sandbox, or one that a live
     /// process is still creating, is never touched, whichever process owns it.
     ///
+    /// An address is released only when no live or pending record owns or
+    /// names it, no damaged record may own it, and no live holder of this
+    /// network has it on an interface. Store entries that cannot be
+    /// believed are left in place and listed in [`GcReport::corrupt`]
+    /// (docs/state-and-gc.md says how to clear them).
+    ///
     /// # Errors
     /// Every step is attempted; if any fails, [`Error::Multiple`] lists the
     /// failures (what was reclaimed before stays reclaimed).
