@@ -235,6 +235,39 @@ fn gc_never_releases_an_address_a_live_sandbox_has_on_an_interface() {
     });
 }
 
+#[test]
+fn a_reservation_whose_owner_changed_stays_while_a_live_record_lists_its_address() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net
+            .sandbox("victim")
+            .persistent(true)
+            .create()
+            .await
+            .unwrap();
+        let reservation = reservation_path(&ctx, &pod.ip().to_string());
+        let owner = std::fs::read_link(&reservation).unwrap();
+        let owner = owner.to_str().unwrap();
+        let (name, id) = owner.split_once('@').unwrap();
+        let changed = format!(
+            "{name}@{}",
+            id.to_ascii_uppercase().replace(['a', 'A'], "b")
+        );
+        assert_ne!(changed, owner);
+        std::fs::remove_file(&reservation).unwrap();
+        std::os::unix::fs::symlink(&changed, &reservation).unwrap();
+        let report = network(&ctx).await.gc().await.unwrap();
+        assert!(report.is_empty(), "{report:?}");
+        assert_eq!(
+            std::fs::read_link(&reservation).unwrap().to_str(),
+            Some(&*changed)
+        );
+        assert_taken(&net, pod.ip(), "listed by victim's record").await;
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
 /// One way to damage a file's bytes; positions are taken modulo its length.
 #[derive(Debug, Clone)]
 enum Damage {
