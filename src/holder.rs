@@ -53,6 +53,7 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
+use crate::ident::{is_alive, proc_start_time};
 
 /// The name the holder gives itself (`ps -o comm`).
 pub(crate) const HOLDER_COMM: &str = "podnet-pause";
@@ -270,22 +271,6 @@ pub(crate) fn pidfd_of(pid: Pid, start_time: u64) -> Result<Option<OwnedFd>> {
     Ok(is_alive(pid.as_raw(), start_time).then_some(pidfd))
 }
 
-/// Whether the process `pid` that started at `start_time` is still alive
-/// (a reused PID has another start time). Zombies count as dead.
-pub(crate) fn is_alive(pid: i32, start_time: u64) -> bool {
-    let pid = Pid::from_raw(pid);
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
-            let mut fields = rest.split_whitespace();
-            let state = fields.next();
-            let start = fields.nth(18).and_then(|s| s.parse::<u64>().ok());
-            state != Some("Z") && state != Some("X") && start == Some(start_time)
-        }
-        Err(_) => false,
-    }
-}
-
 /// A holder found by [`find_holders`].
 #[derive(Debug)]
 pub(crate) struct Found {
@@ -446,20 +431,6 @@ pub(crate) async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
         .await
         .map_err(|e| Error::io("watch pidfd of holder", pid.to_string(), e))?;
     Ok(())
-}
-
-/// `/proc/PID/stat` field 22, the start time in clock ticks since boot.
-pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
-    // One read into a buffer large enough for any stat line (open, read,
-    // close: read_to_string would add a statx and a read per doubling).
-    let mut buf = [0u8; 1024];
-    let file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-    let n = std::io::Read::read(&mut &file, &mut buf).ok()?;
-    let stat = std::str::from_utf8(&buf[..n]).ok()?;
-    // Field 2 (comm) may hold spaces and parentheses: parse after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // rest starts at field 3, so field 22 is index 19.
-    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Start a holder with fresh namespaces.

@@ -31,7 +31,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -41,7 +41,9 @@ use nix::libc;
 use nix::unistd::geteuid;
 
 use crate::error::{Error, Result};
-use crate::network::{fnv1a, fnv1a_from};
+use crate::ident::Ident;
+use crate::names::{fnv1a, fnv1a_from};
+use crate::paths::{ensure_private_dir, open_private};
 
 /// An address pool: every address of `net` except the network address, the
 /// gateway (the first address) and, for IPv4, the broadcast address.
@@ -205,13 +207,6 @@ impl Pool {
     }
 }
 
-/// A process identity that survives PID reuse: the PID and its start time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Ident {
-    pub pid: i32,
-    pub start: u64,
-}
-
 /// What the store knows of a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Record {
@@ -350,7 +345,7 @@ impl Record {
                 "it names sandbox {name:?}, not its file's"
             )));
         }
-        if let Err(e) = crate::sandbox::validate_name(&name) {
+        if let Err(e) = crate::names::validate_name(&name) {
             return Err(corrupt(format!(
                 "its file's name is not a sandbox name: {e}"
             )));
@@ -485,51 +480,6 @@ pub(crate) struct RecordFile {
     head_hash: u64,
 }
 
-/// The default root of all stores: `$PODNET_STATE_DIR` if set (an
-/// absolute path), else `/run/podnet` for root in the machine's initial user
-/// namespace, else `$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>` (uid
-/// as seen outside any user namespace).
-pub(crate) fn default_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PODNET_STATE_DIR").map(PathBuf::from) {
-        if dir.is_absolute() {
-            return dir;
-        }
-    }
-    if geteuid().is_root() && crate::rootless::in_initial_userns() {
-        return PathBuf::from("/run/podnet");
-    }
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
-        if dir.is_absolute() && dir.is_dir() {
-            return dir.join("podnet");
-        }
-    }
-    PathBuf::from(format!("/tmp/podnet-{}", crate::rootless::outer_uid()))
-}
-
-/// Make `dir` (mode 0700) if it is missing, and check that it is a real
-/// directory of ours that nobody else may write.
-pub(crate) fn ensure_private_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(io_err("create state directory", dir, e)),
-    }
-    let meta = fs::symlink_metadata(dir).map_err(|e| io_err("inspect state directory", dir, e))?;
-    let reason = if !meta.file_type().is_dir() {
-        "it is not a directory (a symlink?)"
-    } else if meta.uid() != geteuid().as_raw() {
-        "it belongs to another user"
-    } else if meta.mode() & 0o022 != 0 {
-        "others may write to it"
-    } else {
-        return Ok(());
-    };
-    Err(Error::StateCorrupt {
-        path: dir.to_owned(),
-        reason: format!("refusing state directory: {reason}"),
-    })
-}
-
 /// Overwrite the cursor file with `i` as 39 digits (enough for any u128),
 /// so the file never needs truncating.
 fn write_cursor(file: &File, i: u128, top: u128) -> std::io::Result<()> {
@@ -545,19 +495,6 @@ fn read_cursor(file: &File) -> Option<(u128, u128)> {
     let text = std::str::from_utf8(&buf[..n]).ok()?;
     let mut words = text.split_whitespace().map(str::parse::<u128>);
     Some((words.next()?.ok()?, words.next()?.ok()?))
-}
-
-/// Open (making it if needed, 0600) a file of the store for reading and
-/// writing, never through a symlink.
-pub(crate) fn open_private(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
 }
 
 fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error {
@@ -598,7 +535,7 @@ impl Store {
         Ok(Store {
             dir,
             network: network.to_owned(),
-            tag: crate::network::tag(network),
+            tag: crate::names::tag(network),
             cursors: Default::default(),
         })
     }
@@ -1084,7 +1021,7 @@ pub(crate) fn parse_owner(owner: &str) -> Option<(&str, &str)> {
     let (name, id) = owner.split_once('@')?;
     let id_ok =
         !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    (id_ok && crate::sandbox::validate_name(name).is_ok()).then_some((name, id))
+    (id_ok && crate::names::validate_name(name).is_ok()).then_some((name, id))
 }
 
 /// The store, for this crate's benchmarks only (feature `internals`).
@@ -1138,7 +1075,7 @@ mod tests {
             holder: None,
             ipv4: None,
             ipv6: None,
-            veth: format!("a-{}", crate::network::tag("br0")),
+            veth: format!("a-{}", crate::names::tag("br0")),
             persistent,
         }
     }

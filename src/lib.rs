@@ -75,10 +75,13 @@
 
 mod error;
 mod holder;
+mod ident;
 mod ipam;
 mod link;
+mod names;
 mod netns;
 mod network;
+mod paths;
 mod pod;
 pub mod rootless;
 mod sandbox;

@@ -134,7 +134,7 @@ fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
 /// on the bridge so its address no longer follows its lowest port's (which
 /// changes as sandboxes come and go and breaks the sandboxes' ARP caches).
 fn bridge_mac(name: &str) -> Vec<u8> {
-    let h = crate::network::fnv1a(name.as_bytes()).to_be_bytes();
+    let h = crate::names::fnv1a(name.as_bytes()).to_be_bytes();
     vec![0x02, h[3], h[4], h[5], h[6], h[7]]
 }
 

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::ipam::{Pool, Store};
 use crate::link::nft::Nft;
+use crate::names::{check_mtu, tag, validate_ifname};
 use crate::pod::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
@@ -27,9 +28,6 @@ mod shard;
 
 use gc::{liveness, Liveness};
 pub use gc::{Damaged, GcReport};
-
-/// Longest interface name the kernel takes (IFNAMSIZ - 1).
-pub(crate) const IFNAMSIZ_MAX: usize = 15;
 
 /// A network: a Linux bridge in the host namespace with one IPv4 and/or one
 /// IPv6 pool, from which sandboxes get their addresses.
@@ -179,7 +177,7 @@ impl NetInner {
                 Ok(links) => links,
                 Err(e) => return (deleted, vec![e]),
             };
-        let me = crate::sandbox::creator().ok();
+        let me = crate::ident::creator().ok();
         for (name, alias) in links {
             let remover = alias.as_deref().and_then(reaper::dying_remover);
             let Some(remover) = remover.filter(|_| reaper::is_dying_name(&self.tag, &name)) else {
@@ -187,7 +185,7 @@ impl NetInner {
             };
             let ours = Some(remover) == me;
             if (ours && self.deleting(&name))
-                || (!ours && crate::holder::is_alive(remover.pid, remover.start))
+                || (!ours && crate::ident::is_alive(remover.pid, remover.start))
             {
                 continue;
             }
@@ -373,7 +371,7 @@ impl Network {
             what: "sandbox",
             name: name.to_owned(),
         };
-        crate::sandbox::validate_name(name).map_err(|_| not_found())?;
+        crate::names::validate_name(name).map_err(|_| not_found())?;
         let rec = store.read_record(name)?.ok_or_else(not_found)?;
         let Some(ident) = rec.holder else {
             return Err(Error::HolderDied {
@@ -509,11 +507,11 @@ impl NetworkBuilder {
         }
         rootless::check_privilege(&format!("build network {:?}", self.bridge))?;
         crate::holder::prepare()?;
-        crate::sandbox::creator()?;
+        crate::ident::creator()?;
 
         let host_ns = netns::thread_netns()?;
         let host_key = format!("netns-{}", netns::netns_cookie()?);
-        let root = self.state_dir.unwrap_or_else(crate::ipam::default_root);
+        let root = self.state_dir.unwrap_or_else(crate::paths::default_root);
         // Netlink first, the store last, so bad input (a non-bridge of that
         // name) leaves nothing behind; a bridge made here goes if a later
         // step fails.
@@ -567,89 +565,5 @@ impl NetworkBuilder {
                 reaper: Default::default(),
             }),
         })
-    }
-}
-
-pub(crate) fn check_mtu(mtu: u32) -> Result<()> {
-    if (68..=65535).contains(&mtu) {
-        Ok(())
-    } else {
-        Err(Error::InvalidConfig {
-            reason: format!("MTU {mtu} is outside 68..=65535"),
-        })
-    }
-}
-
-/// Check an interface name the way the kernel's `dev_valid_name` does.
-pub(crate) fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
-    let reason = if name.is_empty() {
-        "it is empty".to_owned()
-    } else if name.len() > IFNAMSIZ_MAX {
-        format!("it is longer than {IFNAMSIZ_MAX} bytes (IFNAMSIZ)")
-    } else if name == "." || name == ".." {
-        "it is . or ..".to_owned()
-    } else if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        "it holds '/', ':', a space or a control character".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidName {
-        what,
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-/// 64-bit FNV-1a: a stable hash for derived names and the checks of store
-/// records (it detects any one changed byte; not for security).
-pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
-    fnv1a_from(0xcbf2_9ce4_8422_2325, bytes)
-}
-
-/// FNV-1a 64 of `bytes` continued from the state `h` (`fnv1a(a ++ b)` is
-/// `fnv1a_from(fnv1a(a), b)`).
-pub(crate) fn fnv1a_from(h: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// Two base-36 characters derived from the bridge name.
-pub(crate) fn tag(bridge: &str) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let h = fnv1a(bridge.as_bytes());
-    // Both indexes are < 36.
-    #[allow(clippy::cast_possible_truncation)]
-    let (a, b) = ((h % 36) as usize, ((h / 36) % 36) as usize);
-    [DIGITS[a] as char, DIGITS[b] as char].iter().collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ifnames_follow_the_kernel_rules() {
-        assert!(validate_ifname("bridge", "podnet0").is_ok());
-        assert!(validate_ifname("bridge", "a23456789012345").is_ok());
-        for bad in ["", "a234567890123456", ".", "..", "a/b", "a:b", "a b"] {
-            assert!(
-                matches!(
-                    validate_ifname("bridge", bad),
-                    Err(Error::InvalidName { .. })
-                ),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn tags_are_stable_and_short() {
-        assert_eq!(tag("podnet0"), tag("podnet0"));
-        assert_eq!(tag("podnet0").len(), 2);
-        assert_ne!(tag("podnet0"), tag("podnet1"));
     }
 }

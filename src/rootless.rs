@@ -20,6 +20,7 @@ use nix::unistd::{getegid, geteuid};
 
 use crate::error::{Error, Result};
 use crate::holder::{HolderSpec, HOLDER_COMM};
+use crate::paths::{in_initial_userns, outer_uid};
 
 /// Capability bits (capabilities(7)).
 const CAP_NET_ADMIN: u32 = 12;
@@ -73,10 +74,10 @@ pub fn enter() -> Result<()> {
         return enter_private();
     }
     let dir = host_dir();
-    crate::ipam::ensure_private_dir(&dir)?;
+    crate::paths::ensure_private_dir(&dir)?;
     let lock_path = dir.join("rootless.lock");
     let lock =
-        crate::ipam::open_private(&lock_path).map_err(|e| Error::io("open", &lock_path, e))?;
+        crate::paths::open_private(&lock_path).map_err(|e| Error::io("open", &lock_path, e))?;
     // Serialises makers: two first calls at once make one host.
     let _lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| Error::sys("lock", lock_path.display().to_string(), errno))?;
@@ -217,12 +218,12 @@ pub fn teardown() -> Result<bool> {
 /// from inside the host too (where root is the user mapped to 0).
 fn host_dir() -> std::path::PathBuf {
     if std::env::var_os("PODNET_STATE_DIR").is_some() {
-        return crate::ipam::default_root();
+        return crate::paths::default_root();
     }
     if outer_uid() == 0 {
         std::path::PathBuf::from("/run/podnet")
     } else {
-        crate::ipam::default_root()
+        crate::paths::default_root()
     }
 }
 
@@ -238,7 +239,7 @@ fn live_host(pid_file: &std::path::Path) -> Option<u32> {
     let mut f = text.split_whitespace();
     let pid: i32 = f.next()?.parse().ok()?;
     let start: u64 = f.next()?.parse().ok()?;
-    if !crate::holder::is_alive(pid, start) {
+    if !crate::ident::is_alive(pid, start) {
         return None;
     }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -313,36 +314,6 @@ pub(crate) fn check_privilege(op: &str) -> Result<()> {
     } else {
         Err(Error::not_permitted(op))
     }
-}
-
-/// Whether the process is in the machine's initial user namespace, whose
-/// uid map is the identity over the whole range.
-pub(crate) fn in_initial_userns() -> bool {
-    fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false)
-}
-
-/// The effective uid as the parent user namespace sees it (the real user
-/// behind a `--map-root-user`), or the uid itself if it is not mapped.
-pub(crate) fn outer_uid() -> u32 {
-    let uid = geteuid().as_raw();
-    let Ok(map) = fs::read_to_string("/proc/self/uid_map") else {
-        return uid;
-    };
-    for line in map.lines() {
-        let f: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if let [inside, outside, count] = f[..] {
-            let u = u64::from(uid);
-            if u >= inside && u < inside + count {
-                return u32::try_from(outside + (u - inside)).unwrap_or(uid);
-            }
-        }
-    }
-    uid
 }
 
 #[cfg(test)]

@@ -13,18 +13,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::sched::CloneFlags;
-use nix::unistd::getpid;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
-use crate::ipam::{Ident, Record, RecordFile};
+use crate::ident::{creator, Ident};
+use crate::ipam::{Record, RecordFile};
 use crate::link::{self, Inside, Unplugged, Veth};
+use crate::names::{check_mtu, validate_name, IFNAMSIZ_MAX};
 use crate::netns::{self, Enter};
-use crate::network::{check_mtu, reaper, NetInner, IFNAMSIZ_MAX};
+use crate::network::{reaper, NetInner};
 use crate::pod::ports::{self, PortMapping, PublishedPort};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
@@ -569,58 +570,6 @@ fn instance_id() -> String {
         .map_or(0, |d| d.as_nanos());
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos)
-}
-
-/// The identity of this process, for records (asked once per process, and
-/// first when a network is built).
-pub(crate) fn creator() -> Result<Ident> {
-    static ME: OnceLock<(i32, u64)> = OnceLock::new();
-    let pid = getpid();
-    let (p, start) = *ME.get_or_init(|| (pid.as_raw(), holder::proc_start_time(pid).unwrap_or(0)));
-    if p == pid.as_raw() {
-        return Ok(Ident { pid: p, start });
-    }
-    // Forked since: ask again.
-    Ok(Ident {
-        pid: pid.as_raw(),
-        start: holder::proc_start_time(pid).unwrap_or(0),
-    })
-}
-
-/// A sandbox name is a DNS-1123 label short enough that `<name>-xx` fits
-/// IFNAMSIZ.
-pub(crate) fn validate_name(name: &str) -> Result<()> {
-    check_label("sandbox", name, IFNAMSIZ_MAX - 3)
-}
-
-/// Check that `name` is a DNS-1123 label of at most `max` characters;
-/// `what` names the kind of name in the error.
-pub(crate) fn check_label(what: &'static str, name: &str, max: usize) -> Result<()> {
-    let reason = if name.is_empty() {
-        "it is empty".to_owned()
-    } else if name.len() > max {
-        if what == "sandbox" {
-            format!(
-                "it is longer than {max} characters, so its interface name would not fit IFNAMSIZ"
-            )
-        } else {
-            format!("it is longer than {max} characters")
-        }
-    } else if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
-        "it is not a DNS-1123 label: only a-z, 0-9 and '-' are allowed".to_owned()
-    } else if name.starts_with('-') || name.ends_with('-') {
-        "it is not a DNS-1123 label: it must start and end with a letter or digit".to_owned()
-    } else {
-        return Ok(());
-    };
-    Err(Error::InvalidName {
-        what,
-        name: name.to_owned(),
-        reason,
-    })
 }
 
 impl Sandbox {
@@ -1397,24 +1346,6 @@ impl SbInner {
                 name: self.name.clone(),
             }),
             _ => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_dns_1123_labels_that_fit_ifnamsiz() {
-        for ok in ["web", "a", "pod-1", "0a", "abcdefghijkl"] {
-            assert!(validate_name(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "Web", "-a", "a-", "a_b", "a.b", "abcdefghijklm", "é"] {
-            assert!(
-                matches!(validate_name(bad), Err(Error::InvalidName { .. })),
-                "{bad:?}"
-            );
         }
     }
 }

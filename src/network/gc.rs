@@ -13,7 +13,8 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
-use crate::ipam::{parse_owner, Ident, Record, Store};
+use crate::ident::{is_alive, Ident};
+use crate::ipam::{parse_owner, Record, Store};
 use crate::network::NetInner;
 use crate::pod::ports;
 use crate::{link, netns};
@@ -97,8 +98,8 @@ pub(crate) enum Liveness {
 pub(crate) fn liveness(store: &Store, name: &str) -> Liveness {
     match store.read_record(name) {
         Ok(Some(rec)) => match rec.holder {
-            Some(h) if holder::is_alive(h.pid, h.start) => Liveness::Live(rec),
-            None if holder::is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
+            Some(h) if is_alive(h.pid, h.start) => Liveness::Live(rec),
+            None if is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
             _ => Liveness::Dead(rec),
         },
         Ok(None) => Liveness::Gone,
@@ -231,7 +232,7 @@ impl Sweep<'_> {
                 Some(None) => true,
                 // Its creator is still making it: create() starts the
                 // holder before it writes the record.
-                None => creator.is_some_and(|(p, s)| holder::is_alive(p, s)),
+                None => creator.is_some_and(|(p, s)| is_alive(p, s)),
             };
             if claimed {
                 self.live_holders.push(found);

@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use super::NetInner;
 use crate::error::{Error, Result};
-use crate::ipam::Ident;
+use crate::ident::Ident;
 use crate::link;
 
 /// The deletions of a network's veths waiting for the one in flight.

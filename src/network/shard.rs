@@ -72,7 +72,7 @@ pub(crate) struct Names {
 /// whole name), so two long names with one start do not share shards.
 pub(crate) fn names(bridge: &str, k: u32) -> Names {
     let suffix = format!(".{k}");
-    let room = crate::network::IFNAMSIZ_MAX - suffix.len() - 1;
+    let room = crate::names::IFNAMSIZ_MAX - suffix.len() - 1;
     let base = if bridge.len() <= room {
         bridge.to_owned()
     } else {
@@ -80,7 +80,7 @@ pub(crate) fn names(bridge: &str, k: u32) -> Names {
         while !bridge.is_char_boundary(cut) {
             cut -= 1;
         }
-        format!("{}{}", &bridge[..cut], crate::network::tag(bridge))
+        format!("{}{}", &bridge[..cut], crate::names::tag(bridge))
     };
     let base = format!("{base}{suffix}");
     Names {
@@ -223,7 +223,7 @@ mod tests {
         for bridge in ["a", "podnet0", "a23456789012345"] {
             for k in [1, 9, 10, 99, 100, 1023] {
                 let n = names(bridge, k);
-                assert!(n.parent_end.len() <= crate::network::IFNAMSIZ_MAX, "{n:?}");
+                assert!(n.parent_end.len() <= crate::names::IFNAMSIZ_MAX, "{n:?}");
                 assert!(n.bridge.ends_with(&format!(".{k}")), "{n:?}");
                 assert_ne!(names(bridge, k + 1).bridge, n.bridge);
             }

@@ -493,7 +493,7 @@ impl PodBuilder {
         }
         let mut names = std::collections::HashSet::new();
         for m in self.inits.iter().chain(&self.members) {
-            crate::sandbox::check_label("member", &m.name, 63)?;
+            crate::names::check_label("member", &m.name, 63)?;
             if !names.insert(m.name.as_str()) {
                 return bad(format!("pod {pod:?}: two members are called {:?}", m.name));
             }
@@ -592,7 +592,7 @@ impl PodBuilder {
         }
         let mut vols = std::collections::HashSet::new();
         for v in &self.volumes {
-            crate::sandbox::check_label("volume", &v.name, 63)?;
+            crate::names::check_label("volume", &v.name, 63)?;
             if !vols.insert(v.name.as_str()) {
                 return bad(format!("pod {pod:?}: two volumes are called {:?}", v.name));
             }
@@ -604,7 +604,7 @@ impl PodBuilder {
             if !self.share_uts {
                 return bad(format!("pod {pod:?}: a hostname needs share_uts(true)"));
             }
-            crate::sandbox::check_label("hostname", h, 63)?;
+            crate::names::check_label("hostname", h, 63)?;
         }
         if self.backoff.0.is_zero() || self.backoff.1 < self.backoff.0 {
             return bad("restart back-off: initial must be > 0 and <= max".into());
