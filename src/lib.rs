@@ -83,6 +83,7 @@ mod netns;
 mod network;
 mod paths;
 mod pod;
+mod ports;
 pub mod rootless;
 mod sandbox;
 
@@ -105,7 +106,7 @@ pub mod internals {
     /// The name of the nf_tables table this process owns for `net`, if it
     /// made one.
     pub fn port_table(net: &crate::Network) -> Option<String> {
-        crate::pod::ports::nft_of(&net.inner.ports).map(|n| n.table().to_owned())
+        crate::ports::nft_of(&net.inner.ports).map(|n| n.table().to_owned())
     }
 
     /// Every `podnet-` inet table of the calling thread's network
@@ -117,7 +118,7 @@ pub mod internals {
 
     /// How many mappings of `net` have rules being added right now.
     pub fn installing(net: &crate::Network) -> usize {
-        crate::pod::ports::installing(&net.inner.ports)
+        crate::ports::installing(&net.inner.ports)
     }
 
     /// The batches in which `net` has deleted removed sandboxes' veths in
@@ -149,7 +150,7 @@ pub mod internals {
     /// Make every operation on `net`'s table wait until the returned
     /// sender is dropped (`None` without a table).
     pub fn hold_port_table(net: &crate::Network) -> Option<std::sync::mpsc::Sender<()>> {
-        crate::pod::ports::nft_of(&net.inner.ports).map(|n| n.hold())
+        crate::ports::nft_of(&net.inner.ports).map(|n| n.hold())
     }
 }
 
@@ -161,12 +162,12 @@ pub use ipnetwork;
 pub use netns::Enter;
 pub use network::{Damaged, GcReport};
 pub use network::{Network, NetworkBuilder};
-pub use pod::ports::{
-    Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
-    MAX_UDP_FLOWS,
-};
 pub use pod::{
     Event, EventKind, KillReason, Member, MemberState, MemberStatus, Output, Pod, PodBuilder,
     Probe, ProbeKind, RestartPolicy, Volume,
+};
+pub use ports::{
+    Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
+    MAX_UDP_FLOWS,
 };
 pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder, SandboxInfo};

@@ -18,7 +18,7 @@ use crate::holder::Holder;
 use crate::ipam::{Pool, Store};
 use crate::link::nft::Nft;
 use crate::names::{check_mtu, tag, validate_ifname};
-use crate::pod::ports::{self, PortForwarding};
+use crate::ports::{self, PortForwarding};
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
@@ -74,7 +74,7 @@ pub(crate) struct NetInner {
     /// The port forwarder, started with the first port mapping, with the
     /// nf_tables socket that owns this network's table in this process
     /// (kept open as long as the network lives: its table goes with it).
-    pub ports: crate::pod::ports::Slot,
+    pub ports: crate::ports::Slot,
     /// Kernel or userspace forwarding of published ports.
     pub port_forwarding: PortForwarding,
     /// Bridge indexes of the shards (`k > 0`) this process has seen made.
@@ -84,6 +84,15 @@ pub(crate) struct NetInner {
 }
 
 impl NetInner {
+    /// What the port forwarder of this network is started with.
+    pub(crate) fn port_host(&self) -> ports::Host<'_> {
+        ports::Host {
+            netns: &self.host_ns,
+            bridge: &self.bridge,
+            forwarding: self.port_forwarding,
+        }
+    }
+
     /// The pools' gateways and prefixes (v4, v6).
     pub(crate) fn subnets(&self) -> [Option<(IpAddr, u8)>; 2] {
         [

@@ -26,7 +26,7 @@ use crate::link::{self, Inside, Unplugged, Veth};
 use crate::names::{check_mtu, validate_name, IFNAMSIZ_MAX};
 use crate::netns::{self, Enter};
 use crate::network::{reaper, NetInner};
-use crate::pod::ports::{self, PortMapping, PublishedPort};
+use crate::ports::{self, PortMapping, PublishedPort};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -258,7 +258,13 @@ impl SandboxBuilder {
         let (veth, _, _) = self.validate()?;
         // Host ports before anything else: a taken one changes nothing.
         // Dropped (closed) if a later step fails or the future is dropped.
-        let reserved = ports::reserve(&self.net, &self.name, &self.ports).await?;
+        let reserved = ports::reserve(
+            &self.net.ports,
+            &self.net.port_host(),
+            &self.name,
+            &self.ports,
+        )
+        .await?;
         // Privilege was checked when the network was built; an EPERM from
         // the kernel later still becomes Error::NotPermitted.
         let net = self.net.clone();
@@ -832,8 +838,13 @@ impl Sandbox {
     pub async fn add_port(&self, mapping: PortMapping) -> Result<Vec<PublishedPort>> {
         self.inner.check_alive()?;
         let net = &self.inner.net;
-        let reserved =
-            ports::reserve(net, &self.inner.name, std::slice::from_ref(&mapping)).await?;
+        let reserved = ports::reserve(
+            &net.ports,
+            &net.port_host(),
+            &self.inner.name,
+            std::slice::from_ref(&mapping),
+        )
+        .await?;
         ports::start(
             &net.ports,
             &ports::Target {

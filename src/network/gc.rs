@@ -16,7 +16,7 @@ use crate::holder::{self, Holder};
 use crate::ident::{is_alive, Ident};
 use crate::ipam::{parse_owner, Record, Store};
 use crate::network::NetInner;
-use crate::pod::ports;
+use crate::ports;
 use crate::{link, netns};
 
 /// What [`Network::gc`](crate::Network::gc) reclaimed, and what it left

@@ -12,7 +12,6 @@
 
 mod event;
 mod member;
-pub(crate) mod ports;
 mod probe;
 mod volume;
 

@@ -58,7 +58,6 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::link::nft::{self, Dnat, Nft};
-use crate::network::NetInner;
 
 /// Default idle timeout of a UDP flow: the kernel's own for unreplied UDP
 /// conntrack entries (`nf_conntrack_udp_timeout`, 30 s).
@@ -469,11 +468,24 @@ fn lock(table: &Mutex<Table>) -> MutexGuard<'_, Table> {
     table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The network whose host namespace publishes the ports: what the
+/// forwarder is started with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Host<'a> {
+    /// The host network namespace.
+    pub netns: &'a OwnedFd,
+    /// The network's bridge.
+    pub bridge: &'a str,
+    /// Kernel or userspace forwarding.
+    pub forwarding: PortForwarding,
+}
+
 /// Validate `mappings` and bind every host port they need, in the host
 /// namespace of the network (`host_ns`); all or none. No mapping: no
 /// forwarder is started and nothing is bound.
 pub(crate) async fn reserve(
-    net: &NetInner,
+    slot: &Slot,
+    host: &Host<'_>,
     sandbox: &str,
     mappings: &[PortMapping],
 ) -> Result<Reserved> {
@@ -481,9 +493,8 @@ pub(crate) async fn reserve(
     if plan.is_empty() {
         return Ok(Reserved::default());
     }
-    let engine = net
-        .ports
-        .get_or_try_init(|| Engine::start(&net.host_ns, &net.bridge, net.port_forwarding))
+    let engine = slot
+        .get_or_try_init(|| Engine::start(host.netns, host.bridge, host.forwarding))
         .await?;
     let sandbox = sandbox.to_owned();
     let bind = async move {
