@@ -75,6 +75,7 @@
 
 mod error;
 mod holder;
+mod host;
 mod ident;
 mod ipam;
 mod link;
@@ -86,6 +87,7 @@ mod pod;
 mod ports;
 pub mod rootless;
 mod sandbox;
+mod sys;
 
 pub use error::{Error, Result};
 
@@ -144,7 +146,7 @@ pub mod internals {
     /// Hold `net`'s veth deletions as if one were in flight, until the
     /// returned value is dropped; `None` if one is.
     pub fn hold_veth_deletions(net: &crate::Network) -> Option<impl Send + std::fmt::Debug> {
-        crate::network::reaper::Reaper::hold(&net.inner)
+        crate::host::reaper::Reaper::hold(&net.inner)
     }
 
     /// Make every operation on `net`'s table wait until the returned

@@ -6,28 +6,22 @@
 //! Nothing assumes other threads of the process are in that namespace.
 
 use std::net::IpAddr;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
-use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::ipam::{Pool, Store};
-use crate::link::nft::Nft;
 use crate::names::{check_mtu, tag, validate_ifname};
-use crate::ports::{self, PortForwarding};
+use crate::ports::PortForwarding;
 use crate::sandbox::{Phase, Sandbox, SandboxBuilder, SandboxInfo};
 use crate::{link, netns, rootless};
 
-mod gc;
-pub(crate) mod reaper;
-mod shard;
-
-use gc::{liveness, Liveness};
-pub use gc::{Damaged, GcReport};
+use crate::host::gc::{self, liveness, Liveness};
+pub use crate::host::gc::{Damaged, GcReport};
+use crate::host::NetInner;
 
 /// A network: a Linux bridge in the host namespace with one IPv4 and/or one
 /// IPv6 pool, from which sandboxes get their addresses.
@@ -50,181 +44,6 @@ pub use gc::{Damaged, GcReport};
 #[derive(Debug, Clone)]
 pub struct Network {
     pub(crate) inner: Arc<NetInner>,
-}
-
-#[derive(Debug)]
-pub(crate) struct NetInner {
-    pub bridge: String,
-    pub bridge_index: u32,
-    pub v4: Option<Pool>,
-    pub v6: Option<Pool>,
-    pub mtu: Option<u32>,
-    /// Two characters derived from the bridge name, suffixed to host-side
-    /// interface names so two networks in one namespace do not collide.
-    pub tag: String,
-    /// Names this network in holders' argv: `netns-<cookie>/<bridge>`.
-    pub key: String,
-    pub conn: link::Conn,
-    /// Blocking host-namespace sockets for the batched requests of
-    /// `create()`, one per create in flight (at most `NL_POOL` are kept).
-    pub nl_pool: std::sync::Mutex<Vec<link::Nl>>,
-    pub store: Store,
-    /// The host network namespace, as captured at build time.
-    pub host_ns: OwnedFd,
-    /// The port forwarder, started with the first port mapping, with the
-    /// nf_tables socket that owns this network's table in this process
-    /// (kept open as long as the network lives: its table goes with it).
-    pub ports: crate::ports::Slot,
-    /// Kernel or userspace forwarding of published ports.
-    pub port_forwarding: PortForwarding,
-    /// Bridge indexes of the shards (`k > 0`) this process has seen made.
-    pub shards: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
-    /// Veth deletions waiting for the one in flight.
-    pub reaper: reaper::Reaper,
-}
-
-impl NetInner {
-    /// What the port forwarder of this network is started with.
-    pub(crate) fn port_host(&self) -> ports::Host<'_> {
-        ports::Host {
-            netns: &self.host_ns,
-            bridge: &self.bridge,
-            forwarding: self.port_forwarding,
-        }
-    }
-
-    /// The pools' gateways and prefixes (v4, v6).
-    pub(crate) fn subnets(&self) -> [Option<(IpAddr, u8)>; 2] {
-        [
-            self.v4.as_ref().map(|p| (p.gateway(), p.prefix())),
-            self.v6.as_ref().map(|p| (p.gateway(), p.prefix())),
-        ]
-    }
-
-    /// The comments of the port-mapping rules in the network's table, or
-    /// `None` without a table (for this crate's tests).
-    #[cfg(feature = "internals")]
-    pub(crate) async fn port_rules(&self) -> Result<Option<Vec<String>>> {
-        let got = self
-            .with_nft("list rules", |nft| {
-                if !nft.table_exists()? {
-                    return Ok(None);
-                }
-                Ok(Some(nft.list()?.into_iter().map(|f| f.comment).collect()))
-            })
-            .await?;
-        Ok(got.flatten())
-    }
-
-    /// Run `f` on a blocking thread with the network's nf_tables socket,
-    /// the one that owns its table. `None` if this network has none (no
-    /// kernel mapping was made by this process, or nf_tables refused):
-    /// then it has no table either.
-    async fn with_nft<T: Send + 'static>(
-        &self,
-        what: &str,
-        f: impl FnOnce(&Nft) -> std::result::Result<T, Errno> + Send + 'static,
-    ) -> Result<Option<T>> {
-        let Some(nft) = ports::nft_of(&self.ports) else {
-            return Ok(None);
-        };
-        let object = format!("table inet {} ({what})", nft.table());
-        let got = tokio::task::spawn_blocking(move || f(&nft))
-            .await
-            .unwrap_or(Err(Errno::EINTR));
-        got.map(Some).map_err(|errno| Error::Netlink {
-            op: "nf_tables",
-            object,
-            errno,
-        })
-    }
-}
-
-/// How many idle host-namespace netlink sockets a network keeps.
-const NL_POOL: usize = 8;
-
-/// A host-namespace netlink socket lent by the network's pool; given back
-/// when dropped.
-#[derive(Debug)]
-pub(crate) struct PooledNl<'a> {
-    net: &'a NetInner,
-    nl: Option<link::Nl>,
-}
-
-impl std::ops::Deref for PooledNl<'_> {
-    type Target = link::Nl;
-    fn deref(&self) -> &link::Nl {
-        self.nl.as_ref().expect("present until drop")
-    }
-}
-
-impl std::ops::DerefMut for PooledNl<'_> {
-    fn deref_mut(&mut self) -> &mut link::Nl {
-        self.nl.as_mut().expect("present until drop")
-    }
-}
-
-impl Drop for PooledNl<'_> {
-    fn drop(&mut self) {
-        let mut pool = self.net.nl_pool.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < NL_POOL {
-            pool.extend(self.nl.take());
-        }
-    }
-}
-
-impl NetInner {
-    /// Delete the veths of removed sandboxes (renamed `<tag>~...`) that
-    /// nobody will: those whose remover is dead, and this process's own
-    /// that are not queued for deletion (their deletion failed). Those of
-    /// a live remover are its own. Returns the names deleted, and the
-    /// errors.
-    pub(crate) async fn delete_dying_links(&self) -> (Vec<String>, Vec<Error>) {
-        let (mut deleted, mut errors) = (Vec::new(), Vec::new());
-        let links =
-            match link::links_named(&self.conn.handle, &reaper::dying_prefix(&self.tag)).await {
-                Ok(links) => links,
-                Err(e) => return (deleted, vec![e]),
-            };
-        let me = crate::ident::creator().ok();
-        for (name, alias) in links {
-            let remover = alias.as_deref().and_then(reaper::dying_remover);
-            let Some(remover) = remover.filter(|_| reaper::is_dying_name(&self.tag, &name)) else {
-                continue;
-            };
-            let ours = Some(remover) == me;
-            if (ours && self.deleting(&name))
-                || (!ours && crate::ident::is_alive(remover.pid, remover.start))
-            {
-                continue;
-            }
-            let object = format!("veth {name} of a removed sandbox");
-            match link::delete_link(&self.conn.handle, &name, &object).await {
-                Ok(true) => deleted.push(name),
-                Ok(false) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        (deleted, errors)
-    }
-
-    /// A netlink socket in the host namespace, from the pool or made anew
-    /// (this thread enters the host namespace for the `socket(2)` call).
-    pub(crate) fn host_nl(&self) -> Result<PooledNl<'_>> {
-        let pooled = self.nl_pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let nl = match pooled {
-            Some(nl) => nl,
-            None => {
-                let what = format!("host namespace of network {:?}", self.bridge);
-                let _host = netns::enter(std::os::fd::AsFd::as_fd(&self.host_ns), &what)?;
-                link::Nl::here().map_err(|e| Error::io("open netlink socket", what, e))?
-            }
-        };
-        Ok(PooledNl {
-            net: self,
-            nl: Some(nl),
-        })
-    }
 }
 
 /// Configures a [`Network`]; made by [`Network::builder`].
@@ -504,7 +323,10 @@ impl NetworkBuilder {
             }
             // Addresses go no further into the pool than the sandboxes
             // need: to the first NAPI one, then a shard at a time.
-            *slot = Some(Pool::new(*subnet)?.with_regions(shard::NAPI_FROM, shard::SPAN));
+            *slot = Some(
+                Pool::new(*subnet)?
+                    .with_regions(crate::host::shard::NAPI_FROM, crate::host::shard::SPAN),
+            );
         }
         if v4.is_none() && v6.is_none() {
             return Err(Error::InvalidConfig {

@@ -20,12 +20,12 @@ use nix::sched::CloneFlags;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
+use crate::host::{reaper, NetInner};
 use crate::ident::{creator, Ident};
 use crate::ipam::{Record, RecordFile};
 use crate::link::{self, Inside, Unplugged, Veth};
 use crate::names::{check_mtu, validate_name, IFNAMSIZ_MAX};
 use crate::netns::{self, Enter};
-use crate::network::{reaper, NetInner};
 use crate::ports::{self, PortMapping, PublishedPort};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.

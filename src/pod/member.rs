@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::pod::event::{EventKind, KillReason, ProbeKind};
-use crate::pod::probe::{Probe, Verdict};
+use crate::pod::probe::{kill_group, Probe, Verdict};
 use crate::pod::volume::Mount;
 use crate::pod::{MemberState, RestartPolicy, Shared};
 
@@ -374,19 +374,6 @@ async fn stopped(stop: &mut StopRx) -> KillReason {
     }
 }
 
-/// SIGKILL to what is left of the process group `pid` led, once its leader
-/// has been waited for. The number cannot name another group meanwhile:
-/// the kernel does not reuse a PID while a group of that number has
-/// members, and a new group of that number would need the PID to be reused
-/// and its new owner to lead a group, both since the wait.
-pub(crate) fn kill_group(pid: u32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        if pid > 0 {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
 /// SIGTERM to the member's process group, SIGKILL after `grace`.
 async fn terminate(child: &mut Child, grace: Duration) -> ExitStatus {
     // Unreaped until `wait` returns, so its PID (and group) is still ours.
@@ -452,7 +439,9 @@ async fn watch_probe(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let result = probe.check(&shared.ctx, spec).await;
+        let result = probe
+            .check(&shared.ctx, |p| spec.command(&shared.ctx, p))
+            .await;
         let ok = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
         if let Some(passing) = verdict.observe(ok, probe) {

@@ -2,16 +2,17 @@
 //! inside the pod, a TCP connect, an HTTP GET, the last two from inside the
 //! pod's network namespace), and how results turn into a verdict.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::{IpAddr, SocketAddr};
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::error::{Error, Result};
-use crate::pod::member::Member;
 use crate::pod::Ctx;
 
 /// A check run periodically against a member, as Kubernetes defines probes.
@@ -161,18 +162,19 @@ impl Probe {
         }
     }
 
-    /// One check of `member`'s probe: `Ok(detail)` passes, `Err(detail)`
+    /// One check of a member's probe (`command` makes a command that
+    /// runs as the member does): `Ok(detail)` passes, `Err(detail)`
     /// fails. The timeout counts from when the check is under way (for an
     /// exec probe, from when its process has started).
     pub(crate) async fn check(
         &self,
         ctx: &Ctx,
-        member: &Member,
+        command: impl FnOnce(&OsStr) -> tokio::process::Command,
     ) -> std::result::Result<String, String> {
         let timed_out = || format!("timed out after {:?}", self.timeout);
         match &self.action {
             Action::Exec(argv) => {
-                let mut cmd = member.command(ctx, &argv[0]);
+                let mut cmd = command(&argv[0]);
                 cmd.args(&argv[1..])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
@@ -232,7 +234,7 @@ struct Group(u32);
 
 impl Drop for Group {
     fn drop(&mut self) {
-        crate::pod::member::kill_group(self.0);
+        kill_group(self.0);
     }
 }
 
@@ -316,6 +318,19 @@ impl Verdict {
                 Some(v)
             }
             _ => None,
+        }
+    }
+}
+
+/// SIGKILL to what is left of the process group `pid` led, once its leader
+/// has been waited for. The number cannot name another group meanwhile:
+/// the kernel does not reuse a PID while a group of that number has
+/// members, and a new group of that number would need the PID to be reused
+/// and its new owner to lead a group, both since the wait.
+pub(crate) fn kill_group(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        if pid > 0 {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }

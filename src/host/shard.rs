@@ -35,8 +35,8 @@
 use std::net::IpAddr;
 
 use crate::error::Result;
+use crate::host::NetInner;
 use crate::link;
-use crate::network::NetInner;
 
 /// Addresses of the pool per shard: with three trunk ports, a bridge is
 /// then at most full (1,023 ports).

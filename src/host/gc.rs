@@ -13,9 +13,9 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
+use crate::host::NetInner;
 use crate::ident::{is_alive, Ident};
 use crate::ipam::{parse_owner, Record, Store};
-use crate::network::NetInner;
 use crate::ports;
 use crate::{link, netns};
 
