@@ -309,6 +309,11 @@ impl NetworkBuilder {
     /// # Panics
     /// Outside a tokio runtime with I/O enabled.
     pub async fn build(self) -> Result<Network> {
+        let span = tracing::info_span!("podnet.network.build", bridge = %self.bridge);
+        tracing::Instrument::instrument(self.build_traced(), span).await
+    }
+
+    async fn build_traced(self) -> Result<Network> {
         validate_ifname("bridge", &self.bridge)?;
         let (mut v4, mut v6) = (None, None);
         for subnet in &self.subnets {

@@ -116,6 +116,10 @@ fn a_record_whose_id_changed_by_one_character_is_corrupt_and_keeps_its_address()
             let other = fresh.sandbox("other").create().await.unwrap();
             assert_ne!(other.ip(), ip("10.88.0.3"), "{what}");
             other.remove().await.unwrap();
+            // Its veth's deletion in the background ends with `fresh`.
+            podnet::internals::veth_deletions_settled(&fresh)
+                .await
+                .unwrap();
             assert_eq!(victim.phase(), Phase::Running, "{what}");
         }
         std::fs::write(&record, &full).unwrap();
@@ -419,6 +423,9 @@ fn whatever_damage_records_take_gc_keeps_every_live_address_and_creates_never_ge
             );
             probe.remove().await.unwrap();
             assert_taken(&fresh, live[target].ip(), &what).await;
+            podnet::internals::veth_deletions_settled(&fresh)
+                .await
+                .unwrap();
             for (path, bytes) in &records {
                 std::fs::write(path, bytes).unwrap();
             }

@@ -136,6 +136,11 @@ struct Sweep<'a> {
 
 /// Reclaim what is dead in `inner`'s network; see [`Network::gc`](crate::Network::gc).
 pub(crate) async fn run(inner: &NetInner) -> Result<GcReport> {
+    let span = tracing::info_span!("podnet.gc", network = %inner.bridge);
+    tracing::Instrument::instrument(sweep(inner), span).await
+}
+
+async fn sweep(inner: &NetInner) -> Result<GcReport> {
     let store = &inner.store;
     // Excludes other gcs and allocations (not creates as a whole: a create
     // in progress is recognised by its live creator).
@@ -171,6 +176,24 @@ pub(crate) async fn run(inner: &NetInner) -> Result<GcReport> {
     sweep.errors.extend(failed);
     sweep.end_orphan_port_rules().await;
     store.remove_stale_temp_files();
+    let r = &sweep.report;
+    if !r.is_empty() {
+        tracing::info!(
+            sandboxes = ?r.sandboxes,
+            addresses = ?r.addresses,
+            links = ?r.links,
+            holders = ?r.holders,
+            volumes = r.volumes.len(),
+            port_rules = r.port_rules.len(),
+            "gc reclaimed"
+        );
+    }
+    for d in &r.corrupt {
+        tracing::warn!(path = %d.path.display(), reason = %d.reason, addresses = ?d.addresses, "gc left a damaged store entry");
+    }
+    for e in &sweep.errors {
+        tracing::warn!(error = %e, "gc step failed");
+    }
     if sweep.errors.is_empty() {
         Ok(sweep.report)
     } else {

@@ -72,10 +72,19 @@ impl Reaper {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Note a batch sent, for this crate's tests (nothing otherwise).
-    fn record(&self, _size: usize, _together: bool) {
+    /// Note a batch sent: a diagnostic event, and for this crate's tests
+    /// the batch itself.
+    fn record(&self, size: usize, together: bool) {
+        if together {
+            tracing::debug!(
+                veths = size,
+                "deleted removed sandboxes' veths in one batch"
+            );
+        } else {
+            tracing::warn!(veths = size, "veth batch deletion fell back to one by one");
+        }
         #[cfg(feature = "internals")]
-        self.lock().batches.push((_size, _together));
+        self.lock().batches.push((size, together));
     }
 }
 
@@ -249,6 +258,9 @@ impl Sender {
             };
             net.reaper.record(batch.len(), together);
             let failed: Vec<Error> = results.into_iter().filter_map(|r| r.err()).collect();
+            for e in &failed {
+                tracing::warn!(error = %e, "veth deletion in the background failed");
+            }
             if !failed.is_empty() {
                 net.reaper.lock().failed.extend(failed);
             }

@@ -79,6 +79,7 @@ impl Nl {
             }
         }
         let n = msgs.len();
+        let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
         let mut replies: Vec<Vec<RouteNetlinkMessage>> = (0..n).map(|_| Vec::new()).collect();
         let mut pending = n;
@@ -108,6 +109,15 @@ impl Nl {
             }
             pending == 0
         })?;
+        if let Some(t) = started {
+            tracing::debug!(
+                requests = n,
+                kinds = %kinds(&msgs),
+                failed = answers.iter().filter(|a| !matches!(a, Some(Ok(_)))).count(),
+                elapsed_us = t.elapsed().as_micros(),
+                "netlink batch"
+            );
+        }
         Ok(answers
             .into_iter()
             .map(|a| a.unwrap_or(Err(Errno::EIO)))
@@ -188,4 +198,28 @@ impl Nl {
             }
         })
     }
+}
+
+/// The kinds of the messages of a batch, for diagnostics: `NewLink,SetLink`.
+fn kinds(msgs: &[NetlinkMessage<RouteNetlinkMessage>]) -> String {
+    let mut out = String::new();
+    for m in msgs {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(match &m.payload {
+            NetlinkPayload::InnerMessage(inner) => match inner {
+                RouteNetlinkMessage::NewLink(_) => "NewLink",
+                RouteNetlinkMessage::SetLink(_) => "SetLink",
+                RouteNetlinkMessage::DelLink(_) => "DelLink",
+                RouteNetlinkMessage::GetLink(_) => "GetLink",
+                RouteNetlinkMessage::NewAddress(_) => "NewAddress",
+                RouteNetlinkMessage::GetAddress(_) => "GetAddress",
+                RouteNetlinkMessage::NewRoute(_) => "NewRoute",
+                _ => "other",
+            },
+            _ => "other",
+        });
+    }
+    out
 }

@@ -622,6 +622,11 @@ impl PodBuilder {
     /// hostname or the volumes cannot be set up (the sandbox is then
     /// removed again).
     pub async fn start(self) -> Result<Pod> {
+        let span = tracing::info_span!("podnet.pod.start", pod = %self.sandbox.name());
+        tracing::Instrument::instrument(self.start_traced(), span).await
+    }
+
+    async fn start_traced(self) -> Result<Pod> {
         self.validate()?;
         let mut namespaces = CloneFlags::empty();
         if self.share_uts {
