@@ -59,7 +59,7 @@
 //! kernel (nf_tables DNAT rules podnet makes over netlink) where the host
 //! namespace allows it and by a userspace forwarder of this process
 //! otherwise ([`NetworkBuilder::port_forwarding`], [`PublishedPort::forwarder`]);
-//! see the README for the choice, with the measured figures.
+//! `docs/port-forwarding.md` explains the choice.
 //!
 //! # Privilege
 //! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` over the host network
@@ -85,6 +85,7 @@ mod network;
 mod paths;
 mod pod;
 mod ports;
+mod release;
 pub mod rootless;
 mod sandbox;
 mod sys;

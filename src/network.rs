@@ -283,8 +283,7 @@ impl NetworkBuilder {
     /// nf_tables refuses); or by the forwarder only
     /// ([`PortForwarding::Userspace`]). The kernel's rules are in a table
     /// owned by this process, which the kernel deletes when the process
-    /// exits; see the README ("Kernel or userspace forwarding") for what
-    /// they ask of the host.
+    /// exits; `docs/port-forwarding.md` says what they ask of the host.
     pub fn port_forwarding(mut self, how: PortForwarding) -> Self {
         self.port_forwarding = how;
         self

@@ -1058,7 +1058,7 @@ impl SbInner {
             errors.extend(deleted.err());
         }
         // The namespace, and a holder that dies with this process anyway,
-        // outlive the removal for a moment (netns::bury): namespaces are
+        // outlive the removal for a moment (release::later): namespaces are
         // destroyed in batches, and no holder's exit is in the way of the
         // veth deletions. Any other holder is ended now.
         let what = format!("sandbox {:?}", self.name);
@@ -1077,7 +1077,7 @@ impl SbInner {
             }
         }
         errors.extend(self.release_state().err());
-        netns::bury(ns, later);
+        crate::release::later(ns, later);
         if errors.is_empty() {
             *self.lock_state() = State::Removed;
             Ok(())

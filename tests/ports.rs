@@ -211,7 +211,7 @@ fn curl_reaches_python_http_server_in_the_pod_through_a_tcp_mapping(via: Via) {
             assert_eq!(body, "hello from web\n", "{url}");
         }
         // Hairpin: the pod reaches its own published port at the gateway
-        // (by the forwarder's socket: see the README).
+        // (by the forwarder's socket: see docs/port-forwarding.md).
         let (ok, body) = curl(Some(&pod), "http://10.88.0.1:8080/hello.txt").await;
         assert!(ok, "hairpin: {body}");
         assert_eq!(body, "hello from web\n");

@@ -17,7 +17,7 @@ use crate::host::NetInner;
 use crate::ident::{is_alive, Ident};
 use crate::ipam::{parse_owner, Record, Store};
 use crate::ports;
-use crate::{link, netns};
+use crate::{link, netns, release};
 
 /// What [`Network::gc`](crate::Network::gc) reclaimed, and what it left
 /// because it could not believe it.
@@ -246,8 +246,8 @@ impl Sweep<'_> {
                 creator,
             } = found;
             // Removed by this process, and ended soon with others
-            // (netns::bury): not an orphan, and nothing of it is in use.
-            if netns::buried(pid) {
+            // (release::later): not an orphan, and nothing of it is in use.
+            if release::pending(pid) {
                 continue;
             }
             let claimed = match self.keep.get(name) {

@@ -10,7 +10,7 @@
 //! them: the first deletion alone, then whatever queued meanwhile in one
 //! kernel operation (`link::delete_links_blocking`), and so on until the
 //! queue is empty. A batch of 8 costs the kernel about what one deletion
-//! does (README, "How it is built", with the command that shows it).
+//! does (`docs/architecture.md`, "Removal", with the command that shows it).
 //! [`NetInner::settled`] waits for the queue to empty
 //! (`Network::remove()` does).
 //!
