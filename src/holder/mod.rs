@@ -158,7 +158,7 @@ impl Holder {
         sigkill(&self.pidfd).map_err(|errno| Error::sys("kill holder", self.pid.to_string(), errno))
     }
 
-    /// Hand the ending of this holder to someone else (`netns::bury`): its
+    /// Hand the ending of this holder to someone else (`release::later`): its
     /// pidfd, to kill it and reap it with `end`, if it is a child of ours
     /// that dies with this process anyway (so it cannot outlive us if that
     /// is never done). `None` for any other holder: end it now.
