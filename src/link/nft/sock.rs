@@ -38,10 +38,8 @@ pub(super) const SHORT_WAIT: u16 = 200;
 /// The next datagram, or ETIMEDOUT after `ms` milliseconds without one.
 pub(super) fn recv_within(sock: &Socket, ms: u16) -> std::result::Result<Vec<u8>, Errno> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: the fd belongs to `sock`, which outlives this borrow.
-    let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
-    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
     match poll(&mut fds, PollTimeout::from(ms)) {
         Ok(0) => Err(Errno::ETIMEDOUT),
         Ok(_) => recv(sock),
