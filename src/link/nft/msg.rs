@@ -248,6 +248,8 @@ fn parse_comment(mut data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
 
     #[test]
     fn comments_round_trip_through_the_userdata_tlv() {
@@ -271,5 +273,162 @@ mod tests {
         assert_eq!(a[0], (NFTA_RULE_TABLE, &b"t\0"[..]));
         assert_eq!(a[1].0, NFTA_RULE_EXPRESSIONS);
         assert_eq!(attrs(a[1].1), [(1, &5u32.to_be_bytes()[..])]);
+    }
+
+    /// An attribute type as [`attrs`] gives it back: without the two flag
+    /// bits (nested, network byte order).
+    fn kind() -> impl Strategy<Value = u16> {
+        0u16..0x4000
+    }
+
+    /// A table, chain or comment: no NUL (a C string ends there) and at
+    /// most 240 bytes, under the 250 that [`comment_tlv`] keeps.
+    fn text() -> impl Strategy<Value = String> {
+        "[^\u{0}]{0,60}"
+    }
+
+    /// Attributes: type and payload.
+    fn attributes(most: usize) -> impl Strategy<Value = Vec<(u16, Vec<u8>)>> {
+        vec((kind(), vec(any::<u8>(), 0..most)), 0..8)
+    }
+
+    /// A rule as the kernel dumps it: table, chain, handle, expressions
+    /// (here opaque attributes in the nest) and the comment's userdata.
+    fn rule(table: &str, f: &Found, exprs: &[(u16, Vec<u8>)], seq: u32) -> Vec<u8> {
+        let mut m = Msg::nft(NFT_MSG_NEWRULE, 0, seq);
+        m.str(NFTA_RULE_TABLE, table)
+            .str(NFTA_RULE_CHAIN, &f.chain)
+            .attr(NFTA_RULE_HANDLE, &f.handle.to_be_bytes())
+            .begin(NFTA_RULE_EXPRESSIONS);
+        for (k, d) in exprs {
+            m.attr(*k, d);
+        }
+        m.end().attr(NFTA_RULE_USERDATA, &comment_tlv(&f.comment));
+        m.finish()
+    }
+
+    fn found() -> impl Strategy<Value = Found> {
+        (text(), any::<u64>(), text()).prop_map(|(chain, handle, comment)| Found {
+            chain,
+            handle,
+            comment,
+        })
+    }
+
+    /// Every parser over `buf`, as a datagram and as attributes: none may
+    /// panic, whatever the bytes.
+    fn parse_all(buf: &[u8]) {
+        for (_, _, body) in messages(buf) {
+            let _ = error_code(body);
+            let _ = parse_rule(body);
+            for (_, data) in attrs(body.get(4..).unwrap_or_default()) {
+                for (_, inner) in attrs(data) {
+                    let _ = attrs(inner);
+                }
+                let _ = (cstr(data), parse_comment(data));
+            }
+        }
+        let _ = (error_code(buf), parse_rule(buf), attrs(buf));
+        let _ = (cstr(buf), parse_comment(buf));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_comment_round_trips_through_the_userdata_tlv(c in text()) {
+            prop_assert_eq!(parse_comment(&comment_tlv(&c)), c);
+        }
+
+        #[test]
+        fn attributes_and_nests_parse_back_as_encoded(
+            msg in 0u16..0x100,
+            flags in any::<u16>(),
+            seq in any::<u32>(),
+            top in attributes(300),
+            nest in kind(),
+            inner in attributes(64),
+            name in (kind(), text()),
+        ) {
+            let mut m = Msg::nft(msg, flags, seq);
+            for (k, d) in &top {
+                m.attr(*k, d);
+            }
+            m.begin(nest);
+            for (k, d) in &inner {
+                m.attr(*k, d);
+            }
+            m.end().str(name.0, &name.1);
+            let bytes = m.finish();
+            prop_assert_eq!(bytes.len() % 4, 0);
+            let got = messages(&bytes);
+            prop_assert_eq!(got.len(), 1);
+            prop_assert_eq!(got[0].0, (NFNL_SUBSYS_NFTABLES << 8) | msg);
+            prop_assert_eq!(got[0].1, seq);
+            let a = attrs(&got[0].2[4..]);
+            prop_assert_eq!(a.len(), top.len() + 2);
+            for ((k, d), (gk, gd)) in top.iter().zip(&a) {
+                prop_assert_eq!((*k, &d[..]), (*gk, *gd));
+            }
+            prop_assert_eq!(a[top.len()].0, nest);
+            let nested = attrs(a[top.len()].1);
+            prop_assert_eq!(nested.len(), inner.len());
+            for ((k, d), (gk, gd)) in inner.iter().zip(&nested) {
+                prop_assert_eq!((*k, &d[..]), (*gk, *gd));
+            }
+            prop_assert_eq!(a[top.len() + 1].0, name.0);
+            prop_assert_eq!(cstr(a[top.len() + 1].1), name.1);
+        }
+
+        #[test]
+        fn rules_in_one_datagram_parse_back_in_order(
+            table in text(),
+            rules in vec((found(), attributes(32)), 0..6),
+        ) {
+            let mut datagram = Vec::new();
+            for (i, (f, exprs)) in rules.iter().enumerate() {
+                let seq = u32::try_from(i).unwrap();
+                datagram.extend(rule(&table, f, exprs, seq));
+            }
+            let got = messages(&datagram);
+            prop_assert_eq!(got.len(), rules.len());
+            for (i, ((kind, seq, body), (f, _))) in got.iter().zip(&rules).enumerate() {
+                prop_assert_eq!(*kind, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE);
+                prop_assert_eq!(*seq, u32::try_from(i).unwrap());
+                prop_assert_eq!(parse_rule(body), Some(f.clone()));
+            }
+        }
+
+        #[test]
+        fn the_parsers_survive_arbitrary_bytes(buf in vec(any::<u8>(), 0..600)) {
+            parse_all(&buf);
+        }
+
+        #[test]
+        fn the_parsers_survive_a_sized_header_over_arbitrary_bytes(
+            mut buf in vec(any::<u8>(), 16..600),
+        ) {
+            // A length that frames the whole buffer, so the body is read.
+            let len = u32::try_from(buf.len()).unwrap();
+            buf[0..4].copy_from_slice(&len.to_ne_bytes());
+            parse_all(&buf);
+        }
+
+        #[test]
+        fn the_parsers_survive_a_damaged_rule(
+            f in found(),
+            exprs in attributes(32),
+            damage in vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut buf = rule("t", &f, &exprs, 1);
+            for (at, byte) in damage {
+                let i = at.index(buf.len());
+                buf[i] = byte;
+            }
+            let keep = cut.index(buf.len() + 1);
+            parse_all(&buf[..keep]);
+            parse_all(&buf);
+        }
     }
 }
