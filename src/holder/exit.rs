@@ -83,9 +83,9 @@ pub(crate) fn end(ending: &[Ending]) {
 
 /// Wait until the holder behind `pidfd` (PID `pid`) has exited and say how,
 /// without reaping it (its `Holder` does that).
-pub(crate) async fn wait_for_exit(pid: u32, pidfd: &OwnedFd) -> Result<String> {
+pub(crate) async fn exit_status(pid: u32, pidfd: &OwnedFd) -> Result<String> {
     let pid = Pid::from_raw(i32::try_from(pid).unwrap_or(0));
-    wait_exit(pid, pidfd).await?;
+    exited(pid, pidfd).await?;
     let status = waitid(
         Id::PIDFd(pidfd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
@@ -100,7 +100,7 @@ pub(crate) async fn wait_for_exit(pid: u32, pidfd: &OwnedFd) -> Result<String> {
 
 /// Wait until the process behind `pidfd` has exited (its pidfd polls
 /// readable then, pidfd_open(2)); reaps nothing.
-pub(crate) async fn wait_exit(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
+pub(crate) async fn exited(pid: Pid, pidfd: &OwnedFd) -> Result<()> {
     let dup = pidfd
         .try_clone()
         .map_err(|e| Error::io("duplicate pidfd of holder", pid.to_string(), e))?;

@@ -31,7 +31,7 @@ use fds::{devnull, holder_exe};
 use lifeline::self_pidfd;
 use spawner::spawner_submit;
 
-pub(crate) use exit::{end, wait_exit, wait_for_exit, Ending, Exit};
+pub(crate) use exit::{end, exit_status, exited, Ending, Exit};
 pub(crate) use find::{find_holders, pidfd_of, Found};
 pub(crate) use image::HOLDER_COMM;
 pub(crate) use spawn::{spawn_here, start, Spawning};
@@ -180,7 +180,7 @@ impl Holder {
         if let Ok(Some(exit)) = self.try_exit() {
             return Ok(exit);
         }
-        wait_exit(self.pid, &self.pidfd).await?;
+        exited(self.pid, &self.pidfd).await?;
         Ok(self.reap())
     }
 
@@ -251,7 +251,7 @@ impl Drop for Holder {
         self.reaped.store(true, Ordering::Relaxed);
         let (pid, pidfd) = (self.pid, self.pidfd.clone());
         rt.spawn(async move {
-            if wait_exit(pid, &pidfd).await.is_ok() {
+            if exited(pid, &pidfd).await.is_ok() {
                 let _ = waitid(
                     Id::PIDFd(pidfd.as_fd()),
                     WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,

@@ -40,7 +40,7 @@ pub(crate) struct NetInner {
     /// The port forwarder, started with the first port mapping, with the
     /// nf_tables socket that owns this network's table in this process
     /// (kept open as long as the network lives: its table goes with it).
-    pub ports: crate::ports::Slot,
+    pub ports: crate::ports::EngineCell,
     /// Kernel or userspace forwarding of published ports.
     pub port_forwarding: PortForwarding,
     /// Bridge indexes of the shards (`k > 0`) this process has seen made.

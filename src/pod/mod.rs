@@ -783,7 +783,7 @@ impl Pod {
             let pidfd = sandbox.pidfd();
             let pid = sandbox.holder_pid();
             tokio::spawn(async move {
-                let status = crate::holder::wait_for_exit(pid, &pidfd).await;
+                let status = crate::holder::exit_status(pid, &pidfd).await;
                 if shared.removing.load(Ordering::Acquire) {
                     return;
                 }

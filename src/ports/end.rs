@@ -5,7 +5,7 @@
 use nix::errno::Errno;
 use tokio::task::JoinHandle;
 
-use super::engine::{forwarder_gone, lock, nft_of, Shared, Slot};
+use super::engine::{forwarder_gone, lock, nft_of, EngineCell, EngineState};
 use super::kernel::{delete_serials, nft_error, parse_comment};
 use super::mapping::PublishedPort;
 use crate::error::{Error, Result};
@@ -17,7 +17,7 @@ use crate::link::nft;
 /// not it is awaited; it gives the comments of the rules deleted. `None`
 /// if nothing matched.
 pub(super) fn finish(
-    s: &Shared,
+    s: &EngineState,
     id: &str,
     port: Option<&PublishedPort>,
 ) -> Option<JoinHandle<std::result::Result<Vec<String>, Errno>>> {
@@ -60,7 +60,7 @@ pub(super) fn finish(
 
 /// What a failed deletion of the rules of `what` in the table of `slot`
 /// is reported as.
-fn delete_error(slot: &Slot, what: String, errno: Errno) -> Error {
+fn delete_error(slot: &EngineCell, what: String, errno: Errno) -> Error {
     let table = nft_of(slot).map_or_else(String::new, |n| n.table().to_owned());
     nft_error(
         "nf_tables: delete DNAT rules (left in this process's table until gc(), the network's drop or the process's exit)",
@@ -76,7 +76,7 @@ fn delete_error(slot: &Slot, what: String, errno: Errno) -> Error {
 ///
 /// Cancel safe: the mapping is taken out at once and ended on the
 /// forwarder whether or not this is awaited to the end.
-pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> Result<bool> {
+pub(crate) async fn end_one(slot: &EngineCell, id: &str, port: &PublishedPort) -> Result<bool> {
     let Some(engine) = slot.get() else {
         return Ok(false);
     };
@@ -98,7 +98,7 @@ pub(crate) async fn end_one(slot: &Slot, id: &str, port: &PublishedPort) -> Resu
 /// its sockets closed; returns once they are. The sockets are closed even
 /// if the rules cannot be deleted (then the error says so). Cancel safe, as
 /// [`end_one`].
-pub(crate) async fn end_all(slot: &Slot, id: &str) -> Result<()> {
+pub(crate) async fn end_all(slot: &EngineCell, id: &str) -> Result<()> {
     let Some(engine) = slot.get() else {
         return Ok(());
     };
@@ -120,7 +120,7 @@ pub(crate) async fn end_all(slot: &Slot, id: &str) -> Result<()> {
 /// Stop every mapping of sandbox instance `id` without waiting (for Drop):
 /// the rules are deleted and the sockets closed as soon as the forwarder
 /// runs.
-pub(crate) fn abort_all(slot: &Slot, id: &str) {
+pub(crate) fn abort_all(slot: &EngineCell, id: &str) {
     if let Some(engine) = slot.get() {
         drop(finish(&engine.s, id, None));
     }
@@ -133,7 +133,10 @@ pub(crate) fn abort_all(slot: &Slot, id: &str) {
 /// failed). Returns the comments of the rules deleted. Rules of other
 /// processes are in tables of their own, which the kernel deletes when
 /// they exit.
-pub(crate) async fn gc(slot: &Slot, gone: impl Fn(&str, &str) -> bool) -> Result<Vec<String>> {
+pub(crate) async fn gc(
+    slot: &EngineCell,
+    gone: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<String>> {
     let Some(engine) = slot.get() else {
         return Ok(Vec::new());
     };

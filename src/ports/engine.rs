@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::link::nft::Nft;
 
 /// The network's forwarder, started with its first mapping.
-pub(crate) type Slot = OnceCell<Engine>;
+pub(crate) type EngineCell = OnceCell<Engine>;
 
 /// The forwarder thread of a network, and the mappings it serves.
 ///
@@ -38,14 +38,14 @@ pub(crate) type Slot = OnceCell<Engine>;
 /// the network's nf_tables socket in this process, so the kernel deletes
 /// them when the process ends, however it ends. Nothing is on disk.
 pub(crate) struct Engine {
-    pub(super) s: Arc<Shared>,
+    pub(super) s: Arc<EngineState>,
     /// Dropping it ends the thread, whose runtime then drops every task and
     /// with them every socket.
     _stop: oneshot::Sender<()>,
 }
 
 /// What the engine's tasks share with it.
-pub(super) struct Shared {
+pub(super) struct EngineState {
     pub(super) rt: tokio::runtime::Handle,
     /// The network's nf_tables socket and the table it owns, when the
     /// kernel forwards: decided (and the table made) by the first mapping
@@ -94,12 +94,13 @@ pub(super) struct Entry {
     /// The sandbox's name (gc leaves the mappings of a sandbox whose record
     /// is corrupt alone).
     pub(super) name: String,
-    pub(super) ports: Vec<Live>,
+    pub(super) ports: Vec<ServedPort>,
     /// Ends the entry when the holder dies.
     pub(super) watcher: AbortHandle,
 }
 
-pub(super) struct Live {
+/// One published port being served: its task, and its kernel rules.
+pub(super) struct ServedPort {
     pub(super) port: PublishedPort,
     /// The serial its kernel rules carry, if the kernel forwards it.
     pub(super) serial: Option<u64>,
@@ -118,7 +119,7 @@ pub(super) fn forwarder_gone() -> Error {
     )
 }
 
-impl Shared {
+impl EngineState {
     /// The kernel path, if decided and on.
     pub(super) fn nft(&self) -> Option<Arc<Nft>> {
         self.kernel.get().cloned().flatten()
@@ -195,7 +196,7 @@ impl Engine {
             .map_err(|e| Error::io("start the port forwarder thread", "", e))?;
         let rt = ready_rx.await.map_err(|_| forwarder_gone())??;
         Ok(Engine {
-            s: Arc::new(Shared {
+            s: Arc::new(EngineState {
                 rt,
                 kernel: std::sync::OnceLock::new(),
                 bridge: bridge.to_owned(),
@@ -209,12 +210,12 @@ impl Engine {
 
 /// The nf_tables socket of the network whose forwarder is in `slot`, and
 /// the table it owns, if the kernel forwards its mappings.
-pub(crate) fn nft_of(slot: &Slot) -> Option<Arc<Nft>> {
+pub(crate) fn nft_of(slot: &EngineCell) -> Option<Arc<Nft>> {
     slot.get().and_then(|e| e.s.nft())
 }
 
 /// The live mappings of sandbox instance `id`.
-pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
+pub(crate) fn list(slot: &EngineCell, id: &str) -> Vec<PublishedPort> {
     let Some(engine) = slot.get() else {
         return Vec::new();
     };
@@ -227,7 +228,7 @@ pub(crate) fn list(slot: &Slot, id: &str) -> Vec<PublishedPort> {
 
 /// How many mappings' rules are being added at the time of the call (for this crate's tests).
 #[cfg(feature = "internals")]
-pub(crate) fn installing(slot: &Slot) -> usize {
+pub(crate) fn installing(slot: &EngineCell) -> usize {
     slot.get().map_or(0, |e| lock(&e.s.table).installing.len())
 }
 
@@ -246,7 +247,7 @@ mod tests {
         assert!(!table.claims(1));
         table.installing.insert(1);
         assert!(table.claims(1) && !table.claims(2));
-        let live = |serial| Live {
+        let live = |serial| ServedPort {
             port: PublishedPort {
                 protocol: Protocol::Tcp,
                 host: "0.0.0.0:1".parse().unwrap(),

@@ -21,12 +21,12 @@ pub use proxy::MAX_UDP_FLOWS;
 pub(crate) use end::{abort_all, end_all, end_one, gc};
 #[cfg(feature = "internals")]
 pub(crate) use engine::installing;
-pub(crate) use engine::{list, nft_of, Slot};
+pub(crate) use engine::{list, nft_of, EngineCell};
 pub(crate) use publish::start;
 pub(crate) use reserve::reserve;
 pub(crate) use target::{Host, Target};
 // Reachable at `crate::ports::…` for any caller, though no other file names
-// them: callers get them by inference (`Reserved`, `Engine` behind `Slot`),
+// them: callers get them by inference (`Reserved`, `Engine` behind `EngineCell`),
 // or use them inside `ports` only (the rule comment's parser).
 #[allow(unused_imports)]
 pub(crate) use {

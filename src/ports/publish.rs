@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
 use super::end::finish;
-use super::engine::{forwarder_gone, lock, Entry, Live, Shared, Slot, Table};
+use super::engine::{forwarder_gone, lock, EngineCell, EngineState, Entry, ServedPort, Table};
 use super::kernel::{delete_serials, dnats, fallback, forwarding, next_serial, nft_error};
 use super::mapping::{Forwarder, PublishedPort};
 use super::proxy::{serve_tcp, serve_udp};
@@ -25,7 +25,7 @@ use crate::link::nft::{Dnat, Nft};
 /// unaccepted (the caller's future was dropped while the rules were being
 /// added), it deletes them: a cancelled request leaves no rule.
 struct Installed {
-    s: Arc<Shared>,
+    s: Arc<EngineState>,
     nft: Arc<Nft>,
     serials: Vec<u64>,
     armed: bool,
@@ -67,7 +67,7 @@ impl Drop for Installed {
 /// on the forwarder's blocking pool, where it runs to completion even if
 /// the caller goes away; then the [`Installed`] guard deletes them again.
 async fn install(
-    s: &Arc<Shared>,
+    s: &Arc<EngineState>,
     nft: Arc<Nft>,
     rules: Vec<Dnat>,
     serials: Vec<u64>,
@@ -108,7 +108,7 @@ async fn install(
 ///
 /// Cancel safe: rules added for a caller that went away are deleted.
 pub(crate) async fn start(
-    slot: &Slot,
+    slot: &EngineCell,
     target: &Target<'_>,
     mut reserved: Reserved,
 ) -> Result<Vec<PublishedPort>> {
@@ -177,7 +177,7 @@ pub(crate) async fn start(
             Sock::Udp(u) => s.rt.spawn(serve_udp(u, to, b.udp_idle)),
         };
         published.push(b.port);
-        live.push(Live {
+        live.push(ServedPort {
             port: b.port,
             serial,
             task,
@@ -219,8 +219,8 @@ pub(crate) async fn start(
 /// End the mappings of sandbox instance `id` once its holder has exited (a
 /// pidfd polls readable then, pidfd_open(2)): its rules first, then its
 /// sockets.
-async fn watch_holder(pid: Pid, pidfd: OwnedFd, id: String, s: Arc<Shared>) {
-    if crate::holder::wait_exit(pid, &pidfd).await.is_err() {
+async fn watch_holder(pid: Pid, pidfd: OwnedFd, id: String, s: Arc<EngineState>) {
+    if crate::holder::exited(pid, &pidfd).await.is_err() {
         // Cannot watch it (no fd left to dup): remove() still ends them.
         return;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use nix::errno::Errno;
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::engine::{forwarder_gone, Engine, Slot};
+use super::engine::{forwarder_gone, Engine, EngineCell};
 use super::mapping::{plan, Forwarder, PortMapping, Protocol, PublishedPort};
 use super::target::Host;
 use crate::error::{Error, Result};
@@ -51,7 +51,7 @@ pub(super) enum Sock {
 /// kernel rules see the packets first (prerouting and output, before the
 /// socket lookup), so everything else never reaches the socket.
 pub(crate) async fn reserve(
-    slot: &Slot,
+    slot: &EngineCell,
     host: &Host<'_>,
     sandbox: &str,
     mappings: &[PortMapping],
