@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::holder::{self, Exit, Holder, HolderSpec, HOLDER_COMM};
 use crate::host::{reaper, NetInner};
 use crate::ident::{creator, Ident};
-use crate::ipam::{Record, RecordFile};
+use crate::ipam::{Record, RecordFile, Volumes};
 use crate::link::{self, Inside, Unplugged, Veth};
 use crate::names::{check_mtu, validate_name, IFNAMSIZ_MAX};
 use crate::netns::{self, Enter};
@@ -790,10 +790,8 @@ impl Sandbox {
     /// Where this sandbox instance keeps its pod volumes: removed with the
     /// sandbox, and by gc once the sandbox is gone.
     pub(crate) fn volumes_dir(&self) -> std::path::PathBuf {
-        self.inner
-            .net
-            .store
-            .volumes_dir(&format!("{}@{}", self.inner.name, self.inner.id))
+        Volumes::of(self.inner.net.store.dir())
+            .dir(&format!("{}@{}", self.inner.name, self.inner.id))
     }
 
     /// Publish a port of the running sandbox on the network's host namespace
@@ -1124,7 +1122,7 @@ impl SbInner {
         let mut errors: Vec<Error> = ips
             .filter_map(|ip| store.release(ip, &owner).err())
             .collect();
-        errors.extend(store.remove_volumes(&owner).err());
+        errors.extend(Volumes::of(store.dir()).remove(&owner).err());
         errors.extend(store.remove_record_if(&self.name, &self.id).err());
         match errors.len() {
             0 => Ok(()),
