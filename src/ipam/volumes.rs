@@ -57,3 +57,23 @@ impl Volumes {
         Ok(owners)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volumes_are_listed_by_owner_and_removed_once() {
+        let root = std::env::temp_dir().join(format!("podnet-volumes-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let volumes = Volumes::of(&root);
+        assert_eq!(volumes.owners().unwrap(), Vec::<String>::new());
+        assert_eq!(volumes.dir("web@1-2-3"), root.join("volumes/web@1-2-3"));
+        fs::create_dir_all(volumes.dir("web@1-2-3").join("scratch")).unwrap();
+        assert_eq!(volumes.owners().unwrap(), ["web@1-2-3"]);
+        volumes.remove("web@1-2-3").unwrap();
+        volumes.remove("web@1-2-3").unwrap();
+        assert_eq!(volumes.owners().unwrap(), Vec::<String>::new());
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
