@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
 use crate::host::NetInner;
 use crate::ident::{is_alive, Ident};
-use crate::ipam::{parse_owner, Record, Store};
+use crate::ipam::{parse_owner, Record, Store, Volumes};
 use crate::ports;
 use crate::{link, netns, release};
 
@@ -425,14 +425,14 @@ impl Sweep<'_> {
 
     /// Pod volumes of sandbox instances that are gone.
     fn remove_orphan_volumes(&mut self) -> Result<()> {
-        let store = &self.inner.store;
-        for owner in store.volume_owners()? {
+        let volumes = Volumes::of(self.inner.store.dir());
+        for owner in volumes.owners()? {
             let name = owner.split('@').next().unwrap_or_default();
             if self.owned.contains(&owner) || self.damaged_names.contains(name) {
                 continue;
             }
-            match store.remove_volumes(&owner) {
-                Ok(()) => self.report.volumes.push(store.volumes_dir(&owner)),
+            match volumes.remove(&owner) {
+                Ok(()) => self.report.volumes.push(volumes.dir(&owner)),
                 Err(e) => self.errors.push(e),
             }
         }
