@@ -31,6 +31,11 @@ impl Captured {
     }
 }
 
+/// Held by each test: tracing caches whether a callsite is enabled across
+/// the subscribers alive at once, so tests with different levels must not
+/// overlap.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// A subscriber for this thread at `level`, writing to the returned buffer.
 fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
     let out = Captured::default();
@@ -44,6 +49,7 @@ fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuar
 
 #[test]
 fn gc_says_what_it_reclaimed_in_its_span_at_info() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     in_netns(|ctx| async move {
         let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
             .await
@@ -75,6 +81,7 @@ fn gc_says_what_it_reclaimed_in_its_span_at_info() {
 
 #[test]
 fn netlink_batches_are_debug_events_with_their_kinds_and_duration() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     in_netns(|ctx| async move {
         let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
             .await
@@ -91,6 +98,8 @@ fn netlink_batches_are_debug_events_with_their_kinds_and_duration() {
             batch.contains("elapsed_us=") && batch.contains("DEBUG"),
             "{batch}"
         );
+        // Inside the create's span, which names the sandbox.
+        assert!(batch.contains("podnet.create{sandbox=web}"), "{batch}");
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
@@ -98,6 +107,7 @@ fn netlink_batches_are_debug_events_with_their_kinds_and_duration() {
 
 #[test]
 fn nothing_is_written_at_a_level_podnet_has_no_events_for() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     in_netns(|ctx| async move {
         let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
             .await

@@ -46,6 +46,11 @@ impl SandboxBuilder {
     /// were being added when the future was dropped are deleted once the
     /// kernel has taken them (and would go with the process's table).
     pub async fn create(self) -> Result<Sandbox> {
+        let span = tracing::info_span!("podnet.create", sandbox = %self.name);
+        tracing::Instrument::instrument(self.create_traced(), span).await
+    }
+
+    async fn create_traced(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
         // Host ports before anything else: a taken one changes nothing.
         // Dropped (closed) if a later step fails or the future is dropped.

@@ -89,6 +89,11 @@ impl SbInner {
     }
 
     async fn remove_with(&self, deletion: Deletion) -> Result<()> {
+        let span = tracing::info_span!("podnet.remove", sandbox = %self.name);
+        tracing::Instrument::instrument(self.remove_traced(deletion), span).await
+    }
+
+    async fn remove_traced(&self, deletion: Deletion) -> Result<()> {
         {
             let mut state = self.lock_state();
             match *state {
