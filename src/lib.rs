@@ -129,25 +129,25 @@ pub mod internals {
     /// them in one operation, or with their namespaces before it (not one
     /// by one, the fallback).
     pub fn veth_batches(net: &crate::Network) -> Vec<(usize, bool)> {
-        net.inner.reaper.batches()
+        net.inner.deletions.batches()
     }
 
     /// How many veth deletions of `net` are waiting for the one in flight.
     pub fn veth_deletions_waiting(net: &crate::Network) -> usize {
-        net.inner.reaper.waiting()
+        net.inner.deletions.waiting()
     }
 
     /// Wait until `net`'s veth deletions asked so far are done (as
     /// `Network::remove()` does after its busy check, where it ignores the
     /// errors); the errors of those that failed.
     pub async fn veth_deletions_settled(net: &crate::Network) -> crate::Result<()> {
-        net.inner.settled().await
+        net.inner.deletions.settled(&net.inner.bridge).await
     }
 
     /// Hold `net`'s veth deletions as if one were in flight, until the
     /// returned value is dropped; `None` if one is.
     pub fn hold_veth_deletions(net: &crate::Network) -> Option<impl Send + std::fmt::Debug> {
-        crate::host::reaper::Reaper::hold(&net.inner)
+        crate::host::deletions::VethDeletions::hold(&net.inner)
     }
 
     /// Make every operation on `net`'s table wait until the returned

@@ -123,7 +123,7 @@ impl Network {
         // A removal queues its veth's deletion before it lets go of its
         // record, so with no record left, every deletion is queued: wait
         // for them, then delete what they failed to.
-        let _ = inner.settled().await;
+        let _ = inner.deletions.settled(&inner.bridge).await;
         let (_, mut errors) = inner.delete_dying_links().await;
         match errors.len() {
             0 => {}
@@ -397,7 +397,7 @@ impl NetworkBuilder {
                 ports: Default::default(),
                 port_forwarding: self.port_forwarding,
                 shards: Default::default(),
-                reaper: Default::default(),
+                deletions: Default::default(),
             }),
         })
     }

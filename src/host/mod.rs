@@ -14,8 +14,8 @@ use crate::link::nft::Nft;
 use crate::ports::{self, PortForwarding};
 use crate::{link, netns};
 
+pub(crate) mod deletions;
 pub(crate) mod gc;
-pub(crate) mod reaper;
 pub(crate) mod shard;
 
 #[derive(Debug)]
@@ -46,7 +46,7 @@ pub(crate) struct NetInner {
     /// Bridge indexes of the shards (`k > 0`) this process has seen made.
     pub shards: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
     /// Veth deletions waiting for the one in flight.
-    pub reaper: reaper::Reaper,
+    pub deletions: deletions::VethDeletions,
 }
 
 impl NetInner {
@@ -148,18 +148,19 @@ impl NetInner {
     pub(crate) async fn delete_dying_links(&self) -> (Vec<String>, Vec<Error>) {
         let (mut deleted, mut errors) = (Vec::new(), Vec::new());
         let links =
-            match link::links_named(&self.conn.handle, &reaper::dying_prefix(&self.tag)).await {
+            match link::links_named(&self.conn.handle, &deletions::dying_prefix(&self.tag)).await {
                 Ok(links) => links,
                 Err(e) => return (deleted, vec![e]),
             };
         let me = crate::ident::creator().ok();
         for (name, alias) in links {
-            let remover = alias.as_deref().and_then(reaper::dying_remover);
-            let Some(remover) = remover.filter(|_| reaper::is_dying_name(&self.tag, &name)) else {
+            let remover = alias.as_deref().and_then(deletions::dying_remover);
+            let Some(remover) = remover.filter(|_| deletions::is_dying_name(&self.tag, &name))
+            else {
                 continue;
             };
             let ours = Some(remover) == me;
-            if (ours && self.deleting(&name))
+            if (ours && self.deletions.deleting(&name))
                 || (!ours && crate::ident::is_alive(remover.pid, remover.start))
             {
                 continue;

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 
 use super::{Sandbox, SbInner, State};
 use crate::error::{Error, Result};
-use crate::host::reaper;
+use crate::host::deletions;
 use crate::ident::creator;
 use crate::ipam::Volumes;
 use crate::link::{self, Unplugged};
@@ -176,8 +176,8 @@ impl SbInner {
     /// Take the veth off the bridge, down and renamed (one blocking
     /// request), and queue its deletion by the new name.
     fn unplug(&self, object: &str) -> Result<Unplugged> {
-        let dying = reaper::dying_name(&self.net.tag);
-        let alias = reaper::dying_alias(creator()?);
+        let dying = deletions::dying_name(&self.net.tag);
+        let alias = deletions::dying_alias(creator()?);
         let mut nl = self.net.host_nl()?;
         let unplugged =
             link::unplug_blocking(&mut nl, &self.veth, self.veth_index, &dying, &alias, object)?;
@@ -186,7 +186,7 @@ impl SbInner {
                 "veth {dying} (was {}) of removed sandbox {:?}",
                 self.veth, self.name
             );
-            self.net.delete_veth_later(dying, object);
+            self.net.deletions.later(&self.net, dying, object);
         }
         Ok(unplugged)
     }

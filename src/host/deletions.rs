@@ -11,7 +11,7 @@
 //! kernel operation (`link::delete_links_blocking`), and so on until the
 //! queue is empty. A batch of 8 costs the kernel about what one deletion
 //! does (`docs/architecture.md`, "Removal", with the command that shows it).
-//! [`NetInner::settled`] waits for the queue to empty
+//! [`VethDeletions::settled`] waits for the queue to empty
 //! (`Network::remove()` does).
 //!
 //! The group that carries a batch is random (31 bits), so a link of
@@ -32,7 +32,7 @@ use crate::link;
 
 /// The deletions of a network's veths waiting for the one in flight.
 #[derive(Debug, Default)]
-pub(crate) struct Reaper {
+pub(crate) struct VethDeletions {
     queue: Mutex<Queue>,
     /// Notified when the queue is empty and no deletion is in flight.
     idle: Notify,
@@ -52,7 +52,7 @@ struct Queue {
     in_flight: Vec<String>,
     /// Whether a thread is sending deletions (and will take `waiting`).
     busy: bool,
-    /// Deletions that failed since [`NetInner::settled`] last reported.
+    /// Deletions that failed since [`VethDeletions::settled`] last reported.
     failed: Vec<Error>,
     /// Each batch sent, for this crate's tests: its size, and whether the
     /// kernel deleted it in one operation (or had deleted it already), none
@@ -67,7 +67,7 @@ struct Waiting {
     object: String,
 }
 
-impl Reaper {
+impl VethDeletions {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -88,43 +88,46 @@ impl Reaper {
     }
 }
 
-impl NetInner {
-    /// Delete the host-side veth `name` (and so its peer) in the background,
-    /// in a batch with the other deletions asked meanwhile; `object` names
-    /// it in errors, which [`settled`](Self::settled) reports.
-    pub(crate) fn delete_veth_later(self: &Arc<Self>, name: String, object: String) {
+impl VethDeletions {
+    /// Delete the host-side veth `name` of network `net` (and so its peer)
+    /// in the background, in a batch with the other deletions asked
+    /// meanwhile; `object` names it in errors, which
+    /// [`settled`](Self::settled) reports. `net` is the network these
+    /// deletions belong to: its sender thread takes its host sockets.
+    pub(crate) fn later(&self, net: &Arc<NetInner>, name: String, object: String) {
         let lead = {
-            let mut queue = self.reaper.lock();
+            let mut queue = self.lock();
             queue.waiting.push(Waiting { name, object });
             !std::mem::replace(&mut queue.busy, true)
         };
         if lead {
-            start(self.clone());
+            start(net.clone());
         }
     }
 
     /// Whether the deletion of veth `name` is queued or being sent.
     pub(crate) fn deleting(&self, name: &str) -> bool {
-        let queue = self.reaper.lock();
+        let queue = self.lock();
         queue.in_flight.iter().any(|n| n == name) || queue.waiting.iter().any(|w| w.name == name)
     }
 
     /// Wait until the queue is empty and no deletion is in flight; the
     /// errors of the deletions that failed since the last call, if any.
-    pub(crate) async fn settled(&self) -> Result<()> {
+    /// `bridge` names the network in them.
+    pub(crate) async fn settled(&self, bridge: &str) -> Result<()> {
         loop {
-            let idle = self.reaper.idle.notified();
+            let idle = self.idle.notified();
             tokio::pin!(idle);
             idle.as_mut().enable();
             {
-                let mut queue = self.reaper.lock();
+                let mut queue = self.lock();
                 if !queue.busy {
                     let mut errors = std::mem::take(&mut queue.failed);
                     return match errors.len() {
                         0 => Ok(()),
                         1 => Err(errors.remove(0)),
                         _ => Err(Error::Multiple {
-                            op: format!("delete veths of removed sandboxes of {:?}", self.bridge),
+                            op: format!("delete veths of removed sandboxes of {bridge:?}"),
                             errors,
                         }),
                     };
@@ -203,7 +206,7 @@ impl Drop for Sender {
             self.send_all();
             return;
         }
-        let mut queue = self.net.reaper.lock();
+        let mut queue = self.net.deletions.lock();
         queue.busy = false;
         queue.in_flight.clear();
         let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
@@ -213,7 +216,7 @@ impl Drop for Sender {
                 .map(|w| Error::sys("delete", &w.object, Errno::ECANCELED)),
         );
         drop(queue);
-        self.net.reaper.idle.notify_waiters();
+        self.net.deletions.idle.notify_waiters();
     }
 }
 
@@ -228,7 +231,7 @@ impl Sender {
         loop {
             let nl = net.host_nl();
             let batch = {
-                let mut queue = net.reaper.lock();
+                let mut queue = net.deletions.lock();
                 let take = match &nl {
                     Ok(_) => queue.waiting.len().min(BATCH_MAX),
                     // One deletion gets this error; the next may fare better.
@@ -239,7 +242,7 @@ impl Sender {
                     queue.in_flight.clear();
                     self.done = true;
                     drop(queue);
-                    net.reaper.idle.notify_waiters();
+                    net.deletions.idle.notify_waiters();
                     return;
                 }
                 let batch = queue.waiting.drain(..take).collect::<Vec<_>>();
@@ -256,13 +259,13 @@ impl Sender {
                 }
                 Err(e) => (vec![Err(e)], false),
             };
-            net.reaper.record(batch.len(), together);
+            net.deletions.record(batch.len(), together);
             let failed: Vec<Error> = results.into_iter().filter_map(|r| r.err()).collect();
             for e in &failed {
                 tracing::warn!(error = %e, "veth deletion in the background failed");
             }
             if !failed.is_empty() {
-                net.reaper.lock().failed.extend(failed);
+                net.deletions.lock().failed.extend(failed);
             }
         }
     }
@@ -286,7 +289,7 @@ fn random() -> u64 {
 
 /// For this crate's tests.
 #[cfg(feature = "internals")]
-impl Reaper {
+impl VethDeletions {
     /// The batches sent so far: size, and whether deleted together.
     pub(crate) fn batches(&self) -> Vec<(usize, bool)> {
         self.lock().batches.clone()
@@ -300,12 +303,12 @@ impl Reaper {
     /// Hold the queue as if a deletion were in flight, until the returned
     /// guard is dropped (then what queued meanwhile is sent together).
     pub(crate) fn hold(net: &Arc<NetInner>) -> Option<Held> {
-        let mut queue = net.reaper.lock();
+        let mut queue = net.deletions.lock();
         (!std::mem::replace(&mut queue.busy, true)).then(|| Held(net.clone()))
     }
 }
 
-/// See [`Reaper::hold`].
+/// See [`VethDeletions::hold`].
 #[cfg(feature = "internals")]
 #[derive(Debug)]
 pub(crate) struct Held(Arc<NetInner>);
