@@ -1,10 +1,7 @@
-//! The crate's one error type.
-//!
-//! Variants are chosen by what a caller can do about them. Everything that is
-//! a failed system operation says which operation, on which object, and keeps
-//! the errno as the `#[source]`, so it is matchable and printed once, at the
-//! end of the chain. There is deliberately no blanket `From<io::Error>`: every
-//! call site has to say what it was doing.
+//! The crate's one error type. Variants are chosen by what a caller can do
+//! about them; a failed system operation names the operation and the
+//! object and keeps the errno as its `#[source]`. There is no blanket
+//! `From<io::Error>`: every call site says what it was doing.
 
 use std::io;
 use std::net::IpAddr;

@@ -1,16 +1,7 @@
-//! Every netlink call podnet makes: the bridge, veth pairs, addresses,
-//! routes, links up and down, deletion. Only this module (with `nft`,
-//! nf_tables for port mappings) speaks netlink.
-//!
-//! There is one strict-checking async connection in the host namespace
-//! (opened when the `Network` is built, on the thread whose namespace is the
-//! host) for the rare requests, and blocking sockets ([`Nl`]) for the hot
-//! path of `create()`: a sandbox is wired with two requests on the host side
-//! (the veth, its peer already named `eth0` and made in the sandbox, the
-//! host end enslaved, its echo telling both indexes; then the host end up
-//! without IPv6 address generation) and one batch in one `sendmsg` on a
-//! socket opened inside (`lo` up, `eth0` up, addresses, default routes).
-//! Errnos are translated here, where the operation is known.
+//! Every netlink request podnet makes; only this module (with `nft`, for
+//! port mappings) speaks netlink. One strict async connection per host
+//! namespace serves the rare requests, blocking sockets ([`Nl`]) the hot
+//! path of a create; errnos are translated where the operation is known.
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};

@@ -1,13 +1,8 @@
-//! Namespace handles: the calling thread's namespace as an fd, a guard that
-//! moves the current thread into a sandbox and back, running a closure on a
-//! fresh thread inside, and joining a child process on exec.
-//!
-//! `setns(2)` changes the namespace of the calling *thread* only. So nothing
-//! here reads `/proc/self/ns/net` (the main thread's), work inside a sandbox
-//! runs on an OS thread that is never handed back to a pool while inside, and
-//! a guard that enters the current thread is `!Send` and restores the thread's
-//! own previous namespace on drop. A sandbox is named by its holder's pidfd,
-//! which `setns` accepts since Linux 5.8: no path, no PID-reuse race.
+//! Namespace handles: the calling thread's namespace as an fd, a `!Send`
+//! guard that moves the current thread into a sandbox and back, a closure
+//! on a fresh thread inside, and joining a child on exec. `setns(2)` moves
+//! one *thread*, so nothing reads `/proc/self/ns/net`; a sandbox is named
+//! by its holder's pidfd (Linux 5.8), so no path and no PID-reuse race.
 
 use std::cell::Cell;
 use std::marker::PhantomData;

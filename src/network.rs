@@ -1,9 +1,7 @@
-//! `Network`: the host namespace handle, its bridge, its address pools and
-//! their store; it makes sandboxes.
-//!
-//! The host is the network namespace of the thread that builds the network,
-//! captured as an fd at `build()`, with the netlink connection opened there.
-//! Nothing assumes other threads of the process are in that namespace.
+//! `Network`, the public handle of one network: its builder, its
+//! sandboxes as any process sees them, gc and removal. The host is the
+//! network namespace of the thread that builds it, captured as an fd then;
+//! nothing assumes other threads are in that namespace.
 
 use std::net::IpAddr;
 use std::path::PathBuf;

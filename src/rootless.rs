@@ -1,14 +1,8 @@
-//! Running without root: entering a user namespace where we are root (a
-//! shared, persistent one per user, or a private one), and telling whether
-//! the process has the privilege podnet needs.
-//!
-//! podnet needs `CAP_NET_ADMIN` and `CAP_SYS_ADMIN` in the user namespace
-//! that owns the host network namespace (the one the bridge lives in).
-//! [`enter`] and [`enter_private`] get both for an unprivileged user: a user
-//! and a network namespace where the caller is mapped to root
-//! (user_namespaces(7)). Everything podnet then makes lives inside those
-//! namespaces; nothing outside is touched. The shared ones outlive the
-//! process (until [`teardown`]); the private ones go when it exits.
+//! Running without root: a user and a network namespace where the caller
+//! is root (user_namespaces(7)), shared and persistent per user
+//! ([`enter`], until [`teardown`]) or private to the process
+//! ([`enter_private`]), and whether the process has `CAP_NET_ADMIN` and
+//! `CAP_SYS_ADMIN` over the host network namespace, which podnet needs.
 
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;

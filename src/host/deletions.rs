@@ -1,22 +1,7 @@
-//! The veths of removed sandboxes are deleted in the background, in
-//! batches.
-//!
-//! The kernel deletes a veth inside the request, then waits for the network
-//! stack to let go of both ends (an `rcu_barrier()`): ~20 ms, nearly all of
-//! it waiting. A removal does not wait for that: it takes its veth off the
-//! bridge, sets it down and renames it (`link::unplug_blocking`, well under
-//! a millisecond), so the sandbox's name, bridge port and address are free
-//! at once, and queues the deletion here. One thread per network sends
-//! them: the first deletion alone, then whatever queued meanwhile in one
-//! kernel operation (`link::delete_links_blocking`), and so on until the
-//! queue is empty. A batch of 8 costs the kernel about what one deletion
-//! does (`docs/architecture.md`, "Removal", with the command that shows it).
-//! [`VethDeletions::settled`] waits for the queue to empty
-//! (`Network::remove()` does).
-//!
-//! The group that carries a batch is random (31 bits), so a link of
-//! anybody else is in it only if they picked the same number for a group
-//! of their own.
+//! The veths of removed sandboxes, deleted in the background in batches:
+//! one thread per network sends the first deletion alone, then whatever
+//! queued meanwhile in one kernel operation, until the queue is empty.
+//! docs/architecture.md ("Removal") says why and shows it.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -1,36 +1,7 @@
-//! Sharding a network over several bridges.
-//!
-//! A Linux bridge takes at most 1,023 ports (`BR_MAX_PORTS`). So a
-//! network's sandboxes hang on several bridges, its *shards*: the sandbox
-//! whose address is the `i`-th of the pool goes to shard
-//! `(i / SPAN) % MAX`. The address decides, so every process sharing the
-//! pool agrees without more shared state, and a static address lands where
-//! it belongs; addresses are handed out in order, so the network's own
-//! bridge takes the first 1,018 sandboxes (as one bridge would) and the
-//! next shard is made only past them.
-//!
-//! Shard 0 is the network's bridge. Shard `k > 0` is the bridge `<base>.<k>`
-//! (its alias names the network, so it is told from anyone else's link),
-//! joined to its parent shard `(k - 1) / 2` by a veth pair, the *trunk*
-//! (`<base>.<k>p` on the parent's bridge, `<base>.<k>s` on its own): a
-//! binary tree, so a bridge has at most three trunk ports beside its
-//! sandboxes and a frame crosses at most `2 log2(shards)` bridges. The
-//! shards form one Ethernet segment: the pool stays one on-link subnet with
-//! one gateway, pods reach each other by address across shards as on one
-//! bridge, and nothing of the host's routing or sysctls changes (routing
-//! between per-shard subnets would need forwarding and proxy ARP turned on
-//! in the host namespace). Shards are made, with their parents, when their
-//! first sandbox is, under the store's lock, and stay until
-//! [`Network::remove`].
-//!
-//! A segment of thousands of ports floods a broadcast (an ARP request) to
-//! all of them, and a veth hands what it receives to the CPU's backlog,
-//! which drops what exceeds `net.core.netdev_max_backlog` (1,000) of a
-//! flood. So sandboxes past the first 900 addresses receive by NAPI (a
-//! queue per veth; see [`link::Veth::napi_receive`]), and a flood reaches
-//! every port.
-//!
-//! [`Network::remove`]: crate::Network::remove
+//! Sharding a network over several bridges (a bridge takes at most 1,023
+//! ports): the address decides the shard, shard `k` hangs off shard
+//! `(k - 1) / 2` by a veth trunk, and all of them are one Ethernet segment.
+//! docs/architecture.md ("Shards", "Broadcast floods") says why.
 
 use std::net::IpAddr;
 

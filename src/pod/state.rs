@@ -17,7 +17,6 @@ use nix::sys::signal::Signal;
 use nix::unistd::getpid;
 use tokio::sync::watch;
 
-
 use crate::error::{Error, Result};
 use crate::netns::{self, Cwd, JoinSpec};
 use crate::sandbox::Phase;
