@@ -172,7 +172,7 @@ pub(crate) async fn links_named(h: &Handle, prefix: &str) -> Result<Vec<(String,
 /// of the group has the kernel unregister them all at once
 /// (`unregister_netdevice_many`), so they share one wait for the network
 /// stack to let go of them, which one by one each waits for alone (most of
-/// a veth deletion's ~20 ms). The group must be one that no other link of
+/// a veth deletion's time). The group must be one that no other link of
 /// the namespace is in (the caller picks it at random), and the batch small
 /// enough that the acknowledgements fit the socket's receive buffer.
 /// `Ok(false)` for a link that was gone already. A link that could not be

@@ -31,8 +31,9 @@ impl Sandbox {
     ///
     /// A holder that dies with this process (not
     /// [`persistent`](crate::SandboxBuilder::persistent)) is killed and
-    /// reaped in the background, with those of other removals: 100 ms after
-    /// the last removal, or once 64 are waiting. So it may still run, in a
+    /// reaped in the background, in a batch with those of other removals
+    /// (`release::IDLE` after the last one, or once `release::BATCH` are
+    /// waiting). So it may still run, in a
     /// namespace with `lo` and an `eth0` without carrier until its veth is
     /// deleted, when this returns; ending each at once would have the kernel
     /// destroy their namespaces one by one, in the way of the veth deletions
