@@ -272,6 +272,35 @@ fn a_reservation_whose_owner_changed_stays_while_a_live_record_lists_its_address
     });
 }
 
+#[test]
+fn volume_directories_go_only_once_no_sandbox_of_their_name_lives() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net.sandbox("web").create().await.unwrap();
+        let volumes = store_dir(&ctx).join("volumes");
+        // A live sandbox's directory with its id damaged, one of a name no
+        // sandbox has, and one whose name is no sandbox instance.
+        for d in ["web@bad1d", "ghost@1-2-3", "garbage"] {
+            std::fs::create_dir_all(volumes.join(d).join("v")).unwrap();
+        }
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.volumes, [volumes.join("ghost@1-2-3")], "{report:?}");
+        assert!(
+            volumes.join("web@bad1d/v").is_dir(),
+            "a live name's volumes went"
+        );
+        let d = damaged_at(&report, &volumes.join("garbage")).unwrap();
+        assert!(d.reason.contains("not a sandbox instance"), "{d:?}");
+        assert!(volumes.join("garbage").is_dir());
+        // Once no sandbox is called web, its directory goes too.
+        pod.remove().await.unwrap();
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.volumes, [volumes.join("web@bad1d")], "{report:?}");
+        std::fs::remove_dir_all(volumes.join("garbage")).unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
 /// One way to damage a file's bytes; positions are taken modulo its length.
 #[derive(Debug, Clone)]
 enum Damage {

@@ -423,12 +423,24 @@ impl Sweep<'_> {
         held
     }
 
-    /// Pod volumes of sandbox instances that are gone.
+    /// Pod volumes of sandbox instances that are gone, and of no sandbox
+    /// whose name lives.
     fn remove_orphan_volumes(&mut self) -> Result<()> {
         let volumes = Volumes::of(self.inner.store.dir());
         for owner in volumes.owners()? {
-            let name = owner.split('@').next().unwrap_or_default();
-            if self.owned.contains(&owner) || self.damaged_names.contains(name) {
+            let Some((name, _)) = parse_owner(&owner) else {
+                self.report.corrupt.push(Damaged {
+                    path: volumes.dir(&owner),
+                    reason: "its name is not a sandbox instance (<name>@<id>)".into(),
+                    name: None,
+                    addresses: Vec::new(),
+                });
+                continue;
+            };
+            // A live, pending or damaged record of that name may be using
+            // it (a damaged directory name looks like an earlier
+            // instance's): it waits until the name is free.
+            if self.owned.contains(&owner) || self.keep.contains_key(name) || self.name_held(name) {
                 continue;
             }
             match volumes.remove(&owner) {
