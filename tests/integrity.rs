@@ -116,6 +116,11 @@ fn a_record_whose_id_changed_by_one_character_is_corrupt_and_keeps_its_address()
             let other = fresh.sandbox("other").create().await.unwrap();
             assert_ne!(other.ip(), ip("10.88.0.3"), "{what}");
             other.remove().await.unwrap();
+            // As in the property test below: the next case's fresh handle
+            // must not find this one's veth still being deleted.
+            podnet::internals::veth_deletions_settled(&fresh)
+                .await
+                .unwrap();
             assert_eq!(victim.phase(), Phase::Running, "{what}");
         }
         std::fs::write(&record, &full).unwrap();
@@ -418,6 +423,13 @@ fn whatever_damage_records_take_gc_keeps_every_live_address_and_creates_never_ge
                 probe.ip()
             );
             probe.remove().await.unwrap();
+            // The probe's veth is deleted by this handle's queue: let it
+            // finish, or the next case's fresh handle (which knows nothing
+            // of this queue) takes it for a deletion that failed and
+            // reports it as a link of its own gc.
+            podnet::internals::veth_deletions_settled(&fresh)
+                .await
+                .unwrap();
             assert_taken(&fresh, live[target].ip(), &what).await;
             for (path, bytes) in &records {
                 std::fs::write(path, bytes).unwrap();
