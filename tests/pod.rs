@@ -1079,9 +1079,11 @@ fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
         pod.remove().await.unwrap();
         // The host port is free again (within moments: a child another
         // test's thread forked may hold a copy of the socket until its exec).
-        common::eventually("the host port is free", Duration::from_secs(5), || {
-            std::net::TcpListener::bind(published[0].host).is_ok()
-        })
+        common::eventually(
+            "the host port is free",
+            Duration::from_secs(5),
+            async || std::net::TcpListener::bind(published[0].host).is_ok(),
+        )
         .await;
         net.remove().await.unwrap();
     });

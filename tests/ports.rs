@@ -125,8 +125,8 @@ fn tcp_free(addr: SocketAddr) -> bool {
 }
 
 /// Wait up to 5 s for `cond`.
-async fn eventually(what: &str, cond: impl FnMut() -> bool) {
-    common::eventually(what, Duration::from_secs(5), cond).await;
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    common::eventually(what, Duration::from_secs(5), async || cond()).await;
 }
 
 /// `python3 -m http.server` in `pod` on `port`, serving a directory with

@@ -104,9 +104,11 @@ fn create_wires_a_running_sandbox_and_remove_unwires_it() {
         assert!(pod.netns_path().exists());
         // Named by its first instruction, which it may not have run yet.
         let comm = || std::fs::read_to_string(format!("/proc/{}/comm", pod.holder_pid())).unwrap();
-        common::eventually("the holder names itself", Duration::from_secs(10), || {
-            comm().trim() == "podnet-pause"
-        })
+        common::eventually(
+            "the holder names itself",
+            Duration::from_secs(10),
+            async || comm().trim() == "podnet-pause",
+        )
         .await;
         assert_eq!(
             ports(&ctx.nl, "pn0").await.into_iter().collect::<Vec<_>>(),
@@ -297,8 +299,10 @@ fn fifty_concurrent_creates_get_fifty_addresses_and_removal_leaves_nothing() {
                 .filter(|p| std::path::Path::new(&format!("/proc/{}", p.holder_pid())).exists())
                 .count()
         };
-        let took =
-            common::eventually("the holders end", Duration::from_secs(5), || alive() == 0).await;
+        let took = common::eventually("the holders end", Duration::from_secs(5), async || {
+            alive() == 0
+        })
+        .await;
         eprintln!("holders ended {took:?} after the removals");
         net.remove().await.unwrap();
         assert!(files_under(&ctx.state).is_empty());
@@ -896,7 +900,7 @@ fn remove_on_drop_cleans_up_when_a_test_panics() {
         // the task the drop left on this runtime.
         settled(&net).await;
         assert_eq!(podnet::internals::veth_batches(&net), [(1, true)]);
-        common::eventually("the holder is reaped", Duration::from_secs(5), || {
+        common::eventually("the holder is reaped", Duration::from_secs(5), async || {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
         })
         .await;
@@ -931,7 +935,7 @@ fn a_persistent_holder_ends_before_remove_returns_and_others_soon_after() {
         let waited = tokio::time::timeout(Duration::from_secs(1), plain.wait()).await;
         assert_eq!(waited, Ok(Phase::Succeeded));
         let left = Duration::from_secs(5).saturating_sub(t.elapsed());
-        common::eventually("the holder ends and is reaped", left, || {
+        common::eventually("the holder ends and is reaped", left, async || {
             !proc_of(plain_pid).exists()
         })
         .await;
@@ -986,7 +990,7 @@ fn the_holder_of_a_dropped_handle_is_reaped_when_it_ends() {
         common::eventually(
             &format!("holder {pid} reaped"),
             Duration::from_secs(5),
-            || !std::path::Path::new(&proc).exists(),
+            async || !std::path::Path::new(&proc).exists(),
         )
         .await;
         // And gc reclaims the rest.
@@ -1125,7 +1129,7 @@ fn a_cancelled_create_leaves_nothing_behind() {
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive).unwrap();
         let mut create = Box::pin(net.sandbox("web").create());
         assert!(futures::poll!(&mut create).is_pending());
-        common::eventually("its holder runs", Duration::from_secs(10), || {
+        common::eventually("its holder runs", Duration::from_secs(10), async || {
             holders().len() == holders_before.len() + 1
         })
         .await;
@@ -1135,9 +1139,11 @@ fn a_cancelled_create_leaves_nothing_behind() {
         // the clone yet: let it finish its queue (it ends a holder nobody
         // claims), then wait for the end.
         podnet::internals::flush_spawner().await.unwrap();
-        let took = common::eventually("the cancelled holder ends", Duration::from_secs(10), || {
-            holders() == holders_before
-        })
+        let took = common::eventually(
+            "the cancelled holder ends",
+            Duration::from_secs(10),
+            async || holders() == holders_before,
+        )
         .await;
         eprintln!("cancelled holder gone after {took:?}");
         assert_eq!(snapshot(&ctx.nl).await, before);
@@ -1447,9 +1453,11 @@ fn a_removed_sandbox_namespace_is_let_go_soon_after() {
         // Kept for a moment, so namespaces are destroyed in batches (other
         // tests' removals may fill a batch at any time, so when is not
         // asserted), then let go: never leaked.
-        let took = common::eventually(&format!("{ns:?} let go"), Duration::from_secs(10), || {
-            !holds_fd_to(&ns)
-        })
+        let took = common::eventually(
+            &format!("{ns:?} let go"),
+            Duration::from_secs(10),
+            async || !holds_fd_to(&ns),
+        )
         .await;
         eprintln!("namespace let go after {took:?}");
         net.remove().await.unwrap();

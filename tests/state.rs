@@ -309,7 +309,7 @@ fn a_holder_ends_when_its_creator_exits() {
         let took = common::eventually(
             "the holder ends",
             std::time::Duration::from_secs(10),
-            || holders_named("gone").is_empty(),
+            async || holders_named("gone").is_empty(),
         )
         .await;
         eprintln!("holder {holder} ended {took:?} after its creator");
@@ -832,7 +832,7 @@ fn a_sandbox_another_process_is_making_is_pending_until_its_creator_dies() {
         common::eventually(
             "the holder has exec'd",
             std::time::Duration::from_secs(5),
-            || common::holders_of(&key).iter().any(|(_, n)| n == "making"),
+            async || common::holders_of(&key).iter().any(|(_, n)| n == "making"),
         )
         .await;
         assert_eq!(net.sandboxes().await.unwrap()[0].phase, Phase::Pending);
@@ -845,9 +845,11 @@ fn a_sandbox_another_process_is_making_is_pending_until_its_creator_dies() {
         assert_eq!(report.sandboxes, ["making"], "{report:?}");
         assert!(ports(&ctx.nl, BRIDGE).await.is_empty(), "{report:?}");
         // Its holder exits by its lifeline, or by gc's kill: soon.
-        common::eventually("the holder ends", std::time::Duration::from_secs(5), || {
-            holders_named("making").is_empty()
-        })
+        common::eventually(
+            "the holder ends",
+            std::time::Duration::from_secs(5),
+            async || holders_named("making").is_empty(),
+        )
         .await;
         assert!(net.sandboxes().await.unwrap().is_empty());
         net.remove().await.unwrap();
