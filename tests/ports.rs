@@ -144,6 +144,28 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// The TCP mapping on `at` was let go by the call that ended it: this
+/// process holds no socket on its port any more, and soon the port can be
+/// bound again. (Not at once: a child that another test's thread forked
+/// holds copies of this process's sockets until its exec, and on a loaded
+/// machine that is long enough to see.)
+async fn assert_tcp_let_go(at: SocketAddr) {
+    assert!(
+        !common::holds_socket_on("tcp", at.port()),
+        "this process still has a socket on {at}"
+    );
+    eventually(&format!("{at} is free"), SOON, async || tcp_free(at)).await;
+}
+
+/// Soon, nothing listens on `at` (see [`assert_tcp_let_go`] for why not
+/// at once).
+async fn assert_unreachable(at: SocketAddr) {
+    eventually(&format!("nothing listens on {at}"), SOON, async || {
+        TcpStream::connect(at).is_err()
+    })
+    .await;
+}
+
 /// `python3 -m http.server` in `pod` on `port`, serving a directory with
 /// `hello.txt`; returns once it answers on the pod's address.
 async fn http_server(pod: &Sandbox, port: u16, dir: &Path) -> tokio::process::Child {
@@ -305,10 +327,10 @@ fn a_mapping_is_gone_when_remove_returns_and_its_table_with_the_network(via: Via
     in_netns(move |ctx| async move {
         let (net, pod, _server) = web_serving(&ctx, via).await;
         pod.remove().await.unwrap();
-        // Nothing listens, the port is free.
-        assert!(TcpStream::connect("127.0.0.1:8080").is_err());
-        assert!(TcpStream::connect("10.88.0.1:8080").is_err());
-        assert!(tcp_free(addr("0.0.0.0:8080")));
+        // Let go at once; soon nothing listens, and the port is free.
+        assert_tcp_let_go(addr("0.0.0.0:8080")).await;
+        assert_unreachable(addr("127.0.0.1:8080")).await;
+        assert_unreachable(addr("10.88.0.1:8080")).await;
         assert!(pod.ports().is_empty());
         // Its rules went with it, and the table goes with the network.
         assert!(rules(&net).await.is_empty());
@@ -419,9 +441,11 @@ fn removing_one_mapping_leaves_the_others(via: Via) {
     in_netns(move |ctx| async move {
         let (net, pod) = eph(&ctx, via).await;
         let added = add_range(&pod).await;
+        // This process serves it (so that it can be seen to let go).
+        assert!(common::holds_socket_on("tcp", 9103));
         pod.remove_port(&added[0]).await.unwrap();
-        assert!(tcp_free(addr("0.0.0.0:9103")));
-        assert!(TcpStream::connect(via.at(9103)).is_err());
+        assert_tcp_let_go(addr("0.0.0.0:9103")).await;
+        assert_unreachable(via.at(9103)).await;
         assert_eq!(read_from(via.at(9104)), "7004");
         assert_eq!(pod.ports().len(), 4);
         let left = rules(&net).await;
@@ -469,7 +493,7 @@ fn another_handle_sees_the_same_mappings_and_its_remove_frees_them_all(via: Via)
         assert_eq!(again.ports(), published);
         again.remove().await.unwrap();
         for p in &published {
-            assert!(tcp_free(p.host), "{p}");
+            assert_tcp_let_go(p.host).await;
         }
         assert!(pod.ports().is_empty());
         assert!(rules(&net).await.is_empty());
@@ -867,7 +891,7 @@ fn add_port_with_a_taken_host_port_is_all_or_nothing(via: Via) {
             .unwrap_err();
         assert!(matches!(err, Error::PortInUse { .. }), "{err:?}");
         assert!(pod.ports().is_empty());
-        assert!(tcp_free(addr("0.0.0.0:8080")));
+        assert_tcp_let_go(addr("0.0.0.0:8080")).await;
         assert!(rules(&net).await.is_empty());
         remove(&net, &pod).await;
     });
@@ -968,7 +992,7 @@ fn a_plain_drop_keeps_a_mapping_serving(via: Via) {
         let pod = net.open_sandbox("kept").await.unwrap();
         assert_eq!(pod.ports().len(), 1);
         pod.remove().await.unwrap();
-        assert!(tcp_free(addr("0.0.0.0:9302")));
+        assert_tcp_let_go(addr("0.0.0.0:9302")).await;
         net.remove().await.unwrap();
     });
 }
@@ -1283,8 +1307,8 @@ fn a_cancelled_add_port_leaves_no_rule() {
         .await;
         // Nothing was published and the ports are free.
         assert_eq!(pod.ports().len(), 1);
-        assert!(tcp_free(addr("0.0.0.0:9500")));
-        assert!(tcp_free(addr("0.0.0.0:9599")));
+        assert_tcp_let_go(addr("0.0.0.0:9500")).await;
+        assert_tcp_let_go(addr("0.0.0.0:9599")).await;
         assert!(net.gc().await.unwrap().port_rules.is_empty());
         // The same request, not cancelled, publishes them all.
         let range = PortMapping::range(Protocol::Tcp, 9500..=9599, 7000..=7099);

@@ -1303,8 +1303,15 @@ fn a_failure_half_way_rolls_back_what_was_made() {
             .trim_start_matches("probe")
             .to_owned();
         probe.remove().await.unwrap();
-        // (Its veth is deleted in the background: not part of what follows.)
+        // (Its veth is deleted and its holder ended in the background: not
+        // part of what follows.)
         settled(&net).await;
+        eventually(
+            "the probe's holder ends",
+            Duration::from_secs(5),
+            async || common::holders().is_empty(),
+        )
+        .await;
         common::add_veth(&ctx.nl, &format!("web{suffix}"), "squat1").await;
         let before = snapshot(&ctx.nl).await;
         let files_before = common::tree_under(&ctx.state);

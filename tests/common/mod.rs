@@ -160,6 +160,35 @@ pub fn process_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Whether this process has an fd to a `proto` (`"tcp"` or `"udp"`)
+/// socket bound to `port` in the calling thread's namespace, over IPv4 or
+/// IPv6. What a test can check at once after podnet closed a socket: a
+/// child that another test's thread forked holds copies of this process's
+/// fds until its exec, so the port itself may stay taken a moment longer.
+pub fn holds_socket_on(proto: &str, port: u16) -> bool {
+    let mut inodes = BTreeSet::new();
+    for table in [proto.to_owned(), format!("{proto}6")] {
+        let text =
+            std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).unwrap_or_default();
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = f.get(1).and_then(|a| a.rsplit(':').next());
+            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_str().is_some_and(|t| inodes.contains(t)))
+        })
+}
+
 /// SIGKILL process `pid` (a holder, say).
 pub fn sigkill(pid: u32) {
     nix::sys::signal::kill(
