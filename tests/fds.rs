@@ -72,9 +72,7 @@ fn listen_once(port: u16, parked: &mut Vec<OwnedFd>) -> bool {
 #[test]
 fn a_closed_listener_is_gone_at_once_while_holders_are_made() {
     in_netns(|ctx| async move {
-        let net = common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
-            .await
-            .unwrap();
+        let net = common::network(&ctx).await;
         // A first create and removal, so nothing is done for the first time
         // while the binder runs.
         net.sandbox("first")

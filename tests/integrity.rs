@@ -1,6 +1,8 @@
 //! The store's integrity rule: a damaged record or reservation is reported,
 //! never believed, and gc never frees an address that a live sandbox may
-//! still own, so no create is ever given one.
+//! still own, so no create is ever given one. Damage is done by hand (a
+//! character of a record's id, entries of the address directory that are
+//! not reservations) and by a property test over records.
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
@@ -8,19 +10,11 @@ mod common;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use common::{in_netns, record_path, reservation_path, store_dir, Ctx};
+use common::{in_netns, network, record_path, reservation_path, store_dir, Ctx};
 use podnet::{Error, GcReport, Network, Phase, Sandbox};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
-
-const BRIDGE: &str = "pn0";
-
-async fn network(ctx: &Ctx) -> Network {
-    common::build_network(&ctx.state, BRIDGE, "10.88.0.0/16")
-        .await
-        .expect("build network")
-}
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -43,124 +37,201 @@ async fn assert_taken(net: &Network, addr: IpAddr, what: &str) {
     }
 }
 
-/// The `id=` value of a record's text, and where it starts.
-fn id_of(text: &str) -> (usize, &str) {
-    let at = text.find("\nid=").unwrap() + "\nid=".len();
-    let end = at + text[at..].find('\n').unwrap();
-    (at, &text[at..end])
+/// Remove `pod`, made by `fresh`, and let `fresh` finish deleting its veth:
+/// deletion queues are per handle, so another fresh handle's gc would take
+/// a veth still being deleted for a deletion of this process that failed,
+/// and report it.
+async fn remove_settled(fresh: &Network, pod: Sandbox) {
+    pod.remove().await.unwrap();
+    podnet::internals::veth_deletions_settled(fresh)
+        .await
+        .unwrap();
 }
 
-#[test]
-fn a_record_whose_id_changed_by_one_character_is_corrupt_and_keeps_its_address() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
-        let victim = net
+/// A persistent sandbox "victim" at 10.88.0.3, its record's text, and the
+/// first hex digit of the record's `id=` value with where it is.
+struct Victim {
+    net: Network,
+    pod: Sandbox,
+    record: PathBuf,
+    full: String,
+    /// Where the digit is in `full`.
+    at: usize,
+    digit: char,
+}
+
+impl Victim {
+    async fn new(ctx: &Ctx) -> Victim {
+        let net = network(ctx).await;
+        let pod = net
             .sandbox("victim")
             .ip(ip("10.88.0.3"))
             .persistent(true)
             .create()
             .await
             .unwrap();
-        let record = record_path(&ctx, "victim");
+        let record = record_path(ctx, "victim");
         let full = std::fs::read_to_string(&record).unwrap();
-        let (at, id) = id_of(&full);
-        // A hex digit: its other case, another digit, and a NUL beside it.
-        let (i, c) = id
+        let start = full.find("\nid=").unwrap() + "\nid=".len();
+        let (i, digit) = full[start..]
             .char_indices()
+            .take_while(|(_, c)| *c != '\n')
             .find(|(_, c)| c.is_ascii_hexdigit())
             .unwrap();
+        Victim {
+            net,
+            pod,
+            record,
+            full,
+            at: start + i,
+            digit,
+        }
+    }
+
+    /// The record's `id=` value.
+    fn id(&self) -> &str {
+        let start = self.full.find("\nid=").unwrap() + "\nid=".len();
+        let end = start + self.full[start..].find('\n').unwrap();
+        &self.full[start..end]
+    }
+
+    /// With its record written as `damaged`, the victim's record is
+    /// corrupt everywhere, and gc (by a fresh handle, as another process
+    /// would use) reports it, keeps its address from every create, and
+    /// reclaims nothing; the victim runs on. Then the record is repaired.
+    async fn assert_corrupt_keeping_its_address(self, ctx: &Ctx, damaged: String, what: &str) {
+        assert_ne!(damaged, self.full, "{what}");
+        std::fs::write(&self.record, &damaged).unwrap();
+        let err = self.net.open_sandbox("victim").await.unwrap_err();
+        assert!(
+            matches!(err, Error::StateCorrupt { ref path, .. } if path == &self.record),
+            "{what}: {err}"
+        );
+        let listed = self.net.sandboxes().await.unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|s| s.name == "victim" && s.phase == Phase::Unknown),
+            "{what}: {listed:?}"
+        );
+        let fresh = network(ctx).await;
+        let report = fresh.gc().await.unwrap();
+        let d = damaged_at(&report, &self.record).unwrap_or_else(|| panic!("{what}: {report:?}"));
+        assert_eq!(d.name.as_deref(), Some("victim"), "{what}");
+        assert_eq!(d.addresses, [ip("10.88.0.3")], "{what}");
+        assert!(report.is_empty(), "{what}: gc reclaimed {report:?}");
+        assert_taken(&fresh, ip("10.88.0.3"), what).await;
+        let other = fresh.sandbox("other").create().await.unwrap();
+        assert_ne!(other.ip(), ip("10.88.0.3"), "{what}");
+        remove_settled(&fresh, other).await;
+        assert_eq!(self.pod.phase(), Phase::Running, "{what}");
+        std::fs::write(&self.record, &self.full).unwrap();
+        assert!(self.net.gc().await.unwrap().corrupt.is_empty());
+        self.pod.remove().await.unwrap();
+        self.net.remove().await.unwrap();
+    }
+}
+
+#[test]
+fn a_record_whose_id_had_a_digit_replaced_is_corrupt_and_keeps_its_address() {
+    in_netns(|ctx| async move {
+        let v = Victim::new(&ctx).await;
+        let c = v.digit;
         let other = if c.is_ascii_alphabetic() {
             c.to_ascii_uppercase()
         } else if c == '9' {
             '8'
         } else {
-            char::from(c as u8 + 1)
+            char::from(u8::try_from(c).unwrap() + 1)
         };
-        let cases = [
-            (
-                "a digit replaced",
-                format!("{}{other}{}", &full[..at + i], &full[at + i + 1..]),
-            ),
-            (
-                "a NUL inserted",
-                format!("{}\0{}", &full[..at + i], &full[at + i..]),
-            ),
-            (
-                "a digit's case changed",
-                full.replacen(id, &id.to_ascii_uppercase(), 1),
-            ),
-        ];
-        for (what, damaged) in cases {
-            assert_ne!(damaged, full, "{what}");
-            std::fs::write(&record, &damaged).unwrap();
-            let err = net.open_sandbox("victim").await.unwrap_err();
-            assert!(
-                matches!(err, Error::StateCorrupt { ref path, .. } if path == &record),
-                "{what}: {err}"
-            );
-            let listed = net.sandboxes().await.unwrap();
-            assert!(
-                listed
-                    .iter()
-                    .any(|s| s.name == "victim" && s.phase == Phase::Unknown),
-                "{what}: {listed:?}"
-            );
-            // A fresh handle of the network, as another process would use.
-            let fresh = network(&ctx).await;
-            let report = fresh.gc().await.unwrap();
-            let d = damaged_at(&report, &record).unwrap_or_else(|| panic!("{what}: {report:?}"));
-            assert_eq!(d.name.as_deref(), Some("victim"), "{what}");
-            assert_eq!(d.addresses, [ip("10.88.0.3")], "{what}");
-            assert!(report.is_empty(), "{what}: gc reclaimed {report:?}");
-            assert_taken(&fresh, ip("10.88.0.3"), what).await;
-            let other = fresh.sandbox("other").create().await.unwrap();
-            assert_ne!(other.ip(), ip("10.88.0.3"), "{what}");
-            other.remove().await.unwrap();
-            // Its veth's deletion in the background ends with `fresh`.
-            podnet::internals::veth_deletions_settled(&fresh)
-                .await
-                .unwrap();
-            assert_eq!(victim.phase(), Phase::Running, "{what}");
-        }
-        std::fs::write(&record, &full).unwrap();
-        assert!(net.gc().await.unwrap().corrupt.is_empty());
-        victim.remove().await.unwrap();
-        net.remove().await.unwrap();
+        let damaged = format!("{}{other}{}", &v.full[..v.at], &v.full[v.at + 1..]);
+        v.assert_corrupt_keeping_its_address(&ctx, damaged, "a digit replaced")
+            .await;
     });
+}
+
+#[test]
+fn a_record_whose_id_had_a_nul_inserted_is_corrupt_and_keeps_its_address() {
+    in_netns(|ctx| async move {
+        let v = Victim::new(&ctx).await;
+        let damaged = format!("{}\0{}", &v.full[..v.at], &v.full[v.at..]);
+        v.assert_corrupt_keeping_its_address(&ctx, damaged, "a NUL inserted")
+            .await;
+    });
+}
+
+#[test]
+fn a_record_whose_id_changed_case_is_corrupt_and_keeps_its_address() {
+    in_netns(|ctx| async move {
+        let v = Victim::new(&ctx).await;
+        let id = v.id().to_owned();
+        let damaged = v.full.replacen(&id, &id.to_ascii_uppercase(), 1);
+        v.assert_corrupt_keeping_its_address(&ctx, damaged, "a digit's case changed")
+            .await;
+    });
+}
+
+/// How to make an entry at a path.
+type Make = Box<dyn Fn(&Path)>;
+
+/// Entries of the address directory that are not reservations: a file, a
+/// directory, a symlink to garbage and a symlink to a record; each with the
+/// address it is named after.
+fn not_reservations() -> [(&'static str, Make); 4] {
+    [
+        (
+            "10.88.0.9",
+            Box::new(|p: &Path| std::fs::write(p, b"web").unwrap()),
+        ),
+        (
+            "10.88.0.10",
+            Box::new(|p: &Path| std::fs::create_dir(p).unwrap()),
+        ),
+        (
+            "10.88.0.11",
+            Box::new(|p: &Path| std::os::unix::fs::symlink("garbage", p).unwrap()),
+        ),
+        (
+            "10.88.0.12",
+            Box::new(|p: &Path| std::os::unix::fs::symlink("../sandbox/web", p).unwrap()),
+        ),
+    ]
+}
+
+/// The test's network with a sandbox "web", and in its address directory
+/// the entries of [`not_reservations`] and a file whose name is no address;
+/// then gc, which reclaims nothing. The directory and gc's report.
+async fn planted(ctx: &Ctx) -> (Network, Sandbox, PathBuf, GcReport) {
+    let net = network(ctx).await;
+    let pod = net.sandbox("web").create().await.unwrap();
+    let addr_dir = store_dir(ctx).join("addr");
+    for (addr, make) in &not_reservations() {
+        make(&addr_dir.join(addr));
+    }
+    std::fs::write(addr_dir.join("not-an-address"), b"").unwrap();
+    let report = net.gc().await.unwrap();
+    assert!(report.is_empty(), "{report:?}");
+    (net, pod, addr_dir, report)
+}
+
+/// Clear what [`planted`] planted by hand, as docs/state-and-gc.md says.
+fn clear(addr_dir: &Path) {
+    for (addr, _) in &not_reservations() {
+        let path = addr_dir.join(addr);
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir(&path).unwrap();
+        } else {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    std::fs::remove_file(addr_dir.join("not-an-address")).unwrap();
 }
 
 #[test]
 fn an_address_entry_that_is_not_a_reservation_is_reported_and_blocks_its_address() {
     in_netns(|ctx| async move {
-        let net = network(&ctx).await;
-        let pod = net.sandbox("web").create().await.unwrap();
-        let addr_dir = store_dir(&ctx).join("addr");
-        type Make = Box<dyn Fn(&Path)>;
-        let plant: [(&str, Make); 4] = [
-            (
-                "10.88.0.9",
-                Box::new(|p: &Path| std::fs::write(p, b"web").unwrap()),
-            ),
-            (
-                "10.88.0.10",
-                Box::new(|p: &Path| std::fs::create_dir(p).unwrap()),
-            ),
-            (
-                "10.88.0.11",
-                Box::new(|p: &Path| std::os::unix::fs::symlink("garbage", p).unwrap()),
-            ),
-            (
-                "10.88.0.12",
-                Box::new(|p: &Path| std::os::unix::fs::symlink("../sandbox/web", p).unwrap()),
-            ),
-        ];
-        for (addr, make) in &plant {
-            make(&addr_dir.join(addr));
-        }
-        std::fs::write(addr_dir.join("not-an-address"), b"").unwrap();
-        let report = net.gc().await.unwrap();
-        assert!(report.is_empty(), "{report:?}");
-        for (addr, _) in &plant {
+        let (net, pod, addr_dir, report) = planted(&ctx).await;
+        for (addr, _) in &not_reservations() {
             let path = addr_dir.join(addr);
             let d = damaged_at(&report, &path).unwrap_or_else(|| panic!("{addr}: {report:?}"));
             assert_eq!(
@@ -173,21 +244,32 @@ fn an_address_entry_that_is_not_a_reservation_is_reported_and_blocks_its_address
             );
             assert_taken(&net, ip(addr), addr).await;
         }
+        clear(&addr_dir);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn an_address_entry_named_after_no_address_is_reported_as_such() {
+    in_netns(|ctx| async move {
+        let (net, pod, addr_dir, report) = planted(&ctx).await;
         let odd = damaged_at(&report, &addr_dir.join("not-an-address")).unwrap();
         assert!(
             odd.addresses.is_empty() && odd.reason.contains("not an address"),
             "{odd:?}"
         );
-        // Cleared by hand, as docs/state-and-gc.md says: the address is free.
-        for (addr, _) in &plant {
-            let path = addr_dir.join(addr);
-            if path.is_dir() && !path.is_symlink() {
-                std::fs::remove_dir(&path).unwrap();
-            } else {
-                std::fs::remove_file(&path).unwrap();
-            }
-        }
-        std::fs::remove_file(addr_dir.join("not-an-address")).unwrap();
+        clear(&addr_dir);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn address_entries_cleared_by_hand_free_their_addresses() {
+    in_netns(|ctx| async move {
+        let (net, pod, addr_dir, _) = planted(&ctx).await;
+        clear(&addr_dir);
         assert!(net.gc().await.unwrap().corrupt.is_empty());
         let again = net
             .sandbox("again")
@@ -371,97 +453,128 @@ fn damage() -> impl Strategy<Value = Damage> {
 /// How many damage patterns the property test tries.
 const CASES: u32 = 96;
 
-#[test]
-fn whatever_damage_records_take_gc_keeps_every_live_address_and_creates_never_get_one() {
-    in_netns(|ctx| async move {
-        let net = network(&ctx).await;
-        let mut live: Vec<Sandbox> = Vec::new();
+/// Live sandboxes, persistent or not, with their records (path and
+/// bytes) and their reservations.
+struct Live {
+    sandboxes: Vec<Sandbox>,
+    records: Vec<(PathBuf, Vec<u8>)>,
+    reservations: Vec<PathBuf>,
+}
+
+impl Live {
+    async fn new(ctx: &Ctx, net: &Network) -> Live {
+        let mut sandboxes = Vec::new();
         for (name, persistent) in [("a", true), ("b", false), ("c", true), ("d", false)] {
-            live.push(
-                net.sandbox(name)
-                    .persistent(persistent)
-                    .create()
-                    .await
-                    .unwrap(),
-            );
+            let pod = net.sandbox(name).persistent(persistent).create().await;
+            sandboxes.push(pod.unwrap());
         }
-        let records: Vec<(PathBuf, Vec<u8>)> = live
+        let records = sandboxes
             .iter()
             .map(|s| {
-                let p = record_path(&ctx, s.name());
+                let p = record_path(ctx, s.name());
                 let bytes = std::fs::read(&p).unwrap();
                 (p, bytes)
             })
             .collect();
-        let reservations: Vec<PathBuf> = live
+        let reservations = sandboxes
             .iter()
-            .map(|s| reservation_path(&ctx, &s.ip().to_string()))
+            .map(|s| reservation_path(ctx, &s.ip().to_string()))
             .collect();
-        let strategy = (
-            proptest::collection::vec((0..live.len(), damage()), 1..=2),
-            0..live.len(),
+        Live {
+            sandboxes,
+            records,
+            reservations,
+        }
+    }
+
+    /// Apply `damages` (record index, damage) one after the other; the
+    /// records that differ from what they were.
+    fn damage(&self, damages: &[(usize, Damage)]) -> Vec<PathBuf> {
+        let mut changed = Vec::new();
+        for (i, d) in damages {
+            let (path, bytes) = &self.records[*i];
+            let damaged = d.apply(&std::fs::read(path).unwrap());
+            if damaged != *bytes {
+                changed.push(path.clone());
+            }
+            std::fs::write(path, damaged).unwrap();
+        }
+        changed
+    }
+
+    fn repair(&self) {
+        for (path, bytes) in &self.records {
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+
+    /// gc (by `fresh`) reported every changed record, released no live
+    /// address, ended no live sandbox and touched no holder or link.
+    fn assert_kept(&self, report: &GcReport, changed: &[PathBuf], what: &str) {
+        for path in changed {
+            assert!(
+                damaged_at(report, path).is_some(),
+                "{what}: not reported: {report:?}"
+            );
+        }
+        for (s, r) in self.sandboxes.iter().zip(&self.reservations) {
+            assert!(
+                !report.addresses.contains(&s.ip()),
+                "{what}: released {}",
+                s.ip()
+            );
+            assert!(
+                std::fs::symlink_metadata(r).is_ok(),
+                "{what}: {} is free",
+                s.ip()
+            );
+            assert_eq!(s.phase(), Phase::Running, "{what}: {} was ended", s.name());
+        }
+        assert!(
+            report.holders.is_empty() && report.links.is_empty(),
+            "{what}: {report:?}"
         );
+    }
+
+    /// No create by `fresh` is given a live sandbox's address, and asking
+    /// for `target`'s is refused.
+    async fn assert_no_create_gets_one(&self, fresh: &Network, target: usize, what: &str) {
+        let probe = fresh.sandbox("probe").create().await.unwrap();
+        assert!(
+            self.sandboxes.iter().all(|s| s.ip() != probe.ip()),
+            "{what}: a create was given {}, which a live sandbox holds",
+            probe.ip()
+        );
+        remove_settled(fresh, probe).await;
+        assert_taken(fresh, self.sandboxes[target].ip(), what).await;
+    }
+}
+
+#[test]
+fn whatever_damage_records_take_gc_keeps_every_live_address_and_creates_never_get_one() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let live = Live::new(&ctx, &net).await;
+        let n = live.sandboxes.len();
+        let strategy = (proptest::collection::vec((0..n, damage()), 1..=2), 0..n);
         let mut runner = TestRunner::new(Config::with_cases(CASES));
         for case in 0..CASES {
             let (damages, target) = strategy.new_tree(&mut runner).unwrap().current();
             let what = format!("case {case}: {damages:?}");
-            let mut changed = Vec::new();
-            for (i, d) in &damages {
-                let (path, bytes) = &records[*i];
-                let now = std::fs::read(path).unwrap();
-                let damaged = d.apply(&now);
-                if damaged != *bytes {
-                    changed.push(path.clone());
-                }
-                std::fs::write(path, damaged).unwrap();
-            }
+            let changed = live.damage(&damages);
             // A network handle as a fresh process would open it.
             let fresh = network(&ctx).await;
             let report = fresh
                 .gc()
                 .await
                 .unwrap_or_else(|e| panic!("{what}: gc: {e}"));
-            for path in &changed {
-                assert!(
-                    damaged_at(&report, path).is_some(),
-                    "{what}: not reported: {report:?}"
-                );
-            }
-            for (s, r) in live.iter().zip(&reservations) {
-                assert!(
-                    !report.addresses.contains(&s.ip()),
-                    "{what}: released {}",
-                    s.ip()
-                );
-                assert!(
-                    std::fs::symlink_metadata(r).is_ok(),
-                    "{what}: {} is free",
-                    s.ip()
-                );
-                assert_eq!(s.phase(), Phase::Running, "{what}: {} was ended", s.name());
-            }
-            assert!(
-                report.holders.is_empty() && report.links.is_empty(),
-                "{what}: {report:?}"
-            );
-            let probe = fresh.sandbox("probe").create().await.unwrap();
-            assert!(
-                live.iter().all(|s| s.ip() != probe.ip()),
-                "{what}: a create was given {}, which a live sandbox holds",
-                probe.ip()
-            );
-            probe.remove().await.unwrap();
-            assert_taken(&fresh, live[target].ip(), &what).await;
-            podnet::internals::veth_deletions_settled(&fresh)
-                .await
-                .unwrap();
-            for (path, bytes) in &records {
-                std::fs::write(path, bytes).unwrap();
-            }
+            live.assert_kept(&report, &changed, &what);
+            live.assert_no_create_gets_one(&fresh, target, &what).await;
+            live.repair();
         }
         let report = net.gc().await.unwrap();
         assert!(report.corrupt.is_empty() && report.is_empty(), "{report:?}");
-        for s in live {
+        for s in live.sandboxes {
             s.remove().await.unwrap();
         }
         net.remove().await.unwrap();

@@ -1,6 +1,8 @@
-//! Pods: members, restart policy, phases, probes, volumes, hostname and
-//! IPC, events. Real programs (`sh`, `python3`) run as members, each test in
-//! a network namespace of its own (see `common`).
+//! Pods: members and init members, restart policies and back-off, phases,
+//! probes (startup, liveness, readiness; TCP, HTTP, exec), stopping, volumes,
+//! hostname and IPC, events, bad settings. Real programs (`sh`, `python3`)
+//! run as members, each test in a network namespace of its own (see
+//! `common`).
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 mod common;
@@ -9,18 +11,12 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{in_netns, Ctx};
+use common::{eventually, in_netns, network, Ctx};
 use futures::StreamExt;
 use podnet::{
-    Error, EventKind, KillReason, Member, MemberState, Network, Output, Phase, Pod, Probe,
-    ProbeKind, RestartPolicy, Volume,
+    Error, EventKind, KillReason, Member, MemberState, Network, Output, Phase, Pod, PodBuilder,
+    Probe, ProbeKind, RestartPolicy, Volume,
 };
-
-async fn network(ctx: &Ctx) -> Network {
-    common::build_network(&ctx.state, "pn0", "10.88.0.0/16")
-        .await
-        .expect("build network")
-}
 
 /// A directory for a test's files (mount points, flags), removed on drop.
 struct Scratch(PathBuf);
@@ -73,23 +69,60 @@ async fn events_until(pod: &Pod, stop: impl Fn(&EventKind) -> bool) -> Vec<Event
     seen
 }
 
-/// Wait (up to 10 s) until no process is left in `target` (a PID, or a
-/// negated process group): dead ones may wait a moment for their reaper.
-async fn gone(target: nix::unistd::Pid) {
-    let t = std::time::Instant::now();
-    while nix::sys::signal::kill(target, None).is_ok() && t.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// No process is left in `target` (a PID, or a negated process group)
+/// within 10 s: dead ones may wait a moment for their reaper.
+async fn assert_gone(target: nix::unistd::Pid) {
+    let alive = || nix::sys::signal::kill(target, None).is_ok();
+    eventually(
+        &format!("{target} ends"),
+        Duration::from_secs(10),
+        async || !alive(),
+    )
+    .await;
+    assert_eq!(
+        nix::sys::signal::kill(target, None),
+        Err(nix::errno::Errno::ESRCH)
+    );
+}
+
+/// The process group a member leads.
+fn group_of(pid: u32) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(-i32::try_from(pid).unwrap())
 }
 
 fn sh(name: &str, script: &str) -> Member {
     Member::new(name, "sh").args(["-c", script])
 }
 
-fn fast(b: podnet::PodBuilder) -> podnet::PodBuilder {
+fn fast(b: PodBuilder) -> PodBuilder {
     // A long maximum: back-off starts over only after a run of twice it.
     b.restart_backoff(Duration::from_millis(20), Duration::from_secs(10))
         .termination_grace_period(Duration::from_secs(5))
+}
+
+/// Remove `pod`, then `net`.
+async fn remove(net: &Network, pod: Pod) {
+    pod.remove().await.unwrap();
+    net.remove().await.unwrap();
+}
+
+/// A pod "job" under OnFailure whose member "flaky" fails on its first two
+/// runs and succeeds on the third; once it has succeeded, its events.
+async fn flaky_job(net: &Network, scratch: &Scratch) -> (Pod, Vec<EventKind>) {
+    let runs = scratch.path("runs");
+    let script = format!(
+        "echo run >> {f}; [ $(wc -l < {f}) -ge 3 ] || exit 1",
+        f = runs.display()
+    );
+    let pod = fast(net.pod("job"))
+        .restart_policy(RestartPolicy::OnFailure)
+        .member(sh("flaky", &script))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(pod.wait().await, Phase::Succeeded);
+    let events = events_until(&pod, |e| *e == EventKind::Phase(Phase::Succeeded)).await;
+    (pod, events)
 }
 
 #[test]
@@ -97,28 +130,10 @@ fn on_failure_restarts_a_failing_member_until_it_succeeds() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
-        let runs = scratch.path("runs");
-        // Fails on its first two runs, succeeds on the third.
-        let script = format!(
-            "echo run >> {f}; [ $(wc -l < {f}) -ge 3 ] || exit 1",
-            f = runs.display()
-        );
-        let pod = fast(net.pod("job"))
-            .restart_policy(RestartPolicy::OnFailure)
-            .member(sh("flaky", &script))
-            .start()
-            .await
-            .unwrap();
-        assert_eq!(pod.wait().await, Phase::Succeeded);
+        let (pod, events) = flaky_job(&net, &scratch).await;
         let m = pod.member("flaky").unwrap();
         assert_eq!(m.restarts, 2);
         assert!(matches!(m.state, MemberState::Terminated { status } if status.success()));
-        let events = events_until(&pod, |e| *e == EventKind::Phase(Phase::Succeeded)).await;
-        let backoffs = events
-            .iter()
-            .filter(|e| matches!(e, EventKind::BackOff { .. }))
-            .count();
-        assert_eq!(backoffs, 2, "{events:#?}");
         let restarts: Vec<u32> = events
             .iter()
             .filter_map(|e| match e {
@@ -127,7 +142,22 @@ fn on_failure_restarts_a_failing_member_until_it_succeeds() {
             })
             .collect();
         assert_eq!(restarts, [0, 1, 2]);
-        // Exponential back-off: 20 ms, then 40 ms.
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn restarts_back_off_exponentially() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, events) = flaky_job(&net, &scratch).await;
+        let backoffs = events
+            .iter()
+            .filter(|e| matches!(e, EventKind::BackOff { .. }))
+            .count();
+        assert_eq!(backoffs, 2, "{events:#?}");
+        // 20 ms, then 40 ms.
         let delays: Vec<Duration> = events
             .iter()
             .filter_map(|e| match e {
@@ -139,8 +169,7 @@ fn on_failure_restarts_a_failing_member_until_it_succeeds() {
             delays,
             [Duration::from_millis(20), Duration::from_millis(40)]
         );
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -160,34 +189,57 @@ fn never_ends_failed_and_keeps_the_exit_status() {
         let bad = pod.member("bad").unwrap();
         assert_eq!(bad.restarts, 0);
         assert_eq!(bad.last_exit.unwrap().code(), Some(3));
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
+/// A pod "job" under Never: init members "one" and "two" append their
+/// names to a log, then "main" checks the log says one, two and "side"
+/// sleeps a moment; all exit 0. Once it has succeeded, its events, read
+/// from the start although read late.
+async fn all_zero(net: &Network, scratch: &Scratch) -> (Pod, Vec<EventKind>) {
+    let log = scratch.path("log");
+    let append = |word: &str| format!("echo {word} >> {}", log.display());
+    let check = format!(
+        "[ \"$(cat {})\" = \"$(printf 'one\\ntwo')\" ]",
+        log.display()
+    );
+    let pod = fast(net.pod("job"))
+        .restart_policy(RestartPolicy::Never)
+        .init_member(sh("one", &append("one")))
+        .init_member(sh("two", &append("two")))
+        .member(sh("main", &check))
+        .member(sh("side", "sleep 0.2"))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(pod.wait().await, Phase::Succeeded);
+    let events = events_until(&pod, |e| *e == EventKind::Phase(Phase::Succeeded)).await;
+    (pod, events)
+}
+
+/// Where in `events` the first that `f` matches is.
+fn pos(events: &[EventKind], f: &dyn Fn(&EventKind) -> bool) -> usize {
+    events
+        .iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("{events:#?}"))
+}
+
+fn started(m: &'static str) -> impl Fn(&EventKind) -> bool {
+    move |e| matches!(e, EventKind::Started { member, .. } if member == m)
+}
+
+fn exited_ok(m: &'static str) -> impl Fn(&EventKind) -> bool {
+    move |e| matches!(e, EventKind::Exited { member, status } if member == m && status.success())
+}
+
 #[test]
-fn all_zero_ends_succeeded_and_the_events_tell_the_story_in_order() {
+fn a_late_subscriber_reads_a_pods_phases_from_the_start() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
-        let log = scratch.path("log");
-        let append = |word: &str| format!("echo {word} >> {}", log.display());
-        let check = format!(
-            "[ \"$(cat {})\" = \"$(printf 'one\\ntwo')\" ]",
-            log.display()
-        );
-        let pod = fast(net.pod("job"))
-            .restart_policy(RestartPolicy::Never)
-            .init_member(sh("one", &append("one")))
-            .init_member(sh("two", &append("two")))
-            .member(sh("main", &check))
-            .member(sh("side", "sleep 0.2"))
-            .start()
-            .await
-            .unwrap();
-        assert_eq!(pod.wait().await, Phase::Succeeded);
-        // The whole story, from the start, even though we subscribed late.
-        let events = events_until(&pod, |e| *e == EventKind::Phase(Phase::Succeeded)).await;
+        let (pod, events) = all_zero(&net, &scratch).await;
         let phases: Vec<&EventKind> = events
             .iter()
             .filter(|e| matches!(e, EventKind::Phase(_)))
@@ -201,19 +253,46 @@ fn all_zero_ends_succeeded_and_the_events_tell_the_story_in_order() {
             ],
             "{events:#?}"
         );
-        let pos = |f: &dyn Fn(&EventKind) -> bool| events.iter().position(f).unwrap();
-        let started = |m: &'static str| move |e: &EventKind| matches!(e, EventKind::Started { member, .. } if member == m);
-        let exited_ok = |m: &'static str| move |e: &EventKind| matches!(e, EventKind::Exited { member, status } if member == m && status.success());
-        // Init members one after the other, then the rest.
-        assert!(pos(&started("one")) < pos(&exited_ok("one")));
-        assert!(pos(&exited_ok("one")) < pos(&started("two")));
-        assert!(pos(&exited_ok("two")) < pos(&started("main")));
-        assert!(pos(&exited_ok("two")) < pos(&started("side")));
-        let running = pos(&|e| *e == EventKind::Phase(Phase::Running));
-        assert!(pos(&started("main")) < running && pos(&started("side")) < running);
-        let succeeded = pos(&|e| *e == EventKind::Phase(Phase::Succeeded));
-        assert!(pos(&exited_ok("main")) < succeeded && pos(&exited_ok("side")) < succeeded);
-        // The stream ends with the pod.
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn init_members_run_one_after_the_other_before_the_rest() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, events) = all_zero(&net, &scratch).await;
+        let at = |f: &dyn Fn(&EventKind) -> bool| pos(&events, f);
+        assert!(at(&started("one")) < at(&exited_ok("one")));
+        assert!(at(&exited_ok("one")) < at(&started("two")));
+        assert!(at(&exited_ok("two")) < at(&started("main")));
+        assert!(at(&exited_ok("two")) < at(&started("side")));
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn a_pod_runs_once_its_members_started_and_succeeds_once_all_exited_zero() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, events) = all_zero(&net, &scratch).await;
+        let at = |f: &dyn Fn(&EventKind) -> bool| pos(&events, f);
+        let running = at(&|e| *e == EventKind::Phase(Phase::Running));
+        assert!(at(&started("main")) < running && at(&started("side")) < running);
+        let succeeded = at(&|e| *e == EventKind::Phase(Phase::Succeeded));
+        assert!(at(&exited_ok("main")) < succeeded && at(&exited_ok("side")) < succeeded);
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn the_event_stream_of_a_pod_ends_when_it_is_removed() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, events) = all_zero(&net, &scratch).await;
         let mut stream = Box::pin(pod.events());
         pod.remove().await.unwrap();
         let rest: Vec<_> =
@@ -248,8 +327,7 @@ fn a_failed_init_member_under_never_fails_the_pod_and_nothing_else_starts() {
             pod.member("main").unwrap().state,
             MemberState::Terminated { .. }
         ));
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -308,24 +386,19 @@ fn a_liveness_probe_restarts_a_server_that_stops_answering() {
             matches!(e, EventKind::Started { restarts: 1, .. })
         })
         .await;
-        let kill = events
-            .iter()
-            .position(|e| {
-                matches!(
-                    e,
-                    EventKind::Killing {
-                        reason: KillReason::Liveness,
-                        ..
-                    }
-                )
-            })
-            .unwrap_or_else(|| panic!("{events:#?}"));
-        let failing = events
-            .iter()
-            .position(|e| {
-                matches!(e, EventKind::Probe { probe: ProbeKind::Liveness, passing: false, detail, .. } if detail.contains("timed out"))
-            })
-            .unwrap_or_else(|| panic!("{events:#?}"));
+        let kill = pos(&events, &|e| {
+            matches!(
+                e,
+                EventKind::Killing {
+                    reason: KillReason::Liveness,
+                    ..
+                }
+            )
+        });
+        let failing = pos(
+            &events,
+            &|e| matches!(e, EventKind::Probe { probe: ProbeKind::Liveness, passing: false, detail, .. } if detail.contains("timed out")),
+        );
         assert!(failing < kill);
         assert!(events.iter().any(|e| matches!(
             e,
@@ -333,8 +406,7 @@ fn a_liveness_probe_restarts_a_server_that_stops_answering() {
         )));
         assert_eq!(pod.member("web").unwrap().restarts, 1);
         assert_eq!(pod.phase(), Phase::Running);
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -383,18 +455,21 @@ fn a_readiness_probe_flips_ready_both_ways() {
         assert_eq!(readies, [&EventKind::Ready(true), &EventKind::Ready(false)]);
         assert!(!pod.ready());
         assert_eq!(pod.phase(), Phase::Running, "readiness never restarts");
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
+/// A probe every 50 ms that fails after four failures.
+fn every_50_ms(p: Probe) -> Probe {
+    p.period(Duration::from_millis(50)).failure_threshold(4)
+}
+
 #[test]
-fn a_startup_probe_gates_the_others_and_ends_a_member_that_never_starts() {
+fn a_startup_probe_holds_the_readiness_probe_until_it_passes() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
         let started = scratch.path("started");
-        let probe = |p: Probe| p.period(Duration::from_millis(50)).failure_threshold(4);
         // Creates its flag after a while: the startup probe passes, then
         // the TCP readiness probe is run and passes.
         let slow = Member::new("slow", "python3")
@@ -407,16 +482,13 @@ fn a_startup_probe_gates_the_others_and_ends_a_member_that_never_starts() {
                 ),
             ])
             .startup_probe(
-                probe(Probe::exec(["test", "-e", started.to_str().unwrap()]))
+                every_50_ms(Probe::exec(["test", "-e", started.to_str().unwrap()]))
                     .failure_threshold(400),
             )
-            .readiness_probe(probe(Probe::tcp(7000)));
-        // Never creates it: ended after four failures, then restarted.
-        let never = sh("never", "sleep 600").startup_probe(probe(Probe::exec(["false"])));
+            .readiness_probe(every_50_ms(Probe::tcp(7000)));
         let pod = fast(net.pod("web"))
             .restart_policy(RestartPolicy::OnFailure)
             .member(slow)
-            .member(never)
             .start()
             .await
             .unwrap();
@@ -424,63 +496,117 @@ fn a_startup_probe_gates_the_others_and_ends_a_member_that_never_starts() {
             matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, .. } if member == "slow")
         })
         .await;
-        let pos = |f: &dyn Fn(&EventKind) -> bool| events.iter().position(f);
-        let startup_ok = pos(&|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Startup, passing: true, .. } if member == "slow")).unwrap();
-        let ready_ok = pos(&|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, .. } if member == "slow")).unwrap();
+        let startup_ok = pos(
+            &events,
+            &|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Startup, passing: true, .. } if member == "slow"),
+        );
+        let ready_ok = pos(
+            &events,
+            &|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, .. } if member == "slow"),
+        );
         assert!(startup_ok < ready_ok);
         assert!(!events.iter().any(|e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: false, .. } if member == "slow")), "no readiness check before startup passed: {events:#?}");
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn a_member_whose_startup_probe_never_passes_is_killed_and_restarted() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // Ended after four failures, then restarted.
+        let never = sh("never", "sleep 600").startup_probe(every_50_ms(Probe::exec(["false"])));
+        let pod = fast(net.pod("web"))
+            .restart_policy(RestartPolicy::OnFailure)
+            .member(never)
+            .start()
+            .await
+            .unwrap();
         let events = events_until(
             &pod,
             |e| matches!(e, EventKind::Started { member, restarts: 1, .. } if member == "never"),
         )
         .await;
         assert!(events.iter().any(|e| matches!(e, EventKind::Killing { member, reason: KillReason::Startup } if member == "never")));
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
+    });
+}
+
+/// What [`shared_volumes`] mounted where.
+struct Mounts {
+    /// The writer's mount of volume "shared".
+    a: PathBuf,
+    /// The reader's (read-only) mount of "shared".
+    b: PathBuf,
+    /// The writer's mount of the 1 MiB tmpfs volume "mem".
+    m: PathBuf,
+    /// Where the reader's stdout went.
+    out: PathBuf,
+}
+
+/// A pod "vol" under Never with a volume "shared" and a 1 MiB tmpfs
+/// volume "mem": init member "writer" writes a message to shared (at
+/// `a`) and the file system type of mem (at `m`) and fails to write
+/// 2 MiB to mem; "reader" prints both from its read-only mount of shared
+/// (at `b`); "ro" cannot write there. Once it has succeeded.
+async fn shared_volumes(net: &Network, scratch: &Scratch) -> (Pod, Mounts) {
+    let (a, b, m) = (scratch.dir("a"), scratch.dir("b"), scratch.dir("m"));
+    let out = scratch.path("out");
+    let writer = sh(
+        "writer",
+        &format!(
+            "echo hello > {a}/msg && stat -f -c %T {m} > {a}/fstype && \
+             ! dd if=/dev/zero of={m}/big bs=65536 count=32 2>/dev/null",
+            a = a.display(),
+            m = m.display()
+        ),
+    )
+    .mount("shared", &a)
+    .mount("mem", &m);
+    let reader = sh(
+        "reader",
+        &format!("cat {b}/msg {b}/fstype", b = b.display()),
+    )
+    .mount_read_only("shared", &b)
+    .stdout(Output::File(out.clone()));
+    let pod = fast(net.pod("vol"))
+        .restart_policy(RestartPolicy::Never)
+        .volume(Volume::new("shared"))
+        .volume(Volume::tmpfs("mem", 1 << 20))
+        .init_member(writer)
+        .member(reader)
+        .member(
+            sh("ro", &format!("! touch {}/nope 2>/dev/null", b.display()))
+                .mount_read_only("shared", &b),
+        )
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(pod.wait().await, Phase::Succeeded, "{:#?}", pod.members());
+    (pod, Mounts { a, b, m, out })
+}
+
+#[test]
+fn members_share_volumes_at_different_paths_read_only_where_asked() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, mounts) = shared_volumes(&net, &scratch).await;
+        assert_eq!(
+            std::fs::read_to_string(&mounts.out).unwrap(),
+            "hello\ntmpfs\n"
+        );
+        remove(&net, pod).await;
     });
 }
 
 #[test]
-fn members_share_volumes_at_different_paths_and_the_host_sees_nothing() {
+fn volume_mounts_live_in_the_pods_mount_namespace_only() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
-        let (a, b, m) = (scratch.dir("a"), scratch.dir("b"), scratch.dir("m"));
-        let out = scratch.path("out");
-        let writer = sh(
-            "writer",
-            &format!(
-                "echo hello > {a}/msg && stat -f -c %T {m} > {a}/fstype && \
-                 ! dd if=/dev/zero of={m}/big bs=65536 count=32 2>/dev/null",
-                a = a.display(),
-                m = m.display()
-            ),
-        )
-        .mount("shared", &a)
-        .mount("mem", &m);
-        let reader = sh(
-            "reader",
-            &format!("cat {b}/msg {b}/fstype", b = b.display()),
-        )
-        .mount_read_only("shared", &b)
-        .stdout(Output::File(out.clone()));
-        let pod = fast(net.pod("vol"))
-            .restart_policy(RestartPolicy::Never)
-            .volume(Volume::new("shared"))
-            .volume(Volume::tmpfs("mem", 1 << 20))
-            .init_member(writer)
-            .member(reader)
-            .member(
-                sh("ro", &format!("! touch {}/nope 2>/dev/null", b.display()))
-                    .mount_read_only("shared", &b),
-            )
-            .start()
-            .await
-            .unwrap();
-        assert_eq!(pod.wait().await, Phase::Succeeded, "{:#?}", pod.members());
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\ntmpfs\n");
-        // The mounts live in the pod's mount namespace only.
-        for dir in [&a, &b, &m] {
+        let (pod, mounts) = shared_volumes(&net, &scratch).await;
+        for dir in [&mounts.a, &mounts.b, &mounts.m] {
             assert_eq!(
                 std::fs::read_dir(dir).unwrap().count(),
                 0,
@@ -488,66 +614,106 @@ fn members_share_volumes_at_different_paths_and_the_host_sees_nothing() {
                 dir.display()
             );
         }
-        // The volume directory is in the state directory until removal.
-        let volumes = common::tree_under(&ctx.state)
-            .into_iter()
-            .filter(|p| p.to_string_lossy().contains("/volumes/"))
-            .count();
-        assert!(volumes > 0);
-        pod.remove().await.unwrap();
-        assert!(!common::tree_under(&ctx.state)
-            .iter()
-            .any(|p| p.to_string_lossy().contains("/volumes/")));
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
 #[test]
-fn members_see_the_pod_hostname_and_share_an_ipc_namespace() {
+fn a_volume_directory_is_in_the_state_directory_until_removal() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
-        let report = |name: &str| {
-            sh(name, "hostname; readlink /proc/self/ns/ipc")
-                .stdout(Output::File(scratch.path(name)))
-        };
-        let pod = fast(net.pod("named"))
-            .restart_policy(RestartPolicy::Never)
-            .member(report("one"))
-            .member(report("two"))
-            .start()
-            .await
-            .unwrap();
-        assert_eq!(pod.wait().await, Phase::Succeeded);
+        let (pod, _) = shared_volumes(&net, &scratch).await;
+        assert!(!common::state_entries(&ctx, &["volumes"]).is_empty());
+        pod.remove().await.unwrap();
+        assert!(common::state_entries(&ctx, &["volumes"]).is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+/// A member `name` that prints its hostname and IPC namespace to a file
+/// of its name in `scratch`.
+fn report(scratch: &Scratch, name: &str) -> Member {
+    sh(name, "hostname; readlink /proc/self/ns/ipc").stdout(Output::File(scratch.path(name)))
+}
+
+/// This thread's IPC namespace.
+fn our_ipc() -> String {
+    let ns = std::fs::read_link("/proc/thread-self/ns/ipc").unwrap();
+    ns.to_str().unwrap().to_owned()
+}
+
+/// A pod "named" under Never with members "one" and "two" that [`report`];
+/// once it has succeeded.
+async fn named(net: &Network, scratch: &Scratch) -> Pod {
+    let pod = fast(net.pod("named"))
+        .restart_policy(RestartPolicy::Never)
+        .member(report(scratch, "one"))
+        .member(report(scratch, "two"))
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(pod.wait().await, Phase::Succeeded);
+    pod
+}
+
+#[test]
+fn members_see_the_pod_name_as_hostname_and_share_an_ipc_namespace_of_the_pod() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let pod = named(&net, &scratch).await;
         let one = std::fs::read_to_string(scratch.path("one")).unwrap();
         let two = std::fs::read_to_string(scratch.path("two")).unwrap();
         assert_eq!(one, two, "same hostname, same IPC namespace");
         let mut lines = one.lines();
         assert_eq!(lines.next(), Some("named"));
-        let ours = std::fs::read_link("/proc/thread-self/ns/ipc").unwrap();
-        assert_ne!(lines.next().unwrap(), ours.to_str().unwrap());
-        // Commands joined to the pod see the same.
+        assert_ne!(lines.next().unwrap(), our_ipc());
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn commands_joined_to_a_pod_see_its_hostname() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let pod = named(&net, &scratch).await;
         let out = pod.command("hostname").output().await.unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "named\n");
-        pod.remove().await.unwrap();
+        remove(&net, pod).await;
+    });
+}
 
-        // A hostname of its own; and both can be turned off.
+#[test]
+fn a_pod_may_have_a_hostname_of_its_own() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
         let pod = fast(net.pod("named"))
             .hostname("custom")
             .restart_policy(RestartPolicy::Never)
-            .member(report("three"))
+            .member(report(&scratch, "three"))
             .start()
             .await
             .unwrap();
         pod.wait().await;
         let three = std::fs::read_to_string(scratch.path("three")).unwrap();
         assert_eq!(three.lines().next(), Some("custom"));
-        pod.remove().await.unwrap();
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn a_pod_may_share_neither_uts_nor_ipc() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
         let pod = fast(net.pod("named"))
             .share_uts(false)
             .share_ipc(false)
             .restart_policy(RestartPolicy::Never)
-            .member(report("four"))
+            .member(report(&scratch, "four"))
             .start()
             .await
             .unwrap();
@@ -556,39 +722,45 @@ fn members_see_the_pod_hostname_and_share_an_ipc_namespace() {
         let host = nix::unistd::gethostname().unwrap();
         let mut lines = four.lines();
         assert_eq!(lines.next(), host.to_str());
-        assert_eq!(lines.next(), ours.to_str());
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        assert_eq!(lines.next(), Some(&*our_ipc()));
+        remove(&net, pod).await;
     });
 }
 
+/// A pod "stop" with a grace period of 300 ms: "stubborn" ignores SIGTERM
+/// (and so does the `sleep` it starts), "polite" does not. Once stubborn
+/// ignores it: the pod and stubborn's PID.
+async fn stubborn_and_polite(net: &Network, scratch: &Scratch) -> (Pod, u32) {
+    let flag = scratch.path("trapped");
+    let pod = net
+        .pod("stop")
+        .termination_grace_period(Duration::from_millis(300))
+        .member(sh(
+            "stubborn",
+            &format!("trap '' TERM; sleep 600 & touch {}; wait", flag.display()),
+        ))
+        .member(sh("polite", "sleep 600"))
+        .start()
+        .await
+        .unwrap();
+    eventually(
+        "stubborn traps SIGTERM",
+        Duration::from_secs(30),
+        async || flag.exists(),
+    )
+    .await;
+    let MemberState::Running { pid } = pod.member("stubborn").unwrap().state else {
+        panic!("not running");
+    };
+    (pod, pid)
+}
+
 #[test]
-fn stopping_a_member_sends_term_then_kill_to_its_whole_group() {
+fn stopping_a_member_sends_term_then_kill_after_the_grace_period_to_its_whole_group() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
-        let flag = scratch.path("trapped");
-        let pod = net
-            .pod("stop")
-            .termination_grace_period(Duration::from_millis(300))
-            // Ignores SIGTERM (and so does its child `sleep`).
-            .member(sh(
-                "stubborn",
-                &format!("trap '' TERM; sleep 600 & touch {}; wait", flag.display()),
-            ))
-            .member(sh("polite", "sleep 600"))
-            .start()
-            .await
-            .unwrap();
-        // Once the flag exists, SIGTERM is ignored.
-        let t = std::time::Instant::now();
-        while !flag.exists() {
-            assert!(t.elapsed() < Duration::from_secs(30), "{:?}", pod.members());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let MemberState::Running { pid } = pod.member("stubborn").unwrap().state else {
-            panic!("not running");
-        };
+        let (pod, pid) = stubborn_and_polite(&net, &scratch).await;
         let t = std::time::Instant::now();
         pod.stop_member("stubborn").await.unwrap();
         assert!(
@@ -601,30 +773,57 @@ fn stopping_a_member_sends_term_then_kill_to_its_whole_group() {
             "{m:?}"
         );
         // Its group is gone too (the sleep it started, once PID 1 reaps it).
-        let group = nix::unistd::Pid::from_raw(-i32::try_from(pid).unwrap());
-        gone(group).await;
-        assert_eq!(
-            nix::sys::signal::kill(group, None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        // The other one keeps running, and is not restarted after a stop.
+        assert_gone(group_of(pid)).await;
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn stopping_a_member_leaves_the_others_running() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, _) = stubborn_and_polite(&net, &scratch).await;
+        pod.stop_member("stubborn").await.unwrap();
         assert!(matches!(
             pod.member("polite").unwrap().state,
             MemberState::Running { .. }
         ));
         assert_eq!(pod.phase(), Phase::Running);
-        assert!(matches!(
-            pod.stop_member("nobody").await,
-            Err(Error::NotFound { what: "member", .. })
-        ));
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn stopping_a_pod_ends_a_member_by_sigterm_and_restarts_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, _) = stubborn_and_polite(&net, &scratch).await;
         pod.stop().await;
         let polite = pod.member("polite").unwrap();
         assert!(
             matches!(polite.state, MemberState::Terminated { status } if status.signal() == Some(15))
         );
         assert_eq!(polite.restarts, 0);
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn stopping_a_member_the_pod_does_not_have_is_not_found() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = fast(net.pod("stop"))
+            .member(sh("main", "sleep 600"))
+            .start()
+            .await
+            .unwrap();
+        assert!(matches!(
+            pod.stop_member("nobody").await,
+            Err(Error::NotFound { what: "member", .. })
+        ));
+        remove(&net, pod).await;
     });
 }
 
@@ -638,8 +837,7 @@ fn a_dead_holder_fails_the_pod_and_ends_its_members() {
             .await
             .unwrap();
         events_until(&pod, |e| *e == EventKind::Phase(Phase::Running)).await;
-        let holder = nix::unistd::Pid::from_raw(i32::try_from(pod.sandbox().holder_pid()).unwrap());
-        nix::sys::signal::kill(holder, nix::sys::signal::Signal::SIGKILL).unwrap();
+        common::sigkill(pod.sandbox().holder_pid());
         assert_eq!(pod.wait().await, Phase::Failed);
         let events = events_until(&pod, |e| matches!(e, EventKind::Exited { .. })).await;
         assert!(
@@ -660,8 +858,7 @@ fn a_dead_holder_fails_the_pod_and_ends_its_members() {
             pod.member("main").unwrap().state,
             MemberState::Terminated { .. }
         ));
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -680,36 +877,61 @@ fn dropping_a_pod_kills_its_members() {
             panic!("not running");
         };
         drop(pod);
-        let group = nix::unistd::Pid::from_raw(-i32::try_from(pid).unwrap());
-        gone(group).await;
-        assert_eq!(
-            nix::sys::signal::kill(group, None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        assert_gone(group_of(pid)).await;
         // remove_on_drop removes the sandbox in the background.
-        let t = std::time::Instant::now();
-        while !net.sandboxes().await.unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(
+            "the sandbox is removed",
+            Duration::from_secs(10),
+            async || net.sandboxes().await.unwrap().is_empty(),
+        )
+        .await;
         assert_eq!(net.sandboxes().await.unwrap(), []);
         net.remove().await.unwrap();
     });
 }
 
+/// Each of `cases` (what, builder) is refused as invalid, and nothing
+/// changed: links, addresses, state, holders.
+async fn assert_refused(ctx: &Ctx, cases: Vec<(&str, PodBuilder)>) {
+    let before = common::snapshot(&ctx.nl).await;
+    let files = common::tree_under(&ctx.state);
+    let holders = common::holders();
+    for (what, builder) in cases {
+        match builder.start().await {
+            Err(Error::InvalidConfig { .. } | Error::InvalidName { .. }) => {}
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert_eq!(common::snapshot(&ctx.nl).await, before);
+    assert_eq!(common::tree_under(&ctx.state), files);
+    assert_eq!(common::holders(), holders);
+}
+
+fn ok() -> Member {
+    sh("main", "true")
+}
+
 #[test]
-fn bad_pod_settings_are_refused_and_change_nothing() {
+fn bad_member_lists_are_refused_and_change_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let cases = vec![
+            ("no members", net.pod("p")),
+            ("duplicate member", net.pod("p").member(ok()).member(ok())),
+            ("bad member name", net.pod("p").member(sh("Main", "true"))),
+        ];
+        assert_refused(&ctx, cases).await;
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_volumes_and_mounts_are_refused_and_change_nothing() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
         let dir = scratch.dir("d");
-        let before = common::snapshot(&ctx.nl).await;
-        let files = common::tree_under(&ctx.state);
-        let holders = common::holders_of(&common::network_key_prefix()).len();
-        let ok = || sh("main", "true");
-        let cases: Vec<(&str, podnet::PodBuilder)> = vec![
-            ("no members", net.pod("p")),
-            ("duplicate member", net.pod("p").member(ok()).member(ok())),
-            ("bad member name", net.pod("p").member(sh("Main", "true"))),
+        let cases = vec![
             (
                 "undeclared volume",
                 net.pod("p").member(ok().mount("v", &dir)),
@@ -737,6 +959,17 @@ fn bad_pod_settings_are_refused_and_change_nothing() {
                 "zero tmpfs",
                 net.pod("p").volume(Volume::tmpfs("v", 0)).member(ok()),
             ),
+        ];
+        assert_refused(&ctx, cases).await;
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn bad_probes_hostnames_back_offs_and_pod_names_are_refused_and_change_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let cases = vec![
             (
                 "bad probe",
                 net.pod("p")
@@ -755,18 +988,7 @@ fn bad_pod_settings_are_refused_and_change_nothing() {
             ),
             ("bad pod name", net.pod("P").member(ok())),
         ];
-        for (what, builder) in cases {
-            match builder.start().await {
-                Err(Error::InvalidConfig { .. } | Error::InvalidName { .. }) => {}
-                other => panic!("{what}: {other:?}"),
-            }
-        }
-        assert_eq!(common::snapshot(&ctx.nl).await, before);
-        assert_eq!(common::tree_under(&ctx.state), files);
-        assert_eq!(
-            common::holders_of(&common::network_key_prefix()).len(),
-            holders
-        );
+        assert_refused(&ctx, cases).await;
         net.remove().await.unwrap();
     });
 }
@@ -788,8 +1010,7 @@ fn a_member_that_cannot_start_counts_as_exit_127() {
             pod.member("ghost").unwrap().last_exit.unwrap().code(),
             Some(127)
         );
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -804,8 +1025,7 @@ fn gc_removes_the_volumes_of_a_pod_whose_holder_died() {
             .start()
             .await
             .unwrap();
-        let holder = nix::unistd::Pid::from_raw(i32::try_from(pod.sandbox().holder_pid()).unwrap());
-        nix::sys::signal::kill(holder, nix::sys::signal::Signal::SIGKILL).unwrap();
+        common::sigkill(pod.sandbox().holder_pid());
         assert_eq!(pod.wait().await, Phase::Failed);
         pod.stop().await;
         // The handle is dropped without remove: gc reclaims the rest.
@@ -818,19 +1038,24 @@ fn gc_removes_the_volumes_of_a_pod_whose_holder_died() {
     });
 }
 
+/// A pod "loop" (Always, the default) whose init member appends to
+/// `runs` and whose main member exits 0 at once.
+async fn looping(net: &Network, runs: &Path) -> Pod {
+    fast(net.pod("loop"))
+        .init_member(sh("init", &format!("echo run >> {}", runs.display())))
+        .member(sh("main", "exit 0"))
+        .start()
+        .await
+        .unwrap()
+}
+
 #[test]
-fn always_restarts_after_success_but_init_members_only_after_failure() {
+fn always_restarts_a_member_that_succeeded_but_not_an_init_member() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
         let runs = scratch.path("init-runs");
-        let pod = fast(net.pod("loop"))
-            .init_member(sh("init", &format!("echo run >> {}", runs.display())))
-            .member(sh("main", "exit 0"))
-            .start()
-            .await
-            .unwrap();
-        // main exits 0 and is restarted: Always.
+        let pod = looping(&net, &runs).await;
         events_until(
             &pod,
             |e| matches!(e, EventKind::Started { member, restarts: 2, .. } if member == "main"),
@@ -842,7 +1067,16 @@ fn always_restarts_after_success_but_init_members_only_after_failure() {
         let init = pod.member("init").unwrap();
         assert_eq!(init.restarts, 0);
         assert!(matches!(init.state, MemberState::Terminated { status } if status.success()));
-        // A stop during a back-off ends it there, without a restart.
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn a_stop_during_a_back_off_ends_the_member_there_without_a_restart() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let pod = looping(&net, &scratch.path("init-runs")).await;
         events_until(&pod, |e| matches!(e, EventKind::BackOff { .. })).await;
         pod.stop().await;
         let main = pod.member("main").unwrap();
@@ -853,8 +1087,7 @@ fn always_restarts_after_success_but_init_members_only_after_failure() {
         let before = main.restarts;
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(pod.member("main").unwrap().restarts, before);
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -913,22 +1146,15 @@ fn what_a_member_started_goes_when_it_exits() {
             .trim()
             .parse()
             .unwrap();
-        let pid = nix::unistd::Pid::from_raw(pid);
-        gone(pid).await;
-        assert_eq!(
-            nix::sys::signal::kill(pid, None),
-            Err(nix::errno::Errno::ESRCH)
-        );
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        assert_gone(nix::unistd::Pid::from_raw(pid)).await;
+        remove(&net, pod).await;
     });
 }
 
 #[test]
-fn http_redirects_pass_exec_probes_time_out_and_a_probe_kill_restarts_under_on_failure() {
+fn an_http_probe_takes_a_redirect_for_a_pass() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let scratch = Scratch::new(&ctx);
         let redirect = r#"
 import http.server, signal, socketserver, sys
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -945,33 +1171,55 @@ socketserver.TCPServer(("0.0.0.0", 8080), H).serve_forever()
         let web = Member::new("web", "python3")
             .args(["-c", redirect])
             .readiness_probe(Probe::http_get(8080, "/").period(Duration::from_millis(50)));
-        // Exits 0 on SIGTERM; its liveness probe hangs, so it is ended and,
-        // under OnFailure, restarted all the same.
-        let probes = scratch.path("probes");
-        let hung = sh("hung", "trap 'exit 0' TERM; while :; do sleep 0.05; done")
-            .env("PROBE_SLEEP", "5")
-            .liveness_probe(
-                Probe::exec([
-                    "sh".to_owned(),
-                    "-c".to_owned(),
-                    format!("echo $$ >> {}; sleep $PROBE_SLEEP", probes.display()),
-                ])
-                .period(Duration::from_millis(50))
-                .timeout(Duration::from_millis(200))
-                .failure_threshold(1),
-            );
         let pod = fast(net.pod("probes"))
             .restart_policy(RestartPolicy::OnFailure)
             .member(web)
-            .member(hung)
             .start()
             .await
             .unwrap();
-        let events = events_until(
-            &pod,
-            |e| matches!(e, EventKind::Started { member, restarts: 2, .. } if member == "hung"),
-        )
-        .await;
+        events_until(&pod, |e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, detail } if member == "web" && detail == "HTTP 302")).await;
+        remove(&net, pod).await;
+    });
+}
+
+/// A pod "probes" under OnFailure with a member "hung" that exits 0 on
+/// SIGTERM and whose liveness exec probe hangs (it writes its PID, its
+/// process group's, to `probes` first and sleeps 5 s; the probe times out
+/// after 200 ms); once hung has been restarted twice: the pod and its
+/// events.
+async fn hung(net: &Network, probes: &Path) -> (Pod, Vec<EventKind>) {
+    let hung = sh("hung", "trap 'exit 0' TERM; while :; do sleep 0.05; done")
+        .env("PROBE_SLEEP", "5")
+        .liveness_probe(
+            Probe::exec([
+                "sh".to_owned(),
+                "-c".to_owned(),
+                format!("echo $$ >> {}; sleep $PROBE_SLEEP", probes.display()),
+            ])
+            .period(Duration::from_millis(50))
+            .timeout(Duration::from_millis(200))
+            .failure_threshold(1),
+        );
+    let pod = fast(net.pod("probes"))
+        .restart_policy(RestartPolicy::OnFailure)
+        .member(hung)
+        .start()
+        .await
+        .unwrap();
+    let events = events_until(
+        &pod,
+        |e| matches!(e, EventKind::Started { member, restarts: 2, .. } if member == "hung"),
+    )
+    .await;
+    (pod, events)
+}
+
+#[test]
+fn a_hung_exec_probe_times_out_and_its_kill_restarts_even_a_clean_exit_under_on_failure() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let (pod, events) = hung(&net, &scratch.path("probes")).await;
         let has = |f: &dyn Fn(&EventKind) -> bool| events.iter().any(f);
         assert!(
             has(
@@ -985,23 +1233,37 @@ socketserver.TCPServer(("0.0.0.0", 8080), H).serve_forever()
             ),
             "{events:#?}"
         );
-        events_until(&pod, |e| matches!(e, EventKind::Probe { member, probe: ProbeKind::Readiness, passing: true, detail } if member == "web" && detail == "HTTP 302")).await;
+        remove(&net, pod).await;
+    });
+}
+
+#[test]
+fn a_timed_out_exec_probe_has_its_process_group_ended() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let probes = scratch.path("probes");
+        let (pod, _) = hung(&net, &probes).await;
         // Each timed-out probe's process group (its sh and its sleep) was
         // ended; the last probe may still be under way.
         let groups = std::fs::read_to_string(&probes).unwrap();
-        let groups: Vec<i32> = groups.lines().map(|l| l.parse().unwrap()).collect();
+        let groups: Vec<u32> = groups.lines().map(|l| l.parse().unwrap()).collect();
         assert!(groups.len() >= 2, "{groups:?}");
         for pgid in &groups[..groups.len() - 1] {
-            let group = nix::unistd::Pid::from_raw(-pgid);
-            gone(group).await;
-            assert_eq!(
-                nix::sys::signal::kill(group, None),
-                Err(nix::errno::Errno::ESRCH)
-            );
+            assert_gone(group_of(*pgid)).await;
         }
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
+}
+
+/// Each of `builders` fails to start as invalid configuration.
+async fn assert_invalid_config(builders: impl IntoIterator<Item = PodBuilder>) {
+    for builder in builders {
+        assert!(matches!(
+            builder.start().await,
+            Err(Error::InvalidConfig { .. })
+        ));
+    }
 }
 
 #[test]
@@ -1010,7 +1272,7 @@ fn members_mounting_one_path_differently_are_refused() {
         let net = network(&ctx).await;
         let scratch = Scratch::new(&ctx);
         let dir = scratch.dir("d");
-        for builder in [
+        assert_invalid_config([
             net.pod("p")
                 .volume(Volume::new("a"))
                 .volume(Volume::new("b"))
@@ -1023,18 +1285,35 @@ fn members_mounting_one_path_differently_are_refused() {
             net.pod("p")
                 .volume(Volume::new("a"))
                 .member(sh("one", "true").mount("a", "/")),
+        ])
+        .await;
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_relative_directory_an_output_in_no_directory_or_a_nul_in_an_argument_is_refused() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        assert_invalid_config([
             net.pod("p")
                 .member(sh("one", "true").current_dir("relative")),
             net.pod("p")
                 .member(sh("one", "true").stdout(Output::File(scratch.path("missing/out")))),
             net.pod("p").member(sh("one", "true").arg("a\0b")),
-        ] {
-            assert!(matches!(
-                builder.start().await,
-                Err(Error::InvalidConfig { .. })
-            ));
-        }
-        // The same mount twice is fine.
+        ])
+        .await;
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn members_mounting_one_volume_at_one_path_alike_are_fine() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let scratch = Scratch::new(&ctx);
+        let dir = scratch.dir("d");
         let pod = fast(net.pod("p"))
             .restart_policy(RestartPolicy::Never)
             .volume(Volume::new("a"))
@@ -1044,8 +1323,7 @@ fn members_mounting_one_path_differently_are_refused() {
             .await
             .unwrap();
         assert_eq!(pod.wait().await, Phase::Succeeded);
-        pod.remove().await.unwrap();
-        net.remove().await.unwrap();
+        remove(&net, pod).await;
     });
 }
 
@@ -1079,9 +1357,11 @@ fn a_pod_publishes_a_port_that_reaches_its_ready_server() {
         pod.remove().await.unwrap();
         // The host port is free again (within moments: a child another
         // test's thread forked may hold a copy of the socket until its exec).
-        common::eventually("the host port is free", Duration::from_secs(5), || {
-            std::net::TcpListener::bind(published[0].host).is_ok()
-        })
+        eventually(
+            "the host port is free",
+            Duration::from_secs(5),
+            async || std::net::TcpListener::bind(published[0].host).is_ok(),
+        )
         .await;
         net.remove().await.unwrap();
     });
@@ -1105,15 +1385,7 @@ fn a_volume_that_may_not_be_mounted_is_a_clear_error_and_leaves_nothing() {
         assert!(err.to_string().contains("mount"), "{err}");
         // The sandbox and the volume's directory went again.
         assert_eq!(common::snapshot(&ctx.nl).await, before);
-        let left: Vec<_> = common::tree_under(&ctx.state)
-            .into_iter()
-            .filter(|p| {
-                let p = p.to_string_lossy();
-                ["/addr/", "/sandbox/", "/volumes/"]
-                    .iter()
-                    .any(|d| p.contains(d))
-            })
-            .collect();
+        let left = common::state_entries(&ctx, &["addr", "sandbox", "volumes"]);
         assert!(left.is_empty(), "{left:?}");
         assert!(net.sandboxes().await.unwrap().is_empty());
         net.remove().await.unwrap();

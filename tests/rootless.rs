@@ -1,6 +1,12 @@
-//! The rootless path, for real: its own binary (`harness = false`) because
-//! entering a user namespace needs a single-threaded process. CI runs it as
-//! an unprivileged user; run as root it skips the "without privilege" part.
+//! The rootless path, for real: without privilege every entry point fails
+//! fast; in private namespaces the whole path works; on the shared rootless
+//! host a second process finds, re-attaches to and adds to what a first one
+//! left, publishes a port below 1024, and tears the host down.
+//!
+//! Its own binary (`harness = false`) because entering a user namespace
+//! needs a single-threaded process: `main` runs each claim in turn, a
+//! function of its own, and stops at the first that fails. CI runs it as an
+//! unprivileged user; run as root it skips the "without privilege" part.
 //! It runs itself again as child processes: one for private namespaces, one
 //! that makes the shared rootless host and exits before this one joins it.
 //!
@@ -10,16 +16,29 @@
 //! ```
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
-use std::io::Read;
-use std::net::TcpListener;
+mod common;
 
-use podnet::{Error, Network, Phase};
+use std::net::TcpListener;
+use std::path::Path;
+
+use common::{listen_in, send_from, serve_once};
+use podnet::{Error, Network, Phase, Sandbox};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+/// Counts the claims that held, saying each.
+struct Passed(u32);
+
+impl Passed {
+    fn ok(&mut self, claim: &str) {
+        println!("rootless: {claim} ... ok");
+        self.0 += 1;
+    }
 }
 
 fn main() {
@@ -35,127 +54,154 @@ fn main() {
         Some("--shared-first") => return shared_first(&state),
         _ => {}
     }
-    let mut passed = 0;
-    let privileged = nix::unistd::geteuid().is_root();
+    let mut passed = Passed(0);
     // A shared rootless host of this test's own, never the user's real one;
     // the children inherit it. (Still single-threaded: setting is sound.)
     let host_dir =
         std::env::temp_dir().join(format!("podnet-rootless-host-{}", std::process::id()));
     std::env::set_var("PODNET_STATE_DIR", &host_dir);
 
-    // 1. Without privilege every entry point fails fast, having made nothing.
-    if privileged {
+    if nix::unistd::geteuid().is_root() {
         println!("rootless: running as root, so the unprivileged check is skipped here");
     } else {
-        // A current-thread runtime starts no thread, so enter() still works after it.
-        let err = runtime()
-            .block_on(
-                Network::builder("pn0")
-                    .subnet("10.88.0.0/16".parse().unwrap())
-                    .state_dir(&state)
-                    .build(),
-            )
-            .unwrap_err();
-        assert!(matches!(err, Error::NotPermitted { .. }), "{err}");
-        let text = err.to_string();
-        for way in [
-            "root",
-            "unshare --user --map-root-user --net",
-            "rootless::enter()",
-        ] {
-            assert!(text.contains(way), "{text} does not name {way}");
-        }
-        assert!(!state.exists(), "a refused build made {}", state.display());
-        passed += 1;
+        without_privilege_every_entry_point_fails_fast_having_made_nothing(&state);
+        passed.ok("without privilege every entry point fails fast, having made nothing");
     }
 
-    // 2. Private namespaces: the whole path, in a child process (enter_private
-    //    and the shared enter() cannot both happen in one process).
-    let me = std::env::current_exe().unwrap();
-    let ok = std::process::Command::new(&me)
-        .arg("--private")
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "private rootless run failed");
-    passed += 1;
+    the_whole_path_works_in_private_namespaces(&state);
+    passed.ok("the whole path works in private namespaces");
 
-    // 3. The shared rootless host: a first process makes a persistent sandbox
-    //    and exits; this one joins the same namespaces, sees it, re-attaches,
-    //    adds its own from the same pool, and tears everything down.
     // However this ends, the test's shared host goes.
     let _teardown = Teardown;
-    let ok = std::process::Command::new(&me)
-        .arg("--shared-first")
-        .arg(&state)
-        .status()
-        .unwrap();
-    assert!(ok.success(), "first shared rootless process failed");
+    a_first_process_makes_the_shared_host_and_leaves_a_persistent_sandbox(&state);
+    passed.ok("a first process makes the shared host and leaves a persistent sandbox");
     podnet::rootless::enter().expect("join the shared rootless host");
     runtime().block_on(async {
         let net = shared_network(&state).await;
-        let listed = net.sandboxes().await.unwrap();
-        assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!(listed[0].name, "first");
-        assert_eq!(listed[0].phase, Phase::Running);
-        let first = net.open_sandbox("first").await.expect("re-attach");
-        let second = net.sandbox("second").create().await.expect("create second");
-        assert_ne!(first.ip(), second.ip(), "one pool: distinct addresses");
-        // They share one bridge: second reaches first by its address.
-        reaches_by_ip(&second, &first).await;
-        // A port mapping on the rootless host, below 1024: this user
-        // namespace owns the host namespace, so binding 80 is allowed.
-        let published = second
-            .add_port(podnet::PortMapping::tcp(80, 9001))
-            .await
-            .expect("publish port 80 rootless");
-        assert_eq!(published[0].host.port(), 80);
-        let l = second
-            .run(|| TcpListener::bind("0.0.0.0:9001"))
-            .await
-            .unwrap()
-            .unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            std::io::Write::write_all(&mut s, b"through the mapping").unwrap();
-        });
-        let mut got = String::new();
-        std::io::Read::read_to_string(
-            &mut std::net::TcpStream::connect("127.0.0.1:80").unwrap(),
-            &mut got,
-        )
-        .unwrap();
-        assert_eq!(got, "through the mapping");
-        server.join().unwrap();
+        let first = a_second_process_sees_the_first_ones_sandbox_and_reattaches(&net).await;
+        passed.ok("a second process sees the first one's sandbox and re-attaches");
+        let second =
+            a_second_process_adds_a_sandbox_from_the_same_pool_on_the_same_bridge(&net, &first)
+                .await;
+        passed.ok("a second process adds a sandbox from the same pool, on the same bridge");
+        a_port_below_1024_is_published_on_the_rootless_host(&second).await;
+        passed.ok("a port below 1024 is published on the rootless host");
         first.remove().await.unwrap();
         second.remove().await.unwrap();
         net.remove().await.unwrap();
     });
+    the_shared_host_is_torn_down_once();
+    passed.ok("the shared host is torn down once");
+    let _ = std::fs::remove_dir_all(&state);
+    println!("rootless: {} passed, 0 failed", passed.0);
+}
+
+/// Without privilege, building a network is refused, naming the ways to
+/// get it, and makes no state directory.
+fn without_privilege_every_entry_point_fails_fast_having_made_nothing(state: &Path) {
+    // A current-thread runtime starts no thread, so enter() still works after it.
+    let err = runtime()
+        .block_on(common::build_network(state, "pn0", "10.88.0.0/16"))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotPermitted { .. }), "{err}");
+    let text = err.to_string();
+    for way in [
+        "root",
+        "unshare --user --map-root-user --net",
+        "rootless::enter()",
+    ] {
+        assert!(text.contains(way), "{text} does not name {way}");
+    }
+    assert!(!state.exists(), "a refused build made {}", state.display());
+}
+
+/// The whole path, in a child process (enter_private and the shared
+/// enter() cannot both happen in one process): see [`private`].
+fn the_whole_path_works_in_private_namespaces(state: &Path) {
+    assert!(run_self("--private", state), "private rootless run failed");
+}
+
+/// A first process makes the shared rootless host, a persistent sandbox
+/// "first" on it, and exits: see [`shared_first`].
+fn a_first_process_makes_the_shared_host_and_leaves_a_persistent_sandbox(state: &Path) {
+    assert!(
+        run_self("--shared-first", state),
+        "first shared rootless process failed"
+    );
+}
+
+/// This binary run again as a child doing `part` (see `main`) with state
+/// directory `state`; whether it succeeded.
+fn run_self(part: &str, state: &Path) -> bool {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .arg(part)
+        .arg(state)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Joined to the same namespaces, this process lists the first one's
+/// sandbox, running, and re-attaches to it.
+async fn a_second_process_sees_the_first_ones_sandbox_and_reattaches(net: &Network) -> Sandbox {
+    let listed = net.sandboxes().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, "first");
+    assert_eq!(listed[0].phase, Phase::Running);
+    net.open_sandbox("first").await.expect("re-attach")
+}
+
+/// A sandbox of this process gets another address of the same pool, and
+/// reaches the first one's by it: they share one bridge.
+async fn a_second_process_adds_a_sandbox_from_the_same_pool_on_the_same_bridge(
+    net: &Network,
+    first: &Sandbox,
+) -> Sandbox {
+    let second = net.sandbox("second").create().await.expect("create second");
+    assert_ne!(first.ip(), second.ip(), "one pool: distinct addresses");
+    reaches_by_ip(&second, first).await;
+    second
+}
+
+/// A port mapping on the rootless host, below 1024: this user namespace
+/// owns the host namespace, so binding 80 is allowed, and a client of the
+/// host reaches the sandbox through it.
+async fn a_port_below_1024_is_published_on_the_rootless_host(second: &Sandbox) {
+    let published = second
+        .add_port(podnet::PortMapping::tcp(80, 9001))
+        .await
+        .expect("publish port 80 rootless");
+    assert_eq!(published[0].host.port(), 80);
+    let l = listen_in(second, "0.0.0.0:9001").await;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        std::io::Write::write_all(&mut s, b"through the mapping").unwrap();
+    });
+    let mut got = String::new();
+    std::io::Read::read_to_string(
+        &mut std::net::TcpStream::connect("127.0.0.1:80").unwrap(),
+        &mut got,
+    )
+    .unwrap();
+    assert_eq!(got, "through the mapping");
+    server.join().unwrap();
+}
+
+/// Tearing the shared host down says it was there; the second time, that
+/// it is gone.
+fn the_shared_host_is_torn_down_once() {
     assert!(
         podnet::rootless::teardown().unwrap(),
         "the shared host was there"
     );
     assert!(!podnet::rootless::teardown().unwrap(), "and is gone");
-    passed += 1;
-    let _ = std::fs::remove_dir_all(&state);
-    println!("rootless: {passed} passed, 0 failed");
 }
 
 /// A member process of `from` connects to `to`'s address, and `to` sees it
 /// come from `from`'s address.
-async fn reaches_by_ip(from: &podnet::Sandbox, to: &podnet::Sandbox) {
-    let l = to
-        .run(|| TcpListener::bind("0.0.0.0:9000"))
-        .await
-        .unwrap()
-        .unwrap();
-    let ok = from
-        .command("bash")
-        .args(["-c", &format!("echo -n hi > /dev/tcp/{}/9000", to.ip())])
-        .status()
-        .await
-        .unwrap()
-        .success();
+async fn reaches_by_ip(from: &Sandbox, to: &Sandbox) {
+    let l = listen_in(to, "0.0.0.0:9000").await;
+    let ok = send_from(from, &to.ip().to_string(), 9000, "hi").await;
     assert!(ok, "{} could not reach {}", from.name(), to.name());
     let (_, peer) = l.accept().unwrap();
     assert_eq!(peer.ip(), from.ip());
@@ -169,17 +215,14 @@ impl Drop for Teardown {
     }
 }
 
-async fn shared_network(state: &std::path::Path) -> Network {
-    Network::builder("pnshared")
-        .subnet("10.88.0.0/16".parse().unwrap())
-        .state_dir(state)
-        .build()
+async fn shared_network(state: &Path) -> Network {
+    common::build_network(state, "pnshared", "10.88.0.0/16")
         .await
         .expect("build network in the shared rootless host")
 }
 
 /// The first process of the shared host: a persistent sandbox, then exit.
-fn shared_first(state: &std::path::Path) {
+fn shared_first(state: &Path) {
     podnet::rootless::enter().expect("make the shared rootless host");
     runtime().block_on(async {
         let net = shared_network(state).await;
@@ -193,16 +236,15 @@ fn shared_first(state: &std::path::Path) {
     });
 }
 
-/// The whole path inside private namespaces.
-fn private(state: &std::path::Path) {
+/// The whole path inside private namespaces, a claim at a time: mapped to
+/// root inside, two running sandboxes with distinct addresses of a dual
+/// stack network, members sharing localhost, one sandbox reaching the
+/// other, removal.
+fn private(state: &Path) {
     podnet::rootless::enter_private().expect("rootless::enter_private");
     assert!(nix::unistd::geteuid().is_root(), "mapped to root inside");
-    let rt = runtime();
-    rt.block_on(async {
-        let net = Network::builder("pn0")
-            .subnet("10.88.0.0/16".parse().unwrap())
-            .subnet("fd00:88::/64".parse().unwrap())
-            .state_dir(state)
+    runtime().block_on(async {
+        let net = common::network_builder(state, "pn0", &["10.88.0.0/16", "fd00:88::/64"])
             .build()
             .await
             .expect("build network rootless");
@@ -210,34 +252,20 @@ fn private(state: &std::path::Path) {
         let b = net.sandbox("b").create().await.expect("create b");
         assert_eq!(a.phase(), Phase::Running);
         assert_ne!(a.ip(), b.ip());
-
-        // Members of a share localhost.
-        let l = a
-            .run(|| TcpListener::bind("127.0.0.1:8080"))
-            .await
-            .unwrap()
-            .unwrap();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut got = String::new();
-            s.read_to_string(&mut got).unwrap();
-            got
-        });
-        let ok = a
-            .command("bash")
-            .args(["-c", "echo -n local > /dev/tcp/127.0.0.1/8080"])
-            .status()
-            .await
-            .unwrap()
-            .success();
-        assert!(ok);
-        assert_eq!(server.join().unwrap(), "local");
-
+        members_share_localhost(&a).await;
         reaches_by_ip(&b, &a).await;
-
         a.remove().await.unwrap();
         b.remove().await.unwrap();
         assert_eq!(a.phase(), Phase::Succeeded);
         net.remove().await.unwrap();
     });
+}
+
+/// A member thread of `pod` serves on its 127.0.0.1, and a member process
+/// reaches it there.
+async fn members_share_localhost(pod: &Sandbox) {
+    let l: TcpListener = listen_in(pod, "127.0.0.1:8080").await;
+    let server = serve_once(l);
+    assert!(send_from(pod, "127.0.0.1", 8080, "local").await);
+    assert_eq!(server.join().unwrap(), "local");
 }

@@ -1,15 +1,29 @@
-//! Every networking test runs through [`in_netns`]: a new thread, a new
-//! network namespace for it, `lo` up, a current-thread runtime and a
-//! temporary state directory. Tests therefore run in parallel, never
-//! collide, and never touch the machine's real network.
+//! What the integration tests share. Every networking test runs through
+//! [`in_netns`]: a new thread, a new network namespace for it, `lo` up, a
+//! current-thread runtime and a temporary state directory. Tests therefore
+//! run in parallel, never collide, and never touch the machine's real
+//! network.
+//!
+//! One of each, used by every test file:
+//! - waiting: [`eventually`], for anything a test waits on;
+//! - networks: [`network_builder`] (and [`build_network`], [`network`] on
+//!   top of it);
+//! - child processes: [`child_command`] runs this test binary again as a
+//!   child, [`child_main`] is the child's side, [`spawn_until`] waits for a
+//!   child's line;
+//! - lookups: links ([`links`], [`link`], [`ports`], ...), the store
+//!   ([`store_dir`], [`record_path`], [`reservation_path`],
+//!   [`state_entries`]) and holders ([`holders`], [`holders_of`]).
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::net::IpAddr;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
@@ -130,6 +144,58 @@ pub fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
     let state = rest.next()?.chars().next()?;
     Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+/// PIDs of the live holders of the networks of the calling thread's
+/// namespace (not other tests', not zombies).
+pub fn holders() -> BTreeSet<u32> {
+    holders_of(&network_key_prefix())
+        .into_iter()
+        .map(|(pid, _)| u32::try_from(pid).unwrap())
+        .collect()
+}
+
+/// Whether process `pid` is in `/proc` (a zombie not yet reaped is).
+pub fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether this process has an fd to a `proto` (`"tcp"` or `"udp"`)
+/// socket bound to `port` in the calling thread's namespace, over IPv4 or
+/// IPv6. What a test can check at once after podnet closed a socket: a
+/// child that another test's thread forked holds copies of this process's
+/// fds until its exec, so the port itself may stay taken a moment longer.
+pub fn holds_socket_on(proto: &str, port: u16) -> bool {
+    let mut inodes = BTreeSet::new();
+    for table in [proto.to_owned(), format!("{proto}6")] {
+        let text =
+            std::fs::read_to_string(format!("/proc/thread-self/net/{table}")).unwrap_or_default();
+        // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = f.get(1).and_then(|a| a.rsplit(':').next());
+            if local.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_str().is_some_and(|t| inodes.contains(t)))
+        })
+}
+
+/// SIGKILL process `pid` (a holder, say).
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 struct KillHolders(String);
@@ -299,37 +365,123 @@ pub fn reservation_path(ctx: &Ctx, ip: &str) -> PathBuf {
     store_dir(ctx).join("addr").join(ip)
 }
 
+/// What the test's state directory holds in directories named one of
+/// `kinds` (`"addr"`, `"sandbox"`, `"volumes"`): what claims an address, a
+/// name or a volume.
+pub fn state_entries(ctx: &Ctx, kinds: &[&str]) -> Vec<PathBuf> {
+    tree_under(&ctx.state)
+        .into_iter()
+        .filter(|p| {
+            let p = p.to_string_lossy();
+            kinds.iter().any(|k| p.contains(&format!("/{k}/")))
+        })
+        .collect()
+}
+
+/// Add a veth pair `name`–`peer` in the test's namespace (a link that is
+/// not podnet's, or one made to look like one).
+pub async fn add_veth(nl: &Handle, name: &str, peer: &str) {
+    nl.link()
+        .add(rtnetlink::LinkVeth::new(name, peer).build())
+        .execute()
+        .await
+        .unwrap_or_else(|e| panic!("add veth {name}: {e}"));
+}
+
+/// A TCP listener on `addr` inside `pod`, made by a thread of it.
+pub async fn listen_in(
+    pod: &podnet::Sandbox,
+    addr: impl ToSocketAddrs + Send + 'static,
+) -> TcpListener {
+    pod.run(move || TcpListener::bind(addr))
+        .await
+        .expect("run in the sandbox")
+        .expect("bind in the sandbox")
+}
+
+/// Accept one connection and read it to the end, on a thread of its own.
+pub fn serve_once(l: TcpListener) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).unwrap();
+        got
+    })
+}
+
+/// A member process of `pod` that sends `msg` to `addr:port` over bash's
+/// /dev/tcp; whether it connected.
+pub async fn send_from(pod: &podnet::Sandbox, addr: &str, port: u16, msg: &str) -> bool {
+    pod.command("bash")
+        .arg("-c")
+        .arg(format!("echo -n {msg} > /dev/tcp/{addr}/{port}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("run bash in sandbox")
+        .success()
+}
+
+/// The bridge of the network most tests use ([`network`]).
+pub const BRIDGE: &str = "pn0";
+
+/// The pool of the network most tests use ([`network`]).
+pub const SUBNET: &str = "10.88.0.0/16";
+
+/// Network `bridge` with a pool for each of `subnets` and its store in
+/// `state`, to be built (`.build().await`) once the test has added what
+/// it needs (port forwarding, say). The one way tests make networks.
+pub fn network_builder(state: &Path, bridge: &str, subnets: &[&str]) -> podnet::NetworkBuilder {
+    subnets.iter().fold(
+        podnet::Network::builder(bridge).state_dir(state),
+        |builder, subnet| builder.subnet(subnet.parse().unwrap()),
+    )
+}
+
 /// Build network `bridge` with one pool, `subnet`, and its store in `state`.
 pub async fn build_network(
     state: &Path,
     bridge: &str,
     subnet: &str,
 ) -> podnet::Result<podnet::Network> {
-    podnet::Network::builder(bridge)
-        .subnet(subnet.parse().unwrap())
-        .state_dir(state)
-        .build()
-        .await
+    network_builder(state, bridge, &[subnet]).build().await
 }
 
-/// Wait until `cond` holds, polling every 10 ms; fail the test, naming
-/// `what`, if it does not within `within`. Returns how long it took.
+/// The test's network: [`BRIDGE`] with the pool [`SUBNET`], its store in
+/// the test's state directory.
+pub async fn network(ctx: &Ctx) -> podnet::Network {
+    build_network(&ctx.state, BRIDGE, SUBNET)
+        .await
+        .expect("build network")
+}
+
+/// Wait until `cond` holds, polling every 10 ms (a fiftieth of `within` if
+/// that is less); fail the test, naming `what`, if it does not within
+/// `within`. Returns how long it took. `cond` is an async closure, so it
+/// may ask netlink, gc or the store as well as look at `/proc`
+/// (`async || !path.exists()`); it may keep what it saw in a variable of
+/// the test's.
 pub async fn eventually(
     what: &str,
-    within: std::time::Duration,
-    mut cond: impl FnMut() -> bool,
-) -> std::time::Duration {
-    let t = std::time::Instant::now();
-    while !cond() {
+    within: Duration,
+    mut cond: impl AsyncFnMut() -> bool,
+) -> Duration {
+    // A short wait is polled more often: a fiftieth of it.
+    let period = (within / 50).min(Duration::from_millis(10));
+    let t = Instant::now();
+    while !cond().await {
         assert!(t.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(period).await;
     }
     t.elapsed()
 }
 
 /// Links (with whether each is up) and addresses: what "nothing changed"
 /// compares.
-pub async fn snapshot(nl: &Handle) -> (BTreeSet<(String, bool)>, BTreeSet<(u32, IpAddr)>) {
+pub type Snapshot = (BTreeSet<(String, bool)>, BTreeSet<(u32, IpAddr)>);
+
+/// The [`Snapshot`] of the test's namespace now.
+pub async fn snapshot(nl: &Handle) -> Snapshot {
     let links = dump_links(nl)
         .await
         .iter()
@@ -346,8 +498,9 @@ pub async fn snapshot(nl: &Handle) -> (BTreeSet<(String, bool)>, BTreeSet<(u32, 
 
 /// This test binary run again as a child: only its ignored test
 /// `child_process`, which joins the calling thread's network namespace
-/// (`PODNET_CHILD_NETNS`) and does `action` with the test's state directory.
-/// stdout is piped, stderr inherited.
+/// (`PODNET_CHILD_NETNS`) and does `action` with the test's state directory
+/// (see [`child_main`]). stdout is piped, stderr inherited; no failpoint
+/// unless the caller sets `PODNET_FAILPOINT`.
 pub fn child_command(ctx: &Ctx, action: &str) -> std::process::Command {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([
@@ -367,9 +520,64 @@ pub fn child_command(ctx: &Ctx, action: &str) -> std::process::Command {
     )
     .env("PODNET_CHILD_STATE", &ctx.state)
     .env("PODNET_CHILD_ACTION", action)
+    .env_remove("PODNET_FAILPOINT")
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::inherit());
     cmd
+}
+
+/// The child's side of [`child_command`], the body of a test binary's
+/// ignored `child_process` test: join the parent's network namespace and
+/// run `body(state directory, action)` on a current-thread runtime. Does
+/// nothing in a normal run (`--ignored` without a parent).
+pub fn child_main<F, Fut>(body: F)
+where
+    F: FnOnce(PathBuf, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let (Ok(netns), Ok(state), Ok(action)) = (
+        std::env::var("PODNET_CHILD_NETNS"),
+        std::env::var("PODNET_CHILD_STATE"),
+        std::env::var("PODNET_CHILD_ACTION"),
+    ) else {
+        return;
+    };
+    let ns = std::fs::File::open(&netns).unwrap();
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body(PathBuf::from(state), action));
+}
+
+/// Spawn `cmd` (its stdout piped) and wait up to `within` for a line of its
+/// stdout that contains `marker` (the child's harness prints lines of its
+/// own first); the child and that line. The rest of its stdout is read and
+/// dropped until it ends, so the child never writes to a closed pipe. A
+/// child that ends or hangs first is killed and fails the test.
+pub fn spawn_until(
+    cmd: &mut std::process::Command,
+    marker: &str,
+    within: Duration,
+) -> (std::process::Child, String) {
+    let mut child = cmd.spawn().unwrap();
+    let out = BufReader::new(child.stdout.take().expect("stdout piped"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = marker.to_owned();
+    std::thread::spawn(move || {
+        let mut lines = out.lines().map_while(Result::ok);
+        let _ = tx.send(lines.by_ref().find(|l| l.contains(&wanted)));
+        lines.for_each(drop);
+    });
+    match rx.recv_timeout(within) {
+        Ok(Some(line)) => (child, line),
+        got => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child printed no line with {marker:?}: {got:?}");
+        }
+    }
 }
 
 /// Make system call `nr` fail with `errno` on this thread and the threads
