@@ -646,6 +646,30 @@ fn gc_leaves_the_renamed_veths_of_a_live_remover_and_links_podnet_did_not_name()
 }
 
 #[test]
+fn gc_of_another_handle_leaves_the_veths_this_process_is_deleting() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let other = network(&ctx).await;
+        let pod = net.sandbox("web").create().await.unwrap();
+        let dying = format!("{}~", tag_of(&pod));
+        let held = podnet::internals::hold_veth_deletions(&net).expect("none in flight");
+        pod.remove().await.unwrap();
+        let report = other.gc().await.unwrap();
+        assert!(
+            !report.links.iter().any(|l| l.starts_with(&dying)),
+            "took a queued deletion for a failed one: {report:?}"
+        );
+        drop(held);
+        settled(&net).await;
+        assert!(!common::links(&ctx.nl)
+            .await
+            .iter()
+            .any(|l| l.starts_with(&dying)));
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn network_remove_waits_for_the_veths_of_removed_sandboxes() {
     in_netns(|ctx| async move {
         let before = snapshot(&ctx.nl).await;

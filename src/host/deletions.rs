@@ -4,8 +4,9 @@
 //! docs/architecture.md ("Removal") says why and shows it.
 
 use std::collections::hash_map::RandomState;
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use nix::errno::Errno;
 use tokio::sync::Notify;
@@ -33,8 +34,6 @@ const BATCH_MAX: usize = 64;
 #[derive(Debug, Default)]
 struct Queue {
     waiting: Vec<Waiting>,
-    /// The names of the batch being sent.
-    in_flight: Vec<String>,
     /// Whether a thread is sending deletions (and will take `waiting`).
     busy: bool,
     /// Deletions that failed since [`VethDeletions::settled`] last reported.
@@ -82,6 +81,7 @@ impl VethDeletions {
     pub(crate) fn later(&self, net: &Arc<NetInner>, name: String, object: String) {
         let lead = {
             let mut queue = self.lock();
+            in_process().insert(name.clone());
             queue.waiting.push(Waiting { name, object });
             !std::mem::replace(&mut queue.busy, true)
         };
@@ -90,10 +90,11 @@ impl VethDeletions {
         }
     }
 
-    /// Whether the deletion of veth `name` is queued or being sent.
-    pub(crate) fn deleting(&self, name: &str) -> bool {
-        let queue = self.lock();
-        queue.in_flight.iter().any(|n| n == name) || queue.waiting.iter().any(|w| w.name == name)
+    /// Whether the deletion of veth `name` is queued or being sent by any
+    /// network handle of this process (two handles of one network each
+    /// have a queue, and neither takes the other's deletions for failed).
+    pub(crate) fn deleting(name: &str) -> bool {
+        in_process().contains(name)
     }
 
     /// Wait until the queue is empty and no deletion is in flight; the
@@ -193,8 +194,10 @@ impl Drop for Sender {
         }
         let mut queue = self.net.deletions.lock();
         queue.busy = false;
-        queue.in_flight.clear();
         let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
+        for w in &dropped {
+            in_process().remove(&w.name);
+        }
         queue.failed.extend(
             dropped
                 .into_iter()
@@ -224,15 +227,12 @@ impl Sender {
                 };
                 if take == 0 {
                     queue.busy = false;
-                    queue.in_flight.clear();
                     self.done = true;
                     drop(queue);
                     net.deletions.idle.notify_waiters();
                     return;
                 }
-                let batch = queue.waiting.drain(..take).collect::<Vec<_>>();
-                queue.in_flight = batch.iter().map(|w| w.name.clone()).collect();
-                batch
+                queue.waiting.drain(..take).collect::<Vec<_>>()
             };
             let (results, together) = match nl {
                 Ok(mut nl) => {
@@ -245,6 +245,12 @@ impl Sender {
                 Err(e) => (vec![Err(e)], false),
             };
             net.deletions.record(batch.len(), together);
+            {
+                let mut names = in_process();
+                for w in &batch {
+                    names.remove(&w.name);
+                }
+            }
             let failed: Vec<Error> = results.into_iter().filter_map(|r| r.err()).collect();
             for e in &failed {
                 tracing::warn!(error = %e, "veth deletion in the background failed");
@@ -254,6 +260,13 @@ impl Sender {
             }
         }
     }
+}
+
+/// The veths whose deletion a handle of this process has queued or is
+/// sending, by their dying names (random, so unique).
+fn in_process() -> MutexGuard<'static, HashSet<String>> {
+    static NAMES: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(Default::default);
+    NAMES.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A link group number for one batch: random, with the top bit set, far

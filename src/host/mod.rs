@@ -160,7 +160,7 @@ impl NetInner {
                 continue;
             };
             let ours = Some(remover) == me;
-            if (ours && self.deletions.deleting(&name))
+            if (ours && deletions::VethDeletions::deleting(&name))
                 || (!ours && crate::ident::is_alive(remover.pid, remover.start))
             {
                 continue;
