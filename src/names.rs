@@ -34,6 +34,11 @@ pub(crate) fn validate_ifname(what: &'static str, name: &str) -> Result<()> {
     } else {
         return Ok(());
     };
+    invalid(what, name, reason)
+}
+
+/// `name`, a `what` name, refused for `reason`.
+fn invalid(what: &'static str, name: &str, reason: String) -> Result<()> {
     Err(Error::InvalidName {
         what,
         name: name.to_owned(),
@@ -94,11 +99,7 @@ pub(crate) fn check_label(what: &'static str, name: &str, max: usize) -> Result<
     } else {
         return Ok(());
     };
-    Err(Error::InvalidName {
-        what,
-        name: name.to_owned(),
-        reason,
-    })
+    invalid(what, name, reason)
 }
 
 #[cfg(test)]
