@@ -140,4 +140,49 @@ mod tests {
             );
         }
     }
+
+    /// A DNS-1123 label of at most `max` characters, by the definition.
+    fn is_label(s: &str, max: usize) -> bool {
+        let b = s.as_bytes();
+        !b.is_empty()
+            && b.len() <= max
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            && b[0] != b'-'
+            && b[b.len() - 1] != b'-'
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_sandbox_name_is_valid_exactly_when_it_is_a_short_label(s in "\\PC{0,16}|[a-z0-9-]{0,14}") {
+            proptest::prop_assert_eq!(validate_name(&s).is_ok(), is_label(&s, IFNAMSIZ_MAX - 3));
+        }
+
+        #[test]
+        fn every_valid_sandbox_name_makes_a_valid_interface_name_on_any_bridge(
+            name in "[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?",
+            bridge in "[a-zA-Z0-9_.-]{1,15}",
+        ) {
+            let t = tag(&bridge);
+            proptest::prop_assert!(t.len() == 2 && t.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+            proptest::prop_assert!(validate_name(&name).is_ok());
+            let host_end = format!("{name}-{t}");
+            proptest::prop_assert!(validate_ifname("veth", &host_end).is_ok(), "{}", host_end);
+        }
+
+        #[test]
+        fn an_accepted_interface_name_fits_ifnamsiz_and_has_no_separator(s in "\\PC{0,20}") {
+            if validate_ifname("link", &s).is_ok() {
+                proptest::prop_assert!(!s.is_empty() && s.len() <= IFNAMSIZ_MAX);
+                proptest::prop_assert!(!s.contains(['/', ':']) && !s.chars().any(char::is_whitespace));
+            }
+        }
+
+        #[test]
+        fn the_hash_continues(a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+                              b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let whole = [a.clone(), b.clone()].concat();
+            proptest::prop_assert_eq!(fnv1a(&whole), fnv1a_from(fnv1a(&a), &b));
+        }
+    }
 }
