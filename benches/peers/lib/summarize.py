@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""summarize.py [-b BASELINE] ROUNDS.jsonl [OUT.jsonl] - run.sh calls it after the rounds:
+
+    python3 benches/peers/lib/summarize.py -b floor-fork /tmp/res.jsonl.rounds
+
+One summary per (peer, n, c, mode): a table on stdout, JSON lines to OUT (or after the table).
+Per-sandbox times are pooled over rounds (median; p95 by nearest rank); wall = create wall +
+teardown wall of one round (median over rounds). "create x" and "teardown x" are the peer's
+create and teardown medians divided by those of BASELINE (default floor-fork) with the same
+n, c and mode, i.e. measured in the same run. settle = podnet's untimed Network::remove()
+after the removals (median over rounds), when the peer reports it."""
+import json, math, os, platform, statistics, sys
+
+args = sys.argv[1:]
+baseline = "floor-fork"
+if len(args) >= 2 and args[0] == "-b":
+    baseline, args = args[1], args[2:]
+if not 1 <= len(args) <= 2:
+    sys.exit(__doc__)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[max(0, math.ceil(p / 100 * len(xs)) - 1)]  # nearest rank
+
+
+rounds = [json.loads(l) for l in open(args[0]) if l.strip()]
+groups = {}
+for r in rounds:
+    groups.setdefault((r["peer"], r["n"], r.get("c", 1), r.get("mode", "root")), []).append(r)
+
+rows = []
+for (peer, n, c, mode), rs in groups.items():
+    ok = [r for r in rs if "error" not in r]
+    row = {"peer": peer, "n": n, "c": c, "mode": mode, "rounds": len(ok),
+           "kernel": platform.release(), "nproc": os.cpu_count()}
+    if not ok:
+        row["error"] = rs[0]["error"]
+    else:
+        cr = [x for r in ok for x in r["create_ms"]]
+        td = [x for r in ok for x in r["teardown_ms"]]
+        walls = [r.get("create_wall_ms", sum(r["create_ms"])) + r.get("teardown_wall_ms", sum(r["teardown_ms"]))
+                 for r in ok]
+        row.update(create_ms_median=round(statistics.median(cr), 3), create_ms_p95=pct(cr, 95),
+                   teardown_ms_median=round(statistics.median(td), 3), teardown_ms_p95=pct(td, 95),
+                   wall_ms_median=round(statistics.median(walls), 3))
+        settles = [r["settle_ms"] for r in ok if "settle_ms" in r]
+        if settles:
+            row["settle_ms_median"] = round(statistics.median(settles), 3)
+    rows.append(row)
+
+base = {(r["n"], r["c"], r["mode"]): r for r in rows if r["peer"] == baseline and "error" not in r}
+for r in rows:
+    b = base.get((r["n"], r["c"], r["mode"]))
+    if b and "error" not in r:
+        r["baseline"] = baseline
+        r["create_ratio"] = round(r["create_ms_median"] / b["create_ms_median"], 2)
+        r["teardown_ratio"] = round(r["teardown_ms_median"] / b["teardown_ms_median"], 3)
+
+print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'create med':>11}{'p95':>8}{'teardown med':>13}{'p95':>8}"
+      f"{'wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
+for r in rows:
+    head = f"{r['peer']:<12}{r['mode']:<9}{r['n']:>5}{r['c']:>3}"
+    if "error" in r:
+        print(f"{head}  FAILED: {r['error'][:90]}")
+        continue
+    cx = f"{r['create_ratio']:.2f}" if "create_ratio" in r else "-"
+    tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
+    st = f"{r['settle_ms_median']:.1f}" if "settle_ms_median" in r else "-"
+    print(f"{head}{r['create_ms_median']:>11.3f}{r['create_ms_p95']:>8.3f}{r['teardown_ms_median']:>13.3f}"
+          f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']})")
+
+lines = "".join(json.dumps(r) + "\n" for r in rows)
+if len(args) > 1:
+    open(args[1], "w").write(lines)
+else:
+    sys.stdout.write(lines)
