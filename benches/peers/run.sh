@@ -37,6 +37,10 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [ ${#peers[@]} -gt 0 ] || peers=(floor-fork podnet)
+declare -A seen=()
+uniq=()
+for peer in "${peers[@]}"; do [ -n "${seen[$peer]:-}" ] || uniq+=("$peer"); seen[$peer]=1; done
+peers=("${uniq[@]}") # a name given by --peer and again as PEER runs once
 [ "$(id -u)" = 0 ] || rootless=true
 for tool in gcc jq python3 ip unshare setpriv timeout; do
 	command -v "$tool" >/dev/null || { echo "run.sh: needs $tool (see docs/performance.md)" >&2; exit 2; }
@@ -118,29 +122,35 @@ check_host() {
 }
 
 echo "run.sh: $mode, n=$ns_list, c=$conc, $rounds rounds; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# Rounds are interleaved: round r of every peer, then round r+1, so that drift in the
+# machine's load (a 2-CPU VM where others compile) hits each peer and the baseline alike.
 raw=$work/rounds.jsonl
 : >"$raw"
+declare -A failed=()
 for n in ${ns_list//,/ }; do
-	for peer in "${peers[@]}"; do
-		cmd=$(resolve "$peer")
-		for ((r = 1; r <= rounds; r++)); do
+	for ((r = 1; r <= rounds; r++)); do
+		for peer in "${peers[@]}"; do
+			[ -z "${failed[$peer.$n]:-}" ] || continue
+			cmd=$(resolve "$peer")
 			export BENCH_PEER=$peer BENCH_TMP=$work/$peer.$n.$r
 			mkdir "$BENCH_TMP"
 			$rootless && [ "$(id -u)" = 0 ] && chown 65534:65534 "$BENCH_TMP"
-			printf '%-12s n=%-5s c=%-3s round %d/%d (%s) ... ' "$peer" "$n" "$conc" "$r" "$rounds" "$mode" >&2
+			load=$(cut -d' ' -f1 /proc/loadavg)
+			printf '%-12s n=%-5s c=%-3s round %d/%d (%s, load %s) ... ' "$peer" "$n" "$conc" "$r" "$rounds" "$mode" "$load" >&2
 			if "${wrap[@]}" -- "$work/h/lib/inns.sh" "$cmd" "$n" "$conc" >"$BENCH_TMP/out" 2>"$BENCH_TMP/err" &&
 				line=$(tail -n1 "$BENCH_TMP/out") && jq -e '.create_ms and .teardown_ms' <<<"$line" >/dev/null; then
 				jq -c --arg p "$peer" --argjson n "$n" --argjson c "$conc" --arg mode "$mode" \
-					'{peer: $p, n: $n, c: $c} + . + {mode: $mode}' <<<"$line" >>"$raw"
+					--argjson r "$r" --argjson load "$load" \
+					'{peer: $p, n: $n, c: $c} + . + {mode: $mode, round: $r, load1: $load}' <<<"$line" >>"$raw"
 				echo ok >&2
 			else
-				echo FAILED >&2
+				rc=$?
+				echo "FAILED (exit $rc)" >&2
 				sed 's/^/    | /' "$BENCH_TMP/err" | tail -n 15 >&2
 				jq -nc --arg p "$peer" --argjson n "$n" --argjson c "$conc" --arg mode "$mode" \
-					--arg e "$(tail -n 3 "$BENCH_TMP/err" | tr '\n' ' ')" \
-					'{peer: $p, n: $n, c: $c, mode: $mode, error: $e}' >>"$raw"
-				check_host "$peer n=$n round $r"
-				break
+					--argjson r "$r" --arg e "exit $rc: $(tail -n 3 "$BENCH_TMP/err" | tr '\n' ' ')" \
+					'{peer: $p, n: $n, c: $c, mode: $mode, round: $r, error: $e}' >>"$raw"
+				failed[$peer.$n]=1 # no more rounds of it at this N
 			fi
 			check_host "$peer n=$n round $r"
 			rm -rf "$BENCH_TMP"

@@ -5,7 +5,8 @@
 
 One summary per (peer, n, c, mode): a table on stdout, JSON lines to OUT (or after the table).
 Per-sandbox times are pooled over rounds (median; p95 by nearest rank); wall = create wall +
-teardown wall of one round (median over rounds). "create x" and "teardown x" are the peer's
+teardown wall of one round (median over rounds). A peer's failed rounds are counted and its
+first error kept; its figures are those of the rounds that passed. "create x" and "teardown x" are the peer's
 create and teardown medians divided by those of BASELINE (default floor-fork) with the same
 n, c and mode, i.e. measured in the same run. settle = podnet's untimed Network::remove()
 after the removals (median over rounds), when the peer reports it."""
@@ -44,15 +45,21 @@ for (peer, n, c, mode), rs in groups.items():
         row.update(create_ms_median=round(statistics.median(cr), 3), create_ms_p95=pct(cr, 95),
                    teardown_ms_median=round(statistics.median(td), 3), teardown_ms_p95=pct(td, 95),
                    wall_ms_median=round(statistics.median(walls), 3))
+        loads = [r["load1"] for r in ok if "load1" in r]
+        if loads:
+            row["load1_median"] = round(statistics.median(loads), 2)
+        if len(ok) < len(rs):
+            row["failed_rounds"] = len(rs) - len(ok)
+            row["error"] = next(r["error"] for r in rs if "error" in r)
         settles = [r["settle_ms"] for r in ok if "settle_ms" in r]
         if settles:
             row["settle_ms_median"] = round(statistics.median(settles), 3)
     rows.append(row)
 
-base = {(r["n"], r["c"], r["mode"]): r for r in rows if r["peer"] == baseline and "error" not in r}
+base = {(r["n"], r["c"], r["mode"]): r for r in rows if r["peer"] == baseline and r["rounds"]}
 for r in rows:
     b = base.get((r["n"], r["c"], r["mode"]))
-    if b and "error" not in r:
+    if b and r["rounds"]:
         r["baseline"] = baseline
         r["create_ratio"] = round(r["create_ms_median"] / b["create_ms_median"], 2)
         r["teardown_ratio"] = round(r["teardown_ms_median"] / b["teardown_ms_median"], 3)
@@ -61,14 +68,15 @@ print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'create med':>11}{'p95':>8}{'tea
       f"{'wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
 for r in rows:
     head = f"{r['peer']:<12}{r['mode']:<9}{r['n']:>5}{r['c']:>3}"
-    if "error" in r:
+    if not r["rounds"]:
         print(f"{head}  FAILED: {r['error'][:90]}")
         continue
     cx = f"{r['create_ratio']:.2f}" if "create_ratio" in r else "-"
     tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
     st = f"{r['settle_ms_median']:.1f}" if "settle_ms_median" in r else "-"
     print(f"{head}{r['create_ms_median']:>11.3f}{r['create_ms_p95']:>8.3f}{r['teardown_ms_median']:>13.3f}"
-          f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']})")
+          f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']}"
+          + (f", {r['failed_rounds']} FAILED: {r['error'][:60]}" if "failed_rounds" in r else "") + ")")
 
 lines = "".join(json.dumps(r) + "\n" for r in rows)
 if len(args) > 1:
