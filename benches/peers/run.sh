@@ -13,7 +13,8 @@
 # (examples/bench.rs, built here with cargo unless $PODNET_BENCH_BIN names a built one) and
 # podnet-run (the same with its store on the round's private /run). Default: floor-fork podnet.
 # The summary prints medians and each peer's ratio to BASELINE (default floor-fork) measured
-# in the same run. The protocol, the safety rules and the figures: docs/performance.md.
+# in the same run. Exit 0, or 1 if a round failed, 3 if the host's state changed (then it
+# stops at once). The protocol, the safety rules and the figures: docs/performance.md.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
 	--nice) nice=$2; shift 2 ;;
 	--rootless) rootless=true; shift ;;
 	--peer) cmd_of[${2%%=*}]=${2#*=}; peers+=("${2%%=*}"); shift 2 ;;
-	-h | --help) sed -n '2,16p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,/^set -euo/{/^set/!p}' "$0"; exit 0 ;;
 	-*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
 	*) peers+=("$1"); shift ;;
 	esac
@@ -166,3 +167,5 @@ echo "run.sh: done; load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 python3 "$here/lib/summarize.py" -b "$baseline" "$raw" ${out:+"$out"}
 [ -z "$out" ] || cp "$raw" "$out.rounds"
+# Exit 1 if a round failed (its error is in the summary), so a smoke run can gate CI.
+[ ${#failed[@]} = 0 ] || { echo "run.sh: failed: ${!failed[*]}" >&2; exit 1; }
