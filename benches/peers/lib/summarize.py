@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""summarize.py [-b BASELINE] ROUNDS.jsonl [OUT.jsonl] - run.sh calls it after the rounds:
+"""summarize.py [-b BASELINE] [--markdown] ROUNDS.jsonl [OUT.jsonl] - run.sh calls it after
+the rounds; by hand, e.g. for the tables of docs/performance.md:
 
-    python3 benches/peers/lib/summarize.py -b floor-fork /tmp/res.jsonl.rounds
+    python3 benches/peers/lib/summarize.py --markdown /tmp/root.jsonl.rounds /dev/null
 
 One summary per (peer, n, c, mode): a table on stdout, JSON lines to OUT (or after the table).
 Per-sandbox times are pooled over rounds (median; p95 by nearest rank); wall = create wall +
 teardown wall of one round (median over rounds). A peer's failed rounds are counted and its
 first error kept; its figures are those of the rounds that passed. "create x" and "teardown x" are the peer's
 create and teardown medians divided by those of BASELINE (default floor-fork) with the same
-n, c and mode, i.e. measured in the same run. settle = podnet's untimed Network::remove()
+n, c and mode, i.e. measured in the same run. --markdown prints the table in Markdown, with
+the median over the peer's rounds of the 1-minute load average when each started. settle = podnet's untimed Network::remove()
 after the removals (median over rounds), when the peer reports it."""
 import json, math, os, platform, statistics, sys
 
 args = sys.argv[1:]
-baseline = "floor-fork"
-if len(args) >= 2 and args[0] == "-b":
-    baseline, args = args[1], args[2:]
+baseline, markdown = "floor-fork", False
+while args and args[0] in ("-b", "--markdown"):
+    if args[0] == "--markdown":
+        markdown, args = True, args[1:]
+    elif len(args) >= 2:
+        baseline, args = args[1], args[2:]
+    else:
+        break
 if not 1 <= len(args) <= 2:
     sys.exit(__doc__)
 
@@ -64,19 +71,39 @@ for r in rows:
         r["create_ratio"] = round(r["create_ms_median"] / b["create_ms_median"], 2)
         r["teardown_ratio"] = round(r["teardown_ms_median"] / b["teardown_ms_median"], 3)
 
-print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'create med':>11}{'p95':>8}{'teardown med':>13}{'p95':>8}"
-      f"{'wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
-for r in rows:
-    head = f"{r['peer']:<12}{r['mode']:<9}{r['n']:>5}{r['c']:>3}"
-    if not r["rounds"]:
-        print(f"{head}  FAILED: {r['error'][:90]}")
-        continue
-    cx = f"{r['create_ratio']:.2f}" if "create_ratio" in r else "-"
-    tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
-    st = f"{r['settle_ms_median']:.1f}" if "settle_ms_median" in r else "-"
-    print(f"{head}{r['create_ms_median']:>11.3f}{r['create_ms_p95']:>8.3f}{r['teardown_ms_median']:>13.3f}"
-          f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']}"
-          + (f", {r['failed_rounds']} FAILED: {r['error'][:60]}" if "failed_rounds" in r else "") + ")")
+
+def md_table():
+    print(f"| peer | mode | N | C | create med | p95 | teardown med | p95 | create x {baseline} "
+          f"| teardown x {baseline} | rounds | load |")
+    print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for r in rows:
+        head = f"| {r['peer']} | {r['mode']} | {r['n']} | {r['c']} "
+        if not r["rounds"]:
+            print(head + "| failed | | | | | | 0 | |")
+            continue
+        cx = f"{r['create_ratio']:.2f}" if "create_ratio" in r else "-"
+        tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
+        print(head + f"| {r['create_ms_median']:.2f} | {r['create_ms_p95']:.2f} | {r['teardown_ms_median']:.2f} "
+              f"| {r['teardown_ms_p95']:.2f} | {cx} | {tx} | {r['rounds']} | {r.get('load1_median', '-')} |")
+
+
+def text_table():
+    print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'create med':>11}{'p95':>8}{'teardown med':>13}{'p95':>8}"
+          f"{'wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
+    for r in rows:
+        head = f"{r['peer']:<12}{r['mode']:<9}{r['n']:>5}{r['c']:>3}"
+        if not r["rounds"]:
+            print(f"{head}  FAILED: {r['error'][:90]}")
+            continue
+        cx = f"{r['create_ratio']:.2f}" if "create_ratio" in r else "-"
+        tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
+        st = f"{r['settle_ms_median']:.1f}" if "settle_ms_median" in r else "-"
+        print(f"{head}{r['create_ms_median']:>11.3f}{r['create_ms_p95']:>8.3f}{r['teardown_ms_median']:>13.3f}"
+              f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']}"
+              + (f", {r['failed_rounds']} FAILED: {r['error'][:60]}" if "failed_rounds" in r else "") + ")")
+
+
+md_table() if markdown else text_table()
 
 lines = "".join(json.dumps(r) + "\n" for r in rows)
 if len(args) > 1:
