@@ -5,8 +5,9 @@ the rounds; by hand, e.g. for the tables of docs/performance.md:
     python3 benches/peers/lib/summarize.py --markdown /tmp/root.jsonl.rounds /dev/null
 
 One summary per (peer, n, c, mode): a table on stdout, JSON lines to OUT (or after the table).
-Per-sandbox times are pooled over rounds (median; p95 by nearest rank); wall = create wall +
-teardown wall of one round (median over rounds). A peer's failed rounds are counted and its
+Per-sandbox times are pooled over rounds (median; p95 by nearest rank); the create and the
+teardown wall (a phase's wall time in one round, the throughput when C > 1) and wall (their
+sum) are medians over rounds. A peer's failed rounds are counted and its
 first error kept; its figures are those of the rounds that passed. "create x" and "teardown x" are the peer's
 create and teardown medians divided by those of BASELINE (default floor-fork) with the same
 n, c and mode, i.e. measured in the same run. --markdown prints the table in Markdown, with
@@ -47,11 +48,14 @@ for (peer, n, c, mode), rs in groups.items():
     else:
         cr = [x for r in ok for x in r["create_ms"]]
         td = [x for r in ok for x in r["teardown_ms"]]
-        walls = [r.get("create_wall_ms", sum(r["create_ms"])) + r.get("teardown_wall_ms", sum(r["teardown_ms"]))
-                 for r in ok]
+        cwalls = [r.get("create_wall_ms", sum(r["create_ms"])) for r in ok]
+        twalls = [r.get("teardown_wall_ms", sum(r["teardown_ms"])) for r in ok]
+        walls = [a + b for a, b in zip(cwalls, twalls)]
         row.update(create_ms_median=round(statistics.median(cr), 3), create_ms_p95=pct(cr, 95),
                    teardown_ms_median=round(statistics.median(td), 3), teardown_ms_p95=pct(td, 95),
-                   wall_ms_median=round(statistics.median(walls), 3))
+                   wall_ms_median=round(statistics.median(walls), 3),
+                   create_wall_ms_median=round(statistics.median(cwalls), 3),
+                   teardown_wall_ms_median=round(statistics.median(twalls), 3))
         loads = [r["load1"] for r in ok if "load1" in r]
         if loads:
             row["load1_median"] = round(statistics.median(loads), 2)
@@ -89,7 +93,7 @@ def md_table():
 
 def text_table():
     print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'create med':>11}{'p95':>8}{'teardown med':>13}{'p95':>8}"
-          f"{'wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
+          f"{'c.wall':>9}{'t.wall':>9}{'create x':>9}{'teardown x':>11}{'settle':>8}   (ms; rounds; x = / {baseline})")
     for r in rows:
         head = f"{r['peer']:<12}{r['mode']:<9}{r['n']:>5}{r['c']:>3}"
         if not r["rounds"]:
@@ -99,7 +103,7 @@ def text_table():
         tx = f"{r['teardown_ratio']:.3f}" if "teardown_ratio" in r else "-"
         st = f"{r['settle_ms_median']:.1f}" if "settle_ms_median" in r else "-"
         print(f"{head}{r['create_ms_median']:>11.3f}{r['create_ms_p95']:>8.3f}{r['teardown_ms_median']:>13.3f}"
-              f"{r['teardown_ms_p95']:>8.3f}{r['wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']}"
+              f"{r['teardown_ms_p95']:>8.3f}{r['create_wall_ms_median']:>9.1f}{r['teardown_wall_ms_median']:>9.1f}{cx:>9}{tx:>11}{st:>8}   ({r['rounds']}"
               + (f", {r['failed_rounds']} FAILED: {r['error'][:60]}" if "failed_rounds" in r else "") + ")")
 
 
