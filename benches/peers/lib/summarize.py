@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""summarize.py [-b BASELINE] [--markdown] ROUNDS.jsonl [OUT.jsonl] - run.sh calls it after
+"""summarize.py [-b BASELINE] [--markdown | --rounds] ROUNDS.jsonl [OUT.jsonl] - run.sh calls it after
 the rounds; by hand, e.g. for the tables of docs/performance.md:
 
     python3 benches/peers/lib/summarize.py --markdown /tmp/root.jsonl.rounds /dev/null
@@ -11,15 +11,19 @@ sum) are medians over rounds. A peer's failed rounds are counted and its
 first error kept; its figures are those of the rounds that passed. "create x" and "teardown x" are the peer's
 create and teardown medians divided by those of BASELINE (default floor-fork) with the same
 n, c and mode, i.e. measured in the same run. --markdown prints the table in Markdown, with
-the median over the peer's rounds of the 1-minute load average when each started. settle = podnet's untimed Network::remove()
+the median over the peer's rounds of the 1-minute load average when each started. --rounds
+prints one line per round instead: its load, the peer's create median and its ratio to the
+baseline's create median in the same round (run.sh interleaves the peers' rounds). settle = podnet's untimed Network::remove()
 after the removals (median over rounds), when the peer reports it."""
 import json, math, os, platform, statistics, sys
 
 args = sys.argv[1:]
-baseline, markdown = "floor-fork", False
-while args and args[0] in ("-b", "--markdown"):
+baseline, markdown, per_round = "floor-fork", False, False
+while args and args[0] in ("-b", "--markdown", "--rounds"):
     if args[0] == "--markdown":
         markdown, args = True, args[1:]
+    elif args[0] == "--rounds":
+        per_round, args = True, args[1:]
     elif len(args) >= 2:
         baseline, args = args[1], args[2:]
     else:
@@ -107,7 +111,21 @@ def text_table():
               + (f", {r['failed_rounds']} FAILED: {r['error'][:60]}" if "failed_rounds" in r else "") + ")")
 
 
-md_table() if markdown else text_table()
+def round_table():
+    base = {(r["n"], r.get("c", 1), r.get("mode", "root"), r.get("round")): r for r in rounds
+            if r["peer"] == baseline and "error" not in r}
+    print(f"{'peer':<12}{'mode':<9}{'N':>5}{'C':>3}{'round':>6}{'load':>6}{'create med':>11}{'x ' + baseline:>16}")
+    for r in rounds:
+        if "error" in r:
+            continue
+        med = statistics.median(r["create_ms"])
+        b = base.get((r["n"], r.get("c", 1), r.get("mode", "root"), r.get("round")))
+        x = f"{med / statistics.median(b['create_ms']):.2f}" if b else "-"
+        print(f"{r['peer']:<12}{r.get('mode', 'root'):<9}{r['n']:>5}{r.get('c', 1):>3}{r.get('round', '-'):>6}"
+              f"{r.get('load1', '-'):>6}{med:>11.3f}{x:>16}")
+
+
+round_table() if per_round else md_table() if markdown else text_table()
 
 lines = "".join(json.dumps(r) + "\n" for r in rows)
 if len(args) > 1:
