@@ -14,7 +14,7 @@
 //! created one after another, then removed one after another. Before each
 //! create and each remove, one `tokio::process::Command::new("true").status()`
 //! is timed, so the baseline sees the same machine load as podnet. Nothing
-//! is asserted. For the kernel floor and other tools, see `shared/bench`.
+//! is asserted. For the kernel floor and other tools, see `benches/peers/run.sh`.
 
 mod common;
 

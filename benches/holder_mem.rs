@@ -1,11 +1,11 @@
 //! Memory of a holder: Rss, Pss and private kB from `/proc/PID/smaps_rollup`,
-//! beside `sleep infinity` and (if `PAUSE_BIN` names a built `pause.c`, as
-//! ../shared/bench/tools/pause-mem.sh builds it) Kubernetes' pause, measured
+//! beside `sleep infinity` and (if `PAUSE_BIN` names a built
+//! `benches/peers/pause.c`) a minimal pause holder, measured
 //! in the same run; then again after the creating process has touched a
 //! 1 GiB heap, to show the holder keeps none of it.
 //!
 //! ```text
-//! gcc -O2 -o /tmp/pause ../shared/bench/peers/pause.c   # optional
+//! gcc -O2 -o /tmp/pause benches/peers/pause.c   # optional
 //! PAUSE_BIN=/tmp/pause cargo bench --bench holder_mem
 //! ```
 //! Runs in namespaces of its own (`rootless::enter_private`), leaves nothing.

@@ -1,13 +1,14 @@
 #!/bin/sh
-# Profile the create phase of a bench peer (shared/bench's protocol)
-# system-wide, in network, mount and PID namespaces of its own, as root:
+# Profile the create phase of a bench peer (the protocol of
+# benches/peers/run.sh, see docs/performance.md) system-wide, in network,
+# mount and PID namespaces of its own, as root:
 #
 #   benches/profile_creates.sh OUT.data CMD N C        # perf record -a -g
 #   PERF_EVENTS=sched:sched_switch benches/profile_creates.sh OUT.data CMD N C
 #
 # e.g. `benches/profile_creates.sh /tmp/podnet.data target/release/examples/bench 300 2`
-# or `... /tmp/floor.data /path/to/floor --holder fork 300 2` (floor.c of
-# shared/bench, built with gcc -O2 -pthread). perf runs from before the
+# or `... /tmp/floor.data /tmp/floor --holder fork 300 2` (the C floor, built
+# with `gcc -O2 -pthread -o /tmp/floor benches/peers/floor.c`). perf runs from before the
 # peer starts until its $BENCH_CHECK, i.e. the end of its creates; then
 # `perf report -i OUT.data --no-children --sort comm -g none` shows how
 # much of the time each CPU was idle (swapper) and where the rest went.

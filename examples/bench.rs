@@ -1,12 +1,11 @@
-//! podnet as a peer of the sandbox create/teardown bench in `shared/bench`
-//! (its README, "The peer protocol"): `bench N C` makes N sandboxes with at
-//! most C creates in flight, runs `$BENCH_CHECK N`, removes them all with at
-//! most C removals in flight, and prints one JSON line on stdout.
+//! podnet as a peer of the sandbox create/teardown harness in
+//! `benches/peers` (docs/performance.md, "The peer protocol"): `bench N C`
+//! makes N sandboxes with at most C creates in flight, runs `$BENCH_CHECK N`,
+//! removes them all with at most C removals in flight, and prints one JSON
+//! line on stdout.
 //!
 //! ```text
-//! cargo build --release --example bench
-//! cd ../shared/bench && ./run.sh -n 1,50,200 -r 3 \
-//!     --peer podnet=/path/to/podnet/target/release/examples/bench floor floor-fork podnet
+//! benches/peers/run.sh -n 1,50,200 -r 3 floor-fork podnet   # as root; builds this example
 //! ```
 //!
 //! It expects to run inside the round's namespaces, which `run.sh` makes,
@@ -94,7 +93,7 @@ async fn run(n: usize, c: usize) -> AnyResult<String> {
     // Required, so that a stray run by hand does not make a bridge in the
     // machine's own namespace: run.sh always sets it.
     let bridge = std::env::var("BENCH_BRIDGE").map_err(|_| {
-        "BENCH_BRIDGE is not set: run me through shared/bench/run.sh, or by hand only \
+        "BENCH_BRIDGE is not set: run me through benches/peers/run.sh, or by hand only \
          inside namespaces of your own (unshare --user --map-root-user --net) with it set"
     })?;
     let subnet = env_or("BENCH_SUBNET", "10.88.0.0/16");

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// (count, median, p95) of `xs` in units of `1/per_second` s (1e3: ms,
 /// 1e6: µs). The median of an even count is the mean of the two middle
-/// values; p95 is by nearest rank, as ../shared/bench computes it.
+/// values; p95 is by nearest rank, as benches/peers/lib/summarize.py computes it.
 pub fn stats(xs: &[Duration], per_second: f64) -> Option<(usize, f64, f64)> {
     if xs.is_empty() {
         return None;
