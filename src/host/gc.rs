@@ -132,6 +132,8 @@ struct Sweep<'a> {
     /// Holders of this network that stay alive after this run, with their
     /// sandbox names.
     live_holders: Vec<holder::Found>,
+    /// The network's bridges (every shard): number, index, name.
+    bridges: Vec<(u32, u32, String)>,
 }
 
 /// Reclaim what is dead in `inner`'s network; see [`Network::gc`](crate::Network::gc).
@@ -155,8 +157,13 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
         damaged_names: HashSet::new(),
         dead: Vec::new(),
         live_holders: Vec::new(),
+        bridges: Vec::new(),
     };
     sweep.read_records()?;
+    match inner.all_bridges().await {
+        Ok(b) => sweep.bridges = b,
+        Err(e) => sweep.errors.push(e),
+    }
     sweep.end_orphan_holders();
     sweep.reclaim_dead().await;
     let reserved = sweep.release_unowned_addresses()?;
@@ -250,12 +257,14 @@ impl Sweep<'_> {
             if release::pending(pid) {
                 continue;
             }
+            // Its creator is still making it: create() starts the holder
+            // before it writes the record (and a record of that name may
+            // be another instance's, on its way out).
+            let in_creation = creator.is_some_and(|(p, s)| is_alive(p, s));
             let claimed = match self.keep.get(name) {
-                Some(Some(h)) => h.pid == pid.as_raw() && h.start == start,
+                Some(Some(h)) => (h.pid == pid.as_raw() && h.start == start) || in_creation,
                 Some(None) => true,
-                // Its creator is still making it: create() starts the
-                // holder before it writes the record.
-                None => creator.is_some_and(|(p, s)| is_alive(p, s)),
+                None => in_creation,
             };
             if claimed {
                 self.live_holders.push(found);
@@ -283,7 +292,8 @@ impl Sweep<'_> {
     /// Delete the veth and the record of each dead sandbox; its addresses
     /// are released with the other unowned reservations.
     async fn reclaim_dead(&mut self) {
-        let h = &self.inner.conn.handle;
+        let inner = self.inner;
+        let h = &inner.conn.handle;
         for rec in std::mem::take(&mut self.dead) {
             // A live holder of that name may be a sandbox being made again
             // (its create fails on the record, and a later gc has it).
@@ -292,16 +302,27 @@ impl Sweep<'_> {
                 self.keep.insert(rec.name.clone(), None);
                 continue;
             }
-            let object = format!("veth {} of dead sandbox {:?}", rec.veth, rec.name);
-            match link::delete_link(h, &rec.veth, &object).await {
-                Ok(true) => self.report.links.push(rec.veth.clone()),
-                Ok(false) => {}
+            // Only on one of this network's bridges (or on none): another
+            // network whose tag is the same names its veths alike.
+            match link::master_of(h, &rec.veth).await {
+                Ok(Some(master)) if !self.bridges.iter().any(|(_, i, _)| *i == master) => {}
+                Ok(_) => self.delete_dead_veth(&rec).await,
                 Err(e) => self.errors.push(e),
             }
-            match self.inner.store.remove_record_if(&rec.name, &rec.id) {
+            match inner.store.remove_record_if(&rec.name, &rec.id) {
                 Ok(()) => self.report.sandboxes.push(rec.name),
                 Err(e) => self.errors.push(e),
             }
+        }
+    }
+
+    /// Delete the veth of the dead sandbox of `rec`.
+    async fn delete_dead_veth(&mut self, rec: &Record) {
+        let object = format!("veth {} of dead sandbox {:?}", rec.veth, rec.name);
+        match link::delete_link(&self.inner.conn.handle, &rec.veth, &object).await {
+            Ok(true) => self.report.links.push(rec.veth.clone()),
+            Ok(false) => {}
+            Err(e) => self.errors.push(e),
         }
     }
 
@@ -317,7 +338,7 @@ impl Sweep<'_> {
             let Some(addr) = entry.addr else {
                 self.report.corrupt.push(Damaged {
                     path: entry.path,
-                    reason: "its name is not an address".into(),
+                    reason: "its name is not an address as the store writes it".into(),
                     name: None,
                     addresses: Vec::new(),
                 });
@@ -364,12 +385,25 @@ impl Sweep<'_> {
         // The last check, made only when there is something to release:
         // an address on an interface inside a live sandbox of this network
         // is in use, whatever the store says.
+        // If any namespace could not be read, nothing is released this run.
         let held = if candidates.is_empty() {
-            HashMap::new()
+            Some(HashMap::new())
         } else {
             self.held_addresses()
         };
         for (path, addr, owner) in candidates {
+            let Some(held) = &held else {
+                self.blocked(
+                    path,
+                    addr,
+                    format!(
+                        "its owner {owner:?} has no record, and a live sandbox's \
+                         addresses could not be read: kept until they can"
+                    ),
+                );
+                reserved.push(addr);
+                continue;
+            };
             if let Some(name) = held.get(&addr) {
                 self.blocked(
                     path,
@@ -404,11 +438,12 @@ impl Sweep<'_> {
     }
 
     /// The addresses on the interfaces of the live holders' namespaces,
-    /// with the sandbox of each (one netlink dump per holder). A holder
-    /// whose namespace cannot be read is an error of this run, and then
-    /// nothing is released on its account alone: its name's addresses stay.
-    fn held_addresses(&mut self) -> HashMap<IpAddr, String> {
+    /// with the sandbox of each (one netlink dump per holder); `None` if a
+    /// live holder's namespace could not be read (the error is one of this
+    /// run), since then any address may be in use.
+    fn held_addresses(&mut self) -> Option<HashMap<IpAddr, String>> {
         let mut held = HashMap::new();
+        let mut complete = true;
         for h in &self.live_holders {
             let what = format!("sandbox {:?} (holder {})", h.name, h.pid);
             match addresses_of(h.pid, h.start, &what) {
@@ -417,10 +452,13 @@ impl Sweep<'_> {
                         held.insert(a, h.name.clone());
                     }
                 }
-                Err(e) => self.errors.push(e),
+                Err(e) => {
+                    complete = false;
+                    self.errors.push(e);
+                }
             }
         }
-        held
+        complete.then_some(held)
     }
 
     /// Pod volumes of sandbox instances that are gone, and of no sandbox
@@ -456,14 +494,8 @@ impl Sweep<'_> {
     async fn delete_orphan_veths(&mut self) {
         let inner = self.inner;
         let suffix = format!("-{}", inner.tag);
-        let bridges = match inner.all_bridges().await {
-            Ok(b) => b,
-            Err(e) => {
-                self.errors.push(e);
-                Vec::new()
-            }
-        };
-        for (_, index, _) in bridges {
+        let bridges: Vec<u32> = self.bridges.iter().map(|(_, i, _)| *i).collect();
+        for index in bridges {
             let ports = match link::bridge_ports(&inner.conn.handle, index).await {
                 Ok(ports) => ports,
                 Err(e) => {

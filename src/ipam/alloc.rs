@@ -186,7 +186,11 @@ impl Store {
         for entry in fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))? {
             let entry = entry.map_err(|e| io_err("list", &dir, e))?;
             let path = entry.path();
-            let addr = entry.file_name().to_str().and_then(|n| n.parse().ok());
+            // Only the address's own spelling: release() removes that path.
+            let addr = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok().filter(|a| a.to_string() == n));
             let target = match fs::read_link(&path) {
                 Ok(t) => t
                     .into_os_string()

@@ -18,6 +18,9 @@ use super::record::{Record, DONE_DAMAGED, TORN};
 use crate::error::{Error, Result};
 use crate::paths::{ensure_private_dir, open_private};
 
+/// The most bytes a record file may have (a record is a few hundred).
+const RECORD_MAX: u64 = 4096;
+
 /// A record just published by [`Store::create_record`], still open, so
 /// that its holder can be filled in without another lookup.
 #[derive(Debug)]
@@ -175,13 +178,18 @@ impl Store {
     /// Read a record; `None` if there is none of that name.
     pub(crate) fn read_record(&self, name: &str) -> Result<Option<Record>> {
         // A holder line caught half-written is read again: the write is
-        // one pwrite of a few bytes, so it is over almost at once.
+        // one pwrite of a few bytes, over almost at once, unless its
+        // writer was descheduled: then a few sleeps of a millisecond.
         let mut tries = 0;
         loop {
             match self.read_record_once(name) {
-                Err(Error::StateCorrupt { reason, .. }) if reason == TORN && tries < 100 => {
+                Err(Error::StateCorrupt { reason, .. }) if reason == TORN && tries < 120 => {
                     tries += 1;
-                    std::thread::yield_now();
+                    if tries <= 100 {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
                 }
                 Err(Error::StateCorrupt { path, reason }) if reason == TORN => {
                     return Err(Error::StateCorrupt {
@@ -232,9 +240,20 @@ impl Store {
                 meta.uid()
             )));
         }
+        // A record is a few hundred bytes: a larger file is no record, and
+        // is not read whole.
+        if meta.len() > RECORD_MAX {
+            return Err(refuse(format!(
+                "it is {} bytes long, more than a record's {RECORD_MAX}",
+                meta.len()
+            )));
+        }
         let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut &f, &mut bytes)
+        std::io::Read::read_to_end(&mut std::io::Read::take(&f, RECORD_MAX + 1), &mut bytes)
             .map_err(|e| io_err("read state file", &path, e))?;
+        if bytes.len() as u64 > RECORD_MAX {
+            return Err(refuse("it grew past a record's size while read".into()));
+        }
         let text = String::from_utf8(bytes).map_err(|_| Error::StateCorrupt {
             path: path.clone(),
             reason: "it is not UTF-8 text".into(),
