@@ -162,7 +162,11 @@ pub(crate) fn dying_remover(alias: &str) -> Option<Ident> {
 
 /// Send the queued deletions from a blocking thread until none is left.
 fn start(net: Arc<NetInner>) {
-    let sender = Sender { net, done: false };
+    let sender = Sender {
+        net,
+        done: false,
+        in_flight: Vec::new(),
+    };
     match tokio::runtime::Handle::try_current() {
         // A closure the runtime drops unrun (it is shutting down) drops the
         // sender with it, which sends the queue from there.
@@ -179,6 +183,8 @@ fn start(net: Arc<NetInner>) {
 struct Sender {
     net: Arc<NetInner>,
     done: bool,
+    /// The names of the batch being sent.
+    in_flight: Vec<String>,
 }
 
 impl Drop for Sender {
@@ -195,8 +201,15 @@ impl Drop for Sender {
         let mut queue = self.net.deletions.lock();
         queue.busy = false;
         let dropped: Vec<Waiting> = queue.waiting.drain(..).collect();
-        for w in &dropped {
-            in_process().remove(&w.name);
+        {
+            // Unwinding from the batch in flight: it is not being sent.
+            let mut names = in_process();
+            for n in self.in_flight.drain(..) {
+                names.remove(&n);
+            }
+            for w in &dropped {
+                names.remove(&w.name);
+            }
         }
         queue.failed.extend(
             dropped
@@ -234,6 +247,7 @@ impl Sender {
                 }
                 queue.waiting.drain(..take).collect::<Vec<_>>()
             };
+            self.in_flight = batch.iter().map(|w| w.name.clone()).collect();
             let (results, together) = match nl {
                 Ok(mut nl) => {
                     let links: Vec<(&str, &str)> = batch
@@ -247,8 +261,8 @@ impl Sender {
             net.deletions.record(batch.len(), together);
             {
                 let mut names = in_process();
-                for w in &batch {
-                    names.remove(&w.name);
+                for n in self.in_flight.drain(..) {
+                    names.remove(&n);
                 }
             }
             let failed: Vec<Error> = results.into_iter().filter_map(|r| r.err()).collect();
