@@ -132,8 +132,8 @@ struct Sweep<'a> {
     /// Holders of this network that stay alive after this run, with their
     /// sandbox names.
     live_holders: Vec<holder::Found>,
-    /// The network's bridges (every shard): number, index, name.
-    bridges: Vec<(u32, u32, String)>,
+    /// The indexes of the network's bridges (every shard).
+    bridges: Vec<u32>,
 }
 
 /// Reclaim what is dead in `inner`'s network; see [`Network::gc`](crate::Network::gc).
@@ -161,7 +161,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
     };
     sweep.read_records()?;
     match inner.all_bridges().await {
-        Ok(b) => sweep.bridges = b,
+        Ok(b) => sweep.bridges = b.into_iter().map(|(_, index, _)| index).collect(),
         Err(e) => sweep.errors.push(e),
     }
     sweep.end_orphan_holders();
@@ -305,7 +305,7 @@ impl Sweep<'_> {
             // Only on one of this network's bridges (or on none): another
             // network whose tag is the same names its veths alike.
             match link::master_of(h, &rec.veth).await {
-                Ok(Some(master)) if !self.bridges.iter().any(|(_, i, _)| *i == master) => {}
+                Ok(Some(master)) if !self.bridges.contains(&master) => {}
                 Ok(_) => self.delete_dead_veth(&rec).await,
                 Err(e) => self.errors.push(e),
             }
@@ -494,8 +494,7 @@ impl Sweep<'_> {
     async fn delete_orphan_veths(&mut self) {
         let inner = self.inner;
         let suffix = format!("-{}", inner.tag);
-        let bridges: Vec<u32> = self.bridges.iter().map(|(_, i, _)| *i).collect();
-        for index in bridges {
+        for index in self.bridges.clone() {
             let ports = match link::bridge_ports(&inner.conn.handle, index).await {
                 Ok(ports) => ports,
                 Err(e) => {

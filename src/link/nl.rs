@@ -71,13 +71,7 @@ impl Nl {
             m.serialize(&mut buf[off..off + m.buffer_len()]);
             off += m.buffer_len();
         }
-        loop {
-            match self.sock.send(&buf, 0) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        self.send(&buf)?;
         let n = msgs.len();
         let started = tracing::enabled!(tracing::Level::DEBUG).then(std::time::Instant::now);
         let mut answers: Vec<Option<Answer>> = (0..n).map(|_| None).collect();
@@ -135,13 +129,7 @@ impl Nl {
         m.finalize();
         let mut buf = vec![0u8; m.buffer_len()];
         m.serialize(&mut buf);
-        loop {
-            match self.sock.send(&buf, 0) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        self.send(&buf)?;
         let mut got = Vec::new();
         let mut answer = None;
         self.receive(|msg| {
@@ -160,6 +148,17 @@ impl Nl {
             answer.is_some()
         })?;
         Ok(answer.unwrap_or(Err(Errno::EIO)))
+    }
+
+    /// Send `buf` in one `sendmsg`, again if a signal interrupts it.
+    fn send(&self, buf: &[u8]) -> std::io::Result<()> {
+        loop {
+            match self.sock.send(buf, 0) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Receive datagrams, giving `on` each message in them, until `on` has
