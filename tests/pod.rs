@@ -125,6 +125,15 @@ async fn flaky_job(net: &Network, scratch: &Scratch) -> (Pod, Vec<EventKind>) {
     (pod, events)
 }
 
+/// A started pod `name` of one member, `main`, that sleeps.
+async fn sleeper(net: &Network, name: &str) -> Pod {
+    fast(net.pod(name))
+        .member(sh("main", "sleep 600"))
+        .start()
+        .await
+        .unwrap()
+}
+
 #[test]
 fn on_failure_restarts_a_failing_member_until_it_succeeds() {
     in_netns(|ctx| async move {
@@ -814,11 +823,7 @@ fn stopping_a_pod_ends_a_member_by_sigterm_and_restarts_nothing() {
 fn stopping_a_member_the_pod_does_not_have_is_not_found() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let pod = fast(net.pod("stop"))
-            .member(sh("main", "sleep 600"))
-            .start()
-            .await
-            .unwrap();
+        let pod = sleeper(&net, "stop").await;
         assert!(matches!(
             pod.stop_member("nobody").await,
             Err(Error::NotFound { what: "member", .. })
@@ -831,11 +836,7 @@ fn stopping_a_member_the_pod_does_not_have_is_not_found() {
 fn a_dead_holder_fails_the_pod_and_ends_its_members() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let pod = fast(net.pod("doomed"))
-            .member(sh("main", "sleep 600"))
-            .start()
-            .await
-            .unwrap();
+        let pod = sleeper(&net, "doomed").await;
         events_until(&pod, |e| *e == EventKind::Phase(Phase::Running)).await;
         common::sigkill(pod.sandbox().holder_pid());
         assert_eq!(pod.wait().await, Phase::Failed);
