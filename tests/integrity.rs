@@ -534,16 +534,17 @@ impl Live {
     /// Apply `damages` (record index, damage) one after the other; the
     /// records that differ from what they were.
     fn damage(&self, damages: &[(usize, Damage)]) -> Vec<PathBuf> {
-        let mut changed = Vec::new();
         for (i, d) in damages {
-            let (path, bytes) = &self.records[*i];
+            let path = &self.records[*i].0;
             let damaged = d.apply(&std::fs::read(path).unwrap());
-            if damaged != *bytes {
-                changed.push(path.clone());
-            }
             std::fs::write(path, damaged).unwrap();
         }
-        changed
+        // After all of them: two damages may undo each other.
+        self.records
+            .iter()
+            .filter(|(path, bytes)| std::fs::read(path).unwrap() != *bytes)
+            .map(|(path, _)| path.clone())
+            .collect()
     }
 
     fn repair(&self) {
