@@ -73,6 +73,7 @@
 //! `enable_io()`): a network owns a netlink connection task. Getters,
 //! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
 
+mod dns;
 mod error;
 mod holder;
 mod host;
@@ -90,6 +91,7 @@ pub mod rootless;
 mod sandbox;
 mod sys;
 
+pub use dns::{DnsUpstream, DEFAULT_DOMAIN};
 pub use error::{Error, Result};
 
 /// Hooks for this crate's own tests and benches; not a stable API.

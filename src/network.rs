@@ -53,6 +53,7 @@ pub struct NetworkBuilder {
     state_dir: Option<PathBuf>,
     mtu: Option<u32>,
     port_forwarding: PortForwarding,
+    dns: crate::dns::Config,
 }
 
 impl Network {
@@ -64,6 +65,7 @@ impl Network {
             state_dir: None,
             mtu: None,
             port_forwarding: PortForwarding::Auto,
+            dns: crate::dns::Config::default(),
         }
     }
 
@@ -287,6 +289,29 @@ impl NetworkBuilder {
         self
     }
 
+    /// Whether the network has DNS (the default): its pods' names, and
+    /// forwarding of other names, on the gateway addresses' port 53, and a
+    /// resolv.conf and /etc/hosts naming them in every sandbox.
+    /// docs/dns.md says how it works.
+    pub fn dns(mut self, enabled: bool) -> Self {
+        self.dns.enabled = enabled;
+        self
+    }
+
+    /// The search domain of the network's pods: `<name>.<domain>` resolves
+    /// as `<name>` does. Default [`DEFAULT_DOMAIN`](crate::DEFAULT_DOMAIN).
+    pub fn dns_domain(mut self, domain: impl Into<String>) -> Self {
+        self.dns.domain = domain.into();
+        self
+    }
+
+    /// Where names other than the pods' are forwarded; default the host's
+    /// `/etc/resolv.conf` ([`DnsUpstream::HostResolvConf`](crate::DnsUpstream)).
+    pub fn dns_upstream(mut self, upstream: crate::DnsUpstream) -> Self {
+        self.dns.upstream = upstream;
+        self
+    }
+
     /// Validate, then make sure the bridge exists and is up with the gateway
     /// addresses, and open the address store.
     ///
@@ -338,6 +363,9 @@ impl NetworkBuilder {
         if let Some(mtu) = self.mtu {
             check_mtu(mtu)?;
         }
+        if self.dns.enabled {
+            crate::dns::validate_domain(&self.dns.domain)?;
+        }
         rootless::check_privilege(&format!("build network {:?}", self.bridge))?;
         crate::holder::prepare()?;
         crate::ident::creator()?;
@@ -379,6 +407,12 @@ impl NetworkBuilder {
                 return Err(e);
             }
         };
+        let dns = self.dns.enabled.then(|| crate::dns::Dns {
+            settings: crate::dns::Settings {
+                servers: v4.iter().chain(v6.iter()).map(Pool::gateway).collect(),
+                domain: self.dns.domain.clone(),
+            },
+        });
         Ok(Network {
             inner: Arc::new(NetInner {
                 key: format!("{host_key}/{}", self.bridge),
@@ -396,6 +430,7 @@ impl NetworkBuilder {
                 port_forwarding: self.port_forwarding,
                 shards: Default::default(),
                 deletions: Default::default(),
+                dns,
             }),
         })
     }

@@ -12,6 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["names", "paths", "ident", "sys"],
     &["link", "holder", "netns"],
     &["ipam", "release", "rootless", "ports"],
+    &["dns"],
     &["host"],
     &["sandbox"],
     &["network"],

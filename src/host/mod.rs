@@ -47,6 +47,8 @@ pub(crate) struct NetInner {
     pub shards: std::sync::Mutex<std::collections::HashMap<u32, u32>>,
     /// Veth deletions waiting for the one in flight.
     pub deletions: deletions::VethDeletions,
+    /// The network's DNS, unless it was built without.
+    pub dns: Option<crate::dns::Dns>,
 }
 
 impl NetInner {
