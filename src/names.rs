@@ -76,6 +76,11 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
     check_label("sandbox", name, IFNAMSIZ_MAX - 3)
 }
 
+/// A DNS alias of a sandbox is a DNS-1123 label.
+pub(crate) fn validate_alias(name: &str) -> Result<()> {
+    check_label("alias", name, 63)
+}
+
 /// Check that `name` is a DNS-1123 label of at most `max` characters;
 /// `what` names the kind of name in the error.
 pub(crate) fn check_label(what: &'static str, name: &str, max: usize) -> Result<()> {

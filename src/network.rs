@@ -84,6 +84,48 @@ impl Network {
         self.pools().map(|p| p.gateway()).collect()
     }
 
+    /// Where the network's DNS answers (its gateways, IPv4 first), or
+    /// nothing if it was built with `.dns(false)`. A `run()` closure or an
+    /// `enter()` guard, which see this process's resolv.conf, can query
+    /// these directly.
+    pub fn dns_servers(&self) -> Vec<IpAddr> {
+        self.inner
+            .dns
+            .as_ref()
+            .map(|d| d.settings.servers.clone())
+            .unwrap_or_default()
+    }
+
+    /// The network's DNS domain, unless it was built with `.dns(false)`.
+    pub fn dns_domain(&self) -> Option<&str> {
+        self.inner.dns.as_ref().map(|d| d.settings.domain.as_str())
+    }
+
+    /// The addresses that a pod of this network gets for `name` (a
+    /// sandbox's name or alias, bare or under the DNS domain): what its DNS
+    /// answers now, from the sandboxes of every process, without a packet.
+    /// IPv4 first per sandbox; an alias's sandboxes in the order that turns
+    /// with each lookup.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if no live sandbox has that name, or the network
+    /// has no DNS.
+    pub fn resolve(&self, name: &str) -> Result<Vec<IpAddr>> {
+        let found = self
+            .inner
+            .dns
+            .as_ref()
+            .map(|d| d.resolve(name))
+            .unwrap_or_default();
+        if found.is_empty() {
+            return Err(Error::NotFound {
+                what: "DNS name",
+                name: name.to_owned(),
+            });
+        }
+        Ok(found)
+    }
+
     fn pools(&self) -> impl Iterator<Item = &Pool> {
         self.inner.v4.iter().chain(self.inner.v6.iter())
     }
@@ -407,12 +449,26 @@ impl NetworkBuilder {
                 return Err(e);
             }
         };
-        let dns = self.dns.enabled.then(|| crate::dns::Dns {
-            settings: crate::dns::Settings {
-                servers: v4.iter().chain(v6.iter()).map(Pool::gateway).collect(),
-                domain: self.dns.domain.clone(),
-            },
-        });
+        let dns = if self.dns.enabled {
+            let scope = crate::dns::Scope {
+                bridge: self.bridge.clone(),
+                bridge_index,
+                gateways: v4.iter().chain(v6.iter()).map(Pool::gateway).collect(),
+                pools: v4.iter().chain(v6.iter()).map(Pool::network).collect(),
+            };
+            match crate::dns::Dns::start(&self.dns, scope, &store) {
+                Ok(dns) => Some(dns),
+                Err(e) => {
+                    if created {
+                        let object = format!("bridge {:?}", self.bridge);
+                        let _ = link::delete_link(&conn.handle, &self.bridge, &object).await;
+                    }
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         Ok(Network {
             inner: Arc::new(NetInner {
                 key: format!("{host_key}/{}", self.bridge),

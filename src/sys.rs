@@ -40,3 +40,13 @@ pub(crate) fn ethtool_set_value(
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut ifr) };
     Errno::result(rc).map(drop)
 }
+
+/// Register `fd` with the current tokio reactor for `interest`.
+pub(crate) fn async_fd(
+    fd: std::os::fd::OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: an OwnedFd stays open and returns the same fd until the
+    // AsyncFd (which owns it) is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(Into::into)
+}

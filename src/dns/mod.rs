@@ -5,8 +5,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
+use crate::ipam::Store;
+
+mod answer;
+mod forward;
+mod server;
+mod upstream;
+mod watch;
+mod zone;
+
+pub(crate) use server::Scope;
 
 /// The search domain of a network's pods unless the builder sets another:
 /// `.internal` is reserved for private use (ICANN, 2024), so it can never
@@ -107,9 +118,45 @@ impl Settings {
     }
 }
 
-/// A network's DNS in this process: what its pods are told, and the
-/// server that answers them (it stops when this is dropped).
+/// A network's DNS in this process: what its pods are told, the zone, and
+/// the server that answers them (it stops when this is dropped).
 #[derive(Debug)]
 pub(crate) struct Dns {
     pub settings: Settings,
+    live: Arc<Mutex<watch::Live>>,
+    _server: server::Server,
+}
+
+impl Dns {
+    /// Load the zone from `store` and start serving it on the gateways,
+    /// from the calling thread's network namespace (the host's).
+    pub(crate) fn start(config: &Config, scope: Scope, store: &Store) -> Result<Dns> {
+        let zone = zone::Zone::new(&config.domain, scope.pools.clone());
+        let live = Arc::new(Mutex::new(watch::Live::new(store.reader(), zone)?));
+        let upstreams = upstream::Upstreams::new(&config.upstream, scope.gateways.clone());
+        let fwd = forward::Forwarder::new(upstreams);
+        let settings = Settings {
+            servers: scope.gateways.clone(),
+            domain: config.domain.clone(),
+        };
+        let server = server::start(scope, live.clone(), fwd)?;
+        Ok(Dns {
+            settings,
+            live,
+            _server: server,
+        })
+    }
+
+    /// The addresses of the sandboxes that `name` (a sandbox's name or
+    /// alias, bare or under the domain) resolves to now.
+    pub(crate) fn resolve(&self, name: &str) -> Vec<IpAddr> {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.sync();
+        let mut out = Vec::new();
+        for e in live.zone.resolve(name) {
+            out.extend(e.ipv4.map(IpAddr::V4));
+            out.extend(e.ipv6.map(IpAddr::V6));
+        }
+        out
+    }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Record {
     pub veth: String,
     /// Whether the holder outlives its creator.
     pub persistent: bool,
+    /// Extra DNS names of the sandbox (DNS-1123 labels), which other
+    /// sandboxes may share.
+    pub aliases: Vec<String>,
 }
 
 impl Record {
@@ -52,6 +55,9 @@ impl Record {
         }
         if let Some(a) = self.ipv6 {
             head += &format!("ipv6={a}\n");
+        }
+        if !self.aliases.is_empty() {
+            head += &format!("aliases={}\n", self.aliases.join(","));
         }
         head += &format!("sum={}\n", check_hex(fnv1a(head.as_bytes())));
         let head_hash = fnv1a(head.as_bytes());
@@ -118,6 +124,7 @@ impl Record {
         };
         let (mut name, mut id, mut creator) = (None, None, None);
         let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
+        let mut aliases = Vec::new();
         for line in fields.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -130,6 +137,12 @@ impl Record {
                 "ipv4" => ipv4 = Some(v.parse().map_err(|_| bad())?),
                 "ipv6" => ipv6 = Some(v.parse().map_err(|_| bad())?),
                 "veth" => veth = Some(v.to_owned()),
+                "aliases" => {
+                    for a in v.split(',') {
+                        crate::names::validate_alias(a).map_err(|_| bad())?;
+                        aliases.push(a.to_owned());
+                    }
+                }
                 "persistent" => match v {
                     "0" => persistent = Some(false),
                     "1" => persistent = Some(true),
@@ -190,6 +203,7 @@ impl Record {
             ipv6,
             veth,
             persistent: persistent.ok_or_else(|| missing("persistent"))?,
+            aliases,
         })
     }
 }
@@ -298,6 +312,7 @@ mod tests {
             ipv6: None,
             veth: "web-k3".into(),
             persistent: false,
+            aliases: vec!["db".into(), "cache".into()],
         };
         let p = Path::new("/x/sandbox/web");
         assert_eq!(
@@ -358,6 +373,7 @@ mod tests {
             ipv6: Some("fd00:88::2".parse().unwrap()),
             veth: "web-k3".into(),
             persistent: true,
+            aliases: vec!["db".into()],
         };
         let undone = Record {
             holder: None,

@@ -102,6 +102,22 @@ impl Store {
         })
     }
 
+    /// Another handle to the same store, for a reader of its records (the
+    /// DNS server's thread).
+    pub(crate) fn reader(&self) -> Store {
+        Store {
+            dir: self.dir.clone(),
+            network: self.network.clone(),
+            tag: self.tag.clone(),
+            cursors: Default::default(),
+        }
+    }
+
+    /// The directory of the sandboxes' records.
+    pub(crate) fn records_dir(&self) -> PathBuf {
+        self.dir.join("sandbox")
+    }
+
     /// The store's directory.
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
@@ -390,6 +406,7 @@ pub(super) mod tests {
             ipv6: None,
             veth: format!("a-{}", crate::names::tag("br0")),
             persistent,
+            aliases: Vec::new(),
         }
     }
 

@@ -118,6 +118,13 @@ impl PodBuilder {
         self
     }
 
+    /// Another DNS name of the pod (see [`SandboxBuilder::alias`]); several
+    /// pods may share one.
+    pub fn alias(mut self, alias: impl Into<String>) -> Self {
+        self.sandbox = self.sandbox.alias(alias);
+        self
+    }
+
     /// Publish a port of the pod on the network's host namespace (see
     /// [`SandboxBuilder::port`]); the published ports are in
     /// `pod.sandbox().ports()`.

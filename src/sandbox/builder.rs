@@ -10,7 +10,10 @@ use nix::sched::CloneFlags;
 
 use crate::error::{Error, Result};
 use crate::host::NetInner;
-use crate::names::{check_mtu, validate_name, IFNAMSIZ_MAX};
+use crate::names::{check_mtu, validate_alias, validate_name, IFNAMSIZ_MAX};
+
+/// The most aliases a sandbox may have (its record stays small).
+const MAX_ALIASES: usize = 32;
 use crate::ports::PortMapping;
 
 /// Configures a sandbox; made by [`Network::sandbox`](crate::Network::sandbox).
@@ -27,6 +30,7 @@ pub struct SandboxBuilder {
     /// UTS and IPC namespaces).
     pub(super) extra_namespaces: CloneFlags,
     pub(super) ports: Vec<PortMapping>,
+    pub(super) aliases: Vec<String>,
 }
 
 impl SandboxBuilder {
@@ -40,7 +44,21 @@ impl SandboxBuilder {
             remove_on_drop: false,
             extra_namespaces: CloneFlags::empty(),
             ports: Vec::new(),
+            aliases: Vec::new(),
         }
+    }
+
+    /// Another DNS name of the sandbox (a DNS-1123 label, as podman's
+    /// `--network-alias`): on a network with DNS, `<alias>` and
+    /// `<alias>.<domain>` resolve to it. Several sandboxes may share one
+    /// alias; it then resolves to all of them, in an order that turns
+    /// with each query, as a headless Kubernetes service does.
+    pub fn alias(mut self, alias: impl Into<String>) -> Self {
+        let alias = alias.into();
+        if !self.aliases.contains(&alias) {
+            self.aliases.push(alias);
+        }
+        self
     }
 
     /// Publish a port of the sandbox on the network's host namespace (see
@@ -133,6 +151,18 @@ impl SandboxBuilder {
         }
         if let Some(mtu) = self.mtu {
             check_mtu(mtu)?;
+        }
+        if self.aliases.len() > MAX_ALIASES {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "sandbox {:?} has {} aliases, more than {MAX_ALIASES}",
+                    self.name,
+                    self.aliases.len()
+                ),
+            });
+        }
+        for a in &self.aliases {
+            validate_alias(a)?;
         }
         Ok((veth, want4, want6))
     }

@@ -73,6 +73,7 @@ impl SandboxBuilder {
             ipv6: None,
             veth: veth.clone(),
             persistent: self.persistent,
+            aliases: self.aliases.clone(),
         };
         // The holder's clone (a new namespace: the longest step); its child
         // sets itself up and execs while this thread does the store work and

@@ -192,20 +192,26 @@ impl SbInner {
         Ok(unplugged)
     }
 
-    /// Release the address(es) and the record; synchronous and quick.
+    /// Release the record, then the address(es); synchronous and quick.
+    /// The record goes first, so that no reader of the store (the DNS
+    /// servers of every process) ever sees this name with an address that
+    /// a new sandbox may already have; a crash in between leaves
+    /// reservations of no record, which gc releases.
     fn release_state(&self) -> Result<()> {
         let store = &self.net.store;
         let owner = format!("{}@{}", self.name, self.id);
+        let mut errors: Vec<Error> = store
+            .remove_record_if(&self.name, &self.id)
+            .err()
+            .into_iter()
+            .collect();
         let ips = self
             .ipv4
             .map(IpAddr::V4)
             .into_iter()
             .chain(self.ipv6.map(IpAddr::V6));
-        let mut errors: Vec<Error> = ips
-            .filter_map(|ip| store.release(ip, &owner).err())
-            .collect();
+        errors.extend(ips.filter_map(|ip| store.release(ip, &owner).err()));
         errors.extend(Volumes::of(store.dir()).remove(&owner).err());
-        errors.extend(store.remove_record_if(&self.name, &self.id).err());
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),

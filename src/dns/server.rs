@@ -1,0 +1,379 @@
+//! The server of one network in this process: UDP and TCP sockets on each
+//! gateway's port 53, shared with the network's other processes by
+//! `SO_REUSEPORT` (the kernel spreads queries over the live ones), served
+//! by a thread of its own with a current-thread runtime, so it answers
+//! whatever the caller's runtime is doing.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::socket::{
+    self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    SockaddrStorage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+
+use super::answer::{from_pod, respond, Outcome, Transport};
+use super::forward::Forwarder;
+use super::watch::Live;
+use crate::error::{Error, Result};
+
+/// DNS's port.
+const PORT: u16 = 53;
+/// TCP connections at once, in all and from one source.
+const MAX_TCP: usize = 256;
+const MAX_TCP_PER_SOURCE: usize = 8;
+/// A TCP connection that sends nothing for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// What the server answers for.
+#[derive(Debug, Clone)]
+pub(crate) struct Scope {
+    pub bridge: String,
+    pub bridge_index: u32,
+    pub gateways: Vec<IpAddr>,
+    pub pools: Vec<IpNetwork>,
+}
+
+/// The running server; it stops when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Server {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The thread closes the sockets and ends; nothing waits for it.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Bind the sockets (from the calling thread, which is in the network's
+/// host namespace) and start the server's thread.
+pub(crate) fn start(scope: Scope, live: Arc<Mutex<Live>>, fwd: Arc<Forwarder>) -> Result<Server> {
+    let mut udp = Vec::new();
+    let mut tcp = Vec::new();
+    for gw in &scope.gateways {
+        let addr = SocketAddr::new(*gw, PORT);
+        udp.push(bind(addr, SockType::Datagram, &scope.bridge)?);
+        tcp.push(bind(addr, SockType::Stream, &scope.bridge)?);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let name = format!("podnet-dns {}", scope.bridge);
+    std::thread::Builder::new()
+        .name("podnet-dns".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e, "dns: no runtime");
+                    return;
+                }
+            };
+            rt.block_on(serve(scope, live, fwd, udp, tcp, stop_rx));
+        })
+        .map_err(|e| Error::io("start the DNS server thread", "", e))?;
+    Ok(Server {
+        stop: Some(stop_tx),
+    })
+}
+
+/// A socket on `addr`, in the reuseport group of every process of the
+/// network.
+fn bind(addr: SocketAddr, ty: SockType, bridge: &str) -> Result<OwnedFd> {
+    let proto = if ty == SockType::Datagram { "UDP" } else { "TCP" };
+    let object = || format!("{proto} {addr} of network {bridge:?}");
+    let sys = |op, e| Error::sys(op, object(), e);
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        ty,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| sys("open the DNS server's socket", e))?;
+    socket::setsockopt(&fd, sockopt::ReusePort, &true)
+        .map_err(|e| sys("set SO_REUSEPORT on the DNS socket", e))?;
+    if ty == SockType::Stream {
+        socket::setsockopt(&fd, sockopt::ReuseAddr, &true)
+            .map_err(|e| sys("set SO_REUSEADDR on the DNS socket", e))?;
+    }
+    if addr.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)
+            .map_err(|e| sys("set IPV6_V6ONLY on the DNS socket", e))?;
+    }
+    if ty == SockType::Datagram {
+        let pktinfo = if addr.is_ipv4() {
+            socket::setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)
+        } else {
+            socket::setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)
+        };
+        pktinfo.map_err(|e| sys("ask for the arrival interface on the DNS socket", e))?;
+    }
+    let sa = SockaddrStorage::from(addr);
+    match socket::bind(fd.as_raw_fd(), &sa) {
+        Ok(()) => {}
+        Err(Errno::EADDRINUSE) => {
+            return Err(Error::sys(
+                "bind the DNS server (another server, of another user or without \
+                 SO_REUSEPORT, holds the port; build the network with .dns(false) to do \
+                 without) to",
+                object(),
+                Errno::EADDRINUSE,
+            ))
+        }
+        Err(e) => return Err(sys("bind the DNS server to", e)),
+    }
+    if ty == SockType::Stream {
+        socket::listen(&fd, socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN))
+            .map_err(|e| sys("listen on", e))?;
+    }
+    Ok(fd)
+}
+
+/// What every task of the server shares.
+#[derive(Debug)]
+struct Ctx {
+    scope: Scope,
+    live: Arc<Mutex<Live>>,
+    fwd: Arc<Forwarder>,
+    forwarding: bool,
+    tcp: Mutex<TcpCount>,
+}
+
+#[derive(Debug, Default)]
+struct TcpCount {
+    total: usize,
+    per_source: std::collections::HashMap<IpAddr, usize>,
+}
+
+impl Ctx {
+    /// The outcome of `packet` from `src`, with the zone as of now.
+    fn outcome(&self, packet: &[u8], transport: Transport, allowed: bool) -> Outcome {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.sync();
+        respond(packet, transport, allowed, self.forwarding, &live.zone)
+    }
+
+    fn from_pod(&self, src: IpAddr) -> bool {
+        from_pod(src, &self.scope.pools, &self.scope.gateways)
+    }
+}
+
+async fn serve(
+    scope: Scope,
+    live: Arc<Mutex<Live>>,
+    fwd: Arc<Forwarder>,
+    udp: Vec<OwnedFd>,
+    tcp: Vec<OwnedFd>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let forwarding = fwd.forwarding();
+    let ctx = Arc::new(Ctx {
+        scope,
+        live,
+        fwd,
+        forwarding,
+        tcp: Mutex::default(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch(ctx.clone()));
+    for fd in udp {
+        match UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
+            Ok(sock) => {
+                tasks.spawn(serve_udp(ctx.clone(), Arc::new(sock)));
+            }
+            Err(e) => tracing::warn!(error = %e, "dns: UDP socket not served"),
+        }
+    }
+    for fd in tcp {
+        match TcpListener::from_std(std::net::TcpListener::from(fd)) {
+            Ok(l) => {
+                tasks.spawn(serve_tcp(ctx.clone(), l));
+            }
+            Err(e) => tracing::warn!(error = %e, "dns: TCP socket not served"),
+        }
+    }
+    let _ = stop.await;
+    tasks.abort_all();
+}
+
+/// Take in changes as they come, so the zone is fresh when the queries
+/// are few (each query takes in what came before it anyway).
+async fn watch(ctx: Arc<Ctx>) {
+    let dup = ctx.live.lock().unwrap_or_else(|p| p.into_inner()).fd();
+    let Ok(changes) = dup.and_then(|fd| crate::sys::async_fd(fd, Interest::READABLE)) else {
+        tracing::warn!("dns: changes to the store are taken in only with queries");
+        return;
+    };
+    loop {
+        let Ok(mut ready) = changes.readable().await else {
+            return;
+        };
+        ctx.live.lock().unwrap_or_else(|p| p.into_inner()).sync();
+        ready.clear_ready();
+    }
+}
+
+async fn serve_udp(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) {
+    // A datagram longer than this is cut, and dropped.
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if sock.readable().await.is_err() {
+            return;
+        }
+        // Drain the queue before waiting again.
+        loop {
+            let got = sock.try_io(Interest::READABLE, || recv(sock.as_raw_fd(), &mut buf));
+            let (n, src, ifindex, cut) = match got {
+                Ok(got) => got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+            };
+            if cut {
+                continue;
+            }
+            let allowed = ifindex == ctx.scope.bridge_index && ctx.from_pod(src.ip());
+            match ctx.outcome(&buf[..n], Transport::Udp, allowed) {
+                Outcome::Reply(reply) => {
+                    let _ = sock.try_send_to(&reply, src);
+                }
+                Outcome::Forward(query) => {
+                    let packet = buf[..n].to_vec();
+                    let Some(slot) = ctx.fwd.admit(src.ip()) else {
+                        if let Some(reply) = super::answer::servfail(&query, Transport::Udp) {
+                            let _ = sock.try_send_to(&reply, src);
+                        }
+                        continue;
+                    };
+                    let (fwd, sock) = (ctx.fwd.clone(), sock.clone());
+                    tokio::spawn(async move {
+                        let _slot = slot;
+                        if let Some(reply) = fwd.exchange(&query, &packet, Transport::Udp).await {
+                            let _ = sock.send_to(&reply, src).await;
+                        }
+                    });
+                }
+                Outcome::Drop => {}
+            }
+        }
+    }
+}
+
+/// One datagram: its length, source, arrival interface, and whether it
+/// was cut to the buffer.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, u32, bool)> {
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let msg = socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let mut ifindex = 0;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::Ipv4PacketInfo(pi) => {
+                ifindex = u32::try_from(pi.ipi_ifindex).unwrap_or(0);
+            }
+            ControlMessageOwned::Ipv6PacketInfo(pi) => ifindex = pi.ipi6_ifindex,
+            _ => {}
+        }
+    }
+    let src = msg
+        .address
+        .and_then(|a| {
+            if let Some(v4) = a.as_sockaddr_in() {
+                Some(SocketAddr::V4(SocketAddrV4::from(*v4)))
+            } else {
+                a.as_sockaddr_in6()
+                    .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
+            }
+        })
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
+    Ok((msg.bytes, src, ifindex, msg.flags.contains(MsgFlags::MSG_TRUNC)))
+}
+
+async fn serve_tcp(ctx: Arc<Ctx>, listener: TcpListener) {
+    loop {
+        let Ok((conn, peer)) = listener.accept().await else {
+            // Out of fds, say: wait a little rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let source = peer.ip();
+        {
+            let mut t = ctx.tcp.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = t.per_source.get(&source).copied().unwrap_or(0);
+            if t.total >= MAX_TCP || mine >= MAX_TCP_PER_SOURCE {
+                continue; // closed: the client tries again
+            }
+            t.total += 1;
+            *t.per_source.entry(source).or_default() += 1;
+        }
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let allowed = ctx.from_pod(source);
+            let _ = serve_conn(&ctx, conn, source, allowed).await;
+            let mut t = ctx.tcp.lock().unwrap_or_else(|p| p.into_inner());
+            t.total -= 1;
+            if let Some(n) = t.per_source.get_mut(&source) {
+                *n -= 1;
+                if *n == 0 {
+                    t.per_source.remove(&source);
+                }
+            }
+        });
+    }
+}
+
+/// Queries on one connection, in turn, until it is closed or idle.
+async fn serve_conn(
+    ctx: &Ctx,
+    mut conn: TcpStream,
+    source: IpAddr,
+    allowed: bool,
+) -> io::Result<()> {
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, conn.read_u16()).await {
+            Ok(len) => len?,
+            Err(_) => return Ok(()),
+        };
+        let mut packet = vec![0u8; usize::from(len)];
+        tokio::time::timeout(TCP_IDLE, conn.read_exact(&mut packet))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let reply = match ctx.outcome(&packet, Transport::Tcp, allowed) {
+            Outcome::Reply(r) => r,
+            Outcome::Forward(query) => {
+                let reply = match ctx.fwd.admit(source) {
+                    Some(_slot) => ctx.fwd.exchange(&query, &packet, Transport::Tcp).await,
+                    None => super::answer::servfail(&query, Transport::Tcp),
+                };
+                match reply {
+                    Some(r) => r,
+                    None => return Ok(()),
+                }
+            }
+            Outcome::Drop => return Ok(()),
+        };
+        let len = u16::try_from(reply.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let mut out = Vec::with_capacity(reply.len() + 2);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&reply);
+        conn.write_all(&out).await?;
+    }
+}
