@@ -187,7 +187,9 @@ fn same_questions(a: &[Query], b: &[Query]) -> bool {
         && a.iter().zip(b).all(|(x, y)| {
             x.query_type() == y.query_type()
                 && x.query_class() == y.query_class()
-                && x.name().to_ascii().eq_ignore_ascii_case(&y.name().to_ascii())
+                && x.name()
+                    .to_ascii()
+                    .eq_ignore_ascii_case(&y.name().to_ascii())
         })
 }
 
@@ -216,4 +218,139 @@ pub(crate) fn from_pod(src: IpAddr, pools: &[ipnetwork::IpNetwork], gateways: &[
         v4 => v4,
     };
     pools.iter().any(|p| p.contains(src)) && !gateways.contains(&src)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn zone() -> Zone {
+        let mut z = Zone::new("podnet.internal", vec!["10.88.0.0/16".parse().unwrap()]);
+        z.insert(super::super::zone::Entry {
+            name: "web".into(),
+            aliases: vec![],
+            ipv4: Some("10.88.0.2".parse().unwrap()),
+            ipv6: None,
+        });
+        z
+    }
+
+    fn query(name: &str, qtype: RecordType) -> Vec<u8> {
+        let mut m = Message::query();
+        m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        m.to_vec().unwrap()
+    }
+
+    fn reply(o: Outcome) -> Message {
+        match o {
+            Outcome::Reply(b) => Message::from_vec(&b).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_pods_name_with_no_address_of_the_type_is_nodata_not_nxdomain() {
+        let r = reply(respond(
+            &query("web", RecordType::AAAA),
+            Transport::Udp,
+            true,
+            false,
+            &zone(),
+        ));
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.answers.is_empty());
+        assert!(r.metadata.authoritative);
+    }
+
+    #[test]
+    fn a_header_that_does_not_parse_is_formerr_with_its_id() {
+        let mut p = query("web", RecordType::A);
+        p[5] = 9; // nine questions, one there
+        let r = reply(respond(&p, Transport::Udp, true, false, &zone()));
+        assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
+        assert_eq!(r.metadata.id, u16::from_be_bytes([p[0], p[1]]));
+    }
+
+    #[test]
+    fn a_response_or_a_runt_is_dropped() {
+        let mut p = query("web", RecordType::A);
+        p[2] |= 0x80;
+        assert!(matches!(
+            respond(&p, Transport::Udp, true, true, &zone()),
+            Outcome::Drop
+        ));
+        assert!(matches!(
+            respond(&p[..11], Transport::Udp, true, true, &zone()),
+            Outcome::Drop
+        ));
+    }
+
+    #[test]
+    fn a_query_from_outside_is_refused_even_for_a_pods_name() {
+        let r = reply(respond(
+            &query("web", RecordType::A),
+            Transport::Udp,
+            false,
+            true,
+            &zone(),
+        ));
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+        assert!(r.answers.is_empty());
+    }
+
+    #[test]
+    fn another_name_is_forwarded_only_with_an_upstream() {
+        let q = query("example.com.", RecordType::A);
+        assert!(matches!(
+            respond(&q, Transport::Udp, true, true, &zone()),
+            Outcome::Forward(_)
+        ));
+        let r = reply(respond(&q, Transport::Udp, true, false, &zone()));
+        assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn an_upstream_reply_must_carry_the_id_and_the_question() {
+        let q = query("example.com.", RecordType::A);
+        let parsed = Message::from_vec(&q).unwrap();
+        let mut r = Message::response(7, OpCode::Query);
+        r.add_queries(parsed.queries.iter().cloned());
+        let r = r.to_vec().unwrap();
+        assert!(answers(&r, 7, &parsed));
+        assert!(!answers(&r, 8, &parsed));
+        let mut other = Message::response(7, OpCode::Query);
+        other.add_query(Query::query(
+            Name::from_ascii("evil.com.").unwrap(),
+            RecordType::A,
+        ));
+        assert!(!answers(&other.to_vec().unwrap(), 7, &parsed));
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_are_answered_or_dropped_without_a_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..1500),
+            allowed: bool,
+            tcp: bool,
+        ) {
+            let t = if tcp { Transport::Tcp } else { Transport::Udp };
+            if let Outcome::Reply(b) = respond(&bytes, t, allowed, true, &zone()) {
+                prop_assert!(tcp || b.len() <= usize::from(MAX_UDP));
+            }
+            let q = Message::from_vec(&query("a.test", RecordType::A)).unwrap();
+            let _ = answers(&bytes, 1, &q);
+        }
+
+        #[test]
+        fn a_query_with_its_bytes_changed_never_panics(
+            at in 0usize..40, value: u8, cut in 0usize..40,
+        ) {
+            let mut p = query("web.podnet.internal.", RecordType::A);
+            let at = at % p.len();
+            p[at] = value;
+            p.truncate(p.len() - cut.min(p.len()));
+            let _ = respond(&p, Transport::Udp, true, true, &zone());
+        }
+    }
 }

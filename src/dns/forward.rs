@@ -103,7 +103,8 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .current();
-        let each = TRY_TIMEOUT.min(TOTAL_TIMEOUT / u32::try_from(servers.len().max(1)).unwrap_or(1));
+        let each =
+            TRY_TIMEOUT.min(TOTAL_TIMEOUT / u32::try_from(servers.len().max(1)).unwrap_or(1));
         for server in servers {
             let id = random_id();
             let sent = with_id(packet, id);

@@ -94,7 +94,11 @@ pub(crate) fn start(scope: Scope, live: Arc<Mutex<Live>>, fwd: Arc<Forwarder>) -
 /// A socket on `addr`, in the reuseport group of every process of the
 /// network.
 fn bind(addr: SocketAddr, ty: SockType, bridge: &str) -> Result<OwnedFd> {
-    let proto = if ty == SockType::Datagram { "UDP" } else { "TCP" };
+    let proto = if ty == SockType::Datagram {
+        "UDP"
+    } else {
+        "TCP"
+    };
     let object = || format!("{proto} {addr} of network {bridge:?}");
     let sys = |op, e| Error::sys(op, object(), e);
     let family = if addr.is_ipv4() {
@@ -142,8 +146,11 @@ fn bind(addr: SocketAddr, ty: SockType, bridge: &str) -> Result<OwnedFd> {
         Err(e) => return Err(sys("bind the DNS server to", e)),
     }
     if ty == SockType::Stream {
-        socket::listen(&fd, socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN))
-            .map_err(|e| sys("listen on", e))?;
+        socket::listen(
+            &fd,
+            socket::Backlog::new(128).unwrap_or(socket::Backlog::MAXCONN),
+        )
+        .map_err(|e| sys("listen on", e))?;
     }
     Ok(fd)
 }
@@ -304,7 +311,12 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, u32, bool)>
             }
         })
         .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    Ok((msg.bytes, src, ifindex, msg.flags.contains(MsgFlags::MSG_TRUNC)))
+    Ok((
+        msg.bytes,
+        src,
+        ifindex,
+        msg.flags.contains(MsgFlags::MSG_TRUNC),
+    ))
 }
 
 async fn serve_tcp(ctx: Arc<Ctx>, listener: TcpListener) {
@@ -370,7 +382,8 @@ async fn serve_conn(
             }
             Outcome::Drop => return Ok(()),
         };
-        let len = u16::try_from(reply.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let len =
+            u16::try_from(reply.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         let mut out = Vec::with_capacity(reply.len() + 2);
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&reply);

@@ -44,6 +44,7 @@ impl Live {
                 &dir,
                 AddWatchFlags::IN_CREATE
                     | AddWatchFlags::IN_MODIFY
+                    | AddWatchFlags::IN_ATTRIB
                     | AddWatchFlags::IN_DELETE
                     | AddWatchFlags::IN_MOVED_FROM
                     | AddWatchFlags::IN_MOVED_TO
@@ -116,7 +117,9 @@ impl Live {
             }
             let mut names: Vec<String> = Vec::new();
             for ev in events {
-                if ev.mask.intersects(AddWatchFlags::IN_Q_OVERFLOW | AddWatchFlags::IN_IGNORED)
+                if ev
+                    .mask
+                    .intersects(AddWatchFlags::IN_Q_OVERFLOW | AddWatchFlags::IN_IGNORED)
                 {
                     // Events were lost (or the directory went): read all.
                     self.reload();

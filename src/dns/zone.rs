@@ -115,7 +115,10 @@ impl Zone {
     /// What the query name `qname` (any case, with or without the final
     /// dot) is to this zone.
     pub(crate) fn lookup(&self, qname: &str) -> Lookup<'_> {
-        let q = qname.strip_suffix('.').unwrap_or(qname).to_ascii_lowercase();
+        let q = qname
+            .strip_suffix('.')
+            .unwrap_or(qname)
+            .to_ascii_lowercase();
         if q == self.domain {
             return Lookup::Apex;
         }
@@ -307,8 +310,14 @@ mod tests {
 
     #[test]
     fn reverse_names_are_refused_unless_spelled_as_one_address() {
-        for bad in ["1.2.3.in-addr.arpa", "01.2.3.4.in-addr.arpa", "1.2.3.4.5.in-addr.arpa",
-                    "256.1.1.1.in-addr.arpa", "+1.2.3.4.in-addr.arpa", "a.ip6.arpa"] {
+        for bad in [
+            "1.2.3.in-addr.arpa",
+            "01.2.3.4.in-addr.arpa",
+            "1.2.3.4.5.in-addr.arpa",
+            "256.1.1.1.in-addr.arpa",
+            "+1.2.3.4.in-addr.arpa",
+            "a.ip6.arpa",
+        ] {
             assert_eq!(reverse_addr(bad), None, "{bad}");
         }
     }

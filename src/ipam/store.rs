@@ -186,9 +186,25 @@ impl Store {
     pub(crate) fn set_done(&self, file: &RecordFile, rec: &Record) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let line = rec.done_line(file.head_hash);
+        let path = self.record_path(&rec.name);
         file.file
             .write_all_at(&line.as_bytes()["done=".len()..], file.done_at + 5)
-            .map_err(|e| io_err("write state file", &self.record_path(&rec.name), e))
+            .map_err(|e| io_err("write state file", &path, e))?;
+        // The write is through the temporary name the file was opened by,
+        // so watchers of `sandbox/` (the DNS servers of every process) hear
+        // of it by this: a touch of its published name (IN_ATTRIB).
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        if let Err(errno) = nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &path,
+            &now,
+            &now,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        ) {
+            tracing::warn!(path = %path.display(), %errno, "touch of a done record failed: \
+                DNS servers see the sandbox at their next full read");
+        }
+        Ok(())
     }
 
     /// Read a record; `None` if there is none of that name.

@@ -624,3 +624,186 @@ pub fn refuse_on_this_thread(nr: nix::libc::c_long, errno: i32) {
         );
     }
 }
+
+/// A DNS query for `name` of `qtype` (with EDNS if `edns`), as bytes.
+pub fn dns_query(name: &str, qtype: hickory_proto::rr::RecordType, edns: bool) -> Vec<u8> {
+    use hickory_proto::op::{Edns, Message, Query};
+    let mut m = Message::query();
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(
+        hickory_proto::rr::Name::from_ascii(name).unwrap(),
+        qtype,
+    ));
+    if edns {
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        m.set_edns(e);
+    }
+    m.to_vec().unwrap()
+}
+
+/// Ask `server` (UDP, port 53) about `name` from inside `pod`; the reply,
+/// or `None` after a second of silence.
+pub async fn dns_ask(
+    pod: &podnet::Sandbox,
+    server: IpAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+) -> Option<hickory_proto::op::Message> {
+    let packet = dns_query(name, qtype, false);
+    pod.run(move || dns_exchange(server, &packet, Duration::from_secs(1)))
+        .await
+        .unwrap()
+}
+
+/// One UDP exchange with `server`:53 from this thread's namespace.
+pub fn dns_exchange(
+    server: IpAddr,
+    packet: &[u8],
+    wait: Duration,
+) -> Option<hickory_proto::op::Message> {
+    let any: IpAddr = if server.is_ipv4() {
+        "0.0.0.0".parse().unwrap()
+    } else {
+        "::".parse().unwrap()
+    };
+    let sock = std::net::UdpSocket::bind((any, 0)).unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
+    sock.send_to(packet, (server, 53)).unwrap();
+    let mut buf = [0u8; 65535];
+    let id = &packet[..2];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).ok()?;
+        if &buf[..2] == id {
+            return hickory_proto::op::Message::from_vec(&buf[..n]).ok();
+        }
+    }
+}
+
+/// The addresses in the answer section of `m`.
+pub fn dns_addresses(m: &hickory_proto::op::Message) -> Vec<IpAddr> {
+    use hickory_proto::rr::RData;
+    m.answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A DNS server of the test's own, in its namespace, on UDP and TCP
+/// `addr`: it answers every name with A 198.18.0.99, except `*.slow.test`
+/// (never answered) and `big.test` (over UDP: truncated, TC set; over TCP:
+/// 100 A records). It counts the queries it got and whether each had
+/// EDNS. Stops when dropped.
+pub struct FakeUpstream {
+    pub addr: std::net::SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeUpstream {
+    pub fn start(addr: std::net::SocketAddr) -> FakeUpstream {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp = std::net::UdpSocket::bind(addr).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let tcp = TcpListener::bind(addr).unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !st.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    if let Some(r) = fake_answer(&buf[..n], false, &s) {
+                        let _ = udp.send_to(&r, from);
+                    }
+                }
+            }
+        });
+        let (s, st) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = tcp.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                let mut len = [0u8; 2];
+                if c.read_exact(&mut len).is_err() {
+                    continue;
+                }
+                let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if c.read_exact(&mut q).is_err() {
+                    continue;
+                }
+                if let Some(r) = fake_answer(&q, true, &s) {
+                    let mut out = u16::try_from(r.len()).unwrap().to_be_bytes().to_vec();
+                    out.extend(r);
+                    let _ = std::io::Write::write_all(&mut c, &out);
+                }
+            }
+        });
+        FakeUpstream { addr, seen, stop }
+    }
+
+    /// How many queries for `name` it got.
+    pub fn count(&self, name: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n == name)
+            .count()
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn fake_answer(
+    q: &[u8],
+    tcp: bool,
+    seen: &std::sync::Mutex<Vec<(String, bool)>>,
+) -> Option<Vec<u8>> {
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::{rdata::A, RData, Record};
+    let query = Message::from_vec(q).ok()?;
+    let name = query.queries.first()?.name().to_ascii();
+    let name = name.trim_end_matches('.').to_owned();
+    seen.lock()
+        .unwrap()
+        .push((name.clone(), query.edns.is_some()));
+    if name.ends_with(".slow.test") {
+        return None;
+    }
+    let mut r = Message::response(query.metadata.id, OpCode::Query);
+    r.metadata.recursion_available = true;
+    r.add_queries(query.queries.iter().cloned());
+    if let Some(e) = &query.edns {
+        r.set_edns(e.clone());
+    }
+    let qname = query.queries[0].name().clone();
+    let count = if name == "big.test" { 100 } else { 1 };
+    if name == "big.test" && !tcp {
+        r.metadata.truncation = true;
+    } else {
+        for i in 0..count {
+            let ip = std::net::Ipv4Addr::new(198, 18, 1, i);
+            r.add_answer(Record::from_rdata(qname.clone(), 60, RData::A(A(ip))));
+        }
+        if count == 1 {
+            r.answers[0] =
+                Record::from_rdata(qname, 60, RData::A(A("198.18.0.99".parse().unwrap())));
+        }
+    }
+    r.to_vec().ok()
+}
