@@ -441,8 +441,10 @@ fn garbage_packets_are_dropped_or_formerr_and_the_server_goes_on() {
                     seed ^= seed << 13;
                     seed ^= seed >> 7;
                     seed ^= seed << 17;
-                    let len = (seed as usize) % 600;
-                    let mut p: Vec<u8> = (0..len).map(|j| (seed >> (j % 57)) as u8).collect();
+                    let len = usize::try_from(seed % 600).unwrap();
+                    let mut p: Vec<u8> = (0..len)
+                        .map(|j| (seed >> (j % 57)).to_le_bytes()[0])
+                        .collect();
                     if i % 3 == 0 && p.len() > 12 {
                         p[2] &= 0x7f; // a query, not a response
                     }

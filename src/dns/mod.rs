@@ -93,6 +93,7 @@ pub(crate) struct Settings {
     pub domain: String,
 }
 
+#[allow(dead_code)]
 impl Settings {
     /// The resolv.conf a pod sees.
     pub(crate) fn resolv_conf(&self) -> String {

@@ -179,7 +179,7 @@ impl Ctx {
         respond(packet, transport, allowed, self.forwarding, &live.zone)
     }
 
-    fn from_pod(&self, src: IpAddr) -> bool {
+    fn is_pod(&self, src: IpAddr) -> bool {
         from_pod(src, &self.scope.pools, &self.scope.gateways)
     }
 }
@@ -257,7 +257,7 @@ async fn serve_udp(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) {
             if cut {
                 continue;
             }
-            let allowed = ifindex == ctx.scope.bridge_index && ctx.from_pod(src.ip());
+            let allowed = ifindex == ctx.scope.bridge_index && ctx.is_pod(src.ip());
             match ctx.outcome(&buf[..n], Transport::Udp, allowed) {
                 Outcome::Reply(reply) => {
                     let _ = sock.try_send_to(&reply, src);
@@ -338,7 +338,7 @@ async fn serve_tcp(ctx: Arc<Ctx>, listener: TcpListener) {
         }
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let allowed = ctx.from_pod(source);
+            let allowed = ctx.is_pod(source);
             let _ = serve_conn(&ctx, conn, source, allowed).await;
             let mut t = ctx.tcp.lock().unwrap_or_else(|p| p.into_inner());
             t.total -= 1;
