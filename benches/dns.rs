@@ -486,7 +486,11 @@ impl Run {
     /// Queries answered per second of the server's CPU time: what it would
     /// answer with a CPU of its own and a client that keeps up.
     fn per_cpu(&self) -> f64 {
-        self.completed / self.cpu
+        if self.cpu > 0.0 {
+            self.completed / self.cpu
+        } else {
+            f64::NAN
+        }
     }
 }
 
@@ -1178,80 +1182,73 @@ fn report(
          qps = {ceiling:.2}x the fake upstream's (the client's ceiling)"
     );
 
-    // One JSON line per run.
+    // One JSON line per run; a figure that could not be had is null.
     let (date, time) = utc_now();
     let m = |r: &Row| medians(r);
     let (mpq, maq, mfq, mpl, mal) = (m(pq), m(aq), m(fq), m(pl), m(al));
     let (md, mpf, maf) = (m(direct), m(pf), m(af));
     let fwd_qps = |what: &str| find(3, what).map_or(f64::NAN, |r| medians(r).qps);
-    let line = format!(
-        concat!(
-            "{{\"bench\": \"dns\", \"date\": \"{date}T{time}Z\", \"kernel\": \"{kernel}\", ",
-            "\"nproc\": {nproc}, \"pinned\": {pinned}, \"load1_median\": {load:.2}, ",
-            "\"rounds\": {rounds}, \"secs\": {secs}, \"pods\": {pods}, ",
-            "\"dnsperf\": \"{dv}\", \"aardvark\": \"{av}\", ",
-            "\"podnet_qps\": {pqps:.0}, \"aardvark_qps\": {aqps:.0}, \"fake_qps\": {fqps:.0}, ",
-            "\"podnet_lost_pct\": {plost:.2}, \"aardvark_lost_pct\": {alost:.2}, ",
-            "\"podnet_p50_us\": {pp50:.1}, \"podnet_p99_us\": {pp99:.1}, ",
-            "\"aardvark_p50_us\": {ap50:.1}, \"aardvark_p99_us\": {ap99:.1}, ",
-            "\"qps_ratio\": {qr:.3}, \"p50_ratio\": {p50r:.3}, \"p99_ratio\": {p99r:.3}, ",
-            "\"qps_of_ceiling\": {ceil:.3}, ",
-            "\"podnet_cpu_pct\": {pbusy:.0}, \"aardvark_cpu_pct\": {abusy:.0}, ",
-            "\"podnet_q_per_cpu_s\": {ppc:.0}, \"aardvark_q_per_cpu_s\": {apc:.0}, ",
-            "\"q_per_cpu_ratio\": {cr:.3}, ",
-            "\"upstream_p50_us\": {dp50:.1}, \"upstream_p99_us\": {dp99:.1}, ",
-            "\"podnet_fwd_p50_us\": {fp50:.1}, \"podnet_fwd_p99_us\": {fp99:.1}, ",
-            "\"aardvark_fwd_p50_us\": {afp50:.1}, \"aardvark_fwd_p99_us\": {afp99:.1}, ",
-            "\"podnet_fwd_added_p50_us\": {ad50:.1}, \"podnet_fwd_added_p99_us\": {ad99:.1}, ",
-            "\"aardvark_fwd_added_p50_us\": {aad50:.1}, \"aardvark_fwd_added_p99_us\": {aad99:.1}, ",
-            "\"podnet_fwd_qps\": {pfq:.0}, \"aardvark_fwd_qps\": {afq:.0}, ",
-            "\"errors\": {errors}}}"
+    let num = |v: f64, digits: usize| {
+        if v.is_finite() {
+            format!("{v:.digits$}")
+        } else {
+            "null".to_owned()
+        }
+    };
+    let text = |v: &str| format!("\"{}\"", v.replace(['"', '\\'], "_"));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let fields: Vec<(&str, String)> = vec![
+        ("bench", text("dns")),
+        ("date", text(&format!("{date}T{time}Z"))),
+        ("kernel", text(kernel.trim())),
+        ("nproc", cfg.nproc.to_string()),
+        ("pinned", cfg.cpus.is_some().to_string()),
+        ("load1_median", num(load, 2)),
+        ("rounds", cfg.rounds.to_string()),
+        ("secs", cfg.secs.to_string()),
+        ("pods", pods.to_string()),
+        ("dnsperf", text(&tools.dnsperf_version)),
+        ("aardvark", text(&tools.aardvark_version)),
+        ("podnet_qps", num(mpq.qps, 0)),
+        ("aardvark_qps", num(maq.qps, 0)),
+        ("fake_qps", num(mfq.qps, 0)),
+        ("qps_ratio", num(qps_ratio, 3)),
+        ("qps_of_ceiling", num(ceiling, 3)),
+        ("podnet_lost_pct", num(mpq.lost, 2)),
+        ("aardvark_lost_pct", num(maq.lost, 2)),
+        ("podnet_cpu_pct", num(mpq.busy, 1)),
+        ("aardvark_cpu_pct", num(maq.busy, 1)),
+        ("podnet_q_per_cpu_s", num(mpq.per_cpu, 0)),
+        ("aardvark_q_per_cpu_s", num(maq.per_cpu, 0)),
+        ("q_per_cpu_ratio", num(cpu_ratio, 3)),
+        ("podnet_p50_us", num(mpl.p50, 1)),
+        ("podnet_p99_us", num(mpl.p99, 1)),
+        ("aardvark_p50_us", num(mal.p50, 1)),
+        ("aardvark_p99_us", num(mal.p99, 1)),
+        ("p50_ratio", num(p50_ratio, 3)),
+        ("p99_ratio", num(p99_ratio, 3)),
+        ("upstream_p50_us", num(md.p50, 1)),
+        ("upstream_p99_us", num(md.p99, 1)),
+        ("podnet_fwd_p50_us", num(mpf.p50, 1)),
+        ("podnet_fwd_p99_us", num(mpf.p99, 1)),
+        ("aardvark_fwd_p50_us", num(maf.p50, 1)),
+        ("aardvark_fwd_p99_us", num(maf.p99, 1)),
+        ("podnet_fwd_added_p50_us", num(added_p50, 1)),
+        ("podnet_fwd_added_p99_us", num(added_p99, 1)),
+        ("aardvark_fwd_added_p50_us", num(aadded_p50, 1)),
+        ("aardvark_fwd_added_p99_us", num(aadded_p99, 1)),
+        ("podnet_fwd_qps", num(fwd_qps("podnet"), 0)),
+        ("aardvark_fwd_qps", num(fwd_qps("aardvark"), 0)),
+        (
+            "errors",
+            (mpq.bad + maq.bad + mpl.bad + mal.bad + mpf.bad + maf.bad).to_string(),
         ),
-        date = date,
-        time = time,
-        kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .unwrap_or_default()
-            .trim(),
-        nproc = cfg.nproc,
-        pinned = cfg.cpus.is_some(),
-        load = load,
-        rounds = cfg.rounds,
-        secs = cfg.secs,
-        pods = pods,
-        dv = tools.dnsperf_version,
-        av = tools.aardvark_version,
-        pqps = mpq.qps,
-        aqps = maq.qps,
-        fqps = mfq.qps,
-        plost = mpq.lost,
-        alost = maq.lost,
-        pp50 = mpl.p50,
-        pp99 = mpl.p99,
-        ap50 = mal.p50,
-        ap99 = mal.p99,
-        qr = qps_ratio,
-        p50r = p50_ratio,
-        p99r = p99_ratio,
-        ceil = ceiling,
-        pbusy = mpq.busy,
-        abusy = maq.busy,
-        ppc = mpq.per_cpu,
-        apc = maq.per_cpu,
-        cr = cpu_ratio,
-        dp50 = md.p50,
-        dp99 = md.p99,
-        fp50 = mpf.p50,
-        fp99 = mpf.p99,
-        afp50 = maf.p50,
-        afp99 = maf.p99,
-        ad50 = added_p50,
-        ad99 = added_p99,
-        aad50 = aadded_p50,
-        aad99 = aadded_p99,
-        pfq = fwd_qps("podnet"),
-        afq = fwd_qps("aardvark"),
-        errors = mpq.bad + maq.bad + mpl.bad + mal.bad + mpf.bad + maf.bad,
-    );
+    ];
+    let body: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| format!("\"{k}\": {v}"))
+        .collect();
+    let line = format!("{{{}}}", body.join(", "));
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("benches/results")
         .join(format!("dns-{date}.jsonl"));
