@@ -181,6 +181,7 @@ where
 pub(crate) fn join_on_exec(cmd: &mut tokio::process::Command, target: Arc<OwnedFd>) {
     let spec = JoinSpec {
         namespaces: CloneFlags::CLONE_NEWNET,
+        mounts: None,
         cwd: None,
         die_with: None,
     };
@@ -193,6 +194,9 @@ pub(crate) struct JoinSpec {
     /// The holder's namespaces to join (network, and the pod's mount, UTS
     /// and IPC namespaces where it has them).
     pub namespaces: CloneFlags,
+    /// A mount namespace to join first (one of a sandbox's commands, when
+    /// `namespaces` has none). Needs `cwd`, as any mount namespace does.
+    pub mounts: Option<Arc<OwnedFd>>,
     /// Directory to change to after joining: joining a mount namespace
     /// moves the process to that namespace's root.
     pub cwd: Option<Cwd>,
@@ -223,10 +227,16 @@ pub(crate) fn join_with_on_exec(
                 return Err(Errno::ESRCH.into());
             }
         }
+        let setns_all = || -> nix::Result<()> {
+            if let Some(mounts) = &spec.mounts {
+                setns(mounts.as_fd(), CloneFlags::CLONE_NEWNS)?;
+            }
+            setns(target.as_fd(), spec.namespaces)
+        };
         match &spec.cwd {
-            None => setns(target.as_fd(), spec.namespaces)?,
+            None => setns_all()?,
             Some(Cwd::Path(dir)) => {
-                setns(target.as_fd(), spec.namespaces)?;
+                setns_all()?;
                 chdir(dir.as_c_str())?;
             }
             Some(Cwd::Keep) => {
@@ -238,7 +248,7 @@ pub(crate) fn join_with_on_exec(
                 if p.is_null() {
                     return Err(std::io::Error::last_os_error());
                 }
-                setns(target.as_fd(), spec.namespaces)?;
+                setns_all()?;
                 let dir = std::ffi::CStr::from_bytes_until_nul(&here)
                     .map_err(|_| std::io::Error::from(Errno::ENAMETOOLONG))?;
                 chdir(dir)?;
@@ -254,6 +264,37 @@ pub(crate) fn join_with_on_exec(
     unsafe {
         cmd.pre_exec(join);
     }
+}
+
+/// Run `f` (a spawn) on a new OS thread that has joined the mount
+/// namespace `mounts` and the network namespace of `target`, and changed
+/// back to the directory the caller is in, looked up inside; with the
+/// caller's tokio runtime entered, if it is in one. The caller waits: the
+/// thread ends with `f`. So a child spawned there starts in both
+/// namespaces without a hook between fork and exec (`posix_spawn`).
+pub(crate) fn on_thread_in<T: Send>(
+    mounts: BorrowedFd<'_>,
+    target: BorrowedFd<'_>,
+    what: &str,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T> {
+    let cwd = std::env::current_dir().map_err(|e| Error::io("read the directory of", "", e))?;
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_FS)
+                .and_then(|()| setns(mounts, CloneFlags::CLONE_NEWNS))
+                .map_err(|e| Error::sys("join the command mount namespace of", what, e))?;
+            setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| setns_error(what, e))?;
+            // A directory that is not there inside leaves the thread at
+            // the root, where a command that joins in its child would be.
+            let _ = std::env::set_current_dir(&cwd);
+            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Run `f` on a new OS thread that has joined `namespaces` of `target`,

@@ -50,3 +50,87 @@ pub(crate) fn async_fd(
     // AsyncFd (which owns it) is dropped.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(Into::into)
 }
+
+/// Mount a copy of the file at `source` over `target` (`open_tree(2)` with
+/// `OPEN_TREE_CLONE`, then `move_mount(2)`), in the calling thread's mount
+/// namespace. Unlike a `MS_BIND` mount(2), a `target` that is a symlink is
+/// covered itself, not followed: a dangling link is covered too, and a host
+/// that replaces the link's target by a rename does not uncover it. The
+/// source may be unlinked once this returns; the mount keeps the file.
+pub(crate) fn mount_file_over(
+    source: &std::path::Path,
+    target: &std::path::Path,
+) -> Result<(), Errno> {
+    use std::ffi::CString;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    /// include/uapi/linux/mount.h.
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let cstr =
+        |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (source, target) = (cstr(source)?, cstr(target)?);
+    // SAFETY: open_tree(2) reads the NUL-terminated path, alive for the
+    // call, and returns a new fd that nothing else owns.
+    // JUSTIFICATION: nix 0.31 wraps neither open_tree nor move_mount.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    let fd = Errno::result(fd)?;
+    let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the fd was just returned to us and is owned here only.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: move_mount(2) borrows the tree fd and reads the two
+    // NUL-terminated paths, all alive for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+
+    #[test]
+    fn a_file_mounted_over_a_symlink_covers_the_link_and_not_its_target() {
+        std::thread::spawn(|| {
+            if unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS).is_err() {
+                eprintln!("SKIPPED: cannot make a mount namespace here");
+                return;
+            }
+            let flags = MsFlags::MS_REC | MsFlags::MS_SLAVE;
+            mount(None::<&str>, "/", None::<&str>, flags, None::<&str>).unwrap();
+            let dir = std::env::temp_dir().join(format!("podnet-sys-{}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            let (source, link, target) = (dir.join("src"), dir.join("link"), dir.join("gone"));
+            std::fs::write(&source, "mounted\n").unwrap();
+            std::os::unix::fs::symlink(&target, &link).unwrap();
+            let mounted = mount_file_over(&source, &link);
+            std::fs::remove_file(&source).unwrap();
+            let read = std::fs::read_to_string(&link);
+            let target_made = target.exists();
+            let _ = nix::mount::umount(&link);
+            std::fs::remove_dir_all(&dir).unwrap();
+            mounted.unwrap();
+            assert_eq!(read.unwrap(), "mounted\n");
+            assert!(!target_made, "the link's target was made");
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -93,7 +93,6 @@ pub(crate) struct Settings {
     pub domain: String,
 }
 
-#[allow(dead_code)]
 impl Settings {
     /// The resolv.conf a pod sees.
     pub(crate) fn resolv_conf(&self) -> String {
@@ -107,13 +106,19 @@ impl Settings {
         out
     }
 
-    /// The /etc/hosts a pod named `name` sees, with its addresses.
-    pub(crate) fn hosts(&self, name: &str, addrs: &[IpAddr]) -> String {
+    /// The /etc/hosts a sandbox named `name` sees, with its addresses
+    /// (and its `hostname`, if it has one of its own).
+    pub(crate) fn hosts(&self, name: &str, hostname: Option<&str>, addrs: &[IpAddr]) -> String {
         let mut out = String::from(
             "# made by podnet\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         );
+        let other = hostname.filter(|h| *h != name);
         for a in addrs {
-            out += &format!("{a}\t{name}.{} {name}\n", self.domain);
+            out += &format!("{a}\t{name}.{} {name}", self.domain);
+            if let Some(h) = other {
+                out += &format!(" {h}");
+            }
+            out.push('\n');
         }
         out
     }

@@ -6,7 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -134,12 +134,29 @@ impl Store {
     /// Write `content` to a new temporary file in the store and return its
     /// path and the file.
     fn write_temp(&self, content: &str) -> Result<(PathBuf, File)> {
+        self.write_temp_mode(content, 0o600)
+    }
+
+    /// Write `content` to a new temporary file of the store readable by
+    /// all (`mode 0644`), for the caller to mount elsewhere and then
+    /// remove; gc removes it if this process dies first.
+    pub(crate) fn write_scratch(&self, content: &str) -> Result<PathBuf> {
+        let (path, file) = self.write_temp_mode(content, 0o644)?;
+        // Not subject to the umask, unlike open's mode.
+        if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(0o644)) {
+            let _ = fs::remove_file(&path);
+            return Err(io_err("chmod state file", &path, e));
+        }
+        Ok(path)
+    }
+
+    fn write_temp_mode(&self, content: &str, mode: u32) -> Result<(PathBuf, File)> {
         let seq = TMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = self.dir.join(format!(".tmp-{}-{seq}", std::process::id()));
         let mut f = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| io_err("create state file", &path, e))?;

@@ -303,7 +303,8 @@ impl PodBuilder {
                 mounts.push(m.clone());
             }
         }
-        if !self.volumes.is_empty() {
+        let dns = self.sandbox.network_has_dns();
+        if !self.volumes.is_empty() || dns {
             namespaces |= CloneFlags::CLONE_NEWNS;
         }
         let name = self.sandbox.name().to_owned();
@@ -312,6 +313,8 @@ impl PodBuilder {
             .share_uts
             .then(|| self.hostname.clone().unwrap_or_else(|| name.clone()));
         let volumes = self.volumes.clone();
+        let files = sandbox.name_files(hostname.as_deref());
+        let what = format!("pod {name:?}");
         let setup = async {
             let dir = sandbox.volumes_dir();
             if !volumes.is_empty() {
@@ -330,8 +333,16 @@ impl PodBuilder {
                         nix::unistd::sethostname(&h)
                             .map_err(|e| Error::sys("set hostname of pod", h.clone(), e))?;
                     }
+                    if !setup_ns.contains(CloneFlags::CLONE_NEWNS) {
+                        return Ok(());
+                    }
+                    crate::sandbox::make_mounts_slaves(&what)?;
                     if !volumes.is_empty() {
                         volume::mount_all(&dir, &volumes, &mounts)?;
+                    }
+                    // After the volumes: one mounted on /etc would hide them.
+                    if let Some(files) = files {
+                        files.mount()?;
                     }
                     Ok(())
                 },

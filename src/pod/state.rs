@@ -87,6 +87,7 @@ impl Ctx {
             self.pidfd.clone(),
             JoinSpec {
                 namespaces: self.namespaces,
+                mounts: None,
                 cwd,
                 die_with: Some(getpid()),
             },

@@ -95,25 +95,11 @@ pub(crate) fn make_dirs(dir: &Path, volumes: &[Volume]) -> Result<()> {
 }
 
 /// Mount the volumes; runs on a thread inside the pod's fresh mount
-/// namespace. Nothing made here outlives that namespace.
+/// namespace, whose mounts are already slaves. Nothing made here outlives
+/// that namespace.
 pub(crate) fn mount_all(dir: &Path, volumes: &[Volume], mounts: &[Mount]) -> Result<()> {
     let err =
         |op: &'static str, path: &Path, errno| Error::sys(op, path.display().to_string(), errno);
-    // Nothing mounted here may reach the host's namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(|e| {
-        err(
-            "make mounts private in pod (mount --make-rslave)",
-            Path::new("/"),
-            e,
-        )
-    })?;
     for v in volumes {
         if let Some(size) = v.tmpfs {
             let path = dir.join(&v.name);

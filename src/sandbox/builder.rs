@@ -112,6 +112,11 @@ impl SandboxBuilder {
         self
     }
 
+    /// Whether the network has DNS (so pods mount its files).
+    pub(crate) fn network_has_dns(&self) -> bool {
+        self.net.dns.is_some()
+    }
+
     /// The sandbox's name.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -31,6 +31,7 @@ impl Sandbox {
             inner: tokio::process::Command::new(program),
             sandbox: self.inner.clone(),
             joins_in_child: false,
+            mounts_error: None,
         }
     }
 
@@ -50,6 +51,7 @@ impl Sandbox {
             self.inner.holder.pidfd().clone(),
             netns::JoinSpec {
                 namespaces,
+                mounts: None,
                 cwd: namespaces
                     .contains(CloneFlags::CLONE_NEWNS)
                     .then_some(netns::Cwd::Keep),
@@ -61,6 +63,7 @@ impl Sandbox {
             program: program_name,
             sandbox: self.inner.clone(),
             joins_in_child: true,
+            mounts_error: None,
         }
     }
 }
@@ -72,7 +75,10 @@ impl Sandbox {
 /// The child is spawned from the calling thread moved into the sandbox's
 /// network namespace for the call (and back), so it starts there with no
 /// hook between fork and exec, and std spawns it as fast as any command
-/// (`posix_spawn`). Once [`inner_mut`](Command::inner_mut) has been called,
+/// (`posix_spawn`). When the network has DNS, the child sees the
+/// sandbox's own resolv.conf and /etc/hosts, in a mount namespace this
+/// handle makes at its first command; it is then spawned, still with no
+/// hook, from a short-lived thread that has joined both namespaces. Once [`inner_mut`](Command::inner_mut) has been called,
 /// the child joins in a `pre_exec` hook instead, so the tokio command joins
 /// however it is spawned.
 #[derive(Debug)]
@@ -84,6 +90,9 @@ pub struct Command {
     /// join a mount namespace too, and commands whose `inner_mut` was
     /// taken) rather than by being spawned from inside.
     joins_in_child: bool,
+    /// Why the commands' mount namespace could not be made, when
+    /// `inner_mut` tried: the spawn returns it.
+    mounts_error: Option<Error>,
 }
 
 impl Command {
@@ -191,7 +200,25 @@ impl Command {
     /// not `posix_spawn`, and may not switch `uid` or `gid`.
     pub fn inner_mut(&mut self) -> &mut tokio::process::Command {
         if !self.joins_in_child {
-            netns::join_on_exec(&mut self.inner, self.sandbox.holder.pidfd().clone());
+            let pidfd = self.sandbox.holder.pidfd().clone();
+            match self.sandbox.command_mounts() {
+                Ok(None) => netns::join_on_exec(&mut self.inner, pidfd),
+                // The spawn reports it.
+                Err(e) => {
+                    self.mounts_error = Some(e);
+                    netns::join_on_exec(&mut self.inner, pidfd);
+                }
+                Ok(Some(mounts)) => netns::join_with_on_exec(
+                    &mut self.inner,
+                    pidfd,
+                    netns::JoinSpec {
+                        namespaces: CloneFlags::CLONE_NEWNET,
+                        mounts: Some(mounts),
+                        cwd: Some(netns::Cwd::Keep),
+                        die_with: None,
+                    },
+                ),
+            }
             self.joins_in_child = true;
         }
         &mut self.inner
@@ -202,16 +229,31 @@ impl Command {
         self.sandbox.holder_error(e)
     }
 
-    /// `f` (a spawn of the tokio command), from this thread moved into the
-    /// sandbox for the call unless the child joins by itself.
-    fn spawn_inside<T>(&mut self, f: impl FnOnce(&mut tokio::process::Command) -> T) -> Result<T> {
+    /// `f` (a spawn of the tokio command), unless the child joins by
+    /// itself: from this thread moved into the sandbox's network namespace
+    /// for the call or, when the commands have a mount namespace of their
+    /// own (which a thread of a multi-threaded process cannot join and
+    /// leave), from a thread that joins both.
+    fn spawn_inside<T: Send>(
+        &mut self,
+        f: impl FnOnce(&mut tokio::process::Command) -> T + Send,
+    ) -> Result<T> {
         self.sandbox.check_alive()?;
+        if let Some(e) = self.mounts_error.take() {
+            return Err(e);
+        }
         if self.joins_in_child {
             return Ok(f(&mut self.inner));
         }
         let what = format!("sandbox {:?}", self.sandbox.name);
-        let _inside = netns::enter(self.sandbox.holder.pidfd().as_fd(), &what)
-            .map_err(|e| self.sandbox.holder_error(e))?;
+        let pidfd = self.sandbox.holder.pidfd().clone();
+        if let Some(mounts) = self.sandbox.command_mounts()? {
+            let inner = &mut self.inner;
+            return netns::on_thread_in(mounts.as_fd(), pidfd.as_fd(), &what, || f(inner))
+                .map_err(|e| self.sandbox.holder_error(e));
+        }
+        let _inside =
+            netns::enter(pidfd.as_fd(), &what).map_err(|e| self.sandbox.holder_error(e))?;
         Ok(f(&mut self.inner))
     }
 

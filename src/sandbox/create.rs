@@ -150,6 +150,7 @@ impl SandboxBuilder {
                         veth_index,
                         holder,
                         state: Mutex::new(State::Running),
+                        command_mounts: Mutex::new(None),
                     }),
                     remove_on_drop: self.remove_on_drop,
                 })

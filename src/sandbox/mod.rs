@@ -18,12 +18,14 @@ use crate::netns::{self, Enter};
 mod builder;
 mod command;
 mod create;
+mod files;
 mod publish;
 mod remove;
 
 pub use builder::SandboxBuilder;
 pub use command::Command;
 pub(crate) use create::failpoint;
+pub(crate) use files::{make_mounts_slaves, NameFiles};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,6 +98,9 @@ struct SbInner {
     veth_index: Option<u32>,
     holder: Holder,
     state: Mutex<State>,
+    /// The mount namespace of this handle's commands, with the sandbox's
+    /// DNS files (see `files`), made at the first command.
+    command_mounts: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +127,7 @@ impl Sandbox {
                 veth_index: None,
                 holder,
                 state: Mutex::new(State::Running),
+                command_mounts: Mutex::new(None),
             }),
             remove_on_drop: false,
         }
@@ -205,7 +211,10 @@ impl Sandbox {
     ///
     /// Everything the thread does meanwhile (binding sockets, connecting)
     /// happens inside; sockets made inside stay inside when the thread
-    /// leaves, and can be used from anywhere.
+    /// leaves, and can be used from anywhere. Only the network namespace
+    /// changes: files the thread reads are the host's, its resolv.conf
+    /// too, so look names of the network up with
+    /// [`Network::resolve`](crate::Network::resolve).
     ///
     /// ```no_run
     /// # fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
@@ -231,7 +240,9 @@ impl Sandbox {
     /// Run `f` on a new OS thread inside the sandbox and return its value.
     ///
     /// The thread exists only for `f`. What `f` makes inside (a listening
-    /// socket, a connection) is returned and usable from any thread.
+    /// socket, a connection) is returned and usable from any thread. As
+    /// with [`enter`](Sandbox::enter), `f` reads the host's files, its
+    /// resolv.conf too: see [`Network::resolve`](crate::Network::resolve).
     ///
     /// ```no_run
     /// # async fn f(pod: &podnet::Sandbox) -> podnet::Result<()> {
@@ -273,9 +284,61 @@ impl Sandbox {
         Volumes::of(self.inner.net.store.dir())
             .dir(&format!("{}@{}", self.inner.name, self.inner.id))
     }
+
+    /// This sandbox's DNS files (its own `hostname`, if it has one), or
+    /// `None` if the network has no DNS.
+    pub(crate) fn name_files(&self, hostname: Option<&str>) -> Option<NameFiles> {
+        self.inner.name_files(hostname)
+    }
 }
 
 impl SbInner {
+    /// The mount namespace this handle's commands join, made at the first
+    /// call: `None` if the network has no DNS, or if this process may not
+    /// make mount namespaces (a warning says so once; the commands then
+    /// see the host's files).
+    pub(super) fn command_mounts(&self) -> Result<Option<Arc<std::os::fd::OwnedFd>>> {
+        let mut slot = self
+            .command_mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(ns) = &*slot {
+            return Ok(Some(ns.clone()));
+        }
+        let Some(files) = self.name_files(None) else {
+            return Ok(None);
+        };
+        match files::namespace_with(&files) {
+            Ok(ns) => {
+                let ns = Arc::new(ns);
+                *slot = Some(ns.clone());
+                Ok(Some(ns))
+            }
+            Err(Error::NotPermitted { .. }) => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        sandbox = %self.name,
+                        "this process may not make mount namespaces: commands in sandboxes \
+                         see the host's resolv.conf and /etc/hosts"
+                    );
+                });
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn name_files(&self, hostname: Option<&str>) -> Option<NameFiles> {
+        let addrs: Vec<IpAddr> = self
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+            .collect();
+        NameFiles::of(&self.net, &self.name, hostname, &addrs)
+    }
+
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
