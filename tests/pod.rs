@@ -342,9 +342,7 @@ fn a_failed_init_member_under_never_fails_the_pod_and_nothing_else_starts() {
 
 /// An HTTP server: `/healthz` answers 200 for the first `healthy` requests,
 /// then the server stops answering (it accepts nothing more);
-/// `/ready` answers 200 while `flag` exists, else 503. (A plain TCPServer:
-/// `http.server.HTTPServer` looks its own name up in DNS when it binds,
-/// which in a pod with no DNS server waits for the resolver's timeouts.)
+/// `/ready` answers 200 while `flag` exists, else 503.
 fn server(port: u16, healthy: u32, flag: &Path) -> Member {
     let script = format!(
         r#"

@@ -430,10 +430,14 @@ pub const SUBNET: &str = "10.88.0.0/16";
 
 /// Network `bridge` with a pool for each of `subnets` and its store in
 /// `state`, to be built (`.build().await`) once the test has added what
-/// it needs (port forwarding, say). The one way tests make networks.
+/// it needs (port forwarding, say). The one way tests make networks. Its
+/// DNS forwards nothing (`DnsUpstream::None`): no name a test's pod looks
+/// up ever leaves the test's namespace, even as a query.
 pub fn network_builder(state: &Path, bridge: &str, subnets: &[&str]) -> podnet::NetworkBuilder {
     subnets.iter().fold(
-        podnet::Network::builder(bridge).state_dir(state),
+        podnet::Network::builder(bridge)
+            .state_dir(state)
+            .dns_upstream(podnet::DnsUpstream::None),
         |builder, subnet| builder.subnet(subnet.parse().unwrap()),
     )
 }
