@@ -1,5 +1,6 @@
 //! Two pod sandboxes on one bridge: members of a pod share its localhost,
-//! pods reach each other by IP, and outsiders reach neither pod's localhost.
+//! pods reach each other by name, and outsiders reach neither pod's
+//! localhost.
 //!
 //! ```text
 //! cargo build --example pod && unshare --user --map-root-user --net ./target/debug/examples/pod
@@ -78,10 +79,16 @@ async fn demo(state: &Path) -> AnyResult<()> {
     let (pid, got) = member_reads(&pod_a, "127.0.0.1", 8080).await?;
     println!("pod-a: member bash (pid {pid}) read over localhost: {got}");
 
-    // Pod B reaches pod A by pod A's address, through the bridge.
-    let a_ip = pod_a.ip();
+    // Pod B reaches pod A by name: bash in pod B resolves "pod-a" with the
+    // network's DNS, which its /etc/resolv.conf names, and connects through
+    // the bridge.
+    let (pid, got) = member_reads(&pod_b, "pod-a", 9090).await?;
+    println!("pod-b: bash (pid {pid}) read from pod-a:9090, by name: {got}");
+
+    // A thread inside reads the host's files: it asks the network instead.
+    let a_ip = net.resolve("pod-a")?[0];
     let got = pod_b.run(move || read_from((a_ip, 9090).into())).await??;
-    println!("pod-b: a thread inside read from {a_ip}:9090: {got}");
+    println!("pod-b: a thread inside read from {a_ip}:9090 (net.resolve(\"pod-a\")): {got}");
 
     // This thread is in no sandbox: pod A's loopback server is out of reach,
     // on its own localhost and through pod A's address alike.
