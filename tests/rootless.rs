@@ -1,7 +1,8 @@
 //! The rootless path, for real: without privilege every entry point fails
 //! fast; in private namespaces the whole path works; on the shared rootless
 //! host a second process finds, re-attaches to and adds to what a first one
-//! left, publishes a port below 1024, and tears the host down.
+//! left, publishes a port below 1024, has its pods' outside names forwarded
+//! from the namespace it came from, and tears the host down.
 //!
 //! Its own binary (`harness = false`) because entering a user namespace
 //! needs a single-threaded process: `main` runs each claim in turn, a
@@ -21,8 +22,8 @@ mod common;
 use std::net::TcpListener;
 use std::path::Path;
 
-use common::{listen_in, send_from, serve_once};
-use podnet::{Error, Network, Phase, Sandbox};
+use common::{listen_in, send_from, serve_once, FakeUpstream};
+use podnet::{DnsUpstream, Error, Network, Phase, Sandbox};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -75,9 +76,15 @@ fn main() {
     let _teardown = Teardown;
     a_first_process_makes_the_shared_host_and_leaves_a_persistent_sandbox(&state);
     passed.ok("a first process makes the shared host and leaves a persistent sandbox");
+    let (udp, tcp) = FakeUpstream::bind_loopback();
     podnet::rootless::enter().expect("join the shared rootless host");
+    let fake = FakeUpstream::serve(udp, tcp);
     runtime().block_on(async {
-        let net = shared_network(&state).await;
+        let net = common::network_builder(&state, "pnshared", &["10.88.0.0/16"])
+            .dns_upstream(DnsUpstream::Servers(vec![fake.addr]))
+            .build()
+            .await
+            .expect("build network in the shared rootless host");
         let first = a_second_process_sees_the_first_ones_sandbox_and_reattaches(&net).await;
         passed.ok("a second process sees the first one's sandbox and re-attaches");
         let second =
@@ -86,6 +93,8 @@ fn main() {
         passed.ok("a second process adds a sandbox from the same pool, on the same bridge");
         a_port_below_1024_is_published_on_the_rootless_host(&second).await;
         passed.ok("a port below 1024 is published on the rootless host");
+        outside_names_are_forwarded_from_the_namespace_the_process_left(&second, &fake).await;
+        passed.ok("outside names are forwarded from the namespace the process left");
         first.remove().await.unwrap();
         second.remove().await.unwrap();
         net.remove().await.unwrap();
@@ -241,10 +250,16 @@ fn shared_first(state: &Path) {
 /// stack network, members sharing localhost, one sandbox reaching the
 /// other, removal.
 fn private(state: &Path) {
+    // A fake upstream on this machine's own loopback, bound before the
+    // process leaves its network namespace.
+    let (udp, tcp) = FakeUpstream::bind_loopback();
     podnet::rootless::enter_private().expect("rootless::enter_private");
     assert!(nix::unistd::geteuid().is_root(), "mapped to root inside");
+    let fake = FakeUpstream::serve(udp, tcp);
+    the_socket_maker_holds_only_stdio_and_its_socket_pair();
     runtime().block_on(async {
         let net = common::network_builder(state, "pn0", &["10.88.0.0/16", "fd00:88::/64"])
+            .dns_upstream(DnsUpstream::Servers(vec![fake.addr]))
             .build()
             .await
             .expect("build network rootless");
@@ -254,11 +269,69 @@ fn private(state: &Path) {
         assert_ne!(a.ip(), b.ip());
         members_share_localhost(&a).await;
         reaches_by_ip(&b, &a).await;
+        outside_names_are_forwarded_from_the_namespace_the_process_left(&a, &fake).await;
         a.remove().await.unwrap();
         b.remove().await.unwrap();
         assert_eq!(a.phase(), Phase::Succeeded);
         net.remove().await.unwrap();
     });
+}
+
+/// The `podnet-outer` child of this process keeps none of its fds (the
+/// fake upstream's sockets were open when it was forked): only 0–2 (on
+/// `/dev/null`) and 3, its end of the socket pair.
+fn the_socket_maker_holds_only_stdio_and_its_socket_pair() {
+    let me = std::process::id().to_string();
+    let outer = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let stat = std::fs::read_to_string(p.join("stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, a)| a).unwrap_or("");
+            stat.contains("(podnet-outer)") && after.split_whitespace().nth(1) == Some(&me)
+        })
+        .expect("a podnet-outer child");
+    // Their targets are not ours to read from inside the user namespace.
+    let mut fds: Vec<u32> = std::fs::read_dir(outer.join("fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    assert_eq!(fds, [0, 1, 2, 3]);
+}
+
+/// glibc in `pod` resolves a name that is not the network's through the
+/// network's DNS, which forwards it to `fake`, on the loopback of the
+/// namespace this process was in before it entered rootless ones: over
+/// UDP, and over TCP for an answer too big for UDP (glibc asks again over
+/// TCP once the truncated answer comes).
+async fn outside_names_are_forwarded_from_the_namespace_the_process_left(
+    pod: &Sandbox,
+    fake: &FakeUpstream,
+) {
+    let out = pod
+        .command("getent")
+        .args(["ahostsv4", "example.test"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("198.18.0.99 "), "over UDP: {text:?}");
+    let out = pod
+        .command("getent")
+        .args(["ahostsv4", "big.test"])
+        .output()
+        .await
+        .unwrap();
+    let addrs: std::collections::BTreeSet<&str> = std::str::from_utf8(&out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(addrs.len(), 100, "over TCP: {addrs:?}");
+    assert_eq!(fake.count("example.test"), 1);
 }
 
 /// A member thread of `pod` serves on its 127.0.0.1, and a member process

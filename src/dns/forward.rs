@@ -6,15 +6,17 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
 use super::answer::{answers, servfail, with_id, Transport};
 use super::upstream::Upstreams;
+use crate::rootless::SocketKind;
 
 /// Queries in flight upstream, in all.
 pub(crate) const MAX_IN_FLIGHT: usize = 1024;
@@ -128,11 +130,17 @@ impl Forwarder {
 /// that answers `query` sent with ID `id`; `None` if the socket fails (an
 /// ICMP unreachable comes back as ECONNREFUSED at once).
 async fn udp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Option<Vec<u8>> {
-    let any = match server {
-        SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-        SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    let sock = match outside(server, SocketKind::Udp)? {
+        Some(fd) => UdpSocket::from_std(std::net::UdpSocket::from(fd)).ok()?,
+        None => {
+            let any = match server {
+                SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                SocketAddr::V6(_) => SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+            };
+            UdpSocket::bind(any).await.ok()?
+        }
     };
-    let sock = UdpSocket::bind(any).await.ok()?;
+    // Connecting binds a port the kernel picks at random.
     sock.connect(server).await.ok()?;
     sock.send(packet).await.ok()?;
     let mut buf = vec![0u8; 65535];
@@ -148,7 +156,13 @@ async fn udp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Opt
 
 /// One TCP exchange with `server`, on a new connection.
 async fn tcp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Option<Vec<u8>> {
-    let mut conn = TcpStream::connect(server).await.ok()?;
+    let mut conn = match outside(server, SocketKind::Tcp)? {
+        Some(fd) => TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+            .connect(server)
+            .await
+            .ok()?,
+        None => TcpStream::connect(server).await.ok()?,
+    };
     let len = u16::try_from(packet.len()).ok()?;
     let mut out = Vec::with_capacity(packet.len() + 2);
     out.extend_from_slice(&len.to_be_bytes());
@@ -158,6 +172,21 @@ async fn tcp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Opt
     let mut buf = vec![0u8; usize::from(len)];
     conn.read_exact(&mut buf).await.ok()?;
     answers(&buf, id, query).then_some(buf)
+}
+
+/// In a process that entered rootless namespaces, whose host namespace
+/// has no way out, a socket for `server` from the namespace it was in
+/// before (`Some(Some(fd))`, or `None` if that fails); elsewhere
+/// `Some(None)`: the server's own namespace is the way out.
+fn outside(server: SocketAddr, kind: SocketKind) -> Option<Option<OwnedFd>> {
+    match crate::rootless::socket_outside(server.is_ipv6(), kind) {
+        None => Some(None),
+        Some(Ok(fd)) => Some(Some(fd)),
+        Some(Err(e)) => {
+            tracing::debug!(%server, error = %e, "dns: no socket outside the rootless namespaces");
+            None
+        }
+    }
 }
 
 /// A query ID from the kernel's random pool (RFC 5452: IDs and ports

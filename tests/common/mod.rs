@@ -711,14 +711,34 @@ pub struct FakeUpstream {
 
 impl FakeUpstream {
     pub fn start(addr: std::net::SocketAddr) -> FakeUpstream {
+        let udp = std::net::UdpSocket::bind(addr).unwrap();
+        let tcp = TcpListener::bind(addr).unwrap();
+        FakeUpstream::serve(udp, tcp)
+    }
+
+    /// Sockets for a fake on a free port of this namespace's 127.0.0.1,
+    /// UDP and TCP alike: bound now (before a process changes namespace,
+    /// say), served later with [`serve`](FakeUpstream::serve).
+    pub fn bind_loopback() -> (std::net::UdpSocket, TcpListener) {
+        loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = udp.local_addr().unwrap();
+            if let Ok(tcp) = TcpListener::bind(addr) {
+                return (udp, tcp);
+            }
+        }
+    }
+
+    /// Serve on sockets bound already (their namespace is the one they
+    /// were made in).
+    pub fn serve(udp: std::net::UdpSocket, tcp: TcpListener) -> FakeUpstream {
         use std::sync::atomic::AtomicBool;
         use std::sync::{Arc, Mutex};
+        let addr = udp.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let udp = std::net::UdpSocket::bind(addr).unwrap();
         udp.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
-        let tcp = TcpListener::bind(addr).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let (s, st) = (seen.clone(), stop.clone());
         std::thread::spawn(move || {

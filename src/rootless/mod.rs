@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 use crate::holder::{HolderSpec, HOLDER_COMM};
 use crate::paths::{in_initial_userns, outer_uid};
 
+mod outer;
+
+pub(crate) use outer::{socket_outside, Kind as SocketKind};
+
 /// Capability bits (capabilities(7)).
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
@@ -35,6 +39,10 @@ const CAP_SYS_ADMIN: u32 = 21;
 ///
 /// Call it first thing in `main`, before starting the tokio runtime or any
 /// other thread: joining a user namespace refuses a multi-threaded process.
+/// Just before it changes namespaces, it forks `podnet-outer`, a small
+/// process that stays in the namespaces the caller came from and makes
+/// sockets there for it, so that the networks' DNS servers can forward to
+/// the host's resolvers; it exits with the caller.
 /// A process that is already in a user namespace of its own (under
 /// `unshare --user`) cannot join the shared one; it gets private namespaces
 /// instead, as from [`enter_private`].
@@ -76,14 +84,19 @@ pub fn enter() -> Result<()> {
     let _lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| Error::sys("lock", lock_path.display().to_string(), errno))?;
     let pid_file = dir.join(HOST_FILE);
+    let outer = outer::Outer::start()?;
     if let Some(pid) = live_host(&pid_file) {
         return match join(pid) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                outer.keep();
+                Ok(())
+            }
             // In a user namespace of our own: the shared one is not ours to join.
             Err(e)
                 if matches!(e.errno(), Some(Errno::EPERM | Errno::EINVAL))
                     || matches!(e, Error::NotPermitted { .. }) =>
             {
+                drop(outer);
                 enter_private()
             }
             Err(e) => Err(e),
@@ -124,7 +137,9 @@ pub fn enter() -> Result<()> {
         let _ = holder.kill();
         return Err(Error::io("write", pid_file, e));
     }
-    join(u32::try_from(pid.as_raw()).unwrap_or(0))
+    join(u32::try_from(pid.as_raw()).unwrap_or(0))?;
+    outer.keep();
+    Ok(())
 }
 
 /// Enter a new user namespace and a new network namespace of this process
@@ -135,20 +150,23 @@ pub fn enter() -> Result<()> {
 /// one-off tools); [`enter`] is the shared, persistent variant. The same
 /// rule applies: call it before starting any thread. It works for root too,
 /// which then also stays off the machine's real network. `lo` of the new
-/// host namespace is up.
+/// host namespace is up. As [`enter`], it forks `podnet-outer` first.
 ///
 /// # Errors
 /// As [`enter`].
 pub fn enter_private() -> Result<()> {
     single_threaded()?;
     let (uid, gid) = (geteuid(), getegid());
+    let outer = outer::Outer::start()?;
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
         .map_err(|errno| Error::sys("unshare", "a user and a network namespace", errno))?;
     // setgroups must be denied before an unprivileged process may write gid_map.
     write_proc("/proc/self/setgroups", "deny")?;
     write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
     write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
-    crate::link::loopback_up_blocking()
+    crate::link::loopback_up_blocking()?;
+    outer.keep();
+    Ok(())
 }
 
 /// End this user's shared rootless host (see [`enter`]): its holder and
