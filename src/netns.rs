@@ -278,7 +278,8 @@ pub(crate) fn on_thread_in<T: Send>(
     what: &str,
     f: impl FnOnce() -> T + Send,
 ) -> Result<T> {
-    let cwd = std::env::current_dir().map_err(|e| Error::io("read the directory of", "", e))?;
+    // None if it has been removed: the thread then stays at the root.
+    let cwd = std::env::current_dir().ok();
     let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -288,7 +289,9 @@ pub(crate) fn on_thread_in<T: Send>(
             setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| setns_error(what, e))?;
             // A directory that is not there inside leaves the thread at
             // the root, where a command that joins in its child would be.
-            let _ = std::env::set_current_dir(&cwd);
+            if let Some(dir) = &cwd {
+                let _ = std::env::set_current_dir(dir);
+            }
             let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
             Ok(f())
         })
