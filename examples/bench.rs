@@ -16,6 +16,8 @@
 //! `BENCH_BRIDGE=pnb0 unshare --user --map-root-user --net target/release/examples/bench 5 1`
 //! (podnet then makes the bridge; `$BENCH_TMP` defaults to the current directory).
 //!
+//! The network has DNS, as by default, unless `BENCH_DNS=0`.
+//!
 //! Only the JSON line goes to stdout; everything else goes to stderr.
 
 use std::path::PathBuf;
@@ -108,9 +110,12 @@ async fn run(n: usize, c: usize) -> AnyResult<String> {
         std::env::var_os("BENCH_STATE_DIR").map_or_else(|| tmp.join("state"), PathBuf::from);
 
     // Untimed: the bridge exists already (podnet reuses it), the store is new.
+    // BENCH_DNS=0 builds the network without DNS, to measure what it costs.
+    let dns = env_or("BENCH_DNS", "1") != "0";
     let net = Network::builder(bridge.as_str())
         .subnet(subnet.parse()?)
         .state_dir(state)
+        .dns(dns)
         .build()
         .await?;
 
