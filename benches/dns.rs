@@ -46,6 +46,20 @@
 //! - **latency**: `dnsperf -q 1 -v` (one query outstanding, so no
 //!   queueing; each answer's latency printed, in µs) for SECS/2 s, same
 //!   file; p50 and p99 of the round's samples;
+//! - **throughput, batched client**: the same file from the bench's own
+//!   client (`burst_client`: a thread of this process run inside the
+//!   client sandbox by `Sandbox::run`, pinned to dnsperf's CPU) for SECS
+//!   s, to podnet, to aardvark-dns and to a batched fake upstream (the
+//!   same answers, on `198.18.0.53:5300`, taken and sent with
+//!   `recvmmsg`/`sendmmsg`). It keeps `BURST_WINDOW` (200) queries
+//!   outstanding, sends new ones with `sendmmsg` as answers come (up to
+//!   64 a call) and takes answers with `recvmmsg`, so it pays its system
+//!   calls per batch: dnsperf on one CPU cannot send twice aardvark-dns's
+//!   rate, so its qps ratio is a floor. It counts only well-formed
+//!   NOERROR answers with an outstanding ID and the question asked; a
+//!   query unanswered after 250 ms is lost. 200 outstanding stay below
+//!   what a server socket's default receive buffer (212,992 bytes) holds
+//!   when they all come at once;
 //! - **forwarded names**: the same latency run with names that are in no
 //!   network (`fN.fwd.example A`, 100,000 distinct ones, answered with
 //!   TTL 0, so no cache can answer them), directly to the fake upstream,
@@ -72,6 +86,10 @@
 //! wake-ups) plus the server's time per query; dnsperf prints them to 1 µs.
 //! Only UDP is measured: aardvark-dns 1.4 serves no TCP. PTR is not in the
 //! mix: aardvark-dns 1.4 answers a PTR and then forwards it as well.
+//!
+//! The bench's own client's threads and the batched fake's are not
+//! counted as podnet's CPU time (they are named `burst-client` and
+//! `fake-batched`).
 //!
 //! It prints one line per round and a table of medians with the ratios
 //! podnet/aardvark-dns, and appends one JSON line to
@@ -104,10 +122,21 @@ const FAKE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 53);
 const FAKE_ANSWER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The fake upstream's thread (its name, as /proc shows it).
 const FAKE_THREAD: &str = "fake-upstream";
+/// The batched fake (`Fake::start_batched`): its port on `FAKE_IP`, its
+/// thread.
+const FAKE_BATCHED_PORT: u16 = 5300;
+const FAKE_BATCHED_THREAD: &str = "fake-batched";
 /// Queries outstanding in the forwarded names' throughput runs.
 const FORWARDED_OUTSTANDING: u32 = 50;
 /// Distinct names in the forwarded-names file.
 const FORWARDED_NAMES: usize = 100_000;
+/// The bench's own batched client: queries outstanding, datagrams per
+/// sendmmsg/recvmmsg, how long a query waits for its answer before it is
+/// lost, and its thread's name (so its CPU time is not podnet's).
+const BURST_WINDOW: usize = 200;
+const BURST: usize = 64;
+const BURST_TIMEOUT: Duration = Duration::from_millis(250);
+const BURST_THREAD: &str = "burst-client";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
@@ -298,6 +327,78 @@ impl Fake {
             thread: Some(thread),
         })
     }
+
+    /// The same answers, taken with `recvmmsg` and sent with `sendmmsg`
+    /// up to `BURST` at a time: the ceiling of the batched client (one
+    /// query at a time, the fake is bound by its own system calls first).
+    fn start_batched(addr: SocketAddr) -> AnyResult<Fake> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+        use std::io::{IoSlice, IoSliceMut};
+        use std::os::fd::{AsFd, AsRawFd};
+        let sock = UdpSocket::bind(addr)?;
+        sock.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(FAKE_BATCHED_THREAD.into())
+            .spawn(move || {
+                let fd = sock.as_raw_fd();
+                let mut bufs = vec![0u8; BURST * 1500];
+                let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(BURST, None);
+                // Never iterated: nix's results of sendmmsg read address
+                // slots it never wrote. A reply that does not go is lost.
+                let mut tx = MultiHeaders::<SockaddrStorage>::preallocate(BURST, None);
+                let mut lens = [0usize; BURST];
+                let mut to: Vec<Option<SockaddrStorage>> = Vec::with_capacity(BURST);
+                while !flag.load(Ordering::Relaxed) {
+                    to.clear();
+                    {
+                        let mut slots = bufs.chunks_mut(1500);
+                        let mut iovs: [[IoSliceMut<'_>; 1]; BURST] = std::array::from_fn(|_| {
+                            [IoSliceMut::new(slots.next().unwrap_or_default())]
+                        });
+                        let Ok(msgs) =
+                            recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+                        else {
+                            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+                            let _ = poll(&mut fds, PollTimeout::from(100u8));
+                            continue;
+                        };
+                        for (m, len) in msgs.zip(lens.iter_mut()) {
+                            *len = m.bytes;
+                            to.push(m.address);
+                        }
+                    }
+                    let mut k = 0;
+                    for i in 0..to.len() {
+                        let at = i * 1500;
+                        if let Some(len) = fake_answer(&mut bufs[at..at + 1500], lens[i]) {
+                            lens[k] = len;
+                            to[k] = to[i];
+                            bufs.copy_within(at..at + len, k * 1500);
+                            k += 1;
+                        }
+                    }
+                    let iovs: [[IoSlice<'_>; 1]; BURST] = std::array::from_fn(|i| {
+                        let len = if i < k { lens[i] } else { 0 };
+                        [IoSlice::new(&bufs[i * 1500..i * 1500 + len])]
+                    });
+                    let _ = sendmmsg(
+                        fd,
+                        &mut tx,
+                        iovs[..k].iter(),
+                        &to[..k],
+                        [],
+                        MsgFlags::empty(),
+                    );
+                }
+            })?;
+        Ok(Fake {
+            stop,
+            thread: Some(thread),
+        })
+    }
 }
 
 impl Drop for Fake {
@@ -459,6 +560,9 @@ enum Mode {
     Throughput,
     /// One query outstanding, every latency printed.
     Latency,
+    /// The bench's own client (`burst_client`): `BURST_WINDOW`
+    /// outstanding, sent and received in batches.
+    Burst,
 }
 
 /// What one run gave.
@@ -506,8 +610,22 @@ enum Cpu {
     Podnet,
     /// The fake upstream's thread.
     Fake,
+    /// The batched fake's thread.
+    FakeBatched,
     /// aardvark-dns's threads.
     Aardvark,
+}
+
+/// CPU time (s) so far of the server `cpu` names (`me`: this process).
+fn server_cpu(cpu: Cpu, me: u32, aardvark_pid: u32) -> f64 {
+    match cpu {
+        Cpu::Podnet => cpu_secs(me, |c| {
+            c != FAKE_THREAD && c != FAKE_BATCHED_THREAD && c != BURST_THREAD
+        }),
+        Cpu::Fake => cpu_secs(me, |c| c == FAKE_THREAD),
+        Cpu::FakeBatched => cpu_secs(me, |c| c == FAKE_BATCHED_THREAD),
+        Cpu::Aardvark => cpu_secs(aardvark_pid, |_| true),
+    }
 }
 
 /// CPU time (s) so far of `pid`'s threads whose name `keep` accepts, from
@@ -585,11 +703,7 @@ async fn dnsperf(
     // drain (on the servers' CPU) while the run goes on.
     let file = std::fs::File::create(out)?;
     let me = std::process::id();
-    let cpu = || match row.cpu {
-        Cpu::Podnet => cpu_secs(me, |c| c != FAKE_THREAD),
-        Cpu::Fake => cpu_secs(me, |c| c == FAKE_THREAD),
-        Cpu::Aardvark => cpu_secs(aardvark_pid, |_| true),
-    };
+    let cpu = || server_cpu(row.cpu, me, aardvark_pid);
     let child = client
         .command(&program)
         .args(&args)
@@ -631,6 +745,242 @@ async fn dnsperf(
         )
         .into()
     })
+}
+
+/// Run the bench's batched client in `client` against `row`'s server for
+/// `secs` seconds, on the client's CPU.
+async fn burst(
+    client: &Sandbox,
+    cfg: &Config,
+    row: &Row,
+    secs: u64,
+    queries: &Arc<Vec<Vec<u8>>>,
+    aardvark_pid: u32,
+) -> AnyResult<Run> {
+    let me = std::process::id();
+    let cpu = || server_cpu(row.cpu, me, aardvark_pid);
+    let (server, queries, pin) = (row.server, queries.clone(), cfg.cpus.map(|(c, _)| c));
+    let cpu0 = cpu();
+    let got = client
+        .run(move || burst_client(server, &queries, Duration::from_secs(secs), pin))
+        .await?;
+    let used = cpu() - cpu0;
+    let b = got.map_err(|e| format!("{}: burst client: {e}", row.what))?;
+    let sent = b.answered + b.bad + b.lost;
+    Ok(Run {
+        qps: b.answered as f64 / b.secs,
+        lost: if sent > 0 {
+            100.0 * b.lost as f64 / sent as f64
+        } else {
+            0.0
+        },
+        bad: b.bad,
+        completed: b.answered as f64,
+        cpu: used,
+        secs: b.secs,
+        ..Run::default()
+    })
+}
+
+/// What a run of `burst_client` counted.
+struct BurstRun {
+    /// Well-formed NOERROR answers to an outstanding query of ours.
+    answered: u64,
+    /// Answers to one of ours that are not that (another code, a broken
+    /// packet, another question).
+    bad: u64,
+    /// Queries with no answer within `BURST_TIMEOUT`.
+    lost: u64,
+    /// How long it ran, s.
+    secs: f64,
+}
+
+/// A client that keeps `BURST_WINDOW` queries outstanding to `server`
+/// for `length`, cycling through `queries` (each with ID 0): as answers
+/// come, as many new queries go, up to `BURST` per `sendmmsg`; answers
+/// are taken up to `BURST` per `recvmmsg`. Pinned to CPU `pin`. So it
+/// pays two system calls per batch, not per query, and can keep up with
+/// a server faster than dnsperf on one CPU can.
+fn burst_client(
+    server: SocketAddr,
+    queries: &[Vec<u8>],
+    length: Duration,
+    pin: Option<usize>,
+) -> Result<BurstRun, String> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+    use std::collections::VecDeque;
+    use std::io::{IoSlice, IoSliceMut};
+    use std::os::fd::{AsFd, AsRawFd};
+    let err = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let _ = nix::sys::prctl::set_name(c"burst-client");
+    if let Some(cpu) = pin {
+        use nix::sched::{sched_setaffinity, CpuSet};
+        let mut set = CpuSet::new();
+        set.set(cpu).map_err(|e| err("cpu set", &e))?;
+        sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .map_err(|e| err("sched_setaffinity", &e))?;
+    }
+    if queries.is_empty() {
+        return Err("no queries".into());
+    }
+    let any: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(any).map_err(|e| err("bind", &e))?;
+    sock.connect(server).map_err(|e| err("connect", &e))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| err("set_nonblocking", &e))?;
+    // Room for a window of answers that come at once (the kernel caps it
+    // at twice net.core.rmem_max).
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBuf, &(4 << 20))
+        .map_err(|e| err("SO_RCVBUF", &e))?;
+    let fd = sock.as_raw_fd();
+
+    // By ID: the outstanding query's index in `queries` and send number.
+    let mut pending: Vec<Option<(usize, u64)>> = vec![None; 1 << 16];
+    // IDs not in use, reused oldest first, so a late answer to a query
+    // given up on finds its ID free (it is then not counted).
+    let mut free: VecDeque<u16> = (0..=u16::MAX).collect();
+    // (ID, send number, when), in send order: for the time-outs.
+    let mut order: VecDeque<(u16, u64, Instant)> = VecDeque::with_capacity(BURST_WINDOW * 2);
+    let mut out: Vec<Vec<u8>> = (0..BURST).map(|_| Vec::with_capacity(512)).collect();
+    let mut tx = MultiHeaders::<()>::preallocate(BURST, None);
+    let no_addrs = [None::<()>; BURST];
+    let mut rx = MultiHeaders::<SockaddrStorage>::preallocate(BURST, None);
+    let mut inbuf = vec![0u8; BURST * 1500];
+    let mut lens = [0usize; BURST];
+    let (mut next, mut seq, mut outstanding) = (0usize, 0u64, 0usize);
+    let mut run = BurstRun {
+        answered: 0,
+        bad: 0,
+        lost: 0,
+        secs: 0.0,
+    };
+    let start = Instant::now();
+    let deadline = start + length;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        // Give up on what waited too long.
+        while let Some(&(id, s, at)) = order.front() {
+            if pending[usize::from(id)].is_some_and(|(_, p)| p == s) {
+                if now.duration_since(at) < BURST_TIMEOUT {
+                    break;
+                }
+                pending[usize::from(id)] = None;
+                free.push_back(id);
+                outstanding -= 1;
+                run.lost += 1;
+            }
+            order.pop_front();
+        }
+        // Fill the window.
+        while outstanding < BURST_WINDOW {
+            let k = (BURST_WINDOW - outstanding).min(BURST);
+            let mut ids = [0u16; BURST];
+            for (slot, id_out) in out.iter_mut().zip(ids.iter_mut()).take(k) {
+                let id = free.pop_front().ok_or("out of IDs")?;
+                slot.clear();
+                slot.extend_from_slice(&queries[next]);
+                slot[..2].copy_from_slice(&id.to_be_bytes());
+                pending[usize::from(id)] = Some((next, seq));
+                order.push_back((id, seq, now));
+                *id_out = id;
+                next = (next + 1) % queries.len();
+                seq += 1;
+            }
+            let iovs: [[IoSlice<'_>; 1]; BURST] =
+                std::array::from_fn(|i| [IoSlice::new(out.get(i).map_or(&[][..], |b| b))]);
+            let sent = match sendmmsg(
+                fd,
+                &mut tx,
+                iovs[..k].iter(),
+                &no_addrs[..k],
+                [],
+                MsgFlags::empty(),
+            ) {
+                Ok(r) => r.count(),
+                Err(nix::errno::Errno::EAGAIN) => 0,
+                Err(e) => return Err(err("sendmmsg", &e)),
+            };
+            // Take back what did not go.
+            for &id in ids[sent..k].iter().rev() {
+                pending[usize::from(id)] = None;
+                free.push_front(id);
+                order.pop_back();
+                seq -= 1;
+                next = (next + queries.len() - 1) % queries.len();
+            }
+            outstanding += sent;
+            if sent < k {
+                break;
+            }
+        }
+        // Take the answers that came; wait a little if none did.
+        let n = {
+            let mut slots = inbuf.chunks_mut(1500);
+            let mut iovs: [[IoSliceMut<'_>; 1]; BURST] =
+                std::array::from_fn(|_| [IoSliceMut::new(slots.next().unwrap_or_default())]);
+            match recvmmsg(fd, &mut rx, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None) {
+                Ok(msgs) => {
+                    let mut n = 0;
+                    for (m, len) in msgs.zip(lens.iter_mut()) {
+                        *len = if m.flags.contains(MsgFlags::MSG_TRUNC) {
+                            0
+                        } else {
+                            m.bytes
+                        };
+                        n += 1;
+                    }
+                    n
+                }
+                Err(nix::errno::Errno::EAGAIN) => 0,
+                Err(e) => return Err(err("recvmmsg", &e)),
+            }
+        };
+        if n == 0 {
+            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+            let _ = poll(&mut fds, PollTimeout::from(5u8));
+            continue;
+        }
+        for (i, &len) in lens.iter().enumerate().take(n) {
+            let msg = &inbuf[i * 1500..i * 1500 + len];
+            if msg.len() < 12 {
+                continue;
+            }
+            let id = u16::from_be_bytes([msg[0], msg[1]]);
+            let Some((q, _)) = pending[usize::from(id)].take() else {
+                continue; // not outstanding: late, or not ours
+            };
+            free.push_back(id);
+            outstanding -= 1;
+            if well_formed(msg, &queries[q], id) {
+                run.answered += 1;
+            } else {
+                run.bad += 1;
+            }
+        }
+    }
+    run.secs = start.elapsed().as_secs_f64();
+    Ok(run)
+}
+
+/// Whether `msg` is a NOERROR answer to `query` sent with ID `id`: a
+/// response, opcode QUERY, the same question, and answer records that
+/// parse.
+fn well_formed(msg: &[u8], query: &[u8], id: u16) -> bool {
+    let (Some(end), Some(qend)) = (question_end(msg, 12), question_end(query, 12)) else {
+        return false;
+    };
+    msg[2] & 0x78 == 0
+        && msg[4..6] == [0, 1]
+        && msg[12..end] == query[12..qend]
+        && answer_addrs(msg, id).is_ok()
 }
 
 /// dnsperf's statistics, and in latency runs its per-query lines
@@ -821,11 +1171,13 @@ fn aardvark_config(dir: &Path, gateway: IpAddr, pods: &[&Sandbox]) -> AnyResult<
 async fn bench(cfg: &Config, tmp: &Path) -> AnyResult<bool> {
     let tools = find_tools()?;
     ip(&["addr", "add", &format!("{FAKE_IP}/32"), "dev", "lo"])?;
-    let fake = Fake::start(SocketAddr::from((FAKE_IP, 53)));
+    let fake = Fake::start(SocketAddr::from((FAKE_IP, 53))).and_then(|f| {
+        Fake::start_batched(SocketAddr::from((FAKE_IP, FAKE_BATCHED_PORT))).map(|b| (f, b))
+    });
     let result = match fake {
-        Ok(fake) => {
+        Ok(fakes) => {
             let r = with_network(cfg, tmp, &tools).await;
-            drop(fake);
+            drop(fakes);
             r
         }
         Err(e) => Err(e),
@@ -928,6 +1280,7 @@ async fn measure(
     let podnet = SocketAddr::new(gateway, PODNET_PORT);
     let aardvark = SocketAddr::new(gateway, AARDVARK_PORT);
     let fake = SocketAddr::from((FAKE_IP, 53));
+    let fake_batched = SocketAddr::from((FAKE_IP, FAKE_BATCHED_PORT));
     let aardvark_name = format!("aardvark-dns {}", tools.aardvark_version);
 
     // Check every server answers right before measuring anything.
@@ -944,6 +1297,12 @@ async fn measure(
         checks.push((server, "probe.fwd.example".into(), 1, FAKE_ANSWER.into()));
     }
     checks.push((fake, "probe.fwd.example".into(), 1, FAKE_ANSWER.into()));
+    checks.push((
+        fake_batched,
+        "probe.fwd.example".into(),
+        1,
+        FAKE_ANSWER.into(),
+    ));
     let failures: Vec<String> = client
         .run(move || {
             checks
@@ -959,6 +1318,9 @@ async fn measure(
         .iter()
         .any(|f| f.starts_with(&aardvark.to_string()))
         || failures.iter().any(|f| f.starts_with(&fake.to_string()))
+        || failures
+            .iter()
+            .any(|f| f.starts_with(&fake_batched.to_string()))
     {
         return Err("aardvark-dns or the fake upstream does not answer right".into());
     }
@@ -979,17 +1341,19 @@ async fn measure(
             // (beyond them it answers SERVFAIL at once).
             Mode::Throughput if queries == forwarded => FORWARDED_OUTSTANDING,
             Mode::Throughput => 100,
+            Mode::Burst => u32::try_from(BURST_WINDOW).unwrap_or(u32::MAX),
         },
         queries: queries.to_owned(),
         mode,
         cpu: match server {
             s if s == podnet => Cpu::Podnet,
             s if s == aardvark => Cpu::Aardvark,
+            s if s == fake_batched => Cpu::FakeBatched,
             _ => Cpu::Fake,
         },
         runs: Vec::new(),
     };
-    use Mode::{Latency, Throughput};
+    use Mode::{Burst, Latency, Throughput};
     // Groups of rows whose order rotates from round to round.
     let mut groups: Vec<Vec<Row>> = vec![
         vec![
@@ -1020,6 +1384,16 @@ async fn measure(
                 Throughput,
             ),
         ],
+        vec![
+            row("podnet", podnet, pod_names, Burst),
+            row(&aardvark_name, aardvark, pod_names, Burst),
+            row(
+                "fake upstream, batched (ceiling)",
+                fake_batched,
+                pod_names,
+                Burst,
+            ),
+        ],
     ];
     if !with_podnet {
         for g in &mut groups {
@@ -1028,18 +1402,30 @@ async fn measure(
     }
     let lat_secs = (cfg.secs / 2).max(1);
     let secs_of = |r: &Row| {
-        if r.mode == Throughput {
+        if r.mode != Latency {
             cfg.secs
         } else {
             lat_secs
         }
     };
     let out = tmp.join("dnsperf.out");
+    // The same queries as dnsperf's file, for the bench's own client.
+    let mut burst_queries = Vec::new();
+    for line in std::fs::read_to_string(pod_names)?.lines() {
+        let (name, qtype) = line.split_once(' ').ok_or("a bad line in the query file")?;
+        let qtype = if qtype == "AAAA" { 28 } else { 1 };
+        burst_queries.push(build_query(0, name, qtype)?);
+    }
+    let burst_queries = Arc::new(burst_queries);
 
     // Warm-up, untimed: one short run of each row.
     for g in &groups {
         for r in g {
-            dnsperf(client, tools, cfg, r, 1, &out, aardvark_pid).await?;
+            if r.mode == Burst {
+                burst(client, cfg, r, 1, &burst_queries, aardvark_pid).await?;
+            } else {
+                dnsperf(client, tools, cfg, r, 1, &out, aardvark_pid).await?;
+            }
         }
     }
     let per_round: u64 = groups.iter().flatten().map(secs_of).sum();
@@ -1058,7 +1444,12 @@ async fn measure(
             let n = g.len();
             for k in 0..n {
                 let r = &mut g[(k + round) % n];
-                let run = dnsperf(client, tools, cfg, r, secs_of(r), &out, aardvark_pid).await?;
+                let secs = secs_of(r);
+                let run = if r.mode == Burst {
+                    burst(client, cfg, r, secs, &burst_queries, aardvark_pid).await?
+                } else {
+                    dnsperf(client, tools, cfg, r, secs, &out, aardvark_pid).await?
+                };
                 r.runs.push(run);
             }
         }
@@ -1077,6 +1468,9 @@ fn print_round(round: usize, load: f64, groups: &[Vec<Row>]) {
         match r.mode {
             Mode::Throughput => {
                 let _ = write!(line, " | {short} {:.0} qps", run.qps);
+            }
+            Mode::Burst => {
+                let _ = write!(line, " | {short} {:.0} qps (burst)", run.qps);
             }
             Mode::Latency => {
                 let _ = write!(line, " | {short} p50 {:.1} p99 {:.1} us", run.p50, run.p99);
@@ -1160,6 +1554,22 @@ fn report(
     for r in &groups[0] {
         line(&r.what, Some(r), find(1, &r.what));
     }
+    println!(
+        "{:<34} {:>9} {:>6} {:>6} {:>10}   (the bench's batched client, {BURST_WINDOW} outstanding)",
+        "pod names, batched client", "qps", "lost%", "cpu%", "q/cpu-s"
+    );
+    for r in &groups[4] {
+        let m = medians(r);
+        println!(
+            "{:<34} {:>9.0} {:>6.2} {:>6.0} {:>10.0} {:>26}",
+            r.what,
+            m.qps,
+            m.lost,
+            m.busy,
+            m.per_cpu,
+            format!("errors {}", m.bad)
+        );
+    }
     head("forwarded names (A)");
     for r in &groups[2] {
         line(&r.what, find(3, &r.what), Some(r));
@@ -1202,12 +1612,24 @@ fn report(
          {p50_ratio:.2}x, p99 {p99_ratio:.2}x; queries per CPU-second {cpu_ratio:.2}x; podnet's \
          qps = {ceiling:.2}x the fake upstream's (the client's ceiling)"
     );
+    let (Some(pb), Some(ab), Some(fb)) = (find(4, "podnet"), find(4, "aardvark"), find(4, "fake"))
+    else {
+        return Err("a batched-client row is missing".into());
+    };
+    let burst_ratio = per_round(pb, ab, |a, b| a.qps / b.qps);
+    let burst_ceiling = per_round(pb, fb, |a, b| a.qps / b.qps);
+    let burst_cpu_ratio = per_round(pb, ab, |a, b| a.per_cpu() / b.per_cpu());
+    println!(
+        "with the batched client: podnet / aardvark-dns qps {burst_ratio:.2}x, queries per \
+         CPU-second {burst_cpu_ratio:.2}x; podnet's qps = {burst_ceiling:.2}x the fake upstream's"
+    );
 
     // One JSON line per run; a figure that could not be had is null.
     let (date, time) = utc_now();
     let m = |r: &Row| medians(r);
     let (mpq, maq, mfq, mpl, mal) = (m(pq), m(aq), m(fq), m(pl), m(al));
     let (md, mpf, maf) = (m(direct), m(pf), m(af));
+    let (mpb, mab, mfb) = (m(pb), m(ab), m(fb));
     let fwd_qps = |what: &str| find(3, what).map_or(f64::NAN, |r| medians(r).qps);
     let num = |v: f64, digits: usize| {
         if v.is_finite() {
@@ -1260,10 +1682,26 @@ fn report(
         ("aardvark_fwd_added_p99_us", num(aadded_p99, 1)),
         ("podnet_fwd_qps", num(fwd_qps("podnet"), 0)),
         ("aardvark_fwd_qps", num(fwd_qps("aardvark"), 0)),
+        ("burst_window", BURST_WINDOW.to_string()),
+        ("burst_podnet_qps", num(mpb.qps, 0)),
+        ("burst_aardvark_qps", num(mab.qps, 0)),
+        ("burst_fake_qps", num(mfb.qps, 0)),
+        ("burst_qps_ratio", num(burst_ratio, 3)),
+        ("burst_qps_of_ceiling", num(burst_ceiling, 3)),
+        ("burst_podnet_lost_pct", num(mpb.lost, 2)),
+        ("burst_aardvark_lost_pct", num(mab.lost, 2)),
+        ("burst_fake_lost_pct", num(mfb.lost, 2)),
+        ("burst_podnet_cpu_pct", num(mpb.busy, 1)),
+        ("burst_aardvark_cpu_pct", num(mab.busy, 1)),
+        ("burst_fake_cpu_pct", num(mfb.busy, 1)),
+        ("burst_podnet_q_per_cpu_s", num(mpb.per_cpu, 0)),
+        ("burst_aardvark_q_per_cpu_s", num(mab.per_cpu, 0)),
+        ("burst_q_per_cpu_ratio", num(burst_cpu_ratio, 3)),
         (
             "errors",
             (mpq.bad + maq.bad + mpl.bad + mal.bad + mpf.bad + maf.bad).to_string(),
         ),
+        ("burst_errors", (mpb.bad + mab.bad + mfb.bad).to_string()),
     ];
     let body: Vec<String> = fields
         .iter()

@@ -41,6 +41,47 @@ pub(crate) fn ethtool_set_value(
     Errno::result(rc).map(drop)
 }
 
+/// Send `bufs[i]` to `to[i]` from the UDP socket `fd`, as many as one
+/// `sendmmsg(2)` takes (at most 64): how many went. The first that did
+/// not is `bufs[n]`, and its error comes from the next call; `Err` if not
+/// even the first went. The socket's own flags say whether it blocks.
+pub(crate) fn send_datagrams(
+    fd: BorrowedFd<'_>,
+    bufs: &[Vec<u8>],
+    to: &[nix::sys::socket::SockaddrStorage],
+) -> Result<usize, Errno> {
+    use nix::sys::socket::SockaddrLike;
+    const MAX: usize = 64;
+    let n = bufs.len().min(to.len()).min(MAX);
+    let mut iov = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; MAX];
+    // SAFETY: mmsghdr is plain data (pointers, lengths, flags); all zeroes
+    // is a valid value: no name, no data, no control messages.
+    let mut hdrs: [libc::mmsghdr; MAX] = unsafe { std::mem::zeroed() };
+    for (i, (buf, addr)) in bufs.iter().zip(to).take(n).enumerate() {
+        iov[i] = libc::iovec {
+            iov_base: buf.as_ptr().cast_mut().cast(),
+            iov_len: buf.len(),
+        };
+        let h = &mut hdrs[i].msg_hdr;
+        h.msg_iov = &raw mut iov[i];
+        h.msg_iovlen = 1;
+        h.msg_name = addr.as_ptr().cast_mut().cast();
+        h.msg_namelen = addr.len();
+    }
+    let count = libc::c_uint::try_from(n).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: the first `n` headers point to `iov` entries, buffers and
+    // addresses that all live until the call returns; sendmmsg reads
+    // them and writes only the headers' msg_len, which we own.
+    // JUSTIFICATION: nix 0.31's sendmmsg tells how many went only through
+    // an iterator that reads its never-written address slots as
+    // initialised (`MaybeUninit::assume_init`).
+    let rc = unsafe { libc::sendmmsg(fd.as_raw_fd(), hdrs.as_mut_ptr(), count, 0) };
+    Errno::result(rc).map(|sent| usize::try_from(sent).unwrap_or(0))
+}
+
 /// Register `fd` with the current tokio reactor for `interest`.
 pub(crate) fn async_fd(
     fd: std::os::fd::OwnedFd,

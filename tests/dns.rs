@@ -494,6 +494,144 @@ fn a_flood_of_forwarded_queries_from_one_pod_leaves_room_for_the_others() {
     });
 }
 
+#[test]
+fn a_burst_from_several_pods_is_answered_right_each_from_the_gateway_asked() {
+    in_netns(|ctx| async move {
+        let net = net_with(&ctx, &[SUBNET, "fd00:88::/64"], DnsUpstream::None).await;
+        let mut named = Vec::new();
+        for i in 0..6 {
+            named.push(net.sandbox(format!("p{i}")).create().await.unwrap());
+        }
+        // What each query must get: (name, type, the addresses).
+        let mut asks: Vec<(String, RecordType, Vec<IpAddr>)> = Vec::new();
+        for p in &named {
+            let v4 = vec![p.ip()];
+            let v6 = vec![IpAddr::V6(p.ipv6().unwrap())];
+            asks.push((p.name().to_owned(), RecordType::A, v4.clone()));
+            asks.push((format!("{}.podnet.internal", p.name()), RecordType::A, v4));
+            asks.push((p.name().to_owned(), RecordType::AAAA, v6));
+        }
+        let asks = std::sync::Arc::new(asks);
+        let gateways: Vec<IpAddr> = vec![gw(), "fd00:88::1".parse().unwrap()];
+        const CLIENTS: usize = 3;
+        let start = std::sync::Arc::new(std::sync::Barrier::new(CLIENTS));
+        let mut clients = Vec::new();
+        for i in 0..CLIENTS {
+            clients.push(net.sandbox(format!("c{i}")).create().await.unwrap());
+        }
+        let runs = clients.iter().map(|c| {
+            let (asks, gateways, start) = (asks.clone(), gateways.clone(), start.clone());
+            c.run(move || burst(&asks, &gateways, &start))
+        });
+        let results = futures::future::join_all(runs).await;
+        for (c, r) in clients.iter().zip(results) {
+            let problems = r.unwrap();
+            assert!(problems.is_empty(), "{}: {problems:#?}", c.name());
+        }
+        for s in clients.into_iter().chain(named) {
+            s.remove().await.unwrap();
+        }
+        net.remove().await.unwrap();
+    });
+}
+
+/// Send every query of `asks` to each of `gateways` back to back, and one
+/// that does not parse, then read the answers; again for those with no
+/// answer, up to four times. What was wrong, or missing at the end.
+fn burst(
+    asks: &[(String, RecordType, Vec<IpAddr>)],
+    gateways: &[IpAddr],
+    start: &std::sync::Barrier,
+) -> Vec<String> {
+    // The one that does not parse: nine questions in the header, one there.
+    const BROKEN: u16 = 0xbad;
+    let mut problems = Vec::new();
+    let socks: Vec<std::net::UdpSocket> = gateways
+        .iter()
+        .map(|g| {
+            let any: IpAddr = if g.is_ipv4() {
+                "0.0.0.0".parse().unwrap()
+            } else {
+                "::".parse().unwrap()
+            };
+            let s = std::net::UdpSocket::bind((any, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        })
+        .collect();
+    // Per gateway: the IDs still unanswered (an ask's index; BROKEN).
+    let mut open: Vec<Vec<u16>> = gateways
+        .iter()
+        .map(|_| {
+            (0..u16::try_from(asks.len()).unwrap())
+                .chain([BROKEN])
+                .collect()
+        })
+        .collect();
+    start.wait();
+    for _ in 0..4 {
+        for ((sock, gw), ids) in socks.iter().zip(gateways).zip(&open) {
+            for &id in ids {
+                let mut q = if id == BROKEN {
+                    let mut q = dns_query("p0", RecordType::A, false);
+                    q[5] = 9;
+                    q
+                } else {
+                    let (name, qtype, _) = &asks[usize::from(id)];
+                    dns_query(name, *qtype, false)
+                };
+                q[..2].copy_from_slice(&id.to_be_bytes());
+                sock.send_to(&q, (*gw, 53)).unwrap();
+            }
+        }
+        for ((sock, gw), ids) in socks.iter().zip(gateways).zip(&mut open) {
+            let mut buf = [0u8; 2048];
+            while !ids.is_empty() {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    break;
+                };
+                if from != SocketAddr::new(*gw, 53) {
+                    problems.push(format!("an answer to {gw} came from {from}"));
+                }
+                let m = Message::from_vec(&buf[..n]).unwrap();
+                let id = m.metadata.id;
+                let Some(at) = ids.iter().position(|&x| x == id) else {
+                    continue; // answered already (a retry's twin)
+                };
+                ids.swap_remove(at);
+                let code = m.metadata.response_code;
+                if id == BROKEN {
+                    if code != ResponseCode::FormErr {
+                        problems.push(format!("{gw}: the broken query got {code:?}"));
+                    }
+                    continue;
+                }
+                let (name, qtype, want) = &asks[usize::from(id)];
+                let asked = m.queries.first().map(|q| q.name().to_ascii());
+                if code != ResponseCode::NoError
+                    || dns_addresses(&m) != *want
+                    || asked.as_deref() != Some(&format!("{name}."))
+                {
+                    problems.push(format!(
+                        "{gw}: {name} {qtype}: {code:?} {asked:?} {:?}, not {want:?}",
+                        dns_addresses(&m)
+                    ));
+                }
+            }
+        }
+        if open.iter().all(Vec::is_empty) {
+            break;
+        }
+    }
+    for (gw, ids) in gateways.iter().zip(&open) {
+        if !ids.is_empty() {
+            problems.push(format!("{gw}: no answer to {} queries", ids.len()));
+        }
+    }
+    problems
+}
+
 /// Ask over TCP from inside `pod`.
 async fn tcp_ask(pod: &podnet::Sandbox, name: &str) -> Option<Message> {
     let q = dns_query(name, RecordType::A, false);

@@ -1,7 +1,8 @@
 //! Pod DNS: every process that has a network answers its pods' names on
 //! the gateway's port 53 (`SO_REUSEPORT`, so any live one serves), from the
 //! shared store (`zone`, kept fresh by `watch`), and forwards other names
-//! to the host's resolvers (`forward`, `upstream`); `wire` is the packets.
+//! to the host's resolvers (`forward`, `upstream`); `udp` takes and sends
+//! datagrams in batches.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use crate::ipam::Store;
 mod answer;
 mod forward;
 mod server;
+mod udp;
 mod upstream;
 mod watch;
 mod zone;

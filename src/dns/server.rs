@@ -5,23 +5,20 @@
 //! whatever the caller's runtime is doing.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use nix::errno::Errno;
-use nix::libc;
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-    SockaddrStorage,
-};
+use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::answer::{from_pod, respond, Outcome, Transport};
 use super::forward::Forwarder;
+use super::udp::{Inbox, Outbox, BATCH};
 use super::watch::Live;
 use crate::error::{Error, Result};
 
@@ -83,7 +80,9 @@ pub(crate) fn start(scope: Scope, live: Arc<Mutex<Live>>, fwd: Arc<Forwarder>) -
                     return;
                 }
             };
-            rt.block_on(serve(scope, live, fwd, udp, tcp, stop_rx));
+            // A LocalSet: the UDP loops keep their recvmmsg headers (raw
+            // pointers, not Send) across awaits, on this thread only.
+            tokio::task::LocalSet::new().block_on(&rt, serve(scope, live, fwd, udp, tcp, stop_rx));
         })
         .map_err(|e| Error::io("start the DNS server thread", "", e))?;
     Ok(Server {
@@ -205,7 +204,7 @@ async fn serve(
     for fd in udp {
         match UdpSocket::from_std(std::net::UdpSocket::from(fd)) {
             Ok(sock) => {
-                tasks.spawn(serve_udp(ctx.clone(), Arc::new(sock)));
+                tasks.spawn_local(serve_udp(ctx.clone(), Arc::new(sock)));
             }
             Err(e) => tracing::warn!(error = %e, "dns: UDP socket not served"),
         }
@@ -248,83 +247,72 @@ async fn watch(ctx: Arc<Ctx>) {
 }
 
 async fn serve_udp(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) {
-    // A datagram longer than this is cut, and dropped.
-    let mut buf = vec![0u8; 4096];
+    let mut inbox = Inbox::new();
+    let mut outbox = Outbox::new();
     loop {
         if sock.readable().await.is_err() {
             return;
         }
         // Drain the queue before waiting again.
         loop {
-            let got = sock.try_io(Interest::READABLE, || recv(sock.as_raw_fd(), &mut buf));
-            let (n, src, ifindex, cut) = match got {
-                Ok(got) => got,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            };
-            if cut {
-                continue;
-            }
-            let allowed = ifindex == ctx.scope.bridge_index && ctx.is_pod(src.ip());
-            match ctx.outcome(&buf[..n], Transport::Udp, allowed) {
-                Outcome::Reply(reply) => {
-                    let _ = sock.try_send_to(&reply, src);
+            let mut n = 0;
+            // A short batch means recvmmsg met an empty queue: readiness
+            // is cleared then (WouldBlock), with no second call to learn
+            // it. A datagram that comes after it wakes the reactor anew
+            // (the socket is registered edge-triggered, and the reactor
+            // runs on this thread only once this task waits).
+            let got = sock.try_io(Interest::READABLE, || {
+                n = inbox.recv(sock.as_fd())?;
+                if n < BATCH {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
                 }
-                Outcome::Forward(query) => {
-                    let packet = buf[..n].to_vec();
-                    let Some(slot) = ctx.fwd.admit(src.ip()) else {
-                        if let Some(reply) = super::answer::servfail(&query, Transport::Udp) {
-                            let _ = sock.try_send_to(&reply, src);
-                        }
-                        continue;
-                    };
-                    let (fwd, sock) = (ctx.fwd.clone(), sock.clone());
-                    tokio::spawn(async move {
-                        let _slot = slot;
-                        if let Some(reply) = fwd.exchange(&query, &packet, Transport::Udp).await {
-                            let _ = sock.send_to(&reply, src).await;
-                        }
-                    });
-                }
-                Outcome::Drop => {}
+            });
+            answer_batch(&ctx, &sock, &inbox, n, &mut outbox);
+            outbox.flush(sock.as_fd());
+            if got.is_err() {
+                break;
             }
         }
     }
 }
 
-/// One datagram: its length, source, arrival interface, and whether it
-/// was cut to the buffer.
-fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, u32, bool)> {
-    let mut iov = [io::IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
-    let msg = socket::recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
-    let mut ifindex = 0;
-    for c in msg.cmsgs()? {
-        match c {
-            ControlMessageOwned::Ipv4PacketInfo(pi) => {
-                ifindex = u32::try_from(pi.ipi_ifindex).unwrap_or(0);
+/// Answer the `n` datagrams of `inbox`, the replies into `outbox`; the
+/// forwarded ones are sent by tasks of their own.
+fn answer_batch(ctx: &Ctx, sock: &Arc<UdpSocket>, inbox: &Inbox, n: usize, outbox: &mut Outbox) {
+    if n == 0 {
+        return;
+    }
+    // One sync for the batch: every datagram of it had come before it.
+    let mut live = ctx.live.lock().unwrap_or_else(|p| p.into_inner());
+    live.sync();
+    for i in 0..n {
+        let Some((packet, src, ifindex)) = inbox.get(i) else {
+            continue;
+        };
+        let allowed = ifindex == ctx.scope.bridge_index && ctx.is_pod(src.ip());
+        match respond(packet, Transport::Udp, allowed, ctx.forwarding, &live.zone) {
+            Outcome::Reply(reply) => outbox.push(reply, src),
+            Outcome::Forward(query) => {
+                let Some(slot) = ctx.fwd.admit(src.ip()) else {
+                    if let Some(reply) = super::answer::servfail(&query, Transport::Udp) {
+                        outbox.push(reply, src);
+                    }
+                    continue;
+                };
+                let packet = packet.to_vec();
+                let (fwd, sock) = (ctx.fwd.clone(), sock.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Some(reply) = fwd.exchange(&query, &packet, Transport::Udp).await {
+                        let _ = sock.send_to(&reply, src).await;
+                    }
+                });
             }
-            ControlMessageOwned::Ipv6PacketInfo(pi) => ifindex = pi.ipi6_ifindex,
-            _ => {}
+            Outcome::Drop => {}
         }
     }
-    let src = msg
-        .address
-        .and_then(|a| {
-            if let Some(v4) = a.as_sockaddr_in() {
-                Some(SocketAddr::V4(SocketAddrV4::from(*v4)))
-            } else {
-                a.as_sockaddr_in6()
-                    .map(|v6| SocketAddr::V6(SocketAddrV6::from(*v6)))
-            }
-        })
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))?;
-    Ok((
-        msg.bytes,
-        src,
-        ifindex,
-        msg.flags.contains(MsgFlags::MSG_TRUNC),
-    ))
 }
 
 async fn serve_tcp(ctx: Arc<Ctx>, listener: TcpListener) {
