@@ -282,21 +282,24 @@ pub(crate) fn on_thread_in<T: Send>(
     let cwd = std::env::current_dir().ok();
     let runtime = tokio::runtime::Handle::try_current().ok();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(CloneFlags::CLONE_FS)
-                .and_then(|()| setns(mounts, CloneFlags::CLONE_NEWNS))
-                .map_err(|e| Error::sys("join the command mount namespace of", what, e))?;
-            setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| setns_error(what, e))?;
-            // A directory that is not there inside leaves the thread at
-            // the root, where a command that joins in its child would be.
-            if let Some(dir) = &cwd {
-                let _ = std::env::set_current_dir(dir);
-            }
-            let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        std::thread::Builder::new()
+            .name("podnet-spawn".into())
+            .spawn_scoped(s, || {
+                nix::sched::unshare(CloneFlags::CLONE_FS)
+                    .and_then(|()| setns(mounts, CloneFlags::CLONE_NEWNS))
+                    .map_err(|e| Error::sys("join the command mount namespace of", what, e))?;
+                setns(target, CloneFlags::CLONE_NEWNET).map_err(|e| setns_error(what, e))?;
+                // A directory that is not there inside leaves the thread at
+                // the root, where a command that joins in its child would be.
+                if let Some(dir) = &cwd {
+                    let _ = std::env::set_current_dir(dir);
+                }
+                let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+                Ok(f())
+            })
+            .map_err(|e| Error::io("start a thread to spawn in", what, e))?
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 

@@ -108,22 +108,27 @@ pub(crate) fn make_mounts_slaves(what: &str) -> Result<()> {
 pub(crate) fn namespace_with(files: &NameFiles) -> Result<OwnedFd> {
     let what = format!("sandbox {:?}", files.sandbox);
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<OwnedFd> {
-            nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
-                .map_err(|e| Error::sys("make a mount namespace for", what.as_str(), e))?;
-            make_mounts_slaves(&what)?;
-            files.mount()?;
-            std::fs::File::open("/proc/thread-self/ns/mnt")
-                .map(OwnedFd::from)
-                .map_err(|e| Error::io("open mount namespace of", "/proc/thread-self/ns/mnt", e))
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(Error::sys(
-                "make a mount namespace for",
-                what.as_str(),
-                Errno::ECHILD,
-            ))
-        })
+        std::thread::Builder::new()
+            .name("podnet-mounts".into())
+            .spawn_scoped(s, || -> Result<OwnedFd> {
+                nix::sched::unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| Error::sys("make a mount namespace for", what.as_str(), e))?;
+                make_mounts_slaves(&what)?;
+                files.mount()?;
+                std::fs::File::open("/proc/thread-self/ns/mnt")
+                    .map(OwnedFd::from)
+                    .map_err(|e| {
+                        Error::io("open mount namespace of", "/proc/thread-self/ns/mnt", e)
+                    })
+            })
+            .map_err(|e| Error::io("start a thread to make the mounts of", what.as_str(), e))?
+            .join()
+            .unwrap_or_else(|_| {
+                Err(Error::sys(
+                    "make a mount namespace for",
+                    what.as_str(),
+                    Errno::ECHILD,
+                ))
+            })
     })
 }
