@@ -99,8 +99,9 @@ struct SbInner {
     holder: Holder,
     state: Mutex<State>,
     /// The mount namespace of this handle's commands, with the sandbox's
-    /// DNS files (see `files`), made at the first command.
-    command_mounts: Mutex<Option<Arc<std::os::fd::OwnedFd>>>,
+    /// DNS files (see `files`), made at the first command: `None` until
+    /// then, `Some(None)` if there is none to make (no DNS, or no right).
+    command_mounts: Mutex<Option<Option<Arc<std::os::fd::OwnedFd>>>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,16 +303,17 @@ impl SbInner {
             .command_mounts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(ns) = &*slot {
-            return Ok(Some(ns.clone()));
+        if let Some(known) = &*slot {
+            return Ok(known.clone());
         }
         let Some(files) = self.name_files(None) else {
+            *slot = Some(None);
             return Ok(None);
         };
         match files::namespace_with(&files) {
             Ok(ns) => {
                 let ns = Arc::new(ns);
-                *slot = Some(ns.clone());
+                *slot = Some(Some(ns.clone()));
                 Ok(Some(ns))
             }
             Err(Error::NotPermitted { .. }) => {
@@ -323,6 +325,8 @@ impl SbInner {
                          see the host's resolv.conf and /etc/hosts"
                     );
                 });
+                // Not tried again for each command of this handle.
+                *slot = Some(None);
                 Ok(None)
             }
             Err(e) => Err(e),
