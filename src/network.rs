@@ -305,8 +305,10 @@ impl NetworkBuilder {
 
     /// Keep the address store under `dir` instead of the default
     /// (`$PODNET_STATE_DIR` if set, else `/run/podnet` as root, else
-    /// `$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>`). It is made 0700 if missing, must belong to us,
-    /// and is removed by [`Network::remove`] once empty.
+    /// `$XDG_RUNTIME_DIR/podnet`, else `/tmp/podnet-<uid>`). It is made 0700
+    /// if missing, must belong to us, and is removed by [`Network::remove`]
+    /// once empty. A relative `dir` is taken from the working directory at
+    /// `build()`.
     pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.state_dir = Some(dir.into());
         self
@@ -414,7 +416,11 @@ impl NetworkBuilder {
 
         let host_ns = netns::thread_netns()?;
         let host_key = format!("netns-{}", netns::netns_cookie()?);
+        // Absolute, so that a command spawned with another working
+        // directory (or in a pod's mount namespace) finds the same store.
         let root = self.state_dir.unwrap_or_else(crate::paths::default_root);
+        let root = std::path::absolute(&root)
+            .map_err(|e| Error::io("make the state directory absolute", &root, e))?;
         // Netlink first, the store last, so bad input (a non-bridge of that
         // name) leaves nothing behind; a bridge made here goes if a later
         // step fails.

@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, in_netns, network, Ctx};
+use common::{eventually, in_netns, network, network_builder, Ctx, BRIDGE, SUBNET};
 use futures::StreamExt;
 use podnet::{
     Error, EventKind, KillReason, Member, MemberState, Network, Output, Phase, Pod, PodBuilder,
@@ -591,6 +591,40 @@ async fn shared_volumes(net: &Network, scratch: &Scratch) -> (Pod, Mounts) {
         .unwrap();
     assert_eq!(pod.wait().await, Phase::Succeeded, "{:#?}", pod.members());
     (pod, Mounts { a, b, m, out })
+}
+
+/// `to` as a path relative to the working directory.
+fn relative_to_cwd(to: &Path) -> PathBuf {
+    let cwd = std::env::current_dir().unwrap();
+    let mut rel = PathBuf::new();
+    for _ in cwd.components().skip(1) {
+        rel.push("..");
+    }
+    rel.join(to.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn a_pod_on_a_relative_state_dir_mounts_its_volumes() {
+    in_netns(|ctx| async move {
+        let relative = relative_to_cwd(&ctx.state);
+        assert!(relative.is_relative());
+        let net = network_builder(&relative, BRIDGE, &[SUBNET])
+            .build()
+            .await
+            .unwrap();
+        let scratch = Scratch::new(&ctx);
+        let dir = scratch.dir("v");
+        let pod = fast(net.pod("vol"))
+            .restart_policy(RestartPolicy::Never)
+            .volume(Volume::new("v"))
+            .member(sh("w", &format!("echo hi > {}/f", dir.display())).mount("v", &dir))
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(pod.wait().await, Phase::Succeeded, "{:#?}", pod.members());
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
 }
 
 #[test]
