@@ -266,6 +266,17 @@ pub(crate) fn join_with_on_exec(
     }
 }
 
+/// Make every spawn of `cmd` fail with `errno` in the child, before exec:
+/// for a command that must not start where it would be spawned.
+pub(crate) fn refuse_on_exec(cmd: &mut tokio::process::Command, errno: Errno) {
+    let raw = errno as i32;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // builds an io::Error from a number (no allocation, no lock).
+    unsafe {
+        cmd.pre_exec(move || Err(std::io::Error::from_raw_os_error(raw)));
+    }
+}
+
 /// Run `f` (a spawn) on a new OS thread that has joined the mount
 /// namespace `mounts` and the network namespace of `target`, and changed
 /// back to the directory the caller is in, looked up inside; with the

@@ -203,10 +203,12 @@ impl Command {
             let pidfd = self.sandbox.holder.pidfd().clone();
             match self.sandbox.command_mounts() {
                 Ok(None) => netns::join_on_exec(&mut self.inner, pidfd),
-                // The spawn reports it.
+                // The next spawn reports it; every spawn, by whatever
+                // means, fails rather than start without the files.
                 Err(e) => {
+                    let errno = e.errno().unwrap_or(nix::errno::Errno::EIO);
+                    netns::refuse_on_exec(&mut self.inner, errno);
                     self.mounts_error = Some(e);
-                    netns::join_on_exec(&mut self.inner, pidfd);
                 }
                 Ok(Some(mounts)) => netns::join_with_on_exec(
                     &mut self.inner,
