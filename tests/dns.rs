@@ -284,7 +284,9 @@ fn other_names_go_to_a_loopback_stub_over_udp_and_tcp_with_edns() {
             dns_addresses(&got),
             ["198.18.0.99".parse::<IpAddr>().unwrap()]
         );
-        assert_eq!(fake.count("tcp.test"), 1);
+        // At least once: under load the server may ask again after its
+        // per-try timeout.
+        assert!(fake.count("tcp.test") >= 1);
         client.remove().await.unwrap();
         net.remove().await.unwrap();
     });
