@@ -102,6 +102,66 @@ fn the_host_files_stay_as_they_were() {
     });
 }
 
+/// Where the host's mounts are shared (systemd makes `/` shared), the
+/// files mounted for commands and pods still stay out of the host's view.
+/// The test runs itself again in a mount namespace of its own whose mounts
+/// are made shared (`unshare --mount --propagation shared`), and checks
+/// there.
+#[test]
+fn the_host_files_stay_as_they_were_where_mounts_are_shared() {
+    const INSIDE: &str = "PODNET_TEST_SHARED_MOUNTS";
+    if std::env::var_os(INSIDE).is_some() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            mountinfo
+                .lines()
+                .any(|l| l.split_whitespace().nth(4) == Some("/") && l.contains(" shared:")),
+            "/ is not shared here:\n{mountinfo}"
+        );
+        return in_netns(|ctx| async move {
+            let before = (host_file("/etc/resolv.conf"), host_file("/etc/hosts"));
+            let net = network(&ctx).await;
+            let web = net.sandbox("web").create().await.unwrap();
+            stdout_of(&web, "cat", &["/etc/resolv.conf"]).await;
+            let pod = net.pod("db").member(sleeper()).start().await.unwrap();
+            assert_eq!(
+                (host_file("/etc/resolv.conf"), host_file("/etc/hosts")),
+                before
+            );
+            pod.remove().await.unwrap();
+            web.remove().await.unwrap();
+            net.remove().await.unwrap();
+        });
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "shared", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "the_host_files_stay_as_they_were_where_mounts_are_shared",
+            "--nocapture",
+        ])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("unshare failed") {
+        let why = format!("cannot make a mount namespace: {stderr}");
+        assert_ne!(
+            std::env::var("PODNET_REQUIRE_PRIV").as_deref(),
+            Ok("1"),
+            "PODNET_REQUIRE_PRIV=1 but {why}"
+        );
+        return eprintln!("SKIPPED: {why}");
+    }
+    assert!(
+        out.status.success(),
+        "{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"));
+}
+
 #[test]
 fn a_run_closure_sees_the_host_files() {
     in_netns(|ctx| async move {
