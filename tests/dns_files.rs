@@ -474,3 +474,80 @@ fn the_files_leave_nothing_in_the_store() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn a_pod_whose_files_cannot_be_mounted_is_an_error_and_leaves_nothing() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let before = common::snapshot(&ctx.nl).await;
+        common::refuse_on_this_thread(nix::libc::SYS_open_tree, nix::libc::EIO);
+        let err = net.pod("db").member(sleeper()).start().await.unwrap_err();
+        assert_eq!(err.errno(), Some(nix::errno::Errno::EIO), "{err}");
+        assert_eq!(common::snapshot(&ctx.nl).await, before);
+        let left = common::state_entries(&ctx, &["addr", "sandbox", "volumes"]);
+        assert!(left.is_empty(), "{left:?}");
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_command_whose_files_cannot_be_mounted_never_starts() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let web = net.sandbox("web").create().await.unwrap();
+        common::refuse_on_this_thread(nix::libc::SYS_open_tree, nix::libc::EIO);
+        let mut cmd = web.command("true");
+        cmd.inner_mut();
+        let first = cmd.status().await.unwrap_err();
+        assert_eq!(first.errno(), Some(nix::errno::Errno::EIO), "{first}");
+        let second = cmd.status().await.unwrap_err();
+        assert_eq!(second.errno(), Some(nix::errno::Errno::EIO), "{second}");
+        web.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_pod_member_with_a_volume_sees_the_files_and_the_volume() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let dir = ctx.state.with_extension("vol");
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "grep -q 'nameserver 10.88.0.1' /etc/resolv.conf && getent hosts web > {}/out",
+            dir.display()
+        );
+        let pod = net
+            .pod("web")
+            .restart_policy(podnet::RestartPolicy::Never)
+            .volume(podnet::Volume::new("v"))
+            .member(
+                Member::new("m", "sh")
+                    .args(["-c", &script])
+                    .mount("v", &dir),
+            )
+            .start()
+            .await
+            .unwrap();
+        assert_eq!(
+            pod.wait().await,
+            podnet::Phase::Succeeded,
+            "{:#?}",
+            pod.members()
+        );
+        let out = pod
+            .command("cat")
+            .arg(dir.join("out"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&pod.ip().to_string()),
+            "{out:?}"
+        );
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+        std::fs::remove_dir(&dir).unwrap();
+    });
+}
