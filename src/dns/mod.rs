@@ -35,7 +35,9 @@ pub enum DnsUpstream {
     HostResolvConf,
     /// The `nameserver`s of this resolv.conf file, re-read when it changes.
     ResolvConf(PathBuf),
-    /// These servers, in order.
+    /// These servers, in order. In a process that entered rootless
+    /// namespaces they are reached from the namespaces it came from, as
+    /// the host's resolvers are (docs/dns.md, "Rootless").
     Servers(Vec<SocketAddr>),
     /// None: other names are answered REFUSED at once (for test harnesses
     /// that must not resolve outside names).
