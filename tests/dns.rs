@@ -352,13 +352,15 @@ fn without_upstream_other_names_are_refused_at_once() {
 }
 
 #[test]
-fn an_upstream_that_is_not_there_is_servfail_at_once_and_a_silent_one_soon() {
+fn an_upstream_that_is_not_there_or_silent_is_servfail_before_the_client_gives_up() {
     in_netns(|ctx| async move {
         let (_fake, upstream) = stub(&ctx);
-        // 127.0.0.54: nothing listens (ICMP port unreachable).
+        // 127.0.0.54: nothing listens. The ICMP port unreachable ends the
+        // wait at once, unless the kernel's ICMP rate limit drops it; then
+        // the server's per-try timeout (1 s) does.
         let conf = ctx.state.join("down.conf");
         std::fs::write(&conf, "nameserver 127.0.0.54\n").unwrap();
-        let down = network_builder(&ctx.state, "pn1", &["10.89.0.0/16"])
+        let down = network_builder(&ctx.state, "pn1", &["198.19.0.0/16"])
             .dns_upstream(DnsUpstream::ResolvConf(conf))
             .build()
             .await
@@ -368,17 +370,13 @@ fn an_upstream_that_is_not_there_is_servfail_at_once_and_a_silent_one_soon() {
         let t = Instant::now();
         let got = dns_ask(
             &c1,
-            "10.89.0.1".parse().unwrap(),
+            "198.19.0.1".parse().unwrap(),
             "example.test",
             RecordType::A,
         )
         .await;
         assert_eq!(code(&got), Some(ResponseCode::ServFail));
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            t.elapsed()
-        );
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
         let c2 = net.sandbox("c2").create().await.unwrap();
         let q = dns_query("x.slow.test", RecordType::A, false);
         let t = Instant::now();

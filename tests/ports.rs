@@ -1321,7 +1321,7 @@ fn a_cancelled_add_port_leaves_no_rule() {
 }
 
 /// Two kernel networks in the test's namespace, pnpa (10.88.0.0/16) and
-/// pnpb (10.89.0.0/16), each with a sandbox "web": a's publishes TCP 9500
+/// pnpb (198.19.0.0/16), each with a sandbox "web": a's publishes TCP 9500
 /// and answers "80", b's publishes 9501 and answers "b".
 struct TwoNetworks {
     a: Network,
@@ -1336,7 +1336,7 @@ impl TwoNetworks {
         std::fs::create_dir_all(&sa).unwrap();
         std::fs::create_dir_all(&sb).unwrap();
         let a = network_named(&sa, Via::Kernel, "pnpa", "10.88.0.0/16").await;
-        let b = network_named(&sb, Via::Kernel, "pnpb", "10.89.0.0/16").await;
+        let b = network_named(&sb, Via::Kernel, "pnpb", "198.19.0.0/16").await;
         let pa = a
             .sandbox("web")
             .port(PortMapping::tcp(9500, 80))
@@ -1367,7 +1367,7 @@ fn two_networks_in_one_namespace_have_a_table_each_and_serve_at_either_bridge() 
         assert_eq!(two.pa.ports()[0].forwarder, Forwarder::Kernel);
         assert_eq!(two.pb.ports()[0].forwarder, Forwarder::Kernel);
         // Each reached at either bridge's address (both are local).
-        for ip in [[10, 88, 0, 1], [10, 89, 0, 1]] {
+        for ip in [[10, 88, 0, 1], [198, 19, 0, 1]] {
             assert_eq!(read_from(SocketAddr::from((ip, 9500))), "80");
             assert_eq!(read_from(SocketAddr::from((ip, 9501))), "b");
         }
@@ -1411,7 +1411,7 @@ fn removing_one_network_leaves_another_in_the_namespace_serving() {
             podnet::internals::podnet_tables().unwrap(),
             [(tb, rb.clone())]
         );
-        assert_eq!(read_from(SocketAddr::from(([10, 89, 0, 1], 9501))), "b");
+        assert_eq!(read_from(SocketAddr::from(([198, 19, 0, 1], 9501))), "b");
         remove(&two.b, &two.pb).await;
     });
 }

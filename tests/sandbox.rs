@@ -856,7 +856,7 @@ fn an_address_outside_the_pool_or_reserved_in_it_is_refused_saying_why() {
     in_netns(|ctx| async move {
         let r = Refusals::new(&ctx).await;
         let cases = [
-            ("10.89.0.5", "outside"),
+            ("198.18.0.5", "outside"),
             ("10.88.0.0", "network"),
             ("10.88.0.1", "gateway"),
             ("10.88.255.255", "broadcast"),
@@ -939,7 +939,7 @@ fn bad_bridge_names_are_refused() {
     in_netns(|ctx| async move {
         let r = Refusals::new(&ctx).await;
         for bridge in ["much-too-long-name", "a/b"] {
-            let err = common::build_network(&ctx.state, bridge, "10.90.0.0/24")
+            let err = common::build_network(&ctx.state, bridge, "198.19.0.0/24")
                 .await
                 .unwrap_err();
             assert!(matches!(err, Error::InvalidName { .. }), "{bridge}: {err}");
@@ -952,9 +952,9 @@ fn bad_bridge_names_are_refused() {
 fn a_network_needs_one_ipv4_pool_with_room_for_a_sandbox() {
     in_netns(|ctx| async move {
         let r = Refusals::new(&ctx).await;
-        let too_small = &["10.90.0.0/31"][..];
+        let too_small = &["198.19.0.0/31"][..];
         let none: &[&str] = &[];
-        let two = &["10.90.0.0/24", "10.91.0.0/24"][..];
+        let two = &["198.19.0.0/24", "198.19.1.0/24"][..];
         for subnets in [too_small, none, two] {
             let err = common::network_builder(&ctx.state, "pn1", subnets)
                 .build()
@@ -1279,7 +1279,7 @@ fn a_second_network_in_one_namespace_takes_the_same_sandbox_names() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let a = net.sandbox("a").create().await.unwrap();
-        let other = common::build_network(&ctx.state, "pn1", "10.89.0.0/24")
+        let other = common::build_network(&ctx.state, "pn1", "198.19.0.0/24")
             .await
             .unwrap();
         let a1 = other.sandbox("a").create().await.unwrap();
@@ -1582,7 +1582,7 @@ fn a_shard_bridge_is_no_network_bridge() {
     in_netns(|ctx| async move {
         let (net, pods) = sharded(&ctx).await;
         let before = snapshot(&ctx.nl).await;
-        let err = common::build_network(&ctx.state, "pn0.1", "10.89.0.0/16")
+        let err = common::build_network(&ctx.state, "pn0.1", "198.19.0.0/16")
             .await
             .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");

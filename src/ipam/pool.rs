@@ -192,7 +192,7 @@ mod tests {
         assert!(p.check("10.88.0.0".parse().unwrap()).is_err());
         assert!(p.check("10.88.0.1".parse().unwrap()).is_err());
         assert!(p.check("10.88.255.255".parse().unwrap()).is_err());
-        assert!(p.check("10.89.0.2".parse().unwrap()).is_err());
+        assert!(p.check("198.18.0.2".parse().unwrap()).is_err());
         assert!(p.check("fd00::2".parse().unwrap()).is_err());
         assert!(p.check("10.88.255.254".parse().unwrap()).is_ok());
         let p6 = pool("fd00:88::/64");
