@@ -84,22 +84,26 @@ fn a_command_sees_localhost_and_its_own_name_in_etc_hosts() {
     });
 }
 
+/// Run a command in a sandbox and start a pod; the host's resolv.conf and
+/// /etc/hosts read the same before and after.
+async fn commands_and_pods_leave_the_host_files_alone(ctx: Ctx) {
+    let before = (host_file("/etc/resolv.conf"), host_file("/etc/hosts"));
+    let net = network(&ctx).await;
+    let web = net.sandbox("web").create().await.unwrap();
+    stdout_of(&web, "cat", &["/etc/resolv.conf"]).await;
+    let pod = net.pod("db").member(sleeper()).start().await.unwrap();
+    assert_eq!(
+        (host_file("/etc/resolv.conf"), host_file("/etc/hosts")),
+        before
+    );
+    pod.remove().await.unwrap();
+    web.remove().await.unwrap();
+    net.remove().await.unwrap();
+}
+
 #[test]
 fn the_host_files_stay_as_they_were() {
-    in_netns(|ctx| async move {
-        let before = (host_file("/etc/resolv.conf"), host_file("/etc/hosts"));
-        let net = network(&ctx).await;
-        let web = net.sandbox("web").create().await.unwrap();
-        stdout_of(&web, "cat", &["/etc/resolv.conf"]).await;
-        let pod = net.pod("db").member(sleeper()).start().await.unwrap();
-        assert_eq!(
-            (host_file("/etc/resolv.conf"), host_file("/etc/hosts")),
-            before
-        );
-        pod.remove().await.unwrap();
-        web.remove().await.unwrap();
-        net.remove().await.unwrap();
-    });
+    in_netns(commands_and_pods_leave_the_host_files_alone);
 }
 
 /// Where the host's mounts are shared (systemd makes `/` shared), the
@@ -118,20 +122,7 @@ fn the_host_files_stay_as_they_were_where_mounts_are_shared() {
                 .any(|l| l.split_whitespace().nth(4) == Some("/") && l.contains(" shared:")),
             "/ is not shared here:\n{mountinfo}"
         );
-        return in_netns(|ctx| async move {
-            let before = (host_file("/etc/resolv.conf"), host_file("/etc/hosts"));
-            let net = network(&ctx).await;
-            let web = net.sandbox("web").create().await.unwrap();
-            stdout_of(&web, "cat", &["/etc/resolv.conf"]).await;
-            let pod = net.pod("db").member(sleeper()).start().await.unwrap();
-            assert_eq!(
-                (host_file("/etc/resolv.conf"), host_file("/etc/hosts")),
-                before
-            );
-            pod.remove().await.unwrap();
-            web.remove().await.unwrap();
-            net.remove().await.unwrap();
-        });
+        return in_netns(commands_and_pods_leave_the_host_files_alone);
     }
     let out = std::process::Command::new("unshare")
         .args(["--mount", "--propagation", "shared", "--"])
