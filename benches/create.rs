@@ -92,17 +92,6 @@ fn open_fds(count: usize, n: usize) -> AnyResult<Vec<std::fs::File>> {
     Ok(fds)
 }
 
-async fn fork_exec() -> AnyResult<Duration> {
-    let t = Instant::now();
-    let status = tokio::process::Command::new("true").status().await?;
-    let d = t.elapsed();
-    if status.success() {
-        Ok(d)
-    } else {
-        Err(format!("true exited with {status}").into())
-    }
-}
-
 async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
     let net = Network::builder("pnbench0")
         .subnet("10.88.0.0/16".parse()?)
@@ -114,7 +103,7 @@ async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
     // memfd and the pidfd that holders watch.
     let warm = net.sandbox("warm").create().await?;
     warm.remove().await?;
-    fork_exec().await?;
+    common::fork_exec().await?;
 
     let mut pods: Vec<Sandbox> = Vec::with_capacity(n);
     let (mut create, mut remove) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -122,7 +111,7 @@ async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
     let mut failed: Option<Box<dyn std::error::Error>> = None;
     let t0 = Instant::now();
     for i in 0..n {
-        match fork_exec().await {
+        match common::fork_exec().await {
             Ok(d) => fe_create.push(d),
             Err(e) => {
                 failed = Some(e);
@@ -145,7 +134,7 @@ async fn bench(state: &std::path::Path, n: usize, fds: usize) -> AnyResult<()> {
     let t0 = Instant::now();
     for pod in &pods {
         // Removal goes on whatever happens, so nothing is left.
-        if let Ok(d) = fork_exec().await {
+        if let Ok(d) = common::fork_exec().await {
             fe_remove.push(d);
         }
         let t = Instant::now();

@@ -68,17 +68,6 @@ fn usage() -> ExitCode {
     ExitCode::from(2)
 }
 
-async fn fork_exec() -> AnyResult<Duration> {
-    let t = Instant::now();
-    let status = tokio::process::Command::new("true").status().await?;
-    let d = t.elapsed();
-    if status.success() {
-        Ok(d)
-    } else {
-        Err(format!("true exited with {status}").into())
-    }
-}
-
 /// One timed create of sandbox `name` on `net`, kept in `made`.
 async fn timed_create(net: &Network, name: String, made: &mut Vec<Sandbox>) -> AnyResult<Duration> {
     let t = Instant::now();
@@ -106,7 +95,7 @@ async fn rounds(
         fork_exec: Vec::with_capacity(n),
     };
     for i in 0..n {
-        s.fork_exec.push(fork_exec().await?);
+        s.fork_exec.push(common::fork_exec().await?);
         if i % 2 == 0 {
             s.with.push(timed_create(dns, format!("d{i}"), made).await?);
             s.without
@@ -145,7 +134,7 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
             let warm = net.sandbox("warm").create().await?;
             warm.remove().await?;
         }
-        fork_exec().await?;
+        common::fork_exec().await?;
         rounds(&dns, &plain, n, &mut made).await
     }
     .await;
@@ -167,7 +156,7 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
         return Err(e.into());
     }
 
-    let ratios: Vec<f64> = s
+    let mut ratios: Vec<f64> = s
         .with
         .iter()
         .zip(&s.without)
@@ -177,7 +166,7 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
     else {
         return Err("no samples".into());
     };
-    let ratio = median(ratios).ok_or("no samples")?;
+    let ratio = common::median(&mut ratios).ok_or("no samples")?;
     println!(
         "create_dns bench: N={n} rounds of a fork+exec, a create with DNS and one without (ms)"
     );
@@ -210,9 +199,4 @@ async fn bench(state: &std::path::Path, n: usize) -> AnyResult<()> {
 /// (count, median, p95) in milliseconds.
 fn stats(xs: &[Duration]) -> Option<(usize, f64, f64)> {
     common::stats(xs, 1e3)
-}
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    xs.sort_by(f64::total_cmp);
-    xs.get(xs.len() / 2).copied()
 }

@@ -1,6 +1,6 @@
 //! What the benches share.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// (count, median, p95) of `xs` in units of `1/per_second` s (1e3: ms,
 /// 1e6: µs). The median of an even count is the mean of the two middle
@@ -10,13 +10,37 @@ pub fn stats(xs: &[Duration], per_second: f64) -> Option<(usize, f64, f64)> {
         return None;
     }
     let mut v: Vec<f64> = xs.iter().map(|d| d.as_secs_f64() * per_second).collect();
+    let median = median(&mut v)?;
+    let n = v.len();
+    let rank = (n * 95).div_ceil(100).max(1);
+    Some((n, median, v[rank - 1]))
+}
+
+/// The median of `v` (sorted in place); of an even count, the mean of the
+/// two middle values.
+pub fn median(v: &mut [f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 {
+    Some(if n % 2 == 1 {
         v[n / 2]
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    let rank = (n * 95).div_ceil(100).max(1);
-    Some((n, median, v[rank - 1]))
+    })
+}
+
+/// The yardstick of the create benches: one timed
+/// `tokio::process::Command::new("true").status()`.
+#[allow(dead_code)] // not every bench that shares this module uses it
+pub async fn fork_exec() -> Result<Duration, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let status = tokio::process::Command::new("true").status().await?;
+    let d = t.elapsed();
+    if status.success() {
+        Ok(d)
+    } else {
+        Err(format!("true exited with {status}").into())
+    }
 }
