@@ -82,6 +82,22 @@ pub enum Error {
         kind: String,
     },
 
+    /// Egress needs IP forwarding in the network's host namespace, it is
+    /// off there, and the builder was not asked to turn it on. Nothing was
+    /// changed.
+    #[error(
+        "network {network:?}: egress needs {sysctl}=1 in the host network namespace, and it is \
+         0; turn it on yourself (sysctl -w {sysctl}=1), or call .enable_forwarding(true) on the \
+         network's builder to let podnet turn it on; nothing was changed"
+    )]
+    ForwardingOff {
+        /// The network (bridge) name.
+        network: String,
+        /// The sysctl that is off: `net.ipv4.ip_forward` or
+        /// `net.ipv6.conf.all.forwarding`.
+        sysctl: &'static str,
+    },
+
     /// The network still has sandboxes, so it cannot be removed.
     #[error("network {network:?} still has sandboxes: {}", .sandboxes.join(", "))]
     Busy {

@@ -19,7 +19,7 @@ use crate::{link, netns, rootless};
 
 use crate::host::gc::{self, liveness, Liveness};
 pub use crate::host::gc::{Damaged, GcReport};
-use crate::host::NetInner;
+use crate::host::{egress, NetInner};
 
 /// A network: a Linux bridge in the host namespace with one IPv4 and/or one
 /// IPv6 pool, from which sandboxes get their addresses.
@@ -54,6 +54,8 @@ pub struct NetworkBuilder {
     mtu: Option<u32>,
     port_forwarding: PortForwarding,
     dns: crate::dns::Config,
+    egress: bool,
+    enable_forwarding: bool,
 }
 
 impl Network {
@@ -66,6 +68,8 @@ impl Network {
             mtu: None,
             port_forwarding: PortForwarding::Auto,
             dns: crate::dns::Config::default(),
+            egress: false,
+            enable_forwarding: false,
         }
     }
 
@@ -132,7 +136,8 @@ impl Network {
 
     /// Remove the network: delete its bridge (if podnet made it: a bridge
     /// that was there before is left alone), this process's nf_tables table
-    /// of its port mappings, and its address store (and the state
+    /// of its port mappings, its egress table (whoever made it; forwarding
+    /// is left as it is), and its address store (and the state
     /// directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
@@ -177,6 +182,9 @@ impl Network {
                 })
             }
         }
+        // The egress table, whichever process made it: no sandbox is left
+        // to need it.
+        inner.drop_egress().await?;
         // This process's nf_tables table of the network's port mappings
         // (its rules went with the sandboxes); it would go when the network
         // is dropped anyway.
@@ -356,6 +364,40 @@ impl NetworkBuilder {
         self
     }
 
+    /// Let the network's pods reach destinations beyond the host (default
+    /// off). Traffic from the pools to anything outside them is
+    /// masqueraded to the address of the host's interface it leaves by;
+    /// pod-to-pod and pod-to-host traffic keep their addresses. The rules
+    /// are in the nf_tables table `inet podnet-egress-<bridge>`, shared by
+    /// every process of the network and kept while it has sandboxes
+    /// (persistent ones too); gc and [`Network::remove`] delete it once no
+    /// sandbox needs it.
+    ///
+    /// It needs IP forwarding on in the host namespace for each family of
+    /// the pools (`net.ipv4.ip_forward`, `net.ipv6.conf.all.forwarding`):
+    /// `build()` fails with [`Error::ForwardingOff`] if it is off, unless
+    /// [`enable_forwarding`](Self::enable_forwarding) lets podnet turn it
+    /// on. Off by default because it changes how the host treats traffic
+    /// that is not its own; docs/egress.md says what it does, and about
+    /// the host's own firewall.
+    ///
+    /// `egress(false)` asks for nothing: it does not take away a table that
+    /// another process of the network made.
+    pub fn egress(mut self, enabled: bool) -> Self {
+        self.egress = enabled;
+        self
+    }
+
+    /// With [`egress`](Self::egress): let `build()` turn on IP forwarding
+    /// in the host namespace where it is off (default: fail instead).
+    /// podnet never turns it off again once the network is built, since
+    /// other networks and programs of the host may rely on it from then on;
+    /// only a `build()` that fails turns back off what it turned on.
+    pub fn enable_forwarding(mut self, enable: bool) -> Self {
+        self.enable_forwarding = enable;
+        self
+    }
+
     /// Validate, then make sure the bridge exists and is up with the gateway
     /// addresses, and open the address store.
     ///
@@ -367,10 +409,14 @@ impl NetworkBuilder {
     /// # Errors
     /// [`Error::InvalidName`], [`Error::InvalidConfig`] for bad input, before
     /// anything is made; [`Error::NotPermitted`] without privilege;
-    /// [`Error::NotABridge`]; [`Error::Netlink`] or [`Error::Io`] naming what failed.
+    /// [`Error::NotABridge`]; [`Error::ForwardingOff`] with egress, before
+    /// anything is made; [`Error::Netlink`] or [`Error::Io`] naming what
+    /// failed (then what this build made or turned on is undone).
     ///
     /// # Cancel safety
-    /// Each step is idempotent: a cancelled build can be run again.
+    /// Each step is idempotent: a cancelled build can be run again. A
+    /// cancelled build with egress may leave forwarding on and the egress
+    /// table without sandboxes, which gc deletes.
     ///
     /// # Panics
     /// Outside a tokio runtime with I/O enabled.
@@ -416,6 +462,50 @@ impl NetworkBuilder {
 
         let host_ns = netns::thread_netns()?;
         let host_key = format!("netns-{}", netns::netns_cookie()?);
+        // Before the first await: this thread is still in the host
+        // namespace, whose /proc/sys/net it reads.
+        let turned_on = if self.egress {
+            egress::ensure_forwarding(
+                &self.bridge,
+                v4.is_some(),
+                v6.is_some(),
+                self.enable_forwarding,
+            )?
+        } else {
+            Vec::new()
+        };
+        // A build that fails turns back off what it turned on, from the
+        // host namespace (later steps may run on other threads).
+        let undo_ns = match turned_on.is_empty() {
+            true => None,
+            false => match host_ns.try_clone() {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    egress::undo_forwarding(std::os::fd::AsFd::as_fd(&host_ns), turned_on);
+                    return Err(Error::io("duplicate fd of", "the host namespace", e));
+                }
+            },
+        };
+        match self.build_on(v4, v6, host_ns, host_key).await {
+            Ok(net) => Ok(net),
+            Err(e) => {
+                if let Some(ns) = undo_ns {
+                    egress::undo_forwarding(std::os::fd::AsFd::as_fd(&ns), turned_on);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The steps of `build()` after validation and the forwarding check;
+    /// on failure, the host namespace is handed back with the error.
+    async fn build_on(
+        self,
+        v4: Option<Pool>,
+        v6: Option<Pool>,
+        host_ns: std::os::fd::OwnedFd,
+        host_key: String,
+    ) -> Result<Network> {
         // Absolute, so that a command spawned with another working
         // directory (or in a pod's mount namespace) finds the same store.
         let root = self.state_dir.unwrap_or_else(crate::paths::default_root);
@@ -475,7 +565,7 @@ impl NetworkBuilder {
         } else {
             None
         };
-        Ok(Network {
+        let net = Network {
             inner: Arc::new(NetInner {
                 key: format!("{host_key}/{}", self.bridge),
                 tag: tag(&self.bridge),
@@ -493,7 +583,31 @@ impl NetworkBuilder {
                 shards: Default::default(),
                 deletions: Default::default(),
                 dns,
+                egress: self.egress,
+                egress_nft: Default::default(),
             }),
-        })
+        };
+        if !net.inner.egress {
+            return Ok(net);
+        }
+        // Under the store's lock, so a gc of another process does not
+        // delete the table between its making and its note.
+        let made = async {
+            let _lock = net.inner.store.lock().await?;
+            net.inner.make_egress().await
+        };
+        match made.await {
+            Ok(()) => Ok(net),
+            Err(e) => {
+                let inner = &net.inner;
+                // Nothing of this build stays: a table of an earlier build
+                // stays too, as the store says.
+                if created {
+                    let object = format!("bridge {:?}", inner.bridge);
+                    let _ = link::delete_link(&inner.conn.handle, &inner.bridge, &object).await;
+                }
+                Err(e)
+            }
+        }
     }
 }

@@ -49,6 +49,9 @@ pub struct GcReport {
     /// failed). Rules of processes that exited are never there to reclaim:
     /// the kernel deletes their tables when they exit.
     pub port_rules: Vec<String>,
+    /// Whether the network's egress table (`inet podnet-egress-<bridge>`)
+    /// was deleted because no sandbox was left to need it.
+    pub egress: bool,
 }
 
 impl GcReport {
@@ -60,6 +63,7 @@ impl GcReport {
             && self.holders.is_empty()
             && self.volumes.is_empty()
             && self.port_rules.is_empty()
+            && !self.egress
     }
 }
 
@@ -182,6 +186,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
     sweep.report.links.extend(deleted);
     sweep.errors.extend(failed);
     sweep.end_orphan_port_rules().await;
+    sweep.end_unneeded_egress().await;
     store.remove_stale_temp_files();
     let r = &sweep.report;
     if !r.is_empty() {
@@ -192,6 +197,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
             holders = ?r.holders,
             volumes = r.volumes.len(),
             port_rules = r.port_rules.len(),
+            egress = r.egress,
             "gc reclaimed"
         );
     }
@@ -519,6 +525,22 @@ impl Sweep<'_> {
                     Err(e) => self.errors.push(e),
                 }
             }
+        }
+    }
+
+    /// The network's egress table, once no sandbox may need it: no live,
+    /// pending or damaged record is left, and no live holder of the
+    /// network (a sandbox being made again under a dead record's name).
+    /// Any process of the network deletes it (it has no owner socket).
+    /// Under the store's lock, so no create is adding a sandbox meanwhile;
+    /// one that comes later makes it again if its network asked for egress.
+    async fn end_unneeded_egress(&mut self) {
+        if !self.keep.is_empty() || !self.live_holders.is_empty() {
+            return;
+        }
+        match self.inner.drop_egress().await {
+            Ok(deleted) => self.report.egress = deleted,
+            Err(e) => self.errors.push(e),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::ports::{self, PortForwarding};
 use crate::{link, netns};
 
 pub(crate) mod deletions;
+pub(crate) mod egress;
 pub(crate) mod gc;
 pub(crate) mod shard;
 
@@ -49,6 +50,11 @@ pub(crate) struct NetInner {
     pub deletions: deletions::VethDeletions,
     /// The network's DNS, unless it was built without.
     pub dns: Option<crate::dns::Dns>,
+    /// Whether this process's handle asked for egress (its creates make the
+    /// egress table if gc took it away).
+    pub egress: bool,
+    /// The nf_tables socket for the egress table, opened when first used.
+    pub egress_nft: std::sync::Mutex<Option<std::sync::Arc<Nft>>>,
 }
 
 impl NetInner {

@@ -15,6 +15,9 @@ use nix::libc;
 use nix::unistd::geteuid;
 
 use super::record::{Record, DONE_DAMAGED, TORN};
+
+/// The store's note that the network's egress table is made.
+const EGRESS_MARK: &str = "egress-made";
 use crate::error::{Error, Result};
 use crate::paths::{ensure_private_dir, open_private};
 
@@ -363,6 +366,33 @@ impl Store {
     /// Whether podnet made the bridge.
     pub(crate) fn bridge_is_ours(&self) -> bool {
         self.dir.join("bridge-made-here").exists()
+    }
+
+    /// Note that the network's egress table is made (`host::egress`): a
+    /// create that finds this file needs to make nothing.
+    pub(crate) fn mark_egress(&self) -> Result<()> {
+        let path = self.dir.join(EGRESS_MARK);
+        open_private(&path)
+            .map(drop)
+            .map_err(|e| io_err("create state file", &path, e))
+    }
+
+    /// Whether the network's egress table is noted as made.
+    pub(crate) fn egress_marked(&self) -> bool {
+        self.dir.join(EGRESS_MARK).exists()
+    }
+
+    /// Forget that the egress table is made (before it is deleted, so a
+    /// crash between the two leaves a table that gc deletes, never a note
+    /// of a table that is not there). A missing note is fine.
+    pub(crate) fn unmark_egress(&self) -> Result<()> {
+        let path = self.dir.join(EGRESS_MARK);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => {
+                Err(io_err("remove state file", &path, e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Names of the sandboxes with a record.

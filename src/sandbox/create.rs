@@ -198,6 +198,9 @@ impl SandboxBuilder {
         let shard = addr.map_or(0, |a| net.shard_of(a));
         let (bridge, bridge_name) = net.shard_bridge(shard).await?;
         let napi_receive = addr.is_some_and(|a| net.napi_receive(a));
+        // The network's egress table, if gc took it away while the network
+        // had no sandbox (usually one stat of the store's note).
+        net.egress_for_create().await?;
         // The record is not rewritten here: if this process dies before its
         // `done=` line is written, gc releases reservations that no live
         // record owns, kills holders by their argv and deletes the veth the

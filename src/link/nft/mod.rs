@@ -4,6 +4,7 @@
 //! operations on the table it owns; the wire format is in `msg`, the rules
 //! of a port in `rules`, the socket's I/O in `sock`.
 
+mod egress;
 mod msg;
 mod rules;
 mod sock;
@@ -31,6 +32,7 @@ use msg::{
 use rules::CHAINS;
 use sock::{recv_within, send, socket, ANSWER_WAIT, SHORT_WAIT};
 
+pub(crate) use egress::egress_table;
 pub(crate) use msg::Found;
 pub(crate) use rules::Dnat;
 

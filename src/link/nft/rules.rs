@@ -27,6 +27,8 @@ pub(super) const CHAINS: [(&str, u32, i32); 3] = [
     (OUTPUT, NF_INET_LOCAL_OUT, PRIO_DSTNAT),
     (POSTROUTING, NF_INET_POST_ROUTING, PRIO_SRCNAT),
 ];
+/// The one chain of a network's egress table: srcnat on postrouting.
+pub(super) const EGRESS_CHAIN: (&str, u32, i32) = (POSTROUTING, NF_INET_POST_ROUTING, PRIO_SRCNAT);
 const PREROUTING: &str = "prerouting";
 const OUTPUT: &str = "output";
 const POSTROUTING: &str = "postrouting";
@@ -279,6 +281,30 @@ impl Dnat {
             vec![(OUTPUT, out)]
         }
     }
+}
+
+/// The egress rule of pool `net`/`prefix`: `ip saddr <pool> ip daddr !=
+/// <pool> masquerade` (or `ip6`), so traffic from the pool to anything
+/// outside it leaves with the address of the interface it leaves by, and
+/// pod-to-pod traffic keeps its addresses. Pod-to-host traffic never meets
+/// the rule: it is delivered locally and never reaches postrouting.
+pub(super) fn masquerade_leaving(net: IpAddr, prefix: u8) -> Exprs {
+    let mut e = Exprs::default();
+    let (v4, saddr, daddr) = match net {
+        IpAddr::V4(_) => (NFPROTO_IPV4, (12, 4), (16, 4)),
+        IpAddr::V6(_) => (NFPROTO_IPV6, (8, 16), (24, 16)),
+    };
+    e.meta(NFT_META_NFPROTO).cmp(true, &[v4]);
+    let mask = mask(net, prefix);
+    let masked: Vec<u8> = octets(net).iter().zip(&mask).map(|(a, m)| a & m).collect();
+    e.payload(NFT_PAYLOAD_NETWORK_HEADER, saddr.0, saddr.1)
+        .and(&mask)
+        .cmp(true, &masked);
+    e.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr.0, daddr.1)
+        .and(&mask)
+        .cmp(false, &masked);
+    e.push("masq", Vec::new());
+    e
 }
 
 fn e_payload_not_loopback(e: &mut Exprs, v4: bool, off: u32, len: u32) {

@@ -1,0 +1,177 @@
+//! Egress of a network's pods beyond the host: the forwarding sysctls its
+//! builder checks (and turns on when asked), and the lifetime of its egress
+//! table (`link::nft`'s `inet podnet-egress-<bridge>`), which the store's
+//! note `egress-made` tracks across processes. The table is made by
+//! `build()` and, if gc took it away meanwhile, by the next create; it is
+//! deleted by gc or `Network::remove()` once no sandbox needs it.
+//! docs/egress.md says why.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result};
+use crate::host::NetInner;
+use crate::link::nft::{egress_table, Nft};
+use crate::netns;
+
+/// The sysctls egress needs, per family: (IPv4 or not, name, file).
+const SYSCTLS: [(bool, &str, &str); 2] = [
+    (true, "net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+    (
+        false,
+        "net.ipv6.conf.all.forwarding",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ),
+];
+
+/// A forwarding sysctl that a build turned on; turned back off if that
+/// build fails ([`undo_forwarding`]), kept otherwise.
+#[derive(Debug)]
+pub(crate) struct TurnedOn(&'static str);
+
+/// Check that forwarding is on in the *calling thread's* network namespace
+/// for each family the network has a pool of (`/proc/sys/net` is the
+/// namespace of the thread that opens it, so the caller must be in the
+/// host namespace). Where it is off: turn it on if `enable`, else fail
+/// with [`Error::ForwardingOff`] having changed nothing. Returns what was
+/// turned on. Every sysctl is read before any is written.
+pub(crate) fn ensure_forwarding(
+    network: &str,
+    v4: bool,
+    v6: bool,
+    enable: bool,
+) -> Result<Vec<TurnedOn>> {
+    let mut off = Vec::new();
+    for (is_v4, name, file) in SYSCTLS {
+        if (is_v4 && !v4) || (!is_v4 && !v6) {
+            continue;
+        }
+        let value =
+            std::fs::read_to_string(file).map_err(|e| Error::io("read sysctl", file, e))?;
+        if value.trim() != "0" {
+            continue;
+        }
+        if !enable {
+            return Err(Error::ForwardingOff {
+                network: network.to_owned(),
+                sysctl: name,
+            });
+        }
+        off.push((name, file));
+    }
+    let mut turned = Vec::new();
+    for (name, file) in off {
+        if let Err(e) = std::fs::write(file, "1") {
+            write_zero(turned);
+            return Err(Error::io("turn on sysctl", file, e));
+        }
+        tracing::info!(network, sysctl = name, "turned on forwarding for egress");
+        turned.push(TurnedOn(file));
+    }
+    Ok(turned)
+}
+
+/// Turn back off what a failed build turned on, in the host namespace
+/// `host` (this thread moves in for the writes). Best effort: the build's
+/// own error is the one reported.
+pub(crate) fn undo_forwarding(host: std::os::fd::BorrowedFd<'_>, turned: Vec<TurnedOn>) {
+    if turned.is_empty() {
+        return;
+    }
+    let Ok(_host) = netns::enter(host, "the host namespace of a failed build") else {
+        return;
+    };
+    write_zero(turned);
+}
+
+fn write_zero(turned: Vec<TurnedOn>) {
+    for TurnedOn(file) in turned {
+        let _ = std::fs::write(file, "0");
+    }
+}
+
+impl NetInner {
+    /// The pools as (network address, prefix), IPv4 first.
+    fn egress_pools(&self) -> Vec<(IpAddr, u8)> {
+        self.v4
+            .iter()
+            .chain(self.v6.iter())
+            .map(|p| (p.network().network(), p.prefix()))
+            .collect()
+    }
+
+    /// Run `f` on a blocking thread with an nf_tables socket of the host
+    /// namespace (opened once, by this thread moved in for the call).
+    async fn with_egress_nft<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&Nft, &str) -> std::result::Result<T, Errno> + Send + 'static,
+    ) -> Result<T> {
+        let nft = {
+            let mut slot = self.egress_nft.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(nft) => nft.clone(),
+                None => {
+                    let what = format!("host namespace of network {:?}", self.bridge);
+                    let nft = {
+                        let _host = netns::enter(self.host_ns.as_fd(), &what)?;
+                        Arc::new(Nft::open(&self.bridge)?)
+                    };
+                    *slot = Some(nft.clone());
+                    nft
+                }
+            }
+        };
+        let bridge = self.bridge.clone();
+        let object = format!(
+            "table inet {} of network {:?}",
+            egress_table(&bridge),
+            self.bridge
+        );
+        tokio::task::spawn_blocking(move || f(&nft, &bridge))
+            .await
+            .unwrap_or(Err(Errno::EINTR))
+            .map_err(|errno| match errno {
+                Errno::EPERM | Errno::EACCES => Error::not_permitted(format!("{op} {object}")),
+                errno => Error::Netlink { op, object, errno },
+            })
+    }
+
+    /// Make the egress table (again: it holds exactly this network's
+    /// rules afterwards), then note it in the store. Call under the store's
+    /// lock, so a gc does not delete it in between.
+    pub(crate) async fn make_egress(&self) -> Result<()> {
+        let pools = self.egress_pools();
+        self.with_egress_nft("nf_tables: make egress table", move |nft, bridge| {
+            nft.replace_egress(bridge, &pools)
+        })
+        .await?;
+        self.store.mark_egress()
+    }
+
+    /// For a create of this process, under the store's lock: make the
+    /// egress table if the network asked for egress and the store has no
+    /// note of it (gc took it away when the network had no sandbox). The
+    /// usual case is one `stat(2)` of the note.
+    pub(crate) async fn egress_for_create(&self) -> Result<()> {
+        if !self.egress || self.store.egress_marked() {
+            return Ok(());
+        }
+        self.make_egress().await
+    }
+
+    /// Delete the egress table, the store's note first (a crash in between
+    /// leaves a table without a note, which a create makes again and gc
+    /// deletes). Call under the store's lock with no sandbox left. Whether
+    /// there was a table.
+    pub(crate) async fn drop_egress(&self) -> Result<bool> {
+        self.store.unmark_egress()?;
+        self.with_egress_nft("nf_tables: delete egress table", |nft, bridge| {
+            nft.delete_egress(bridge)
+        })
+        .await
+    }
+}

@@ -1,0 +1,84 @@
+//! A network's egress table, `inet podnet-egress-<bridge>`: one nat chain
+//! on postrouting that masquerades what its pools send to anything outside
+//! them. Unlike the table of port mappings it has no owner socket, so it
+//! outlives the process that made it (persistent sandboxes keep their way
+//! out); `host::egress` decides when it is made and when it goes.
+
+use std::net::IpAddr;
+
+use nix::errno::Errno;
+
+use super::msg::{
+    comment_tlv, Msg, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE,
+    NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
+    NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE,
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+};
+use super::rules::{masquerade_leaving, EGRESS_CHAIN};
+use super::{Nft, TAG};
+
+/// The name of network `bridge`'s egress table (family inet): at most
+/// 14 + 15 bytes, far below NFT_NAME_MAXLEN (256).
+pub(crate) fn egress_table(bridge: &str) -> String {
+    format!("podnet-egress-{bridge}")
+}
+
+impl Nft {
+    /// Make network `bridge`'s egress table hold exactly the masquerade
+    /// rule of each of `pools` (network address, prefix), in one batch:
+    /// add the table (so the delete that follows finds it), delete it with
+    /// whatever it held, add it again with its chain and rules. The kernel
+    /// applies a batch all or nothing, so the table is never half-made and
+    /// a second call changes nothing.
+    pub(crate) fn replace_egress(
+        &self,
+        bridge: &str,
+        pools: &[(IpAddr, u8)],
+    ) -> std::result::Result<(), Errno> {
+        let table = egress_table(bridge);
+        let new_table = |seq| {
+            let mut t = Msg::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, seq);
+            t.str(NFTA_TABLE_NAME, &table);
+            t
+        };
+        let mut msgs = vec![new_table(self.next_seq())];
+        let mut del = Msg::nft(NFT_MSG_DELTABLE, NLM_F_ACK, self.next_seq());
+        del.str(NFTA_TABLE_NAME, &table);
+        msgs.push(del);
+        msgs.push(new_table(self.next_seq()));
+        let (chain, hook, prio) = EGRESS_CHAIN;
+        let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
+        c.str(NFTA_CHAIN_TABLE, &table)
+            .str(NFTA_CHAIN_NAME, chain)
+            .begin(NFTA_CHAIN_HOOK)
+            .be32(NFTA_HOOK_HOOKNUM, hook)
+            .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
+            .end()
+            .str(NFTA_CHAIN_TYPE, "nat");
+        msgs.push(c);
+        for &(net, prefix) in pools {
+            let mut r = Msg::nft(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
+                self.next_seq(),
+            );
+            r.str(NFTA_RULE_TABLE, &table).str(NFTA_RULE_CHAIN, chain);
+            masquerade_leaving(net, prefix).write(&mut r);
+            let comment = format!("{TAG}egress {net}/{prefix}");
+            r.attr(NFTA_RULE_USERDATA, &comment_tlv(&comment));
+            msgs.push(r);
+        }
+        self.batch(msgs)
+    }
+
+    /// Delete network `bridge`'s egress table; whether it was there.
+    pub(crate) fn delete_egress(&self, bridge: &str) -> std::result::Result<bool, Errno> {
+        let mut t = Msg::nft(NFT_MSG_DELTABLE, NLM_F_ACK, self.next_seq());
+        t.str(NFTA_TABLE_NAME, &egress_table(bridge));
+        match self.batch(vec![t]) {
+            Ok(()) => Ok(true),
+            Err(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
