@@ -49,8 +49,7 @@ pub(crate) fn ensure_forwarding(
         if (is_v4 && !v4) || (!is_v4 && !v6) {
             continue;
         }
-        let value =
-            std::fs::read_to_string(file).map_err(|e| Error::io("read sysctl", file, e))?;
+        let value = std::fs::read_to_string(file).map_err(|e| Error::io("read sysctl", file, e))?;
         if value.trim() != "0" {
             continue;
         }

@@ -388,9 +388,7 @@ impl Store {
     pub(crate) fn unmark_egress(&self) -> Result<()> {
         let path = self.dir.join(EGRESS_MARK);
         match fs::remove_file(&path) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(io_err("remove state file", &path, e))
-            }
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
             _ => Ok(()),
         }
     }

@@ -832,3 +832,166 @@ fn fake_answer(
     }
     r.to_vec().ok()
 }
+
+/// "The outside" of egress tests and benches: a network namespace of its
+/// own (on a thread of its own), joined to the caller's namespace, which
+/// plays the host, by a veth `<name>`–`<name>p`: `198.18.0.1/24` and
+/// `fd00:88::1:0:0:1/96` outside, `198.18.0.2/24` and `fd00:88::1:0:0:2/96`
+/// on the host's end. It has no route to the pools, so only masqueraded
+/// traffic of pods is answered. A TCP server on port [`Outside::PORT`]
+/// (both families) writes each client's address as it sees it and closes.
+/// Dropping it ends the thread, and the namespace with the veth goes.
+pub struct Outside {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Outside {
+    pub const PORT: u16 = 7000;
+    pub const V4: &'static str = "198.18.0.1";
+    pub const V6: &'static str = "fd00:88::1:0:0:1";
+    pub const HOST_V4: &'static str = "198.18.0.2";
+    pub const HOST_V6: &'static str = "fd00:88::1:0:0:2";
+
+    /// Make it, from a thread in the host namespace, with handle `nl` there.
+    pub async fn start(nl: &Handle, name: &str) -> Outside {
+        use std::os::fd::AsRawFd;
+        let no_dad = |dir: &str| {
+            for conf in ["all", "default"] {
+                let _ = std::fs::write(format!("{dir}/{conf}/accept_dad"), "0");
+            }
+        };
+        no_dad("/proc/sys/net/ipv6/conf");
+        let peer = format!("{name}p");
+        add_veth(nl, name, &peer).await;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/accept_dad"), "0");
+        let (fd_tx, fd_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let peer_name = peer.clone();
+        let thread = std::thread::spawn(move || {
+            unshare(CloneFlags::CLONE_NEWNET).unwrap();
+            no_dad("/proc/sys/net/ipv6/conf");
+            fd_tx
+                .send(std::fs::File::open("/proc/thread-self/ns/net").unwrap())
+                .unwrap();
+            go_rx.recv().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (conn, h, _) = rtnetlink::new_connection().unwrap();
+                tokio::spawn(conn);
+                h.link()
+                    .set(LinkUnspec::new_with_index(1).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let index = link_index(&h, &peer_name).await.unwrap();
+                for (ip, prefix) in [(Outside::V4, 24), (Outside::V6, 96)] {
+                    h.address()
+                        .add(index, ip.parse().unwrap(), prefix)
+                        .execute()
+                        .await
+                        .unwrap();
+                }
+                h.link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+            });
+            let listeners: Vec<TcpListener> = [Outside::V4, Outside::V6]
+                .iter()
+                .map(|ip| {
+                    // An IPv6 address is tentative (EADDRNOTAVAIL) until
+                    // the kernel's addrconf has seen the link up.
+                    let addr = (ip.parse::<IpAddr>().unwrap(), Outside::PORT);
+                    let t = Instant::now();
+                    let l = loop {
+                        match TcpListener::bind(addr) {
+                            Ok(l) => break l,
+                            Err(e) if t.elapsed() < Duration::from_secs(10) => {
+                                let _ = e;
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            Err(e) => panic!("bind {addr:?}: {e}"),
+                        }
+                    };
+                    l.set_nonblocking(true).unwrap();
+                    l
+                })
+                .collect();
+            ready_tx.send(()).unwrap();
+            while !st.load(Ordering::Relaxed) {
+                let mut idle = true;
+                for l in &listeners {
+                    if let Ok((mut c, from)) = l.accept() {
+                        idle = false;
+                        let _ = std::io::Write::write_all(&mut c, from.ip().to_string().as_bytes());
+                    }
+                }
+                if idle {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        });
+        let ns = fd_rx.recv().unwrap();
+        nl.link()
+            .set(
+                LinkUnspec::new_with_name(&peer)
+                    .setns_by_fd(ns.as_raw_fd())
+                    .build(),
+            )
+            .execute()
+            .await
+            .unwrap();
+        go_tx.send(()).unwrap();
+        let index = link_index(nl, name).await.unwrap();
+        for (ip, prefix) in [(Outside::HOST_V4, 24), (Outside::HOST_V6, 96)] {
+            nl.address()
+                .add(index, ip.parse().unwrap(), prefix)
+                .execute()
+                .await
+                .unwrap();
+        }
+        nl.link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .unwrap();
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the outside is ready");
+        Outside {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Set sysctl `path` (under /proc/sys) to `value` in the calling thread's
+/// network namespace.
+pub fn set_sysctl(path: &str, value: &str) {
+    std::fs::write(format!("/proc/sys/{path}"), value).unwrap();
+}
+
+/// Sysctl `path` (under /proc/sys) in the calling thread's namespace.
+pub fn sysctl(path: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
