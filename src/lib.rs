@@ -121,6 +121,21 @@ pub mod internals {
         crate::link::nft::podnet_tables()
     }
 
+    /// Make the nf_tables table `inet <table>` in the calling thread's
+    /// namespace with one srcnat chain and the masquerade rule of each of
+    /// `pools` (traffic from it to anything outside it), as egress's table
+    /// has, without a network: the hand-made baseline of
+    /// `benches/egress.rs`. Blocking.
+    pub fn masquerade_table(table: &str, pools: &[(std::net::IpAddr, u8)]) -> crate::Result<()> {
+        let nft = crate::link::nft::Nft::open("bench")?;
+        nft.replace_masquerade(table, pools)
+            .map_err(|errno| crate::Error::Netlink {
+                op: "nf_tables: make masquerade table",
+                object: format!("table inet {table}"),
+                errno,
+            })
+    }
+
     /// How many mappings of `net` have rules being added right now.
     pub fn installing(net: &crate::Network) -> usize {
         crate::ports::installing(&net.inner.ports)

@@ -35,20 +35,29 @@ impl Nft {
         bridge: &str,
         pools: &[(IpAddr, u8)],
     ) -> std::result::Result<(), Errno> {
-        let table = egress_table(bridge);
+        self.replace_masquerade(&egress_table(bridge), pools)
+    }
+
+    /// [`replace_egress`](Nft::replace_egress) for table `table` (inet);
+    /// also the hand-made baseline of `benches/egress.rs`.
+    pub(crate) fn replace_masquerade(
+        &self,
+        table: &str,
+        pools: &[(IpAddr, u8)],
+    ) -> std::result::Result<(), Errno> {
         let new_table = |seq| {
             let mut t = Msg::nft(NFT_MSG_NEWTABLE, NLM_F_CREATE | NLM_F_ACK, seq);
-            t.str(NFTA_TABLE_NAME, &table);
+            t.str(NFTA_TABLE_NAME, table);
             t
         };
         let mut msgs = vec![new_table(self.next_seq())];
         let mut del = Msg::nft(NFT_MSG_DELTABLE, NLM_F_ACK, self.next_seq());
-        del.str(NFTA_TABLE_NAME, &table);
+        del.str(NFTA_TABLE_NAME, table);
         msgs.push(del);
         msgs.push(new_table(self.next_seq()));
         let (chain, hook, prio) = EGRESS_CHAIN;
         let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
-        c.str(NFTA_CHAIN_TABLE, &table)
+        c.str(NFTA_CHAIN_TABLE, table)
             .str(NFTA_CHAIN_NAME, chain)
             .begin(NFTA_CHAIN_HOOK)
             .be32(NFTA_HOOK_HOOKNUM, hook)
@@ -62,7 +71,7 @@ impl Nft {
                 NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
                 self.next_seq(),
             );
-            r.str(NFTA_RULE_TABLE, &table).str(NFTA_RULE_CHAIN, chain);
+            r.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
             masquerade_leaving(net, prefix).write(&mut r);
             let comment = format!("{TAG}egress {net}/{prefix}");
             r.attr(NFTA_RULE_USERDATA, &comment_tlv(&comment));
