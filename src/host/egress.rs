@@ -14,7 +14,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::host::NetInner;
-use crate::link::nft::{egress_table, Nft};
+use crate::link::nft::{self, egress_table, Nft};
 use crate::netns;
 
 /// The sysctls egress needs, per family: (IPv4 or not, name, file).
@@ -166,11 +166,22 @@ impl NetInner {
     /// leaves a table without a note, which a create makes again and gc
     /// deletes). Call under the store's lock with no sandbox left. Whether
     /// there was a table.
+    ///
+    /// Without a note, where nf_tables is missing or refused, there is no
+    /// table to delete: gc of a network that never had egress works on a
+    /// host without nf_tables.
     pub(crate) async fn drop_egress(&self) -> Result<bool> {
+        let noted = self.store.egress_marked();
         self.store.unmark_egress()?;
-        self.with_egress_nft("nf_tables: delete egress table", |nft, bridge| {
-            nft.delete_egress(bridge)
-        })
-        .await
+        let got = self
+            .with_egress_nft("nf_tables: delete egress table", |nft, bridge| {
+                nft.delete_egress(bridge)
+            })
+            .await;
+        match got {
+            Err(Error::NotPermitted { .. }) if !noted => Ok(false),
+            Err(e) if !noted && e.errno().is_some_and(nft::refused) => Ok(false),
+            other => other,
+        }
     }
 }
