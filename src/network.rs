@@ -272,8 +272,9 @@ impl Network {
     /// creator died half-way, addresses owned by no sandbox, holders and
     /// host-side veths of this network that no live sandbox claims, veths
     /// of removed sandboxes (renamed `<tag>~...`, named in their alias)
-    /// whose remover died or whose deletion by this process failed, and
-    /// temporary files of dead writers. A live sandbox, or one that a live
+    /// whose remover died or whose deletion by this process failed, the
+    /// network's egress table once no sandbox is left to need it (see
+    /// [`NetworkBuilder::egress`]), and temporary files of dead writers. A live sandbox, or one that a live
     /// process is still creating, is never touched, whichever process owns it.
     ///
     /// An address is released only when no live or pending record owns or
