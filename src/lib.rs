@@ -75,6 +75,7 @@
 
 mod dns;
 mod error;
+mod failpoint;
 mod holder;
 mod host;
 mod ident;

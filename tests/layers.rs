@@ -9,7 +9,7 @@ use std::path::Path;
 /// other either.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["names", "paths", "ident", "sys"],
+    &["names", "paths", "ident", "failpoint", "sys"],
     &["link", "holder", "netns"],
     &["ipam", "release", "rootless", "ports"],
     &["dns"],

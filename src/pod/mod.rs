@@ -228,7 +228,7 @@ impl Pod {
             async move {
                 // Whatever happens to this task, no waiter is left hanging.
                 let _guard = EndGuard(shared.clone());
-                crate::sandbox::failpoint("supervise");
+                crate::failpoint::failpoint("supervise");
                 // Each waits for its turn (State::gate) or a stop.
                 let members =
                     all.into_iter()

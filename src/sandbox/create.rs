@@ -14,6 +14,7 @@ use nix::sched::CloneFlags;
 use super::builder::SandboxBuilder;
 use super::{Sandbox, SbInner, State};
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
 use crate::holder::{self, Holder, HolderSpec, HOLDER_COMM};
 use crate::host::NetInner;
 use crate::ident::{creator, Ident};
@@ -295,30 +296,6 @@ impl SandboxBuilder {
         Ok(veth_index)
     }
 }
-
-/// Die here with SIGKILL if `PODNET_FAILPOINT` names this step, stop with
-/// SIGSTOP if it is `stop:<step>` (a create caught in progress, until the
-/// test sends SIGCONT or SIGKILL), or panic if it is `panic:<step>` (a
-/// task that fails): crash tests (the `failpoints` feature, enabled for
-/// this crate's own tests only).
-#[cfg(feature = "failpoints")]
-pub(crate) fn failpoint(step: &str) {
-    use nix::sys::signal::{raise, Signal};
-    let Ok(want) = std::env::var("PODNET_FAILPOINT") else {
-        return;
-    };
-    if want == step {
-        let _ = raise(Signal::SIGKILL);
-    } else if want.strip_prefix("stop:") == Some(step) {
-        let _ = raise(Signal::SIGSTOP);
-    } else if want.strip_prefix("panic:") == Some(step) {
-        panic!("failpoint {step}");
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-pub(crate) fn failpoint(_step: &str) {}
 
 /// What `create()` has made so far, and how to unmake it.
 struct Undo {

@@ -24,7 +24,6 @@ mod remove;
 
 pub use builder::SandboxBuilder;
 pub use command::Command;
-pub(crate) use create::failpoint;
 pub(crate) use files::{make_mounts_slaves, NameFiles};
 
 /// Where a sandbox (or a pod) is in its life, as Kubernetes names it.
