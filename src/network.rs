@@ -369,7 +369,7 @@ impl NetworkBuilder {
     /// off). Traffic from the pools to anything outside them is
     /// masqueraded to the address of the host's interface it leaves by;
     /// pod-to-pod and pod-to-host traffic keep their addresses. The rules
-    /// are in the nf_tables table `inet podnet-egress-<bridge>`, shared by
+    /// are in the nf_tables table `inet podnet-<bridge>-egress`, shared by
     /// every process of the network and kept while it has sandboxes
     /// (persistent ones too); gc and [`Network::remove`] delete it once no
     /// sandbox needs it.

@@ -57,13 +57,13 @@ fn egress_tables() -> Vec<(String, Vec<String>)> {
     podnet::internals::podnet_tables()
         .unwrap()
         .into_iter()
-        .filter(|(name, _)| name.starts_with("podnet-egress-"))
+        .filter(|(name, _)| name.ends_with("-egress"))
         .collect()
 }
 
 fn our_table() -> Vec<(String, Vec<String>)> {
     vec![(
-        format!("podnet-egress-{BRIDGE}"),
+        format!("podnet-{BRIDGE}-egress"),
         vec![format!("podnet egress {V4}")],
     )]
 }

@@ -49,7 +49,7 @@ pub struct GcReport {
     /// failed). Rules of processes that exited are never there to reclaim:
     /// the kernel deletes their tables when they exit.
     pub port_rules: Vec<String>,
-    /// Whether the network's egress table (`inet podnet-egress-<bridge>`)
+    /// Whether the network's egress table (`inet podnet-<bridge>-egress`)
     /// was deleted because no sandbox was left to need it.
     pub egress: bool,
 }

@@ -1,4 +1,4 @@
-//! A network's egress table, `inet podnet-egress-<bridge>`: one nat chain
+//! A network's egress table, `inet podnet-<bridge>-egress`: one nat chain
 //! on postrouting that masquerades what its pools send to anything outside
 //! them. Unlike the table of port mappings it has no owner socket, so it
 //! outlives the process that made it (persistent sandboxes keep their way
@@ -18,9 +18,11 @@ use super::rules::{masquerade_leaving, EGRESS_CHAIN};
 use super::{Nft, TAG};
 
 /// The name of network `bridge`'s egress table (family inet): at most
-/// 14 + 15 bytes, far below NFT_NAME_MAXLEN (256).
+/// 7 + 15 + 7 bytes, far below NFT_NAME_MAXLEN (256). It cannot be the
+/// name of another network's table of port mappings,
+/// `podnet-<bridge>-<port id>`, whose name ends in digits.
 pub(crate) fn egress_table(bridge: &str) -> String {
-    format!("podnet-egress-{bridge}")
+    format!("podnet-{bridge}-egress")
 }
 
 impl Nft {
