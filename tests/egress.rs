@@ -61,6 +61,28 @@ fn egress_tables() -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The store's notes on the egress table (`egress-*` files, sorted).
+fn egress_notes(ctx: &Ctx) -> Vec<String> {
+    let mut notes: Vec<String> = common::files_under(&ctx.state)
+        .iter()
+        .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+        .filter(|n| n.starts_with("egress-"))
+        .collect();
+    notes.sort();
+    notes
+}
+
+/// Run the child `action` with `PODNET_FAILPOINT=<step>`, which kills it
+/// there (SIGKILL).
+fn child_killed_at(ctx: &Ctx, action: &str, step: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let status = common::child_command(ctx, action)
+        .env("PODNET_FAILPOINT", step)
+        .status()
+        .unwrap();
+    assert_eq!(status.signal(), Some(9), "killed at {step}: {status:?}");
+}
+
 fn our_table() -> Vec<(String, Vec<String>)> {
     vec![(
         format!("podnet-{BRIDGE}-egress"),
@@ -310,6 +332,95 @@ fn forwarding_asked_is_turned_on() {
     });
 }
 
+#[test]
+fn a_crash_between_noting_the_table_and_making_it_leaves_a_note_that_gc_clears() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        child_killed_at(&ctx, "build", "egress-noted");
+        assert_eq!(egress_tables(), vec![]);
+        assert_eq!(egress_notes(&ctx), ["egress-table"]);
+        let net = builder(&ctx, &[V4]).build().await.unwrap();
+        assert!(!net.gc().await.unwrap().egress, "there was no table");
+        assert_eq!(egress_notes(&ctx), Vec::<String>::new());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_crash_between_making_the_table_and_noting_it_made_leaves_a_table_that_gc_deletes() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        child_killed_at(&ctx, "build", "egress-table");
+        assert_eq!(egress_tables(), our_table());
+        assert_eq!(egress_notes(&ctx), ["egress-table"]);
+        let net = builder(&ctx, &[V4]).build().await.unwrap();
+        assert!(net.gc().await.unwrap().egress);
+        assert_eq!(egress_tables(), vec![]);
+        assert_eq!(egress_notes(&ctx), Vec::<String>::new());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_crash_in_gc_between_deleting_the_table_and_its_note_leaves_a_note_the_next_gc_clears() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        child_killed_at(&ctx, "gc", "egress-deleted");
+        assert_eq!(egress_tables(), vec![]);
+        assert_eq!(egress_notes(&ctx), ["egress-table"]);
+        let net = builder(&ctx, &[V4]).build().await.unwrap();
+        assert!(!net.gc().await.unwrap().egress, "the table was gone");
+        assert_eq!(egress_notes(&ctx), Vec::<String>::new());
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_create_after_a_crash_half_way_through_deleting_the_table_makes_it_again() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        let net = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        child_killed_at(&ctx, "gc", "egress-deleted");
+        assert_eq!(egress_tables(), vec![]);
+        let pod = net.sandbox("web").create().await.unwrap();
+        assert_eq!(egress_tables(), our_table());
+        assert_eq!(egress_notes(&ctx), ["egress-made", "egress-table"]);
+        let seen = fetch_from(&pod, Outside::V4, Outside::PORT).await.unwrap();
+        assert_eq!(seen, Outside::HOST_V4);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+        assert_eq!(egress_tables(), vec![]);
+    });
+}
+
+#[test]
+fn two_processes_building_the_network_at_once_make_one_table_both_use() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        let mut children: Vec<_> = ["keep-a", "keep-b"]
+            .iter()
+            .map(|name| {
+                common::child_command(&ctx, &format!("persistent {name}"))
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in &mut children {
+            assert!(child.wait().unwrap().success());
+        }
+        assert_eq!(egress_tables(), our_table());
+        let net = builder(&ctx, &[V4]).build().await.unwrap();
+        for name in ["keep-a", "keep-b"] {
+            let pod = net.open_sandbox(name).await.unwrap();
+            let seen = fetch_from(&pod, Outside::V4, Outside::PORT).await.unwrap();
+            assert_eq!(seen, Outside::HOST_V4, "{name}");
+            pod.remove().await.unwrap();
+        }
+        net.remove().await.unwrap();
+        assert_eq!(egress_tables(), vec![]);
+    });
+}
+
 /// The child's side of the tests above (run by `common::child_command`).
 #[test]
 #[ignore = "run by the tests above as a child process"]
@@ -321,17 +432,21 @@ fn child_process() {
             .build()
             .await
             .unwrap();
-        match action.as_str() {
-            "persistent" => {
-                net.sandbox("keep").persistent(true).create().await.unwrap();
+        match action.split_once(' ').unwrap_or((&action, "keep")) {
+            ("persistent", name) => {
+                net.sandbox(name).persistent(true).create().await.unwrap();
                 println!("made");
             }
-            "crash" => {
+            ("build", _) => {}
+            ("gc", _) => {
+                net.gc().await.unwrap();
+            }
+            ("crash", _) => {
                 let _pod = net.sandbox("doomed").create().await.unwrap();
                 println!("made");
                 tokio::time::sleep(Duration::from_secs(600)).await;
             }
-            other => panic!("unknown action {other}"),
+            other => panic!("unknown action {other:?}"),
         }
     });
 }

@@ -1,7 +1,7 @@
 //! Egress of a network's pods beyond the host: the forwarding sysctls its
 //! builder checks (and turns on when asked), and the lifetime of its egress
-//! table (`link::nft`'s `inet podnet-egress-<bridge>`), which the store's
-//! note `egress-made` tracks across processes. The table is made by
+//! table (`link::nft`'s `inet podnet-<bridge>-egress`), which the store's
+//! two notes ([`EgressNote`]) track across processes. The table is made by
 //! `build()` and, if gc took it away meanwhile, by the next create; it is
 //! deleted by gc or `Network::remove()` once no sandbox needs it.
 //! docs/egress.md says why.
@@ -13,8 +13,10 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
 use crate::host::NetInner;
-use crate::link::nft::{self, egress_table, Nft};
+use crate::ipam::EgressNote;
+use crate::link::nft::{egress_table, Nft};
 use crate::netns;
 
 /// The sysctls egress needs, per family: (IPv4 or not, name, file).
@@ -109,6 +111,11 @@ impl NetInner {
         op: &'static str,
         f: impl FnOnce(&Nft, &str) -> std::result::Result<T, Errno> + Send + 'static,
     ) -> Result<T> {
+        let object = format!(
+            "table inet {} of network {:?}",
+            egress_table(&self.bridge),
+            self.bridge
+        );
         let nft = {
             let mut slot = self.egress_nft.lock().unwrap_or_else(|p| p.into_inner());
             match &*slot {
@@ -125,11 +132,6 @@ impl NetInner {
             }
         };
         let bridge = self.bridge.clone();
-        let object = format!(
-            "table inet {} of network {:?}",
-            egress_table(&bridge),
-            self.bridge
-        );
         tokio::task::spawn_blocking(move || f(&nft, &bridge))
             .await
             .unwrap_or(Err(Errno::EINTR))
@@ -139,49 +141,78 @@ impl NetInner {
             })
     }
 
-    /// Make the egress table (again: it holds exactly this network's
-    /// rules afterwards), then note it in the store. Call under the store's
-    /// lock, so a gc does not delete it in between.
+    /// Make the egress table (again: it holds exactly this network's rules
+    /// afterwards) between the store's two notes. Call under the store's
+    /// lock, so that no gc deletes it meanwhile. If nf_tables refuses, the
+    /// kernel made nothing (a batch is all or nothing), and a `Table` note
+    /// this call wrote is taken away again.
     pub(crate) async fn make_egress(&self) -> Result<()> {
+        let noted = self.store.egress_noted(EgressNote::Table)?;
+        self.store.note_egress(EgressNote::Table)?;
+        failpoint("egress-noted");
         let pools = self.egress_pools();
-        self.with_egress_nft("nf_tables: make egress table", move |nft, bridge| {
-            nft.replace_egress(bridge, &pools)
-        })
-        .await?;
-        self.store.mark_egress()
+        let made = self
+            .with_egress_nft("nf_tables: make egress table", move |nft, bridge| {
+                nft.replace_egress(bridge, &pools)
+            })
+            .await;
+        if let Err(e) = made {
+            if !noted {
+                // Best effort: a note left behind costs gc one delete.
+                let _ = self.store.unnote_egress(EgressNote::Table);
+            }
+            return Err(e);
+        }
+        failpoint("egress-table");
+        self.store.note_egress(EgressNote::Made)
     }
 
     /// For a create of this process, under the store's lock: make the
     /// egress table if the network asked for egress and the store has no
-    /// note of it (gc took it away when the network had no sandbox). The
-    /// usual case is one `stat(2)` of the note.
+    /// note that it is made (gc took it away when the network had no
+    /// sandbox, or its maker died half-way). The usual case is one
+    /// `stat(2)` of the note.
     pub(crate) async fn egress_for_create(&self) -> Result<()> {
-        if !self.egress || self.store.egress_marked() {
+        if !self.egress || self.store.egress_noted(EgressNote::Made)? {
             return Ok(());
         }
         self.make_egress().await
     }
 
-    /// Delete the egress table, the store's note first (a crash in between
-    /// leaves a table without a note, which a create makes again and gc
-    /// deletes). Call under the store's lock with no sandbox left. Whether
-    /// there was a table.
+    /// Delete the egress table if the store's note says it may exist, the
+    /// notes around it (`Made` first, `Table` last, so a crash in between
+    /// leaves a `Table` note that the next call clears). Call under the
+    /// store's lock with no sandbox left. Whether there was a table.
     ///
-    /// Without a note, where nf_tables is missing or refused, there is no
-    /// table to delete: gc of a network that never had egress works on a
-    /// host without nf_tables.
+    /// Without a `Table` note there is no table, and nf_tables is not
+    /// touched: a network that never had egress needs nothing of it. Where
+    /// nf_tables is not there at all, there is no table to delete either.
     pub(crate) async fn drop_egress(&self) -> Result<bool> {
-        let noted = self.store.egress_marked();
-        self.store.unmark_egress()?;
-        let got = self
+        self.store.unnote_egress(EgressNote::Made)?;
+        if !self.store.egress_noted(EgressNote::Table)? {
+            return Ok(false);
+        }
+        let deleted = self
             .with_egress_nft("nf_tables: delete egress table", |nft, bridge| {
                 nft.delete_egress(bridge)
             })
             .await;
-        match got {
-            Err(Error::NotPermitted { .. }) if !noted => Ok(false),
-            Err(e) if !noted && e.errno().is_some_and(nft::refused) => Ok(false),
-            other => other,
-        }
+        let deleted = match deleted {
+            Err(e) if e.errno().is_some_and(nf_tables_missing) => false,
+            other => other?,
+        };
+        failpoint("egress-deleted");
+        self.store.unnote_egress(EgressNote::Table)?;
+        Ok(deleted)
     }
+}
+
+/// Whether `errno`, from opening an nf_tables socket or sending it a
+/// request, means that this kernel or namespace has no nf_tables: then it
+/// has no table either.
+fn nf_tables_missing(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EOPNOTSUPP | Errno::EPROTONOSUPPORT | Errno::EAFNOSUPPORT
+    )
 }

@@ -11,7 +11,7 @@ mod volumes;
 
 pub(crate) use pool::Pool;
 pub(crate) use record::{parse_owner, Record};
-pub(crate) use store::{RecordFile, Store};
+pub(crate) use store::{EgressNote, RecordFile, Store};
 pub(crate) use volumes::Volumes;
 
 /// The store, for this crate's benchmarks only (feature `internals`).

@@ -15,9 +15,6 @@ use nix::libc;
 use nix::unistd::geteuid;
 
 use super::record::{Record, DONE_DAMAGED, TORN};
-
-/// The store's note that the network's egress table is made.
-const EGRESS_MARK: &str = "egress-made";
 use crate::error::{Error, Result};
 use crate::paths::{ensure_private_dir, open_private};
 
@@ -38,6 +35,32 @@ pub(super) fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error 
     Error::io(op, path, e)
 }
 
+/// The store's two notes on the network's egress table (`host::egress`
+/// makes and deletes it), empty files whose being there is what they say.
+/// The table is made between them and deleted between them, so a crash at
+/// any point leaves notes that say at least what is there:
+/// [`Made`](EgressNote::Made) only where the table is, and
+/// [`Table`](EgressNote::Table) wherever it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EgressNote {
+    /// `egress-table`: the table may exist (written before it is made,
+    /// taken away after it is deleted), so gc and `Network::remove()` must
+    /// delete it; without it they leave nf_tables alone.
+    Table,
+    /// `egress-made`: the table exists (written after it is made, taken
+    /// away before it is deleted), so a create need not make it.
+    Made,
+}
+
+impl EgressNote {
+    fn file(self) -> &'static str {
+        match self {
+            EgressNote::Table => "egress-table",
+            EgressNote::Made => "egress-made",
+        }
+    }
+}
+
 /// One network's store.
 ///
 /// Layout, under `<root>/netns-<host netns cookie>/<network>/`:
@@ -49,6 +72,8 @@ pub(super) fn io_err(op: &'static str, path: &Path, e: std::io::Error) -> Error 
 /// addr/<ip>          a symlink whose target is "<sandbox>@<instance id>"
 /// sandbox/<name>     the sandbox's record (key=value lines)
 /// bridge-made-here   present if podnet made the bridge
+/// egress-table       present while the network's egress table may exist
+/// egress-made        present while it surely does (see [`EgressNote`])
 /// volumes/<owner>/   pod volumes of a sandbox instance (see `volumes`)
 /// ```
 ///
@@ -368,25 +393,30 @@ impl Store {
         self.dir.join("bridge-made-here").exists()
     }
 
-    /// Note that the network's egress table is made (`host::egress`): a
-    /// create that finds this file needs to make nothing.
-    pub(crate) fn mark_egress(&self) -> Result<()> {
-        let path = self.dir.join(EGRESS_MARK);
+    /// Write the note `note` on the network's egress table (`host::egress`);
+    /// one that is there already is fine.
+    pub(crate) fn note_egress(&self, note: EgressNote) -> Result<()> {
+        let path = self.dir.join(note.file());
         open_private(&path)
             .map(drop)
             .map_err(|e| io_err("create state file", &path, e))
     }
 
-    /// Whether the network's egress table is noted as made.
-    pub(crate) fn egress_marked(&self) -> bool {
-        self.dir.join(EGRESS_MARK).exists()
+    /// Whether the note `note` on the egress table is there. Anything but
+    /// a missing file is an error, not an answer: a note is never guessed.
+    pub(crate) fn egress_noted(&self, note: EgressNote) -> Result<bool> {
+        let path = self.dir.join(note.file());
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("look for state file", &path, e)),
+        }
     }
 
-    /// Forget that the egress table is made (before it is deleted, so a
-    /// crash between the two leaves a table that gc deletes, never a note
-    /// of a table that is not there). A missing note is fine.
-    pub(crate) fn unmark_egress(&self) -> Result<()> {
-        let path = self.dir.join(EGRESS_MARK);
+    /// Take away the note `note` on the egress table; a missing one is
+    /// fine.
+    pub(crate) fn unnote_egress(&self, note: EgressNote) -> Result<()> {
+        let path = self.dir.join(note.file());
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
             _ => Ok(()),
