@@ -390,10 +390,11 @@ impl NetworkBuilder {
     }
 
     /// With [`egress`](Self::egress): let `build()` turn on IP forwarding
-    /// in the host namespace where it is off (default: fail instead).
-    /// podnet never turns it off again once the network is built, since
-    /// other networks and programs of the host may rely on it from then on;
-    /// only a `build()` that fails turns back off what it turned on.
+    /// in the host namespace where it is off (default: fail instead). It
+    /// does so as its last step, once everything else is made, so a build
+    /// that fails leaves forwarding as it found it; podnet never turns it
+    /// off, since other networks and programs of the host may rely on it
+    /// from the moment it is on.
     pub fn enable_forwarding(mut self, enable: bool) -> Self {
         self.enable_forwarding = enable;
         self
@@ -412,12 +413,13 @@ impl NetworkBuilder {
     /// anything is made; [`Error::NotPermitted`] without privilege;
     /// [`Error::NotABridge`]; [`Error::ForwardingOff`] with egress, before
     /// anything is made; [`Error::Netlink`] or [`Error::Io`] naming what
-    /// failed (then what this build made or turned on is undone).
+    /// failed (then what this build made is undone, and forwarding is as
+    /// it was).
     ///
     /// # Cancel safety
     /// Each step is idempotent: a cancelled build can be run again. A
-    /// cancelled build with egress may leave forwarding on and the egress
-    /// table without sandboxes, which gc deletes.
+    /// build with egress cancelled in its last step may leave the egress
+    /// table, which gc deletes while the network has no sandbox.
     ///
     /// # Panics
     /// Outside a tokio runtime with I/O enabled.
@@ -463,50 +465,16 @@ impl NetworkBuilder {
 
         let host_ns = netns::thread_netns()?;
         let host_key = format!("netns-{}", netns::netns_cookie()?);
-        // Before the first await: this thread is still in the host
-        // namespace, whose /proc/sys/net it reads.
-        let turned_on = if self.egress {
-            egress::ensure_forwarding(
+        // Before anything is made (and before the first await: this thread
+        // is still in the host namespace, whose /proc/sys/net it reads).
+        if self.egress {
+            egress::check_forwarding(
                 &self.bridge,
                 v4.is_some(),
                 v6.is_some(),
                 self.enable_forwarding,
-            )?
-        } else {
-            Vec::new()
-        };
-        // A build that fails turns back off what it turned on, from the
-        // host namespace (later steps may run on other threads).
-        let undo_ns = match turned_on.is_empty() {
-            true => None,
-            false => match host_ns.try_clone() {
-                Ok(fd) => Some(fd),
-                Err(e) => {
-                    egress::undo_forwarding(std::os::fd::AsFd::as_fd(&host_ns), turned_on);
-                    return Err(Error::io("duplicate fd of", "the host namespace", e));
-                }
-            },
-        };
-        match self.build_on(v4, v6, host_ns, host_key).await {
-            Ok(net) => Ok(net),
-            Err(e) => {
-                if let Some(ns) = undo_ns {
-                    egress::undo_forwarding(std::os::fd::AsFd::as_fd(&ns), turned_on);
-                }
-                Err(e)
-            }
+            )?;
         }
-    }
-
-    /// The steps of `build()` after validation and the forwarding check;
-    /// on failure, the host namespace is handed back with the error.
-    async fn build_on(
-        self,
-        v4: Option<Pool>,
-        v6: Option<Pool>,
-        host_ns: std::os::fd::OwnedFd,
-        host_key: String,
-    ) -> Result<Network> {
         // Absolute, so that a command spawned with another working
         // directory (or in a pod's mount namespace) finds the same store.
         let root = self.state_dir.unwrap_or_else(crate::paths::default_root);
@@ -591,18 +559,10 @@ impl NetworkBuilder {
         if !net.inner.egress {
             return Ok(net);
         }
-        // Under the store's lock, so a gc of another process does not
-        // delete the table between its making and its note.
-        let made = async {
-            let _lock = net.inner.store.lock().await?;
-            net.inner.make_egress().await
-        };
-        match made.await {
+        match net.inner.build_egress(self.enable_forwarding).await {
             Ok(()) => Ok(net),
             Err(e) => {
                 let inner = &net.inner;
-                // Nothing of this build stays: a table of an earlier build
-                // stays too, as the store says.
                 if created {
                     let object = format!("bridge {:?}", inner.bridge);
                     let _ = link::delete_link(&inner.conn.handle, &inner.bridge, &object).await;

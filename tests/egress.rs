@@ -421,6 +421,23 @@ fn two_processes_building_the_network_at_once_make_one_table_both_use() {
     });
 }
 
+#[test]
+fn a_build_that_fails_leaves_forwarding_as_it_was() {
+    in_netns(|ctx| async move {
+        common::set_sysctl(IPV4_FORWARD, "0");
+        // Not a bridge: the build fails after the forwarding check.
+        common::add_veth(&ctx.nl, BRIDGE, "pne0p").await;
+        let err = builder(&ctx, &[V4])
+            .egress(true)
+            .enable_forwarding(true)
+            .build()
+            .await;
+        assert!(matches!(err, Err(Error::NotABridge { .. })), "{err:?}");
+        assert_eq!(common::sysctl(IPV4_FORWARD), "0");
+        assert_eq!(egress_tables(), vec![]);
+    });
+}
+
 /// The child's side of the tests above (run by `common::child_command`).
 #[test]
 #[ignore = "run by the tests above as a child process"]

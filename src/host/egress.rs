@@ -1,9 +1,9 @@
-//! Egress of a network's pods beyond the host: the forwarding sysctls its
-//! builder checks (and turns on when asked), and the lifetime of its egress
-//! table (`link::nft`'s `inet podnet-<bridge>-egress`), which the store's
-//! two notes ([`EgressNote`]) track across processes. The table is made by
-//! `build()` and, if gc took it away meanwhile, by the next create; it is
-//! deleted by gc or `Network::remove()` once no sandbox needs it.
+//! Egress of a network's pools beyond the host: the forwarding sysctls a
+//! build checks (and turns on when asked), and the lifetime of the
+//! network's egress table (`link::nft`'s `inet podnet-<bridge>-egress`),
+//! which the store's two notes ([`EgressNote`]) track across processes.
+//! `build()` makes the table, and so does a create if gc took it away;
+//! gc and `Network::remove()` delete it once no sandbox needs it.
 //! docs/egress.md says why.
 
 use std::net::IpAddr;
@@ -29,68 +29,36 @@ const SYSCTLS: [(bool, &str, &str); 2] = [
     ),
 ];
 
-/// A forwarding sysctl that a build turned on; turned back off if that
-/// build fails ([`undo_forwarding`]), kept otherwise.
-#[derive(Debug)]
-pub(crate) struct TurnedOn(&'static str);
-
-/// Check that forwarding is on in the *calling thread's* network namespace
-/// for each family the network has a pool of (`/proc/sys/net` is the
-/// namespace of the thread that opens it, so the caller must be in the
-/// host namespace). Where it is off: turn it on if `enable`, else fail
-/// with [`Error::ForwardingOff`] having changed nothing. Returns what was
-/// turned on. Every sysctl is read before any is written.
-pub(crate) fn ensure_forwarding(
-    network: &str,
-    v4: bool,
-    v6: bool,
-    enable: bool,
-) -> Result<Vec<TurnedOn>> {
+/// The forwarding sysctls of the families the network has a pool of
+/// (`v4`, `v6`) that are off in the *calling thread's* network namespace
+/// (`/proc/sys/net` is the namespace of the thread that opens it), as
+/// (name, file).
+fn forwarding_off(v4: bool, v6: bool) -> Result<Vec<(&'static str, &'static str)>> {
     let mut off = Vec::new();
     for (is_v4, name, file) in SYSCTLS {
         if (is_v4 && !v4) || (!is_v4 && !v6) {
             continue;
         }
         let value = std::fs::read_to_string(file).map_err(|e| Error::io("read sysctl", file, e))?;
-        if value.trim() != "0" {
-            continue;
+        if value.trim() == "0" {
+            off.push((name, file));
         }
-        if !enable {
-            return Err(Error::ForwardingOff {
-                network: network.to_owned(),
-                sysctl: name,
-            });
-        }
-        off.push((name, file));
     }
-    let mut turned = Vec::new();
-    for (name, file) in off {
-        if let Err(e) = std::fs::write(file, "1") {
-            write_zero(turned);
-            return Err(Error::io("turn on sysctl", file, e));
-        }
-        tracing::info!(network, sysctl = name, "turned on forwarding for egress");
-        turned.push(TurnedOn(file));
-    }
-    Ok(turned)
+    Ok(off)
 }
 
-/// Turn back off what a failed build turned on, in the host namespace
-/// `host` (this thread moves in for the writes). Best effort: the build's
-/// own error is the one reported.
-pub(crate) fn undo_forwarding(host: std::os::fd::BorrowedFd<'_>, turned: Vec<TurnedOn>) {
-    if turned.is_empty() {
-        return;
-    }
-    let Ok(_host) = netns::enter(host, "the host namespace of a failed build") else {
-        return;
-    };
-    write_zero(turned);
-}
-
-fn write_zero(turned: Vec<TurnedOn>) {
-    for TurnedOn(file) in turned {
-        let _ = std::fs::write(file, "0");
+/// For `build()`, before anything is made: fail with
+/// [`Error::ForwardingOff`] if forwarding is off in the calling thread's
+/// namespace (the host's) for a family of the pools and the builder may
+/// not turn it on. Reads only; [`NetInner::build_egress`] turns it on, as
+/// the last step of the build.
+pub(crate) fn check_forwarding(network: &str, v4: bool, v6: bool, enable: bool) -> Result<()> {
+    match forwarding_off(v4, v6)?.first() {
+        Some(&(sysctl, _)) if !enable => Err(Error::ForwardingOff {
+            network: network.to_owned(),
+            sysctl,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -165,6 +133,55 @@ impl NetInner {
         }
         failpoint("egress-table");
         self.store.note_egress(EgressNote::Made)
+    }
+
+    /// For `build()` with egress, its last step: under the store's lock,
+    /// make the egress table, then turn on forwarding where it is off (if
+    /// `enable`, else fail with [`Error::ForwardingOff`], as it was on when
+    /// the build began). Nothing can fail after forwarding is on, so a
+    /// build never turns it off again; if a step fails, a table that no
+    /// note stood for before this build is deleted with its notes, and one
+    /// that did (another process's, which its sandboxes use) stays.
+    pub(crate) async fn build_egress(&self, enable: bool) -> Result<()> {
+        let _lock = self.store.lock().await?;
+        let before = self.store.egress_noted(EgressNote::Table)?;
+        let built = match self.make_egress().await {
+            Ok(()) => self.turn_on_forwarding(enable),
+            Err(e) => Err(e),
+        };
+        if built.is_err() && !before {
+            let _ = self.drop_egress().await;
+        }
+        built
+    }
+
+    /// Turn on forwarding in the host namespace (this thread moves in for
+    /// it) for each family of the pools where it is off, if `enable`; else
+    /// fail with [`Error::ForwardingOff`]. Only a sysctl that reads 0 is
+    /// written; if a second write fails, the first is written back to 0 at
+    /// once, so a failure leaves both as they were.
+    fn turn_on_forwarding(&self, enable: bool) -> Result<()> {
+        let what = format!("host namespace of network {:?}", self.bridge);
+        let _host = netns::enter(self.host_ns.as_fd(), &what)?;
+        let off = forwarding_off(self.v4.is_some(), self.v6.is_some())?;
+        if let (Some(&(sysctl, _)), false) = (off.first(), enable) {
+            return Err(Error::ForwardingOff {
+                network: self.bridge.clone(),
+                sysctl,
+            });
+        }
+        let mut written: Vec<&str> = Vec::new();
+        for (name, file) in off {
+            if let Err(e) = std::fs::write(file, "1") {
+                for file in written {
+                    let _ = std::fs::write(file, "0");
+                }
+                return Err(Error::io("turn on IP forwarding", file, e));
+            }
+            tracing::info!(network = %self.bridge, sysctl = name, "turned on forwarding for egress");
+            written.push(file);
+        }
+        Ok(())
     }
 
     /// For a create of this process, under the store's lock: make the
