@@ -2,7 +2,8 @@
 //! fast; in private namespaces the whole path works; on the shared rootless
 //! host a second process finds, re-attaches to and adds to what a first one
 //! left, publishes a port below 1024, has its pods' outside names forwarded
-//! from the namespace it came from, and tears the host down.
+//! from the namespace it came from, lets pods reach beyond it with egress,
+//! and tears the host down.
 //!
 //! Its own binary (`harness = false`) because entering a user namespace
 //! needs a single-threaded process: `main` runs each claim in turn, a
@@ -98,6 +99,8 @@ fn main() {
         first.remove().await.unwrap();
         second.remove().await.unwrap();
         net.remove().await.unwrap();
+        pods_reach_beyond_the_shared_rootless_host_with_egress(&state).await;
+        passed.ok("pods reach beyond the shared rootless host with egress");
     });
     the_shared_host_is_torn_down_once();
     passed.ok("the shared host is torn down once");
@@ -194,6 +197,39 @@ async fn a_port_below_1024_is_published_on_the_rootless_host(second: &Sandbox) {
     .unwrap();
     assert_eq!(got, "through the mapping");
     server.join().unwrap();
+}
+
+/// Egress on the shared rootless host, as root does it: `build()` turns on
+/// forwarding in the host namespace (the user namespace's own) and makes
+/// the masquerade table there, and a pod reaches a server in a namespace
+/// beyond that host (over a veth of the test's own, `common::Outside`),
+/// which sees the host's uplink address.
+async fn pods_reach_beyond_the_shared_rootless_host_with_egress(state: &Path) {
+    let (conn, nl, _) = rtnetlink::new_connection().unwrap();
+    tokio::spawn(conn);
+    let _outside = common::Outside::start(&nl, "up0").await;
+    let net = common::network_builder(state, "pnegress", &["10.88.0.0/16"])
+        .dns(false)
+        .egress(true)
+        .enable_forwarding(true)
+        .build()
+        .await
+        .expect("build a network with egress on the shared rootless host");
+    let pod = net.sandbox("out").create().await.unwrap();
+    let seen = pod
+        .run(|| {
+            let addr = (common::Outside::V4, common::Outside::PORT);
+            let mut s = std::net::TcpStream::connect(addr)?;
+            let mut seen = String::new();
+            std::io::Read::read_to_string(&mut s, &mut seen)?;
+            Ok::<_, std::io::Error>(seen)
+        })
+        .await
+        .unwrap()
+        .expect("reach the outside");
+    assert_eq!(seen, common::Outside::HOST_V4);
+    pod.remove().await.unwrap();
+    net.remove().await.unwrap();
 }
 
 /// Tearing the shared host down says it was there; the second time, that
