@@ -6,7 +6,7 @@
 //! hand-made path's.
 //!
 //! ```text
-//! cargo bench --bench egress                # needs [[bench]] name = "egress", harness = false
+//! cargo bench --bench egress
 //! cargo bench --bench egress -- 7 3         # ROUNDS (default 5), SECS per run (default 3)
 //! ```
 //!
@@ -20,8 +20,12 @@
 //! The set-up, in the bench's namespace (the host, forwarding on):
 //! - the outside: a namespace of a thread of its own over the veth
 //!   `up0`–`up0p` (`198.18.0.2/24` here, `198.18.0.1/24` there, no route
-//!   back to the pods), with a sink on port 5001 (reads to the end) and an
-//!   acceptor on 5002 (accepts and drops);
+//!   back to the pods), with a sink on port 5001 (reads to the end) and
+//!   acceptors (accept and drop) on 5002 for podnet's side and 5003 for
+//!   the hand-made one: both sides are masqueraded to `198.18.0.2`, and
+//!   conntrack keeps a closed connection 10 s, so on one port the second
+//!   side of a round would find the first side's source ports taken and
+//!   pay (or fail) nf_nat's search for free ones;
 //! - podnet: network `pnb0`, pool `10.88.0.0/17`, `.egress(true)`, one
 //!   sandbox; the client runs in it by `Sandbox::run`;
 //! - by hand: a namespace of a thread of its own with `eth0`
@@ -47,7 +51,9 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, unshare, CloneFlags};
 
 const SINK: u16 = 5001;
-const ACCEPT: u16 = 5002;
+/// The acceptors of the connection rate: podnet's side, the hand-made one.
+const ACCEPT_PODNET: u16 = 5002;
+const ACCEPT_HAND: u16 = 5003;
 const OUTSIDE: &str = "198.18.0.1";
 
 fn ip(args: &str) {
@@ -110,10 +116,10 @@ fn wire(ns: &File, host: &str, host_cidr: &str, peer_cidr: &str, via: Option<&st
 }
 
 fn serve(outside: &File) {
-    let (sink, acc) = run_in(outside, || {
+    let (sink, accs) = run_in(outside, || {
         (
             TcpListener::bind((OUTSIDE, SINK)).unwrap(),
-            TcpListener::bind((OUTSIDE, ACCEPT)).unwrap(),
+            [ACCEPT_PODNET, ACCEPT_HAND].map(|p| TcpListener::bind((OUTSIDE, p)).unwrap()),
         )
     });
     std::thread::spawn(move || {
@@ -125,11 +131,14 @@ fn serve(outside: &File) {
             });
         }
     });
-    std::thread::spawn(move || for _ in acc.incoming() {});
+    for acc in accs {
+        std::thread::spawn(move || for _ in acc.incoming() {});
+    }
 }
 
-/// (Gbit/s, connections/s) from the calling thread's namespace.
-fn measure(secs: u64) -> (f64, f64) {
+/// (Gbit/s, connections/s) from the calling thread's namespace, the
+/// connections to the acceptor on port `accept`.
+fn measure(secs: u64, accept: u16) -> (f64, f64) {
     let run = Duration::from_secs(secs);
     let sink = SocketAddr::new(OUTSIDE.parse::<IpAddr>().unwrap(), SINK);
     let mut s = TcpStream::connect(sink).unwrap();
@@ -141,7 +150,7 @@ fn measure(secs: u64) -> (f64, f64) {
     }
     let gbits = bytes as f64 * 8.0 / t.elapsed().as_secs_f64() / 1e9;
     drop(s);
-    let acc = SocketAddr::new(OUTSIDE.parse::<IpAddr>().unwrap(), ACCEPT);
+    let acc = SocketAddr::new(OUTSIDE.parse::<IpAddr>().unwrap(), accept);
     let (t, mut n) = (Instant::now(), 0u64);
     let linger = nix::libc::linger {
         l_onoff: 1,
@@ -223,9 +232,9 @@ async fn bench(rounds: usize, secs: u64, tmp: &std::path::Path) -> podnet::Resul
         let mut hand_side = None;
         for side in [r % 2, 1 - r % 2] {
             if side == 0 {
-                podnet_side = Some(pod.run(move || measure(secs)).await?);
+                podnet_side = Some(pod.run(move || measure(secs, ACCEPT_PODNET)).await?);
             } else {
-                hand_side = Some(run_in(&hand, move || measure(secs)));
+                hand_side = Some(run_in(&hand, move || measure(secs, ACCEPT_HAND)));
             }
         }
         let (p, h) = (podnet_side.unwrap(), hand_side.unwrap());
