@@ -274,8 +274,9 @@ impl Network {
     /// of removed sandboxes (renamed `<tag>~...`, named in their alias)
     /// whose remover died or whose deletion by this process failed, the
     /// network's egress table once no sandbox is left to need it (see
-    /// [`NetworkBuilder::egress`]), and temporary files of dead writers. A live sandbox, or one that a live
-    /// process is still creating, is never touched, whichever process owns it.
+    /// [`NetworkBuilder::egress`]), and temporary files of dead writers. A
+    /// live sandbox, or one that a live process is still creating, is never
+    /// touched, whichever process owns it.
     ///
     /// An address is released only when no live or pending record owns or
     /// names it, no damaged record may own it, and no live holder of this
