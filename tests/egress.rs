@@ -113,10 +113,12 @@ fn without_egress_a_pod_does_not_reach_the_outside() {
         let pod = net.sandbox("web").create().await.unwrap();
         // Forwarded unmasqueraded, the SYN reaches the outside, whose
         // answer has no way back: the connect times out.
-        let t = std::time::Instant::now();
         let got = fetch_from(&pod, Outside::V4, Outside::PORT).await;
-        assert!(got.is_err(), "{got:?}");
-        assert!(t.elapsed() < SHORT * 2, "{:?}", t.elapsed());
+        assert!(
+            got.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+            "{got:?}"
+        );
         pod.remove().await.unwrap();
         net.remove().await.unwrap();
     });
@@ -162,7 +164,7 @@ fn pods_and_the_host_see_pod_addresses_with_egress_on() {
                 let (_, from) = l.accept().unwrap();
                 from.ip()
             });
-            fetch_from(&b, &a_ip.to_string(), port).await.ok();
+            fetch_from(&b, &a_ip.to_string(), port).await.unwrap();
             let from = server.join().unwrap();
             assert!(b_ips.contains(&from), "pod a saw {from}, b is {b_ips:?}");
         }
@@ -170,7 +172,7 @@ fn pods_and_the_host_see_pod_addresses_with_egress_on() {
         let l = std::net::TcpListener::bind((Outside::HOST_V4, 0)).unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || l.accept().unwrap().1.ip());
-        fetch_from(&b, Outside::HOST_V4, port).await.ok();
+        fetch_from(&b, Outside::HOST_V4, port).await.unwrap();
         assert_eq!(server.join().unwrap(), b.ip());
         a.remove().await.unwrap();
         b.remove().await.unwrap();
