@@ -179,6 +179,11 @@ pub mod internals {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 mod readme {}
+
+/// docs/egress.md's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/egress.md")]
+mod egress_doc {}
 pub use ipnetwork;
 pub use netns::Enter;
 pub use network::{Damaged, GcReport};
