@@ -18,7 +18,7 @@ use crate::paths::{in_initial_userns, outer_uid};
 
 mod outer;
 
-pub(crate) use outer::{socket_outside, Kind as SocketKind};
+pub(crate) use outer::{listener_outside, socket_outside, Kind as SocketKind, Outside};
 
 /// Capability bits (capabilities(7)).
 const CAP_NET_ADMIN: u32 = 12;
@@ -42,7 +42,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// Just before it changes namespaces, it forks `podnet-outer`, a small
 /// process that stays in the namespaces the caller came from and makes
 /// sockets there for it, so that the networks' DNS servers can forward to
-/// the host's resolvers; it exits with the caller.
+/// the host's resolvers, and ports can be published on the real host
+/// ([`PortMapping::real_host`](crate::PortMapping::real_host)); it exits
+/// with the caller.
 /// A process that is already in a user namespace of its own (under
 /// `unshare --user`) cannot join the shared one; it gets private namespaces
 /// instead, as from [`enter_private`].

@@ -3,8 +3,10 @@
 //! and makes sockets on request, passing each back over a socket pair
 //! (`SCM_RIGHTS`). A socket keeps the network namespace it was made in, so
 //! one made there reaches what the process could reach before, from a
-//! rootless host namespace that has no way out itself. It exits when the
-//! process's end of the pair closes, that is when the process exits.
+//! rootless host namespace that has no way out itself; a socket it also
+//! binds (and listens on) is a port of that namespace, bound with the
+//! credentials the process had there. It exits when the process's end of
+//! the pair closes, that is when the process exits.
 //!
 //! One request and its reply at a time, each bounded by [`REPLY_WAIT`]. An
 //! exchange that breaks half-way (a timeout, a short or oversized message)
@@ -13,14 +15,15 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    recv, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily, ControlMessage,
-    ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    bind, listen, recv, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily,
+    Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
+    SockaddrIn6,
 };
 use nix::sys::time::TimeVal;
 use nix::unistd::Pid;
@@ -39,10 +42,14 @@ pub(crate) enum Kind {
 /// has not answered in this long is stuck or stopped.
 const REPLY_WAIT: Duration = Duration::from_secs(5);
 
+/// Listen backlog of a listening socket it makes (tokio's and mio's).
+const BACKLOG: i32 = 1024;
+
 /// A request: op, kind, family, 0, port (big-endian), 0, 0, address (16
 /// bytes, IPv4 in the first 4), IPv6 scope id (native-endian).
 const ASK_LEN: usize = 28;
 const OP_SOCKET: u8 = 1;
+const OP_LISTEN: u8 = 2;
 
 /// This process's socket maker, once it has entered rootless namespaces.
 static OUTER: OnceLock<Outer> = OnceLock::new();
@@ -81,6 +88,22 @@ pub(crate) fn socket_outside(v6: bool, kind: Kind) -> Option<Result<OwnedFd>> {
             Outside::Broken(e) => e,
         })
     })
+}
+
+/// A socket of `kind` bound to `addr` in the network namespace this
+/// process was in before [`enter`](super::enter) or
+/// [`enter_private`](super::enter_private), with the credentials it had
+/// there (so a port below `net.ipv4.ip_unprivileged_port_start` is
+/// `EACCES` unless they had `CAP_NET_BIND_SERVICE`). TCP sockets have
+/// `SO_REUSEADDR` and are listening. Non-blocking, close-on-exec. `None`
+/// if the process called neither.
+pub(crate) fn listener_outside(
+    kind: Kind,
+    addr: SocketAddr,
+) -> Option<std::result::Result<OwnedFd, Outside>> {
+    OUTER
+        .get()
+        .map(|outer| outer.request(OP_LISTEN, kind, addr))
 }
 
 fn encode(op: u8, kind: Kind, addr: SocketAddr) -> [u8; ASK_LEN] {
@@ -122,7 +145,7 @@ fn decode(ask: &[u8; ASK_LEN]) -> Option<(u8, Kind, SocketAddr)> {
         }
         _ => return None,
     };
-    (ask[0] == OP_SOCKET).then_some((ask[0], kind, addr))
+    matches!(ask[0], OP_SOCKET | OP_LISTEN).then_some((ask[0], kind, addr))
 }
 
 impl Outer {
@@ -313,7 +336,9 @@ fn timed_out(e: Errno) -> Errno {
     }
 }
 
-/// Make what `op` asks for: a socket of `kind` and of `addr`'s family.
+/// Make what `op` asks for: a socket of `kind` and of `addr`'s family,
+/// and for [`OP_LISTEN`] bound to `addr` (TCP: with `SO_REUSEADDR`, as
+/// tokio's and std's listeners, and listening).
 fn make(op: u8, kind: Kind, addr: SocketAddr) -> std::result::Result<OwnedFd, Errno> {
     let family = match addr.ip() {
         IpAddr::V4(_) => AddressFamily::Inet,
@@ -329,7 +354,22 @@ fn make(op: u8, kind: Kind, addr: SocketAddr) -> std::result::Result<OwnedFd, Er
         SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    debug_assert_eq!(op, OP_SOCKET);
+    if op == OP_SOCKET {
+        return Ok(fd);
+    }
+    if kind == Kind::Tcp {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    match addr {
+        SocketAddr::V4(a) => bind(fd.as_raw_fd(), &SockaddrIn::from(a))?,
+        SocketAddr::V6(a) => bind(fd.as_raw_fd(), &SockaddrIn6::from(a))?,
+    }
+    if kind == Kind::Tcp {
+        listen(
+            &fd.as_fd(),
+            Backlog::new(BACKLOG).map_err(|_| Errno::EINVAL)?,
+        )?;
+    }
     Ok(fd)
 }
 
@@ -450,8 +490,8 @@ mod tests {
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
             for kind in [Kind::Tcp, Kind::Udp] {
-                let got = decode(&encode(OP_SOCKET, kind, addr)).unwrap();
-                assert_eq!(got, (OP_SOCKET, kind, addr));
+                let got = decode(&encode(OP_LISTEN, kind, addr)).unwrap();
+                assert_eq!(got, (OP_LISTEN, kind, addr));
             }
         }
     }
