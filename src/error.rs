@@ -73,6 +73,31 @@ pub enum Error {
         errno: Errno,
     },
 
+    /// A host port of a mapping on the real host
+    /// ([`PortMapping::real_host`](crate::PortMapping::real_host)) is
+    /// privileged there: below the real host's
+    /// `net.ipv4.ip_unprivileged_port_start` (1024 by default), which only a
+    /// process with `CAP_NET_BIND_SERVICE` in the real host's user
+    /// namespace may bind (`EACCES`). An unprivileged user's process does
+    /// not have it, and no namespace it makes can give it. Nothing was
+    /// changed.
+    #[error(
+        "{protocol} port {address} on the real host is privileged: cannot publish it for sandbox \
+         {sandbox:?} (use a port of at least net.ipv4.ip_unprivileged_port_start, 1024 by default, \
+         or have root lower that sysctl, as for rootless podman)"
+    )]
+    PrivilegedPort {
+        /// The sandbox the mapping was for.
+        sandbox: String,
+        /// The protocol of the mapping.
+        protocol: crate::Protocol,
+        /// The host address and port.
+        address: std::net::SocketAddr,
+        /// `EACCES`.
+        #[source]
+        errno: Errno,
+    },
+
     /// The bridge name is held by a link of another kind.
     #[error("link {name:?} exists and is a {kind}, not a bridge")]
     NotABridge {
@@ -253,7 +278,8 @@ impl Error {
         match self {
             Error::Netlink { errno, .. }
             | Error::Sys { errno, .. }
-            | Error::PortInUse { errno, .. } => Some(*errno),
+            | Error::PortInUse { errno, .. }
+            | Error::PrivilegedPort { errno, .. } => Some(*errno),
             Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             _ => None,
         }

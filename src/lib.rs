@@ -193,7 +193,7 @@ pub use pod::{
     Probe, ProbeKind, RestartPolicy, Volume,
 };
 pub use ports::{
-    Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
+    Forwarder, PortForwarding, PortMapping, PortNetns, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
     MAX_UDP_FLOWS,
 };
 pub use sandbox::{Command, Phase, Sandbox, SandboxBuilder, SandboxInfo};

@@ -251,6 +251,7 @@ mod tests {
             port: PublishedPort {
                 protocol: Protocol::Tcp,
                 host: "0.0.0.0:1".parse().unwrap(),
+                netns: super::super::mapping::PortNetns::Network,
                 pod_port: 1,
                 forwarder: Forwarder::Kernel,
             },

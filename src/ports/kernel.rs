@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 
-use super::mapping::{PortForwarding, Protocol, PublishedPort};
+use super::mapping::{PortForwarding, PortNetns, Protocol, PublishedPort};
 use super::target::Target;
 use crate::error::{Error, Result};
 use crate::link::nft::{self, Dnat, Nft};
@@ -115,7 +115,9 @@ pub(super) fn dnats(
     serial: u64,
 ) -> Vec<Dnat> {
     let host = port.host.ip();
-    if host.is_loopback() {
+    // Connections to a real-host port arrive in another namespace than
+    // the network's, where these rules are: the userspace forwarder's.
+    if host.is_loopback() || port.netns == PortNetns::RealHost {
         return Vec::new();
     }
     let l4 = match port.protocol {
@@ -265,6 +267,7 @@ mod tests {
         let port = PublishedPort {
             protocol: Protocol::Tcp,
             host: "0.0.0.0:8080".parse().unwrap(),
+            netns: PortNetns::Network,
             pod_port: 80,
             forwarder: Forwarder::Userspace,
         };
@@ -289,5 +292,10 @@ mod tests {
             ..port
         };
         assert!(dnats(&t, &v6, [true, true], 7).is_empty()); // the pod has no IPv6
+        let outside = PublishedPort {
+            netns: PortNetns::RealHost,
+            ..port
+        };
+        assert!(dnats(&t, &outside, [true, true], 7).is_empty());
     }
 }

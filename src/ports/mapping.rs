@@ -1,5 +1,5 @@
 //! What a port mapping is, as callers declare it ([`PortMapping`],
-//! [`Protocol`], [`PortForwarding`]) and as it is published
+//! [`Protocol`], [`PortNetns`], [`PortForwarding`]) and as it is published
 //! ([`PublishedPort`], [`Forwarder`]), and the check of a request's
 //! mappings into the host ports to bind ([`plan`]).
 
@@ -36,8 +36,37 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Which network namespace a mapping's host port opens in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum PortNetns {
+    /// The network's host namespace, the one it was built in (the
+    /// default): the machine's own as root, the rootless host namespace
+    /// after [`rootless::enter`](crate::rootless::enter).
+    #[default]
+    Network,
+    /// The real host: the network namespace this process was in before
+    /// [`rootless::enter`](crate::rootless::enter) or
+    /// [`enter_private`](crate::rootless::enter_private) (the machine's
+    /// own for a program a user started), as `podman run -p` publishes
+    /// rootless. The port is bound there by `podnet-outer`, with the
+    /// credentials the process had there, and served by the userspace
+    /// forwarder. Asked for by [`PortMapping::real_host`].
+    RealHost,
+}
+
+impl fmt::Display for PortNetns {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortNetns::Network => "network host",
+            PortNetns::RealHost => "real host",
+        })
+    }
+}
+
 /// A port mapping to declare: host address and port(s) of the network's
-/// host namespace, forwarded to port(s) of a sandbox. Used with
+/// host namespace (or of the real host: [`real_host`](PortMapping::real_host)),
+/// forwarded to port(s) of a sandbox. Used with
 /// [`SandboxBuilder::port`](crate::SandboxBuilder::port) and
 /// [`Sandbox::add_port`](crate::Sandbox::add_port).
 ///
@@ -52,8 +81,9 @@ impl fmt::Display for Protocol {
 /// let dns = PortMapping::udp(0, 53);                      // an ephemeral host port
 /// let range = PortMapping::range(Protocol::Tcp, 9000..=9002, 7000..=7002);
 /// let local = PortMapping::tcp(8443, 443).host_ip("127.0.0.1".parse().unwrap());
+/// let rootless = PortMapping::tcp(8080, 80).real_host();  // podman -p, rootless
 /// assert_eq!(range.host_ports(), 9000..=9002);
-/// # let _ = (web, dns, local);
+/// # let _ = (web, dns, local, rootless);
 /// ```
 ///
 /// Nothing is checked until the mapping is used: then a pod port 0, a range
@@ -66,6 +96,7 @@ pub struct PortMapping {
     host_ports: RangeInclusive<u16>,
     pod_ports: RangeInclusive<u16>,
     udp_idle: Duration,
+    netns: PortNetns,
 }
 
 impl PortMapping {
@@ -98,13 +129,40 @@ impl PortMapping {
             host_ports: host,
             pod_ports: pod,
             udp_idle: DEFAULT_UDP_IDLE,
+            netns: PortNetns::Network,
         }
     }
 
     /// Listen on this host address only (default `0.0.0.0`). It must be an
-    /// address of the network's host namespace.
+    /// address of the namespace the port opens in (see
+    /// [`real_host`](PortMapping::real_host)).
     pub fn host_ip(mut self, ip: IpAddr) -> PortMapping {
         self.host_ip = ip;
+        self
+    }
+
+    /// Open the host port on the real host ([`PortNetns::RealHost`]): in
+    /// the network namespace this process was in before
+    /// [`rootless::enter`](crate::rootless::enter) or
+    /// [`enter_private`](crate::rootless::enter_private), so that `-p
+    /// 8080:80` of a rootless program answers on the user's own
+    /// `localhost:8080`, as rootless podman's does. The host address is
+    /// one of the real host's (`0.0.0.0`, `::`, `127.0.0.1`, ...).
+    ///
+    /// The userspace forwarder serves it (the kernel's rules live in the
+    /// network's host namespace, which these connections never enter), and
+    /// the pod sees every client coming from the network's gateway address
+    /// (see `docs/port-forwarding.md`). A port below the real host's
+    /// `net.ipv4.ip_unprivileged_port_start` (1024 by default) needs
+    /// `CAP_NET_BIND_SERVICE` there, which an unprivileged user lacks:
+    /// [`Error::PrivilegedPort`].
+    ///
+    /// In a process that entered no rootless namespaces, the network's
+    /// host namespace is as far out as it reaches, and the mapping is an
+    /// ordinary one there ([`PublishedPort::netns`] says
+    /// [`PortNetns::Network`]).
+    pub fn real_host(mut self) -> PortMapping {
+        self.netns = PortNetns::RealHost;
         self
     }
 
@@ -138,6 +196,11 @@ impl PortMapping {
     /// The idle timeout of a UDP flow.
     pub fn udp_idle(&self) -> Duration {
         self.udp_idle
+    }
+
+    /// The namespace the host port is asked for in.
+    pub fn netns(&self) -> PortNetns {
+        self.netns
     }
 
     /// Each (host port, pod port) pair, or why the mapping is refused.
@@ -195,7 +258,11 @@ impl fmt::Display for PortMapping {
             self.host_ip,
             range(&self.host_ports),
             range(&self.pod_ports)
-        )
+        )?;
+        if self.netns == PortNetns::RealHost {
+            f.write_str(" (real host)")?;
+        }
+        Ok(())
     }
 }
 
@@ -234,7 +301,12 @@ pub enum Forwarder {
     /// loopback, and clients of a family the sandbox has no address of, are
     /// still served by the userspace forwarder's socket.
     Kernel,
-    /// podnet's userspace forwarder (a tokio task per port).
+    /// podnet's userspace forwarder (a tokio task per port). Always for a
+    /// port on the real host ([`PortNetns::RealHost`]): its connections
+    /// arrive in the real host's namespace, where the network's rules are
+    /// not (they are in its host namespace), so the kernel cannot DNAT
+    /// them to the pod; the forwarder accepts them there and connects to
+    /// the pod from the host namespace.
     Userspace,
 }
 
@@ -248,32 +320,47 @@ impl fmt::Display for Forwarder {
 }
 
 /// One forwarded port, as it is published: the host socket address (with
-/// the port the kernel chose, if 0 was asked for), the sandbox's port, and
-/// what forwards it.
+/// the port the kernel chose, if 0 was asked for) and the namespace it is
+/// in, the sandbox's port, and what forwards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct PublishedPort {
     /// The protocol.
     pub protocol: Protocol,
-    /// The address and port listened on in the network's host namespace.
+    /// The address and port listened on, in the namespace `netns` says.
     pub host: SocketAddr,
+    /// The namespace the port is open in: the network's host namespace, or
+    /// the real host.
+    pub netns: PortNetns,
     /// The port of the sandbox it is forwarded to.
     pub pod_port: u16,
-    /// The kernel or the userspace forwarder.
+    /// The kernel or the userspace forwarder (always the userspace one on
+    /// the real host).
     pub forwarder: Forwarder,
 }
 
 impl fmt::Display for PublishedPort {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {} -> {}", self.protocol, self.host, self.pod_port)
+        write!(f, "{} {} -> {}", self.protocol, self.host, self.pod_port)?;
+        if self.netns == PortNetns::RealHost {
+            f.write_str(" (real host)")?;
+        }
+        Ok(())
     }
 }
 
-/// Every (protocol, host address, pod port, idle) of `mappings`, checked.
-pub(super) fn plan(
-    sandbox: &str,
-    mappings: &[PortMapping],
-) -> Result<Vec<(Protocol, SocketAddr, u16, Duration)>> {
+/// One host port to bind, as [`plan`] makes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Planned {
+    pub(super) protocol: Protocol,
+    pub(super) host: SocketAddr,
+    pub(super) netns: PortNetns,
+    pub(super) pod_port: u16,
+    pub(super) udp_idle: Duration,
+}
+
+/// Every host port of `mappings` to bind, checked.
+pub(super) fn plan(sandbox: &str, mappings: &[PortMapping]) -> Result<Vec<Planned>> {
     let mut plan = Vec::new();
     for m in mappings {
         let pairs = m.pairs().map_err(|why| Error::InvalidConfig {
@@ -284,7 +371,7 @@ pub(super) fn plan(
             if h != 0
                 && plan
                     .iter()
-                    .any(|(proto, a, _, _)| (*proto, *a) == (m.protocol, host))
+                    .any(|p: &Planned| (p.protocol, p.host, p.netns) == (m.protocol, host, m.netns))
             {
                 return Err(Error::InvalidConfig {
                     reason: format!(
@@ -293,7 +380,13 @@ pub(super) fn plan(
                     ),
                 });
             }
-            plan.push((m.protocol, host, p, m.udp_idle));
+            plan.push(Planned {
+                protocol: m.protocol,
+                host,
+                netns: m.netns,
+                pod_port: p,
+                udp_idle: m.udp_idle,
+            });
         }
     }
     Ok(plan)
@@ -326,6 +419,8 @@ mod tests {
         assert!(refused(idle).contains("idle"));
         let text = refused(PortMapping::tcp(1, 0));
         assert!(text.contains("\"web\"") && text.contains("tcp 0.0.0.0:1 -> 0"));
+        let text = refused(PortMapping::tcp(1, 0).real_host());
+        assert!(text.contains("tcp 0.0.0.0:1 -> 0 (real host)"), "{text}");
     }
 
     #[test]
@@ -340,8 +435,17 @@ mod tests {
             PortMapping::udp(8080, 80),
             PortMapping::tcp(0, 81),
             PortMapping::tcp(0, 82),
+            PortMapping::tcp(8080, 83).real_host(),
         ];
-        assert_eq!(plan("web", &fine).unwrap().len(), 4);
+        assert_eq!(plan("web", &fine).unwrap().len(), 5);
+        let twice_outside = [
+            PortMapping::tcp(8080, 80).real_host(),
+            PortMapping::tcp(8080, 81).real_host(),
+        ];
+        assert!(matches!(
+            plan("web", &twice_outside),
+            Err(Error::InvalidConfig { .. })
+        ));
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! Port mappings: an address and port of the network's host namespace
-//! forwarded to a port of a sandbox, over TCP or UDP, by the kernel (DNAT
-//! rules in an nf_tables table this process owns for the network,
-//! `link::nft`) where the host namespace allows it, and by a userspace
-//! forwarder otherwise. This file names the parts and what callers use.
+//! Port mappings: an address and port of the network's host namespace (or
+//! of the real host, for a rootless process) forwarded to a port of a
+//! sandbox, over TCP or UDP, by the kernel (DNAT rules in an nf_tables
+//! table this process owns for the network, `link::nft`) where the host
+//! namespace allows it, and by a userspace forwarder otherwise. This file
+//! names the parts and what callers use.
 
 mod end;
 mod engine;
@@ -14,7 +15,7 @@ mod reserve;
 mod target;
 
 pub use mapping::{
-    Forwarder, PortForwarding, PortMapping, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
+    Forwarder, PortForwarding, PortMapping, PortNetns, Protocol, PublishedPort, DEFAULT_UDP_IDLE,
 };
 pub use proxy::MAX_UDP_FLOWS;
 

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use super::end::finish;
 use super::engine::{forwarder_gone, lock, EngineCell, EngineState, Entry, ServedPort, Table};
 use super::kernel::{delete_serials, dnats, fallback, forwarding, next_serial, nft_error};
-use super::mapping::{Forwarder, PublishedPort};
+use super::mapping::{Forwarder, PortNetns, PublishedPort};
 use super::proxy::{serve_tcp, serve_udp};
 use super::reserve::{Reserved, Sock};
 use super::target::Target;
@@ -121,7 +121,14 @@ pub(crate) async fn start(
     }
     let mut serials: Vec<Option<u64>> = vec![None; reserved.0.len()];
     let mut installed = None;
-    if let Some(nft) = s.kernel().await? {
+    // Real-host ports are never the kernel's (`dnats`): a request of only
+    // those leaves the kernel path undecided, and makes no table.
+    let in_network = reserved
+        .0
+        .iter()
+        .any(|b| b.port.netns == PortNetns::Network);
+    let kernel = if in_network { s.kernel().await? } else { None };
+    if let Some(nft) = kernel {
         // Read on the forwarder's thread: /proc/sys/net is the namespace of
         // the thread that opens it.
         let forwarding =

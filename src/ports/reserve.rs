@@ -1,6 +1,7 @@
 //! Reserving a request's host ports ([`reserve`]): every socket bound in
-//! the network's host namespace before anything else changes, all or
-//! none, held as [`Reserved`] until the mappings start.
+//! the network's host namespace, or on the real host by `podnet-outer`,
+//! before anything else changes, all or none, held as [`Reserved`] until
+//! the mappings start.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,9 +11,10 @@ use nix::errno::Errno;
 use tokio::net::{TcpListener, UdpSocket};
 
 use super::engine::{forwarder_gone, Engine, EngineCell};
-use super::mapping::{plan, Forwarder, PortMapping, Protocol, PublishedPort};
+use super::mapping::{plan, Forwarder, Planned, PortMapping, PortNetns, Protocol, PublishedPort};
 use super::target::Host;
 use crate::error::{Error, Result};
+use crate::rootless::{listener_outside, Outside, SocketKind};
 
 /// Host ports bound for a request, not forwarding yet. Dropping it closes
 /// them.
@@ -33,8 +35,10 @@ pub(super) enum Sock {
 }
 
 /// Validate `mappings` and bind every host port they need, in the host
-/// namespace of the network (`host_ns`). No mapping: no forwarder is
-/// started and nothing is bound.
+/// namespace of the network (`host_ns`), or, for a mapping on the real
+/// host, in the namespace the process was in before it entered rootless
+/// ones (a socket `podnet-outer` makes and binds there). No mapping: no
+/// forwarder is started and nothing is bound.
 ///
 /// Every host port of a request (a `create()` or an `add_port`) is bound
 /// before anything else changes, and either all of them are or none: a
@@ -66,27 +70,24 @@ pub(crate) async fn reserve(
     let sandbox = sandbox.to_owned();
     let bind = async move {
         let mut out = Vec::with_capacity(plan.len());
-        for (protocol, host, pod_port, udp_idle) in plan {
-            let sock = match protocol {
-                Protocol::Tcp => TcpListener::bind(host).await.map(Sock::Tcp),
-                Protocol::Udp => UdpSocket::bind(host).await.map(Sock::Udp),
-            };
+        for p in plan {
             // On error, `out` is dropped and the ports bound before close.
-            let sock = sock.map_err(|e| bind_error(&sandbox, protocol, host, &e))?;
+            let (sock, netns) = bind_one(&sandbox, &p).await?;
             let local = match &sock {
                 Sock::Tcp(l) => l.local_addr(),
                 Sock::Udp(u) => u.local_addr(),
             }
-            .map_err(|e| bind_error(&sandbox, protocol, host, &e))?;
+            .map_err(|e| bind_error(&sandbox, p.protocol, p.host, &e))?;
             out.push(Bound {
                 port: PublishedPort {
-                    protocol,
+                    protocol: p.protocol,
                     host: local,
-                    pod_port,
+                    netns,
+                    pod_port: p.pod_port,
                     forwarder: Forwarder::Userspace,
                 },
                 sock,
-                udp_idle,
+                udp_idle: p.udp_idle,
             });
         }
         Ok(Reserved(out))
@@ -97,6 +98,72 @@ pub(crate) async fn reserve(
         .spawn(bind)
         .await
         .map_err(|_| forwarder_gone())?
+}
+
+/// Bind the host port of `p`, on the forwarder's thread: in the network's
+/// host namespace, or on the real host through `podnet-outer` (which a
+/// process that entered no rootless namespace does not have: its real
+/// host is the network's host namespace). Says where it is bound.
+async fn bind_one(sandbox: &str, p: &Planned) -> Result<(Sock, PortNetns)> {
+    let (protocol, host) = (p.protocol, p.host);
+    if p.netns == PortNetns::RealHost {
+        let kind = match protocol {
+            Protocol::Tcp => SocketKind::Tcp,
+            Protocol::Udp => SocketKind::Udp,
+        };
+        // A blocking exchange with podnet-outer (bounded): off the
+        // forwarder's runtime thread, which moves every mapping's bytes.
+        let outside = tokio::task::spawn_blocking(move || listener_outside(kind, host))
+            .await
+            .map_err(|_| forwarder_gone())?;
+        match outside {
+            Some(Ok(fd)) => {
+                let sock = match protocol {
+                    Protocol::Tcp => TcpListener::from_std(fd.into()).map(Sock::Tcp),
+                    Protocol::Udp => UdpSocket::from_std(fd.into()).map(Sock::Udp),
+                };
+                let sock = sock.map_err(|e| bind_error(sandbox, protocol, host, &e))?;
+                return Ok((sock, PortNetns::RealHost));
+            }
+            Some(Err(Outside::Refused(errno))) => {
+                return Err(real_host_error(sandbox, protocol, host, errno))
+            }
+            Some(Err(Outside::Broken(e))) => return Err(e),
+            None => {}
+        }
+    }
+    let sock = match protocol {
+        Protocol::Tcp => TcpListener::bind(host).await.map(Sock::Tcp),
+        Protocol::Udp => UdpSocket::bind(host).await.map(Sock::Udp),
+    };
+    let sock = sock.map_err(|e| bind_error(sandbox, protocol, host, &e))?;
+    Ok((sock, PortNetns::Network))
+}
+
+/// What `podnet-outer`'s refusal to bind `address` on the real host is
+/// reported as. Not [`Error::sys`]: its `NotPermitted` names ways to get
+/// privilege over the network's host namespace, which do not help here.
+fn real_host_error(sandbox: &str, protocol: Protocol, address: SocketAddr, errno: Errno) -> Error {
+    let sandbox = sandbox.to_owned();
+    match errno {
+        Errno::EADDRINUSE => Error::PortInUse {
+            sandbox,
+            protocol,
+            address,
+            errno,
+        },
+        Errno::EACCES => Error::PrivilegedPort {
+            sandbox,
+            protocol,
+            address,
+            errno,
+        },
+        _ => Error::Sys {
+            op: "bind real-host port",
+            object: format!("{protocol} {address} for sandbox {sandbox:?}"),
+            errno,
+        },
+    }
 }
 
 fn bind_error(sandbox: &str, protocol: Protocol, address: SocketAddr, e: &io::Error) -> Error {

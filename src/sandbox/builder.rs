@@ -61,9 +61,10 @@ impl SandboxBuilder {
         self
     }
 
-    /// Publish a port of the sandbox on the network's host namespace (see
-    /// [`PortMapping`]). Its host port(s) are bound first thing in
-    /// `create()`, so a port that is taken fails the create with
+    /// Publish a port of the sandbox on the network's host namespace, or
+    /// on the real host (see [`PortMapping`] and
+    /// [`PortMapping::real_host`]). Its host port(s) are bound first thing
+    /// in `create()`, so a port that is taken fails the create with
     /// [`Error::PortInUse`] before anything is made. The ports the kernel
     /// chose for host port 0 are in [`Sandbox::ports`](crate::Sandbox::ports).
     pub fn port(mut self, mapping: PortMapping) -> Self {

@@ -34,7 +34,8 @@ impl SandboxBuilder {
     /// [`Error::AddressNotInPool`], [`Error::AddressTaken`],
     /// [`Error::AlreadyExists`] (a sandbox of that name, or a link with its
     /// veth name), [`Error::PortInUse`] (a host port of a
-    /// [`port`](SandboxBuilder::port) mapping is taken).
+    /// [`port`](SandboxBuilder::port) mapping is taken),
+    /// [`Error::PrivilegedPort`] (one on the real host is privileged there).
     /// [`Error::PoolExhausted`], [`Error::NotPermitted`]. A
     /// failure part-way ([`Error::Netlink`], [`Error::Sys`], [`Error::Io`]
     /// naming the step) undoes what was made before it is returned.

@@ -6,17 +6,20 @@ use crate::error::{Error, Result};
 use crate::ports::{self, PortMapping, PublishedPort};
 
 impl Sandbox {
-    /// Publish a port of the running sandbox on the network's host namespace
-    /// (see [`PortMapping`]), and return what was published, one entry per
-    /// port, with the ports the kernel chose for host port 0.
+    /// Publish a port of the running sandbox on the network's host
+    /// namespace, or on the real host ([`PortMapping::real_host`]), and
+    /// return what was published, one entry per port, with the ports the
+    /// kernel chose for host port 0.
     ///
     /// Connections to the host port are forwarded to the sandbox's address
     /// (the one of the host address's family if it has one) by the kernel
     /// (nf_tables DNAT rules) or by podnet's userspace forwarder in this
     /// process, as the network's
     /// [`port_forwarding`](crate::NetworkBuilder::port_forwarding) and the
-    /// host namespace allow; [`PublishedPort::forwarder`] says which. The
-    /// host port is bound by this process either way. The mapping ends with
+    /// host namespace allow; [`PublishedPort::forwarder`] says which (the
+    /// userspace one for a real-host port). The host port is bound by this
+    /// process either way, or for the real host by its `podnet-outer`, and
+    /// held by this process only. The mapping ends with
     /// [`remove_port`](Sandbox::remove_port), [`remove`](Sandbox::remove),
     /// the death of the holder, or this process.
     ///
@@ -32,8 +35,11 @@ impl Sandbox {
     /// [`Error::PortInUse`] if a host port is taken (ports of the same
     /// mapping bound before it are closed again); [`Error::NotPermitted`]
     /// for a port below 1024 without `CAP_NET_BIND_SERVICE` over the host
-    /// namespace; [`Error::Sys`] naming the address for other bind
-    /// failures (`EADDRNOTAVAIL`: not an address of the host namespace);
+    /// namespace; [`Error::PrivilegedPort`] for one on the real host that is
+    /// privileged there; [`Error::Sys`] if `podnet-outer` does not answer
+    /// (`ETIMEDOUT`, after 5 s) or was ended by an earlier such failure,
+    /// and naming the address for other bind failures (`EADDRNOTAVAIL`:
+    /// not an address of the namespace the port opens in);
     /// [`Error::HolderDied`], [`Error::NotFound`] as for [`enter`](Sandbox::enter);
     /// [`Error::Netlink`] naming the nf_tables operation if the kernel
     /// refuses the rules with [`PortForwarding::Kernel`](crate::PortForwarding::Kernel),
