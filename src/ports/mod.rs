@@ -12,6 +12,7 @@ mod mapping;
 mod proxy;
 mod publish;
 mod reserve;
+mod splice;
 mod target;
 
 pub use mapping::{

@@ -12,6 +12,8 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::splice;
+
 /// Most concurrent UDP flows (clients) of one mapped port; datagrams from
 /// further clients are dropped until a flow idles out.
 pub const MAX_UDP_FLOWS: usize = 4096;
@@ -27,8 +29,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// connections and flows: a quarter of the soft `RLIMIT_NOFILE`, so that
 /// traffic from outside can never take the fds the rest of the process
 /// (podnet's own netlink sockets, pidfds and store files included) needs.
-/// A TCP connection takes two, a UDP flow one; past the budget, new
-/// connections wait in the listen backlog and new UDP clients are dropped.
+/// A TCP connection takes two, and four more for its pipes while the
+/// budget has them (else it copies instead of splicing: [`MAX_SPLICED`]), a
+/// UDP flow one;
+/// past the budget, new connections wait in the listen backlog and new UDP
+/// clients are dropped.
 fn fd_budget() -> Arc<tokio::sync::Semaphore> {
     static BUDGET: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
     BUDGET
@@ -38,6 +43,20 @@ fn fd_budget() -> Arc<tokio::sync::Semaphore> {
             let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
             Arc::new(tokio::sync::Semaphore::new(quarter.clamp(16, 1 << 20)))
         })
+        .clone()
+}
+
+/// Most TCP connections of this process whose bytes are spliced at once;
+/// the others are copied. Each holds two 64 KiB pipes, and the kernel
+/// counts pipe pages per user (`fs.pipe-user-pages-soft`, 16,384 pages: 64
+/// MiB): past that, every new pipe of that user, in any of its programs,
+/// gets 8 KiB. 64 connections hold 8 MiB of it at most.
+const MAX_SPLICED: usize = 64;
+
+fn splicing() -> Arc<tokio::sync::Semaphore> {
+    static SPLICING: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SPLICING
+        .get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_SPLICED)))
         .clone()
 }
 
@@ -76,9 +95,9 @@ pub(super) async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
     }
 }
 
-/// One TCP connection: connect to the sandbox, then copy both ways. EOF on
-/// one side becomes `shutdown(SHUT_WR)` on the other while the other
-/// direction goes on (half-close), which `copy_bidirectional` does.
+/// One TCP connection: connect to the sandbox, then move bytes both ways
+/// (`splice`, or a copy). EOF on one side becomes `shutdown(SHUT_WR)` on
+/// the other while the other direction goes on (half-close), as both do.
 async fn forward_tcp(mut client: TcpStream, to: SocketAddr) {
     let _ = client.set_nodelay(true);
     let mut pod = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
@@ -91,8 +110,20 @@ async fn forward_tcp(mut client: TcpStream, to: SocketAddr) {
         }
     };
     let _ = pod.set_nodelay(true);
-    let copied =
-        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pod, TCP_BUF, TCP_BUF).await;
+    // splice(2) through two pipes (four more fds, if the budget has them)
+    // moves the bytes without copying them through this process; without
+    // them, a copy through two 64 KiB buffers.
+    let pipes = splicing()
+        .try_acquire_owned()
+        .ok()
+        .zip(fd_budget().try_acquire_many_owned(4).ok())
+        .and_then(|permits| Some((splice::Pipes::new().ok()?, permits)));
+    let copied = match pipes {
+        Some((pipes, _permits)) => splice::relay(&client, &pod, pipes).await.map(drop),
+        None => tokio::io::copy_bidirectional_with_sizes(&mut client, &mut pod, TCP_BUF, TCP_BUF)
+            .await
+            .map(drop),
+    };
     if copied.is_err() {
         // One side was reset: pass the reset on instead of a clean close.
         let _ = client.set_zero_linger();
