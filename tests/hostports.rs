@@ -33,6 +33,9 @@ use podnet::{Error, PortMapping, Protocol, Sandbox};
 /// the client address it sees.
 const POD_PORT: u16 = 8000;
 
+/// The pod's TCP echo server: sends back what it reads, until EOF.
+const ECHO_PORT: u16 = 8001;
+
 const LOOPBACK: &str = "127.0.0.1";
 
 /// Counts the claims that held, saying each.
@@ -63,6 +66,8 @@ fn main() {
     passed.ok("the pod sees a loopback client come from the gateway");
     a_udp_port_on_the_real_hosts_loopback_reaches_the_pod(&mut pod);
     passed.ok("a UDP port on the real host's loopback reaches the pod");
+    a_large_stream_goes_through_whole_both_ways_with_half_close(&mut pod);
+    passed.ok("a large stream goes through whole both ways, with half-close");
     a_taken_port_is_port_in_use_and_creates_nothing(&mut pod);
     passed.ok("a taken port is PortInUse and creates nothing");
     a_taken_port_is_port_in_use_and_adds_nothing(&mut pod);
@@ -134,6 +139,26 @@ fn a_udp_port_on_the_real_hosts_loopback_reaches_the_pod(pod: &mut PodSide) {
         format!("peer {}\n", pod.gateway)
     );
     pod.ask(&format!("unpublish udp {port}"));
+}
+
+/// 16 MiB sent to the pod's echo server through a real-host port, then a
+/// half-close, come back whole and in order, and then EOF.
+fn a_large_stream_goes_through_whole_both_ways_with_half_close(pod: &mut PodSide) {
+    let port = published(&pod.ask(&format!("publish tcp {LOOPBACK} 0 {ECHO_PORT}")));
+    let sent: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut s = TcpStream::connect((LOOPBACK, port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let data = sent.clone();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert!(back == sent, "{} bytes back of {}", back.len(), sent.len());
+    pod.ask(&format!("unpublish tcp {port}"));
 }
 
 /// A sandbox created with a mapping on a real-host port this process
@@ -376,7 +401,8 @@ impl PodSide {
 /// on [`POD_PORT`]; then one command a line, one answer a line (`ok ...` or
 /// `err <variant> <errno> <message>`):
 ///
-/// - `publish tcp|udp <ip> <port>`: add a real-host mapping to `web`;
+/// - `publish tcp|udp <ip> <port> [<pod port>]`: add a real-host mapping
+///   to `web` (default pod port [`POD_PORT`]);
 ///   `ok <port> real-host|network <forwarder>`
 /// - `unpublish tcp|udp <port>`: remove_port of that published port
 /// - `create <name> <port>`: a sandbox with a real-host TCP mapping
@@ -431,8 +457,9 @@ async fn command(words: &[&str], net: &podnet::Network, web: &Sandbox) -> String
         _ => Protocol::Tcp,
     };
     match words {
-        ["publish", p, ip, port] => {
-            let m = PortMapping::new(proto(p), port.parse().unwrap(), POD_PORT)
+        ["publish", p, ip, port, rest @ ..] => {
+            let to = rest.first().map_or(POD_PORT, |p| p.parse().unwrap());
+            let m = PortMapping::new(proto(p), port.parse().unwrap(), to)
                 .host_ip(ip.parse().unwrap())
                 .real_host();
             match web.add_port(m).await {
@@ -507,8 +534,17 @@ fn error_line(e: &Error) -> String {
 }
 
 /// The pod's servers on [`POD_PORT`]: TCP answers `peer <address>` and
-/// closes, UDP answers each datagram with it.
+/// closes, UDP answers each datagram with it; and TCP echo on
+/// [`ECHO_PORT`].
 async fn serve(pod: &Sandbox) {
+    let echo = common::listen_in(pod, ("0.0.0.0", ECHO_PORT)).await;
+    std::thread::spawn(move || {
+        for conn in echo.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut out = conn.try_clone().unwrap();
+            let _ = std::io::copy(&mut conn, &mut out);
+        }
+    });
     let tcp = common::listen_in(pod, ("0.0.0.0", POD_PORT)).await;
     std::thread::spawn(move || {
         for conn in tcp.incoming() {
