@@ -259,6 +259,31 @@ pub enum Error {
         /// Every failure, in the order the steps ran.
         errors: Vec<Error>,
     },
+
+    /// A program podnet runs for a feature is not installed (not found on
+    /// `PATH`, or not executable where it was named).
+    #[error(
+        "{purpose} needs `{program}`, which is not installed here (Debian package `{package}`)"
+    )]
+    ProgramMissing {
+        /// The program, as it was looked for.
+        program: String,
+        /// The Debian package that has it.
+        package: &'static str,
+        /// What it was needed for.
+        purpose: &'static str,
+    },
+
+    /// The rootless host namespace's uplink (pasta) could not be started,
+    /// or has ended since; the sandboxes and networks are untouched.
+    #[error("the rootless uplink `{program}` {reason}")]
+    Uplink {
+        /// The program that provides it.
+        program: String,
+        /// What happened: how it failed to start (with its own message) or
+        /// how it ended.
+        reason: String,
+    },
 }
 
 fn list(errors: &[Error]) -> String {

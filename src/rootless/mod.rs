@@ -1,7 +1,8 @@
 //! Running without root: a user and a network namespace where the caller
 //! is root (user_namespaces(7)), shared and persistent per user
 //! ([`enter`], until [`teardown`]) or private to the process
-//! ([`enter_private`]), and whether the process has `CAP_NET_ADMIN` and
+//! ([`enter_private`]), optionally with a way out through pasta
+//! ([`Entry::uplink`]), and whether the process has `CAP_NET_ADMIN` and
 //! `CAP_SYS_ADMIN` over the host network namespace, which podnet needs.
 
 use std::fs;
@@ -17,8 +18,85 @@ use crate::holder::{HolderSpec, HOLDER_COMM};
 use crate::paths::{in_initial_userns, outer_uid};
 
 mod outer;
+mod pasta;
 
 pub(crate) use outer::{listener_outside, socket_outside, Kind as SocketKind, Outside};
+pub use pasta::{uplink, Pasta};
+
+/// How to enter rootless namespaces: this user's shared host
+/// ([`Entry::shared`], as [`enter`]) or namespaces of this process only
+/// ([`Entry::private`], as [`enter_private`]), with or without an uplink.
+///
+/// Without an uplink the rootless host namespace reaches nothing beyond
+/// itself. With one ([`Entry::uplink`]), pasta (Debian `passt`) gives it
+/// an interface and a default route to the machine's network, from the
+/// namespaces the process came from; a network built there with egress
+/// lets its pods out through it, and the gateway address pasta gives the
+/// namespace reaches the machine's own loopback.
+///
+/// ```no_run
+/// fn main() -> podnet::Result<()> {
+///     podnet::rootless::Entry::private()
+///         .uplink(podnet::rootless::Pasta::new())
+///         .enter()?;
+///     // ... start the runtime, build networks with egress ...
+///     Ok(())
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Entry {
+    shared: bool,
+    uplink: Option<Pasta>,
+}
+
+impl Entry {
+    /// This user's shared, persistent rootless host (see [`enter`]).
+    pub fn shared() -> Entry {
+        Entry {
+            shared: true,
+            uplink: None,
+        }
+    }
+
+    /// A user and network namespace of this process only (see
+    /// [`enter_private`]).
+    pub fn private() -> Entry {
+        Entry {
+            shared: false,
+            uplink: None,
+        }
+    }
+
+    /// Give the rootless host namespace a way out through `pasta`.
+    ///
+    /// pasta runs in the namespaces the process came from and ends with the
+    /// rootless host namespace: with the process for private namespaces,
+    /// with the shared host's holder (at [`teardown`]) for the shared one,
+    /// whose later entries find and keep it (and start a new one if it
+    /// has died). [`uplink()`](uplink) says whether it still runs; if it
+    /// dies, sandboxes and networks go on, without a way out.
+    pub fn uplink(mut self, pasta: Pasta) -> Self {
+        self.uplink = Some(pasta);
+        self
+    }
+
+    /// Enter. Call it first thing in `main`, before any other thread
+    /// starts (see [`enter`]).
+    ///
+    /// # Errors
+    /// As [`enter`]; with an uplink also [`Error::ProgramMissing`] if pasta
+    /// is not installed and [`Error::Uplink`] (with pasta's own message) if
+    /// it cannot start. Those are found before anything is changed, except
+    /// that pasta can only fail to attach once the namespaces exist: for
+    /// private namespaces, the process has then entered them already.
+    pub fn enter(&self) -> Result<()> {
+        if self.shared {
+            enter_shared(self.uplink.as_ref())
+        } else {
+            enter_private_with(self.uplink.as_ref())
+        }
+    }
+}
 
 /// Capability bits (capabilities(7)).
 const CAP_NET_ADMIN: u32 = 12;
@@ -71,11 +149,15 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// user (`kernel.unprivileged_userns_clone`, `user.max_user_namespaces`);
 /// [`Error::Io`] if the state directory or the id maps cannot be written.
 pub fn enter() -> Result<()> {
+    Entry::shared().enter()
+}
+
+fn enter_shared(uplink: Option<&Pasta>) -> Result<()> {
     single_threaded()?;
     if !in_initial_userns() {
         // Already in a user namespace of its own: the shared host (a child
         // of the initial one) is not ours to join, nor to make from here.
-        return enter_private();
+        return enter_private_with(uplink);
     }
     let dir = host_dir();
     crate::paths::ensure_private_dir(&dir)?;
@@ -86,11 +168,26 @@ pub fn enter() -> Result<()> {
     let _lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| Error::sys("lock", lock_path.display().to_string(), errno))?;
     let pid_file = dir.join(HOST_FILE);
+    let uplink_file = dir.join(UPLINK_FILE);
+    // Checked (pasta installed, /dev/net/tun usable) before anything is made.
+    let supervisor = uplink.map(pasta::Supervisor::fork).transpose()?;
     let outer = outer::Outer::start()?;
     if let Some(pid) = live_host(&pid_file) {
+        let (up, started) = match (live_uplink(&uplink_file), supervisor) {
+            (Some(up), _) => (Some(up), false),
+            (None, Some(sup)) => {
+                let up = sup.start(nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(0)))?;
+                record_uplink(&uplink_file, &up, uplink)?;
+                (Some(up), true)
+            }
+            (None, None) => (None, false),
+        };
         return match join(pid) {
             Ok(()) => {
                 outer.keep();
+                if let Some(up) = up {
+                    up.keep();
+                }
                 Ok(())
             }
             // In a user namespace of our own: the shared one is not ours to join.
@@ -99,7 +196,11 @@ pub fn enter() -> Result<()> {
                     || matches!(e, Error::NotPermitted { .. }) =>
             {
                 drop(outer);
-                enter_private()
+                if let Some(up) = up.filter(|_| started) {
+                    up.end();
+                    let _ = fs::remove_file(&uplink_file);
+                }
+                enter_private_with(uplink)
             }
             Err(e) => Err(e),
         };
@@ -139,8 +240,28 @@ pub fn enter() -> Result<()> {
         let _ = holder.kill();
         return Err(Error::io("write", pid_file, e));
     }
+    // pasta attaches while the process is still outside: if it fails, the
+    // new host goes again and nothing has changed for the process.
+    let up = match supervisor.map(|sup| sup.start(pid)).transpose() {
+        Ok(up) => up,
+        Err(e) => {
+            let _ = holder.kill();
+            let _ = fs::remove_file(&pid_file);
+            return Err(e);
+        }
+    };
+    if let (Some(up), Some(pasta)) = (&up, uplink) {
+        if let Err(e) = record_uplink(&uplink_file, up, Some(pasta)) {
+            let _ = holder.kill();
+            let _ = fs::remove_file(&pid_file);
+            return Err(e);
+        }
+    }
     join(u32::try_from(pid.as_raw()).unwrap_or(0))?;
     outer.keep();
+    if let Some(up) = up {
+        up.keep();
+    }
     Ok(())
 }
 
@@ -157,8 +278,13 @@ pub fn enter() -> Result<()> {
 /// # Errors
 /// As [`enter`].
 pub fn enter_private() -> Result<()> {
+    Entry::private().enter()
+}
+
+fn enter_private_with(uplink: Option<&Pasta>) -> Result<()> {
     single_threaded()?;
     let (uid, gid) = (geteuid(), getegid());
+    let supervisor = uplink.map(pasta::Supervisor::fork).transpose()?;
     let outer = outer::Outer::start()?;
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET)
         .map_err(|errno| Error::sys("unshare", "a user and a network namespace", errno))?;
@@ -168,6 +294,9 @@ pub fn enter_private() -> Result<()> {
     write_proc("/proc/self/gid_map", &format!("0 {gid} 1"))?;
     crate::link::loopback_up_blocking()?;
     outer.keep();
+    if let Some(sup) = supervisor {
+        sup.start(nix::unistd::getpid())?.keep();
+    }
     Ok(())
 }
 
@@ -222,6 +351,8 @@ pub fn teardown() -> Result<bool> {
         }
     }
     let _ = fs::remove_file(&pid_file);
+    // Its pasta ends with the holder (its supervisor sees to that).
+    let _ = fs::remove_file(dir.join(UPLINK_FILE));
     let _ = fs::remove_file(dir.join("rootless.lock"));
     let _ = fs::remove_dir(&dir); // only if nothing else is kept there
     Ok(true)
@@ -245,6 +376,44 @@ fn host_dir() -> std::path::PathBuf {
 const HOST_FILE: &str = "rootless-host";
 /// The holder's argv[1], which marks it as a rootless host.
 const HOST_ARG: &str = "rootless-host";
+
+/// The file, in the user's state directory, naming the shared host's
+/// uplink: `PID START PROGRAM`.
+const UPLINK_FILE: &str = "rootless-uplink";
+
+/// The shared host's uplink recorded in `file`, if it still runs.
+fn live_uplink(file: &std::path::Path) -> Option<pasta::Running> {
+    let text = fs::read_to_string(file).ok()?;
+    let mut f = text.trim_end_matches('\n').splitn(3, ' ');
+    let pid: u32 = f.next()?.parse().ok()?;
+    let start: u64 = f.next()?.parse().ok()?;
+    let program = f.next().unwrap_or("pasta").to_owned();
+    pasta::Running::adopt(program, pid, start)
+}
+
+/// Record the shared host's uplink `up` in `file` (atomically: a reader
+/// sees the old record or the new one).
+fn record_uplink(file: &std::path::Path, up: &pasta::Running, pasta: Option<&Pasta>) -> Result<()> {
+    let raw = nix::unistd::Pid::from_raw(i32::try_from(up.pid()).unwrap_or(0));
+    let start = crate::ident::proc_start_time(raw).unwrap_or(0);
+    let program = pasta.map_or_else(|| "pasta".to_owned(), |p| p.display_name());
+    let tmp = file.with_extension("tmp");
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
+        .open(&tmp)
+        .and_then(|mut f| {
+            std::io::Write::write_all(
+                &mut f,
+                format!("{} {start} {program}\n", up.pid()).as_bytes(),
+            )
+        })
+        .and_then(|()| fs::rename(&tmp, file))
+        .map_err(|e| Error::io("write", file, e))
+}
 
 /// The PID of the live shared host named by `pid_file`, if any: alive with
 /// the recorded start time, and a rootless-host holder (not a reused PID).
