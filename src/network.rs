@@ -413,7 +413,8 @@ impl NetworkBuilder {
     /// [`Error::InvalidName`], [`Error::InvalidConfig`] for bad input, before
     /// anything is made; [`Error::NotPermitted`] without privilege;
     /// [`Error::NotABridge`]; [`Error::ForwardingOff`] with egress, before
-    /// anything is made; [`Error::Netlink`] or [`Error::Io`] naming what
+    /// anything is made, and [`Error::Uplink`] with egress in a rootless
+    /// host whose uplink has ended (see [`rootless::uplink`]); [`Error::Netlink`] or [`Error::Io`] naming what
     /// failed (then what this build made is undone, and forwarding is as
     /// it was).
     ///
@@ -469,6 +470,8 @@ impl NetworkBuilder {
         // Before anything is made (and before the first await: this thread
         // is still in the host namespace, whose /proc/sys/net it reads).
         if self.egress {
+            // A way out that has ended: say so now, not as pods that hang.
+            rootless::uplink()?;
             egress::check_forwarding(
                 &self.bridge,
                 v4.is_some(),

@@ -62,6 +62,18 @@ const CLAIMS: &[(&str, &str)] = &[
         "shared",
         "the shared host's pasta outlives its starter, is found by the next entry, ends at teardown",
     ),
+    (
+        "pod",
+        "a pod of a network with egress reaches a server on the real loopback through pasta",
+    ),
+    (
+        "ended",
+        "uplink_ended() returns the uplink error when pasta is killed",
+    ),
+    (
+        "egress-after-loss",
+        "after pasta died, building a network with egress is the uplink error and makes nothing",
+    ),
 ];
 
 fn main() {
@@ -118,6 +130,9 @@ fn claim(name: &str) {
         "killed" => a_killed_pasta_is_reported_and_sandboxes_go_on(),
         "shared" => the_shared_hosts_pasta_outlives_its_starter(),
         "shared-first" => shared_first(),
+        "pod" => a_pod_with_egress_reaches_the_real_loopback_through_pasta(),
+        "ended" => uplink_ended_returns_the_error_when_pasta_is_killed(),
+        "egress-after-loss" => egress_after_pasta_died_is_the_uplink_error(),
         other => panic!("no claim {other}"),
     }
     println!("claim held");
@@ -129,6 +144,33 @@ fn serve(l: TcpListener) {
         let Ok(mut c) = conn else { return };
         let _ = c.write_all(b"hello");
     }
+}
+
+/// Answer each connection on `l` with "hello from " and the address the
+/// client came from.
+fn serve_peer(l: TcpListener) {
+    for conn in l.incoming() {
+        let Ok(mut c) = conn else { return };
+        let peer = c
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let _ = c.write_all(format!("hello from {peer}").as_bytes());
+    }
+}
+
+/// pasta killed by SIGKILL (it is the process's own uplink).
+fn kill_uplink() {
+    let pid = podnet::rootless::uplink().unwrap().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+fn state_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("podnet-uplink-test-{}", std::process::id()))
 }
 
 fn fetch(addr: &str, port: u16) -> std::io::Result<String> {
@@ -303,4 +345,82 @@ fn the_shared_hosts_pasta_outlives_its_starter() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(&host_dir);
+}
+
+fn a_pod_with_egress_reaches_the_real_loopback_through_pasta() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    Entry::private().uplink(pasta()).enter().unwrap();
+    std::thread::spawn(move || serve_peer(l));
+    runtime().block_on(async {
+        let net = common::network_builder(&state_dir(), "pnup0", &["10.88.0.0/16"])
+            .egress(true)
+            .enable_forwarding(true)
+            .build()
+            .await
+            .unwrap();
+        let pod = net.sandbox("web").create().await.unwrap();
+        let got = pod
+            .run(move || fetch(GATEWAY, port))
+            .await
+            .unwrap()
+            .unwrap();
+        // Masqueraded to the rootless host, then pasta's own socket on the
+        // real loopback.
+        assert_eq!(got, "hello from 127.0.0.1");
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+fn uplink_ended_returns_the_error_when_pasta_is_killed() {
+    Entry::private().uplink(pasta()).enter().unwrap();
+    runtime().block_on(async {
+        let ended = tokio::spawn(podnet::rootless::uplink_ended());
+        tokio::task::yield_now().await;
+        assert!(
+            !ended.is_finished(),
+            "uplink_ended() returned while pasta runs"
+        );
+        kill_uplink();
+        let err = tokio::time::timeout(Duration::from_secs(5), ended)
+            .await
+            .expect("uplink_ended() returns once pasta is gone")
+            .unwrap()
+            .expect("an error");
+        assert!(matches!(err, Error::Uplink { .. }), "{err}");
+        assert!(err.to_string().contains("exited"), "{err}");
+    });
+}
+
+fn egress_after_pasta_died_is_the_uplink_error() {
+    Entry::private().uplink(pasta()).enter().unwrap();
+    kill_uplink();
+    runtime().block_on(async {
+        common::eventually(
+            "uplink() reports pasta gone",
+            Duration::from_secs(5),
+            async || podnet::rootless::uplink().is_err(),
+        )
+        .await;
+        let err = common::network_builder(&state_dir(), "pnup0", &["10.88.0.0/16"])
+            .egress(true)
+            .enable_forwarding(true)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Uplink { .. }), "{err}");
+        let (conn, nl, _) = rtnetlink::new_connection().unwrap();
+        tokio::spawn(conn);
+        assert!(
+            common::link(&nl, "pnup0").await.is_none(),
+            "a bridge was made"
+        );
+        // Without egress the network does not need the way out.
+        let net = common::network_builder(&state_dir(), "pnup0", &["10.88.0.0/16"])
+            .build()
+            .await
+            .unwrap();
+        net.remove().await.unwrap();
+    });
 }

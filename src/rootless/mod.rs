@@ -21,7 +21,7 @@ mod outer;
 mod pasta;
 
 pub(crate) use outer::{listener_outside, socket_outside, Kind as SocketKind, Outside};
-pub use pasta::{uplink, Pasta};
+pub use pasta::{uplink, uplink_ended, Pasta};
 
 /// How to enter rootless namespaces: this user's shared host
 /// ([`Entry::shared`], as [`enter`]) or namespaces of this process only

@@ -262,6 +262,33 @@ pub fn uplink() -> Result<Option<u32>> {
     }
 }
 
+/// Wait for the uplink of the rootless host namespace this process entered
+/// to end: `None` at once if it was entered without one (or not entered);
+/// otherwise, once pasta has exited, the [`Error::Uplink`] that
+/// [`uplink()`] returns from then on. A runtime can spawn it to learn of
+/// the loss when it happens, instead of at its next call:
+///
+/// ```no_run
+/// # async fn f() {
+/// tokio::spawn(async {
+///     if let Some(e) = podnet::rootless::uplink_ended().await {
+///         eprintln!("{e}");
+///     }
+/// });
+/// # }
+/// ```
+///
+/// # Panics
+/// Outside a tokio runtime with I/O enabled.
+pub async fn uplink_ended() -> Option<Error> {
+    let up = UPLINK.get()?;
+    let pid = Pid::from_raw(i32::try_from(up.pid).unwrap_or(0));
+    match crate::holder::exited(pid, &up.pidfd).await {
+        Ok(()) => uplink().err(),
+        Err(e) => Some(e),
+    }
+}
+
 /// A supervisor forked in the namespaces the process came from, waiting
 /// to be told what to attach pasta to.
 #[derive(Debug)]
