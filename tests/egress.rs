@@ -125,6 +125,29 @@ fn without_egress_a_pod_does_not_reach_the_outside() {
 }
 
 #[test]
+fn a_destination_the_host_cannot_route_to_fails_in_the_pod_at_once() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        let net = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        let pod = net.sandbox("web").create().await.unwrap();
+        // The host has no default route: 198.19.0.1 is in no route of it.
+        // It answers the pod's SYN with an ICMP unreachable, which ends the
+        // connect with that errno, as on any host without a route.
+        let got = fetch_from(&pod, "198.19.0.1", Outside::PORT).await;
+        let errno = got.as_ref().err().and_then(std::io::Error::raw_os_error);
+        assert!(
+            matches!(
+                errno,
+                Some(nix::libc::ENETUNREACH | nix::libc::EHOSTUNREACH)
+            ),
+            "{got:?}"
+        );
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn ipv6_pods_reach_the_outside_with_egress_as_the_host() {
     in_netns(|ctx| async move {
         let _outside = host(&ctx).await;
