@@ -184,6 +184,11 @@ mod readme {}
 #[cfg(doctest)]
 #[doc = include_str!("../docs/egress.md")]
 mod egress_doc {}
+
+/// docs/uplink.md's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/uplink.md")]
+mod uplink_doc {}
 pub use ipnetwork;
 pub use netns::Enter;
 pub use network::{Damaged, GcReport};
