@@ -130,7 +130,7 @@ impl Forwarder {
 /// that answers `query` sent with ID `id`; `None` if the socket fails (an
 /// ICMP unreachable comes back as ECONNREFUSED at once).
 async fn udp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Option<Vec<u8>> {
-    let sock = match outside(server, SocketKind::Udp)? {
+    let sock = match outside(server, SocketKind::Udp).await? {
         Some(fd) => UdpSocket::from_std(std::net::UdpSocket::from(fd)).ok()?,
         None => {
             let any = match server {
@@ -156,7 +156,7 @@ async fn udp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Opt
 
 /// One TCP exchange with `server`, on a new connection.
 async fn tcp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Option<Vec<u8>> {
-    let mut conn = match outside(server, SocketKind::Tcp)? {
+    let mut conn = match outside(server, SocketKind::Tcp).await? {
         Some(fd) => TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
             .connect(server)
             .await
@@ -177,9 +177,20 @@ async fn tcp(server: SocketAddr, packet: &[u8], id: u16, query: &Message) -> Opt
 /// In a process that entered rootless namespaces, whose host namespace
 /// has no way out, a socket for `server` from the namespace it was in
 /// before (`Some(Some(fd))`, or `None` if that fails); elsewhere
-/// `Some(None)`: the server's own namespace is the way out.
-fn outside(server: SocketAddr, kind: SocketKind) -> Option<Option<OwnedFd>> {
-    match crate::rootless::socket_outside(server.is_ipv6(), kind) {
+/// `Some(None)`: the server's own namespace is the way out. The exchange
+/// with `podnet-outer` blocks (for up to its 5 s bound if the maker is
+/// stuck), so it runs off the server's thread, which answers every other
+/// query meanwhile.
+async fn outside(server: SocketAddr, kind: SocketKind) -> Option<Option<OwnedFd>> {
+    if !crate::rootless::has_outside() {
+        return Some(None);
+    }
+    let made = tokio::task::spawn_blocking(move || {
+        crate::rootless::socket_outside(server.is_ipv6(), kind)
+    })
+    .await
+    .ok()?;
+    match made {
         None => Some(None),
         Some(Ok(fd)) => Some(Some(fd)),
         Some(Err(e)) => {

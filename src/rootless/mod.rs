@@ -20,7 +20,9 @@ use crate::paths::{in_initial_userns, outer_uid};
 mod outer;
 mod pasta;
 
-pub(crate) use outer::{listener_outside, socket_outside, Kind as SocketKind, Outside};
+pub(crate) use outer::{
+    has_outside, listener_outside, socket_outside, Kind as SocketKind, Outside,
+};
 pub use pasta::{uplink, uplink_ended, Pasta};
 
 /// How to enter rootless namespaces: this user's shared host

@@ -20,6 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, listen, recv, recvmsg, sendmsg, setsockopt, socket, socketpair, sockopt, AddressFamily,
     Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
@@ -54,12 +55,17 @@ const OP_LISTEN: u8 = 2;
 /// This process's socket maker, once it has entered rootless namespaces.
 static OUTER: OnceLock<Outer> = OnceLock::new();
 
-/// The process's end of the pair, and the maker's PID.
+/// The process's end of the pair, and the maker's PID and pidfd.
 #[derive(Debug)]
 pub(super) struct Outer {
     /// `None` once an exchange broke: the maker is gone for good.
     chan: Mutex<Option<OwnedFd>>,
     pid: Pid,
+    /// Opened right after the fork, while the maker is certainly our
+    /// unreaped child: it names that process even if another reaper of
+    /// the program (a runtime's `waitpid(-1)`) collects it and its PID is
+    /// reused. `None` if it could not be opened.
+    pidfd: Option<OwnedFd>,
 }
 
 /// Why a socket could not be had from outside.
@@ -70,6 +76,12 @@ pub(crate) enum Outside {
     Refused(Errno),
     /// The maker could not be asked (the exchange broke, now or before).
     Broken(Error),
+}
+
+/// Whether this process entered rootless namespaces and so has a socket
+/// maker outside them.
+pub(crate) fn has_outside() -> bool {
+    OUTER.get().is_some()
 }
 
 /// A new socket (non-blocking, close-on-exec) of the IPv6 family if `v6`,
@@ -175,10 +187,15 @@ impl Outer {
                 drop(ours);
                 serve(theirs)
             }
-            Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Outer {
-                chan: Mutex::new(Some(ours)),
-                pid: child,
-            }),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                let start = crate::ident::proc_start_time(child).unwrap_or(0);
+                let pidfd = crate::holder::pidfd_of(child, start).ok().flatten();
+                Ok(Outer {
+                    chan: Mutex::new(Some(ours)),
+                    pid: child,
+                    pidfd,
+                })
+            }
         }
     }
 
@@ -215,7 +232,7 @@ impl Outer {
             Err((step, errno)) => {
                 // A late reply would answer the next request: end it.
                 *chan = None;
-                end_maker(self.pid);
+                end_maker(self.pid, self.pidfd.as_ref());
                 Err(Outside::Broken(Error::Sys {
                     op: step,
                     object: format!("{what} (it is ended: no more sockets from outside)"),
@@ -232,19 +249,35 @@ impl Drop for Outer {
     fn drop(&mut self) {
         let chan = self.chan.get_mut().unwrap_or_else(|p| p.into_inner());
         if chan.take().is_some() {
-            end_maker(self.pid);
+            end_maker(self.pid, self.pidfd.as_ref());
         }
     }
 }
 
-/// Kill and reap the maker `pid`. It is our unreaped child until the
-/// `waitpid`, so the PID cannot have been reused.
-fn end_maker(pid: Pid) {
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+/// Kill and reap the maker `pid`, through its pidfd: signalled only while
+/// the pidfd says it has not exited (until it is reaped, its PID cannot be
+/// reused), reaped by `waitid(P_PIDFD)`, which never waits for another
+/// process. Without a pidfd, by PID: it is our child, reaped by no one
+/// else unless the program reaps every child itself.
+fn end_maker(pid: Pid, pidfd: Option<&OwnedFd>) {
+    use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag};
+    let kill = || nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     loop {
-        match nix::sys::wait::waitpid(pid, None) {
-            Err(Errno::EINTR) => continue,
-            _ => return,
+        let reaped = match pidfd {
+            Some(fd) => {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+                    let _ = kill();
+                }
+                waitid(Id::PIDFd(fd.as_fd()), WaitPidFlag::WEXITED)
+            }
+            None => {
+                let _ = kill();
+                waitpid(pid, None)
+            }
+        };
+        if reaped != Err(Errno::EINTR) {
+            return;
         }
     }
 }
