@@ -56,10 +56,12 @@ pub enum Error {
     },
 
     /// A host port of a port mapping is taken (`EADDRINUSE`) by another
-    /// socket of the network's host namespace. Nothing was changed: ports of
-    /// the same request bound before it were closed again.
+    /// socket of the namespace it was to open in (`netns`). Nothing was
+    /// changed: ports of the same request bound before it were closed
+    /// again.
     #[error(
-        "{protocol} port {address} is already in use: cannot publish it for sandbox {sandbox:?}"
+        "{protocol} port {address}{} is already in use: cannot publish it for sandbox {sandbox:?}",
+        on_real_host(*.netns)
     )]
     PortInUse {
         /// The sandbox the mapping was for.
@@ -68,6 +70,9 @@ pub enum Error {
         protocol: crate::Protocol,
         /// The host address and port.
         address: std::net::SocketAddr,
+        /// Where it is taken: the network's host namespace or the real
+        /// host (a rootless user may hold the same port in both).
+        netns: crate::PortNetns,
         /// `EADDRINUSE`.
         #[source]
         errno: Errno,
@@ -80,7 +85,9 @@ pub enum Error {
     /// process with `CAP_NET_BIND_SERVICE` in the real host's user
     /// namespace may bind (`EACCES`). An unprivileged user's process does
     /// not have it, and no namespace it makes can give it. Nothing was
-    /// changed.
+    /// changed. Said of an `EACCES` for a port below 1024; above, where
+    /// the cause is another (a security module's refusal, a raised
+    /// sysctl), the refusal is [`Error::Sys`] with its errno.
     #[error(
         "{protocol} port {address} on the real host is privileged: cannot publish it for sandbox \
          {sandbox:?} (use a port of at least net.ipv4.ip_unprivileged_port_start, 1024 by default, \
@@ -284,6 +291,13 @@ pub enum Error {
         /// how it ended.
         reason: String,
     },
+}
+
+fn on_real_host(netns: crate::PortNetns) -> &'static str {
+    match netns {
+        crate::PortNetns::RealHost => " on the real host",
+        _ => "",
+    }
 }
 
 fn list(errors: &[Error]) -> String {

@@ -24,7 +24,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::Duration;
 
 use podnet::{Error, PortMapping, Protocol, Sandbox};
@@ -37,6 +37,10 @@ const POD_PORT: u16 = 8000;
 const ECHO_PORT: u16 = 8001;
 
 const LOOPBACK: &str = "127.0.0.1";
+
+/// How long the pod side may take to answer one request (a stopped
+/// socket maker is given 5 s; nothing else takes more than milliseconds).
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
 
 /// Counts the claims that held, saying each.
 struct Passed(u32);
@@ -55,8 +59,11 @@ fn main() {
         Some("--refused-entry") => return refused_entry(),
         _ => {}
     }
-    let state = std::env::temp_dir().join(format!("podnet-hostports-test-{}", std::process::id()));
-    std::fs::create_dir(&state).unwrap();
+    let state = StateDir(
+        std::env::temp_dir().join(format!("podnet-hostports-test-{}", std::process::id())),
+    );
+    std::fs::create_dir(&state.0).unwrap();
+    let state = &state.0;
     let mut passed = Passed(0);
 
     let mut pod = PodSide::start(&state.join("a"));
@@ -72,11 +79,16 @@ fn main() {
     passed.ok("a taken port is PortInUse and creates nothing");
     a_taken_port_is_port_in_use_and_adds_nothing(&mut pod);
     passed.ok("a taken port is PortInUse and adds nothing");
+    a_taken_second_port_closes_the_first_again(&mut pod);
+    passed.ok("a request whose second port is taken closes its first again");
     if let Some(port) = privileged_port() {
         a_privileged_port_is_a_privileged_port_error(&mut pod, port);
         passed.ok("a privileged port is PrivilegedPort, naming the way out");
     } else {
-        println!("hostports: root binds privileged ports, so that claim is skipped here");
+        println!(
+            "hostports: this user may bind every port (root, or ip_unprivileged_port_start <= 1), \
+             so the privileged-port claim is skipped here"
+        );
     }
     remove_port_closes_it(&mut pod);
     passed.ok("remove_port closes it");
@@ -101,8 +113,17 @@ fn main() {
     a_failed_entry_leaves_no_socket_maker_behind();
     passed.ok("a failed entry leaves no socket maker behind");
 
-    let _ = std::fs::remove_dir_all(&state);
     println!("hostports: {} passed, 0 failed", passed.0);
+}
+
+/// The test's state directory, removed when it ends, a failed claim's
+/// panic included.
+struct StateDir(std::path::PathBuf);
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Publishing TCP port 0 on the real host's 127.0.0.1 reports a real-host
@@ -169,12 +190,32 @@ fn a_taken_port_is_port_in_use_and_creates_nothing(pod: &mut PodSide) {
     let reply = pod.ask(&format!("create other {port}"));
     assert!(
         reply.starts_with(&format!(
-            "err PortInUse EADDRINUSE tcp port 127.0.0.1:{port}"
+            "err PortInUse EADDRINUSE tcp port 127.0.0.1:{port} on the real host is already in use"
         )),
         "{reply}"
     );
     assert_eq!(pod.ask("sandboxes"), "ok web");
     assert_eq!(pod.ask("holders"), "ok 1");
+}
+
+/// A create with two real-host ports, the second taken, fails with
+/// PortInUse for the second, and the first, bound through podnet-outer
+/// before it, is closed again: this process can bind it.
+fn a_taken_second_port_closes_the_first_again(pod: &mut PodSide) {
+    let free = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let first = free.local_addr().unwrap().port();
+    drop(free);
+    let taken = TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let second = taken.local_addr().unwrap().port();
+    let reply = pod.ask(&format!("create other {first} {second}"));
+    assert!(
+        reply.starts_with(&format!(
+            "err PortInUse EADDRINUSE tcp port 127.0.0.1:{second} on the real host"
+        )),
+        "{reply}"
+    );
+    assert_eq!(pod.ask("sandboxes"), "ok web");
+    TcpListener::bind((LOOPBACK, first)).expect("the first port was closed again");
 }
 
 /// add_port on a real-host port this process holds fails with PortInUse,
@@ -317,7 +358,9 @@ fn privileged_port() -> Option<u16> {
     }
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").ok()?;
     let first: u16 = text.trim().parse().ok()?;
-    (first > 1).then(|| first - 1)
+    // PrivilegedPort is said of ports below 1024 (above, an EACCES has
+    // another cause).
+    (first > 1).then(|| (first - 1).min(1023))
 }
 
 /// The port a `publish` reply names.
@@ -351,7 +394,9 @@ fn assert_closed(port: u16) {
 struct PodSide {
     child: Child,
     stdin: ChildStdin,
-    out: std::io::Lines<BufReader<ChildStdout>>,
+    /// Its stdout's lines, read on a thread of their own so that an
+    /// answer that does not come fails the claim in time.
+    out: std::sync::mpsc::Receiver<std::io::Result<String>>,
     /// The network's gateway: where the pod sees forwarded clients from.
     gateway: IpAddr,
 }
@@ -366,8 +411,19 @@ impl PodSide {
             .spawn()
             .unwrap();
         let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = out.next().expect("the pod side's first line").unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, out) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let ready = out
+            .recv_timeout(ANSWER_WAIT)
+            .expect("the pod side's first line")
+            .unwrap();
         let gateway = ready
             .strip_prefix("ready ")
             .unwrap_or_else(|| panic!("the pod side did not start: {ready}"))
@@ -384,10 +440,13 @@ impl PodSide {
     /// Send `line`; its one-line answer.
     fn ask(&mut self, line: &str) -> String {
         writeln!(self.stdin, "{line}").unwrap();
-        self.out
-            .next()
-            .unwrap_or_else(|| panic!("the pod side ended at {line:?}"))
-            .unwrap()
+        match self.out.recv_timeout(ANSWER_WAIT) {
+            Ok(answer) => answer.unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the pod side did not answer {line:?} in {ANSWER_WAIT:?}")
+            }
+            Err(_) => panic!("the pod side ended at {line:?}"),
+        }
     }
 
     /// Ask it to clean up and exit, and check it did.
@@ -487,11 +546,15 @@ async fn command(words: &[&str], net: &podnet::Network, web: &Sandbox) -> String
                 None => format!("err NotFound - {p} {port} is not published"),
             }
         }
-        ["create", name, port] => {
-            let m = PortMapping::tcp(port.parse().unwrap(), POD_PORT)
-                .host_ip(LOOPBACK.parse().unwrap())
-                .real_host();
-            match net.sandbox(*name).port(m).create().await {
+        ["create", name, ports @ ..] => {
+            let mut sandbox = net.sandbox(*name);
+            for port in ports {
+                let m = PortMapping::tcp(port.parse().unwrap(), POD_PORT)
+                    .host_ip(LOOPBACK.parse().unwrap())
+                    .real_host();
+                sandbox = sandbox.port(m);
+            }
+            match sandbox.create().await {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => error_line(&e),
             }

@@ -807,9 +807,11 @@ fn a_taken_tcp_host_port_is_a_clear_error_naming_it(via: Via) {
                 sandbox,
                 protocol,
                 address,
+                netns,
                 errno,
             } => {
                 assert_eq!(sandbox, "web");
+                assert_eq!(*netns, podnet::PortNetns::Network);
                 assert_eq!(*protocol, Protocol::Tcp);
                 assert_eq!(address.to_string(), "0.0.0.0:8081");
                 assert_eq!(*errno, nix::errno::Errno::EADDRINUSE);

@@ -128,7 +128,13 @@ async fn bind_one(sandbox: &str, p: &Planned) -> Result<(Sock, PortNetns)> {
             Some(Err(Outside::Refused(errno))) => {
                 return Err(real_host_error(sandbox, protocol, host, errno))
             }
-            Some(Err(Outside::Broken(e))) => return Err(e),
+            Some(Err(Outside::Broken(e))) => {
+                return Err(Error::Sys {
+                    op: "bind real-host port",
+                    object: format!("{protocol} {host} for sandbox {sandbox:?}: {e}"),
+                    errno: e.errno().unwrap_or(Errno::EIO),
+                })
+            }
             None => {}
         }
     }
@@ -150,9 +156,13 @@ fn real_host_error(sandbox: &str, protocol: Protocol, address: SocketAddr, errno
             sandbox,
             protocol,
             address,
+            netns: PortNetns::RealHost,
             errno,
         },
-        Errno::EACCES => Error::PrivilegedPort {
+        // Below 1024 the unprivileged port range is the cause; above it
+        // (a real host that raised the sysctl, or a security module's
+        // refusal) the errno says what there is to say.
+        Errno::EACCES if address.port() < 1024 => Error::PrivilegedPort {
             sandbox,
             protocol,
             address,
@@ -173,6 +183,7 @@ fn bind_error(sandbox: &str, protocol: Protocol, address: SocketAddr, e: &io::Er
             sandbox: sandbox.to_owned(),
             protocol,
             address,
+            netns: PortNetns::Network,
             errno,
         };
     }
