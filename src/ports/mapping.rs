@@ -366,12 +366,18 @@ pub(super) fn plan(sandbox: &str, mappings: &[PortMapping]) -> Result<Vec<Planne
         let pairs = m.pairs().map_err(|why| Error::InvalidConfig {
             reason: format!("port mapping {m} of sandbox {sandbox:?}: {why}"),
         })?;
+        // Where the port really opens: without rootless namespaces the
+        // real host is the network's host namespace.
+        let netns = match m.netns {
+            PortNetns::RealHost if !crate::rootless::has_outside() => PortNetns::Network,
+            other => other,
+        };
         for (h, p) in pairs {
             let host = SocketAddr::new(m.host_ip, h);
             if h != 0
                 && plan
                     .iter()
-                    .any(|p: &Planned| (p.protocol, p.host, p.netns) == (m.protocol, host, m.netns))
+                    .any(|p: &Planned| (p.protocol, p.host, p.netns) == (m.protocol, host, netns))
             {
                 return Err(Error::InvalidConfig {
                     reason: format!(
@@ -383,7 +389,7 @@ pub(super) fn plan(sandbox: &str, mappings: &[PortMapping]) -> Result<Vec<Planne
             plan.push(Planned {
                 protocol: m.protocol,
                 host,
-                netns: m.netns,
+                netns,
                 pod_port: p,
                 udp_idle: m.udp_idle,
             });
@@ -435,9 +441,18 @@ mod tests {
             PortMapping::udp(8080, 80),
             PortMapping::tcp(0, 81),
             PortMapping::tcp(0, 82),
+        ];
+        assert_eq!(plan("web", &fine).unwrap().len(), 4);
+        // This process entered no rootless namespaces: its real host is the
+        // network's host namespace, so these are one port twice.
+        let same_namespace = [
+            PortMapping::tcp(8080, 80),
             PortMapping::tcp(8080, 83).real_host(),
         ];
-        assert_eq!(plan("web", &fine).unwrap().len(), 5);
+        assert!(matches!(
+            plan("web", &same_namespace),
+            Err(Error::InvalidConfig { .. })
+        ));
         let twice_outside = [
             PortMapping::tcp(8080, 80).real_host(),
             PortMapping::tcp(8080, 81).real_host(),
