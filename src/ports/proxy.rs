@@ -47,10 +47,11 @@ fn fd_budget() -> Arc<tokio::sync::Semaphore> {
 }
 
 /// Most TCP connections of this process whose bytes are spliced at once;
-/// the others are copied. Each holds two 64 KiB pipes, and the kernel
+/// the others are copied. Each holds two pipes of 64 KiB, and the kernel
 /// counts pipe pages per user (`fs.pipe-user-pages-soft`, 16,384 pages: 64
 /// MiB): past that, every new pipe of that user, in any of its programs,
-/// gets 8 KiB. 64 connections hold 8 MiB of it at most.
+/// gets 8 KiB. 64 connections hold 8 MiB of it, and up to 8 MiB more for
+/// pipes grown for bulk transfers (`splice::MAX_GROWN`).
 const MAX_SPLICED: usize = 64;
 
 fn splicing() -> Arc<tokio::sync::Semaphore> {

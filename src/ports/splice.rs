@@ -5,6 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
@@ -18,11 +19,40 @@ const FIRST_CAPACITY: usize = 64 * 1024;
 
 /// The capacity a direction's pipe grows to once a `splice` has filled
 /// it: fewer, larger splices for a bulk transfer. Only such directions
-/// grow, so request/response connections keep a default pipe, and the
-/// forwarder's most (64 connections, two pipes each) stays within half
-/// the user's default soft limit on pipe pages (`pipe-user-pages-soft`,
-/// 64 MiB). A refusal (`EPERM` over that limit) keeps the pipe as it is.
+/// grow, so request/response connections keep a default pipe. A refusal
+/// (`EPERM` over the user's `pipe-user-pages-soft`) keeps the pipe as it is.
 const BULK_CAPACITY: usize = 256 * 1024;
+
+/// Most pipes of this process grown to [`BULK_CAPACITY`] at once (8 MiB).
+/// The kernel counts pipe pages per user, not per process
+/// (`pipe-user-pages-soft`, 64 MiB by default), and past that limit every
+/// new pipe of that user, in any of its programs, gets a page or two: so
+/// a process takes an eighth of it at most, and several podnet processes
+/// of one user stay below it.
+const MAX_GROWN: usize = 32;
+
+/// Pipes of this process grown now.
+static GROWN: AtomicUsize = AtomicUsize::new(0);
+
+/// A place among the [`MAX_GROWN`], given back when dropped.
+struct Grown;
+
+impl Grown {
+    fn take() -> Option<Grown> {
+        GROWN
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_GROWN).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Grown)
+    }
+}
+
+impl Drop for Grown {
+    fn drop(&mut self) {
+        GROWN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// The two pipes of a connection (four fds): one per direction.
 pub(super) struct Pipes([(OwnedFd, OwnedFd); 2]);
@@ -53,7 +83,9 @@ async fn one_way(from: &TcpStream, to: &TcpStream, pipe: (OwnedFd, OwnedFd)) -> 
     let (out, into) = pipe;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
     let (mut queued, mut moved) = (0usize, 0u64);
-    let (mut capacity, mut grown) = (FIRST_CAPACITY, false);
+    let (mut capacity, mut tried) = (FIRST_CAPACITY, false);
+    // Held while the pipe is grown, until this direction ends.
+    let mut _grown = None;
     loop {
         if queued == 0 {
             from.readable().await?;
@@ -68,9 +100,14 @@ async fn one_way(from: &TcpStream, to: &TcpStream, pipe: (OwnedFd, OwnedFd)) -> 
                 }
                 Ok(n) => {
                     queued = n;
-                    if n == capacity && !grown {
-                        grown = true;
-                        capacity = grow(&into).unwrap_or(capacity);
+                    if n == capacity && !tried {
+                        tried = true;
+                        if let Some(slot) = Grown::take() {
+                            if let Ok(bigger) = grow(&into) {
+                                capacity = bigger;
+                                _grown = Some(slot);
+                            }
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -116,8 +153,16 @@ mod tests {
             .into_iter()
             .next()
             .expect("one");
-        let before = fcntl(&read_end, FcntlArg::F_GETPIPE_SZ).expect("F_GETPIPE_SZ");
-        assert_eq!(usize::try_from(before).ok(), Some(FIRST_CAPACITY));
         assert!(grow(&read_end).expect("F_SETPIPE_SZ") >= BULK_CAPACITY);
+    }
+
+    #[test]
+    fn no_more_than_max_grown_pipes_at_once_and_a_dropped_one_frees_its_place() {
+        let held: Vec<Grown> = std::iter::from_fn(Grown::take)
+            .take(MAX_GROWN + 1)
+            .collect();
+        assert_eq!(held.len(), MAX_GROWN);
+        drop(held);
+        assert!(Grown::take().is_some());
     }
 }
