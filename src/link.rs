@@ -18,6 +18,7 @@ mod bridge;
 mod delete;
 mod inside;
 mod nl;
+mod route;
 mod veth;
 
 pub(crate) use bridge::{
@@ -29,6 +30,7 @@ pub(crate) use delete::{
 };
 pub(crate) use inside::{addresses_blocking, configure_inside, loopback_up_blocking, Inside};
 pub(crate) use nl::Nl;
+pub(crate) use route::default_route_mtu;
 pub(crate) use veth::{create_veth, Veth};
 
 /// Index of `lo` in a new network namespace: the loopback device is

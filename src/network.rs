@@ -325,6 +325,11 @@ impl NetworkBuilder {
     }
 
     /// MTU of the bridge and, unless a sandbox says otherwise, of every veth.
+    ///
+    /// Unset, it is the MTU of the interface the host namespace's default
+    /// route leaves by, as netavark does: pods then send what the way out
+    /// carries (65520 behind pasta, whose interface has that MTU); without
+    /// a default route, the kernel's 1500.
     pub fn mtu(mut self, mtu: u32) -> Self {
         self.mtu = Some(mtu);
         self
@@ -489,8 +494,16 @@ impl NetworkBuilder {
         // step fails.
         let conn = link::connect()?;
         let nl = link::Nl::here().map_err(|e| Error::io("open netlink socket", "", e))?;
+        // Unset: the MTU of the interface the host's default route leaves
+        // by, as netavark does (behind pasta, its 65520), else the kernel's.
+        let mtu = match self.mtu {
+            Some(mtu) => Some(mtu),
+            None => link::default_route_mtu(&conn.handle)
+                .await?
+                .filter(|m| check_mtu(*m).is_ok()),
+        };
         let (bridge_index, created) =
-            link::ensure_bridge(&conn.handle, &self.bridge, None, self.mtu).await?;
+            link::ensure_bridge(&conn.handle, &self.bridge, None, mtu).await?;
         let object = format!("bridge {:?}", self.bridge);
         let rest = async {
             for pool in v4.iter().chain(v6.iter()) {
@@ -546,7 +559,7 @@ impl NetworkBuilder {
                 bridge_index,
                 v4,
                 v6,
-                mtu: self.mtu,
+                mtu,
                 conn,
                 nl_pool: std::sync::Mutex::new(vec![nl]),
                 store,

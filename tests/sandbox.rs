@@ -765,13 +765,79 @@ fn a_sandbox_gets_the_mtu_it_asks_for() {
     in_netns(|ctx| async move {
         let net = dual_stack(&ctx).await;
         let a = net.sandbox("a").mtu(1400).create().await.unwrap();
-        let out = a
-            .command("cat")
-            .arg("/sys/class/net/eth0/mtu")
-            .output()
+        assert_eq!(eth0_mtu(&a).await, "1400");
+        remove_all(&net, [&a]).await;
+    });
+}
+
+/// MTU of the sandbox's eth0, as `ip` sees it inside (over netlink: a
+/// process inside reads /sys of the mount namespace it came from, whose
+/// sysfs shows the host's interfaces).
+async fn eth0_mtu(sandbox: &Sandbox) -> String {
+    let out = sandbox
+        .command("ip")
+        .args(["-o", "link", "show", "eth0"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "mtu");
+    words
+        .next()
+        .unwrap_or_else(|| panic!("no mtu in {text:?}"))
+        .to_owned()
+}
+
+/// MTU of `name` in the test's namespace.
+async fn link_mtu(ctx: &Ctx, name: &str) -> Option<u32> {
+    common::link(&ctx.nl, name)
+        .await?
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+}
+
+#[test]
+fn without_an_mtu_a_network_takes_its_default_routes_interfaces() {
+    in_netns(|ctx| async move {
+        common::add_veth(&ctx.nl, "up9", "up9p").await;
+        for name in ["up9", "up9p"] {
+            let index = common::link_index(&ctx.nl, name).await.unwrap();
+            let up = rtnetlink::LinkUnspec::new_with_index(index)
+                .mtu(9000)
+                .up()
+                .build();
+            ctx.nl.link().set(up).execute().await.unwrap();
+        }
+        let index = common::link_index(&ctx.nl, "up9").await.unwrap();
+        let default = rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+            .output_interface(index)
+            .build();
+        ctx.nl.route().add(default).execute().await.unwrap();
+        let net = common::network_builder(&ctx.state, "pnm0", &["10.88.0.0/24"])
+            .build()
             .await
             .unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1400");
+        let a = net.sandbox("a").create().await.unwrap();
+        assert_eq!(eth0_mtu(&a).await, "9000");
+        assert_eq!(link_mtu(&ctx, "pnm0").await, Some(9000));
+        remove_all(&net, [&a]).await;
+    });
+}
+
+#[test]
+fn without_an_mtu_or_a_default_route_a_network_has_the_kernels_1500() {
+    in_netns(|ctx| async move {
+        let net = common::network_builder(&ctx.state, "pnm0", &["10.88.0.0/24"])
+            .build()
+            .await
+            .unwrap();
+        let a = net.sandbox("a").create().await.unwrap();
+        assert_eq!(eth0_mtu(&a).await, "1500");
         remove_all(&net, [&a]).await;
     });
 }
