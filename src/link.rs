@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub(crate) mod nft;
 
 mod bridge;
+/// Routing the pod's replies to connections made from clients' addresses.
+pub(crate) mod client;
 mod delete;
 mod inside;
 mod nl;

@@ -82,6 +82,27 @@ pub(crate) fn send_datagrams(
     Errno::result(rc).map(|sent| usize::try_from(sent).unwrap_or(0))
 }
 
+/// Set `IPV6_TRANSPARENT` on the IPv6 socket `fd`: it may then bind an
+/// address that is not local (ipv6(7)). Needs `CAP_NET_ADMIN` or
+/// `CAP_NET_RAW` over the socket's network namespace.
+pub(crate) fn set_ipv6_transparent(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    let one: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: setsockopt reads `len` bytes of `one`, an int alive for the
+    // call, through a socket fd we borrow.
+    // JUSTIFICATION: nix 0.31 has IP_TRANSPARENT but not IPV6_TRANSPARENT.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&raw const one).cast(),
+            len,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
 /// Register `fd` with the current tokio reactor for `interest`.
 pub(crate) fn async_fd(
     fd: std::os::fd::OwnedFd,

@@ -29,8 +29,8 @@ use std::time::Duration;
 
 use podnet::{Error, PortMapping, Protocol, Sandbox};
 
-/// The pod's servers' port, TCP and UDP: each answers `peer <address>`,
-/// the client address it sees.
+/// The pod's servers' port, TCP and UDP: each answers `peer <address>
+/// <port>`, the client it sees.
 const POD_PORT: u16 = 8000;
 
 /// The pod's TCP echo server: sends back what it reads, until EOF.
@@ -57,6 +57,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--pod") => return pod_side(Path::new(&args[2])),
         Some("--refused-entry") => return refused_entry(),
+        Some("--own-host") => return own_host(Path::new(&args[2])),
         _ => {}
     }
     let state = StateDir(
@@ -113,6 +114,9 @@ fn main() {
     a_failed_entry_leaves_no_socket_maker_behind();
     passed.ok("a failed entry leaves no socket maker behind");
 
+    a_non_loopback_client_is_seen_with_its_own_address(&state.join("e"));
+    passed.ok("a non-loopback client is seen with its own address, TCP and UDP");
+
     println!("hostports: {} passed, 0 failed", passed.0);
 }
 
@@ -132,7 +136,7 @@ impl Drop for StateDir {
 fn a_tcp_port_on_the_real_hosts_loopback_reaches_the_pod(pod: &mut PodSide) {
     let reply = pod.ask(&format!("publish tcp {LOOPBACK} 0"));
     let port = published(&reply);
-    assert!(reply.ends_with(" real-host userspace"), "{reply}");
+    assert!(reply.contains(" real-host userspace "), "{reply}");
     assert!(fetch(port).unwrap().starts_with("peer "));
     pod.ask(&format!("unpublish tcp {port}"));
 }
@@ -141,7 +145,8 @@ fn a_tcp_port_on_the_real_hosts_loopback_reaches_the_pod(pod: &mut PodSide) {
 /// network's gateway address: the forwarder's connection to it.
 fn the_pod_sees_a_loopback_client_come_from_the_gateway(pod: &mut PodSide) {
     let port = published(&pod.ask(&format!("publish tcp {LOOPBACK} 0")));
-    assert_eq!(fetch(port).unwrap(), format!("peer {}\n", pod.gateway));
+    let got = fetch(port).unwrap();
+    assert!(got.starts_with(&format!("peer {} ", pod.gateway)), "{got}");
     pod.ask(&format!("unpublish tcp {port}"));
 }
 
@@ -155,10 +160,8 @@ fn a_udp_port_on_the_real_hosts_loopback_reaches_the_pod(pod: &mut PodSide) {
     let mut buf = [0u8; 64];
     let (n, from) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(from, SocketAddr::from(([127, 0, 0, 1], port)));
-    assert_eq!(
-        std::str::from_utf8(&buf[..n]).unwrap(),
-        format!("peer {}\n", pod.gateway)
-    );
+    let got = std::str::from_utf8(&buf[..n]).unwrap();
+    assert!(got.starts_with(&format!("peer {} ", pod.gateway)), "{got}");
     pod.ask(&format!("unpublish udp {port}"));
 }
 
@@ -320,6 +323,107 @@ fn a_stopped_socket_maker_fails_the_request_in_time_and_is_ended(pod: &mut PodSi
     assert!(reply.contains("earlier request broke"), "{reply}");
 }
 
+/// The real host is a namespace of this claim's own here (a child that
+/// enters private namespaces, with 198.18.0.5 on its `lo`, runs the pod
+/// side as its own child): a client there from 198.18.0.5, not loopback,
+/// is seen by the pod with that address and its port, over TCP and UDP.
+fn a_non_loopback_client_is_seen_with_its_own_address(state: &Path) {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .arg("--own-host")
+        .arg(state)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the own real host's check failed");
+}
+
+/// The child of [`a_non_loopback_client_is_seen_with_its_own_address`].
+fn own_host(state: &Path) {
+    podnet::rootless::enter_private().expect("a real host of our own");
+    let client: std::net::Ipv4Addr = "198.18.0.5".parse().unwrap();
+    add_address_to_lo(client);
+    let mut pod = PodSide::start(state);
+    let reply = pod.ask("publish tcp 0.0.0.0 0");
+    assert!(
+        reply.ends_with(" real-host userspace own-addresses"),
+        "{reply}"
+    );
+    let port = published(&reply);
+    let mut s = tcp_from(
+        SocketAddr::from((client, 0)),
+        SocketAddr::from((client, port)),
+    );
+    let local = s.local_addr().unwrap();
+    let mut got = String::new();
+    s.read_to_string(&mut got).unwrap();
+    assert_eq!(
+        got,
+        format!(
+            "peer {client} {}
+",
+            local.port()
+        )
+    );
+
+    let port = published(&pod.ask("publish udp 0.0.0.0 0"));
+    let sock = UdpSocket::bind((client, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.send_to(b"hi", (client, port)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    let local = sock.local_addr().unwrap();
+    assert_eq!(
+        std::str::from_utf8(&buf[..n]).unwrap(),
+        format!(
+            "peer {client} {}
+",
+            local.port()
+        )
+    );
+    pod.finish();
+}
+
+/// Add `addr`/32 to `lo` of this thread's namespace.
+fn add_address_to_lo(addr: std::net::Ipv4Addr) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection().unwrap();
+            tokio::spawn(conn);
+            handle
+                .address()
+                .add(1, IpAddr::V4(addr), 32)
+                .execute()
+                .await
+                .unwrap();
+        });
+}
+
+/// A TCP connection from `from` to `to`.
+fn tcp_from(from: SocketAddr, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let (SocketAddr::V4(from), SocketAddr::V4(to)) = (from, to) else {
+        panic!("IPv4 only");
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(from),
+    )
+    .unwrap();
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(to)).unwrap();
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
 /// enter_private() that fails after forking its socket maker (unshare
 /// refused by a seccomp filter, in a child) reaps it: no podnet-outer
 /// child is left, not even a zombie.
@@ -462,7 +566,7 @@ impl PodSide {
 ///
 /// - `publish tcp|udp <ip> <port> [<pod port>]`: add a real-host mapping
 ///   to `web` (default pod port [`POD_PORT`]);
-///   `ok <port> real-host|network <forwarder>`
+///   `ok <port> real-host|network <forwarder> own-addresses|gateway`
 /// - `unpublish tcp|udp <port>`: remove_port of that published port
 /// - `create <name> <port>`: a sandbox with a real-host TCP mapping
 /// - `sandboxes`, `holders`, `ports`: what there is
@@ -527,7 +631,16 @@ async fn command(words: &[&str], net: &podnet::Network, web: &Sandbox) -> String
                         podnet::PortNetns::RealHost => "real-host",
                         _ => "network",
                     };
-                    format!("ok {} {netns} {}", got[0].host.port(), got[0].forwarder)
+                    let shown = if got[0].client_addresses {
+                        "own-addresses"
+                    } else {
+                        "gateway"
+                    };
+                    format!(
+                        "ok {} {netns} {} {shown}",
+                        got[0].host.port(),
+                        got[0].forwarder
+                    )
                 }
                 Err(e) => error_line(&e),
             }
@@ -596,8 +709,8 @@ fn error_line(e: &Error) -> String {
     format!("err {variant} {errno} {e}")
 }
 
-/// The pod's servers on [`POD_PORT`]: TCP answers `peer <address>` and
-/// closes, UDP answers each datagram with it; and TCP echo on
+/// The pod's servers on [`POD_PORT`]: TCP answers `peer <address> <port>`
+/// and closes, UDP answers each datagram with it; and TCP echo on
 /// [`ECHO_PORT`].
 async fn serve(pod: &Sandbox) {
     let echo = common::listen_in(pod, ("0.0.0.0", ECHO_PORT)).await;
@@ -612,8 +725,8 @@ async fn serve(pod: &Sandbox) {
     std::thread::spawn(move || {
         for conn in tcp.incoming() {
             let Ok(mut conn) = conn else { return };
-            let peer = conn.peer_addr().unwrap().ip();
-            let _ = writeln!(conn, "peer {peer}");
+            let peer = conn.peer_addr().unwrap();
+            let _ = writeln!(conn, "peer {} {}", peer.ip(), peer.port());
         }
     });
     let udp = pod
@@ -624,7 +737,8 @@ async fn serve(pod: &Sandbox) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64];
         while let Ok((_, from)) = udp.recv_from(&mut buf) {
-            let _ = udp.send_to(format!("peer {}\n", from.ip()).as_bytes(), from);
+            let answer = format!("peer {} {}\n", from.ip(), from.port());
+            let _ = udp.send_to(answer.as_bytes(), from);
         }
     });
 }

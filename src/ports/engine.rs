@@ -53,6 +53,9 @@ pub(super) struct EngineState {
     /// the table. The socket stays open as long as the engine (the
     /// network) lives; the kernel deletes the table when it closes.
     pub(super) kernel: std::sync::OnceLock<Option<Arc<Nft>>>,
+    /// Whether the pod can be shown its clients' own addresses: decided
+    /// by the first real-host mapping (`shows_clients`).
+    clients: OnceCell<bool>,
     bridge: String,
     pub(super) mode: PortForwarding,
     pub(super) table: Mutex<Table>,
@@ -141,6 +144,37 @@ impl EngineState {
     }
 }
 
+impl EngineState {
+    /// Whether the forwarder can show pods their clients' own addresses:
+    /// the kernel path must be on (the network's table takes the two rules
+    /// that mark the pod's replies, `Nft::add_client_rules`), and the host
+    /// namespace must take the policy rules and routes that deliver them
+    /// (`link::client`). Decided once, on the forwarder's thread (the
+    /// routing socket is opened in its namespace); a refusal is not an
+    /// error: the pod then sees the gateway's address, as without.
+    pub(super) async fn shows_clients(&self) -> bool {
+        let decided = self.clients.get_or_init(|| async {
+            let Ok(Some(nft)) = self.kernel().await else {
+                return false;
+            };
+            let made = self.rt.spawn(async move {
+                nft.add_client_rules().map_err(|errno| errno.to_string())?;
+                let mut nl = crate::link::Nl::here().map_err(|e| e.to_string())?;
+                crate::link::client::route_client_replies(&mut nl).map_err(|e| e.to_string())
+            });
+            match made.await {
+                Ok(Ok(())) => true,
+                Ok(Err(why)) => {
+                    tracing::debug!(%why, "ports: pods are not shown their clients' addresses");
+                    false
+                }
+                Err(_) => false,
+            }
+        });
+        *decided.await
+    }
+}
+
 impl Engine {
     /// Start the forwarder thread in the host namespace `host_ns`, with the
     /// kernel path of network `bridge` if `mode` asks for it and the kernel
@@ -199,6 +233,7 @@ impl Engine {
             s: Arc::new(EngineState {
                 rt,
                 kernel: std::sync::OnceLock::new(),
+                clients: OnceCell::new(),
                 bridge: bridge.to_owned(),
                 mode,
                 table: Mutex::default(),
@@ -254,6 +289,7 @@ mod tests {
                 netns: super::super::mapping::PortNetns::Network,
                 pod_port: 1,
                 forwarder: Forwarder::Kernel,
+                client_addresses: false,
             },
             serial,
             task: tokio::spawn(async {}),

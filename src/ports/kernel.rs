@@ -270,6 +270,7 @@ mod tests {
             netns: PortNetns::Network,
             pod_port: 80,
             forwarder: Forwarder::Userspace,
+            client_addresses: false,
         };
         let made = comment(&t, &port, 7);
         let back = parse_comment(&made).unwrap();

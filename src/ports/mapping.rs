@@ -337,6 +337,13 @@ pub struct PublishedPort {
     /// The kernel or the userspace forwarder (always the userspace one on
     /// the real host).
     pub forwarder: Forwarder,
+    /// Whether the pod sees this port's clients with their own addresses
+    /// (a real-host port, where the forwarder can bind its connections to
+    /// them: see [`PortMapping::real_host`]). Loopback clients, and
+    /// clients of an address of the network's pools, are seen from the
+    /// gateway's address all the same. Through the kernel, clients from
+    /// other hosts keep their addresses without this.
+    pub client_addresses: bool,
 }
 
 impl fmt::Display for PublishedPort {

@@ -5,6 +5,7 @@
 //! namespace allows it, and by a userspace forwarder otherwise. This file
 //! names the parts and what callers use.
 
+mod client;
 mod end;
 mod engine;
 mod kernel;

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::client::{connect_from, udp_from, Shown};
 use super::splice;
 
 /// Most concurrent UDP flows (clients) of one mapped port; datagrams from
@@ -64,9 +65,10 @@ fn splicing() -> Arc<tokio::sync::Semaphore> {
 /// Largest UDP payload.
 const UDP_BUF: usize = 65_535;
 
-/// Accept connections on `listener` and forward each to `to`. Dropping the
-/// task drops the listener and every connection.
-pub(super) async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
+/// Accept connections on `listener` and forward each to `to`, from the
+/// client's own address where `shown` allows. Dropping the task drops the
+/// listener and every connection.
+pub(super) async fn serve_tcp(listener: TcpListener, to: SocketAddr, shown: Option<Shown>) {
     let mut conns = JoinSet::new();
     let budget = fd_budget();
     loop {
@@ -80,9 +82,10 @@ pub(super) async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
         };
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((client, _)) => {
+                Ok((client, peer)) => {
+                    let from = shown.and_then(|s| s.source(peer, to));
                     conns.spawn(async move {
-                        forward_tcp(client, to).await;
+                        forward_tcp(client, from, to).await;
                         drop(permit);
                     });
                 }
@@ -99,9 +102,20 @@ pub(super) async fn serve_tcp(listener: TcpListener, to: SocketAddr) {
 /// One TCP connection: connect to the sandbox, then move bytes both ways
 /// (`splice`, or a copy). EOF on one side becomes `shutdown(SHUT_WR)` on
 /// the other while the other direction goes on (half-close), as both do.
-async fn forward_tcp(mut client: TcpStream, to: SocketAddr) {
+async fn forward_tcp(mut client: TcpStream, from: Option<SocketAddr>, to: SocketAddr) {
     let _ = client.set_nodelay(true);
-    let mut pod = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
+    let connect = async {
+        if let Some(from) = from {
+            match connect_from(from, to).await {
+                Ok(s) => return Ok(s),
+                Err(Some(e)) => return Err(e),
+                // Could not bind there: from the forwarder's own address.
+                Err(None) => {}
+            }
+        }
+        TcpStream::connect(to).await
+    };
+    let mut pod = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         _ => {
             // Nothing listens in the sandbox: reset, as the pod's kernel
@@ -143,8 +157,14 @@ struct Flow {
 
 /// Receive datagrams on `sock` and forward each client's through a flow of
 /// its own (a socket connected to `to`, so replies come back to that client
-/// only). A flow ends after `idle` without a datagram either way.
-pub(super) async fn serve_udp(sock: UdpSocket, to: SocketAddr, idle: Duration) {
+/// only; bound to the client's own address where `shown` allows). A flow
+/// ends after `idle` without a datagram either way.
+pub(super) async fn serve_udp(
+    sock: UdpSocket,
+    to: SocketAddr,
+    idle: Duration,
+    shown: Option<Shown>,
+) {
     let sock = Arc::new(sock);
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut tasks: JoinSet<SocketAddr> = JoinSet::new();
@@ -165,7 +185,9 @@ pub(super) async fn serve_udp(sock: UdpSocket, to: SocketAddr, idle: Duration) {
                     let Ok(permit) = fd_budget().try_acquire_owned() else {
                         continue;
                     };
-                    let Ok(flow) = new_flow(&sock, client, to, idle, &mut tasks, permit).await else {
+                    let from = shown.and_then(|s| s.source(client, to));
+                    let made = new_flow(&sock, client, from, to, idle, &mut tasks, permit).await;
+                    let Ok(flow) = made else {
                         continue;
                     };
                     flows.insert(client, flow);
@@ -189,6 +211,7 @@ pub(super) async fn serve_udp(sock: UdpSocket, to: SocketAddr, idle: Duration) {
 async fn new_flow(
     sock: &Arc<UdpSocket>,
     client: SocketAddr,
+    from: Option<SocketAddr>,
     to: SocketAddr,
     idle: Duration,
     tasks: &mut JoinSet<SocketAddr>,
@@ -198,7 +221,12 @@ async fn new_flow(
         SocketAddr::V4(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
         SocketAddr::V6(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
     };
-    let up = UdpSocket::bind(any).await?;
+    // From the client's own address if it can be bound, else the
+    // forwarder's.
+    let up = match from.map(udp_from) {
+        Some(Ok(up)) => up,
+        _ => UdpSocket::bind(any).await?,
+    };
     up.connect(to).await?;
     let up = Arc::new(up);
     let last = Arc::new(Mutex::new(Instant::now()));

@@ -11,6 +11,7 @@ use nix::errno::Errno;
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use super::client::Shown;
 use super::end::finish;
 use super::engine::{forwarder_gone, lock, EngineCell, EngineState, Entry, ServedPort, Table};
 use super::kernel::{delete_serials, dnats, fallback, forwarding, next_serial, nft_error};
@@ -121,8 +122,21 @@ pub(crate) async fn start(
     }
     let mut serials: Vec<Option<u64>> = vec![None; reserved.0.len()];
     let mut installed = None;
-    // Real-host ports are never the kernel's (`dnats`): a request of only
-    // those leaves the kernel path undecided, and makes no table.
+    // Real-host ports are never the kernel's (`dnats`), but their clients'
+    // addresses need the network's table (`shows_clients`).
+    let real_host = reserved
+        .0
+        .iter()
+        .any(|b| b.port.netns == PortNetns::RealHost);
+    let shown = if real_host && s.shows_clients().await {
+        Some(Shown {
+            pools: target.subnets,
+        })
+    } else {
+        None
+    };
+    // A kernel path refused (`PortForwarding::Kernel`) fails a request
+    // of ports it would serve only.
     let in_network = reserved
         .0
         .iter()
@@ -179,16 +193,17 @@ pub(crate) async fn start(
     let mut live = Vec::with_capacity(reserved.0.len());
     for (b, serial) in reserved.0.into_iter().zip(serials) {
         let to = SocketAddr::new(target.pod_ip(b.port.host.ip()), b.port.pod_port);
+        // Only real-host ports: the others' clients, where the kernel
+        // does not serve them, are loopback or pods.
+        let shown = shown.filter(|_| b.port.netns == PortNetns::RealHost);
+        let mut port = b.port;
+        port.client_addresses = shown.is_some();
         let task = match b.sock {
-            Sock::Tcp(l) => s.rt.spawn(serve_tcp(l, to)),
-            Sock::Udp(u) => s.rt.spawn(serve_udp(u, to, b.udp_idle)),
+            Sock::Tcp(l) => s.rt.spawn(serve_tcp(l, to, shown)),
+            Sock::Udp(u) => s.rt.spawn(serve_udp(u, to, b.udp_idle, shown)),
         };
-        published.push(b.port);
-        live.push(ServedPort {
-            port: b.port,
-            serial,
-            task,
-        });
+        published.push(port);
+        live.push(ServedPort { port, serial, task });
     }
     let mut table = lock(&s.table);
     if let Some(guard) = installed {

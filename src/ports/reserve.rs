@@ -85,6 +85,7 @@ pub(crate) async fn reserve(
                     netns,
                     pod_port: p.pod_port,
                     forwarder: Forwarder::Userspace,
+                    client_addresses: false,
                 },
                 sock,
                 udp_idle: p.udp_idle,

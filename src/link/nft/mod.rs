@@ -4,6 +4,7 @@
 //! operations on the table it owns; the wire format is in `msg`, the rules
 //! of a port in `rules`, the socket's I/O in `sock`.
 
+mod client;
 mod egress;
 mod msg;
 mod rules;
@@ -19,6 +20,7 @@ use rtnetlink::sys::Socket;
 use crate::error::Error;
 use crate::error::Result;
 
+use client::{client_rules, CLIENT_CHAINS, CLIENT_COMMENT};
 #[cfg(feature = "internals")]
 use msg::{attrs, cstr, NFT_MSG_GETTABLE};
 use msg::{
@@ -129,6 +131,38 @@ impl Nft {
             Err(Errno::EINVAL) => Err(Errno::EOPNOTSUPP),
             other => other,
         }
+    }
+
+    /// Add the chains and the two rules that route the pod's replies to
+    /// connections the forwarder makes from its clients' addresses
+    /// (`client` has them), in one batch. Once per table: a second call
+    /// would add the rules again.
+    pub(crate) fn add_client_rules(&self) -> std::result::Result<(), Errno> {
+        let mut msgs = Vec::new();
+        for (name, hook, prio) in CLIENT_CHAINS {
+            let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
+            c.str(NFTA_CHAIN_TABLE, &self.table)
+                .str(NFTA_CHAIN_NAME, name)
+                .begin(NFTA_CHAIN_HOOK)
+                .be32(NFTA_HOOK_HOOKNUM, hook)
+                .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
+                .end()
+                .str(NFTA_CHAIN_TYPE, "filter");
+            msgs.push(c);
+        }
+        for (chain, exprs) in client_rules() {
+            let mut r = Msg::nft(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
+                self.next_seq(),
+            );
+            r.str(NFTA_RULE_TABLE, &self.table)
+                .str(NFTA_RULE_CHAIN, chain);
+            exprs.write(&mut r);
+            r.attr(NFTA_RULE_USERDATA, &comment_tlv(CLIENT_COMMENT));
+            msgs.push(r);
+        }
+        self.batch(msgs)
     }
 
     /// Delete the table with everything in it; a missing table is fine.

@@ -14,7 +14,7 @@ const NF_INET_POST_ROUTING: u32 = 4;
 const PRIO_DSTNAT: i32 = -100;
 const PRIO_SRCNAT: i32 = 100;
 
-const REG1: u32 = 1;
+pub(super) const REG1: u32 = 1;
 const REG2: u32 = 2;
 
 /// The three nat chains of a network's table: name, hook, priority.
@@ -37,19 +37,19 @@ const POSTROUTING: &str = "postrouting";
 #[derive(Default)]
 pub(super) struct Exprs(Vec<(&'static str, Vec<(u16, Attr)>)>);
 
-enum Attr {
+pub(super) enum Attr {
     Be32(u32),
     Data(Vec<u8>),
 }
 
 impl Exprs {
-    fn push(&mut self, name: &'static str, attrs: Vec<(u16, Attr)>) -> &mut Exprs {
+    pub(super) fn push(&mut self, name: &'static str, attrs: Vec<(u16, Attr)>) -> &mut Exprs {
         self.0.push((name, attrs));
         self
     }
 
     /// `meta <key>` into REG1.
-    fn meta(&mut self, key: u32) -> &mut Exprs {
+    pub(super) fn meta(&mut self, key: u32) -> &mut Exprs {
         self.push("meta", vec![(1, Attr::Be32(REG1)), (2, Attr::Be32(key))])
     }
 
@@ -67,7 +67,7 @@ impl Exprs {
     }
 
     /// Compare REG1 with `data` (`eq` or not).
-    fn cmp(&mut self, eq: bool, data: &[u8]) -> &mut Exprs {
+    pub(super) fn cmp(&mut self, eq: bool, data: &[u8]) -> &mut Exprs {
         self.push(
             "cmp",
             vec![
@@ -94,7 +94,7 @@ impl Exprs {
     }
 
     /// Load `data` into `reg`.
-    fn imm(&mut self, reg: u32, data: &[u8]) -> &mut Exprs {
+    pub(super) fn imm(&mut self, reg: u32, data: &[u8]) -> &mut Exprs {
         self.push(
             "immediate",
             vec![(1, Attr::Be32(reg)), (2, Attr::Data(data.to_vec()))],
