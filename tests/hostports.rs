@@ -55,9 +55,9 @@ impl Passed {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--pod") => return pod_side(Path::new(&args[2])),
+        Some("--pod") => return pod_side(Path::new(&args[2]), args.get(3).map(String::as_str)),
         Some("--refused-entry") => return refused_entry(),
-        Some("--own-host") => return own_host(Path::new(&args[2])),
+        Some("--own-host") => return own_host(Path::new(&args[2]), &args[3]),
         _ => {}
     }
     let state = StateDir(
@@ -116,6 +116,9 @@ fn main() {
 
     a_non_loopback_client_is_seen_with_its_own_address(&state.join("e"));
     passed.ok("a non-loopback client is seen with its own address, TCP and UDP");
+
+    without_the_kernel_path_a_non_loopback_client_is_seen_from_the_gateway(&state.join("g"));
+    passed.ok("without the kernel path a non-loopback client is seen from the gateway");
 
     println!("hostports: {} passed, 0 failed", passed.0);
 }
@@ -324,27 +327,50 @@ fn a_stopped_socket_maker_fails_the_request_in_time_and_is_ended(pod: &mut PodSi
 }
 
 /// The real host is a namespace of this claim's own here (a child that
-/// enters private namespaces, with 198.18.0.5 on its `lo`, runs the pod
-/// side as its own child): a client there from 198.18.0.5, not loopback,
-/// is seen by the pod with that address and its port, over TCP and UDP.
+/// enters private namespaces, with [`OWN_CLIENT`] on its `lo`, runs the
+/// pod side as its own child): a client there from that address, not
+/// loopback, is seen by the pod with it and its port, over TCP and UDP.
 fn a_non_loopback_client_is_seen_with_its_own_address(state: &Path) {
+    on_own_host(state, "tcp-udp");
+}
+
+/// With the userspace forwarder only (`PortForwarding::Userspace`: no
+/// nf_tables table to mark the pod's replies), a non-loopback client of a
+/// real-host port is seen from the gateway, and the port says so.
+fn without_the_kernel_path_a_non_loopback_client_is_seen_from_the_gateway(state: &Path) {
+    on_own_host(state, "userspace");
+}
+
+/// The client address of the claims on a real host of their own.
+const OWN_CLIENT: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 5);
+
+/// Run `own_host(state, case)` in a child, and check it succeeded.
+fn on_own_host(state: &Path, case: &str) {
     let status = Command::new(std::env::current_exe().unwrap())
         .arg("--own-host")
         .arg(state)
+        .arg(case)
         .status()
         .unwrap();
-    assert!(status.success(), "the own real host's check failed");
+    assert!(status.success(), "the own real host's check {case} failed");
 }
 
-/// The child of [`a_non_loopback_client_is_seen_with_its_own_address`].
-fn own_host(state: &Path) {
+/// The child of [`on_own_host`]: a real host with [`OWN_CLIENT`] on `lo`,
+/// a pod side below it, and the check of `case`.
+fn own_host(state: &Path, case: &str) {
     podnet::rootless::enter_private().expect("a real host of our own");
-    let client: std::net::Ipv4Addr = "198.18.0.5".parse().unwrap();
+    let client = OWN_CLIENT;
     add_address_to_lo(client);
-    let mut pod = PodSide::start(state);
+    let forwarding = (case == "userspace").then_some("userspace");
+    let mut pod = PodSide::start_with(state, forwarding);
     let reply = pod.ask("publish tcp 0.0.0.0 0");
+    let (shown, seen) = if case == "userspace" {
+        ("gateway", pod.gateway)
+    } else {
+        ("own-addresses", IpAddr::V4(client))
+    };
     assert!(
-        reply.ends_with(" real-host userspace own-addresses"),
+        reply.ends_with(&format!(" real-host userspace {shown}")),
         "{reply}"
     );
     let port = published(&reply);
@@ -355,14 +381,15 @@ fn own_host(state: &Path) {
     let local = s.local_addr().unwrap();
     let mut got = String::new();
     s.read_to_string(&mut got).unwrap();
-    assert_eq!(
-        got,
-        format!(
-            "peer {client} {}
-",
-            local.port()
-        )
-    );
+    if case == "userspace" {
+        assert!(got.starts_with(&format!("peer {seen} ")), "{got}");
+    } else {
+        assert_eq!(got, format!("peer {seen} {}\n", local.port()));
+    }
+    if case != "tcp-udp" {
+        pod.finish();
+        return;
+    }
 
     let port = published(&pod.ask("publish udp 0.0.0.0 0"));
     let sock = UdpSocket::bind((client, 0)).unwrap();
@@ -507,9 +534,16 @@ struct PodSide {
 
 impl PodSide {
     fn start(state: &Path) -> PodSide {
+        PodSide::start_with(state, None)
+    }
+
+    /// As [`PodSide::start`], with the network's port forwarding
+    /// `userspace` if `forwarding` says so (else the default).
+    fn start_with(state: &Path, forwarding: Option<&str>) -> PodSide {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .arg("--pod")
             .arg(state)
+            .args(forwarding)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -573,17 +607,21 @@ impl PodSide {
 /// - `outer`: the PID of this process's podnet-outer
 /// - `remove`: remove `web`; `drop`: drop every handle of it and the network
 /// - `exit`: remove what is left and end
-fn pod_side(state: &Path) {
+///
+/// `forwarding` `userspace` makes the network's port forwarding
+/// `PortForwarding::Userspace`.
+fn pod_side(state: &Path, forwarding: Option<&str>) {
     podnet::rootless::enter_private().expect("rootless::enter_private");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let net = common::network_builder(state, "pnhost0", &["10.88.0.0/16"])
-            .build()
-            .await
-            .expect("build the network");
+        let mut builder = common::network_builder(state, "pnhost0", &["10.88.0.0/16"]);
+        if forwarding == Some("userspace") {
+            builder = builder.port_forwarding(podnet::PortForwarding::Userspace);
+        }
+        let net = builder.build().await.expect("build the network");
         let web = net.sandbox("web").create().await.expect("create web");
         serve(&web).await;
         println!("ready {}", net.gateways()[0]);
