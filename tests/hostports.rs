@@ -117,6 +117,9 @@ fn main() {
     a_non_loopback_client_is_seen_with_its_own_address(&state.join("e"));
     passed.ok("a non-loopback client is seen with its own address, TCP and UDP");
 
+    a_client_keeps_its_address_where_sources_are_checked_with_marks(&state.join("f"));
+    passed.ok("a client keeps its address where sources are checked with marks");
+
     without_the_kernel_path_a_non_loopback_client_is_seen_from_the_gateway(&state.join("g"));
     passed.ok("without the kernel path a non-loopback client is seen from the gateway");
 
@@ -334,6 +337,15 @@ fn a_non_loopback_client_is_seen_with_its_own_address(state: &Path) {
     on_own_host(state, "tcp-udp");
 }
 
+/// As [`a_non_loopback_client_is_seen_with_its_own_address`] (TCP), with
+/// `src_valid_mark` on in the forwarder's namespace (a new namespace
+/// copies it from the initial one, where `wg-quick` turns it on): the
+/// kernel then checks the source of the pod's replies with their mark,
+/// which must not make the pod's own address look local.
+fn a_client_keeps_its_address_where_sources_are_checked_with_marks(state: &Path) {
+    on_own_host(state, "src-valid-mark");
+}
+
 /// With the userspace forwarder only (`PortForwarding::Userspace`: no
 /// nf_tables table to mark the pod's replies), a non-loopback client of a
 /// real-host port is seen from the gateway, and the port says so.
@@ -363,6 +375,10 @@ fn own_host(state: &Path, case: &str) {
     add_address_to_lo(client);
     let forwarding = (case == "userspace").then_some("userspace");
     let mut pod = PodSide::start_with(state, forwarding);
+    if case == "src-valid-mark" {
+        let set = pod.ask("sysctl net.ipv4.conf.all.src_valid_mark 1");
+        assert_eq!(set, "ok");
+    }
     let reply = pod.ask("publish tcp 0.0.0.0 0");
     let (shown, seen) = if case == "userspace" {
         ("gateway", pod.gateway)
@@ -605,6 +621,7 @@ impl PodSide {
 /// - `create <name> <port>`: a sandbox with a real-host TCP mapping
 /// - `sandboxes`, `holders`, `ports`: what there is
 /// - `outer`: the PID of this process's podnet-outer
+/// - `sysctl <name> <value>`: set it in the network's host namespace
 /// - `remove`: remove `web`; `drop`: drop every handle of it and the network
 /// - `exit`: remove what is left and end
 ///
@@ -636,6 +653,13 @@ fn pod_side(state: &Path, forwarding: Option<&str>) {
                     "ok".to_owned()
                 }
                 (["outer"], ..) => format!("ok {}", outer_pid()),
+                (["sysctl", name, value], ..) => {
+                    let path = format!("/proc/sys/{}", name.replace('.', "/"));
+                    match std::fs::write(&path, value) {
+                        Ok(()) => "ok".to_owned(),
+                        Err(e) => format!("err Io - {path}: {e}"),
+                    }
+                }
                 (words, Some(net), Some(web)) => command(words, net, web).await,
                 _ => "err Gone - the network was dropped".to_owned(),
             };

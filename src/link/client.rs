@@ -7,6 +7,16 @@
 //! every address local, so the replies reach the forwarder's socket
 //! instead of being routed on towards the client's address.
 //!
+//! A third rule, IPv4 only and one priority earlier, sends the same
+//! packets' reverse-path lookups (`iif lo`) to `main`: with
+//! `src_valid_mark` on (a new namespace copies it from the initial one,
+//! where WireGuard's `wg-quick` sets it), the kernel checks a packet's
+//! source with its mark, and the local table would make the pod's address
+//! local: a martian source, dropped (`in_martian_src` in
+//! `/proc/net/stat/rt_cache` counts them). Forwarded packets from the
+//! pods come in on their bridge, never `lo`, so the rule sees only those
+//! lookups; IPv6 checks no source on input.
+//!
 //! The rules and routes are the namespace's, not this process's: they
 //! stay until the namespace goes (with `enter_private()`'s, or with the
 //! shared host's `teardown()`). They touch only packets with
@@ -33,11 +43,14 @@ pub(crate) const ROUTE_MARK: u32 = 0x706e_6332;
 const TABLE: u32 = 0x706e_6300;
 /// The policy rule's priority: before `main` (32766), after `local` (0).
 const PRIORITY: u32 = 0x706e;
+/// The `main` routing table.
+const MAIN: u32 = 254;
 
-/// Add the policy rules and the local routes, IPv4 and IPv6, in the
-/// namespace of `nl`; those already there are kept (EEXIST).
+/// Add the policy rules (the IPv4 reverse-path one too) and the local
+/// routes, IPv4 and IPv6, in the namespace of `nl`; those already there
+/// are kept (EEXIST).
 pub(crate) fn route_client_replies(nl: &mut Nl) -> Result<()> {
-    let rule = |family| {
+    let rule = |family, extra: Option<RuleAttribute>, priority, table| {
         let mut r = RuleMessage::default();
         r.header = RuleHeader {
             family,
@@ -45,13 +58,15 @@ pub(crate) fn route_client_replies(nl: &mut Nl) -> Result<()> {
             ..RuleHeader::default()
         };
         r.attributes = vec![
-            RuleAttribute::Priority(PRIORITY),
+            RuleAttribute::Priority(priority),
             RuleAttribute::FwMark(ROUTE_MARK),
             RuleAttribute::FwMask(u32::MAX),
-            RuleAttribute::Table(TABLE),
+            RuleAttribute::Table(table),
         ];
+        r.attributes.extend(extra);
         RouteNetlinkMessage::NewRule(r)
     };
+    let reverse_path = Some(RuleAttribute::Iifname("lo".to_owned()));
     let v4 = RouteMessageBuilder::<Ipv4Addr>::new()
         .kind(RouteType::Local)
         .scope(RouteScope::Host)
@@ -68,12 +83,17 @@ pub(crate) fn route_client_replies(nl: &mut Nl) -> Result<()> {
     let reqs = vec![
         (RouteNetlinkMessage::NewRoute(v4), create),
         (RouteNetlinkMessage::NewRoute(v6), create),
-        (rule(AddressFamily::Inet), create),
-        (rule(AddressFamily::Inet6), create),
+        (
+            rule(AddressFamily::Inet, reverse_path, PRIORITY - 1, MAIN),
+            create,
+        ),
+        (rule(AddressFamily::Inet, None, PRIORITY, TABLE), create),
+        (rule(AddressFamily::Inet6, None, PRIORITY, TABLE), create),
     ];
     let what = [
         ("add route", "local 0.0.0.0/0 dev lo (clients' addresses)"),
         ("add route", "local ::/0 dev lo (clients' addresses)"),
+        ("add rule", "fwmark iif lo for IPv4 reverse-path lookups"),
         ("add rule", "fwmark for IPv4 clients' addresses"),
         ("add rule", "fwmark for IPv6 clients' addresses"),
     ];
