@@ -150,9 +150,12 @@ impl PortMapping {
     /// one of the real host's (`0.0.0.0`, `::`, `127.0.0.1`, ...).
     ///
     /// The userspace forwarder serves it (the kernel's rules live in the
-    /// network's host namespace, which these connections never enter), and
-    /// the pod sees every client coming from the network's gateway address
-    /// (see `docs/port-forwarding.md`). A port below the real host's
+    /// network's host namespace, which these connections never enter). The
+    /// pod sees a client from a non-loopback address with its own address
+    /// and port where the network has the kernel path
+    /// ([`PublishedPort::client_addresses`]), and a loopback client, or any
+    /// client without it, coming from the network's gateway address (see
+    /// `docs/port-forwarding.md`). A port below the real host's
     /// `net.ipv4.ip_unprivileged_port_start` (1024 by default) needs
     /// `CAP_NET_BIND_SERVICE` there, which an unprivileged user lacks:
     /// [`Error::PrivilegedPort`].
