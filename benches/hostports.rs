@@ -32,12 +32,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use podnet::{Forwarder, PortMapping, PortNetns};
+
+use common::tcp::{conn_rate, hello, serve, sink, throughput};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -215,7 +217,7 @@ fn measure(
     // Warm-up, untimed.
     for (_, sink, hello) in &paths {
         throughput(at(*sink), 4)?;
-        conn_rate(at(*hello), &mut Vec::new())?;
+        conn_rate(at(*hello), CONNS_PER_TRIAL, &mut Vec::new())?;
     }
     let n = paths.len();
     let (mut tput, mut conns) = (vec![vec![]; n], vec![vec![]; n]);
@@ -223,7 +225,7 @@ fn measure(
     for _ in 0..rounds {
         for (i, (_, sink, hello)) in paths.iter().enumerate() {
             tput[i].push(throughput(at(*sink), mib)?);
-            conns[i].push(conn_rate(at(*hello), &mut each[i])?);
+            conns[i].push(conn_rate(at(*hello), CONNS_PER_TRIAL, &mut each[i])?);
         }
     }
     println!(
@@ -336,85 +338,6 @@ fn serve_on(
     Ok(port)
 }
 
-/// Serve `listener` forever, one connection at a time, with `f`.
-fn serve(listener: TcpListener, f: fn(TcpStream) -> std::io::Result<()>) {
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(s) = s else { return };
-            let _ = s.set_nodelay(true);
-            let _ = f(s);
-        }
-    });
-}
-
-/// Read to EOF, then answer with the byte count.
-fn sink(mut s: TcpStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        match s.read(&mut buf)? {
-            0 => break,
-            n => total += n as u64,
-        }
-    }
-    s.write_all(&total.to_le_bytes())
-}
-
-/// Read one byte, answer one byte, close.
-fn hello(mut s: TcpStream) -> std::io::Result<()> {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    s.write_all(&b)
-}
-
-/// MiB/s of sending `mib` MiB to the sink at `at` (and reading its count).
-fn throughput(at: SocketAddr, mib: usize) -> AnyResult<f64> {
-    let chunk = vec![7u8; 128 * 1024];
-    let t = Instant::now();
-    let mut s = TcpStream::connect(at)?;
-    for _ in 0..mib * 8 {
-        s.write_all(&chunk)?;
-    }
-    s.shutdown(Shutdown::Write)?;
-    let mut count = [0u8; 8];
-    s.read_exact(&mut count)?;
-    let secs = t.elapsed().as_secs_f64();
-    let want = (mib * 1024 * 1024) as u64;
-    if u64::from_le_bytes(count) != want {
-        return Err(format!(
-            "sink at {at} got {} of {want} bytes",
-            u64::from_le_bytes(count)
-        )
-        .into());
-    }
-    Ok(mib as f64 / secs)
-}
-
-/// Connections per second (connect, 1 byte each way, close), and the
-/// time of each connection in `each`.
-fn conn_rate(at: SocketAddr, each: &mut Vec<Duration>) -> AnyResult<f64> {
-    let t = Instant::now();
-    for _ in 0..CONNS_PER_TRIAL {
-        let c = Instant::now();
-        let mut s = TcpStream::connect(at)?;
-        s.set_nodelay(true)?;
-        s.write_all(b"x")?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
-        drop(s);
-        each.push(c.elapsed());
-    }
-    Ok(CONNS_PER_TRIAL as f64 / t.elapsed().as_secs_f64())
-}
-
 fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
+    common::median(xs).unwrap_or(f64::NAN)
 }

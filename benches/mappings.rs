@@ -27,11 +27,13 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use podnet::{Forwarder, Network, PortForwarding, PortMapping, Protocol};
+
+use common::tcp::{conn_rate, hello, serve, sink, throughput};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -79,37 +81,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Serve `listener` forever, one connection at a time, with `f`.
-fn serve(listener: TcpListener, f: fn(TcpStream) -> std::io::Result<()>) {
-    std::thread::spawn(move || {
-        for s in listener.incoming() {
-            let Ok(s) = s else { return };
-            let _ = s.set_nodelay(true);
-            let _ = f(s);
-        }
-    });
-}
-
-/// Read to EOF, then answer with the byte count.
-fn sink(mut s: TcpStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        match s.read(&mut buf)? {
-            0 => break,
-            n => total += n as u64,
-        }
-    }
-    s.write_all(&total.to_le_bytes())
-}
-
-/// Read one byte, answer one byte, close.
-fn hello(mut s: TcpStream) -> std::io::Result<()> {
-    let mut b = [0u8; 1];
-    s.read_exact(&mut b)?;
-    s.write_all(&b)
-}
-
 /// Echo 1-byte messages until EOF.
 fn echo(mut s: TcpStream) -> std::io::Result<()> {
     let mut b = [0u8; 1];
@@ -117,46 +88,6 @@ fn echo(mut s: TcpStream) -> std::io::Result<()> {
         s.write_all(&b)?;
     }
     Ok(())
-}
-
-/// MiB/s of sending `mib` MiB to the sink at `base` (and reading its count).
-fn throughput(base: SocketAddr, mib: usize) -> AnyResult<f64> {
-    let chunk = vec![7u8; 128 * 1024];
-    let t = Instant::now();
-    let mut s = TcpStream::connect(base)?;
-    for _ in 0..mib * 8 {
-        s.write_all(&chunk)?;
-    }
-    s.shutdown(Shutdown::Write)?;
-    let mut count = [0u8; 8];
-    s.read_exact(&mut count)?;
-    let secs = t.elapsed().as_secs_f64();
-    let want = (mib * 1024 * 1024) as u64;
-    if u64::from_le_bytes(count) != want {
-        return Err(format!(
-            "sink at {base} got {} of {want} bytes",
-            u64::from_le_bytes(count)
-        )
-        .into());
-    }
-    Ok(mib as f64 / secs)
-}
-
-/// Connections per second (connect, 1 byte each way, close), and the
-/// time of each connection in `each`.
-fn conn_rate(at: SocketAddr, each: &mut Vec<Duration>) -> AnyResult<f64> {
-    let t = Instant::now();
-    for _ in 0..CONNS_PER_TRIAL {
-        let c = Instant::now();
-        let mut s = TcpStream::connect(at)?;
-        s.set_nodelay(true)?;
-        s.write_all(b"x")?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b)?;
-        drop(s);
-        each.push(c.elapsed());
-    }
-    Ok(CONNS_PER_TRIAL as f64 / t.elapsed().as_secs_f64())
 }
 
 /// Request/response round trips per second on one connection.
@@ -173,15 +104,7 @@ fn rr_rate(at: SocketAddr) -> AnyResult<f64> {
 }
 
 fn median(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
+    common::median(xs).unwrap_or(f64::NAN)
 }
 
 async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<()> {
@@ -237,7 +160,7 @@ async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<
         // Warm-up, untimed.
         for (_, base) in &paths {
             throughput(*base, 4)?;
-            conn_rate(at(*base, 1), &mut Vec::new())?;
+            conn_rate(at(*base, 1), CONNS_PER_TRIAL, &mut Vec::new())?;
         }
         let n = paths.len();
         let (mut tput, mut conns, mut rr) = (vec![vec![]; n], vec![vec![]; n], vec![vec![]; n]);
@@ -245,7 +168,7 @@ async fn bench(state: &std::path::Path, rounds: usize, mib: usize) -> AnyResult<
         for _ in 0..rounds {
             for (i, (_, base)) in paths.iter().enumerate() {
                 tput[i].push(throughput(*base, mib)?);
-                conns[i].push(conn_rate(at(*base, 1), &mut each[i])?);
+                conns[i].push(conn_rate(at(*base, 1), CONNS_PER_TRIAL, &mut each[i])?);
                 rr[i].push(rr_rate(at(*base, 2))?);
             }
         }

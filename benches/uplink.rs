@@ -61,6 +61,8 @@ use std::time::{Duration, Instant};
 
 use podnet::rootless::{Entry, Pasta};
 
+use common::tcp::sink;
+
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// The addresses pasta gives the rootless host namespace, as in
@@ -540,19 +542,6 @@ fn acceptor() -> AnyResult<u16> {
     let port = l.local_addr()?.port();
     std::thread::spawn(move || for _ in l.incoming() {});
     Ok(port)
-}
-
-/// Read to EOF, then answer with the byte count.
-fn sink(mut s: TcpStream) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        match s.read(&mut buf)? {
-            0 => break,
-            n => total += n as u64,
-        }
-    }
-    s.write_all(&total.to_le_bytes())
 }
 
 /// MiB/s the sink at `at` counted of 128 KiB buffers written for `run`

@@ -1,5 +1,7 @@
 //! What the benches share.
 
+pub mod tcp;
+
 use std::time::{Duration, Instant};
 
 /// (count, median, p95) of `xs` in units of `1/per_second` s (1e3: ms,
