@@ -9,10 +9,8 @@ use std::net::IpAddr;
 use nix::errno::Errno;
 
 use super::msg::{
-    comment_tlv, Msg, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE,
-    NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_RULE_CHAIN, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
-    NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE,
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+    comment_tlv, Msg, NFTA_RULE_USERDATA, NFTA_TABLE_NAME, NFT_MSG_DELTABLE, NFT_MSG_NEWTABLE,
+    NLM_F_ACK, NLM_F_CREATE,
 };
 use super::rules::{masquerade_leaving, EGRESS_CHAIN};
 use super::{Nft, TAG};
@@ -57,23 +55,9 @@ impl Nft {
         del.str(NFTA_TABLE_NAME, table);
         msgs.push(del);
         msgs.push(new_table(self.next_seq()));
-        let (chain, hook, prio) = EGRESS_CHAIN;
-        let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
-        c.str(NFTA_CHAIN_TABLE, table)
-            .str(NFTA_CHAIN_NAME, chain)
-            .begin(NFTA_CHAIN_HOOK)
-            .be32(NFTA_HOOK_HOOKNUM, hook)
-            .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
-            .end()
-            .str(NFTA_CHAIN_TYPE, "nat");
-        msgs.push(c);
+        msgs.push(Msg::base_chain(self.next_seq(), table, EGRESS_CHAIN, "nat"));
         for &(net, prefix) in pools {
-            let mut r = Msg::nft(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
-                self.next_seq(),
-            );
-            r.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+            let mut r = Msg::append_rule(self.next_seq(), table, EGRESS_CHAIN.0);
             masquerade_leaving(net, prefix).write(&mut r);
             let comment = format!("{TAG}egress {net}/{prefix}");
             r.attr(NFTA_RULE_USERDATA, &comment_tlv(&comment));

@@ -25,11 +25,10 @@ use client::{client_rules, CLIENT_CHAINS, CLIENT_COMMENT};
 use msg::{attrs, cstr, NFT_MSG_GETTABLE};
 use msg::{
     comment_tlv, error_code, messages, parse_rule, Msg, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
-    NFNL_SUBSYS_NFTABLES, NFTA_CHAIN_HOOK, NFTA_CHAIN_NAME, NFTA_CHAIN_TABLE, NFTA_CHAIN_TYPE,
-    NFTA_HOOK_HOOKNUM, NFTA_HOOK_PRIORITY, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_TABLE,
-    NFTA_RULE_USERDATA, NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFT_MSG_DELRULE, NFT_MSG_DELTABLE,
-    NFT_MSG_GETRULE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWTABLE, NFT_TABLE_F_OWNER,
-    NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST,
+    NFNL_SUBSYS_NFTABLES, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
+    NFTA_TABLE_FLAGS, NFTA_TABLE_NAME, NFT_MSG_DELRULE, NFT_MSG_DELTABLE, NFT_MSG_GETRULE,
+    NFT_MSG_NEWTABLE, NFT_TABLE_F_OWNER, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_REQUEST,
 };
 use rules::CHAINS;
 use sock::{recv_within, send, socket, ANSWER_WAIT, SHORT_WAIT};
@@ -113,16 +112,8 @@ impl Nft {
         t.str(NFTA_TABLE_NAME, &self.table)
             .be32(NFTA_TABLE_FLAGS, NFT_TABLE_F_OWNER);
         msgs.push(t);
-        for (name, hook, prio) in CHAINS {
-            let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
-            c.str(NFTA_CHAIN_TABLE, &self.table)
-                .str(NFTA_CHAIN_NAME, name)
-                .begin(NFTA_CHAIN_HOOK)
-                .be32(NFTA_HOOK_HOOKNUM, hook)
-                .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
-                .end()
-                .str(NFTA_CHAIN_TYPE, "nat");
-            msgs.push(c);
+        for chain in CHAINS {
+            msgs.push(Msg::base_chain(self.next_seq(), &self.table, chain, "nat"));
         }
         match self.batch(msgs) {
             // Kernels before 5.12 take no table flag but DORMANT, and say
@@ -139,25 +130,16 @@ impl Nft {
     /// would add the rules again.
     pub(crate) fn add_client_rules(&self) -> std::result::Result<(), Errno> {
         let mut msgs = Vec::new();
-        for (name, hook, prio) in CLIENT_CHAINS {
-            let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, self.next_seq());
-            c.str(NFTA_CHAIN_TABLE, &self.table)
-                .str(NFTA_CHAIN_NAME, name)
-                .begin(NFTA_CHAIN_HOOK)
-                .be32(NFTA_HOOK_HOOKNUM, hook)
-                .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
-                .end()
-                .str(NFTA_CHAIN_TYPE, "filter");
-            msgs.push(c);
+        for chain in CLIENT_CHAINS {
+            msgs.push(Msg::base_chain(
+                self.next_seq(),
+                &self.table,
+                chain,
+                "filter",
+            ));
         }
         for (chain, exprs) in client_rules() {
-            let mut r = Msg::nft(
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
-                self.next_seq(),
-            );
-            r.str(NFTA_RULE_TABLE, &self.table)
-                .str(NFTA_RULE_CHAIN, chain);
+            let mut r = Msg::append_rule(self.next_seq(), &self.table, chain);
             exprs.write(&mut r);
             r.attr(NFTA_RULE_USERDATA, &comment_tlv(CLIENT_COMMENT));
             msgs.push(r);
@@ -215,13 +197,7 @@ impl Nft {
                 } else {
                     chain
                 };
-                let mut r = Msg::nft(
-                    NFT_MSG_NEWRULE,
-                    NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
-                    self.next_seq(),
-                );
-                r.str(NFTA_RULE_TABLE, &self.table)
-                    .str(NFTA_RULE_CHAIN, chain);
+                let mut r = Msg::append_rule(self.next_seq(), &self.table, chain);
                 exprs.write(&mut r);
                 r.attr(NFTA_RULE_USERDATA, &comment_tlv(&p.comment));
                 msgs.push(r);

@@ -87,6 +87,33 @@ impl Msg {
         )
     }
 
+    /// A base chain `(name, hook, priority)` of type `kind` ("nat",
+    /// "filter") in `table`, made if it is not there.
+    pub(super) fn base_chain(seq: u32, table: &str, chain: (&str, u32, i32), kind: &str) -> Msg {
+        let (name, hook, prio) = chain;
+        let mut c = Msg::nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE | NLM_F_ACK, seq);
+        c.str(NFTA_CHAIN_TABLE, table)
+            .str(NFTA_CHAIN_NAME, name)
+            .begin(NFTA_CHAIN_HOOK)
+            .be32(NFTA_HOOK_HOOKNUM, hook)
+            .attr(NFTA_HOOK_PRIORITY, &prio.to_be_bytes())
+            .end()
+            .str(NFTA_CHAIN_TYPE, kind);
+        c
+    }
+
+    /// A rule appended to `chain` of `table`, its expressions and comment
+    /// still to be written.
+    pub(super) fn append_rule(seq: u32, table: &str, chain: &str) -> Msg {
+        let mut r = Msg::nft(
+            NFT_MSG_NEWRULE,
+            NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
+            seq,
+        );
+        r.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
+        r
+    }
+
     pub(super) fn attr(&mut self, kind: u16, data: &[u8]) -> &mut Msg {
         // Attributes are at most a few hundred bytes (names, comments).
         let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
