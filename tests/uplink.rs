@@ -208,12 +208,15 @@ fn pasta_of_a_finished_child_is_gone(stdout: &str) {
         .unwrap()
         .parse()
         .unwrap();
+    pasta_ends_within_5_s(pid, "after its process exited");
+}
+
+/// Fail unless pasta `pid` has ended within 5 s; `when` names the event
+/// it should have ended with.
+fn pasta_ends_within_5_s(pid: i32, when: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while is_pasta(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "pasta {pid} still runs after its process exited"
-        );
+        assert!(Instant::now() < deadline, "pasta {pid} still runs {when}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -336,14 +339,7 @@ fn the_shared_hosts_pasta_outlives_its_starter() {
     );
     assert_eq!(fetch(GATEWAY, port).unwrap(), "hello");
     assert!(podnet::rootless::teardown().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_pasta(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "pasta {pid} still runs after teardown"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    pasta_ends_within_5_s(pid, "after teardown");
     let _ = std::fs::remove_dir_all(&host_dir);
 }
 
