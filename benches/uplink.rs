@@ -34,7 +34,8 @@
 //! buffers for SECS s, then half-closing and waiting for the sink's count
 //! (bytes it counted / time until the count, in MiB/s; a count short of
 //! what was sent is counted and shown: pasta 2023-03 sometimes ends the
-//! host side of a stream before its tail), with the client namespace's
+//! host side of a stream before its tail, or resets it, a trial of 0
+//! MiB/s), with the client namespace's
 //! retransmission timeouts and retransmitted segments meanwhile (for the
 //! direct path those are the real host's, whatever else runs there);
 //! **connections/s**, connect and close (SO_LINGER 0) one after the other
@@ -547,23 +548,36 @@ fn acceptor() -> AnyResult<u16> {
 /// MiB/s the sink at `at` counted of 128 KiB buffers written for `run`
 /// (until it has answered), the retransmission timeouts and retransmitted
 /// segments of the calling thread's namespace meanwhile, and 1 if the sink
-/// counted fewer bytes than were written (the stream lost its tail), else
-/// 0: `MIBPS TIMEOUTS RETRANS SHORT`.
+/// counted fewer bytes than were written (the stream lost its tail, or
+/// was reset: then MIBPS is 0), else 0: `MIBPS TIMEOUTS RETRANS SHORT`.
 fn throughput(at: SocketAddr, run: Duration) -> AnyResult<String> {
     let before = tcp_losses()?;
     let chunk = vec![7u8; CHUNK];
     let t = Instant::now();
     let mut s = TcpStream::connect(at)?;
     let mut sent: u64 = 0;
-    while t.elapsed() < run {
-        s.write_all(&chunk)?;
-        sent += CHUNK as u64;
-    }
-    s.shutdown(Shutdown::Write)?;
-    let mut count = [0u8; 8];
-    s.read_exact(&mut count)?;
+    let counted = (|| -> std::io::Result<u64> {
+        while t.elapsed() < run {
+            s.write_all(&chunk)?;
+            sent += CHUNK as u64;
+        }
+        s.shutdown(Shutdown::Write)?;
+        let mut count = [0u8; 8];
+        s.read_exact(&mut count)?;
+        Ok(u64::from_le_bytes(count))
+    })();
     let secs = t.elapsed().as_secs_f64();
-    let got = u64::from_le_bytes(count);
+    // A stream the path reset before the sink answered counted nothing
+    // this trial can know of: 0 MiB/s, and a short trial.
+    let got = match counted {
+        Ok(got) => got,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if got == 0 && sent > 0 {
+        let after = tcp_losses()?;
+        return Ok(format!("0 {} {} 1", after.0 - before.0, after.1 - before.1));
+    }
     if got > sent {
         return Err(format!("sink at {at} got {got} bytes of {sent} sent").into());
     }
