@@ -73,6 +73,10 @@
 //! `enable_io()`): a network owns a netlink connection task. Getters,
 //! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
 
+/// The CNI specification layer (feature `cni`): environment, network
+/// configuration, versions, results and errors for `podnet-cni`.
+#[cfg(feature = "cni")]
+pub mod cni;
 mod dns;
 mod error;
 mod failpoint;

@@ -1,0 +1,11 @@
+//! The CNI specification layer: environment, configuration, versions,
+//! results and errors, with no networking.
+//!
+//! Built with the `cni` feature. It follows the CNI spec 1.1.0 (SPEC.md of
+//! containernetworking/cni) and the versions runtimes still send (0.3.0,
+//! 0.3.1, 0.4.0, 1.0.0); where the spec leaves a choice open it does what
+//! libcni's `skel` and the reference plugins do, and says so.
+
+pub mod error;
+
+pub use error::CniError;
