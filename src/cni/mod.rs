@@ -6,6 +6,8 @@
 //! 0.3.1, 0.4.0, 1.0.0); where the spec leaves a choice open it does what
 //! libcni's `skel` and the reference plugins do, and says so.
 
+pub mod env;
 pub mod error;
 
+pub use env::{Command, Env};
 pub use error::CniError;
