@@ -8,6 +8,8 @@
 
 pub mod env;
 pub mod error;
+pub mod version;
 
 pub use env::{Command, Env};
 pub use error::CniError;
+pub use version::{SpecVersion, Version};
