@@ -8,8 +8,12 @@
 
 pub mod env;
 pub mod error;
+mod json;
+pub mod mac;
+pub mod result;
 pub mod version;
 
 pub use env::{Command, Env};
 pub use error::CniError;
+pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use version::{SpecVersion, Version};
