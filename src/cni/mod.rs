@@ -6,6 +6,7 @@
 //! 0.3.1, 0.4.0, 1.0.0); where the spec leaves a choice open it does what
 //! libcni's `skel` and the reference plugins do, and says so.
 
+pub mod config;
 pub mod env;
 pub mod error;
 mod json;
@@ -13,6 +14,7 @@ pub mod mac;
 pub mod result;
 pub mod version;
 
+pub use config::{Attachment, CniArgs, Ipam, NetConf, PortMapping, Protocol, Range, RuntimeConfig};
 pub use env::{Command, Env};
 pub use error::CniError;
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
