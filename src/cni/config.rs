@@ -297,10 +297,7 @@ impl NetConf {
         let flag = |key: &str| R.opt_bool(obj, "", key).map(|b| b.unwrap_or(false));
         let is_default_gateway = flag("isDefaultGateway")?;
 
-        let runtime = match R.opt_object(obj, "", "runtimeConfig")? {
-            None => None,
-            Some(rc) => Some(rc),
-        };
+        let runtime = R.opt_object(obj, "", "runtimeConfig")?;
         let mut ranges = Vec::new();
         if let Some(rc) = runtime {
             ranges.extend(range_sets(rc, "runtimeConfig", "ipRanges")?);

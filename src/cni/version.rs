@@ -38,16 +38,12 @@ impl Version {
     pub fn parse(s: &str) -> Result<Version, CniError> {
         let bad = |why: &str| CniError::decode(format!("invalid CNI version {s:?}"), why);
         let mut parts = [0u64; 3];
-        let mut n = 0;
-        for part in s.split('.') {
-            if n == 3 {
-                return Err(bad("too many parts"));
-            }
+        for (n, part) in s.split('.').enumerate() {
+            let slot = parts.get_mut(n).ok_or_else(|| bad("too many parts"))?;
             if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(bad("each part must be a decimal number"));
             }
-            parts[n] = part.parse().map_err(|_| bad("a part is too large"))?;
-            n += 1;
+            *slot = part.parse().map_err(|_| bad("a part is too large"))?;
         }
         Ok(Version {
             major: parts[0],
