@@ -11,11 +11,13 @@ pub mod env;
 pub mod error;
 mod json;
 pub mod mac;
+pub mod request;
 pub mod result;
 pub mod version;
 
 pub use config::{Attachment, CniArgs, Ipam, NetConf, PortMapping, Protocol, Range, RuntimeConfig};
 pub use env::{Command, Env};
 pub use error::CniError;
+pub use request::{parse_request, NetworkRequest, Request};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use version::{SpecVersion, Version};
