@@ -517,6 +517,7 @@ impl NetworkBuilder {
                 .await?;
             }
             let store = Store::open(&root, &host_key, &self.bridge)?;
+            store.forget_earlier_boot().await?;
             if created {
                 store.mark_bridge_ours()?;
             }
