@@ -73,6 +73,7 @@
 //! `enable_io()`): a network owns a netlink connection task. Getters,
 //! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
 
+mod attach;
 mod dns;
 mod error;
 mod failpoint;
@@ -92,6 +93,7 @@ pub mod rootless;
 mod sandbox;
 mod sys;
 
+pub use attach::{AttachBuilder, Attachment};
 pub use dns::{DnsUpstream, DEFAULT_DOMAIN};
 pub use error::{Error, Result};
 

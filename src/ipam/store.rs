@@ -594,6 +594,7 @@ pub(super) mod tests {
             veth: format!("a-{}", crate::names::tag("br0")),
             persistent,
             aliases: Vec::new(),
+            attached: None,
         }
     }
 
