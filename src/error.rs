@@ -139,6 +139,16 @@ pub enum Error {
         sandboxes: Vec<String>,
     },
 
+    /// An attachment's record is there but what it made is not all there
+    /// (see [`Network::check_attachment`](crate::Network::check_attachment)).
+    #[error("attachment {key:?} is broken: {}", .missing.join("; "))]
+    Broken {
+        /// `<container ID>/<interface>`.
+        key: String,
+        /// What is missing or not as it was made, one item each.
+        missing: Vec<String>,
+    },
+
     /// No object of that name exists.
     #[error("{what} {name:?} not found")]
     NotFound {

@@ -60,3 +60,14 @@ pub(crate) fn proc_start_time(pid: Pid) -> Option<u64> {
     // rest starts at field 3, so field 22 is index 19.
     rest.split_whitespace().nth(19)?.parse().ok()
 }
+
+/// A fresh id for a sandbox instance: unique per process by a counter, and
+/// across processes by the PID and the clock.
+pub(crate) fn instance_id() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos)
+}

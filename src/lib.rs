@@ -73,6 +73,7 @@
 //! `enable_io()`): a network owns a netlink connection task. Getters,
 //! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
 
+mod attach;
 /// The CNI specification layer (feature `cni`): environment, network
 /// configuration, versions, results and errors for `podnet-cni`.
 #[cfg(feature = "cni")]
@@ -96,6 +97,7 @@ pub mod rootless;
 mod sandbox;
 mod sys;
 
+pub use attach::{AttachBuilder, Attachment};
 pub use dns::{DnsUpstream, DEFAULT_DOMAIN};
 pub use error::{Error, Result};
 

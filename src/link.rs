@@ -19,6 +19,7 @@ mod bridge;
 pub(crate) mod client;
 mod delete;
 mod inside;
+mod inspect;
 mod nl;
 mod route;
 mod veth;
@@ -31,9 +32,10 @@ pub(crate) use delete::{
     master_of, unplug_blocking, Unplugged,
 };
 pub(crate) use inside::{addresses_blocking, configure_inside, loopback_up_blocking, Inside};
+pub(crate) use inspect::interface_blocking;
 pub(crate) use nl::Nl;
 pub(crate) use route::default_route_mtu;
-pub(crate) use veth::{create_veth, Veth};
+pub(crate) use veth::{create_veth, PeerNs, Veth};
 
 /// Index of `lo` in a new network namespace: the loopback device is
 /// registered first in every namespace (net/core/dev.c).

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
+use crate::attach::{self, AttachBuilder, Attachment};
 use crate::error::{Error, Result};
 use crate::holder::Holder;
 use crate::ipam::{Pool, Store};
@@ -294,6 +295,77 @@ impl Network {
         gc::run(&self.inner).await
     }
 
+    /// Start configuring an attachment of the network namespace at
+    /// `netns`, which another program made and holds (a container
+    /// runtime's, as CNI passes it in `CNI_NETNS`), keyed by
+    /// (`container_id`, `ifname`): its interface inside will be called
+    /// `ifname`. It is made by [`AttachBuilder::attach`] and lives until
+    /// [`detach`](Network::detach), whichever process made it, or until
+    /// [`gc`](Network::gc) finds its namespace gone; it shares the pool and
+    /// the store with the network's sandboxes.
+    pub fn attach(
+        &self,
+        container_id: impl Into<String>,
+        ifname: impl Into<String>,
+        netns: impl Into<PathBuf>,
+    ) -> AttachBuilder {
+        AttachBuilder::new(
+            self.inner.clone(),
+            container_id.into(),
+            ifname.into(),
+            netns.into(),
+        )
+    }
+
+    /// End the attachment keyed (`container_id`, `ifname`): its veth pair
+    /// (if its namespace still holds it), its addresses and its record.
+    /// `Ok(false)` if there was none, so that a second call succeeds too.
+    /// A record that cannot be read is ended all the same, by the names
+    /// its key gives.
+    ///
+    /// # Errors
+    /// [`Error::Netlink`] if the veth cannot be deleted (then nothing else
+    /// is done), [`Error::Io`] if the store cannot be written.
+    pub async fn detach(&self, container_id: &str, ifname: &str) -> Result<bool> {
+        attach::detach(&self.inner, container_id, ifname).await
+    }
+
+    /// The attachment keyed (`container_id`, `ifname`), checked against the
+    /// kernel: its namespace is the one attached, the interface is in it
+    /// with its addresses (and default routes, if it got them), and the
+    /// host end is on a bridge of the network.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such attachment; [`Error::Broken`]
+    /// listing everything that is missing.
+    pub async fn check_attachment(&self, container_id: &str, ifname: &str) -> Result<Attachment> {
+        attach::check(&self.inner, container_id, ifname).await
+    }
+
+    /// The completed attachments of the network, made by any process (as
+    /// their records say; [`check_attachment`](Network::check_attachment)
+    /// looks at the kernel).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the store cannot be listed.
+    pub fn attachments(&self) -> Result<Vec<Attachment>> {
+        attach::list(&self.inner)
+    }
+
+    /// End every attachment whose key is not in `keep` (CNI's GC with its
+    /// `cni.dev/valid-attachments`); the keys of those it ended. Sandboxes
+    /// are not touched.
+    ///
+    /// # Errors
+    /// Every attachment is attempted; [`Error::Multiple`] lists the
+    /// failures.
+    pub async fn retain_attachments(
+        &self,
+        keep: &[(String, String)],
+    ) -> Result<Vec<(String, String)>> {
+        attach::retain(&self.inner, keep).await
+    }
+
     /// Start configuring a sandbox called `name` on this network.
     ///
     /// `name` must be a DNS-1123 label (lowercase letters, digits and `-`,
@@ -517,6 +589,7 @@ impl NetworkBuilder {
                 .await?;
             }
             let store = Store::open(&root, &host_key, &self.bridge)?;
+            store.forget_earlier_boot().await?;
             if created {
                 store.mark_bridge_ours()?;
             }

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["ports"],
     &["dns"],
     &["host"],
-    &["sandbox"],
+    &["sandbox", "attach"],
     &["network"],
     &["pod"],
 ];

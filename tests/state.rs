@@ -954,3 +954,70 @@ fn a_create_whose_creator_died_half_way_is_failed_and_gc_reclaims_it() {
         net.remove().await.unwrap();
     });
 }
+
+/// The test's network without DNS (so that a second build in the same
+/// process serves nothing twice).
+async fn network_without_dns(ctx: &Ctx) -> Network {
+    common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET])
+        .dns(false)
+        .build()
+        .await
+        .expect("build network")
+}
+
+/// Leave in the test's store what a power loss can leave of a sandbox
+/// "old" (an empty record, its address 10.88.0.2 reserved), and the note
+/// of boot `boot`.
+fn leave_what_a_power_loss_can(ctx: &Ctx, boot: &str) {
+    let store = common::store_dir(ctx);
+    std::fs::write(store.join("sandbox/old"), b"").unwrap();
+    std::os::unix::fs::symlink("old@1-2-3", reservation_path(ctx, "10.88.0.2")).unwrap();
+    std::fs::write(store.join("boot"), boot).unwrap();
+}
+
+#[test]
+fn a_store_of_an_earlier_boot_is_emptied_when_its_network_is_built() {
+    in_netns(|ctx| async move {
+        drop(network_without_dns(&ctx).await);
+        leave_what_a_power_loss_can(&ctx, "00000000-0000-0000-0000-000000000000");
+        let egress_note = common::store_dir(&ctx).join("egress-made");
+        std::fs::write(&egress_note, b"").unwrap();
+        let net = network_without_dns(&ctx).await;
+        assert!(net.sandboxes().await.unwrap().is_empty());
+        assert!(
+            !egress_note.exists(),
+            "the note of a table of that boot stays"
+        );
+        let old = net
+            .sandbox("old")
+            .ip("10.88.0.2".parse().unwrap())
+            .create()
+            .await
+            .unwrap();
+        assert!(net.gc().await.unwrap().is_empty());
+        old.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_store_noting_no_boot_is_kept_whole_when_its_network_is_built() {
+    in_netns(|ctx| async move {
+        drop(network_without_dns(&ctx).await);
+        leave_what_a_power_loss_can(&ctx, "");
+        let net = network_without_dns(&ctx).await;
+        let listed = net.sandboxes().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].phase, Phase::Unknown);
+        let err = net
+            .sandbox("new")
+            .ip("10.88.0.2".parse().unwrap())
+            .create()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::AddressTaken { .. }), "{err}");
+        std::fs::remove_file(record_path(&ctx, "old")).unwrap();
+        net.gc().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::holder::{self, Holder};
 use crate::host::NetInner;
 use crate::ident::{is_alive, Ident};
-use crate::ipam::{parse_owner, Record, Store, Volumes};
+use crate::ipam::{parse_owner, Attached, Record, Store, Volumes};
 use crate::ports;
 use crate::{link, netns, release};
 
@@ -101,9 +101,13 @@ pub(crate) enum Liveness {
 
 pub(crate) fn liveness(store: &Store, name: &str) -> Liveness {
     match store.read_record(name) {
-        Ok(Some(rec)) => match rec.holder {
-            Some(h) if is_alive(h.pid, h.start) => Liveness::Live(rec),
-            None if is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
+        Ok(Some(rec)) => match (&rec.attached, rec.holder) {
+            (Some(a), _) if a.done => match attachment_alive(a, &rec.veth) {
+                true => Liveness::Live(rec),
+                false => Liveness::Dead(rec),
+            },
+            (None, Some(h)) if is_alive(h.pid, h.start) => Liveness::Live(rec),
+            (_, None) if is_alive(rec.creator.pid, rec.creator.start) => Liveness::Pending(rec),
             _ => Liveness::Dead(rec),
         },
         Ok(None) => Liveness::Gone,
@@ -112,6 +116,22 @@ pub(crate) fn liveness(store: &Store, name: &str) -> Liveness {
             path: store.record_file(name),
             reason: e.to_string(),
         },
+    }
+}
+
+/// Whether the namespace of an attachment may still live: while its host
+/// veth exists (the kernel deletes the pair with the namespace), or while
+/// its path still names the namespace it named (same nsfs device and
+/// inode), or while the path cannot be looked at. Either sign keeps it:
+/// gc must never free an address a live namespace may use.
+fn attachment_alive(a: &Attached, veth: &str) -> bool {
+    if nix::net::if_::if_nametoindex(veth).is_ok() {
+        return true;
+    }
+    match nix::sys::stat::stat(&a.netns) {
+        Ok(st) => st.st_dev == a.netns_dev && st.st_ino == a.netns_ino,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => false,
+        Err(_) => true,
     }
 }
 

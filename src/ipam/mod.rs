@@ -10,7 +10,7 @@ mod store;
 mod volumes;
 
 pub(crate) use pool::Pool;
-pub(crate) use record::{parse_owner, Record};
+pub(crate) use record::{container_id_ok, netns_path_ok, parse_owner, Attached, Record};
 pub(crate) use store::{EgressNote, RecordFile, Store};
 pub(crate) use volumes::Volumes;
 

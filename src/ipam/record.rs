@@ -4,7 +4,7 @@
 //! names (`<name>@<id>`) that address reservations point to. No I/O.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::ident::Ident;
@@ -30,6 +30,53 @@ pub(crate) struct Record {
     /// Extra DNS names of the sandbox (DNS-1123 labels), which other
     /// sandboxes may share.
     pub aliases: Vec<String>,
+    /// For an attachment of a namespace another program holds (a CNI
+    /// runtime's), that namespace and the key of the attachment; such a
+    /// record has no holder.
+    pub attached: Option<Attached>,
+}
+
+/// What the record of an attachment keeps of it: its key, and the
+/// namespace that keeps it alive, known by its nsfs inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attached {
+    /// The runtime's container ID (CNI_CONTAINERID).
+    pub container_id: String,
+    /// The interface inside (CNI_IFNAME).
+    pub ifname: String,
+    /// The namespace as the runtime named it (CNI_NETNS).
+    pub netns: PathBuf,
+    /// The device and inode of that namespace when it was attached: the
+    /// path names it while a stat of it still finds them.
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    /// Whether the namespace got default routes via the gateways.
+    pub default_routes: bool,
+    /// Whether the attachment was completed (its `done=` line is filled).
+    pub done: bool,
+}
+
+/// The most bytes a container ID of an attachment may have (runtimes use
+/// 64 hex digits).
+pub(crate) const CONTAINER_ID_MAX: usize = 256;
+
+/// Whether `id` may be kept in a record as a container ID: what CNI allows
+/// (letters, digits, `_`, `.`, `-`, starting with a letter or digit).
+pub(crate) fn container_id_ok(id: &str) -> bool {
+    id.len() <= CONTAINER_ID_MAX
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Whether `path` may be kept in a record line: absolute, valid UTF-8, no
+/// newline, at most 4,096 bytes.
+pub(crate) fn netns_path_ok(path: &Path) -> bool {
+    path.is_absolute()
+        && path
+            .to_str()
+            .is_some_and(|p| p.len() <= 4096 && !p.contains('\n'))
 }
 
 impl Record {
@@ -58,6 +105,17 @@ impl Record {
         }
         if !self.aliases.is_empty() {
             head += &format!("aliases={}\n", self.aliases.join(","));
+        }
+        if let Some(a) = &self.attached {
+            head += &format!(
+                "container={}\nifname={}\nnetns={}:{}:{}\ndefault-routes={}\n",
+                a.container_id,
+                a.ifname,
+                a.netns_dev,
+                a.netns_ino,
+                a.netns.display(),
+                u8::from(a.default_routes)
+            );
         }
         head += &format!("sum={}\n", check_hex(fnv1a(head.as_bytes())));
         let head_hash = fnv1a(head.as_bytes());
@@ -125,6 +183,8 @@ impl Record {
         let (mut name, mut id, mut creator) = (None, None, None);
         let (mut ipv4, mut ipv6, mut veth, mut persistent) = (None, None, None, None);
         let mut aliases = Vec::new();
+        let (mut container, mut ifname, mut netns) = (None, None, None);
+        let mut default_routes = None;
         for line in fields.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -143,6 +203,32 @@ impl Record {
                         aliases.push(a.to_owned());
                     }
                 }
+                "container" if container_id_ok(v) => container = Some(v.to_owned()),
+                "ifname" => {
+                    crate::names::validate_ifname("interface", v).map_err(|_| bad())?;
+                    ifname = Some(v.to_owned());
+                }
+                "netns" => {
+                    let mut parts = v.splitn(3, ':');
+                    let (Some(dev), Some(ino), Some(path)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        return Err(bad());
+                    };
+                    let path = PathBuf::from(path);
+                    if !netns_path_ok(&path) {
+                        return Err(bad());
+                    }
+                    let dev: u64 = dev.parse().map_err(|_| bad())?;
+                    let ino: u64 = ino.parse().map_err(|_| bad())?;
+                    netns = Some((path, dev, ino));
+                }
+                "container" => return Err(bad()),
+                "default-routes" => match v {
+                    "0" => default_routes = Some(false),
+                    "1" => default_routes = Some(true),
+                    _ => return Err(bad()),
+                },
                 "persistent" => match v {
                     "0" => persistent = Some(false),
                     "1" => persistent = Some(true),
@@ -188,9 +274,43 @@ impl Record {
             true => corrupt(TORN.into()),
             false => corrupt(format!("bad done line: {done:?}")),
         })?;
+        let mut attached = match (container, ifname, netns, default_routes) {
+            (None, None, None, None) => None,
+            (
+                Some(container_id),
+                Some(ifname),
+                Some((netns, netns_dev, netns_ino)),
+                Some(default_routes),
+            ) => Some(Attached {
+                container_id,
+                ifname,
+                netns,
+                netns_dev,
+                netns_ino,
+                default_routes,
+                done: false,
+            }),
+            _ => {
+                return Err(corrupt(
+                    "it has some of container=, ifname=, netns= and default-routes= \
+                     but not all"
+                        .into(),
+                ))
+            }
+        };
         let mut holder = None;
         if let Some((h, v4, v6)) = done {
-            holder = Some(h);
+            match (h, attached.as_mut()) {
+                (Some(h), None) => holder = Some(h),
+                (None, Some(a)) => a.done = true,
+                _ => {
+                    let what = match attached {
+                        Some(_) => "a namespace attachment",
+                        None => "a sandbox with a holder",
+                    };
+                    return Err(corrupt(format!("its done line does not fit {what}")));
+                }
+            }
             ipv4 = v4.or(ipv4);
             ipv6 = v6.or(ipv6);
         }
@@ -204,6 +324,7 @@ impl Record {
             veth,
             persistent: persistent.ok_or_else(|| missing("persistent"))?,
             aliases,
+            attached,
         })
     }
 }
@@ -230,15 +351,19 @@ pub(super) const DONE_DAMAGED: &str = "its done line does not match its check: \
                             the record was changed or damaged after it was written";
 
 impl Record {
-    /// `done=<value>\n`, `DONE_WIDTH` wide: the holder and the addresses,
-    /// once there is a holder, checked by continuing `head_hash`.
+    /// `done=<value>\n`, `DONE_WIDTH` wide: the holder (`ns` for a done
+    /// attachment) and the addresses, once there is one, checked by
+    /// continuing `head_hash`.
     pub(super) fn done_line(&self, head_hash: u64) -> String {
-        let value = self.holder.map_or_else(String::new, |h| {
+        let by = match (&self.holder, &self.attached) {
+            (Some(h), _) => Some(format!("{}:{}", h.pid, h.start)),
+            (None, Some(a)) if a.done => Some(ATTACHED.to_owned()),
+            _ => None,
+        };
+        let value = by.map_or_else(String::new, |by| {
             let show = |a: Option<String>| a.unwrap_or_else(|| "-".into());
             let body = format!(
-                "{}:{},{},{}",
-                h.pid,
-                h.start,
+                "{by},{},{}",
                 show(self.ipv4.map(|a| a.to_string())),
                 show(self.ipv6.map(|a| a.to_string())),
             );
@@ -249,8 +374,12 @@ impl Record {
     }
 }
 
-/// What a `done=` line says.
-type Done = (Ident, Option<Ipv4Addr>, Option<Ipv6Addr>);
+/// The holder field of the `done=` line of a done attachment.
+const ATTACHED: &str = "ns";
+
+/// What a `done=` line says: the holder (none for an attachment) and the
+/// addresses.
+type Done = (Option<Ident>, Option<Ipv4Addr>, Option<Ipv6Addr>);
 
 /// The value of a `done=` line of a record whose head hashes to
 /// `head_hash`: `Ok(None)` when blank, `Err(true)` when its check does not
@@ -272,10 +401,14 @@ fn parse_done(v: &str, head_hash: u64) -> std::result::Result<Option<Done>, bool
     else {
         return Err(false);
     };
-    let (pid, start) = holder.split_once(':').ok_or(false)?;
-    let ident = Ident {
-        pid: pid.parse().map_err(|_| false)?,
-        start: start.parse().map_err(|_| false)?,
+    let ident = if holder == ATTACHED {
+        None
+    } else {
+        let (pid, start) = holder.split_once(':').ok_or(false)?;
+        Some(Ident {
+            pid: pid.parse().map_err(|_| false)?,
+            start: start.parse().map_err(|_| false)?,
+        })
     };
     let v4 = match v4 {
         "-" => None,
@@ -302,6 +435,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_attachment_record_round_trips_done_or_not() {
+        let mut rec = Record {
+            name: "c0123456789a".into(),
+            id: "1-2-3".into(),
+            creator: Ident { pid: 7, start: 99 },
+            holder: None,
+            ipv4: Some("10.88.0.2".parse().unwrap()),
+            ipv6: None,
+            veth: "c0123456789a-k3".into(),
+            persistent: true,
+            aliases: vec![],
+            attached: Some(Attached {
+                container_id: "abc_1.x-y".into(),
+                ifname: "net1".into(),
+                netns: "/run/netns/cni-1 2".into(),
+                netns_dev: 4,
+                netns_ino: 4026532291,
+                default_routes: false,
+                done: false,
+            }),
+        };
+        let p = Path::new("/x/sandbox/c0123456789a");
+        assert_eq!(
+            Record::decode(&rec.encode().0, p, "br0", "k3").unwrap(),
+            rec
+        );
+        if let Some(a) = rec.attached.as_mut() {
+            a.done = true;
+        }
+        assert_eq!(
+            Record::decode(&rec.encode().0, p, "br0", "k3").unwrap(),
+            rec
+        );
+        // Half an attachment is no record to believe.
+        let (text, _) = rec.encode();
+        let cut: String = text
+            .lines()
+            .filter(|l| !l.starts_with("ifname="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(Record::decode(&cut, p, "br0", "k3").is_err());
+    }
+
+    #[test]
     fn record_round_trips_and_garbage_is_an_error_naming_the_file() {
         let rec = Record {
             name: "web".into(),
@@ -313,6 +490,7 @@ mod tests {
             veth: "web-k3".into(),
             persistent: false,
             aliases: vec!["db".into(), "cache".into()],
+            attached: None,
         };
         let p = Path::new("/x/sandbox/web");
         assert_eq!(
@@ -374,6 +552,7 @@ mod tests {
             veth: "web-k3".into(),
             persistent: true,
             aliases: vec!["db".into()],
+            attached: None,
         };
         let undone = Record {
             holder: None,
@@ -444,7 +623,7 @@ mod tests {
         assert_eq!(
             parse_done(&good, h),
             Ok(Some((
-                Ident { pid: 12, start: 34 },
+                Some(Ident { pid: 12, start: 34 }),
                 Some(Ipv4Addr::new(10, 88, 0, 2)),
                 None
             )))

@@ -21,6 +21,16 @@ use crate::paths::{ensure_private_dir, open_private};
 /// The most bytes a record file may have (a record is a few hundred).
 const RECORD_MAX: u64 = 4096;
 
+/// Where the kernel tells this boot's id, a UUID made anew at every boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The store's note of the boot it was last opened in.
+const BOOT_FILE: &str = "boot";
+
+/// The files of the store's top directory that speak of kernel state (a
+/// bridge, a table), which no reboot keeps.
+const BOOT_BOUND_NOTES: [&str; 3] = ["bridge-made-here", "egress-table", "egress-made"];
+
 /// A record just published by [`Store::create_record`], still open, so
 /// that its holder can be filled in without another lookup.
 #[derive(Debug)]
@@ -74,6 +84,7 @@ impl EgressNote {
 /// bridge-made-here   present if podnet made the bridge
 /// egress-table       present while the network's egress table may exist
 /// egress-made        present while it surely does (see [`EgressNote`])
+/// boot               the boot id of the boot it was last opened in
 /// volumes/<owner>/   pod volumes of a sandbox instance (see `volumes`)
 /// ```
 ///
@@ -128,6 +139,77 @@ impl Store {
             tag: crate::names::tag(network),
             cursors: Default::default(),
         })
+    }
+
+    /// Forget what the store keeps of an earlier boot, if it was last
+    /// opened in one: every record, every reservation, the notes on the
+    /// bridge and the egress table, and temporary files. None of what they
+    /// name outlives a reboot (holders are processes; veths, bridges and
+    /// tables are the kernel's), and a PID and start time of an earlier
+    /// boot may match a process of this one. Then note this boot. A store
+    /// with no note of a boot, or a note that is not a boot id, is kept
+    /// whole (it may be in use) and noted. Returns whether it forgot.
+    pub(crate) async fn forget_earlier_boot(&self) -> Result<bool> {
+        let now = fs::read_to_string(BOOT_ID)
+            .map_err(|e| io_err("read the boot id", Path::new(BOOT_ID), e))?;
+        let now = now.trim();
+        if self.noted_boot().as_deref() == Some(now) {
+            return Ok(false);
+        }
+        // Under the lock, and looked at again: another process of this
+        // boot may have forgotten it and started using it meanwhile.
+        let _lock = self.lock().await?;
+        let earlier = match self.noted_boot() {
+            Some(noted) if noted == now => return Ok(false),
+            Some(_) => true,
+            None => false,
+        };
+        if earlier {
+            for sub in ["sandbox", "addr"] {
+                let dir = self.dir.join(sub);
+                for entry in fs::read_dir(&dir).map_err(|e| io_err("list", &dir, e))? {
+                    let path = entry.map_err(|e| io_err("list", &dir, e))?.path();
+                    remove_entry(&path)?;
+                }
+            }
+            for entry in fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, e))? {
+                let entry = entry.map_err(|e| io_err("list", &self.dir, e))?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".tmp-") || BOOT_BOUND_NOTES.contains(&name.as_ref()) {
+                    remove_entry(&entry.path())?;
+                }
+            }
+        }
+        let (tmp, _) = self.write_temp(now)?;
+        let path = self.dir.join(BOOT_FILE);
+        let renamed = fs::rename(&tmp, &path);
+        if renamed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        renamed.map_err(|e| io_err("write state file", &path, e))?;
+        if earlier {
+            tracing::info!(store = %self.dir.display(), "forgot the sandboxes of an earlier boot");
+        }
+        Ok(earlier)
+    }
+
+    /// The boot id the store notes, if it holds one.
+    fn noted_boot(&self) -> Option<String> {
+        let path = self.dir.join(BOOT_FILE);
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)
+            .ok()?;
+        if !f.metadata().ok()?.file_type().is_file() {
+            return None;
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(&f, 64), &mut text).ok()?;
+        let id = text.trim();
+        let well_formed = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        well_formed.then(|| id.to_owned())
     }
 
     /// Another handle to the same store, for a reader of its records (the
@@ -479,6 +561,20 @@ impl Store {
     }
 }
 
+/// Remove a file, a symlink or a directory tree (never following a
+/// symlink); a missing one is fine.
+fn remove_entry(path: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", path, e)),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
@@ -498,6 +594,7 @@ pub(super) mod tests {
             veth: format!("a-{}", crate::names::tag("br0")),
             persistent,
             aliases: Vec::new(),
+            attached: None,
         }
     }
 

@@ -58,37 +58,49 @@ pub(crate) struct Inside<'a> {
     pub ipv4: Option<(Ipv4Addr, u8, Ipv4Addr)>,
     pub ipv6: Option<(Ipv6Addr, u8, Ipv6Addr)>,
     pub sandbox: &'a str,
+    /// The interface: `eth0` in a sandbox of podnet's own.
+    pub ifname: &'a str,
+    /// Whether `lo` is set up too (a namespace of podnet's own; a
+    /// runtime's is left as it is).
+    pub loopback: bool,
+    /// Whether default routes go via the gateways (else the pool's own
+    /// route, which the address brings, is the only one).
+    pub default_routes: bool,
     /// Receive by NAPI (see [`Veth::napi_receive`]): GRO on for `eth0`.
     pub napi_receive: bool,
 }
 
-/// Configure a sandbox over `nl` (a socket opened inside it): `lo` up,
-/// `eth0` up, the addresses, default routes, all in one `sendmsg` whose
-/// answers are read at once. `eth0` is the index [`create_veth`] learnt; if
+/// Configure a sandbox over `nl` (a socket opened inside it): `lo` up (if
+/// asked), `eth0` (or `cfg.ifname`) up, the addresses, default routes (if
+/// asked), all in one `sendmsg` whose answers are read at once. `eth0` is the index [`create_veth`] learnt; if
 /// it learnt none, it is looked up first (one more round trip).
 pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>) -> Result<()> {
     let s = cfg.sandbox;
-    let eth0_obj = || format!("{ETH0} in sandbox {s:?}");
+    let ifname = cfg.ifname;
+    let eth0_obj = || format!("{ifname} in sandbox {s:?}");
     // Without the echo, eth0's index is looked up, not assumed: the kernel
     // ignores the index asked for a veth peer, and a new namespace may
     // already hold tunnel devices (tunl0, sit0, gre0 when
     // net.core.fb_tunnels_only_for_init_net is 0) that take the low indexes.
     let index = match eth0 {
         Some(i) => i,
-        None => index_blocking(nl, ETH0, &eth0_obj())?
+        None => index_blocking(nl, ifname, &eth0_obj())?
             .ok_or_else(|| errno_err("get link", &eth0_obj(), Errno::ENODEV))?,
     };
     if cfg.napi_receive {
         // GRO makes eth0's veth receive on a NAPI queue of its own.
-        ethtool_set(nl, ETH0, ETHTOOL_SGRO, true)
+        ethtool_set(nl, ifname, ETHTOOL_SGRO, true)
             .map_err(|errno| errno_err("turn GRO on for", &eth0_obj(), errno))?;
     }
     let up = |i: u32| RouteNetlinkMessage::SetLink(LinkUnspec::new_with_index(i).up().build());
     let create = NLM_F_CREATE | NLM_F_EXCL;
     // What each request is, for errors: (op, object, EEXIST is fine).
-    let mut what: Vec<(&'static str, String, bool)> =
-        vec![("set up", format!("lo in sandbox {s:?}"), false)];
-    let mut reqs = vec![(up(LO_INDEX), 0)];
+    let mut what: Vec<(&'static str, String, bool)> = Vec::new();
+    let mut reqs = Vec::new();
+    if cfg.loopback {
+        what.push(("set up", format!("lo in sandbox {s:?}"), false));
+        reqs.push((up(LO_INDEX), 0));
+    }
     if cfg.ipv6.is_none() {
         // No IPv6 pool: no link-local address either, so eth0 coming up
         // floods no DAD, MLD or router solicitation to every port. In the
@@ -140,6 +152,9 @@ pub(crate) fn configure_inside(nl: &mut Nl, eth0: Option<u32>, cfg: &Inside<'_>)
             format!("{addr}/{prefix} to {}", eth0_obj()),
             true,
         ));
+        if !cfg.default_routes {
+            return;
+        }
         reqs.push((RouteNetlinkMessage::NewRoute(route), create));
         what.push((
             "add default route",
@@ -206,6 +221,9 @@ mod tests {
                 ipv4: Some((Ipv4Addr::new(10, 88, 0, 2), 16, Ipv4Addr::new(10, 88, 0, 1))),
                 ipv6: None,
                 sandbox: "unit",
+                ifname: ETH0,
+                loopback: true,
+                default_routes: true,
                 napi_receive: true,
             };
             configure_inside(&mut nl, None, &cfg).unwrap();

@@ -23,8 +23,13 @@ pub(crate) struct Veth<'a> {
     pub bridge: u32,
     /// Its name, for errors.
     pub bridge_name: &'a str,
-    /// PID of the holder whose network namespace gets the peer.
-    pub holder_pid: u32,
+    /// The network namespace that gets the peer.
+    pub peer_ns: PeerNs,
+    /// The peer's name there (`eth0` in a sandbox of podnet's own).
+    pub peer_name: &'a str,
+    /// The peer's MAC address, if one is asked for (else the kernel's
+    /// random one).
+    pub peer_mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
     /// The sandbox it is for, for errors.
     pub sandbox: &'a str,
@@ -34,6 +39,16 @@ pub(crate) struct Veth<'a> {
     /// `net.core.netdev_max_backlog` (1,000): a bridge flooding one frame
     /// (an ARP request) to more ports than that loses the rest.
     pub napi_receive: bool,
+}
+
+/// Where the peer of a new veth pair goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PeerNs {
+    /// The network namespace of this process (a holder).
+    Pid(u32),
+    /// The network namespace this fd (an nsfs file) names; it must stay
+    /// open until [`create_veth`] returns.
+    Fd(std::os::fd::RawFd),
 }
 
 /// Create the veth pair in one request: the host end enslaved to the
@@ -47,15 +62,22 @@ pub(crate) struct Veth<'a> {
 pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<VethIndexes> {
     // eth0 starts dormant, so that its IPv6 address generation can be
     // turned off in the request that sets it up (see `configure_inside`).
-    let peer = LinkUnspec::new_with_name(ETH0)
-        .setns_by_pid(v.holder_pid)
-        .append_extra_attribute(LinkAttribute::OperState(State::Dormant));
+    let peer = LinkUnspec::new_with_name(v.peer_name);
+    let peer = match v.peer_ns {
+        PeerNs::Pid(pid) => peer.setns_by_pid(pid),
+        PeerNs::Fd(fd) => peer.setns_by_fd(fd),
+    };
+    let peer = match v.peer_mac {
+        Some(mac) => peer.address(mac.to_vec()),
+        None => peer,
+    }
+    .append_extra_attribute(LinkAttribute::OperState(State::Dormant));
     let msg = veth_pair(
-        LinkVeth::new(v.host, ETH0).controller(v.bridge),
+        LinkVeth::new(v.host, v.peer_name).controller(v.bridge),
         peer,
         v.mtu,
     );
-    let object = || format!("{}/{ETH0} for sandbox {:?}", v.host, v.sandbox);
+    let object = || format!("{}/{} for sandbox {:?}", v.host, v.peer_name, v.sandbox);
     let answer = nl
         .batch(vec![(
             RouteNetlinkMessage::NewLink(msg),

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::holder::{self, Holder, HolderSpec, HOLDER_COMM};
 use crate::host::NetInner;
-use crate::ident::{creator, Ident};
+use crate::ident::{creator, instance_id, Ident};
 use crate::ipam::{Record, RecordFile};
 use crate::link::{self, Inside, Veth};
 use crate::netns;
@@ -76,6 +76,7 @@ impl SandboxBuilder {
             veth: veth.clone(),
             persistent: self.persistent,
             aliases: self.aliases.clone(),
+            attached: None,
         };
         // The holder's clone (a new namespace: the longest step); its child
         // sets itself up and execs while this thread does the store work and
@@ -225,7 +226,9 @@ impl SandboxBuilder {
                 host: &record.veth,
                 bridge,
                 bridge_name: &bridge_name,
-                holder_pid: u32::try_from(holder_pid.as_raw()).unwrap_or(0),
+                peer_ns: link::PeerNs::Pid(u32::try_from(holder_pid.as_raw()).unwrap_or(0)),
+                peer_name: link::ETH0,
+                peer_mac: None,
                 mtu: self.mtu.or(net.mtu),
                 sandbox: name,
                 napi_receive,
@@ -276,6 +279,9 @@ impl SandboxBuilder {
                     ipv4: v4,
                     ipv6: v6,
                     sandbox: name,
+                    ifname: link::ETH0,
+                    loopback: true,
+                    default_routes: true,
                     napi_receive,
                 },
             )?;
@@ -344,15 +350,4 @@ impl Drop for Undo {
             self.release_sync();
         }
     }
-}
-
-/// A fresh id for a sandbox instance: unique per process by a counter, and
-/// across processes by the PID and the clock.
-fn instance_id() -> String {
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{:x}-{:x}-{seq:x}", std::process::id(), nanos)
 }

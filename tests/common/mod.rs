@@ -995,3 +995,75 @@ pub fn sysctl(path: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// A network namespace held the way a container runtime holds one (its
+/// pause container): a `sleep` of the test's own in a namespace made for
+/// it, named by path (`/proc/<pid>/ns/net`), with `lo` up. Ended (by its
+/// PID) when dropped, or by [`RuntimeNetns::end`].
+pub struct RuntimeNetns {
+    child: Option<std::process::Child>,
+    /// The path a runtime would pass as `CNI_NETNS`.
+    pub path: PathBuf,
+}
+
+impl RuntimeNetns {
+    /// A fresh namespace, held by a child of this test.
+    pub fn new() -> RuntimeNetns {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600");
+        // SAFETY: between fork and exec the child only calls unshare(2),
+        // which allocates nothing in this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+                Ok(())
+            });
+        }
+        // spawn() returns once the exec happened: the namespace is made.
+        let child = cmd.spawn().expect("start the runtime's namespace holder");
+        let path = PathBuf::from(format!("/proc/{}/ns/net", child.id()));
+        let ns = RuntimeNetns {
+            child: Some(child),
+            path,
+        };
+        assert!(ns.run(&["ip", "link", "set", "lo", "up"]).0, "lo up");
+        ns
+    }
+
+    /// Run `argv` inside (`nsenter --net`); whether it succeeded, and its
+    /// stdout.
+    pub fn run(&self, argv: &[&str]) -> (bool, String) {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .arg("--")
+            .args(argv)
+            .output()
+            .expect("run nsenter");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// End the namespace (its holder is killed and reaped; the kernel
+    /// then deletes what is in it).
+    pub fn end(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Default for RuntimeNetns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RuntimeNetns {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
