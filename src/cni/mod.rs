@@ -11,6 +11,7 @@ pub mod env;
 pub mod error;
 mod json;
 pub mod mac;
+pub mod plugin;
 pub mod request;
 pub mod result;
 pub mod version;
