@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# tests/cni/podman.sh: podman 4.3's CNI backend runs containers on the plugin
+# under test (by default the reference bridge + host-local + portmap).
+#
+# Claims, one TAP line each:
+#   - podman uses the CNI backend and lists the network from the conflist
+#     (cniVersion 0.4.0, as podman writes its own);
+#   - two containers from a busybox-static --rootfs get distinct leased
+#     addresses on 10.88.11.0/24 and reach each other by address (busybox
+#     nc against busybox httpd in the other);
+#   - podman passes a --network-alias to the chain (runtimeConfig.aliases),
+#     which a plugin with DNS must resolve;
+#   - with CNI_CHECK_DNS=1, each reaches the other by name and alias (skipped
+#     otherwise; with the default plugins, Debian's dnsname is chained);
+#   - `-p 18080:80` reaches the first container from the script's host
+#     namespace, at 127.0.0.1 and at the gateway address;
+#   - `podman network reload` restores the port mapping after the
+#     namespace's nf_tables ruleset is flushed, and leaks no address;
+#   - `podman rm -f` releases the container's address (CNI_LEASES_CMD).
+#
+# Run as root: bash tests/cni/podman.sh   (about 30 s). Needs podman, runc,
+# containernetworking-plugins, busybox-static, iptables, jq, curl
+# (and dnsmasq-base, golang-github-containernetworking-plugin-dnsname for
+# CNI_CHECK_DNS=1 with the default plugins). Everything runs in namespaces the
+# script makes (see lib.sh); podman's storage is a tmpfs.
+# To test another plugin: CNI_PLUGIN_JSON='[{"type":"podnet",...}]'
+# CNI_PLUGIN_DIRS=/path/to/dir CNI_LEASES_CMD='...' bash tests/cni/podman.sh
+set -eo pipefail
+. "$(dirname "$0")/lib.sh"
+cni_need podman podman
+cni_need runc runc
+cni_need curl curl
+cni_need iptables iptables
+cni_enter "$@"
+
+NET=pn-podman
+N=11
+HOSTPORT=18080
+GW=$(cni_gateway $N)
+
+cni_busybox_rootfs "$CNI_WORK/rootfs"
+extra=$(cni_recorder_plugin '{"aliases": true}')
+if [ "${CNI_CHECK_DNS:-}" = 1 ] && [ -z "${CNI_PLUGIN_JSON:-}" ]; then
+	# The reference bridge has no DNS; Debian's dnsname gives it one.
+	CNI_PLUGIN_JSON=$(jq -c '. + [{type: "dnsname", domainName: "dns.podnet",
+		capabilities: {aliases: true}}]' <<<"$CNI_DEFAULT_PLUGIN_JSON")
+fi
+cni_write_conflist $NET 0.4.0 $N "$extra" >/dev/null
+
+dirs=$(jq -Rc 'split(":")' <<<"$CNI_PATH_LIST")
+cat >"$CNI_WORK/containers.conf" <<EOF
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$CNI_WORK/events.log"
+runtime = "runc"
+[network]
+network_backend = "cni"
+cni_plugin_dirs = $dirs
+EOF
+export CONTAINERS_CONF=$CNI_WORK/containers.conf
+pm() {
+	podman --root "$CNI_WORK/storage" --runroot /run/podnet-cni-podman \
+		--storage-driver vfs "$@"
+}
+cni_teardown() { pm rm -f -t 0 --all; }
+
+# run_server NAME [ARGS...]: a detached container serving its own name over
+# HTTP on port 80.
+run_server() {
+	local name=$1
+	shift
+	pm run -d --name "$name" --network $NET --cgroup-parent "/$CNI_CGROUP" "$@" \
+		--rootfs "$CNI_WORK/rootfs" sh -c \
+		"mkdir -p /www/$name && echo $name >/www/$name/index.html && exec httpd -f -p 80 -h /www/$name"
+}
+addr_of() { pm inspect "$1" --format "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}"; }
+# fetch FROM HOST: the body container FROM gets from http://HOST/ (busybox
+# nc: Debian's static busybox wget crashes in glibc's static NSS lookups).
+fetch() {
+	pm exec "$1" sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 80 | tail -n 1" 2>&1 | tr -d '\r'
+}
+# wait_fetch FROM HOST WANT: wait until FROM gets WANT from HOST (a server
+# just started may not listen yet); the check after it says what was seen.
+wait_fetch() {
+	local i
+	for i in $(seq 15); do
+		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
+		sleep 0.2
+	done
+	return 1
+}
+host_fetch() { curl -sS -m 3 "$1" 2>&1; }
+
+check "podman runs the CNI backend" "cni" "$(pm info --format '{{.Host.NetworkBackend}}')"
+check_contains "podman lists the network of the conflist" "$NET" "$(pm network ls --format '{{.Name}}')"
+
+out=$(run_server a -p $HOSTPORT:80 2>&1) || cni_bail "podman run a starts on $NET" "a container ID" "$out"
+out=$(run_server b --network-alias bee 2>&1) || cni_bail "podman run b starts on $NET" "a container ID" "$out"
+A=$(addr_of a)
+B=$(addr_of b)
+case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
+*) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
+case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
+*) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
+check "a and b are leased, nothing else" "$(printf '%s\n' "$A" "$B" | sort)" "$(cni_leases $NET)"
+
+wait_fetch b "$A" a || true
+check "b reaches a by address" "a" "$(fetch b "$A")"
+check "a reaches b by address" "b" "$(fetch a "$B")"
+
+# What podman hands the chain as runtimeConfig.aliases for b, whose
+# --network-alias is "bee".
+aliases=$(cni_recorded | jq -c --arg id "$(pm inspect b --format '{{.Id}}')" \
+	'select(.command == "ADD" and .containerID == $id) | .config.runtimeConfig.aliases // empty' | tail -n 1)
+echo "# podman's aliases for b: ${aliases:-none}"
+echo "# podman's CNI_ARGS for b: $(cni_recorded | jq -r --arg id "$(pm inspect b --format '{{.Id}}')" \
+	'select(.command == "ADD" and .containerID == $id) | .args' | tail -n 1)"
+echo "# podman's runtimeConfig keys for a: $(cni_recorded | jq -c --arg id "$(pm inspect a --format '{{.Id}}')" \
+	'select(.command == "ADD" and .containerID == $id) | .config.runtimeConfig // {} | keys' | tail -n 1)"
+check "podman passes b's --network-alias to the chain as runtimeConfig.aliases" "true" \
+	"$(jq -c --arg n $NET '.[$n] | index("bee") != null' <<<"${aliases:-null}" 2>&1 || true)"
+
+if [ "${CNI_CHECK_DNS:-}" = 1 ]; then
+	check "b reaches a by name" "a" "$(fetch b a)"
+	check "a reaches b by name" "b" "$(fetch a b)"
+	check "a reaches b by its alias" "b" "$(fetch a bee)"
+else
+	skip "b reaches a by name" "CNI_CHECK_DNS=1 not set"
+	skip "a reaches b by name" "CNI_CHECK_DNS=1 not set"
+	skip "a reaches b by its alias" "CNI_CHECK_DNS=1 not set"
+fi
+
+retry 15 host_fetch "http://127.0.0.1:$HOSTPORT/" >/dev/null || true
+check "-p $HOSTPORT:80 reaches a at 127.0.0.1:$HOSTPORT" "a" "$(host_fetch "http://127.0.0.1:$HOSTPORT/")"
+check "-p $HOSTPORT:80 reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW:$HOSTPORT/")"
+
+# Reload: flush every rule in the namespace (as a firewall reload would),
+# show that it broke the mapping, then have podman put it back.
+nft flush ruleset
+check_fails "a flushed ruleset breaks the port mapping" curl -sS -m 2 "http://$GW:$HOSTPORT/"
+check_run "podman network reload a succeeds" pm network reload a
+A=$(addr_of a)
+retry 15 host_fetch "http://$GW:$HOSTPORT/" >/dev/null || true
+check "after reload, -p reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW:$HOSTPORT/")"
+check "after reload, b reaches a by address" "a" "$(fetch b "$A")"
+check "after reload, exactly a and b are leased" "$(printf '%s\n' "$A" "$B" | sort)" "$(cni_leases $NET)"
+
+check_run "podman rm -f a succeeds" pm rm -f -t 0 a
+check_lacks "podman rm -f releases a's address" "$A" "$(cni_leases $NET)"
+check_contains "b keeps its address" "$B" "$(cni_leases $NET)"
+check_fails "the port mapping is gone with a" curl -sS -m 2 "http://$GW:$HOSTPORT/"
+check_run "podman rm -f b succeeds" pm rm -f -t 0 b
+check "no address is leased after both are removed" "" "$(cni_leases $NET)"
+
+cni_finish
