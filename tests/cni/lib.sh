@@ -310,7 +310,7 @@ cni_recorder_plugin() {
 in=$(cat)
 case "$CNI_COMMAND" in
 VERSION)
-	echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0"]}'
+	echo '{"cniVersion":"1.0.0","supportedVersions":["0.3.0","0.3.1","0.4.0","1.0.0","1.1.0"]}'
 	exit 0 ;;
 esac
 log=$(printf '%s' "$in" | jq -r '.log')

@@ -1,0 +1,344 @@
+// Command libcni drives a CNI plugin through libcni, the library every Go
+// runtime (podman, containerd, CRI-O, Kubernetes' kubelet via them) uses,
+// and prints one TAP line per check. Built and run by tests/cni/libcni.sh.
+//
+// For each conflist given (one cniVersion each; one libcni cannot convert
+// is skipped, naming the versions it can) it claims:
+//   - libcni's plugins answer VERSION naming the list's version, or the
+//     version is skipped (and said so) when one of them does not;
+//   - AddNetworkList gives a result of the list's version whose interface
+//     sits in the namespace, with an address of the list's subnet that is
+//     on that interface and leased;
+//   - the chain's last plugin (a recording one) was sent the list's
+//     cniVersion and the address as prevResult, on ADD and on CHECK;
+//   - GetNetworkListCachedResult returns the same addresses, of that version;
+//   - CheckNetworkList passes (from 0.4.0; before it libcni refuses CHECK),
+//     and fails once the address is removed from the interface;
+//   - DelNetworkList removes the interface, releases the lease and the
+//     cached result, and succeeds a second time.
+//
+// Usage: libcni -netns PATH -path DIR[:DIR] -cache DIR -leases CMD
+// -record FILE -subnet-prefix 10.88.13. CONFLIST...
+// The exit status is 1 if any check failed.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+)
+
+var (
+	netns      = flag.String("netns", "", "path of the network namespace to attach")
+	pluginPath = flag.String("path", "/usr/lib/cni", "colon-separated plugin directories")
+	cacheDir   = flag.String("cache", "", "libcni's result cache directory")
+	leasesCmd  = flag.String("leases", "", "shell command printing the addresses leased on $CNI_NETWORK")
+	recordLog  = flag.String("record", "", "the recording plugin's log (JSON lines)")
+	prefix     = flag.String("subnet-prefix", "10.88.13.", "what every address handed out starts with")
+
+	n, failed, skipped int
+)
+
+func ok(claim string) {
+	n++
+	fmt.Printf("ok %d - %s\n", n, claim)
+}
+
+func notOK(claim, expected, seen string) {
+	n++
+	failed++
+	fmt.Printf("not ok %d - %s\n#   expected: %s\n", n, claim, expected)
+	for _, l := range strings.Split(seen, "\n") {
+		fmt.Printf("#   seen:     %s\n", l)
+	}
+}
+
+func skip(claim, why string) {
+	n++
+	skipped++
+	fmt.Printf("ok %d - %s # SKIP %s\n", n, claim, why)
+}
+
+func check(claim, expected, seen string) {
+	if expected == seen {
+		ok(claim)
+	} else {
+		notOK(claim, expected, seen)
+	}
+}
+
+func checkErr(claim string, err error) {
+	if err == nil {
+		ok(claim)
+	} else {
+		notOK(claim, "no error", err.Error())
+	}
+}
+
+// leases runs the -leases command for a network: its lines, sorted.
+func leases(network string) []string {
+	cmd := exec.Command("bash", "-c", *leasesCmd)
+	cmd.Env = append(os.Environ(), "CNI_NETWORK="+network)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return []string{"(leases command failed: " + err.Error() + ")"}
+	}
+	lines := []string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if l != "" {
+			lines = append(lines, l)
+		}
+	}
+	sort.Strings(lines)
+	return lines
+}
+
+func contains(list []string, s string) bool {
+	for _, l := range list {
+		if l == s {
+			return true
+		}
+	}
+	return false
+}
+
+// inNetns runs a command inside the namespace under test.
+func inNetns(args ...string) (string, error) {
+	out, err := exec.Command("nsenter", append([]string{"--net=" + *netns}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// addrsOf lists the IPv4 addresses (with prefix) on an interface of the
+// namespace; empty if it does not exist.
+func addrsOf(ifname string) []string {
+	out, err := inNetns("ip", "-o", "-4", "addr", "show", "dev", ifname)
+	if err != nil {
+		return nil
+	}
+	addrs := []string{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		for i := range f {
+			if f[i] == "inet" && i+1 < len(f) {
+				addrs = append(addrs, f[i+1])
+			}
+		}
+	}
+	return addrs
+}
+
+// sent is what the recording plugin (the list's last) was sent for a verb
+// and container: "cniVersion prevResult-address" per call.
+func sent(command, containerID string) string {
+	data, err := os.ReadFile(*recordLog)
+	if err != nil {
+		return "(no record: " + err.Error() + ")"
+	}
+	seen := []string{}
+	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var rec struct {
+			Command     string `json:"command"`
+			ContainerID string `json:"containerID"`
+			Config      struct {
+				CNIVersion string `json:"cniVersion"`
+				PrevResult struct {
+					IPs []struct {
+						Address string `json:"address"`
+					} `json:"ips"`
+				} `json:"prevResult"`
+			} `json:"config"`
+		}
+		if json.Unmarshal([]byte(l), &rec) == nil && rec.Command == command && rec.ContainerID == containerID {
+			addrs := []string{}
+			for _, ip := range rec.Config.PrevResult.IPs {
+				addrs = append(addrs, ip.Address)
+			}
+			seen = append(seen, rec.Config.CNIVersion+" "+strings.Join(addrs, ","))
+		}
+	}
+	return strings.Join(seen, ";")
+}
+
+func ipsOf(r types.Result) ([]string, *current.Result, error) {
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, nil, err
+	}
+	ips := []string{}
+	for _, ip := range res.IPs {
+		ips = append(ips, ip.Address.String())
+	}
+	return ips, res, nil
+}
+
+func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
+	list, err := libcni.ConfListFromFile(file)
+	if err != nil {
+		notOK("load "+file, "a conflist", err.Error())
+		return
+	}
+	v := list.CNIVersion
+	t := func(claim string) string { return v + ": " + claim }
+	// A version libcni or a plugin of the list does not speak is skipped,
+	// naming each that lacks it.
+	lacking := []string{}
+	if !contains(version.All.SupportedVersions(), v) {
+		lacking = append(lacking, fmt.Sprintf("this libcni converts only %v", version.All.SupportedVersions()))
+	}
+	for _, p := range list.Plugins {
+		info, err := cni.GetVersionInfo(ctx, p.Network.Type)
+		if err != nil {
+			notOK(t(p.Network.Type+" answers VERSION"), "its versions", err.Error())
+			return
+		}
+		if !contains(info.SupportedVersions(), v) {
+			lacking = append(lacking, fmt.Sprintf("%s supports only %v", p.Network.Type, info.SupportedVersions()))
+		}
+	}
+	if len(lacking) > 0 {
+		skip(t("the list"), strings.Join(lacking, "; "))
+		return
+	}
+	ok(t("every plugin of the list supports " + v))
+
+	rt := &libcni.RuntimeConf{
+		ContainerID: "libcni-" + strings.ReplaceAll(v, ".", ""),
+		NetNS:       *netns,
+		IfName:      "eth0",
+		Args:        [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAME", "libcni"}},
+	}
+
+	// ADD
+	res, err := cni.AddNetworkList(ctx, list, rt)
+	if err != nil {
+		notOK(t("AddNetworkList"), "a result", err.Error())
+		return
+	}
+	ok(t("AddNetworkList succeeds"))
+	check(t("the result is of the list's version"), v, res.Version())
+	ips, cur, err := ipsOf(res)
+	if err != nil || len(ips) != 1 {
+		notOK(t("the result has one address"), "one IP", fmt.Sprintf("%v %v", ips, err))
+		return
+	}
+	ip := ips[0]
+	if strings.HasPrefix(ip, *prefix) {
+		ok(t("the address " + ip + " is in the list's subnet"))
+	} else {
+		notOK(t("the address is in the list's subnet"), *prefix+"x", ip)
+	}
+	sandboxes := []string{}
+	for _, i := range cur.Interfaces {
+		if i.Sandbox != "" {
+			sandboxes = append(sandboxes, i.Name+"@"+i.Sandbox)
+		}
+	}
+	// 0.3.x and later results name the interfaces; 0.2.0 ones do not.
+	check(t("the result's interface in a sandbox is eth0 in the namespace"), "eth0@"+*netns, strings.Join(sandboxes, ","))
+	check(t("the address is on eth0 in the namespace"), ip, strings.Join(addrsOf("eth0"), ","))
+	bare := strings.SplitN(ip, "/", 2)[0]
+	if l := leases(list.Name); contains(l, bare) {
+		ok(t("the address is leased"))
+	} else {
+		notOK(t("the address is leased"), bare, strings.Join(l, ","))
+	}
+	check(t("libcni sends the chain's last plugin the list's cniVersion and the address as prevResult on ADD"),
+		v+" "+ip, sent("ADD", rt.ContainerID))
+
+	// The result cache.
+	cached, err := cni.GetNetworkListCachedResult(list, rt)
+	switch {
+	case err != nil:
+		notOK(t("GetNetworkListCachedResult"), "the ADD result", err.Error())
+	case cached == nil:
+		notOK(t("GetNetworkListCachedResult"), "the ADD result", "nil")
+	default:
+		cips, _, err := ipsOf(cached)
+		check(t("the cached result is of the list's version"), v, cached.Version())
+		check(t("the cached result has the ADD's addresses"), strings.Join(ips, ","), fmt.Sprintf("%s%v", strings.Join(cips, ","), errOrEmpty(err)))
+	}
+
+	// CHECK exists from 0.4.0 on.
+	hasCheck, err := version.GreaterThanOrEqualTo(v, "0.4.0")
+	if err != nil {
+		notOK(t("parse version"), v, err.Error())
+		return
+	}
+	if hasCheck {
+		checkErr(t("CheckNetworkList passes"), cni.CheckNetworkList(ctx, list, rt))
+		check(t("libcni sends the chain's last plugin the list's cniVersion and the cached result as prevResult on CHECK"),
+			v+" "+ip, sent("CHECK", rt.ContainerID))
+		if out, err := inNetns("ip", "addr", "del", ip, "dev", "eth0"); err != nil {
+			notOK(t("remove the address for CHECK"), "done", out)
+		} else if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
+			ok(t("CheckNetworkList fails once the address is gone: " + err.Error()))
+		} else {
+			notOK(t("CheckNetworkList fails once the address is gone"), "an error", "nil")
+		}
+	} else {
+		err := cni.CheckNetworkList(ctx, list, rt)
+		if err != nil {
+			ok(t("libcni refuses CHECK before 0.4.0: " + err.Error()))
+		} else {
+			notOK(t("libcni refuses CHECK before 0.4.0"), "an error", "nil")
+		}
+	}
+
+	// DEL, twice.
+	checkErr(t("DelNetworkList succeeds"), cni.DelNetworkList(ctx, list, rt))
+	check(t("DEL removes eth0"), "", strings.Join(addrsOf("eth0"), ","))
+	if _, err := inNetns("ip", "link", "show", "eth0"); err == nil {
+		notOK(t("DEL removes the link eth0"), "no eth0", "eth0 exists")
+	} else {
+		ok(t("DEL removes the link eth0"))
+	}
+	if l := leases(list.Name); contains(l, bare) {
+		notOK(t("DEL releases the address"), "not "+bare, strings.Join(l, ","))
+	} else {
+		ok(t("DEL releases the address"))
+	}
+	cached, err = cni.GetNetworkListCachedResult(list, rt)
+	if err == nil && cached == nil {
+		ok(t("DEL drops the cached result"))
+	} else {
+		notOK(t("DEL drops the cached result"), "nil, nil", fmt.Sprintf("%v, %v", cached, err))
+	}
+	checkErr(t("DelNetworkList succeeds a second time"), cni.DelNetworkList(ctx, list, rt))
+}
+
+func errOrEmpty(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
+}
+
+func main() {
+	flag.Parse()
+	if *netns == "" || *cacheDir == "" || *leasesCmd == "" || *recordLog == "" || flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: libcni -netns PATH -path DIRS -cache DIR -leases CMD -record FILE CONFLIST...")
+		os.Exit(2)
+	}
+	fmt.Printf("# libcni implements spec %s; versions it converts: %v\n",
+		version.Current(), version.All.SupportedVersions())
+	ctx := context.Background()
+	cni := libcni.NewCNIConfigWithCacheDir(strings.Split(*pluginPath, ":"), *cacheDir, nil)
+	for _, file := range flag.Args() {
+		drive(ctx, cni, file)
+	}
+	fmt.Printf("1..%d\n%d passed, %d failed, %d skipped\n", n, n-failed-skipped, failed, skipped)
+	if failed > 0 {
+		os.Exit(1)
+	}
+}
