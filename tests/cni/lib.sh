@@ -86,10 +86,11 @@ cni_remove_cgroups() {
 # script under `unshare --net --mount --pid --fork --mount-proc
 # --propagation private`, waits, removes the cgroups the clients made, and
 # exits with the script's status. The second call (inside) mounts tmpfs on
-# /run, /var/lib, /tmp and /var/tmp (where the clients keep state: CNI's
-# cache in /var/lib/cni, podman's in /var/lib/containers, netns files in
-# /run/netns), bind-mounts the conflist directory on /etc/cni/net.d and
-# brings `lo` up. Every process the script starts is in the pid namespace,
+# /run, /var/lib, /tmp, /var/tmp and /opt (where the clients keep state:
+# CNI's cache in /var/lib/cni, podman's in /var/lib/containers, netns files
+# in /run/netns, containerd's /opt/containerd; and /opt/cni/bin, the plugin
+# directory ctr searches first whatever it is told), bind-mounts the
+# conflist directory on /etc/cni/net.d and brings `lo` up. Every process the script starts is in the pid namespace,
 # so all of them (containerd, conmon, shims, containers) end with it.
 cni_enter() {
 	if [ "${PODNET_CNI_INSIDE:-}" != 1 ]; then
@@ -110,7 +111,8 @@ cni_enter() {
 	mount -t tmpfs -o mode=0755 podnet-cni-varlib /var/lib
 	mount -t tmpfs -o mode=1777 podnet-cni-tmp /tmp
 	mount -t tmpfs -o mode=1777 podnet-cni-vartmp /var/tmp
-	mkdir -p /run/netns /var/lib/cni "$CNI_CONF_DIR" "$CNI_DATADIR"
+	mount -t tmpfs -o mode=0755 podnet-cni-opt /opt
+	mkdir -p /run/netns /var/lib/cni /opt/cni/bin "$CNI_CONF_DIR" "$CNI_DATADIR"
 	mount --bind "$CNI_CONF_DIR" /etc/cni/net.d
 	ip link set lo up
 	export CNI_CGROUP
@@ -152,12 +154,28 @@ cni_write_conflist() {
 	plugins=${plugins//@GATEWAY@/10.88.$n.1}
 	plugins=${plugins//@DATADIR@/$CNI_DATADIR}
 	local file=$CNI_CONF_DIR/$name.conflist
+	cni_fill_opt_cni_bin
 	jq -n --arg name "$name" --arg v "$version" --argjson p "$plugins" \
 		--argjson extra "${extra:-null}" '
 		{cniVersion: $v, name: $name,
 		 plugins: ((if ($p | type) == "array" then $p else [$p] end)
 		           + (if $extra == null then [] else [$extra] end))}' >"$file"
 	echo "$file"
+}
+
+# Link every plugin of CNI_PATH_LIST into /opt/cni/bin (a tmpfs), the first
+# directory holding a name winning, for clients that search /opt/cni/bin
+# before (or instead of) the directories they are given.
+cni_fill_opt_cni_bin() {
+	local dir f
+	local IFS=:
+	for dir in $CNI_PATH_LIST; do
+		[ -d "$dir" ] || continue
+		for f in "$dir"/*; do
+			[ -x "$f" ] && [ ! -e "/opt/cni/bin/${f##*/}" ] && ln -s "$f" "/opt/cni/bin/${f##*/}"
+		done
+	done
+	return 0
 }
 
 # The gateway (the bridge's address, the "host" side) of network N.
