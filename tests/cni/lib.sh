@@ -18,9 +18,10 @@
 #                     wrapped into one). Tokens @BRIDGE@, @SUBNET@, @GATEWAY@
 #                     and @DATADIR@ are replaced by the script's values.
 #                     Default: the reference bridge + host-local, then portmap.
-#   CNI_PLUGIN_DIRS   colon-separated directories searched before
+#   CNI_PLUGIN_DIRS   colon-separated absolute directories searched before
 #                     /usr/lib/cni (the reference plugins stay reachable for
-#                     chaining).
+#                     chaining); not under /tmp, /run, /var/lib, /var/tmp or
+#                     /opt, which are fresh tmpfs inside (e.g. target/debug).
 #   CNI_LEASES_CMD    a shell command printing the addresses the plugin has
 #                     leased on network $CNI_NETWORK, one per line. Default:
 #                     host-local's files under @DATADIR@/$CNI_NETWORK.
@@ -82,10 +83,40 @@ cni_remove_cgroups() {
 	return 1
 }
 
+# CNI_PLUGIN_DIRS must name directories that exist and that the private
+# mounts do not hide (a plugin under /tmp would vanish inside).
+cni_check_plugin_dirs() {
+	local dir
+	local IFS=:
+	for dir in ${CNI_PLUGIN_DIRS:-}; do
+		case $dir in
+		/*) ;;
+		*) echo "CNI_PLUGIN_DIRS: $dir is not an absolute path" >&2 && exit 2 ;;
+		esac
+		[ -d "$dir" ] || { echo "CNI_PLUGIN_DIRS: $dir is not a directory" >&2 && exit 2; }
+		case $dir/ in
+		/tmp/* | /run/* | /var/run/* | /var/lib/* | /var/tmp/* | /opt/*)
+			echo "CNI_PLUGIN_DIRS: $dir is under a directory the test's private mounts hide (/tmp, /run, /var/lib, /var/tmp, /opt)" >&2
+			exit 2
+			;;
+		esac
+	done
+}
+
+# What the host shows that a leaking run would change: its links, its
+# nf_tables tables and its named network namespaces (read only).
+cni_host_state() {
+	ip -o link show | awk -F': ' '{print $2}' | sort
+	{ nft list tables 2>/dev/null || true; } | sort
+	{ ls /run/netns 2>/dev/null || true; } | sort
+}
+
 # Enter the private namespaces: the first call (on the host) re-runs the
 # script under `unshare --net --mount --pid --fork --mount-proc
-# --propagation private`, waits, removes the cgroups the clients made, and
-# exits with the script's status. The second call (inside) mounts tmpfs on
+# --propagation private` (SIGKILLed after CNI_TIMEOUT seconds, default
+# 300, which ends every process of the namespace), waits, removes the
+# cgroups the clients made, checks the host's links, nf_tables tables and
+# netns files are as before, and exits with the script's status. The second call (inside) mounts tmpfs on
 # /run, /var/lib, /tmp, /var/tmp and /opt (where the clients keep state:
 # CNI's cache in /var/lib/cni, podman's in /var/lib/containers, netns files
 # in /run/netns, containerd's /opt/containerd; and /opt/cni/bin, the plugin
@@ -98,12 +129,29 @@ cni_enter() {
 		cni_need unshare util-linux
 		cni_need ip iproute2
 		cni_need jq jq
+		cni_need timeout coreutils
+		cni_check_plugin_dirs
 		export CNI_OUTER_PID=$$
-		local cg rc=0
+		local cg rc=0 before after limit=${CNI_TIMEOUT:-300}
 		cg=$(cni_cgroup_name)
-		PODNET_CNI_INSIDE=1 unshare --net --mount --pid --fork --mount-proc \
+		before=$(cni_host_state)
+		# On overrun, SIGKILL (to timeout's own process group: unshare and
+		# the namespace's init) ends the pid namespace and all in it.
+		PODNET_CNI_INSIDE=1 timeout --signal=KILL "$limit" \
+			unshare --net --mount --pid --fork --mount-proc \
 			--propagation private bash "$0" "$@" || rc=$?
+		if [ $rc = 137 ]; then
+			echo "not ok - $(basename "$0") finished within CNI_TIMEOUT=${limit}s (killed)"
+		fi
 		cni_remove_cgroups "$cg" || rc=1
+		after=$(cni_host_state)
+		if [ "$before" = "$after" ]; then
+			echo "# the host's links, nf_tables tables and netns files are as before"
+		else
+			echo "not ok - the host is left as it was"
+			diff <(echo "$before") <(echo "$after") | sed 's/^/#   /'
+			rc=1
+		fi
 		exit $rc
 	fi
 	set -u
