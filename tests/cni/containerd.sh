@@ -28,6 +28,7 @@
 # /opt/cni/bin (a tmpfs here, filled from CNI_PLUGIN_DIRS first) then
 # /usr/lib/cni, and loads the first conflist of /etc/cni/net.d.
 set -eo pipefail
+# shellcheck source=tests/cni/lib.sh
 . "$(dirname "$0")/lib.sh"
 cni_need containerd containerd
 cni_need ctr containerd
@@ -96,6 +97,7 @@ CONTAINERD=$!
 # The containerd namespace doubles as the cgroup parent ctr gives runc
 # (/<namespace>/<id>), which lib.sh removes after the run.
 c() { ctr --address "$SOCK" -n "$CNI_CGROUP" "$@"; }
+# shellcheck disable=SC2317 # called by lib.sh on exit
 cni_teardown() {
 	local t
 	for t in $(c task ls -q 2>/dev/null); do c task kill -s KILL "$t"; done
@@ -124,8 +126,7 @@ fetch() {
 	cexec "$1" sh -c "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $2 80 | tail -n 1" 2>&1 | tr -d '\r'
 }
 wait_fetch() {
-	local i
-	for i in $(seq 15); do
+	for _ in $(seq 15); do
 		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
 		sleep 0.2
 	done

@@ -68,8 +68,8 @@ cni_cgroup_name() { echo "podnet-cni-$(basename "$0" .sh)-$CNI_OUTER_PID"; }
 # processes in them died with the pid namespace; the kernel frees a cgroup
 # once its last task is reaped, so retry briefly.
 cni_remove_cgroups() {
-	local name=$1 try left
-	for try in 1 2 3 4 5 6 7 8 9 10; do
+	local name=$1 left
+	for _ in 1 2 3 4 5 6 7 8 9 10; do
 		left=0
 		for d in /sys/fs/cgroup/*/"$name" /sys/fs/cgroup/"$name"; do
 			[ -d "$d" ] || continue

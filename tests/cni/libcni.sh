@@ -17,6 +17,7 @@
 # iptables, jq. GC and STATUS are not driven: Debian's libcni (1.1.2) has
 # neither (they came with libcni 1.2.0 and spec 1.1.0).
 set -eo pipefail
+# shellcheck source=tests/cni/lib.sh
 . "$(dirname "$0")/lib.sh"
 cni_need go golang-go
 [ -d /usr/share/gocode/src/github.com/containernetworking/cni/libcni ] ||
@@ -33,7 +34,7 @@ NET=pn-libcni
 echo "# golang-github-appc-cni-dev $CNI_LIBCNI_PKG, containernetworking-plugins $CNI_PLUGINS_PKG"
 
 mkdir -p "$CNI_WORK/gopath" "$CNI_WORK/gocache"
-if ! out=$(cd "$here/libcni" && GO111MODULE=off GOFLAGS= GOPATH="$CNI_WORK/gopath:/usr/share/gocode" \
+if ! out=$(cd "$here/libcni" && GO111MODULE=off GOFLAGS='' GOPATH="$CNI_WORK/gopath:/usr/share/gocode" \
 	GOCACHE="$CNI_WORK/gocache" nice -n 19 go build -o "$CNI_WORK/libcni-driver" . 2>&1); then
 	cni_bail "the libcni driver builds offline in GOPATH mode" "a binary" "$out"
 fi
@@ -47,6 +48,7 @@ for v in 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0; do
 done
 
 ip netns add libcni
+# shellcheck disable=SC2317 # called by lib.sh on exit
 cni_teardown() { ip netns del libcni; }
 
 rc=0

@@ -10,6 +10,8 @@
 #     nc against busybox httpd in the other);
 #   - podman passes a --network-alias to the chain (runtimeConfig.aliases),
 #     which a plugin with DNS must resolve;
+#   - --ip and --mac-address give a container that address and MAC, leased
+#     and released with it;
 #   - with CNI_CHECK_DNS=1, each reaches the other by name and alias (skipped
 #     otherwise; with the default plugins, Debian's dnsname is chained);
 #   - `-p 18080:80` reaches the first container from the script's host
@@ -17,8 +19,10 @@
 #   - `podman network reload` restores the port mapping after the
 #     namespace's nf_tables ruleset is flushed, and leaks no address;
 #   - `podman rm -f` releases the container's address (CNI_LEASES_CMD).
+# Lines starting with # show what podman sent the chain (seen by a recording
+# plugin at its end): aliases, CNI_ARGS, runtimeConfig, the reload's verbs.
 #
-# Run as root: bash tests/cni/podman.sh   (about 30 s). Needs podman, runc,
+# Run as root: bash tests/cni/podman.sh   (about 8 s). Needs podman, runc,
 # containernetworking-plugins, busybox-static, iptables, jq, curl
 # (and dnsmasq-base, golang-github-containernetworking-plugin-dnsname for
 # CNI_CHECK_DNS=1 with the default plugins). Everything runs in namespaces the
@@ -26,6 +30,7 @@
 # To test another plugin: CNI_PLUGIN_JSON='[{"type":"podnet",...}]'
 # CNI_PLUGIN_DIRS=/path/to/dir CNI_LEASES_CMD='...' bash tests/cni/podman.sh
 set -eo pipefail
+# shellcheck source=tests/cni/lib.sh
 . "$(dirname "$0")/lib.sh"
 cni_need podman podman
 cni_need runc runc
@@ -39,7 +44,8 @@ HOSTPORT=18080
 GW=$(cni_gateway $N)
 
 cni_busybox_rootfs "$CNI_WORK/rootfs"
-extra=$(cni_recorder_plugin '{"aliases": true}')
+# The recorder declares every capability podman may fill, to show them all.
+extra=$(cni_recorder_plugin '{"aliases": true, "portMappings": true, "ips": true, "mac": true, "dns": true}')
 if [ "${CNI_CHECK_DNS:-}" = 1 ] && [ -z "${CNI_PLUGIN_JSON:-}" ]; then
 	# The reference bridge has no DNS; Debian's dnsname gives it one.
 	CNI_PLUGIN_JSON=$(jq -c '. + [{type: "dnsname", domainName: "dns.podnet",
@@ -63,6 +69,7 @@ pm() {
 	podman --root "$CNI_WORK/storage" --runroot /run/podnet-cni-podman \
 		--storage-driver vfs "$@"
 }
+# shellcheck disable=SC2317 # called by lib.sh on exit
 cni_teardown() { pm rm -f -t 0 --all; }
 
 # run_server NAME [ARGS...]: a detached container serving its own name over
@@ -83,8 +90,7 @@ fetch() {
 # wait_fetch FROM HOST WANT: wait until FROM gets WANT from HOST (a server
 # just started may not listen yet); the check after it says what was seen.
 wait_fetch() {
-	local i
-	for i in $(seq 15); do
+	for _ in $(seq 15); do
 		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
 		sleep 0.2
 	done
@@ -116,10 +122,29 @@ aliases=$(cni_recorded | jq -c --arg id "$(pm inspect b --format '{{.Id}}')" \
 echo "# podman's aliases for b: ${aliases:-none}"
 echo "# podman's CNI_ARGS for b: $(cni_recorded | jq -r --arg id "$(pm inspect b --format '{{.Id}}')" \
 	'select(.command == "ADD" and .containerID == $id) | .args' | tail -n 1)"
-echo "# podman's runtimeConfig keys for a: $(cni_recorded | jq -c --arg id "$(pm inspect a --format '{{.Id}}')" \
-	'select(.command == "ADD" and .containerID == $id) | .config.runtimeConfig // {} | keys' | tail -n 1)"
+echo "# podman's runtimeConfig for a: $(cni_recorded | jq -c --arg id "$(pm inspect a --format '{{.Id}}')" \
+	'select(.command == "ADD" and .containerID == $id) | .config.runtimeConfig // {}' | tail -n 1)"
 check "podman passes b's --network-alias to the chain as runtimeConfig.aliases" "true" \
 	"$(jq -c --arg n $NET '.[$n] | index("bee") != null' <<<"${aliases:-null}" 2>&1 || true)"
+
+# A static address and MAC (--ip, --mac-address): podman hands them to the
+# chain (how is printed: CNI_ARGS or runtimeConfig), the plugin must honour
+# them.
+STATIC=10.88.$N.50
+MAC=02:88:11:00:00:50
+if out=$(run_server s --ip $STATIC --mac-address $MAC 2>&1); then
+	add_s=$(cni_recorded | jq -c --arg id "$(pm inspect s --format '{{.Id}}')" 'select(.command == "ADD" and .containerID == $id)' | tail -n 1)
+	echo "# podman's ADD for s (--ip, --mac-address): CNI_ARGS='$(jq -r .args <<<"$add_s")' runtimeConfig=$(jq -c '.config.runtimeConfig // {}' <<<"$add_s")"
+	check "--ip gives s that address on eth0" "$STATIC/24" \
+		"$(pm exec s ip -o -4 addr show dev eth0 | awk '{print $4}')"
+	check "--mac-address gives s that MAC on eth0" "$MAC" "$(pm exec s cat /sys/class/net/eth0/address)"
+	check_contains "the static address is leased" "$STATIC" "$(cni_leases $NET)"
+	check "b reaches s at its static address" "s" "$(fetch b $STATIC)"
+	check_run "podman rm -f s succeeds" pm rm -f -t 0 s
+	check_lacks "podman rm -f releases the static address" "$STATIC" "$(cni_leases $NET)"
+else
+	cni_not_ok "podman run s --ip $STATIC --mac-address $MAC starts" "a container ID" "$out"
+fi
 
 if [ "${CNI_CHECK_DNS:-}" = 1 ]; then
 	check "b reaches a by name" "a" "$(fetch b a)"
@@ -139,8 +164,13 @@ check "-p $HOSTPORT:80 reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW
 # show that it broke the mapping, then have podman put it back.
 nft flush ruleset
 check_fails "a flushed ruleset breaks the port mapping" curl -sS -m 2 "http://$GW:$HOSTPORT/"
+calls() { cni_recorded | jq -r --arg id "$(pm inspect a --format '{{.Id}}')" 'select(.containerID == $id) | .command' | paste -sd' '; }
+before=$(calls)
 check_run "podman network reload a succeeds" pm network reload a
+echo "# what the reload sent the chain for a: $(calls | cut -c$((${#before} + 2))-)"
+A_BEFORE=$A
 A=$(addr_of a)
+echo "# a's address before the reload: $A_BEFORE, after: $A; the reload's ADD had CNI_ARGS='$(cni_recorded | jq -r --arg id "$(pm inspect a --format '{{.Id}}')" 'select(.containerID == $id and .command == "ADD") | .args' | tail -n 1)'"
 retry 15 host_fetch "http://$GW:$HOSTPORT/" >/dev/null || true
 check "after reload, -p reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW:$HOSTPORT/")"
 check "after reload, b reaches a by address" "a" "$(fetch b "$A")"
