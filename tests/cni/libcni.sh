@@ -12,7 +12,7 @@
 # CNI_PLUGIN_JSON (default the reference bridge + host-local + portmap) and a
 # recording plugin last, which shows the cniVersion libcni sends.
 #
-# Run as root: bash tests/cni/libcni.sh   (about 20 s, most of it the build).
+# Run as root: bash tests/cni/libcni.sh   (about 3 s with the build).
 # Needs golang-go, golang-github-appc-cni-dev, containernetworking-plugins,
 # iptables, jq. GC and STATUS are not driven: Debian's libcni (1.1.2) has
 # neither (they came with libcni 1.2.0 and spec 1.1.0).

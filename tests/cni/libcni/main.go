@@ -6,6 +6,7 @@
 // is skipped, naming the versions it can) it claims:
 //   - libcni's plugins answer VERSION naming the list's version, or the
 //     version is skipped (and said so) when one of them does not;
+//   - ValidateNetworkList accepts the list;
 //   - AddNetworkList gives a result of the list's version whose interface
 //     sits in the namespace, with an address of the list's subnet that is
 //     on that interface and leased;
@@ -15,7 +16,11 @@
 //   - CheckNetworkList passes (from 0.4.0; before it libcni refuses CHECK),
 //     and fails once the address is removed from the interface;
 //   - DelNetworkList removes the interface, releases the lease and the
-//     cached result, and succeeds a second time.
+//     cached result, and succeeds a second time; the last plugin got the
+//     cached result as prevResult from 0.4.0, none before;
+//   - DEL with the cached result removed (no prevResult sent) succeeds,
+//     removes the interface and releases the address;
+//   - DEL after the namespace was deleted succeeds and releases the address.
 //
 // Usage: libcni -netns PATH -path DIR[:DIR] -cache DIR -leases CMD
 // -record FILE -subnet-prefix 10.88.13. CONFLIST...
@@ -29,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -211,6 +217,12 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 		return
 	}
 	ok(t("every plugin of the list supports " + v))
+	if caps, err := cni.ValidateNetworkList(ctx, list); err != nil {
+		notOK(t("ValidateNetworkList accepts the list"), "no error", err.Error())
+	} else {
+		sort.Strings(caps)
+		ok(t(fmt.Sprintf("ValidateNetworkList accepts the list (capabilities %v)", caps)))
+	}
 
 	rt := &libcni.RuntimeConf{
 		ContainerID: "libcni-" + strings.ReplaceAll(v, ".", ""),
@@ -297,6 +309,11 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 
 	// DEL, twice.
 	checkErr(t("DelNetworkList succeeds"), cni.DelNetworkList(ctx, list, rt))
+	if hasCheck {
+		check(t("libcni sends the chain's last plugin the cached result as prevResult on DEL"), v+" "+ip, lastSent("DEL", rt.ContainerID))
+	} else {
+		check(t("libcni sends no prevResult on DEL before 0.4.0"), v+" ", lastSent("DEL", rt.ContainerID))
+	}
 	check(t("DEL removes eth0"), "", strings.Join(addrsOf("eth0"), ","))
 	if _, err := inNetns("ip", "link", "show", "eth0"); err == nil {
 		notOK(t("DEL removes the link eth0"), "no eth0", "eth0 exists")
@@ -315,6 +332,73 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 		notOK(t("DEL drops the cached result"), "nil, nil", fmt.Sprintf("%v, %v", cached, err))
 	}
 	checkErr(t("DelNetworkList succeeds a second time"), cni.DelNetworkList(ctx, list, rt))
+
+	// DEL with no cached result, as after a runtime lost its cache: no
+	// prevResult reaches the plugins.
+	rt.ContainerID += "-nocache"
+	if ip, added := addFor(ctx, cni, list, rt, t("ADD for DEL without a cached result")); added {
+		path := filepath.Join(*cacheDir, "results", fmt.Sprintf("%s-%s-%s", list.Name, rt.ContainerID, rt.IfName))
+		if err := os.Remove(path); err != nil {
+			notOK(t("remove the cached result"), "removed", err.Error())
+		} else {
+			checkErr(t("DelNetworkList without a cached result succeeds"), cni.DelNetworkList(ctx, list, rt))
+			check(t("libcni sends the chain's last plugin no prevResult then"), v+" ", lastSent("DEL", rt.ContainerID))
+			checkReleased(list.Name, ip, t("DEL without a cached result releases the address"))
+			if _, err := inNetns("ip", "link", "show", "eth0"); err == nil {
+				notOK(t("DEL without a cached result removes eth0"), "no eth0", "eth0 exists")
+			} else {
+				ok(t("DEL without a cached result removes eth0"))
+			}
+		}
+	}
+
+	// DEL once the namespace is gone, as after a pod's sandbox died.
+	gone := "libcni-gone-" + strings.ReplaceAll(v, ".", "")
+	if out, err := exec.Command("ip", "netns", "add", gone).CombinedOutput(); err != nil {
+		notOK(t("make a namespace to lose"), "made", string(out))
+		return
+	}
+	rtGone := &libcni.RuntimeConf{ContainerID: "libcni-gone-" + strings.ReplaceAll(v, ".", ""),
+		NetNS: "/run/netns/" + gone, IfName: "eth0"}
+	ip, added := addFor(ctx, cni, list, rtGone, t("ADD for DEL after the namespace is gone"))
+	if out, err := exec.Command("ip", "netns", "del", gone).CombinedOutput(); err != nil {
+		notOK(t("remove the namespace"), "removed", string(out))
+		return
+	}
+	if added {
+		checkErr(t("DelNetworkList after the namespace is gone succeeds"), cni.DelNetworkList(ctx, list, rtGone))
+		checkReleased(list.Name, ip, t("DEL after the namespace is gone releases the address"))
+	}
+}
+
+// addFor runs AddNetworkList and returns the one address it gave, bare.
+func addFor(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, claim string) (string, bool) {
+	res, err := cni.AddNetworkList(ctx, list, rt)
+	if err != nil {
+		notOK(claim, "a result", err.Error())
+		return "", false
+	}
+	ips, _, err := ipsOf(res)
+	if err != nil || len(ips) != 1 {
+		notOK(claim, "one IP", fmt.Sprintf("%v %v", ips, err))
+		return "", false
+	}
+	ok(claim)
+	return strings.SplitN(ips[0], "/", 2)[0], true
+}
+
+func checkReleased(network, ip, claim string) {
+	if l := leases(network); contains(l, ip) {
+		notOK(claim, "not "+ip, strings.Join(l, ","))
+	} else {
+		ok(claim)
+	}
+}
+
+// lastSent is the last of sent's calls.
+func lastSent(command, containerID string) string {
+	all := strings.Split(sent(command, containerID), ";")
+	return all[len(all)-1]
 }
 
 func errOrEmpty(err error) string {
