@@ -9,8 +9,9 @@
 #   - an OCI image tarball made with tar, sha256sum and jq imports with
 #     `ctr image import`;
 #   - two detached `ctr run --cni` containers get distinct leased addresses
-#     on 10.88.12.0/24 and reach each other by address (busybox nc against
-#     busybox httpd);
+#     on 10.88.12.0/24 (and fd00:88::/64 when the conflist has it, as the
+#     default does) and reach each other by address (busybox nc against
+#     busybox httpd), over v4 and v6;
 #   - ctr sends the conflist's cniVersion;
 #   - a foreground `ctr run --rm --cni` container reaches them, and its
 #     address is released (DEL) when it exits;
@@ -80,6 +81,9 @@ oci_image() {
 cni_busybox_rootfs "$CNI_WORK/rootfs"
 extra=$(cni_recorder_plugin '{"portMappings": true, "aliases": true}')
 cni_write_conflist $NET 1.0.0 $N "$extra" >/dev/null
+V6=0
+cni_has_v6 $NET && V6=1
+NO_V6="the conflist has no fd00:88::/64 range"
 
 mkdir -p "$CNI_WORK/containerd"
 cat >"$CNI_WORK/containerd.toml" <<EOF
@@ -122,6 +126,7 @@ cexec() {
 	c task exec --exec-id "x$EXECS" "$@"
 }
 addr_of() { cexec "$1" ip -o -4 addr show dev eth0 | awk '{print $4}' | cut -d/ -f1; }
+addr6_of() { cexec "$1" ip -o -6 addr show dev eth0 scope global | awk '{print $4}' | cut -d/ -f1; }
 fetch() {
 	cexec "$1" sh -c "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $2 80 | tail -n 1" 2>&1 | tr -d '\r'
 }
@@ -140,14 +145,29 @@ out=$(run_server a 2>&1) || cni_bail "ctr run -d --cni a starts" "no error" "$ou
 out=$(run_server b 2>&1) || cni_bail "ctr run -d --cni b starts" "no error" "$out"
 A=$(addr_of a)
 B=$(addr_of b)
+A6=$(addr6_of a)
+B6=$(addr6_of b)
 case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
 *) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
 case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
 *) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
-check "a and b are leased, nothing else" "$(printf '%s\n' "$A" "$B" | sort)" "$(cni_leases $NET)"
+if [ $V6 = 1 ]; then
+	case $A6 in fd00:88::*) cni_ok "a has an address in fd00:88::/64 ($A6)" ;;
+	*) cni_not_ok "a has an address in fd00:88::/64" "fd00:88::x" "$A6" ;; esac
+else
+	skip "a has an address in fd00:88::/64" "$NO_V6"
+fi
+check "a and b are leased, nothing else" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases $NET)"
 wait_fetch b "$A" a || true
 check "b reaches a by address" "a" "$(fetch b "$A")"
 check "a reaches b by address" "b" "$(fetch a "$B")"
+if [ $V6 = 1 ]; then
+	# A fresh IPv6 address is tentative until duplicate detection ends.
+	wait_fetch b "$A6" a || true
+	check "b reaches a over IPv6" "a" "$(fetch b "$A6")"
+else
+	skip "b reaches a over IPv6" "$NO_V6"
+fi
 
 add_a=$(recorded ADD a | tail -n 1)
 echo "# ctr's ADD for a: containerID=$(jq -r .containerID <<<"$add_a") netns=$(jq -r '.config.prevResult.interfaces[] | select(.sandbox) | .sandbox' <<<"$add_a") CNI_ARGS='$(jq -r .args <<<"$add_a")' runtimeConfig=$(jq -c '.config.runtimeConfig // "none"' <<<"$add_a")"
@@ -168,13 +188,20 @@ fi
 
 # A foreground --rm container: ctr itself sends DEL once it exits.
 out=$(c run --rm --cni --snapshotter native "$IMAGE" c sh -c \
-	"ip -o -4 addr show dev eth0; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $A 80 | tail -n 1" 2>&1 | tr -d '\r') || true
-C=$(awk '$2 == "eth0" {print $4}' <<<"$out" | cut -d/ -f1)
+	"ip -o addr show dev eth0 scope global; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $A 80 | tail -n 1" 2>&1 | tr -d '\r') || true
+C=$(awk '$2 == "eth0" && $3 == "inet" {print $4}' <<<"$out" | cut -d/ -f1)
+C6=$(awk '$2 == "eth0" && $3 == "inet6" {print $4}' <<<"$out" | cut -d/ -f1)
 check "a foreground ctr run --rm --cni container reaches a" "a" "$(tail -n 1 <<<"$out")"
 case $C in 10.88.$N.*) cni_ok "it had an address in 10.88.$N.0/24 ($C)" ;;
 *) cni_not_ok "it had an address in 10.88.$N.0/24" "10.88.$N.x" "$out" ;; esac
 check "ctr sent DEL for it when it exited" "1" "$(recorded DEL c | wc -l)"
 check_lacks "its address is released" "$C" "$(cni_leases $NET)"
+if [ $V6 = 1 ]; then
+	case $C6 in fd00:88::*) check_lacks "its IPv6 address ($C6) is released" "$C6" "$(cni_leases $NET)" ;;
+	*) cni_not_ok "it had an IPv6 address" "fd00:88::x" "$out" ;; esac
+else
+	skip "its IPv6 address is released" "$NO_V6"
+fi
 
 check_run "ctr task kill a succeeds" c task kill -s KILL a
 retry 25 sh -c "ctr --address $SOCK -n $CNI_CGROUP task ls | grep -q '^a .*STOPPED'" || true

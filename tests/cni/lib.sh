@@ -15,9 +15,12 @@
 #
 # The plugin under test is chosen by the environment only:
 #   CNI_PLUGIN_JSON   the conflist's "plugins" array (a single object is
-#                     wrapped into one). Tokens @BRIDGE@, @SUBNET@, @GATEWAY@
-#                     and @DATADIR@ are replaced by the script's values.
-#                     Default: the reference bridge + host-local, then portmap.
+#                     wrapped into one). Tokens @BRIDGE@, @SUBNET@, @GATEWAY@,
+#                     @SUBNET6@, @GATEWAY6@ and @DATADIR@ are replaced by the
+#                     script's values. Default: the reference bridge +
+#                     host-local on 10.88.N.0/24 and fd00:88::/64, then
+#                     portmap. The IPv6 checks run when the conflist has an
+#                     fd00:88:: range (cni_has_v6), and are skipped otherwise.
 #   CNI_PLUGIN_DIRS   colon-separated absolute directories searched before
 #                     /usr/lib/cni (the reference plugins stay reachable for
 #                     chaining); not under /tmp, /run, /var/lib, /var/tmp or
@@ -180,19 +183,23 @@ cni_on_exit() {
 # --- conflists ----------------------------------------------------------
 
 # The default plugin section: the reference bridge with host-local IPAM,
-# then portmap for the portMappings capability.
+# dual-stack, as `podman network create --subnet 10.88.N.0/24 --subnet
+# fd00:88::/64` writes it (the ips capability included; ipMasq off: there
+# is no uplink), then portmap for the portMappings capability.
 CNI_DEFAULT_PLUGIN_JSON='[
   {"type": "bridge", "bridge": "@BRIDGE@", "isGateway": true, "ipMasq": false,
-   "hairpinMode": true,
+   "hairpinMode": true, "capabilities": {"ips": true},
    "ipam": {"type": "host-local", "dataDir": "@DATADIR@",
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "ranges": [[{"subnet": "@SUBNET@", "gateway": "@GATEWAY@"}]]}},
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+            "ranges": [[{"subnet": "@SUBNET@", "gateway": "@GATEWAY@"}],
+                       [{"subnet": "@SUBNET6@", "gateway": "@GATEWAY6@"}]]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]'
 
 # cni_write_conflist NAME CNIVERSION N [EXTRA_PLUGIN_JSON]: write
 # $CNI_CONF_DIR/NAME.conflist for network NAME on 10.88.N.0/24 (gateway
-# .1, bridge cni-pn-N), with CNI_PLUGIN_JSON (or the default) as its plugins,
+# .1) and fd00:88::/64 (gateway ::1; every script's namespaces are its
+# own, so all may share it), bridge cni-pn-N, with CNI_PLUGIN_JSON (or the default) as its plugins,
 # EXTRA_PLUGIN_JSON (an object) appended. Prints the file's path.
 cni_write_conflist() {
 	local name=$1 version=$2 n=$3 extra=${4:-}
@@ -200,6 +207,8 @@ cni_write_conflist() {
 	plugins=${plugins//@BRIDGE@/cni-pn-$n}
 	plugins=${plugins//@SUBNET@/10.88.$n.0/24}
 	plugins=${plugins//@GATEWAY@/10.88.$n.1}
+	plugins=${plugins//@SUBNET6@/fd00:88::/64}
+	plugins=${plugins//@GATEWAY6@/fd00:88::1}
 	plugins=${plugins//@DATADIR@/$CNI_DATADIR}
 	local file=$CNI_CONF_DIR/$name.conflist
 	cni_fill_opt_cni_bin
@@ -228,6 +237,11 @@ cni_fill_opt_cni_bin() {
 
 # The gateway (the bridge's address, the "host" side) of network N.
 cni_gateway() { echo "10.88.$1.1"; }
+# shellcheck disable=SC2034 # used by the scripts
+CNI_GATEWAY6=fd00:88::1
+
+# Whether the conflist NAME configures an IPv6 range (fd00:88::/64).
+cni_has_v6() { grep -q 'fd00:88::' "$CNI_CONF_DIR/$1.conflist"; }
 
 # The addresses leased on network $1, one per line, sorted.
 cni_leases() {
@@ -240,6 +254,10 @@ cni_leases() {
 	find "$dir" -maxdepth 1 -type f ! -name lock ! -name 'last_reserved_ip.*' \
 		-printf '%f\n' | sort
 }
+
+# The arguments, one a line, empty ones dropped, sorted: a lease list to
+# compare with cni_leases.
+cni_lines() { printf '%s\n' "$@" | grep -v '^$' | sort; }
 
 # --- root filesystems ---------------------------------------------------
 
@@ -281,7 +299,7 @@ cni_ok() {
 cni_not_ok() {
 	CNI_N=$((CNI_N + 1)) CNI_FAILED=$((CNI_FAILED + 1))
 	echo "not ok $CNI_N - $1"
-	printf '#   expected: %s\n' "$2"
+	printf '%s\n' "$2" | sed '1s/^/#   expected: /; 2,$s/^/#             /'
 	printf '%s\n' "$3" | sed 's/^/#   seen:     /'
 }
 

@@ -8,7 +8,8 @@
 # It builds tests/cni/libcni/main.go offline in GOPATH mode
 # (GO111MODULE=off, GOPATH=/usr/share/gocode), attaches a namespace made with
 # `ip netns add` inside its own private mount + net namespace (/run/netns on
-# a tmpfs), with a conflist per version on 10.88.13.0/24: the plugins of
+# a tmpfs), with a conflist per version on 10.88.13.0/24 (and fd00:88::/64 if
+# the plugin section has it, as the default does): the plugins of
 # CNI_PLUGIN_JSON (default the reference bridge + host-local + portmap) and a
 # recording plugin last, which shows the cniVersion libcni sends.
 #
@@ -47,6 +48,9 @@ for v in 0.3.0 0.3.1 0.4.0 1.0.0 1.1.0; do
 	files+=("$(cni_write_conflist "$NET-${v//./}" "$v" $N "$extra")")
 done
 
+v6=()
+cni_has_v6 "$NET-030" && v6=(-subnet6-prefix fd00:88::)
+
 ip netns add libcni
 # shellcheck disable=SC2317 # called by lib.sh on exit
 cni_teardown() { ip netns del libcni; }
@@ -55,5 +59,5 @@ rc=0
 "$CNI_WORK/libcni-driver" -netns /run/netns/libcni -path "$CNI_PATH_LIST" \
 	-cache "$CNI_WORK/cache" -record "$CNI_WORK/record.jsonl" \
 	-leases ". '$here/lib.sh'; cni_leases \"\$CNI_NETWORK\"" \
-	-subnet-prefix "10.88.$N." "${files[@]}" || rc=$?
+	-subnet-prefix "10.88.$N." "${v6[@]}" "${files[@]}" || rc=$?
 exit $rc

@@ -4,7 +4,8 @@
 #
 # Claims, one TAP line each:
 #   - podman uses the CNI backend and lists the network from the conflist
-#     (cniVersion 0.4.0, as podman writes its own);
+#     (cniVersion 0.4.0, the plugins followed by firewall and tuning, as
+#     podman writes its own);
 #   - two containers from a busybox-static --rootfs get distinct leased
 #     addresses on 10.88.11.0/24 and reach each other by address (busybox
 #     nc against busybox httpd in the other);
@@ -15,14 +16,18 @@
 #   - with CNI_CHECK_DNS=1, each reaches the other by name and alias (skipped
 #     otherwise; with the default plugins, Debian's dnsname is chained);
 #   - `-p 18080:80` reaches the first container from the script's host
-#     namespace, at 127.0.0.1 and at the gateway address;
+#     namespace, at 127.0.0.1 and at the gateway address (v4 and v6);
+#   - with an fd00:88::/64 range in the conflist (the default has one),
+#     they get v6 addresses, leased and released, and reach each other
+#     over v6 (skipped, saying so, when the conflist has no v6 range);
 #   - `podman network reload` restores the port mapping after the
-#     namespace's nf_tables ruleset is flushed, and leaks no address;
+#     namespace's nf_tables ruleset is flushed, keeps the container's
+#     addresses and leaks none;
 #   - `podman rm -f` releases the container's address (CNI_LEASES_CMD).
 # Lines starting with # show what podman sent the chain (seen by a recording
 # plugin at its end): aliases, CNI_ARGS, runtimeConfig, the reload's verbs.
 #
-# Run as root: bash tests/cni/podman.sh   (about 8 s). Needs podman, runc,
+# Run as root: bash tests/cni/podman.sh   (about 10 s). Needs podman, runc,
 # containernetworking-plugins, busybox-static, iptables, jq, curl
 # (and dnsmasq-base, golang-github-containernetworking-plugin-dnsname for
 # CNI_CHECK_DNS=1 with the default plugins). Everything runs in namespaces the
@@ -51,7 +56,14 @@ if [ "${CNI_CHECK_DNS:-}" = 1 ] && [ -z "${CNI_PLUGIN_JSON:-}" ]; then
 	CNI_PLUGIN_JSON=$(jq -c '. + [{type: "dnsname", domainName: "dns.podnet",
 		capabilities: {aliases: true}}]' <<<"$CNI_DEFAULT_PLUGIN_JSON")
 fi
+# podman ends the chains it writes with firewall and tuning; so do these.
+CNI_PLUGIN_JSON=$(jq -c '(if type == "array" then . else [.] end)
+	+ [{type: "firewall", backend: "iptables"}, {type: "tuning"}]' \
+	<<<"${CNI_PLUGIN_JSON:-$CNI_DEFAULT_PLUGIN_JSON}")
 cni_write_conflist $NET 0.4.0 $N "$extra" >/dev/null
+V6=0
+cni_has_v6 $NET && V6=1
+NO_V6="the conflist has no fd00:88::/64 range"
 
 dirs=$(jq -Rc 'split(":")' <<<"$CNI_PATH_LIST")
 cat >"$CNI_WORK/containers.conf" <<EOF
@@ -82,6 +94,7 @@ run_server() {
 		"mkdir -p /www/$name && echo $name >/www/$name/index.html && exec httpd -f -p 80 -h /www/$name"
 }
 addr_of() { pm inspect "$1" --format "{{(index .NetworkSettings.Networks \"$NET\").IPAddress}}"; }
+addr6_of() { pm inspect "$1" --format "{{(index .NetworkSettings.Networks \"$NET\").GlobalIPv6Address}}"; }
 # fetch FROM HOST: the body container FROM gets from http://HOST/ (busybox
 # nc: Debian's static busybox wget crashes in glibc's static NSS lookups).
 fetch() {
@@ -105,15 +118,30 @@ out=$(run_server a -p $HOSTPORT:80 2>&1) || cni_bail "podman run a starts on $NE
 out=$(run_server b --network-alias bee 2>&1) || cni_bail "podman run b starts on $NET" "a container ID" "$out"
 A=$(addr_of a)
 B=$(addr_of b)
+A6=$(addr6_of a)
+B6=$(addr6_of b)
 case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
 *) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
 case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
 *) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
-check "a and b are leased, nothing else" "$(printf '%s\n' "$A" "$B" | sort)" "$(cni_leases $NET)"
+if [ $V6 = 1 ]; then
+	case $A6 in fd00:88::*) cni_ok "a has an address in fd00:88::/64 ($A6)" ;;
+	*) cni_not_ok "a has an address in fd00:88::/64" "fd00:88::x" "$A6" ;; esac
+else
+	skip "a has an address in fd00:88::/64" "$NO_V6"
+fi
+check "a and b are leased, nothing else" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases $NET)"
 
 wait_fetch b "$A" a || true
 check "b reaches a by address" "a" "$(fetch b "$A")"
 check "a reaches b by address" "b" "$(fetch a "$B")"
+if [ $V6 = 1 ]; then
+	# A fresh IPv6 address is tentative until duplicate detection ends.
+	wait_fetch b "$A6" a || true
+	check "b reaches a over IPv6" "a" "$(fetch b "$A6")"
+else
+	skip "b reaches a over IPv6" "$NO_V6"
+fi
 
 # What podman hands the chain as runtimeConfig.aliases for b, whose
 # --network-alias is "bee".
@@ -159,6 +187,12 @@ fi
 retry 15 host_fetch "http://127.0.0.1:$HOSTPORT/" >/dev/null || true
 check "-p $HOSTPORT:80 reaches a at 127.0.0.1:$HOSTPORT" "a" "$(host_fetch "http://127.0.0.1:$HOSTPORT/")"
 check "-p $HOSTPORT:80 reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW:$HOSTPORT/")"
+if [ $V6 = 1 ]; then
+	retry 15 host_fetch "http://[$CNI_GATEWAY6]:$HOSTPORT/" >/dev/null || true
+	check "-p $HOSTPORT:80 reaches a at [$CNI_GATEWAY6]:$HOSTPORT" "a" "$(host_fetch "http://[$CNI_GATEWAY6]:$HOSTPORT/")"
+else
+	skip "-p $HOSTPORT:80 reaches a at [$CNI_GATEWAY6]:$HOSTPORT" "$NO_V6"
+fi
 
 # Reload: flush every rule in the namespace (as a firewall reload would),
 # show that it broke the mapping, then have podman put it back.
@@ -168,16 +202,30 @@ calls() { cni_recorded | jq -r --arg id "$(pm inspect a --format '{{.Id}}')" 'se
 before=$(calls)
 check_run "podman network reload a succeeds" pm network reload a
 echo "# what the reload sent the chain for a: $(calls | cut -c$((${#before} + 2))-)"
-A_BEFORE=$A
+A_BEFORE=$A A6_BEFORE=$A6
 A=$(addr_of a)
-echo "# a's address before the reload: $A_BEFORE, after: $A; the reload's ADD had CNI_ARGS='$(cni_recorded | jq -r --arg id "$(pm inspect a --format '{{.Id}}')" 'select(.containerID == $id and .command == "ADD") | .args' | tail -n 1)'"
+A6=$(addr6_of a)
+# podman hands the old addresses back on the reload's ADD (IP= in CNI_ARGS,
+# or runtimeConfig.ips to plugins with the ips capability).
+check "the reload keeps a's address" "$A_BEFORE" "$A"
+if [ $V6 = 1 ]; then
+	check "the reload keeps a's IPv6 address" "$A6_BEFORE" "$A6"
+else
+	skip "the reload keeps a's IPv6 address" "$NO_V6"
+fi
+echo "# a's address before the reload: $A_BEFORE, after: $A; the reload's ADD had CNI_ARGS='$(cni_recorded | jq -r --arg id "$(pm inspect a --format '{{.Id}}')" 'select(.containerID == $id and .command == "ADD") | .args' | tail -n 1)' runtimeConfig=$(cni_recorded | jq -c --arg id "$(pm inspect a --format '{{.Id}}')" 'select(.containerID == $id and .command == "ADD") | .config.runtimeConfig' | tail -n 1)"
 retry 15 host_fetch "http://$GW:$HOSTPORT/" >/dev/null || true
 check "after reload, -p reaches a at $GW:$HOSTPORT" "a" "$(host_fetch "http://$GW:$HOSTPORT/")"
 check "after reload, b reaches a by address" "a" "$(fetch b "$A")"
-check "after reload, exactly a and b are leased" "$(printf '%s\n' "$A" "$B" | sort)" "$(cni_leases $NET)"
+check "after reload, exactly a and b are leased" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases $NET)"
 
 check_run "podman rm -f a succeeds" pm rm -f -t 0 a
 check_lacks "podman rm -f releases a's address" "$A" "$(cni_leases $NET)"
+if [ $V6 = 1 ]; then
+	check_lacks "podman rm -f releases a's IPv6 address" "$A6" "$(cni_leases $NET)"
+else
+	skip "podman rm -f releases a's IPv6 address" "$NO_V6"
+fi
 check_contains "b keeps its address" "$B" "$(cni_leases $NET)"
 check_fails "the port mapping is gone with a" curl -sS -m 2 "http://$GW:$HOSTPORT/"
 check_run "podman rm -f b succeeds" pm rm -f -t 0 b

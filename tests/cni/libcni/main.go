@@ -8,8 +8,9 @@
 //     version is skipped (and said so) when one of them does not;
 //   - ValidateNetworkList accepts the list;
 //   - AddNetworkList gives a result of the list's version whose interface
-//     sits in the namespace, with an address of the list's subnet that is
-//     on that interface and leased;
+//     sits in the namespace, with an address of the list's IPv4 subnet (and
+//     of its IPv6 one, with -subnet6-prefix) on that interface, and its
+//     addresses, no others, leased;
 //   - the chain's last plugin (a recording one) was sent the list's
 //     cniVersion and the address as prevResult, on ADD and on CHECK;
 //   - GetNetworkListCachedResult returns the same addresses, of that version;
@@ -50,7 +51,8 @@ var (
 	cacheDir   = flag.String("cache", "", "libcni's result cache directory")
 	leasesCmd  = flag.String("leases", "", "shell command printing the addresses leased on $CNI_NETWORK")
 	recordLog  = flag.String("record", "", "the recording plugin's log (JSON lines)")
-	prefix     = flag.String("subnet-prefix", "10.88.13.", "what every address handed out starts with")
+	prefix     = flag.String("subnet-prefix", "10.88.13.", "what the IPv4 address handed out starts with")
+	prefix6    = flag.String("subnet6-prefix", "", "what the IPv6 address handed out starts with; empty: no IPv6 expected")
 
 	n, failed, skipped int
 )
@@ -127,8 +129,13 @@ func inNetns(args ...string) (string, error) {
 
 // addrsOf lists the IPv4 addresses (with prefix) on an interface of the
 // namespace; empty if it does not exist.
-func addrsOf(ifname string) []string {
-	out, err := inNetns("ip", "-o", "-4", "addr", "show", "dev", ifname)
+func addrsOf(ifname string) []string { return addrsOfFamily(ifname, "-4", "inet") }
+
+// addrs6Of lists the global IPv6 addresses (with prefix) on an interface.
+func addrs6Of(ifname string) []string { return addrsOfFamily(ifname, "-6", "inet6") }
+
+func addrsOfFamily(ifname, family, word string) []string {
+	out, err := inNetns("ip", "-o", family, "addr", "show", "dev", ifname, "scope", "global")
 	if err != nil {
 		return nil
 	}
@@ -136,7 +143,7 @@ func addrsOf(ifname string) []string {
 	for _, l := range strings.Split(out, "\n") {
 		f := strings.Fields(l)
 		for i := range f {
-			if f[i] == "inet" && i+1 < len(f) {
+			if f[i] == word && i+1 < len(f) {
 				addrs = append(addrs, f[i+1])
 			}
 		}
@@ -240,16 +247,28 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	ok(t("AddNetworkList succeeds"))
 	check(t("the result is of the list's version"), v, res.Version())
 	ips, cur, err := ipsOf(res)
-	if err != nil || len(ips) != 1 {
-		notOK(t("the result has one address"), "one IP", fmt.Sprintf("%v %v", ips, err))
+	if err != nil {
+		notOK(t("the result's addresses parse"), "addresses", err.Error())
 		return
 	}
-	ip := ips[0]
-	if strings.HasPrefix(ip, *prefix) {
-		ok(t("the address " + ip + " is in the list's subnet"))
-	} else {
-		notOK(t("the address is in the list's subnet"), *prefix+"x", ip)
+	ip, ip6 := pick(ips, *prefix), pick(ips, *prefix6)
+	if ip == "" {
+		notOK(t("the result has an address in the list's IPv4 subnet"), *prefix+"x", strings.Join(ips, ","))
+		return
 	}
+	ok(t("the result has an address in the list's IPv4 subnet: " + ip))
+	if *prefix6 != "" {
+		if ip6 == "" {
+			notOK(t("the result has an address in the list's IPv6 subnet"), *prefix6+"x", strings.Join(ips, ","))
+		} else {
+			ok(t("the result has an address in the list's IPv6 subnet: " + ip6))
+			check(t("the IPv6 address is on eth0 in the namespace"), ip6, strings.Join(addrs6Of("eth0"), ","))
+		}
+	} else {
+		skip(t("the result has an address in the list's IPv6 subnet"), "no IPv6 range in the conflist")
+	}
+	all := strings.Join(ips, ",")
+	bares := bareAll(ips)
 	sandboxes := []string{}
 	for _, i := range cur.Interfaces {
 		if i.Sandbox != "" {
@@ -258,15 +277,10 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	}
 	// 0.3.x and later results name the interfaces; 0.2.0 ones do not.
 	check(t("the result's interface in a sandbox is eth0 in the namespace"), "eth0@"+*netns, strings.Join(sandboxes, ","))
-	check(t("the address is on eth0 in the namespace"), ip, strings.Join(addrsOf("eth0"), ","))
-	bare := strings.SplitN(ip, "/", 2)[0]
-	if l := leases(list.Name); contains(l, bare) {
-		ok(t("the address is leased"))
-	} else {
-		notOK(t("the address is leased"), bare, strings.Join(l, ","))
-	}
-	check(t("libcni sends the chain's last plugin the list's cniVersion and the address as prevResult on ADD"),
-		v+" "+ip, sent("ADD", rt.ContainerID))
+	check(t("the IPv4 address is on eth0 in the namespace"), ip, strings.Join(addrsOf("eth0"), ","))
+	check(t("the result's addresses, and no others, are leased"), strings.Join(sorted(bares), ","), strings.Join(leases(list.Name), ","))
+	check(t("libcni sends the chain's last plugin the list's cniVersion and the addresses as prevResult on ADD"),
+		v+" "+all, sent("ADD", rt.ContainerID))
 
 	// The result cache.
 	cached, err := cni.GetNetworkListCachedResult(list, rt)
@@ -290,7 +304,7 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	if hasCheck {
 		checkErr(t("CheckNetworkList passes"), cni.CheckNetworkList(ctx, list, rt))
 		check(t("libcni sends the chain's last plugin the list's cniVersion and the cached result as prevResult on CHECK"),
-			v+" "+ip, sent("CHECK", rt.ContainerID))
+			v+" "+all, sent("CHECK", rt.ContainerID))
 		if out, err := inNetns("ip", "addr", "del", ip, "dev", "eth0"); err != nil {
 			notOK(t("remove the address for CHECK"), "done", out)
 		} else if err := cni.CheckNetworkList(ctx, list, rt); err != nil {
@@ -310,21 +324,16 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	// DEL, twice.
 	checkErr(t("DelNetworkList succeeds"), cni.DelNetworkList(ctx, list, rt))
 	if hasCheck {
-		check(t("libcni sends the chain's last plugin the cached result as prevResult on DEL"), v+" "+ip, lastSent("DEL", rt.ContainerID))
+		check(t("libcni sends the chain's last plugin the cached result as prevResult on DEL"), v+" "+all, lastSent("DEL", rt.ContainerID))
 	} else {
 		check(t("libcni sends no prevResult on DEL before 0.4.0"), v+" ", lastSent("DEL", rt.ContainerID))
 	}
-	check(t("DEL removes eth0"), "", strings.Join(addrsOf("eth0"), ","))
 	if _, err := inNetns("ip", "link", "show", "eth0"); err == nil {
 		notOK(t("DEL removes the link eth0"), "no eth0", "eth0 exists")
 	} else {
 		ok(t("DEL removes the link eth0"))
 	}
-	if l := leases(list.Name); contains(l, bare) {
-		notOK(t("DEL releases the address"), "not "+bare, strings.Join(l, ","))
-	} else {
-		ok(t("DEL releases the address"))
-	}
+	checkReleased(list.Name, bares, t("DEL releases the addresses"))
 	cached, err = cni.GetNetworkListCachedResult(list, rt)
 	if err == nil && cached == nil {
 		ok(t("DEL drops the cached result"))
@@ -336,14 +345,14 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	// DEL with no cached result, as after a runtime lost its cache: no
 	// prevResult reaches the plugins.
 	rt.ContainerID += "-nocache"
-	if ip, added := addFor(ctx, cni, list, rt, t("ADD for DEL without a cached result")); added {
+	if bares, added := addFor(ctx, cni, list, rt, t("ADD for DEL without a cached result")); added {
 		path := filepath.Join(*cacheDir, "results", fmt.Sprintf("%s-%s-%s", list.Name, rt.ContainerID, rt.IfName))
 		if err := os.Remove(path); err != nil {
 			notOK(t("remove the cached result"), "removed", err.Error())
 		} else {
 			checkErr(t("DelNetworkList without a cached result succeeds"), cni.DelNetworkList(ctx, list, rt))
 			check(t("libcni sends the chain's last plugin no prevResult then"), v+" ", lastSent("DEL", rt.ContainerID))
-			checkReleased(list.Name, ip, t("DEL without a cached result releases the address"))
+			checkReleased(list.Name, bares, t("DEL without a cached result releases the addresses"))
 			if _, err := inNetns("ip", "link", "show", "eth0"); err == nil {
 				notOK(t("DEL without a cached result removes eth0"), "no eth0", "eth0 exists")
 			} else {
@@ -360,39 +369,71 @@ func drive(ctx context.Context, cni *libcni.CNIConfig, file string) {
 	}
 	rtGone := &libcni.RuntimeConf{ContainerID: "libcni-gone-" + strings.ReplaceAll(v, ".", ""),
 		NetNS: "/run/netns/" + gone, IfName: "eth0"}
-	ip, added := addFor(ctx, cni, list, rtGone, t("ADD for DEL after the namespace is gone"))
+	bares, added := addFor(ctx, cni, list, rtGone, t("ADD for DEL after the namespace is gone"))
 	if out, err := exec.Command("ip", "netns", "del", gone).CombinedOutput(); err != nil {
 		notOK(t("remove the namespace"), "removed", string(out))
 		return
 	}
 	if added {
 		checkErr(t("DelNetworkList after the namespace is gone succeeds"), cni.DelNetworkList(ctx, list, rtGone))
-		checkReleased(list.Name, ip, t("DEL after the namespace is gone releases the address"))
+		checkReleased(list.Name, bares, t("DEL after the namespace is gone releases the addresses"))
 	}
 }
 
-// addFor runs AddNetworkList and returns the one address it gave, bare.
-func addFor(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, claim string) (string, bool) {
+// addFor runs AddNetworkList and returns the addresses it gave, bare.
+func addFor(ctx context.Context, cni *libcni.CNIConfig, list *libcni.NetworkConfigList, rt *libcni.RuntimeConf, claim string) ([]string, bool) {
 	res, err := cni.AddNetworkList(ctx, list, rt)
 	if err != nil {
 		notOK(claim, "a result", err.Error())
-		return "", false
+		return nil, false
 	}
 	ips, _, err := ipsOf(res)
-	if err != nil || len(ips) != 1 {
-		notOK(claim, "one IP", fmt.Sprintf("%v %v", ips, err))
-		return "", false
+	if err != nil || pick(ips, *prefix) == "" {
+		notOK(claim, "an address starting "+*prefix, fmt.Sprintf("%v %v", ips, err))
+		return nil, false
 	}
 	ok(claim)
-	return strings.SplitN(ips[0], "/", 2)[0], true
+	return bareAll(ips), true
 }
 
-func checkReleased(network, ip, claim string) {
-	if l := leases(network); contains(l, ip) {
-		notOK(claim, "not "+ip, strings.Join(l, ","))
-	} else {
-		ok(claim)
+// checkReleased: none of the addresses is leased on the network.
+func checkReleased(network string, addrs []string, claim string) {
+	l := leases(network)
+	for _, a := range addrs {
+		if contains(l, a) {
+			notOK(claim, "none of "+strings.Join(addrs, ","), strings.Join(l, ","))
+			return
+		}
 	}
+	ok(claim)
+}
+
+// pick is the first address starting with prefix ("" if none or no prefix).
+func pick(addrs []string, prefix string) string {
+	if prefix == "" {
+		return ""
+	}
+	for _, a := range addrs {
+		if strings.HasPrefix(a, prefix) {
+			return a
+		}
+	}
+	return ""
+}
+
+// bareAll drops the prefix lengths.
+func bareAll(addrs []string) []string {
+	out := []string{}
+	for _, a := range addrs {
+		out = append(out, strings.SplitN(a, "/", 2)[0])
+	}
+	return out
+}
+
+func sorted(l []string) []string {
+	c := append([]string(nil), l...)
+	sort.Strings(c)
+	return c
 }
 
 // lastSent is the last of sent's calls.
