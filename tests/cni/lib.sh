@@ -55,7 +55,8 @@ cni_skip_all() {
 	exit 0
 }
 
-# Fail the script if a command is missing (named with its Debian package).
+# Skip the script (fail it under PODNET_REQUIRE_PRIV=1) if a command is
+# missing, naming its Debian package.
 cni_need() {
 	local cmd=$1 pkg=$2
 	command -v "$cmd" >/dev/null 2>&1 || cni_skip_all "$cmd not found (apt-get install $pkg)"
@@ -114,18 +115,20 @@ cni_host_state() {
 	{ ls /run/netns 2>/dev/null || true; } | sort
 }
 
-# Enter the private namespaces: the first call (on the host) re-runs the
+# Enter the private namespaces. The first call (on the host) re-runs the
 # script under `unshare --net --mount --pid --fork --mount-proc
 # --propagation private` (SIGKILLed after CNI_TIMEOUT seconds, default
 # 300, which ends every process of the namespace), waits, removes the
 # cgroups the clients made, checks the host's links, nf_tables tables and
-# netns files are as before, and exits with the script's status. The second call (inside) mounts tmpfs on
-# /run, /var/lib, /tmp, /var/tmp and /opt (where the clients keep state:
-# CNI's cache in /var/lib/cni, podman's in /var/lib/containers, netns files
-# in /run/netns, containerd's /opt/containerd; and /opt/cni/bin, the plugin
-# directory ctr searches first whatever it is told), bind-mounts the
-# conflist directory on /etc/cni/net.d and brings `lo` up. Every process the script starts is in the pid namespace,
-# so all of them (containerd, conmon, shims, containers) end with it.
+# netns files are as before, and exits with the script's status.
+# The second call (inside) mounts tmpfs on /run, /var/lib, /tmp, /var/tmp
+# and /opt (where the clients keep state: CNI's cache in /var/lib/cni,
+# podman's in /var/lib/containers, netns files in /run/netns, containerd's
+# /opt/containerd; and /opt/cni/bin, the plugin directory ctr searches
+# first whatever it is told), bind-mounts the conflist directory on
+# /etc/cni/net.d and brings `lo` up. Every process the script starts is in
+# the pid namespace, so all of them (containerd, conmon, shims, containers)
+# end with it.
 cni_enter() {
 	if [ "${PODNET_CNI_INSIDE:-}" != 1 ]; then
 		[ "$(id -u)" = 0 ] || cni_skip_all "needs root (the clients make bridges and namespaces)"
@@ -134,6 +137,8 @@ cni_enter() {
 		cni_need jq jq
 		cni_need timeout coreutils
 		cni_check_plugin_dirs
+		# Mounted over inside; made here it would be left on the host.
+		[ -d /etc/cni/net.d ] || cni_skip_all "no /etc/cni/net.d to mount over (apt-get install podman makes it)"
 		export CNI_OUTER_PID=$$
 		local cg rc=0 before after limit=${CNI_TIMEOUT:-300}
 		cg=$(cni_cgroup_name)
