@@ -28,7 +28,7 @@
 # plugin at its end): aliases, CNI_ARGS, runtimeConfig, the reload's verbs.
 #
 # Run as root: bash tests/cni/podman.sh   (about 10 s). Needs podman, runc,
-# containernetworking-plugins, busybox-static, iptables, jq, curl
+# containernetworking-plugins, busybox-static, iptables, nftables, jq, curl
 # (and dnsmasq-base, golang-github-containernetworking-plugin-dnsname for
 # CNI_CHECK_DNS=1 with the default plugins). Everything runs in namespaces the
 # script makes (see lib.sh); podman's storage is a tmpfs.
@@ -41,6 +41,7 @@ cni_need podman podman
 cni_need runc runc
 cni_need curl curl
 cni_need iptables iptables
+cni_need nft nftables
 cni_enter "$@"
 
 NET=pn-podman
