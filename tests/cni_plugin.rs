@@ -429,3 +429,273 @@ fn undecodable_stdin_is_code_6() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["code"], 6);
 }
+
+/// `plugin` for container `cid`, with `PODNET_FAILPOINT` set to `crash`
+/// (empty: none).
+fn plugin_as(
+    cid: &str,
+    command: &str,
+    netns: Option<&RuntimeNetns>,
+    stdin: &Value,
+    crash: &str,
+) -> (bool, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    if let Some(ns) = netns {
+        cmd.env("CNI_NETNS", &ns.path);
+    }
+    if !crash.is_empty() {
+        cmd.env("PODNET_FAILPOINT", crash);
+    }
+    run(cmd, stdin)
+}
+
+/// The steps of an ADD a crash is tried at.
+const ADD_STEPS: [&str; 5] = [
+    "attach-record",
+    "attach-address",
+    "attach-veth",
+    "attach-inside",
+    "attach-done",
+];
+
+/// What a test's network holds that a crashed ADD could leave: ports of
+/// its bridge, links in the container, store entries.
+async fn leftovers(ctx: &Ctx, ns: &RuntimeNetns) -> Vec<String> {
+    let mut out: Vec<String> = common::ports(&ctx.nl, BRIDGE).await.into_iter().collect();
+    let (_, links) = ns.run(&["ip", "-o", "link"]);
+    out.extend(
+        links
+            .lines()
+            .filter(|l| !l.contains(" lo:"))
+            .map(str::to_owned),
+    );
+    out.extend(
+        common::state_entries(ctx, &["addr", "sandbox"])
+            .into_iter()
+            .map(|p| p.display().to_string()),
+    );
+    out
+}
+
+#[test]
+fn an_add_killed_at_any_step_then_del_leaves_nothing() {
+    in_netns(|ctx| async move {
+        for step in ADD_STEPS {
+            let ns = RuntimeNetns::new();
+            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf(&ctx, "1.0.0"), step);
+            assert!(!ok, "ADD survived its crash at {step}");
+            let (ok, out) = plugin_as(CID, "DEL", Some(&ns), &conf(&ctx, "1.0.0"), "");
+            assert!(ok, "DEL after a crash at {step}: {out}");
+            let left = leftovers(&ctx, &ns).await;
+            assert!(
+                left.is_empty(),
+                "a crash at {step}, then DEL, left {left:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn an_add_killed_at_any_step_then_gc_leaves_nothing() {
+    in_netns(|ctx| async move {
+        for step in ADD_STEPS {
+            let ns = RuntimeNetns::new();
+            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf(&ctx, "1.1.0"), step);
+            assert!(!ok, "ADD survived its crash at {step}");
+            let gc = with(conf(&ctx, "1.1.0"), "cni.dev/valid-attachments", json!([]));
+            let (ok, out) = plugin_as(CID, "GC", None, &gc, "");
+            assert!(ok, "GC after a crash at {step}: {out}");
+            let left = leftovers(&ctx, &ns).await;
+            assert!(left.is_empty(), "a crash at {step}, then GC, left {left:?}");
+        }
+    });
+}
+
+#[test]
+fn sixteen_concurrent_adds_get_sixteen_distinct_addresses() {
+    in_netns(|ctx| async move {
+        let namespaces: Vec<RuntimeNetns> = (0..16).map(|_| RuntimeNetns::new()).collect();
+        let conf = conf(&ctx, "1.0.0");
+        let addrs: Vec<String> = std::thread::scope(|s| {
+            let runs: Vec<_> = namespaces
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    let conf = &conf;
+                    s.spawn(move || plugin_as(&format!("c{i}"), "ADD", Some(ns), conf, ""))
+                })
+                .collect();
+            runs.into_iter()
+                .map(|r| {
+                    let (ok, out) = r.join().unwrap();
+                    assert!(ok, "{out}");
+                    out["ips"][0]["address"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        });
+        let distinct: std::collections::BTreeSet<&String> = addrs.iter().collect();
+        assert_eq!(distinct.len(), 16, "{addrs:?}");
+        for (i, ns) in namespaces.iter().enumerate() {
+            assert!(plugin_as(&format!("c{i}"), "DEL", Some(ns), &conf, "").0);
+        }
+    });
+}
+
+#[test]
+fn status_is_code_50_when_the_store_is_read_only() {
+    in_netns(|ctx| async move {
+        // The store made once, then the plugin run where its directory is
+        // mounted read-only (in a mount namespace of the plugin's own).
+        assert_eq!(plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0")).0, true);
+        let dir = ctx.state.display().to_string();
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" "$1" && exec "$2""#)
+            .args(["sh", &dir, env!("CARGO_BIN_EXE_podnet-cni")])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", "STATUS")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let out = run(cmd, &conf(&ctx, "1.1.0"));
+        assert_eq!(code(&out), 50, "{}", out.1);
+    });
+}
+
+#[test]
+fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        for missing in [
+            "CNI_COMMAND",
+            "CNI_CONTAINERID",
+            "CNI_NETNS",
+            "CNI_IFNAME",
+            "CNI_PATH",
+        ] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+            cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
+            let netns = ns.path.display().to_string();
+            for (k, v) in [
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", CID),
+                ("CNI_NETNS", netns.as_str()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", "/usr/lib/cni"),
+            ] {
+                if k != missing {
+                    cmd.env(k, v);
+                }
+            }
+            let out = run(cmd, &conf(&ctx, "1.0.0"));
+            assert_eq!(code(&out), 4, "without {missing}: {}", out.1);
+            assert!(
+                out.1.to_string().contains(missing),
+                "without {missing}: {}",
+                out.1
+            );
+        }
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+    });
+}
+
+#[test]
+fn a_malformed_variable_is_code_4_naming_it() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let netns = ns.path.display().to_string();
+        for (var, bad) in [
+            ("CNI_COMMAND", "ATTACH"),
+            ("CNI_CONTAINERID", "-leading-dash"),
+            ("CNI_IFNAME", "name-longer-than-15"),
+            ("CNI_ARGS", "IP"),
+        ] {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+            cmd.env_clear()
+                .envs([
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", CID),
+                    ("CNI_NETNS", netns.as_str()),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_PATH", "/usr/lib/cni"),
+                ])
+                .env(var, bad)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            let out = run(cmd, &conf(&ctx, "1.0.0"));
+            assert_eq!(code(&out), 4, "{var}={bad}: {}", out.1);
+            assert!(out.1.to_string().contains(var), "{var}={bad}: {}", out.1);
+        }
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+    });
+}
+
+#[test]
+fn a_verb_older_than_the_configurations_version_is_code_1() {
+    in_netns(|ctx| async move {
+        let prev = json!({"cniVersion": "0.3.1", "interfaces": [], "ips": []});
+        for (verb, version) in [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")] {
+            let mut c = with(conf(&ctx, version), "prevResult", prev.clone());
+            c = with(c, "cni.dev/valid-attachments", json!([]));
+            assert_eq!(
+                code(&plugin(verb, "eth0", None, &c)),
+                1,
+                "{verb} at {version}"
+            );
+        }
+    });
+}
+
+#[test]
+fn check_names_a_default_route_deleted_behind_its_back() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let (_, result) = plugin("ADD", "eth0", Some(&ns), &conf(&ctx, "0.4.0"));
+        assert!(ns.run(&["ip", "route", "del", "default"]).0);
+        let check = with(conf(&ctx, "0.4.0"), "prevResult", result);
+        let out = plugin("CHECK", "eth0", Some(&ns), &check);
+        assert_eq!(code(&out), 107);
+        assert!(out.1.to_string().contains("default route"), "{}", out.1);
+        plugin("DEL", "eth0", Some(&ns), &conf(&ctx, "0.4.0"));
+    });
+}
+
+#[test]
+fn ip_masq_makes_the_networks_masquerade_and_no_default_gateway_no_default_route() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let mut c = with(conf(&ctx, "1.0.0"), "ipMasq", json!(true));
+        c["ipam"]["routes"] = json!([]);
+        let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
+        assert!(ok, "{out}");
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+        assert!(
+            tables.contains(&format!("podnet-{BRIDGE}-egress")),
+            "{tables}"
+        );
+        let (_, routes) = ns.run(&["ip", "-4", "route"]);
+        assert!(!routes.contains("default"), "{routes}");
+        assert_eq!(out["routes"], Value::Null, "{out}");
+        plugin("DEL", "eth0", Some(&ns), &c);
+    });
+}

@@ -13,6 +13,7 @@ use nix::sys::stat::{fstat, Mode};
 
 use super::{key, record_name, AttachBuilder, Attachment};
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
 use crate::host::NetInner;
 use crate::ident::{creator, instance_id};
 use crate::ipam::{container_id_ok, netns_path_ok, Attached, Record};
@@ -148,6 +149,7 @@ impl AttachBuilder {
             }
             other => other?,
         };
+        failpoint("attach-record");
         let mut undo = Undo {
             net: net.clone(),
             name: record.name.clone(),
@@ -162,6 +164,7 @@ impl AttachBuilder {
         match made {
             Ok(att) => match net.store.set_done(&file, &record) {
                 Ok(()) => {
+                    failpoint("attach-done");
                     undo.armed = false;
                     Ok(att)
                 }
@@ -204,6 +207,7 @@ impl AttachBuilder {
                 IpAddr::V4(_) => None,
             };
         }
+        failpoint("attach-address");
         let addr = record.ipv4.map(IpAddr::V4).or(record.ipv6.map(IpAddr::V6));
         let shard = addr.map_or(0, |a| net.shard_of(a));
         let (bridge, bridge_name) = net.shard_bridge(shard).await?;
@@ -224,6 +228,7 @@ impl AttachBuilder {
         };
         let made = link::create_veth(&mut *net.host_nl()?, &veth)?;
         undo.veth = Some(record.veth.clone());
+        failpoint("attach-veth");
         let host = link::interface_blocking(&mut *net.host_nl()?, &record.veth, &record.veth)?;
 
         let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
@@ -258,6 +263,7 @@ impl AttachBuilder {
             )?;
             link::interface_blocking(&mut nl, &self.ifname, what)?
         };
+        failpoint("attach-inside");
         if let Some(a) = record.attached.as_mut() {
             a.done = true;
         }
