@@ -1023,6 +1023,10 @@ mod tests {
     #[test]
     fn an_unsupported_cni_version_is_code_1() {
         assert_eq!(code_of(with("/cniVersion", json!("0.2.0"))).0, 1);
+    }
+
+    #[test]
+    fn a_missing_cni_version_is_0_1_0_and_code_1() {
         let mut v = base();
         v.as_object_mut().expect("object").remove("cniVersion");
         assert_eq!(code_of(v).0, 1);
@@ -1159,6 +1163,10 @@ mod tests {
             assert_eq!(code, 7, "{m}");
             assert!(msg.contains("mtu"), "{msg}");
         }
+    }
+
+    #[test]
+    fn a_jumbo_mtu_is_accepted() {
         assert_eq!(
             conf(with("/mtu", json!(9000))).map(|c| c.mtu),
             Ok(Some(9000))
@@ -1279,6 +1287,11 @@ mod tests {
             c.static_ips(Some("10.88.0.7/16")),
             Ok(vec![ip("10.88.0.5"), ip("10.88.0.6"), ip("10.88.0.7")])
         );
+    }
+
+    #[test]
+    fn a_bad_cni_args_ip_is_code_4() {
+        let c = conf(base()).expect("valid");
         assert_eq!(c.static_ips(Some("nope")).map_err(|e| e.code), Err(4));
     }
 
@@ -1291,11 +1304,20 @@ mod tests {
             c.mac(Some("02:00:00:00:00:03")),
             Ok(Some([2, 0, 0, 0, 0, 1]))
         );
+    }
+
+    #[test]
+    fn a_cni_args_mac_is_used_when_the_config_has_none() {
         let bare = conf(base()).expect("valid");
         assert_eq!(
             bare.mac(Some("02:00:00:00:00:03")),
             Ok(Some([2, 0, 0, 0, 0, 3]))
         );
+    }
+
+    #[test]
+    fn a_multicast_cni_args_mac_is_code_4() {
+        let bare = conf(base()).expect("valid");
         assert_eq!(
             bare.mac(Some("ff:ff:ff:ff:ff:ff")).map_err(|e| e.code),
             Err(4)
