@@ -222,9 +222,10 @@ fn any_result() -> impl Strategy<Value = CniResult> {
         })
 }
 
-/// `r` as version `v` can say it: 0.x results have no interface MTU.
+/// `r` as version `v` can say it: before 1.1.0 results have no
+/// interface MTU.
 fn as_said_at(mut r: CniResult, v: SpecVersion) -> CniResult {
-    if v.is_legacy_result() {
+    if !v.has_interface_mtu() {
         for i in &mut r.interfaces {
             i.mtu = None;
         }
