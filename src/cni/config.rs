@@ -356,9 +356,10 @@ impl NetConf {
         })
     }
 
-    /// The static addresses asked for, from `runtimeConfig.ips`, then
-    /// `args.cni.ips`, then `IP` in `CNI_ARGS` (`ip` or `ip/prefix`;
-    /// podman passes a single static address there), duplicates dropped.
+    /// The static addresses asked for, in host-local's order: `IP` in
+    /// `CNI_ARGS` (`ip` or `ip/prefix`; podman passes a single static
+    /// address there), then `args.cni.ips`, then `runtimeConfig.ips`,
+    /// duplicates dropped.
     ///
     /// # Errors
     /// Code 4 naming CNI_ARGS when its `IP` is not an address.
@@ -370,13 +371,10 @@ impl NetConf {
                 CniError::invalid_env("CNI_ARGS", format!("IP={s:?} is not an IP address"))
             })?),
         };
-        for ip in self
-            .runtime_config
-            .ips
-            .iter()
-            .chain(&self.args.ips)
-            .copied()
-            .chain(from_env)
+        for ip in from_env
+            .into_iter()
+            .chain(self.args.ips.iter().copied())
+            .chain(self.runtime_config.ips.iter().copied())
         {
             if !out.contains(&ip) {
                 out.push(ip);
@@ -1279,13 +1277,13 @@ mod tests {
     }
 
     #[test]
-    fn static_ips_merge_runtime_config_args_and_cni_args() {
+    fn static_ips_merge_cni_args_args_and_runtime_config_in_host_local_order() {
         let mut v = with("/runtimeConfig/ips", json!(["10.88.0.5"]));
         v["args"] = json!({"cni": {"ips": ["10.88.0.6", "10.88.0.5"]}});
         let c = conf(v).expect("valid");
         assert_eq!(
             c.static_ips(Some("10.88.0.7/16")),
-            Ok(vec![ip("10.88.0.5"), ip("10.88.0.6"), ip("10.88.0.7")])
+            Ok(vec![ip("10.88.0.7"), ip("10.88.0.6"), ip("10.88.0.5")])
         );
     }
 

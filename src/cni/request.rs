@@ -47,8 +47,8 @@ pub struct NetworkRequest {
 }
 
 impl NetworkRequest {
-    /// The static addresses asked for: `runtimeConfig.ips`, `args.cni.ips`
-    /// and `IP` in `CNI_ARGS` (see [`NetConf::static_ips`]).
+    /// The static addresses asked for: `IP` in `CNI_ARGS`, `args.cni.ips`
+    /// and `runtimeConfig.ips` (see [`NetConf::static_ips`]).
     ///
     /// # Errors
     /// Code 4 naming CNI_ARGS when its `IP` is not an address.
