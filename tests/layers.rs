@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["sandbox"],
     &["network"],
     &["pod"],
+    &["cni"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
