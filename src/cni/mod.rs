@@ -6,14 +6,17 @@
 //! 0.3.1, 0.4.0, 1.0.0); where the spec leaves a choice open it does what
 //! libcni's `skel` and the reference plugins do, and says so.
 //!
-//! | file         | concern                                                   |
-//! |--------------|-----------------------------------------------------------|
-//! | `env`        | `CNI_*` variables per verb ([`Env`], [`Command`])          |
-//! | `config`     | the configuration on stdin ([`NetConf`])                   |
-//! | `version`    | versions and which verbs they have ([`SpecVersion`])       |
-//! | `result`     | the ADD result per version ([`CniResult`])                 |
-//! | `error`      | the error result and its codes ([`CniError`])              |
-//! | `request`    | all of it for one invocation ([`parse_request`])           |
+//! One concern per file:
+//!
+//! - `env`: the `CNI_*` variables per verb ([`Env`](crate::cni::Env),
+//!   [`Command`](crate::cni::Command));
+//! - `config`: the configuration on stdin ([`NetConf`](crate::cni::NetConf));
+//! - `version`: versions and the verbs each has
+//!   ([`SpecVersion`](crate::cni::SpecVersion));
+//! - `result`: the ADD result per version ([`CniResult`](crate::cni::CniResult));
+//! - `error`: the error result and its codes ([`CniError`](crate::cni::CniError));
+//! - `request`: all of it for one invocation
+//!   ([`parse_request`](crate::cni::parse_request)).
 //!
 //! A plugin's `main` reads the invocation, acts, and prints the result or
 //! the error on stdout (exiting non-zero on error):
