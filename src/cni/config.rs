@@ -356,9 +356,10 @@ impl NetConf {
         })
     }
 
-    /// The static addresses asked for, from `runtimeConfig.ips`, then
-    /// `args.cni.ips`, then `IP` in `CNI_ARGS` (`ip` or `ip/prefix`;
-    /// podman passes a single static address there), duplicates dropped.
+    /// The static addresses asked for, in host-local's order: `IP` in
+    /// `CNI_ARGS` (`ip` or `ip/prefix`; podman passes a single static
+    /// address there), then `args.cni.ips`, then `runtimeConfig.ips`,
+    /// duplicates dropped.
     ///
     /// # Errors
     /// Code 4 naming CNI_ARGS when its `IP` is not an address.
@@ -370,13 +371,10 @@ impl NetConf {
                 CniError::invalid_env("CNI_ARGS", format!("IP={s:?} is not an IP address"))
             })?),
         };
-        for ip in self
-            .runtime_config
-            .ips
-            .iter()
-            .chain(&self.args.ips)
-            .copied()
-            .chain(from_env)
+        for ip in from_env
+            .into_iter()
+            .chain(self.args.ips.iter().copied())
+            .chain(self.runtime_config.ips.iter().copied())
         {
             if !out.contains(&ip) {
                 out.push(ip);
@@ -1023,6 +1021,10 @@ mod tests {
     #[test]
     fn an_unsupported_cni_version_is_code_1() {
         assert_eq!(code_of(with("/cniVersion", json!("0.2.0"))).0, 1);
+    }
+
+    #[test]
+    fn a_missing_cni_version_is_0_1_0_and_code_1() {
         let mut v = base();
         v.as_object_mut().expect("object").remove("cniVersion");
         assert_eq!(code_of(v).0, 1);
@@ -1159,6 +1161,10 @@ mod tests {
             assert_eq!(code, 7, "{m}");
             assert!(msg.contains("mtu"), "{msg}");
         }
+    }
+
+    #[test]
+    fn a_jumbo_mtu_is_accepted() {
         assert_eq!(
             conf(with("/mtu", json!(9000))).map(|c| c.mtu),
             Ok(Some(9000))
@@ -1271,14 +1277,19 @@ mod tests {
     }
 
     #[test]
-    fn static_ips_merge_runtime_config_args_and_cni_args() {
+    fn static_ips_merge_cni_args_args_and_runtime_config_in_host_local_order() {
         let mut v = with("/runtimeConfig/ips", json!(["10.88.0.5"]));
         v["args"] = json!({"cni": {"ips": ["10.88.0.6", "10.88.0.5"]}});
         let c = conf(v).expect("valid");
         assert_eq!(
             c.static_ips(Some("10.88.0.7/16")),
-            Ok(vec![ip("10.88.0.5"), ip("10.88.0.6"), ip("10.88.0.7")])
+            Ok(vec![ip("10.88.0.7"), ip("10.88.0.6"), ip("10.88.0.5")])
         );
+    }
+
+    #[test]
+    fn a_bad_cni_args_ip_is_code_4() {
+        let c = conf(base()).expect("valid");
         assert_eq!(c.static_ips(Some("nope")).map_err(|e| e.code), Err(4));
     }
 
@@ -1291,11 +1302,20 @@ mod tests {
             c.mac(Some("02:00:00:00:00:03")),
             Ok(Some([2, 0, 0, 0, 0, 1]))
         );
+    }
+
+    #[test]
+    fn a_cni_args_mac_is_used_when_the_config_has_none() {
         let bare = conf(base()).expect("valid");
         assert_eq!(
             bare.mac(Some("02:00:00:00:00:03")),
             Ok(Some([2, 0, 0, 0, 0, 3]))
         );
+    }
+
+    #[test]
+    fn a_multicast_cni_args_mac_is_code_4() {
+        let bare = conf(base()).expect("valid");
         assert_eq!(
             bare.mac(Some("ff:ff:ff:ff:ff:ff")).map_err(|e| e.code),
             Err(4)

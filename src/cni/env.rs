@@ -217,6 +217,13 @@ impl Env {
         Env::from_vars(std::env::vars_os())
     }
 
+    /// `(container ID, interface name)`: the attachment ADD, DEL and CHECK
+    /// act on. [`Env::from_vars`] guarantees `Some` for those verbs and
+    /// gives `None` for the others.
+    pub fn attachment(&self) -> Option<(&str, &str)> {
+        Some((self.container_id.as_deref()?, self.ifname.as_deref()?))
+    }
+
     /// The value of `CNI_ARGS` key `key` (the last, if repeated; keys
     /// compare exactly, as libcni's `LoadArgs` matches field names).
     pub fn arg(&self, key: &str) -> Option<&str> {
@@ -341,6 +348,14 @@ mod tests {
             env.path,
             vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
         );
+    }
+
+    #[test]
+    fn attachment_verbs_have_an_attachment_and_others_none() {
+        let env = Env::from_vars(add(&[])).expect("valid");
+        assert_eq!(env.attachment(), Some(("abc123", "eth0")));
+        let gc = Env::from_vars(vars(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/p")])).expect("valid");
+        assert_eq!(gc.attachment(), None);
     }
 
     #[test]

@@ -170,6 +170,9 @@ impl CniError {
     ///
     /// `cni_version` is the version in use: the request's `cniVersion`
     /// when it could be read ([`crate::cni::version::requested`] finds it).
+    /// A plugin prints it on **stdout** and exits non-zero: libcni's
+    /// `RawExec` decodes the error from stdout and only falls back to
+    /// stderr's text when stdout is empty.
     pub fn to_json(&self, cni_version: &str) -> String {
         let mut out = serde_json::Map::new();
         out.insert("cniVersion".into(), cni_version.into());

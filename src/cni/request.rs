@@ -46,6 +46,26 @@ pub struct NetworkRequest {
     pub prev_result: Option<CniResult>,
 }
 
+impl NetworkRequest {
+    /// The static addresses asked for: `IP` in `CNI_ARGS`, `args.cni.ips`
+    /// and `runtimeConfig.ips` (see [`NetConf::static_ips`]).
+    ///
+    /// # Errors
+    /// Code 4 naming CNI_ARGS when its `IP` is not an address.
+    pub fn static_ips(&self) -> Result<Vec<std::net::IpAddr>, CniError> {
+        self.config.static_ips(self.env.arg("IP"))
+    }
+
+    /// The MAC asked for: `runtimeConfig.mac`, `args.cni.mac`, then `MAC`
+    /// in `CNI_ARGS` (see [`NetConf::mac`]).
+    ///
+    /// # Errors
+    /// Code 4 naming CNI_ARGS when its `MAC` is not a unicast MAC.
+    pub fn mac(&self) -> Result<Option<[u8; 6]>, CniError> {
+        self.config.mac(self.env.arg("MAC"))
+    }
+}
+
 /// Parses an invocation from its environment variables and stdin.
 ///
 /// # Errors
@@ -136,6 +156,18 @@ mod tests {
         assert_eq!(n.env.command, Command::Add);
         assert_eq!(n.config.name, "n");
         assert_eq!(n.prev_result, None);
+    }
+
+    #[test]
+    fn cni_args_ip_and_mac_reach_the_request() {
+        let mut v = vars("ADD");
+        v.push((
+            "CNI_ARGS".into(),
+            "IgnoreUnknown=1;IP=10.88.0.9;MAC=02:00:00:00:00:09".into(),
+        ));
+        let n = network(parse_request(v, &stdin("0.4.0", json!({}))));
+        assert_eq!(n.static_ips(), Ok(vec!["10.88.0.9".parse().expect("ip")]));
+        assert_eq!(n.mac(), Ok(Some([2, 0, 0, 0, 0, 9])));
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! that order; empty lists and unset fields left out):
 //!
 //! - 0.3.0, 0.3.1, 0.4.0: every IP has `"version": "4"` or `"6"`;
-//!   interfaces have no `mtu`; `dns` is always present, `{}` when empty
-//!   (Go's `omitempty` does not drop a struct).
-//! - 1.0.0, 1.1.0: no `version`; interfaces may have `mtu`; an empty `dns`
-//!   is left out.
+//!   `dns` is always present, `{}` when empty (Go's `omitempty` does not
+//!   drop a struct).
+//! - 1.0.0, 1.1.0: no `version`; an empty `dns` is left out, as libcni
+//!   1.2 and later write it (libcni 1.1 wrote `{}`; both read either).
+//! - Only 1.1.0 interfaces carry `mtu` (the spec added it in 1.1.0).
 //!
 //! `cniVersion` is the requested version. Reading accepts any supported
 //! version's shape, with or without `cniVersion`.
@@ -44,7 +45,7 @@ pub struct Interface {
     pub name: String,
     /// Its hardware address, when it has one.
     pub mac: Option<[u8; 6]>,
-    /// Its MTU (rendered from 1.0.0 on; 0.x results have no `mtu`).
+    /// Its MTU (rendered at 1.1.0 only; earlier results have no `mtu`).
     pub mtu: Option<u32>,
     /// The namespace path (`CNI_NETNS`) for an interface inside the
     /// container; `None` for one on the host.
@@ -214,7 +215,7 @@ impl CniResult {
                     name: &i.name,
                     mac: i.mac.as_ref().map(format_mac),
                     // Go's `omitempty` drops a zero MTU too.
-                    mtu: i.mtu.filter(|&m| !legacy && m != 0),
+                    mtu: i.mtu.filter(|&m| version.has_interface_mtu() && m != 0),
                     sandbox: i.sandbox.as_deref().filter(|s| !s.is_empty()),
                 })
                 .collect(),
@@ -437,14 +438,21 @@ mod tests {
             "interfaces": [
                 {"name": "cni0", "mac": "00:11:22:33:44:55"},
                 {"name": "veth3243", "mac": "55:44:33:22:11:11"},
-                {"name": "eth0", "mac": "99:88:77:66:55:44", "mtu": 1500,
-                 "sandbox": "/var/run/netns/blue"}
+                {"name": "eth0", "mac": "99:88:77:66:55:44", "sandbox": "/var/run/netns/blue"}
             ],
             "ips": [{"address": "10.1.0.5/16", "gateway": "10.1.0.1", "interface": 2}],
             "routes": [{"dst": "0.0.0.0/0"}],
             "dns": {"nameservers": ["10.1.0.1"]}
         });
         assert_eq!(rendered(&spec_example(), "1.0.0"), want);
+    }
+
+    #[test]
+    fn golden_1_1_0_adds_the_interface_mtu() {
+        let mut want = rendered(&spec_example(), "1.0.0");
+        want["cniVersion"] = json!("1.1.0");
+        want["interfaces"][2]["mtu"] = json!(1500);
+        assert_eq!(rendered(&spec_example(), "1.1.0"), want);
     }
 
     #[test]
@@ -524,7 +532,7 @@ mod tests {
     fn the_spec_example_reads_back_at_every_version() {
         for v in SpecVersion::ALL {
             let mut want = spec_example();
-            if v.is_legacy_result() {
+            if !v.has_interface_mtu() {
                 want.interfaces[2].mtu = None;
             }
             let back = CniResult::from_json(&rendered(&spec_example(), v.as_str())).expect("reads");

@@ -77,9 +77,9 @@ pub enum SpecVersion {
     V0_3_1,
     /// 0.4.0: CHECK, prevResult on DEL.
     V0_4_0,
-    /// 1.0.0: no `version` in `ips`, `mtu` on interfaces.
+    /// 1.0.0: no `version` in `ips`; no non-list configurations.
     V1_0_0,
-    /// 1.1.0: GC and STATUS (the current spec).
+    /// 1.1.0: GC and STATUS, `mtu` on interfaces (the current spec).
     V1_1_0,
 }
 
@@ -151,9 +151,17 @@ impl SpecVersion {
     }
 
     /// Whether results at this version carry `"version": "4"|"6"` on each
-    /// IP (0.3.x and 0.4.0) rather than `mtu` on interfaces (1.x).
+    /// IP (0.3.x and 0.4.0; 1.0.0 dropped it).
     pub fn is_legacy_result(self) -> bool {
         self < SpecVersion::V1_0_0
+    }
+
+    /// Whether results at this version may carry an interface's `mtu`
+    /// (added in 1.1.0: SPEC.md and libcni's `types/100` since commit
+    /// c45adb6, "Add MTU to CNI result"; libcni 1.1's 1.0.0 `Interface`
+    /// has no such field).
+    pub fn has_interface_mtu(self) -> bool {
+        self >= SpecVersion::V1_1_0
     }
 
     /// The first version that has `command`.
@@ -331,6 +339,15 @@ mod tests {
     #[test]
     fn a_garbage_version_is_code_6() {
         assert_eq!(SpecVersion::parse("latest").map_err(|e| e.code), Err(6));
+    }
+
+    #[test]
+    fn only_1_1_0_results_carry_an_interface_mtu() {
+        let with: Vec<SpecVersion> = SpecVersion::ALL
+            .into_iter()
+            .filter(|v| v.has_interface_mtu())
+            .collect();
+        assert_eq!(with, [SpecVersion::V1_1_0]);
     }
 
     #[test]
