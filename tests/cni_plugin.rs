@@ -574,13 +574,8 @@ fn status_is_code_50_when_the_store_is_read_only() {
 fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        for missing in [
-            "CNI_COMMAND",
-            "CNI_CONTAINERID",
-            "CNI_NETNS",
-            "CNI_IFNAME",
-            "CNI_PATH",
-        ] {
+        // CNI_PATH is optional for ADD: podnet execs no other plugin.
+        for missing in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
             cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
             let netns = ns.path.display().to_string();
@@ -596,6 +591,7 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
                 }
             }
             let out = run(cmd, &conf(&ctx, "1.0.0"));
+            assert!(!out.0, "it succeeded without {missing}: {}", out.1);
             assert_eq!(code(&out), 4, "without {missing}: {}", out.1);
             assert!(
                 out.1.to_string().contains(missing),
@@ -650,14 +646,12 @@ fn a_malformed_variable_is_code_4_naming_it() {
 fn a_verb_older_than_the_configurations_version_is_code_1() {
     in_netns(|ctx| async move {
         let prev = json!({"cniVersion": "0.3.1", "interfaces": [], "ips": []});
+        let ns = RuntimeNetns::new();
         for (verb, version) in [("CHECK", "0.3.1"), ("GC", "1.0.0"), ("STATUS", "1.0.0")] {
             let mut c = with(conf(&ctx, version), "prevResult", prev.clone());
             c = with(c, "cni.dev/valid-attachments", json!([]));
-            assert_eq!(
-                code(&plugin(verb, "eth0", None, &c)),
-                1,
-                "{verb} at {version}"
-            );
+            let out = plugin(verb, "eth0", Some(&ns), &c);
+            assert_eq!(code(&out), 1, "{verb} at {version}: {}", out.1);
         }
     });
 }
@@ -697,5 +691,23 @@ fn ip_masq_makes_the_networks_masquerade_and_no_default_gateway_no_default_route
         assert!(!routes.contains("default"), "{routes}");
         assert_eq!(out["routes"], Value::Null, "{out}");
         plugin("DEL", "eth0", Some(&ns), &c);
+    });
+}
+
+#[test]
+fn add_refuses_the_plugins_own_namespace() {
+    in_netns(|ctx| async move {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+        cmd.env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", CID)
+            .env("CNI_IFNAME", "eth9")
+            .env("CNI_NETNS", "/proc/self/ns/net")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let out = run(cmd, &conf(&ctx, "1.0.0"));
+        assert_eq!(code(&out), 4, "{}", out.1);
+        assert!(out.1.to_string().contains("CNI_NETNS"), "{}", out.1);
+        assert!(common::link(&ctx.nl, "eth9").await.is_none());
     });
 }

@@ -223,6 +223,7 @@ async fn add(req: &NetworkRequest) -> Result<String, CniError> {
         .netns
         .as_ref()
         .ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
+    refuse_own_namespace(netns)?;
     let ips = conf.static_ips(req.env.arg("IP"))?;
     let mac = conf.mac(req.env.arg("MAC"))?;
     let net = build(conf).await?;
@@ -255,6 +256,30 @@ async fn add(req: &NetworkRequest) -> Result<String, CniError> {
     };
     let result = result_of(conf, req.prev_result.clone().unwrap_or_default(), &att);
     result.to_json_at(conf.cni_version)
+}
+
+/// CNI_NETNS must not be the plugin's own network namespace (the host's:
+/// wiring it would take the host's interface name and routes), unless
+/// `CNI_NETNS_OVERRIDE=1`, as libcni's `skel` checks.
+fn refuse_own_namespace(netns: &std::path::Path) -> Result<(), CniError> {
+    if std::env::var("CNI_NETNS_OVERRIDE").as_deref() == Ok("1") {
+        return Ok(());
+    }
+    let id = |p: &std::path::Path| nix::sys::stat::stat(p).map(|st| (st.st_dev, st.st_ino));
+    match (
+        id(netns),
+        id(std::path::Path::new("/proc/thread-self/ns/net")),
+    ) {
+        (Ok(theirs), Ok(ours)) if theirs == ours => Err(CniError::invalid_env(
+            "CNI_NETNS",
+            format!(
+                "{} is the plugin's own network namespace (set CNI_NETNS_OVERRIDE=1 to \
+                 mean it)",
+                netns.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The result of an ADD: `prev`'s (a plugin before podnet in the chain)
