@@ -553,7 +553,7 @@ fn status_is_code_50_when_the_store_is_read_only() {
     in_netns(|ctx| async move {
         // The store made once, then the plugin run where its directory is
         // mounted read-only (in a mount namespace of the plugin's own).
-        assert_eq!(plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0")).0, true);
+        assert!(plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0")).0);
         let dir = ctx.state.display().to_string();
         let mut cmd = Command::new("unshare");
         cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
