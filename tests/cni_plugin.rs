@@ -711,3 +711,20 @@ fn add_refuses_the_plugins_own_namespace() {
         assert!(common::link(&ctx.nl, "eth9").await.is_none());
     });
 }
+
+#[test]
+fn hairpin_mode_puts_the_host_port_in_hairpin_mode() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let c = with(conf(&ctx, "1.0.0"), "hairpinMode", json!(true));
+        let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
+        assert!(ok, "{out}");
+        let host = out["interfaces"][0]["name"].as_str().unwrap().to_owned();
+        let details = Command::new("ip")
+            .args(["-d", "link", "show", &host])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&details.stdout).contains("hairpin on"));
+        plugin("DEL", "eth0", Some(&ns), &c);
+    });
+}

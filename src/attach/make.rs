@@ -222,6 +222,7 @@ impl AttachBuilder {
             peer_ns: PeerNs::Fd(ns.as_raw_fd()),
             peer_name: &self.ifname,
             peer_mac: self.mac,
+            hairpin: self.hairpin,
             mtu: self.mtu.or(net.mtu),
             sandbox: &record.name,
             napi_receive,

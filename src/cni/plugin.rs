@@ -229,7 +229,8 @@ async fn add(req: &NetworkRequest) -> Result<String, CniError> {
     let net = build(conf).await?;
     let mut b = net
         .attach(cid, ifname, netns)
-        .default_routes(default_routes(conf));
+        .default_routes(default_routes(conf))
+        .hairpin(conf.hairpin_mode);
     for ip in ips {
         b = b.ip(ip);
     }
