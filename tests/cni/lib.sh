@@ -23,8 +23,9 @@
 #                     fd00:88:: range (cni_has_v6), and are skipped otherwise.
 #   CNI_PLUGIN_DIRS   colon-separated absolute directories searched before
 #                     /usr/lib/cni (the reference plugins stay reachable for
-#                     chaining); not under /tmp, /run, /var/lib, /var/tmp or
-#                     /opt, which are fresh tmpfs inside (e.g. target/debug).
+#                     chaining; e.g. target/debug); their executables are
+#                     copied into the private /run before /tmp, /var/lib,
+#                     /var/tmp and /opt become fresh tmpfs inside.
 #   CNI_LEASES_CMD    a shell command printing the addresses the plugin has
 #                     leased on network $CNI_NETWORK, one per line. Default:
 #                     host-local's files under @DATADIR@/$CNI_NETWORK.
@@ -42,6 +43,8 @@ CNI_DATADIR=$CNI_WORK/ipam
 # The plugin search path: CNI_PLUGIN_DIRS, the reference plugins, then the
 # script's own helper plugins (cni_recorder_plugin).
 CNI_PATH_LIST=${CNI_PLUGIN_DIRS:+$CNI_PLUGIN_DIRS:}/usr/lib/cni:$CNI_WORK/bin
+# The scripts' own directory (staged into /run inside: see cni_stage).
+CNI_SRC_DIR=$(cd "$(dirname "$0")" && pwd)
 
 # Skip the whole script (exit 0) for a reason, or fail when
 # PODNET_REQUIRE_PRIV=1.
@@ -87,8 +90,7 @@ cni_remove_cgroups() {
 	return 1
 }
 
-# CNI_PLUGIN_DIRS must name directories that exist and that the private
-# mounts do not hide (a plugin under /tmp would vanish inside).
+# CNI_PLUGIN_DIRS must name absolute directories that exist.
 cni_check_plugin_dirs() {
 	local dir
 	local IFS=:
@@ -98,13 +100,25 @@ cni_check_plugin_dirs() {
 		*) echo "CNI_PLUGIN_DIRS: $dir is not an absolute path" >&2 && exit 2 ;;
 		esac
 		[ -d "$dir" ] || { echo "CNI_PLUGIN_DIRS: $dir is not a directory" >&2 && exit 2; }
-		case $dir/ in
-		/tmp/* | /run/* | /var/run/* | /var/lib/* | /var/tmp/* | /opt/*)
-			echo "CNI_PLUGIN_DIRS: $dir is under a directory the test's private mounts hide (/tmp, /run, /var/lib, /var/tmp, /opt)" >&2
-			exit 2
-			;;
-		esac
 	done
+}
+
+# Inside, before the tmpfs mounts hide them (a checkout under /tmp, say):
+# copy the scripts' directory and each of CNI_PLUGIN_DIRS into the fresh
+# /run, and point CNI_SRC_DIR and CNI_PATH_LIST at the copies.
+cni_stage() {
+	local dir i=0 staged=
+	local IFS=:
+	mkdir -p /run/podnet-cni-src
+	cp -a "$CNI_SRC_DIR"/. /run/podnet-cni-src/
+	for dir in ${CNI_PLUGIN_DIRS:-}; do
+		i=$((i + 1))
+		mkdir -p "/run/podnet-cni-plugins/$i"
+		find "$dir" -maxdepth 1 -type f -perm -u+x -exec cp {} "/run/podnet-cni-plugins/$i/" \;
+		staged=${staged:+$staged:}/run/podnet-cni-plugins/$i
+	done
+	CNI_SRC_DIR=/run/podnet-cni-src
+	CNI_PATH_LIST=${staged:+$staged:}/usr/lib/cni:$CNI_WORK/bin
 }
 
 # What the host shows that a leaking run would change: its links, its
@@ -164,6 +178,7 @@ cni_enter() {
 	fi
 	set -u
 	mount -t tmpfs -o mode=0755 podnet-cni-run /run
+	cni_stage
 	mount -t tmpfs -o mode=0755 podnet-cni-varlib /var/lib
 	mount -t tmpfs -o mode=1777 podnet-cni-tmp /tmp
 	mount -t tmpfs -o mode=1777 podnet-cni-vartmp /var/tmp

@@ -29,7 +29,7 @@ export CNI_LIBCNI_PKG=${CNI_LIBCNI_PKG:-$(dpkg-query -W -f '${Version}' golang-g
 export CNI_PLUGINS_PKG=${CNI_PLUGINS_PKG:-$(dpkg-query -W -f '${Version}' containernetworking-plugins 2>/dev/null || echo unknown)}
 cni_enter "$@"
 
-here=$(cd "$(dirname "$0")" && pwd)
+here=$CNI_SRC_DIR
 N=13
 NET=pn-libcni
 echo "# golang-github-appc-cni-dev $CNI_LIBCNI_PKG, containernetworking-plugins $CNI_PLUGINS_PKG"
