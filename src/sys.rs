@@ -162,6 +162,32 @@ pub(crate) fn mount_file_over(
     Errno::result(rc).map(drop)
 }
 
+/// Make the child of `cmd` the leader of a session of its own (`setsid`
+/// between fork and exec), so that it outlives its starter's session and
+/// no terminal signal of that session reaches it.
+#[cfg(feature = "cni")]
+pub(crate) fn new_session_on_spawn(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the child calls only setsid(2), which
+    // is async-signal-safe and touches no memory of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Point fd 1 at `/dev/null`: a server that has said what it had to on
+/// stdout lets go of the pipe its starter reads to the end.
+#[cfg(feature = "cni")]
+pub(crate) fn stdout_to_dev_null() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -434,3 +434,37 @@ fn hairpin_mode_is_on_for_the_host_port_only_when_asked() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn an_attachment_resolves_by_its_aliases_and_not_by_its_record_name() {
+    in_netns(|ctx| async move {
+        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET])
+            .build()
+            .await
+            .unwrap();
+        let ns = RuntimeNetns::new();
+        let att = net
+            .attach(CID, "eth0", &ns.path)
+            .alias("db")
+            .attach()
+            .await
+            .unwrap();
+        let ip = att.addresses[0].ip();
+        common::eventually(
+            "db resolves",
+            std::time::Duration::from_secs(5),
+            async || net.resolve("db").is_ok_and(|a| a == vec![ip]),
+        )
+        .await;
+        let record_name = att.host_interface.split('-').next().unwrap().to_owned();
+        assert!(net.resolve(&record_name).is_err(), "{record_name}");
+        net.detach(CID, "eth0").await.unwrap();
+        common::eventually(
+            "db is gone",
+            std::time::Duration::from_secs(5),
+            async || net.resolve("db").is_err(),
+        )
+        .await;
+        net.remove().await.unwrap();
+    });
+}

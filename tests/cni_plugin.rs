@@ -728,3 +728,92 @@ fn hairpin_mode_puts_the_host_port_in_hairpin_mode() {
         plugin("DEL", "eth0", Some(&ns), &c);
     });
 }
+
+/// `plugin` for container `cid` with `CNI_ARGS` `args`.
+fn plugin_with_args(cid: &str, args: &str, netns: &RuntimeNetns, stdin: &Value) -> (bool, Value) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", &netns.path)
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    run(cmd, stdin)
+}
+
+/// The A records `name` has, asked of `server` from inside `ns`.
+fn a_records_in(ns: &RuntimeNetns, server: std::net::IpAddr, name: &str) -> Vec<std::net::IpAddr> {
+    let query = common::dns_query(name, hickory_proto::rr::RecordType::A, false);
+    ns.inside(|| common::dns_exchange(server, &query, std::time::Duration::from_secs(2)))
+        .map(|m| common::dns_addresses(&m))
+        .unwrap_or_default()
+}
+
+/// Whether a DNS server (`podnet-cni --serve-dns`) runs in the calling
+/// thread's network namespace.
+fn dns_server_runs() -> bool {
+    let ours = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let serves = std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"--serve-dns"));
+        serves && std::fs::read_link(e.path().join("ns/net")).is_ok_and(|ns| ns == ours)
+    })
+}
+
+#[test]
+fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del() {
+    in_netns(|ctx| async move {
+        let mut c = with(conf(&ctx, "1.0.0"), "dnsServer", json!(true));
+        c = with(c, "dnsUpstream", json!("none"));
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        let (ok, ra) = plugin_with_args("ca", "IgnoreUnknown=1;K8S_POD_NAME=web", &a, &c);
+        assert!(ok, "{ra}");
+        let with_alias = with(
+            c.clone(),
+            "runtimeConfig",
+            json!({"aliases": {"podnet-test": ["db"]}}),
+        );
+        let (ok, rb) = plugin_with_args("cb", "K8S_POD_NAME=Store_1", &b, &with_alias);
+        assert!(ok, "{rb}");
+        assert_eq!(ra["dns"]["nameservers"], json!(["10.88.0.1"]), "{ra}");
+        assert_eq!(ra["dns"]["domain"], "podnet.internal", "{ra}");
+        let gw: std::net::IpAddr = "10.88.0.1".parse().unwrap();
+        let ip = |r: &Value| -> std::net::IpAddr {
+            r["ips"][0]["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(a_records_in(&b, gw, "web"), vec![ip(&ra)]);
+        assert_eq!(a_records_in(&a, gw, "db.podnet.internal"), vec![ip(&rb)]);
+        // "Store_1" is no DNS label: left out, not an error.
+        assert!(a_records_in(&a, gw, "store_1").is_empty());
+        let del = |cid: &str, ns: &RuntimeNetns| {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+            cmd.env_clear()
+                .env("CNI_COMMAND", "DEL")
+                .env("CNI_CONTAINERID", cid)
+                .env("CNI_IFNAME", "eth0")
+                .env("CNI_NETNS", &ns.path)
+                .env("CNI_PATH", "/usr/lib/cni")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped());
+            run(cmd, &c).0
+        };
+        assert!(dns_server_runs());
+        assert!(del("ca", &a) && del("cb", &b));
+        common::eventually(
+            "the DNS server exits",
+            std::time::Duration::from_secs(10),
+            async || !dns_server_runs(),
+        )
+        .await;
+    });
+}

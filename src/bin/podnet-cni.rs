@@ -12,6 +12,12 @@ use std::process::ExitCode;
 const STDIN_MAX: u64 = 4 << 20;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == podnet::cni::dns::SERVE_DNS)
+    {
+        return podnet::cni::dns::serve();
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().take(STDIN_MAX).read_to_end(&mut stdin);
     let outcome = match read {

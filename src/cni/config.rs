@@ -95,6 +95,33 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     /// `cni.dev/valid-attachments` (GC): `None` when absent.
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// podnet's own: `dnsServer: true` runs the network's DNS server (with
+    /// `dnsDomain` and `dnsUpstream`); `None` when it is not asked for.
+    pub dns_server: Option<DnsServer>,
+}
+
+/// The network's DNS server, as `dnsServer`, `dnsDomain` and
+/// `dnsUpstream` ask for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServer {
+    /// `dnsDomain`: the domain pod names are under (else podnet's
+    /// default, `podnet.internal`).
+    pub domain: Option<String>,
+    /// `dnsUpstream`: where other names are asked.
+    pub upstream: Upstream,
+}
+
+/// `dnsUpstream`: `"host"` (the default: the host's resolv.conf),
+/// `"none"` (other names are refused: for test harnesses), or a list of
+/// servers (`"192.0.2.1"`, `"[2001:db8::1]:53"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// The host's `/etc/resolv.conf`.
+    Host,
+    /// None.
+    None,
+    /// These servers, in order.
+    Servers(Vec<std::net::SocketAddr>),
 }
 
 /// The `ipam` section, host-local style.
@@ -336,6 +363,7 @@ impl NetConf {
             ),
         };
 
+        let dns_server = read_dns_server(obj)?;
         Ok(NetConf {
             cni_version,
             name: name.to_string(),
@@ -353,6 +381,7 @@ impl NetConf {
             args,
             prev_result: Reader::get(obj, "prevResult").cloned(),
             valid_attachments,
+            dns_server,
         })
     }
 
@@ -402,6 +431,64 @@ impl NetConf {
             }),
         }
     }
+}
+
+/// `dnsServer`, `dnsDomain` and `dnsUpstream`.
+fn read_dns_server(obj: &Map<String, Value>) -> Result<Option<DnsServer>, CniError> {
+    if !R.opt_bool(obj, "", "dnsServer")?.unwrap_or(false) {
+        return Ok(None);
+    }
+    let domain = match R.opt_str(obj, "", "dnsDomain")? {
+        None => None,
+        Some(d) => {
+            let labels_ok = !d.is_empty()
+                && d.len() <= 253
+                && d.trim_end_matches('.').split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                });
+            if !labels_ok {
+                return Err(R.bad(
+                    "dnsDomain",
+                    &obj["dnsDomain"],
+                    "a domain is dot-separated labels of letters, digits and '-'",
+                ));
+            }
+            Some(d.trim_end_matches('.').to_ascii_lowercase())
+        }
+    };
+    let upstream =
+        match Reader::get(obj, "dnsUpstream") {
+            None => Upstream::Host,
+            Some(Value::String(s)) if s == "host" => Upstream::Host,
+            Some(Value::String(s)) if s == "none" => Upstream::None,
+            Some(Value::Array(items)) => {
+                let mut servers = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let path = format!("dnsUpstream[{i}]");
+                    let parsed = item.as_str().and_then(|s| {
+                        s.parse::<std::net::SocketAddr>()
+                            .ok()
+                            .or_else(|| s.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()))
+                    });
+                    servers.push(parsed.ok_or_else(|| {
+                        R.bad(&path, item, "expected an address, or address:port")
+                    })?);
+                }
+                Upstream::Servers(servers)
+            }
+            Some(v) => {
+                return Err(R.bad(
+                    "dnsUpstream",
+                    v,
+                    "expected \"host\", \"none\" or a list of servers",
+                ))
+            }
+        };
+    Ok(Some(DnsServer { domain, upstream }))
 }
 
 /// `^[A-Za-z0-9][A-Za-z0-9_.-]*$`, as libcni's `ValidateNetworkName`.

@@ -74,6 +74,7 @@
 //! ```
 
 pub mod config;
+pub mod dns;
 pub mod env;
 pub mod error;
 mod json;

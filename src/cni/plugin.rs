@@ -43,6 +43,8 @@ pub mod codes {
     pub const BROKEN: u32 = 107;
     /// The kernel refused a request (netlink, nf_tables, a system call).
     pub const KERNEL: u32 = 108;
+    /// The network's DNS server (`dnsServer`) did not start.
+    pub const DNS_SERVER: u32 = 109;
 }
 
 /// What one invocation prints on stdout, and whether it succeeded (exit
@@ -61,7 +63,7 @@ pub struct Outcome {
 pub fn run(vars: impl IntoIterator<Item = (OsString, OsString)>, stdin: &[u8]) -> Outcome {
     let answered = match parse_request(vars, stdin) {
         Ok(Request::Version { reply }) => Ok(reply),
-        Ok(Request::Network(req)) => on_runtime(*req),
+        Ok(Request::Network(req)) => on_runtime(*req, stdin),
         Err(e) => Err(e),
     };
     match answered {
@@ -76,19 +78,20 @@ pub fn run(vars: impl IntoIterator<Item = (OsString, OsString)>, stdin: &[u8]) -
     }
 }
 
-/// A verb on a current-thread runtime of its own.
-fn on_runtime(req: NetworkRequest) -> Result<String, CniError> {
+/// A verb on a current-thread runtime of its own; `stdin` is the
+/// configuration as it came (for the DNS server an ADD may start).
+fn on_runtime(req: NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CniError::io("cannot start a runtime", e.to_string()))?;
-    rt.block_on(verb(req))
+    rt.block_on(verb(req, stdin))
 }
 
-async fn verb(req: NetworkRequest) -> Result<String, CniError> {
+async fn verb(req: NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
     let conf = &req.config;
     match req.env.command {
-        Command::Add => add(&req).await,
+        Command::Add => add(&req, stdin).await,
         Command::Del => del(&req).await.map(|()| String::new()),
         Command::Check => check(&req).await.map(|()| String::new()),
         Command::Gc => gc(conf).await.map(|()| String::new()),
@@ -215,7 +218,7 @@ fn key(req: &NetworkRequest) -> Result<(&str, &str), CniError> {
     }
 }
 
-async fn add(req: &NetworkRequest) -> Result<String, CniError> {
+async fn add(req: &NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
     let conf = &req.config;
     let (cid, ifname) = key(req)?;
     let netns = req
@@ -240,8 +243,8 @@ async fn add(req: &NetworkRequest) -> Result<String, CniError> {
     if let Some(mtu) = conf.mtu {
         b = b.mtu(mtu);
     }
-    for alias in &conf.runtime_config.aliases {
-        b = b.alias(alias.to_ascii_lowercase());
+    for alias in dns_names(req) {
+        b = b.alias(alias);
     }
     let att = match b.attach().await {
         Err(Error::NotFound {
@@ -255,8 +258,43 @@ async fn add(req: &NetworkRequest) -> Result<String, CniError> {
         }
         other => other.map_err(from_error)?,
     };
-    let result = result_of(conf, req.prev_result.clone().unwrap_or_default(), &att);
+    let mut result = result_of(conf, req.prev_result.clone().unwrap_or_default(), &att);
+    if let Some(dns) = &conf.dns_server {
+        if let Err(e) = super::dns::ensure(&net, stdin) {
+            // Without its server the attachment is not what was asked.
+            let _ = net.detach(cid, ifname).await;
+            return Err(e);
+        }
+        let domain = dns.domain.as_deref().unwrap_or(crate::DEFAULT_DOMAIN);
+        result.dns = super::result::Dns {
+            nameservers: net.gateways(),
+            domain: Some(domain.to_owned()),
+            search: vec![domain.to_owned()],
+            options: Vec::new(),
+        };
+    }
     result.to_json_at(conf.cni_version)
+}
+
+/// The DNS names an ADD gives its attachment: the runtime's aliases and
+/// the pod's name (`K8S_POD_NAME` in `CNI_ARGS`, where podman and the CRI
+/// put it), lowercased; a name that is not a DNS-1123 label is left out
+/// (podman allows `_` and `.` in container names).
+fn dns_names(req: &NetworkRequest) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let given = req
+        .env
+        .arg("K8S_POD_NAME")
+        .into_iter()
+        .map(str::to_owned)
+        .chain(req.config.runtime_config.aliases.iter().cloned());
+    for name in given {
+        let name = name.to_ascii_lowercase();
+        if crate::names::validate_alias(&name).is_ok() && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// CNI_NETNS must not be the plugin's own network namespace (the host's:

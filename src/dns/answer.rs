@@ -229,6 +229,7 @@ mod tests {
         let mut z = Zone::new("podnet.internal", vec!["10.88.0.0/16".parse().unwrap()]);
         z.insert(super::super::zone::Entry {
             name: "web".into(),
+            named: true,
             aliases: vec![],
             ipv4: Some("10.88.0.2".parse().unwrap()),
             ipv6: None,

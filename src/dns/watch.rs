@@ -161,6 +161,18 @@ impl Live {
         let Ok(Some(rec)) = self.store.read_record(name) else {
             return;
         };
+        // An attachment is in while its record is done: its namespace is
+        // the runtime's, and DEL or gc removes the record.
+        if rec.attached.as_ref().is_some_and(|a| a.done) {
+            self.zone.insert(Entry {
+                name: rec.name,
+                named: false,
+                aliases: rec.aliases,
+                ipv4: rec.ipv4,
+                ipv6: rec.ipv6,
+            });
+            return;
+        }
         let Some(holder) = rec.holder else {
             return;
         };
@@ -181,6 +193,7 @@ impl Live {
         self.tokens.insert(rec.name.clone(), token);
         self.zone.insert(Entry {
             name: rec.name,
+            named: true,
             aliases: rec.aliases,
             ipv4: rec.ipv4,
             ipv6: rec.ipv6,

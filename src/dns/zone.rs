@@ -12,6 +12,10 @@ use ipnetwork::IpNetwork;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub name: String,
+    /// Whether `name` is a DNS name too: a sandbox's is; an attachment's
+    /// (the store's hash of its key) is not, and it is known by its
+    /// aliases only.
+    pub named: bool,
     pub aliases: Vec<String>,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
@@ -63,7 +67,7 @@ impl Zone {
     /// Add a sandbox, replacing one of its name.
     pub(crate) fn insert(&mut self, entry: Entry) {
         self.remove(&entry.name);
-        for n in std::iter::once(&entry.name).chain(&entry.aliases) {
+        for n in names_of(&entry) {
             let list = self.names.entry(n.clone()).or_default();
             if let Err(at) = list.binary_search(&entry.name) {
                 list.insert(at, entry.name.clone());
@@ -80,7 +84,7 @@ impl Zone {
         let Some(old) = self.entries.remove(name) else {
             return false;
         };
-        for n in std::iter::once(&old.name).chain(&old.aliases) {
+        for n in names_of(&old) {
             if let Some(list) = self.names.get_mut(n) {
                 list.retain(|s| s != name);
                 if list.is_empty() {
@@ -163,10 +167,20 @@ impl Zone {
         }
     }
 
-    /// The fully qualified name of sandbox `e`, with the final dot.
+    /// The fully qualified name of sandbox `e`, with the final dot: its
+    /// name, or for an attachment its first alias.
     pub(crate) fn fqdn(&self, e: &Entry) -> String {
-        format!("{}.{}.", e.name, self.domain)
+        let name = match (e.named, e.aliases.first()) {
+            (false, Some(alias)) => alias,
+            _ => &e.name,
+        };
+        format!("{name}.{}.", self.domain)
     }
+}
+
+/// The DNS names of `e`: its name (if it is one) and its aliases.
+fn names_of(e: &Entry) -> impl Iterator<Item = &String> {
+    e.named.then_some(&e.name).into_iter().chain(&e.aliases)
 }
 
 fn addrs_of(e: &Entry) -> impl Iterator<Item = IpAddr> {
@@ -240,6 +254,7 @@ mod tests {
     fn entry(name: &str, v4: &str, aliases: &[&str]) -> Entry {
         Entry {
             name: name.into(),
+            named: true,
             aliases: aliases.iter().map(|a| (*a).into()).collect(),
             ipv4: Some(v4.parse().unwrap()),
             ipv6: None,

@@ -1046,6 +1046,19 @@ impl RuntimeNetns {
         )
     }
 
+    /// Run `f` on a thread of its own inside the namespace.
+    pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let ns = std::fs::File::open(&self.path).unwrap();
+                nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
     /// End the namespace (its holder is killed and reaped; the kernel
     /// then deletes what is in it).
     pub fn end(&mut self) {
