@@ -2,9 +2,10 @@
 //! from then on by that fd), the interface name checked free inside, a
 //! record keyed by (container ID, interface), addresses, a veth pair whose
 //! peer goes into the namespace by fd under the asked name, and the inside
-//! configured. A step that fails undoes the ones before it.
+//! configured, then its port mappings' rules added. A step that fails
+//! undoes the ones before it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::ipam::{container_id_ok, netns_path_ok, Attached, Record};
 use crate::link::{self, Inside, Nl, PeerNs, Veth};
 use crate::names::{check_mtu, validate_alias, validate_ifname};
 use crate::netns;
+use crate::ports::{self, PortNetns};
 
 impl AttachBuilder {
     /// Attach the namespace: an address from each pool (or the asked
@@ -35,10 +37,15 @@ impl AttachBuilder {
     /// CNI would refuse, an interface name that is not one),
     /// [`Error::InvalidConfig`] (a relative or non-UTF-8 namespace path, a
     /// MAC that is not unicast, an MTU out of range, two addresses of one
-    /// family), [`Error::NotFound`] (no namespace at that path),
+    /// family, a port mapping kernel rules cannot serve, see
+    /// [`port`](AttachBuilder::port), or one of a family the network has
+    /// no pool of), [`Error::NotFound`] (no namespace at that path),
     /// [`Error::AlreadyExists`] (the interface exists inside, or the
     /// attachment is made already), [`Error::AddressNotInPool`],
-    /// [`Error::AddressTaken`], [`Error::PoolExhausted`]. A failure
+    /// [`Error::AddressTaken`], [`Error::PoolExhausted`],
+    /// [`Error::PortInUse`] (a host port another attachment of the network
+    /// maps, or a socket of the host namespace holds, such as a sandbox
+    /// mapping's). A failure
     /// part-way ([`Error::Netlink`], [`Error::Sys`], [`Error::Io`] naming
     /// the step) undoes what was made before it is returned.
     pub async fn attach(self) -> Result<Attachment> {
@@ -82,6 +89,25 @@ impl AttachBuilder {
         }
         for a in &self.aliases {
             validate_alias(a)?;
+        }
+        let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+        ports::check_rules_only(&what, &self.ports)?;
+        for m in &self.ports {
+            // `::` takes either family; an address of one needs its pool.
+            let served = match m.host_address() {
+                IpAddr::V6(a) if a.is_unspecified() => true,
+                IpAddr::V6(_) => self.net.v6.is_some(),
+                IpAddr::V4(_) => self.net.v4.is_some(),
+            };
+            if !served {
+                return Err(Error::InvalidConfig {
+                    reason: format!(
+                        "port mapping {m} of {what}: network {:?} has no pool of the host \
+                         address's family",
+                        self.net.bridge
+                    ),
+                });
+            }
         }
         let (mut v4, mut v6) = (None, None);
         for ip in &self.ips {
@@ -135,10 +161,18 @@ impl AttachBuilder {
                 netns_dev: st.st_dev,
                 netns_ino: st.st_ino,
                 default_routes: self.default_routes,
+                ports: self.ports.iter().map(ports::to_record).collect(),
                 done: false,
             }),
         };
         let lock = net.store.lock().await?;
+        if !self.ports.is_empty() {
+            // Under the lock, so no other attach takes the ports meanwhile,
+            // and before the record, which from then on is what keeps the
+            // ports from another attachment (and the table from gc).
+            self.ports_free(&record.name)?;
+            net.store.note_attach_ports()?;
+        }
         let file = match net.store.create_record(&record) {
             Err(Error::AlreadyExists { .. }) => {
                 return Err(Error::AlreadyExists {
@@ -154,6 +188,7 @@ impl AttachBuilder {
             id: record.id.clone(),
             veth: None,
             ips: Vec::new(),
+            rules: false,
             armed: true,
         };
         let made = self
@@ -258,6 +293,18 @@ impl AttachBuilder {
             )?;
             link::interface_blocking(&mut nl, &self.ifname, what)?
         };
+        if !self.ports.is_empty() {
+            let dnats = ports::rule_dnats(
+                &record.owner(),
+                &self.ports,
+                record.ipv4,
+                record.ipv6,
+                net.subnets(),
+            );
+            // Set first: a batch whose answer is lost may have been applied.
+            undo.rules = true;
+            net.add_attachment_rules(dnats).await?;
+        }
         if let Some(a) = record.attached.as_mut() {
             a.done = true;
         }
@@ -270,6 +317,51 @@ impl AttachBuilder {
         att.host_mac = host.map(|f| f.mac);
         att.mac = inside.map(|f| f.mac);
         Ok(att)
+    }
+}
+
+impl AttachBuilder {
+    /// Whether the host ports of the mappings asked for are free (under
+    /// the store's lock): mapped by no other attachment's record (a record
+    /// names its mappings before its rules are made, and keeps them until
+    /// they are deleted, so this holds whatever process made it and
+    /// wherever it crashed), and held by no socket of the host namespace
+    /// (a sandbox mapping holds a listening one on its host port, of this
+    /// process or another). `name` is this attachment's record.
+    fn ports_free(&self, name: &str) -> Result<()> {
+        let net = &self.net;
+        let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+        for other in net.store.sandbox_names()? {
+            if other == name {
+                continue;
+            }
+            // A damaged record is gc's to report; its rules, if any, are
+            // left in place until it is cleared.
+            let Ok(Some(rec)) = net.store.read_record(&other) else {
+                continue;
+            };
+            let Some(a) = &rec.attached else { continue };
+            for theirs in a.ports.iter().map(ports::from_record) {
+                if let Some(m) = self.ports.iter().find(|m| ports::overlaps(m, &theirs)) {
+                    let port = *m.host_ports().start().max(theirs.host_ports().start());
+                    tracing::info!(
+                        port = %m, taken_by = %theirs,
+                        attachment = %key(&a.container_id, &a.ifname),
+                        "host port mapped by another attachment"
+                    );
+                    return Err(Error::PortInUse {
+                        sandbox: what,
+                        protocol: m.protocol(),
+                        address: SocketAddr::new(m.host_address(), port),
+                        netns: PortNetns::Network,
+                        errno: nix::errno::Errno::EADDRINUSE,
+                    });
+                }
+            }
+        }
+        let host = format!("host namespace of network {:?}", net.bridge);
+        let _host = netns::enter(net.host_ns.as_fd(), &host)?;
+        ports::probe_free(&what, &self.ports)
     }
 }
 
@@ -297,6 +389,8 @@ struct Undo {
     id: String,
     veth: Option<String>,
     ips: Vec<IpAddr>,
+    /// Whether port rules may have been added.
+    rules: bool,
     armed: bool,
 }
 
@@ -305,6 +399,10 @@ impl Undo {
     /// with it). Errors are dropped: the caller reports the failure that
     /// made us roll back.
     async fn rollback(mut self) {
+        if self.rules {
+            let owner = format!("{}@{}", self.name, self.id);
+            let _ = self.net.delete_attachment_rules(move |o| o == owner).await;
+        }
         if let Some(veth) = self.veth.take() {
             let _ = link::delete_link(&self.net.conn.handle, &veth, "").await;
         }
@@ -324,7 +422,8 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         // Reached armed only when attach() was cancelled mid-way: the veth
-        // is left to gc (its record is gone, its name is the network's).
+        // and any port rules are left to gc (its record is gone, its veth's
+        // name is the network's, its rules name the record).
         if self.armed {
             self.release_sync();
         }

@@ -1046,6 +1046,20 @@ impl RuntimeNetns {
         )
     }
 
+    /// A TCP listener on `addr` inside, made by a thread that enters the
+    /// namespace for the `bind` (a socket stays in the namespace it was
+    /// made in, so it may be served from any thread).
+    pub fn listen(&self, addr: &str) -> TcpListener {
+        let (path, addr) = (self.path.clone(), addr.to_owned());
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).unwrap();
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).unwrap();
+            TcpListener::bind(addr).unwrap()
+        })
+        .join()
+        .unwrap()
+    }
+
     /// End the namespace (its holder is killed and reaped; the kernel
     /// then deletes what is in it).
     pub fn end(&mut self) {
