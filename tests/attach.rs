@@ -524,6 +524,29 @@ fn a_host_port_a_sandbox_maps_is_in_use_for_an_attachment() {
 }
 
 #[test]
+fn a_sandbox_cannot_map_a_host_port_an_attachment_maps() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let err = net
+            .sandbox("web")
+            .port(PortMapping::tcp(8080, 81))
+            .create()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+        assert_eq!(net.sandboxes().await.unwrap().len(), 1, "the attachment");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn mappings_that_need_a_socket_are_refused_before_anything_is_made() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;

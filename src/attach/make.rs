@@ -5,7 +5,7 @@
 //! configured, then its port mappings' rules added. A step that fails
 //! undoes the ones before it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -20,7 +20,7 @@ use crate::ipam::{container_id_ok, netns_path_ok, Attached, Record};
 use crate::link::{self, Inside, Nl, PeerNs, Veth};
 use crate::names::{check_mtu, validate_alias, validate_ifname};
 use crate::netns;
-use crate::ports::{self, PortNetns};
+use crate::ports;
 
 impl AttachBuilder {
     /// Attach the namespace: an address from each pool (or the asked
@@ -168,9 +168,13 @@ impl AttachBuilder {
         let lock = net.store.lock().await?;
         if !self.ports.is_empty() {
             // Under the lock, so no other attach takes the ports meanwhile,
-            // and before the record, which from then on is what keeps the
-            // ports from another attachment (and the table from gc).
-            self.ports_free(&record.name)?;
+            // and before the record, which from then on keeps the ports
+            // from another attachment (whatever process made it, wherever
+            // it crashed) and the table from gc.
+            let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+            if let Some(taken) = net.attachment_port_taken(&self.ports, Some(&record.name))? {
+                return Err(taken.error(&what));
+            }
             net.store.note_attach_ports()?;
         }
         let file = match net.store.create_record(&record) {
@@ -222,6 +226,9 @@ impl AttachBuilder {
         (want4, want6): (Option<IpAddr>, Option<IpAddr>),
     ) -> Result<Attachment> {
         let net = &self.net;
+        if !self.ports.is_empty() {
+            self.probe_ports()?;
+        }
         let owner = record.owner();
         if let Some(pool) = &net.v4 {
             let addr = net.store.allocate_locked(pool, &owner, want4)?;
@@ -321,44 +328,15 @@ impl AttachBuilder {
 }
 
 impl AttachBuilder {
-    /// Whether the host ports of the mappings asked for are free (under
-    /// the store's lock): mapped by no other attachment's record (a record
-    /// names its mappings before its rules are made, and keeps them until
-    /// they are deleted, so this holds whatever process made it and
-    /// wherever it crashed), and held by no socket of the host namespace
-    /// (a sandbox mapping holds a listening one on its host port, of this
-    /// process or another). `name` is this attachment's record.
-    fn ports_free(&self, name: &str) -> Result<()> {
+    /// Whether the host ports of the mappings asked for are held by no
+    /// socket of the host namespace (a sandbox mapping holds a listening
+    /// one on its host port, of this process or another). Called once this
+    /// attachment's record is written: a sandbox binds its ports before it
+    /// looks at the records, so of the two asking at once one sees the
+    /// other.
+    fn probe_ports(&self) -> Result<()> {
         let net = &self.net;
         let what = format!("attachment {}", key(&self.container_id, &self.ifname));
-        for other in net.store.sandbox_names()? {
-            if other == name {
-                continue;
-            }
-            // A damaged record is gc's to report; its rules, if any, are
-            // left in place until it is cleared.
-            let Ok(Some(rec)) = net.store.read_record(&other) else {
-                continue;
-            };
-            let Some(a) = &rec.attached else { continue };
-            for theirs in a.ports.iter().map(ports::from_record) {
-                if let Some(m) = self.ports.iter().find(|m| ports::overlaps(m, &theirs)) {
-                    let port = *m.host_ports().start().max(theirs.host_ports().start());
-                    tracing::info!(
-                        port = %m, taken_by = %theirs,
-                        attachment = %key(&a.container_id, &a.ifname),
-                        "host port mapped by another attachment"
-                    );
-                    return Err(Error::PortInUse {
-                        sandbox: what,
-                        protocol: m.protocol(),
-                        address: SocketAddr::new(m.host_address(), port),
-                        netns: PortNetns::Network,
-                        errno: nix::errno::Errno::EADDRINUSE,
-                    });
-                }
-            }
-        }
         let host = format!("host namespace of network {:?}", net.bridge);
         let _host = netns::enter(net.host_ns.as_fd(), &host)?;
         ports::probe_free(&what, &self.ports)

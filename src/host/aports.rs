@@ -20,12 +20,99 @@ use crate::error::{Error, Result};
 use crate::host::NetInner;
 use crate::link::nft::{aports_table, Dnat, Found, Nft};
 use crate::netns;
-use crate::ports::rule_owner;
+use crate::ports::{self, rule_owner, PortMapping, PortNetns, PublishedPort};
+
+/// An attachment's mapping that takes a host port asked for.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// The attachment's key, `<container ID>/<interface>`.
+    pub by: String,
+    /// Its mapping.
+    pub theirs: PortMapping,
+    /// The mapping asked for that meets it.
+    pub ours: PortMapping,
+}
+
+impl Taken {
+    /// [`Error::PortInUse`] for `what` (a sandbox or an attachment).
+    pub(crate) fn error(&self, what: &str) -> Error {
+        tracing::info!(port = %self.ours, taken_by = %self.theirs, attachment = %self.by,
+            "host port mapped by an attachment");
+        let port = *self
+            .ours
+            .host_ports()
+            .start()
+            .max(self.theirs.host_ports().start());
+        Error::PortInUse {
+            sandbox: what.to_owned(),
+            protocol: self.ours.protocol(),
+            address: std::net::SocketAddr::new(self.ours.host_address(), port),
+            netns: PortNetns::Network,
+            errno: Errno::EADDRINUSE,
+        }
+    }
+}
 
 impl NetInner {
     /// The name of the network's table of attachments' port mappings.
     pub(crate) fn aports_table(&self) -> String {
         aports_table(&self.bridge)
+    }
+
+    /// The first mapping of an attachment's record (any process's, live,
+    /// pending or dead: its rules may be there until it is ended) that
+    /// takes a host port of `wanted`; the record `except` is not looked at.
+    /// Without the store's note no attachment has a mapping, and only the
+    /// note is looked at. A damaged record is gc's to report, and is
+    /// skipped.
+    pub(crate) fn attachment_port_taken(
+        &self,
+        wanted: &[PortMapping],
+        except: Option<&str>,
+    ) -> Result<Option<Taken>> {
+        if wanted.is_empty() || !self.store.attach_ports_noted()? {
+            return Ok(None);
+        }
+        for name in self.store.sandbox_names()? {
+            if Some(name.as_str()) == except {
+                continue;
+            }
+            let Ok(Some(rec)) = self.store.read_record(&name) else {
+                continue;
+            };
+            let Some(a) = &rec.attached else { continue };
+            for theirs in a.ports.iter().map(ports::from_record) {
+                if let Some(ours) = wanted.iter().find(|m| ports::overlaps(m, &theirs)) {
+                    return Ok(Some(Taken {
+                        by: format!("{}/{}", a.container_id, a.ifname),
+                        theirs,
+                        ours: ours.clone(),
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// For a sandbox's mappings, once their host ports are bound
+    /// (`published`): [`Error::PortInUse`] for `sandbox` if an attachment
+    /// maps one of them. Bound first, looked at after: an attach writes its
+    /// record before it looks for a socket on its ports, so of a sandbox
+    /// and an attachment that ask for a port at once, one sees the other.
+    pub(crate) fn refuse_attachment_ports(
+        &self,
+        sandbox: &str,
+        published: &[PublishedPort],
+    ) -> Result<()> {
+        let wanted: Vec<PortMapping> = published
+            .iter()
+            .filter(|p| p.netns == PortNetns::Network)
+            .map(|p| PortMapping::new(p.protocol, p.host.port(), p.pod_port).host_ip(p.host.ip()))
+            .collect();
+        match self.attachment_port_taken(&wanted, None)? {
+            Some(taken) => Err(taken.error(sandbox)),
+            None => Ok(()),
+        }
     }
 
     /// Run `f` on a blocking thread with an nf_tables socket of the host
