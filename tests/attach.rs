@@ -634,6 +634,32 @@ fn gc_deletes_the_rules_of_an_attachment_whose_namespace_died() {
 }
 
 #[test]
+fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let status = common::child_command(&ctx, &format!("attach-port {}", ns.path.display()))
+            .env("PODNET_FAILPOINT", "attach-port-rules")
+            .status()
+            .unwrap();
+        assert!(!status.success(), "killed at the failpoint");
+        assert_eq!(port_rules().map(|r| r.len()), Some(3), "one rule per chain");
+        let net = network(&ctx).await;
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.port_rules.len(), 3, "{report:?}");
+        assert!(report.port_table, "{report:?}");
+        assert_eq!(report.addresses.len(), 1, "{report:?}");
+        assert_eq!(port_rules(), None);
+        assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn check_names_a_port_rule_deleted_behind_its_back() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;

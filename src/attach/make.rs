@@ -14,6 +14,7 @@ use nix::sys::stat::{fstat, Mode};
 
 use super::{key, record_name, AttachBuilder, Attachment};
 use crate::error::{Error, Result};
+use crate::failpoint::failpoint;
 use crate::host::NetInner;
 use crate::ident::{creator, instance_id};
 use crate::ipam::{container_id_ok, netns_path_ok, Attached, Record};
@@ -311,6 +312,7 @@ impl AttachBuilder {
             // Set first: a batch whose answer is lost may have been applied.
             undo.rules = true;
             net.add_attachment_rules(dnats).await?;
+            failpoint("attach-port-rules");
         }
         if let Some(a) = record.attached.as_mut() {
             a.done = true;
