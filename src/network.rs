@@ -323,23 +323,25 @@ impl Network {
         )
     }
 
-    /// End the attachment keyed (`container_id`, `ifname`): its veth pair
-    /// (if its namespace still holds it), its addresses and its record.
-    /// `Ok(false)` if there was none, so that a second call succeeds too.
-    /// A record that cannot be read is ended all the same, by the names
-    /// its key gives.
+    /// End the attachment keyed (`container_id`, `ifname`): the rules of
+    /// its port mappings, its veth pair (if its namespace still holds it),
+    /// its addresses and its record, in that order. `Ok(false)` if there
+    /// was none, so that a second call succeeds too. A record that cannot
+    /// be read is ended all the same, by the names its key gives.
     ///
     /// # Errors
-    /// [`Error::Netlink`] if the veth cannot be deleted (then nothing else
-    /// is done), [`Error::Io`] if the store cannot be written.
+    /// [`Error::Netlink`] if the rules or the veth cannot be deleted (then
+    /// nothing after is done), [`Error::Io`] if the store cannot be
+    /// written.
     pub async fn detach(&self, container_id: &str, ifname: &str) -> Result<bool> {
         attach::detach(&self.inner, container_id, ifname).await
     }
 
     /// The attachment keyed (`container_id`, `ifname`), checked against the
     /// kernel: its namespace is the one attached, the interface is in it
-    /// with its addresses (and default routes, if it got them), and the
-    /// host end is on a bridge of the network.
+    /// with its addresses (and default routes, if it got them), the host
+    /// end is on a bridge of the network, and every rule of its port
+    /// mappings is in the network's table of attachments' mappings.
     ///
     /// # Errors
     /// [`Error::NotFound`] if there is no such attachment; [`Error::Broken`]
@@ -359,8 +361,9 @@ impl Network {
     }
 
     /// End every attachment whose key is not in `keep` (CNI's GC with its
-    /// `cni.dev/valid-attachments`); the keys of those it ended. Sandboxes
-    /// are not touched.
+    /// `cni.dev/valid-attachments`), port rules first, as
+    /// [`detach`](Network::detach) does; the keys of those it ended.
+    /// Sandboxes are not touched.
     ///
     /// # Errors
     /// Every attachment is attempted; [`Error::Multiple`] lists the
