@@ -64,12 +64,14 @@ fn send_to_host_port(port: u16, msg: &str) -> bool {
     }
 }
 
-/// `nft ARGS` in the test's namespace; its stdout.
+/// `nft ARGS` in the test's namespace; its stdout. Looked for in sbin too:
+/// an unprivileged user's PATH (CI's rootless run) may not have it.
 fn nft(args: &[&str]) -> String {
-    let out = std::process::Command::new("nft")
-        .args(args)
-        .output()
-        .unwrap();
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft");
+    let out = std::process::Command::new(nft).args(args).output().unwrap();
     assert!(out.status.success(), "nft {args:?}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
