@@ -54,7 +54,11 @@ fn port_rules() -> Option<Vec<String>> {
 /// Send `msg` from the test's namespace to host port `port` at the
 /// gateway (an address of the host namespace); whether it connected.
 fn send_to_host_port(port: u16, msg: &str) -> bool {
-    let at = SocketAddr::from(([10, 88, 0, 1], port));
+    send_to(SocketAddr::from(([10, 88, 0, 1], port)), msg)
+}
+
+/// Send `msg` from the test's namespace to `at`; whether it connected.
+fn send_to(at: SocketAddr, msg: &str) -> bool {
     match TcpStream::connect_timeout(&at, Duration::from_secs(5)) {
         Ok(mut s) => {
             s.write_all(msg.as_bytes()).unwrap();
@@ -443,6 +447,32 @@ fn a_mapped_host_port_reaches_a_server_in_the_attached_namespace() {
         let served = common::serve_once(ns.listen("0.0.0.0:80"));
         assert!(send_to_host_port(8080, "through the rule"));
         assert_eq!(served.join().unwrap(), "through the rule");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_mapping_on_the_unspecified_ipv6_address_serves_both_families() {
+    in_netns(|ctx| async move {
+        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET, "fd00:88::/64"])
+            .dns(false)
+            .build()
+            .await
+            .unwrap();
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80).host_ip("::".parse().unwrap()))
+            .attach()
+            .await
+            .unwrap();
+        // `[::]:80` inside takes both families.
+        let listener = ns.listen("[::]:80");
+        for (at, msg) in [("10.88.0.1:8080", "v4"), ("[fd00:88::1]:8080", "v6")] {
+            let served = common::serve_once(listener.try_clone().unwrap());
+            assert!(send_to(at.parse().unwrap(), msg), "{at}");
+            assert_eq!(served.join().unwrap(), msg, "{at}");
+        }
         net.detach(CID, "eth0").await.unwrap();
         net.remove().await.unwrap();
     });
