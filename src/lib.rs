@@ -74,6 +74,10 @@
 //! [`Sandbox::phase`] and [`Sandbox::enter`] are synchronous.
 
 mod attach;
+/// The CNI specification layer (feature `cni`): environment, network
+/// configuration, versions, results and errors for `podnet-cni`.
+#[cfg(feature = "cni")]
+pub mod cni;
 mod dns;
 mod error;
 mod failpoint;

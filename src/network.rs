@@ -301,6 +301,12 @@ impl Network {
         gc::run(&self.inner).await
     }
 
+    /// The directory of this network's store (its records, address
+    /// reservations and notes; docs/state-and-gc.md).
+    pub fn store_path(&self) -> &std::path::Path {
+        self.inner.store.dir()
+    }
+
     /// Start configuring an attachment of the network namespace at
     /// `netns`, which another program made and holds (a container
     /// runtime's, as CNI passes it in `CNI_NETNS`), keyed by

@@ -742,3 +742,32 @@ fn child_process() {
             .unwrap();
     });
 }
+
+/// `ip -d link show NAME` in the test's namespace.
+fn ip_details(name: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "link", "show", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn hairpin_mode_is_on_for_the_host_port_only_when_asked() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        let on = net
+            .attach("a", "eth0", &a.path)
+            .hairpin(true)
+            .attach()
+            .await
+            .unwrap();
+        let off = net.attach("b", "eth0", &b.path).attach().await.unwrap();
+        assert!(ip_details(&on.host_interface).contains("hairpin on"));
+        assert!(ip_details(&off.host_interface).contains("hairpin off"));
+        net.detach("a", "eth0").await.unwrap();
+        net.detach("b", "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}

@@ -18,6 +18,8 @@ const LAYERS: &[&[&str]] = &[
     &["sandbox", "attach"],
     &["network"],
     &["pod"],
+    &["cni"],
+    &["bin"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -42,7 +42,8 @@ pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> 
             let object = format!("veth {veth} of attachment {}", key(container_id, ifname));
             link::delete_link(&net.conn.handle, &veth, &object).await?;
             let _lock = net.store.lock().await?;
-            release_all_of(net, &name)?;
+            // Every instance of that name: the record cannot say which.
+            release_all_of(net, |o| parse_owner(o).is_some_and(|(n, _)| n == name))?;
             net.store.remove_record(&name)?;
             Ok(true)
         }
@@ -78,23 +79,30 @@ async fn end(net: &NetInner, rec: &Record) -> Result<()> {
     }
     let _lock = net.store.lock().await?;
     let owner = rec.owner();
-    for ip in [rec.ipv4.map(IpAddr::V4), rec.ipv6.map(IpAddr::V6)]
-        .into_iter()
-        .flatten()
-    {
-        net.store.release(ip, &owner)?;
+    let done = rec.attached.as_ref().is_some_and(|a| a.done);
+    if done {
+        for ip in [rec.ipv4.map(IpAddr::V4), rec.ipv6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+        {
+            net.store.release(ip, &owner)?;
+        }
+    } else {
+        // Not done: its addresses are in no line of the record yet (an
+        // ADD that died after allocating), only in their reservations.
+        release_all_of(net, |o| o == owner)?;
     }
     net.store.remove_record_if(&rec.name, &rec.id)
 }
 
-/// Release every address reserved under sandbox name `name`, whichever
-/// instance; the caller holds the store's lock.
-fn release_all_of(net: &NetInner, name: &str) -> Result<()> {
+/// Release every address whose owner `mine` picks; the caller holds the
+/// store's lock.
+fn release_all_of(net: &NetInner, mine: impl Fn(&str) -> bool) -> Result<()> {
     for entry in net.store.reservations()? {
         let (Some(addr), Ok(owner)) = (entry.addr, entry.target.as_deref()) else {
             continue;
         };
-        if parse_owner(owner).is_some_and(|(n, _)| n == name) {
+        if mine(owner) {
             net.store.release(addr, owner)?;
         }
     }

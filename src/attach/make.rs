@@ -187,6 +187,7 @@ impl AttachBuilder {
             }
             other => other?,
         };
+        failpoint("attach-record");
         let mut undo = Undo {
             net: net.clone(),
             name: record.name.clone(),
@@ -202,6 +203,7 @@ impl AttachBuilder {
         match made {
             Ok(att) => match net.store.set_done(&file, &record) {
                 Ok(()) => {
+                    failpoint("attach-done");
                     undo.armed = false;
                     Ok(att)
                 }
@@ -247,6 +249,7 @@ impl AttachBuilder {
                 IpAddr::V4(_) => None,
             };
         }
+        failpoint("attach-address");
         let addr = record.ipv4.map(IpAddr::V4).or(record.ipv6.map(IpAddr::V6));
         let shard = addr.map_or(0, |a| net.shard_of(a));
         let (bridge, bridge_name) = net.shard_bridge(shard).await?;
@@ -261,12 +264,14 @@ impl AttachBuilder {
             peer_ns: PeerNs::Fd(ns.as_raw_fd()),
             peer_name: &self.ifname,
             peer_mac: self.mac,
+            hairpin: self.hairpin,
             mtu: self.mtu.or(net.mtu),
             sandbox: &record.name,
             napi_receive,
         };
         let made = link::create_veth(&mut *net.host_nl()?, &veth)?;
         undo.veth = Some(record.veth.clone());
+        failpoint("attach-veth");
         let host = link::interface_blocking(&mut *net.host_nl()?, &record.veth, &record.veth)?;
 
         let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
@@ -301,6 +306,7 @@ impl AttachBuilder {
             )?;
             link::interface_blocking(&mut nl, &self.ifname, what)?
         };
+        failpoint("attach-inside");
         if !self.ports.is_empty() {
             let dnats = ports::rule_dnats(
                 &record.owner(),

@@ -39,6 +39,7 @@ pub struct AttachBuilder {
     mac: Option<[u8; 6]>,
     mtu: Option<u32>,
     default_routes: bool,
+    hairpin: bool,
     aliases: Vec<String>,
     ports: Vec<PortMapping>,
 }
@@ -59,9 +60,18 @@ impl AttachBuilder {
             mac: None,
             mtu: None,
             default_routes: true,
+            hairpin: false,
             aliases: Vec::new(),
             ports: Vec::new(),
         }
+    }
+
+    /// Put the host end's bridge port in hairpin mode, so that a frame can
+    /// go back out of the port it came in by (a container reaching itself
+    /// at a host port mapped to its own address; CNI's `hairpinMode`).
+    pub fn hairpin(mut self, yes: bool) -> Self {
+        self.hairpin = yes;
+        self
     }
 
     /// Ask for this address instead of the pool's next free one (one per

@@ -3,8 +3,8 @@
 //! set up without IPv6 addresses, and the ethtool flags of NAPI receiving.
 
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoVeth, LinkAttribute, LinkMessage,
-    State,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
@@ -30,6 +30,10 @@ pub(crate) struct Veth<'a> {
     /// The peer's MAC address, if one is asked for (else the kernel's
     /// random one).
     pub peer_mac: Option<[u8; 6]>,
+    /// Whether the bridge port is in hairpin mode (sends a frame back out
+    /// of the port it came in by: a container reaching itself through a
+    /// port mapping's DNAT to its own address).
+    pub hairpin: bool,
     pub mtu: Option<u32>,
     /// The sandbox it is for, for errors.
     pub sandbox: &'a str,
@@ -119,16 +123,31 @@ pub(crate) fn create_veth(nl: &mut Nl, v: &Veth<'_>) -> Result<VethIndexes> {
     // to the index the echo gives: sent with the creation, it would be
     // carried out even if the creation failed, on whatever link holds the
     // name.
-    let link = match echoed {
+    let link = || match echoed {
         Some(l) => LinkUnspec::new_with_index(l.header.index),
         None => LinkUnspec::new_with_name(v.host),
     };
+    let mut reqs = vec![(no_ipv6_addresses(link().up()), 0)];
+    if v.hairpin {
+        // A port option: RTM_NEWLINK on the existing link, with the
+        // bridge's slave data (RTM_SETLINK does not read IFLA_LINKINFO).
+        let mut msg = link().build();
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        reqs.push((RouteNetlinkMessage::NewLink(msg), 0));
+    }
     let ready = nl
-        .batch(vec![(no_ipv6_addresses(link.up()), 0)])
+        .batch(reqs)
         .map_err(|e| io_nl_err("set up", &object(), e))
-        .and_then(|mut answers| {
-            let answer = answers.pop().unwrap_or(Err(Errno::EIO));
-            answer.map_err(|errno| errno_err("set up", &object(), errno))
+        .and_then(|answers| {
+            for (answer, op) in answers.into_iter().zip(["set up", "set hairpin mode on"]) {
+                answer.map_err(|errno| errno_err(op, &object(), errno))?;
+            }
+            Ok(())
         })
         .and_then(|_| {
             // A frame sent by a TSO-capable veth never takes the peer's

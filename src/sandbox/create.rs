@@ -232,6 +232,7 @@ impl SandboxBuilder {
                 peer_ns: link::PeerNs::Pid(u32::try_from(holder_pid.as_raw()).unwrap_or(0)),
                 peer_name: link::ETH0,
                 peer_mac: None,
+                hairpin: false,
                 mtu: self.mtu.or(net.mtu),
                 sandbox: name,
                 napi_receive,

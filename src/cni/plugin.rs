@@ -1,0 +1,515 @@
+//! The verbs of `podnet-cni` over the library: a parsed request becomes a
+//! [`Network`] built from the configuration (the same bridge and store
+//! that library users of that bridge share) and one call on it: ADD is
+//! [`Network::attach`], DEL [`Network::detach`], CHECK
+//! [`Network::check_attachment`] compared with `prevResult`, GC
+//! [`Network::retain_attachments`] and [`Network::gc`], STATUS a build and
+//! a write to the store. Library errors become the spec's codes here.
+
+use std::ffi::OsString;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::config::NetConf;
+use super::env::Command;
+use super::error::CniError;
+use super::request::{parse_request, NetworkRequest, Request};
+use super::result::{CniResult, Interface, IpConfig, Route};
+use super::version::requested;
+use crate::{Attachment, Error, Network, NetworkBuilder};
+
+/// The bridge of a configuration that names none, as the reference
+/// `bridge` plugin's.
+pub const DEFAULT_BRIDGE: &str = "cni0";
+
+/// podnet's own error codes (the spec leaves 100 and up to plugins).
+pub mod codes {
+    /// The interface asked for exists in the namespace already.
+    pub const INTERFACE_EXISTS: u32 = 100;
+    /// The attachment (container ID, interface) exists already.
+    pub const ATTACHMENT_EXISTS: u32 = 101;
+    /// A static address asked for is taken.
+    pub const ADDRESS_TAKEN: u32 = 102;
+    /// The pool has no free address.
+    pub const POOL_EXHAUSTED: u32 = 103;
+    /// A host port asked for is mapped already.
+    pub const PORT_IN_USE: u32 = 104;
+    /// IP forwarding is off and the configuration needs it.
+    pub const FORWARDING_OFF: u32 = 105;
+    /// The plugin lacks the privilege it needs (CAP_NET_ADMIN).
+    pub const NOT_PERMITTED: u32 = 106;
+    /// CHECK found the attachment not as it was made.
+    pub const BROKEN: u32 = 107;
+    /// The kernel refused a request (netlink, nf_tables, a system call).
+    pub const KERNEL: u32 = 108;
+}
+
+/// What one invocation prints on stdout, and whether it succeeded (exit
+/// status 0) or not (1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The result, VERSION's or STATUS's answer, or the error JSON.
+    pub stdout: String,
+    /// Whether the verb succeeded.
+    pub success: bool,
+}
+
+/// Run one invocation: the CNI environment `vars` and the configuration
+/// `stdin`. Never panics on any input; every failure is the spec's error
+/// JSON in the requested version.
+pub fn run(vars: impl IntoIterator<Item = (OsString, OsString)>, stdin: &[u8]) -> Outcome {
+    let answered = match parse_request(vars, stdin) {
+        Ok(Request::Version { reply }) => Ok(reply),
+        Ok(Request::Network(req)) => on_runtime(*req),
+        Err(e) => Err(e),
+    };
+    match answered {
+        Ok(stdout) => Outcome {
+            stdout,
+            success: true,
+        },
+        Err(e) => Outcome {
+            stdout: e.to_json(requested(stdin)),
+            success: false,
+        },
+    }
+}
+
+/// A verb on a current-thread runtime of its own.
+fn on_runtime(req: NetworkRequest) -> Result<String, CniError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::io("cannot start a runtime", e.to_string()))?;
+    rt.block_on(verb(req))
+}
+
+async fn verb(req: NetworkRequest) -> Result<String, CniError> {
+    let conf = &req.config;
+    match req.env.command {
+        Command::Add => add(&req).await,
+        Command::Del => del(&req).await.map(|()| String::new()),
+        Command::Check => check(&req).await.map(|()| String::new()),
+        Command::Gc => gc(conf).await.map(|()| String::new()),
+        Command::Status => status(conf).await.map(|()| String::new()),
+        Command::Version => Err(CniError::internal(
+            "VERSION reached the network verbs",
+            "it is answered before any network is built",
+        )),
+    }
+}
+
+/// The network a configuration describes, as a builder.
+///
+/// # Errors
+/// Code 2 for a range podnet cannot keep: two ranges in one set or two
+/// sets of one family (podnet has one pool per family), a gateway other
+/// than the subnet's first address, a `rangeStart`/`rangeEnd` narrower
+/// than the subnet, a route other than a default route.
+pub fn network_builder(conf: &NetConf) -> Result<NetworkBuilder, CniError> {
+    let bridge = conf.bridge.as_deref().unwrap_or(DEFAULT_BRIDGE);
+    let mut b = Network::builder(bridge).dns(false);
+    let (mut v4, mut v6) = (false, false);
+    for (i, set) in conf.ipam.ranges.iter().enumerate() {
+        let field = format!("ipam.ranges[{i}]");
+        let [r] = set.as_slice() else {
+            return Err(CniError::unsupported_field(
+                &field,
+                format!("{} ranges", set.len()),
+                "podnet allocates from one range per family: a range set of several ranges \
+                 is not supported",
+            ));
+        };
+        let seen = if r.subnet.is_ipv4() { &mut v4 } else { &mut v6 };
+        if std::mem::replace(seen, true) {
+            return Err(CniError::unsupported_field(
+                &field,
+                r.subnet,
+                "podnet allocates from one range per family: a second range set of this \
+                 family is not supported",
+            ));
+        }
+        let whole = super::config::Range {
+            subnet: r.subnet,
+            range_start: None,
+            range_end: None,
+            gateway: None,
+        };
+        if r.gateway_or_default() != whole.gateway_or_default() {
+            return Err(CniError::unsupported_field(
+                &format!("{field}[0].gateway"),
+                r.gateway_or_default(),
+                format!(
+                    "podnet's gateway is the subnet's first address, {}, not {}",
+                    whole.gateway_or_default(),
+                    r.gateway_or_default()
+                ),
+            ));
+        }
+        // The gateway is never handed out, so a range starting right after
+        // it spans what podnet allocates from.
+        let first_ok = r.range_start.is_none_or(|s| {
+            s == whole.first() || Some(s) == next_after(whole.gateway_or_default())
+        });
+        if !first_ok || r.range_end.is_some_and(|e| e != whole.last()) {
+            return Err(CniError::unsupported_field(
+                &format!("{field}[0]"),
+                format!("{}-{}", r.first(), r.last()),
+                "podnet allocates from the whole subnet: rangeStart and rangeEnd narrower \
+                 than it are not supported",
+            ));
+        }
+        b = b.subnet(r.subnet);
+    }
+    for (i, route) in conf.ipam.routes.iter().enumerate() {
+        let default = route.dst.prefix() == 0;
+        if !default {
+            return Err(CniError::unsupported_field(
+                &format!("ipam.routes[{i}]"),
+                route.dst,
+                format!(
+                    "podnet routes the pool and, through the gateway, the default route; \
+                     route {} is not supported",
+                    route.dst
+                ),
+            ));
+        }
+    }
+    if let Some(mtu) = conf.mtu {
+        b = b.mtu(mtu);
+    }
+    if conf.ip_masq {
+        b = b.egress(true).enable_forwarding(true);
+    }
+    if let Some(dir) = &conf.data_dir {
+        b = b.state_dir(dir);
+    }
+    Ok(b)
+}
+
+/// The address after `ip`, if there is one.
+fn next_after(ip: IpAddr) -> Option<IpAddr> {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).checked_add(1).map(|n| IpAddr::V4(n.into())),
+        IpAddr::V6(a) => u128::from(a).checked_add(1).map(|n| IpAddr::V6(n.into())),
+    }
+}
+
+/// Whether the container gets default routes: `isDefaultGateway`, or a
+/// default route in `ipam.routes` (podman's conflists ask for it so).
+fn default_routes(conf: &NetConf) -> bool {
+    conf.is_default_gateway || conf.ipam.routes.iter().any(|r| r.dst.prefix() == 0)
+}
+
+async fn build(conf: &NetConf) -> Result<Network, CniError> {
+    network_builder(conf)?.build().await.map_err(from_error)
+}
+
+/// The attachment's key from the environment (present for ADD, DEL and
+/// CHECK: the request checked it).
+fn key(req: &NetworkRequest) -> Result<(&str, &str), CniError> {
+    match (&req.env.container_id, &req.env.ifname) {
+        (Some(c), Some(i)) => Ok((c, i)),
+        _ => Err(CniError::missing_env(&["CNI_CONTAINERID", "CNI_IFNAME"])),
+    }
+}
+
+async fn add(req: &NetworkRequest) -> Result<String, CniError> {
+    let conf = &req.config;
+    let (cid, ifname) = key(req)?;
+    let netns = req
+        .env
+        .netns
+        .as_ref()
+        .ok_or_else(|| CniError::missing_env(&["CNI_NETNS"]))?;
+    refuse_own_namespace(netns)?;
+    let ips = conf.static_ips(req.env.arg("IP"))?;
+    let mac = conf.mac(req.env.arg("MAC"))?;
+    let net = build(conf).await?;
+    let mut b = net
+        .attach(cid, ifname, netns)
+        .default_routes(default_routes(conf))
+        .hairpin(conf.hairpin_mode);
+    for ip in ips {
+        b = b.ip(ip);
+    }
+    if let Some(mac) = mac {
+        b = b.mac(mac);
+    }
+    if let Some(mtu) = conf.mtu {
+        b = b.mtu(mtu);
+    }
+    for alias in &conf.runtime_config.aliases {
+        b = b.alias(alias.to_ascii_lowercase());
+    }
+    let att = match b.attach().await {
+        Err(Error::NotFound {
+            what: "network namespace",
+            name,
+        }) => {
+            return Err(CniError::invalid_env(
+                "CNI_NETNS",
+                format!("no network namespace at {name}"),
+            ))
+        }
+        other => other.map_err(from_error)?,
+    };
+    let result = result_of(conf, req.prev_result.clone().unwrap_or_default(), &att);
+    result.to_json_at(conf.cni_version)
+}
+
+/// CNI_NETNS must not be the plugin's own network namespace (the host's:
+/// wiring it would take the host's interface name and routes), unless
+/// `CNI_NETNS_OVERRIDE=1`, as libcni's `skel` checks.
+fn refuse_own_namespace(netns: &std::path::Path) -> Result<(), CniError> {
+    if std::env::var("CNI_NETNS_OVERRIDE").as_deref() == Ok("1") {
+        return Ok(());
+    }
+    let id = |p: &std::path::Path| nix::sys::stat::stat(p).map(|st| (st.st_dev, st.st_ino));
+    match (
+        id(netns),
+        id(std::path::Path::new("/proc/thread-self/ns/net")),
+    ) {
+        (Ok(theirs), Ok(ours)) if theirs == ours => Err(CniError::invalid_env(
+            "CNI_NETNS",
+            format!(
+                "{} is the plugin's own network namespace (set CNI_NETNS_OVERRIDE=1 to \
+                 mean it)",
+                netns.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The result of an ADD: `prev`'s (a plugin before podnet in the chain)
+/// with the attachment's interfaces, addresses, routes and DNS added.
+pub fn result_of(conf: &NetConf, mut prev: CniResult, att: &Attachment) -> CniResult {
+    prev.interfaces.push(Interface {
+        name: att.host_interface.clone(),
+        mac: att.host_mac,
+        mtu: conf.mtu,
+        sandbox: None,
+    });
+    let inside = prev.interfaces.len();
+    prev.interfaces.push(Interface {
+        name: att.ifname.clone(),
+        mac: att.mac,
+        mtu: conf.mtu,
+        sandbox: Some(att.netns.display().to_string()),
+    });
+    for (addr, gw) in att.addresses.iter().zip(&att.gateways) {
+        prev.ips.push(IpConfig {
+            address: *addr,
+            gateway: Some(*gw),
+            interface: Some(inside),
+        });
+        if att.default_routes {
+            let any = match gw {
+                IpAddr::V4(_) => IpNetwork::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0),
+                IpAddr::V6(_) => IpNetwork::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+            };
+            // A /0 is always a valid network.
+            if let Ok(dst) = any {
+                prev.routes.push(Route { dst, gw: Some(*gw) });
+            }
+        }
+    }
+    let dns = &conf.dns;
+    if prev.dns.is_empty() && !dns.is_empty() {
+        prev.dns = dns.clone();
+    }
+    prev
+}
+
+async fn del(req: &NetworkRequest) -> Result<(), CniError> {
+    let (cid, ifname) = key(req)?;
+    let net = build(&req.config).await?;
+    net.detach(cid, ifname).await.map_err(from_error)?;
+    Ok(())
+}
+
+async fn check(req: &NetworkRequest) -> Result<(), CniError> {
+    let (cid, ifname) = key(req)?;
+    let net = build(&req.config).await?;
+    let att = match net.check_attachment(cid, ifname).await {
+        Err(Error::NotFound { name, .. }) => {
+            return Err(CniError::unknown_container(
+                format!("no attachment {name} on network {:?}", req.config.name),
+                "ADD did not make it, or DEL or GC ended it",
+            ))
+        }
+        other => other.map_err(from_error)?,
+    };
+    let Some(prev) = &req.prev_result else {
+        return Err(CniError::missing_config(
+            "prevResult",
+            "CHECK needs the result of the ADD it checks",
+        ));
+    };
+    let missing = compare(prev, &att);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(
+            codes::BROKEN,
+            format!("attachment {cid}/{ifname} is not as ADD made it"),
+            missing.join("; "),
+        ))
+    }
+}
+
+/// What `prev` (the ADD's result) says that `att` (as the kernel shows
+/// it) does not bear out, one item each.
+pub fn compare(prev: &CniResult, att: &Attachment) -> Vec<String> {
+    let mut missing = Vec::new();
+    let inside = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == att.ifname && i.sandbox.is_some());
+    match inside {
+        None => missing.push(format!(
+            "prevResult lists no interface {} inside the container",
+            att.ifname
+        )),
+        Some(i) => {
+            if let (Some(want), Some(got)) = (prev.interfaces[i].mac, att.mac) {
+                if want != got {
+                    missing.push(format!(
+                        "interface {} has MAC {}, not {} as prevResult says",
+                        att.ifname,
+                        super::mac::format_mac(&got),
+                        super::mac::format_mac(&want)
+                    ));
+                }
+            }
+            for ip in prev.ips.iter().filter(|ip| ip.interface == Some(i)) {
+                if !att.addresses.contains(&ip.address) {
+                    missing.push(format!(
+                        "address {} of prevResult is not on {}",
+                        ip.address, att.ifname
+                    ));
+                }
+            }
+        }
+    }
+    missing
+}
+
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let keep: Vec<(String, String)> = conf
+        .valid_attachments
+        .iter()
+        .flatten()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let net = build(conf).await?;
+    let mut errors = Vec::new();
+    if let Err(e) = net.retain_attachments(&keep).await {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = net.gc().await {
+        errors.push(e.to_string());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::io(
+            format!("GC of network {:?} met errors", conf.name),
+            errors.join("; "),
+        ))
+    }
+}
+
+async fn status(conf: &NetConf) -> Result<(), CniError> {
+    let b = network_builder(conf)?;
+    let net = b.build().await.map_err(|e| {
+        CniError::not_available(
+            format!("network {:?} cannot be made", conf.name),
+            e.to_string(),
+        )
+    })?;
+    probe_store(&net).map_err(|e| {
+        CniError::not_available(
+            format!(
+                "the address store of network {:?} is not writable",
+                conf.name
+            ),
+            e,
+        )
+    })
+}
+
+/// Write and remove a file where the store lives.
+fn probe_store(net: &Network) -> Result<(), String> {
+    let probe = net
+        .store_path()
+        .join(format!(".status-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("{}: {e}", probe.display()))?;
+    std::fs::remove_file(&probe).map_err(|e| format!("{}: {e}", probe.display()))
+}
+
+/// A library error as the spec's: bad input is 7 (or 4 for the
+/// environment), a taken or exhausted resource one of podnet's codes, a
+/// store that cannot be read or written 5, a lock another holds 11.
+pub fn from_error(e: Error) -> CniError {
+    let details = e.to_string();
+    match &e {
+        Error::InvalidName {
+            what: "interface", ..
+        } => CniError::invalid_env("CNI_IFNAME", details),
+        Error::InvalidName {
+            what: "container ID",
+            ..
+        } => CniError::invalid_env("CNI_CONTAINERID", details),
+        Error::InvalidName { .. } | Error::InvalidConfig { .. } | Error::NotABridge { .. } => {
+            CniError::new(
+                CniError::INVALID_CONFIG,
+                "invalid network configuration",
+                details,
+            )
+        }
+        Error::AddressNotInPool { .. } => CniError::new(
+            CniError::INVALID_CONFIG,
+            "a static address asked for is not in the network's subnet",
+            details,
+        ),
+        Error::AlreadyExists {
+            what: "interface", ..
+        } => CniError::new(
+            codes::INTERFACE_EXISTS,
+            "the interface exists already",
+            details,
+        ),
+        Error::AlreadyExists { .. } => CniError::new(
+            codes::ATTACHMENT_EXISTS,
+            "the attachment exists already",
+            details,
+        ),
+        Error::AddressTaken { .. } => {
+            CniError::new(codes::ADDRESS_TAKEN, "the address is taken", details)
+        }
+        Error::PoolExhausted { .. } => {
+            CniError::new(codes::POOL_EXHAUSTED, "no address is free", details)
+        }
+        Error::PortInUse { .. } => {
+            CniError::new(codes::PORT_IN_USE, "a host port is mapped already", details)
+        }
+        Error::ForwardingOff { .. } => {
+            CniError::new(codes::FORWARDING_OFF, "IP forwarding is off", details)
+        }
+        Error::NotPermitted { .. } => CniError::new(codes::NOT_PERMITTED, "not permitted", details),
+        Error::Broken { .. } => CniError::new(codes::BROKEN, "the attachment is broken", details),
+        Error::NotFound { .. } => CniError::unknown_container("not found", details),
+        Error::StateCorrupt { .. } | Error::Io { .. } => {
+            CniError::io("the address store cannot be used", details)
+        }
+        Error::Sys { errno, .. } | Error::Netlink { errno, .. }
+            if matches!(*errno, nix::errno::Errno::EAGAIN | nix::errno::Errno::EBUSY) =>
+        {
+            CniError::try_again("the kernel is busy", details)
+        }
+        _ => CniError::new(codes::KERNEL, "the kernel refused a request", details),
+    }
+}
