@@ -531,6 +531,32 @@ fn a_host_port_another_attachment_maps_is_in_use_and_nothing_is_made() {
 }
 
 #[test]
+fn of_two_attaches_of_one_host_port_at_once_exactly_one_gets_it() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        let (ra, rb) = tokio::join!(
+            net.attach("a", "eth0", &a.path)
+                .port(PortMapping::tcp(8080, 80))
+                .attach(),
+            net.attach("b", "eth0", &b.path)
+                .port(PortMapping::tcp(8080, 81))
+                .attach(),
+        );
+        let won: Vec<&str> = [("a", &ra), ("b", &rb)]
+            .into_iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(won.len(), 1, "{ra:?} {rb:?}");
+        let lost = if won[0] == "a" { &rb } else { &ra };
+        assert!(matches!(lost, Err(Error::PortInUse { .. })), "{lost:?}");
+        net.detach(won[0], "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_host_port_a_sandbox_maps_is_in_use_for_an_attachment() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
@@ -687,6 +713,32 @@ fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
             1,
             "only lo"
         );
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn retain_deletes_the_rules_of_the_attachments_it_ends_only() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        net.attach("a", "eth0", &a.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let kept = port_rules().unwrap();
+        net.attach("b", "eth0", &b.path)
+            .port(PortMapping::udp(5353, 53))
+            .attach()
+            .await
+            .unwrap();
+        net.retain_attachments(&[("a".into(), "eth0".into())])
+            .await
+            .unwrap();
+        assert_eq!(port_rules().unwrap(), kept);
+        net.check_attachment("a", "eth0").await.unwrap();
+        net.detach("a", "eth0").await.unwrap();
         net.remove().await.unwrap();
     });
 }
