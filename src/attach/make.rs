@@ -347,7 +347,7 @@ impl AttachBuilder {
         let what = format!("attachment {}", key(&self.container_id, &self.ifname));
         let host = format!("host namespace of network {:?}", net.bridge);
         let _host = netns::enter(net.host_ns.as_fd(), &host)?;
-        ports::probe_free(&what, &self.ports)
+        ports::probe_free(&what, &self.ports, net.v6.is_some())
     }
 }
 

@@ -107,11 +107,17 @@ fn addresses_meet(a: IpAddr, b: IpAddr) -> bool {
 /// closed at once; a TCP one never listens). A listening socket there,
 /// such as the one that holds a sandbox mapping's port, is
 /// [`Error::PortInUse`] for `what`; a host address that is not one of the
-/// namespace's is [`Error::InvalidConfig`].
-pub(crate) fn probe_free(what: &str, mappings: &[PortMapping]) -> Result<()> {
+/// namespace's is [`Error::InvalidConfig`]. Without `ipv6` (the network
+/// has no IPv6 pool, so `::` gets IPv4 rules only) `::` is probed as
+/// `0.0.0.0`, which needs no IPv6 in the namespace.
+pub(crate) fn probe_free(what: &str, mappings: &[PortMapping], ipv6: bool) -> Result<()> {
     for m in mappings {
+        let host = match m.host_address() {
+            IpAddr::V6(a) if a.is_unspecified() && !ipv6 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            other => other,
+        };
         for port in m.host_ports() {
-            let addr = SocketAddr::new(m.host_address(), port);
+            let addr = SocketAddr::new(host, port);
             probe_one(m.protocol(), addr).map_err(|errno| match errno {
                 Errno::EADDRINUSE => Error::PortInUse {
                     sandbox: what.to_owned(),
