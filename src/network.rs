@@ -137,8 +137,8 @@ impl Network {
 
     /// Remove the network: delete its bridge (if podnet made it: a bridge
     /// that was there before is left alone), this process's nf_tables table
-    /// of its port mappings, its egress table (whoever made it; forwarding
-    /// is left as it is), and its address store (and the state
+    /// of its port mappings, its table of attachments' port mappings and
+    /// its egress table (whoever made them; forwarding is left as it is), and its address store (and the state
     /// directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
@@ -186,6 +186,9 @@ impl Network {
         // The egress table, whichever process made it: no sandbox is left
         // to need it.
         inner.drop_egress().await?;
+        // The table of attachments' port mappings, whichever process made
+        // it: no attachment is left to have a rule in it.
+        inner.drop_attachment_ports().await?;
         // This process's nf_tables table of the network's port mappings
         // (its rules went with the sandboxes); it would go when the network
         // is dropped anyway.
@@ -274,6 +277,9 @@ impl Network {
     /// host-side veths of this network that no live sandbox claims, veths
     /// of removed sandboxes (renamed `<tag>~...`, named in their alias)
     /// whose remover died or whose deletion by this process failed, the
+    /// port rules of attachments whose record is gone or whose namespace
+    /// died, and the table of attachments' port mappings once no
+    /// attachment has one (see [`AttachBuilder::port`]), the
     /// network's egress table once no sandbox is left to need it (see
     /// [`NetworkBuilder::egress`]), and temporary files of dead writers. A
     /// live sandbox, or one that a live process is still creating, is never
@@ -323,23 +329,25 @@ impl Network {
         )
     }
 
-    /// End the attachment keyed (`container_id`, `ifname`): its veth pair
-    /// (if its namespace still holds it), its addresses and its record.
-    /// `Ok(false)` if there was none, so that a second call succeeds too.
-    /// A record that cannot be read is ended all the same, by the names
-    /// its key gives.
+    /// End the attachment keyed (`container_id`, `ifname`): the rules of
+    /// its port mappings, its veth pair (if its namespace still holds it),
+    /// its addresses and its record, in that order. `Ok(false)` if there
+    /// was none, so that a second call succeeds too. A record that cannot
+    /// be read is ended all the same, by the names its key gives.
     ///
     /// # Errors
-    /// [`Error::Netlink`] if the veth cannot be deleted (then nothing else
-    /// is done), [`Error::Io`] if the store cannot be written.
+    /// [`Error::Netlink`] if the rules or the veth cannot be deleted (then
+    /// nothing after is done), [`Error::Io`] if the store cannot be
+    /// written.
     pub async fn detach(&self, container_id: &str, ifname: &str) -> Result<bool> {
         attach::detach(&self.inner, container_id, ifname).await
     }
 
     /// The attachment keyed (`container_id`, `ifname`), checked against the
     /// kernel: its namespace is the one attached, the interface is in it
-    /// with its addresses (and default routes, if it got them), and the
-    /// host end is on a bridge of the network.
+    /// with its addresses (and default routes, if it got them), the host
+    /// end is on a bridge of the network, and every rule of its port
+    /// mappings is in the network's table of attachments' mappings.
     ///
     /// # Errors
     /// [`Error::NotFound`] if there is no such attachment; [`Error::Broken`]
@@ -359,8 +367,9 @@ impl Network {
     }
 
     /// End every attachment whose key is not in `keep` (CNI's GC with its
-    /// `cni.dev/valid-attachments`); the keys of those it ended. Sandboxes
-    /// are not touched.
+    /// `cni.dev/valid-attachments`), port rules first, as
+    /// [`detach`](Network::detach) does; the keys of those it ended.
+    /// Sandboxes are not touched.
     ///
     /// # Errors
     /// Every attachment is attempted; [`Error::Multiple`] lists the
@@ -650,6 +659,7 @@ impl NetworkBuilder {
                 dns,
                 egress: self.egress,
                 egress_nft: Default::default(),
+                aports_nft: Default::default(),
             }),
         };
         if !net.inner.egress {

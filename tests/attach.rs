@@ -6,10 +6,12 @@
 
 mod common;
 
-use std::net::IpAddr;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::time::Duration;
 
 use common::{in_netns, Ctx, RuntimeNetns};
-use podnet::{Error, Network};
+use podnet::{Error, Network, PortMapping, Protocol};
 
 const BRIDGE: &str = "pna0";
 const CID: &str = "0123456789abcdef0123456789abcdef";
@@ -34,6 +36,48 @@ fn addresses_inside(ns: &RuntimeNetns, ifname: &str) -> Vec<IpAddr> {
             cidr.split('/').next()?.parse().ok()
         })
         .collect()
+}
+
+/// The network's table of attachments' port mappings.
+const TABLE: &str = "podnet-pna0-aports";
+
+/// The comments of the rules in [`TABLE`] in the test's namespace, or
+/// `None` if there is no such table.
+fn port_rules() -> Option<Vec<String>> {
+    podnet::internals::podnet_tables()
+        .unwrap()
+        .into_iter()
+        .find(|(t, _)| t == TABLE)
+        .map(|(_, rules)| rules)
+}
+
+/// Send `msg` from the test's namespace to host port `port` at the
+/// gateway (an address of the host namespace); whether it connected.
+fn send_to_host_port(port: u16, msg: &str) -> bool {
+    send_to(SocketAddr::from(([10, 88, 0, 1], port)), msg)
+}
+
+/// Send `msg` from the test's namespace to `at`; whether it connected.
+fn send_to(at: SocketAddr, msg: &str) -> bool {
+    match TcpStream::connect_timeout(&at, Duration::from_secs(5)) {
+        Ok(mut s) => {
+            s.write_all(msg.as_bytes()).unwrap();
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// `nft ARGS` in the test's namespace; its stdout. Looked for in sbin too:
+/// an unprivileged user's PATH (CI's rootless run) may not have it.
+fn nft(args: &[&str]) -> String {
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft");
+    let out = std::process::Command::new(nft).args(args).output().unwrap();
+    assert!(out.status.success(), "nft {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -388,21 +432,366 @@ fn an_attachment_made_by_a_process_that_exited_is_kept_by_gc() {
     });
 }
 
+#[test]
+fn a_mapped_host_port_reaches_a_server_in_the_attached_namespace() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        let att = net
+            .attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(att.ports, vec![PortMapping::tcp(8080, 80)]);
+        let served = common::serve_once(ns.listen("0.0.0.0:80"));
+        assert!(send_to_host_port(8080, "through the rule"));
+        assert_eq!(served.join().unwrap(), "through the rule");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_mapping_on_the_unspecified_ipv6_address_serves_both_families() {
+    in_netns(|ctx| async move {
+        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET, "fd00:88::/64"])
+            .dns(false)
+            .build()
+            .await
+            .unwrap();
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80).host_ip("::".parse().unwrap()))
+            .attach()
+            .await
+            .unwrap();
+        // `[::]:80` inside takes both families.
+        let listener = ns.listen("[::]:80");
+        for (at, msg) in [("10.88.0.1:8080", "v4"), ("[fd00:88::1]:8080", "v6")] {
+            let served = common::serve_once(listener.try_clone().unwrap());
+            assert!(send_to(at.parse().unwrap(), msg), "{at}");
+            assert_eq!(served.join().unwrap(), msg, "{at}");
+        }
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_mapping_outlives_the_process_that_attached() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let mut child = common::child_command(&ctx, &format!("attach-port {}", ns.path.display()))
+            .spawn()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let served = common::serve_once(ns.listen("0.0.0.0:80"));
+        assert!(send_to_host_port(8080, "after the exit"));
+        assert_eq!(served.join().unwrap(), "after the exit");
+        let net = network(&ctx).await;
+        assert_eq!(
+            net.attachments().unwrap()[0].ports,
+            vec![PortMapping::tcp(8080, 80)]
+        );
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_host_port_another_attachment_maps_is_in_use_and_nothing_is_made() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        net.attach("a", "eth0", &a.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let rules = port_rules().unwrap();
+        let stored = common::state_entries(&ctx, &["sandbox", "addr"]);
+        // A range that meets 8080, on an address 0.0.0.0 covers.
+        let err = net
+            .attach("b", "eth0", &b.path)
+            .port(
+                PortMapping::range(Protocol::Tcp, 8079..=8081, 79..=81)
+                    .host_ip("10.88.0.1".parse().unwrap()),
+            )
+            .attach()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+        assert_eq!(port_rules().unwrap(), rules);
+        assert_eq!(common::state_entries(&ctx, &["sandbox", "addr"]), stored);
+        assert_eq!(b.run(&["ip", "-o", "link"]).1.lines().count(), 1, "only lo");
+        net.detach("a", "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn of_two_attaches_of_one_host_port_at_once_exactly_one_gets_it() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        let (ra, rb) = tokio::join!(
+            net.attach("a", "eth0", &a.path)
+                .port(PortMapping::tcp(8080, 80))
+                .attach(),
+            net.attach("b", "eth0", &b.path)
+                .port(PortMapping::tcp(8080, 81))
+                .attach(),
+        );
+        let won: Vec<&str> = [("a", &ra), ("b", &rb)]
+            .into_iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(won.len(), 1, "{ra:?} {rb:?}");
+        let lost = if won[0] == "a" { &rb } else { &ra };
+        assert!(matches!(lost, Err(Error::PortInUse { .. })), "{lost:?}");
+        net.detach(won[0], "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_host_port_a_sandbox_maps_is_in_use_for_an_attachment() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let pod = net
+            .sandbox("web")
+            .port(PortMapping::tcp(8080, 80))
+            .create()
+            .await
+            .unwrap();
+        let ns = RuntimeNetns::new();
+        let err = net
+            .attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+        assert!(net.attachments().unwrap().is_empty());
+        assert_eq!(port_rules(), None);
+        pod.remove().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_sandbox_cannot_map_a_host_port_an_attachment_maps() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let err = net
+            .sandbox("web")
+            .port(PortMapping::tcp(8080, 81))
+            .create()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::PortInUse { .. }), "{err}");
+        assert_eq!(net.sandboxes().await.unwrap().len(), 1, "the attachment");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn mappings_that_need_a_socket_are_refused_before_anything_is_made() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        for m in [
+            PortMapping::tcp(8080, 80).real_host(),
+            PortMapping::tcp(0, 80),
+            PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap()),
+            PortMapping::tcp(8080, 80).host_ip("fd00:88::1".parse().unwrap()),
+        ] {
+            let err = net
+                .attach(CID, "eth0", &ns.path)
+                .port(m.clone())
+                .attach()
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidConfig { .. }), "{m}: {err}");
+        }
+        assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
+        assert_eq!(port_rules(), None);
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn detach_deletes_the_rules_and_the_port_is_refused_after() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let _listener = ns.listen("0.0.0.0:80");
+        assert!(net.detach(CID, "eth0").await.unwrap());
+        assert_eq!(port_rules(), Some(vec![]));
+        assert!(!send_to_host_port(8080, "no rule"));
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn remove_deletes_the_table_of_attachments_mappings() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::udp(5353, 53))
+            .attach()
+            .await
+            .unwrap();
+        net.detach(CID, "eth0").await.unwrap();
+        assert!(nft(&["list", "ruleset"]).contains(TABLE));
+        net.remove().await.unwrap();
+        let left = nft(&["list", "ruleset"]);
+        assert!(!left.contains("table"), "{left}");
+    });
+}
+
+#[test]
+fn gc_deletes_the_rules_of_an_attachment_whose_namespace_died() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let mut ns = RuntimeNetns::new();
+        let att = net
+            .attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let rules = port_rules().unwrap();
+        assert!(!rules.is_empty());
+        ns.end();
+        common::eventually("the host end goes", Duration::from_secs(10), async || {
+            common::link(&ctx.nl, &att.host_interface).await.is_none()
+        })
+        .await;
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.port_rules, rules, "{report:?}");
+        assert!(report.port_table, "{report:?}");
+        assert_eq!(port_rules(), None);
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let status = common::child_command(&ctx, &format!("attach-port {}", ns.path.display()))
+            .env("PODNET_FAILPOINT", "attach-port-rules")
+            .status()
+            .unwrap();
+        assert!(!status.success(), "killed at the failpoint");
+        assert_eq!(port_rules().map(|r| r.len()), Some(3), "one rule per chain");
+        let net = network(&ctx).await;
+        let report = net.gc().await.unwrap();
+        assert_eq!(report.port_rules.len(), 3, "{report:?}");
+        assert!(report.port_table, "{report:?}");
+        assert_eq!(report.addresses.len(), 1, "{report:?}");
+        assert_eq!(port_rules(), None);
+        assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn retain_deletes_the_rules_of_the_attachments_it_ends_only() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
+        net.attach("a", "eth0", &a.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let kept = port_rules().unwrap();
+        net.attach("b", "eth0", &b.path)
+            .port(PortMapping::udp(5353, 53))
+            .attach()
+            .await
+            .unwrap();
+        net.retain_attachments(&[("a".into(), "eth0".into())])
+            .await
+            .unwrap();
+        assert_eq!(port_rules().unwrap(), kept);
+        net.check_attachment("a", "eth0").await.unwrap();
+        net.detach("a", "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn check_names_a_port_rule_deleted_behind_its_back() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        net.check_attachment(CID, "eth0").await.unwrap();
+        nft(&["flush", "chain", "inet", TABLE, "output"]);
+        let err = net.check_attachment(CID, "eth0").await.unwrap_err();
+        let Error::Broken { missing, .. } = &err else {
+            panic!("{err}");
+        };
+        assert_eq!(missing.len(), 1, "{err}");
+        assert!(
+            missing[0].contains("chain output") && missing[0].contains("0.0.0.0:8080"),
+            "{err}"
+        );
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
 /// The other side of `child_command`: `attach PATH` attaches `PATH` as
-/// (CID, eth0) and exits.
+/// (CID, eth0) and exits; `attach-port PATH` does so with TCP host port
+/// 8080 mapped to its port 80.
 #[test]
 #[ignore]
 fn child_process() {
     common::child_main(|state, action| async move {
-        let Some(path) = action.strip_prefix("attach ") else {
-            panic!("unknown action {action:?}");
+        let (path, ports) = match action.split_once(' ') {
+            Some(("attach", path)) => (path.to_owned(), vec![]),
+            Some(("attach-port", path)) => (path.to_owned(), vec![PortMapping::tcp(8080, 80)]),
+            _ => panic!("unknown action {action:?}"),
         };
         let net = common::network_builder(&state, BRIDGE, &[common::SUBNET])
             .dns(false)
             .build()
             .await
             .unwrap();
-        net.attach(CID, "eth0", path).attach().await.unwrap();
+        ports
+            .into_iter()
+            .fold(net.attach(CID, "eth0", path), |b, m| b.port(m))
+            .attach()
+            .await
+            .unwrap();
     });
 }
 

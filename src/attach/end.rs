@@ -11,11 +11,11 @@ use crate::host::NetInner;
 use crate::ipam::{parse_owner, Record};
 use crate::link;
 
-/// End the attachment keyed (`container_id`, `ifname`): delete its veth
-/// pair (if its namespace still holds it), release its addresses and its
-/// record. `Ok(false)` if there was none. A record that cannot be read is
-/// ended all the same, by the names its key gives: its veth, and every
-/// address reserved under its name.
+/// End the attachment keyed (`container_id`, `ifname`): delete its port
+/// rules and its veth pair (if its namespace still holds it), release its
+/// addresses and its record. `Ok(false)` if there was none. A record that
+/// cannot be read is ended all the same, by the names its key gives: its
+/// rules, its veth, and every address reserved under its name.
 pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> Result<bool> {
     let name = record_name(container_id, ifname);
     match net.store.read_record(&name) {
@@ -35,6 +35,9 @@ pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> 
         Err(Error::StateCorrupt { path, reason }) => {
             tracing::warn!(path = %path.display(), %reason,
                 "ending attachment {} whose record cannot be read", key(container_id, ifname));
+            let of_name = name.clone();
+            net.delete_attachment_rules(move |o| parse_owner(o).is_some_and(|(n, _)| n == of_name))
+                .await?;
             let veth = format!("{name}-{}", net.tag);
             let object = format!("veth {veth} of attachment {}", key(container_id, ifname));
             link::delete_link(&net.conn.handle, &veth, &object).await?;
@@ -48,9 +51,16 @@ pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> 
     }
 }
 
-/// Delete `rec`'s veth, then release its addresses and remove its record
-/// (under the store's lock, so a concurrent gc sees all or none of it).
+/// Delete `rec`'s port rules and its veth, then release its addresses and
+/// remove its record (under the store's lock, so a concurrent gc sees all
+/// or none of it). The rules go first: once the record is gone, another
+/// attachment may map the same host ports, and rules left before its own
+/// in the chains would take its traffic.
 async fn end(net: &NetInner, rec: &Record) -> Result<()> {
+    if rec.attached.as_ref().is_some_and(|a| !a.ports.is_empty()) {
+        let owner = rec.owner();
+        net.delete_attachment_rules(move |o| o == owner).await?;
+    }
     let object = format!("veth {} of attachment {:?}", rec.veth, rec.name);
     // Only on one of this network's bridges, or on none (its namespace is
     // being torn down): another network whose tag is the same names its

@@ -1,7 +1,7 @@
 //! Looking at attachments: the list of the network's, and one checked
 //! against the kernel (CNI's CHECK): its namespace, the interface inside,
-//! its addresses and default routes, and the host end on a bridge of the
-//! network.
+//! its addresses and default routes, the host end on a bridge of the
+//! network, and the rules of its port mappings.
 
 use std::os::fd::AsFd;
 
@@ -12,6 +12,7 @@ use crate::host::NetInner;
 use crate::ipam::Record;
 use crate::link::{self, Nl};
 use crate::netns;
+use crate::ports;
 
 /// The completed attachments of the network, from every process's records.
 pub(crate) fn list(net: &NetInner) -> Result<Vec<Attachment>> {
@@ -106,6 +107,24 @@ pub(crate) async fn check(net: &NetInner, container_id: &str, ifname: &str) -> R
             for gw in &att.gateways {
                 if !f.default_gateways.contains(gw) {
                     missing.push(format!("default route via {gw} on {} is gone", a.ifname));
+                }
+            }
+        }
+    }
+    if !a.ports.is_empty() {
+        let found = net.attachment_rules().await?;
+        let table = net.aports_table();
+        let want = ports::rule_dnats(&rec.owner(), &att.ports, rec.ipv4, rec.ipv6, net.subnets());
+        for d in &want {
+            for chain in d.chains() {
+                if !found
+                    .iter()
+                    .any(|f| f.chain == *chain && f.comment == d.comment)
+                {
+                    missing.push(format!(
+                        "port rule {:?} in chain {chain} of table inet {table} is gone",
+                        d.comment
+                    ));
                 }
             }
         }

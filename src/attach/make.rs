@@ -2,7 +2,8 @@
 //! from then on by that fd), the interface name checked free inside, a
 //! record keyed by (container ID, interface), addresses, a veth pair whose
 //! peer goes into the namespace by fd under the asked name, and the inside
-//! configured. A step that fails undoes the ones before it.
+//! configured, then its port mappings' rules added. A step that fails
+//! undoes the ones before it.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -20,6 +21,7 @@ use crate::ipam::{container_id_ok, netns_path_ok, Attached, Record};
 use crate::link::{self, Inside, Nl, PeerNs, Veth};
 use crate::names::{check_mtu, validate_alias, validate_ifname};
 use crate::netns;
+use crate::ports;
 
 impl AttachBuilder {
     /// Attach the namespace: an address from each pool (or the asked
@@ -36,10 +38,15 @@ impl AttachBuilder {
     /// CNI would refuse, an interface name that is not one),
     /// [`Error::InvalidConfig`] (a relative or non-UTF-8 namespace path, a
     /// MAC that is not unicast, an MTU out of range, two addresses of one
-    /// family), [`Error::NotFound`] (no namespace at that path),
+    /// family, a port mapping kernel rules cannot serve, see
+    /// [`port`](AttachBuilder::port), or one of a family the network has
+    /// no pool of), [`Error::NotFound`] (no namespace at that path),
     /// [`Error::AlreadyExists`] (the interface exists inside, or the
     /// attachment is made already), [`Error::AddressNotInPool`],
-    /// [`Error::AddressTaken`], [`Error::PoolExhausted`]. A failure
+    /// [`Error::AddressTaken`], [`Error::PoolExhausted`],
+    /// [`Error::PortInUse`] (a host port another attachment of the network
+    /// maps, or a socket of the host namespace holds, such as a sandbox
+    /// mapping's). A failure
     /// part-way ([`Error::Netlink`], [`Error::Sys`], [`Error::Io`] naming
     /// the step) undoes what was made before it is returned.
     pub async fn attach(self) -> Result<Attachment> {
@@ -83,6 +90,25 @@ impl AttachBuilder {
         }
         for a in &self.aliases {
             validate_alias(a)?;
+        }
+        let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+        ports::check_rules_only(&what, &self.ports)?;
+        for m in &self.ports {
+            // `::` takes either family; an address of one needs its pool.
+            let served = match m.host_address() {
+                IpAddr::V6(a) if a.is_unspecified() => true,
+                IpAddr::V6(_) => self.net.v6.is_some(),
+                IpAddr::V4(_) => self.net.v4.is_some(),
+            };
+            if !served {
+                return Err(Error::InvalidConfig {
+                    reason: format!(
+                        "port mapping {m} of {what}: network {:?} has no pool of the host \
+                         address's family",
+                        self.net.bridge
+                    ),
+                });
+            }
         }
         let (mut v4, mut v6) = (None, None);
         for ip in &self.ips {
@@ -136,10 +162,22 @@ impl AttachBuilder {
                 netns_dev: st.st_dev,
                 netns_ino: st.st_ino,
                 default_routes: self.default_routes,
+                ports: self.ports.iter().map(ports::to_record).collect(),
                 done: false,
             }),
         };
         let lock = net.store.lock().await?;
+        if !self.ports.is_empty() {
+            // Under the lock, so no other attach takes the ports meanwhile,
+            // and before the record, which from then on keeps the ports
+            // from another attachment (whatever process made it, wherever
+            // it crashed) and the table from gc.
+            let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+            if let Some(taken) = net.attachment_port_taken(&self.ports, Some(&record.name))? {
+                return Err(taken.error(&what));
+            }
+            net.store.note_attach_ports()?;
+        }
         let file = match net.store.create_record(&record) {
             Err(Error::AlreadyExists { .. }) => {
                 return Err(Error::AlreadyExists {
@@ -156,6 +194,7 @@ impl AttachBuilder {
             id: record.id.clone(),
             veth: None,
             ips: Vec::new(),
+            rules: false,
             armed: true,
         };
         let made = self
@@ -190,6 +229,9 @@ impl AttachBuilder {
         (want4, want6): (Option<IpAddr>, Option<IpAddr>),
     ) -> Result<Attachment> {
         let net = &self.net;
+        if !self.ports.is_empty() {
+            self.probe_ports()?;
+        }
         let owner = record.owner();
         if let Some(pool) = &net.v4 {
             let addr = net.store.allocate_locked(pool, &owner, want4)?;
@@ -265,6 +307,19 @@ impl AttachBuilder {
             link::interface_blocking(&mut nl, &self.ifname, what)?
         };
         failpoint("attach-inside");
+        if !self.ports.is_empty() {
+            let dnats = ports::rule_dnats(
+                &record.owner(),
+                &self.ports,
+                record.ipv4,
+                record.ipv6,
+                net.subnets(),
+            );
+            // Set first: a batch whose answer is lost may have been applied.
+            undo.rules = true;
+            net.add_attachment_rules(dnats).await?;
+            failpoint("attach-port-rules");
+        }
         if let Some(a) = record.attached.as_mut() {
             a.done = true;
         }
@@ -277,6 +332,22 @@ impl AttachBuilder {
         att.host_mac = host.map(|f| f.mac);
         att.mac = inside.map(|f| f.mac);
         Ok(att)
+    }
+}
+
+impl AttachBuilder {
+    /// Whether the host ports of the mappings asked for are held by no
+    /// socket of the host namespace (a sandbox mapping holds a listening
+    /// one on its host port, of this process or another). Called once this
+    /// attachment's record is written: a sandbox binds its ports before it
+    /// looks at the records, so of the two asking at once one sees the
+    /// other.
+    fn probe_ports(&self) -> Result<()> {
+        let net = &self.net;
+        let what = format!("attachment {}", key(&self.container_id, &self.ifname));
+        let host = format!("host namespace of network {:?}", net.bridge);
+        let _host = netns::enter(net.host_ns.as_fd(), &host)?;
+        ports::probe_free(&what, &self.ports, net.v6.is_some())
     }
 }
 
@@ -304,6 +375,8 @@ struct Undo {
     id: String,
     veth: Option<String>,
     ips: Vec<IpAddr>,
+    /// Whether port rules may have been added.
+    rules: bool,
     armed: bool,
 }
 
@@ -312,6 +385,10 @@ impl Undo {
     /// with it). Errors are dropped: the caller reports the failure that
     /// made us roll back.
     async fn rollback(mut self) {
+        if self.rules {
+            let owner = format!("{}@{}", self.name, self.id);
+            let _ = self.net.delete_attachment_rules(move |o| o == owner).await;
+        }
         if let Some(veth) = self.veth.take() {
             let _ = link::delete_link(&self.net.conn.handle, &veth, "").await;
         }
@@ -331,7 +408,8 @@ impl Undo {
 impl Drop for Undo {
     fn drop(&mut self) {
         // Reached armed only when attach() was cancelled mid-way: the veth
-        // is left to gc (its record is gone, its name is the network's).
+        // and any port rules are left to gc (its record is gone, its veth's
+        // name is the network's, its rules name the record).
         if self.armed {
             self.release_sync();
         }

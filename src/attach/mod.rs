@@ -23,6 +23,7 @@ use ipnetwork::IpNetwork;
 use crate::host::NetInner;
 use crate::ipam::{Attached, Record};
 use crate::names::fnv1a;
+use crate::ports::{self, PortMapping};
 
 /// Configuration of one attachment; made by
 /// [`Network::attach`](crate::Network::attach), carried out by
@@ -40,6 +41,7 @@ pub struct AttachBuilder {
     default_routes: bool,
     hairpin: bool,
     aliases: Vec<String>,
+    ports: Vec<PortMapping>,
 }
 
 impl AttachBuilder {
@@ -60,6 +62,7 @@ impl AttachBuilder {
             default_routes: true,
             hairpin: false,
             aliases: Vec::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -104,6 +107,29 @@ impl AttachBuilder {
         self.aliases.push(name.into());
         self
     }
+
+    /// Map a host port (or range) of the network's host namespace to a
+    /// port of the attachment (CNI's `portMappings`), by kernel DNAT rules
+    /// alone, which outlive the process that attached: they are in the
+    /// network's table of attachments' mappings, `inet
+    /// podnet-<bridge>-aports`, until [`Network::detach`](crate::Network::detach),
+    /// [`Network::retain_attachments`](crate::Network::retain_attachments)
+    /// or [`Network::gc`](crate::Network::gc) ends the attachment.
+    ///
+    /// Connections from other hosts, from the network's pods and from the
+    /// host namespace itself to one of its non-loopback addresses are
+    /// forwarded, over IPv4 for a host address of `0.0.0.0` and over both
+    /// families for `::` (each where the attachment has an address of the
+    /// family). There is no socket behind the rules, so
+    /// [`attach`](AttachBuilder::attach) refuses, as
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), what only a
+    /// socket serves: host port 0, a loopback host address, a
+    /// [`real_host`](PortMapping::real_host) port, a UDP idle timeout; and
+    /// more than 32 mappings. See `docs/port-forwarding.md`.
+    pub fn port(mut self, mapping: PortMapping) -> Self {
+        self.ports.push(mapping);
+        self
+    }
 }
 
 /// An attachment, as made or as its record and its namespace show it.
@@ -131,6 +157,8 @@ pub struct Attachment {
     pub default_routes: bool,
     /// Its extra DNS names.
     pub aliases: Vec<String>,
+    /// Its port mappings, as asked for (see [`AttachBuilder::port`]).
+    pub ports: Vec<PortMapping>,
 }
 
 impl Attachment {
@@ -158,6 +186,7 @@ impl Attachment {
             gateways,
             default_routes: a.default_routes,
             aliases: rec.aliases.clone(),
+            ports: a.ports.iter().map(ports::from_record).collect(),
         }
     }
 }

@@ -227,7 +227,7 @@ impl NetInner {
 /// Whether `errno`, from opening an nf_tables socket or sending it a
 /// request, means that this kernel or namespace has no nf_tables: then it
 /// has no table either.
-fn nf_tables_missing(errno: Errno) -> bool {
+pub(super) fn nf_tables_missing(errno: Errno) -> bool {
     matches!(
         errno,
         Errno::EOPNOTSUPP | Errno::EPROTONOSUPPORT | Errno::EAFNOSUPPORT

@@ -42,13 +42,20 @@ pub struct GcReport {
     pub corrupt: Vec<Damaged>,
     /// Volume directories of pods whose sandbox is gone, deleted.
     pub volumes: Vec<PathBuf>,
-    /// Kernel port-mapping rules deleted from this process's table of the
-    /// network (their comments: sandbox instance, port, mapping serial):
-    /// those of sandboxes that are gone (their mappings in this process are
-    /// ended too), and those no live mapping claims (a deletion that had
-    /// failed). Rules of processes that exited are never there to reclaim:
-    /// the kernel deletes their tables when they exit.
+    /// Kernel port-mapping rules deleted (their comments: sandbox or
+    /// attachment instance, port, number): from this process's table of
+    /// the network's sandbox mappings, those of sandboxes that are gone
+    /// (their mappings in this process are ended too) and those no live
+    /// mapping claims (a deletion that had failed); from the network's
+    /// shared table of attachments' mappings (`inet
+    /// podnet-<bridge>-aports`), those of attachments whose record is gone
+    /// or whose namespace died, whichever process made them. Sandbox rules
+    /// of processes that exited are never there to reclaim: the kernel
+    /// deletes their tables when they exit.
     pub port_rules: Vec<String>,
+    /// Whether the network's table of attachments' port mappings was
+    /// deleted because no attachment with a mapping was left.
+    pub port_table: bool,
     /// Whether the network's egress table (`inet podnet-<bridge>-egress`)
     /// was deleted because no sandbox was left to need it.
     pub egress: bool,
@@ -63,6 +70,7 @@ impl GcReport {
             && self.holders.is_empty()
             && self.volumes.is_empty()
             && self.port_rules.is_empty()
+            && !self.port_table
             && !self.egress
     }
 }
@@ -158,6 +166,9 @@ struct Sweep<'a> {
     live_holders: Vec<holder::Found>,
     /// The indexes of the network's bridges (every shard).
     bridges: Vec<u32>,
+    /// Whether a live or pending attachment has port mappings (so the
+    /// table of attachments' mappings stays).
+    attachment_ports: bool,
 }
 
 /// Reclaim what is dead in `inner`'s network; see [`Network::gc`](crate::Network::gc).
@@ -182,6 +193,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
         dead: Vec::new(),
         live_holders: Vec::new(),
         bridges: Vec::new(),
+        attachment_ports: false,
     };
     sweep.read_records()?;
     match inner.all_bridges().await {
@@ -189,6 +201,9 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
         Err(e) => sweep.errors.push(e),
     }
     sweep.end_orphan_holders();
+    // Before the records they name go: a record gone with its rules left
+    // would let a new attachment map their ports behind them.
+    sweep.end_orphan_attachment_rules().await;
     sweep.reclaim_dead().await;
     let reserved = sweep.release_unowned_addresses()?;
     // The allocation windows, back to what the addresses still reserved
@@ -207,6 +222,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
     sweep.errors.extend(failed);
     sweep.end_orphan_port_rules().await;
     sweep.end_unneeded_egress().await;
+    sweep.end_unneeded_attachment_ports().await;
     store.remove_stale_temp_files();
     let r = &sweep.report;
     if !r.is_empty() {
@@ -217,6 +233,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
             holders = ?r.holders,
             volumes = r.volumes.len(),
             port_rules = r.port_rules.len(),
+            port_table = r.port_table,
             egress = r.egress,
             "gc reclaimed"
         );
@@ -246,6 +263,8 @@ impl Sweep<'_> {
         for name in store.sandbox_names()? {
             match liveness(store, &name) {
                 Liveness::Live(rec) | Liveness::Pending(rec) => {
+                    self.attachment_ports |=
+                        rec.attached.as_ref().is_some_and(|a| !a.ports.is_empty());
                     self.owned.insert(rec.owner());
                     self.named.extend(rec.ipv4.map(IpAddr::V4));
                     self.named.extend(rec.ipv6.map(IpAddr::V6));
@@ -560,6 +579,36 @@ impl Sweep<'_> {
         }
         match self.inner.drop_egress().await {
             Ok(deleted) => self.report.egress = deleted,
+            Err(e) => self.errors.push(e),
+        }
+    }
+
+    /// The rules of the network's table of attachments' mappings that no
+    /// live or pending record claims: those of attachments whose namespace
+    /// died, or whose record is gone (a crash between the steps of an
+    /// attach or a detach). A damaged record keeps the rules of its name.
+    async fn end_orphan_attachment_rules(&mut self) {
+        let (owned, damaged) = (&self.owned, &self.damaged_names);
+        let claimed = |owner: &str| {
+            owned.contains(owner)
+                || parse_owner(owner).is_some_and(|(name, _)| damaged.contains(name))
+        };
+        match self.inner.delete_unclaimed_attachment_rules(claimed).await {
+            Ok(rules) => self.report.port_rules.extend(rules),
+            Err(e) => self.errors.push(e),
+        }
+    }
+
+    /// The table of attachments' mappings, once no live or pending record
+    /// has a mapping and no damaged record might. Under the store's lock:
+    /// an attach in progress wrote its record (with its mappings) under it
+    /// before it adds rules, so it is seen here.
+    async fn end_unneeded_attachment_ports(&mut self) {
+        if self.attachment_ports || !self.damaged_names.is_empty() {
+            return;
+        }
+        match self.inner.drop_attachment_ports().await {
+            Ok(deleted) => self.report.port_table = deleted,
             Err(e) => self.errors.push(e),
         }
     }

@@ -14,6 +14,7 @@ use crate::link::nft::Nft;
 use crate::ports::{self, PortForwarding};
 use crate::{link, netns};
 
+pub(crate) mod aports;
 pub(crate) mod deletions;
 pub(crate) mod egress;
 pub(crate) mod gc;
@@ -55,6 +56,9 @@ pub(crate) struct NetInner {
     pub egress: bool,
     /// The nf_tables socket for the egress table, opened when first used.
     pub egress_nft: std::sync::Mutex<Option<std::sync::Arc<Nft>>>,
+    /// The nf_tables socket for the table of attachments' port mappings,
+    /// opened when first used.
+    pub aports_nft: std::sync::Mutex<Option<std::sync::Arc<Nft>>>,
 }
 
 impl NetInner {

@@ -10,7 +10,9 @@ mod store;
 mod volumes;
 
 pub(crate) use pool::Pool;
-pub(crate) use record::{container_id_ok, netns_path_ok, parse_owner, Attached, Record};
+pub(crate) use record::{
+    container_id_ok, netns_path_ok, parse_owner, Attached, AttachedPort, Record,
+};
 pub(crate) use store::{EgressNote, RecordFile, Store};
 pub(crate) use volumes::Volumes;
 

@@ -3,7 +3,8 @@
 //! fixed-width `done=` line whose check continues it), and the owner
 //! names (`<name>@<id>`) that address reservations point to. No I/O.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -52,8 +53,69 @@ pub(crate) struct Attached {
     pub netns_ino: u64,
     /// Whether the namespace got default routes via the gateways.
     pub default_routes: bool,
+    /// Its port mappings (kernel rules in the network's shared table of
+    /// attachments' mappings): written with the record, before any rule is
+    /// made, so that a rule never lacks the record that claims it.
+    pub ports: Vec<AttachedPort>,
     /// Whether the attachment was completed (its `done=` line is filled).
     pub done: bool,
+}
+
+/// One port mapping of an attachment, as its record keeps it (the `ports`
+/// layer turns it into a `PortMapping` and back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttachedPort {
+    /// UDP, else TCP.
+    pub udp: bool,
+    /// The host address (unspecified: every local address of its family,
+    /// `::` both families).
+    pub host: IpAddr,
+    pub host_ports: RangeInclusive<u16>,
+    pub pod_ports: RangeInclusive<u16>,
+}
+
+impl AttachedPort {
+    /// `tcp 0.0.0.0 8080 80`, `udp :: 9000-9002 7000-7002`: no `,`, `=` or
+    /// newline, so a list of them is one record line.
+    fn encode(&self) -> String {
+        let range = |r: &RangeInclusive<u16>| match r.start() == r.end() {
+            true => r.start().to_string(),
+            false => format!("{}-{}", r.start(), r.end()),
+        };
+        format!(
+            "{} {} {} {}",
+            if self.udp { "udp" } else { "tcp" },
+            self.host,
+            range(&self.host_ports),
+            range(&self.pod_ports)
+        )
+    }
+
+    fn decode(v: &str) -> Option<AttachedPort> {
+        let range = |r: &str| -> Option<RangeInclusive<u16>> {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let (a, b) = (a.parse().ok()?, b.parse().ok()?);
+            (a <= b).then_some(a..=b)
+        };
+        let mut f = v.split(' ');
+        let udp = match f.next()? {
+            "tcp" => false,
+            "udp" => true,
+            _ => return None,
+        };
+        let host = f.next()?.parse().ok()?;
+        let host_ports = range(f.next()?)?;
+        let pod_ports = range(f.next()?)?;
+        if f.next().is_some() {
+            return None;
+        }
+        Some(AttachedPort {
+            udp,
+            host,
+            host_ports,
+            pod_ports,
+        })
+    }
 }
 
 /// The most bytes a container ID of an attachment may have (runtimes use
@@ -116,6 +178,10 @@ impl Record {
                 a.netns.display(),
                 u8::from(a.default_routes)
             );
+            if !a.ports.is_empty() {
+                let ports: Vec<String> = a.ports.iter().map(AttachedPort::encode).collect();
+                head += &format!("ports={}\n", ports.join(","));
+            }
         }
         head += &format!("sum={}\n", check_hex(fnv1a(head.as_bytes())));
         let head_hash = fnv1a(head.as_bytes());
@@ -185,6 +251,7 @@ impl Record {
         let mut aliases = Vec::new();
         let (mut container, mut ifname, mut netns) = (None, None, None);
         let mut default_routes = None;
+        let mut ports = Vec::new();
         for line in fields.lines() {
             let (k, v) = line
                 .split_once('=')
@@ -224,6 +291,11 @@ impl Record {
                     netns = Some((path, dev, ino));
                 }
                 "container" => return Err(bad()),
+                "ports" => {
+                    for p in v.split(',') {
+                        ports.push(AttachedPort::decode(p).ok_or_else(bad)?);
+                    }
+                }
                 "default-routes" => match v {
                     "0" => default_routes = Some(false),
                     "1" => default_routes = Some(true),
@@ -275,7 +347,7 @@ impl Record {
             false => corrupt(format!("bad done line: {done:?}")),
         })?;
         let mut attached = match (container, ifname, netns, default_routes) {
-            (None, None, None, None) => None,
+            (None, None, None, None) if ports.is_empty() => None,
             (
                 Some(container_id),
                 Some(ifname),
@@ -288,8 +360,12 @@ impl Record {
                 netns_dev,
                 netns_ino,
                 default_routes,
+                ports,
                 done: false,
             }),
+            (None, None, None, None) => {
+                return Err(corrupt("it has ports= but is no attachment".into()))
+            }
             _ => {
                 return Err(corrupt(
                     "it has some of container=, ifname=, netns= and default-routes= \
@@ -453,6 +529,7 @@ mod tests {
                 netns_dev: 4,
                 netns_ino: 4026532291,
                 default_routes: false,
+                ports: vec![],
                 done: false,
             }),
         };
@@ -476,6 +553,62 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(Record::decode(&cut, p, "br0", "k3").is_err());
+    }
+
+    #[test]
+    fn an_attachment_record_keeps_its_port_mappings_and_refuses_bad_ones() {
+        let rec = Record {
+            name: "c0123456789a".into(),
+            id: "1-2-3".into(),
+            creator: Ident { pid: 7, start: 99 },
+            holder: None,
+            ipv4: Some("10.88.0.2".parse().unwrap()),
+            ipv6: Some("fd00:88::2".parse().unwrap()),
+            veth: "c0123456789a-k3".into(),
+            persistent: true,
+            aliases: vec![],
+            attached: Some(Attached {
+                container_id: "abc".into(),
+                ifname: "eth0".into(),
+                netns: "/run/netns/x".into(),
+                netns_dev: 4,
+                netns_ino: 5,
+                default_routes: true,
+                ports: vec![
+                    AttachedPort {
+                        udp: false,
+                        host: "0.0.0.0".parse().unwrap(),
+                        host_ports: 8080..=8080,
+                        pod_ports: 80..=80,
+                    },
+                    AttachedPort {
+                        udp: true,
+                        host: "::".parse().unwrap(),
+                        host_ports: 9000..=9002,
+                        pod_ports: 7000..=7002,
+                    },
+                ],
+                done: true,
+            }),
+        };
+        let p = Path::new("/x/sandbox/c0123456789a");
+        let (text, _) = rec.encode();
+        assert!(text.contains("ports=tcp 0.0.0.0 8080 80,udp :: 9000-9002 7000-7002\n"));
+        assert_eq!(Record::decode(&text, p, "br0", "k3").unwrap(), rec);
+        for bad in [
+            "sctp 0.0.0.0 1 1",
+            "tcp x 1 1",
+            "tcp :: 2-1 1-0",
+            "tcp :: 1 1 1",
+        ] {
+            let text = text.replace("ports=tcp 0.0.0.0 8080 80", &format!("ports={bad}"));
+            // Values are checked before the sum, so the error names the line.
+            let err = Record::decode(&text, p, "br0", "k3").unwrap_err();
+            assert!(
+                err.to_string().contains("bad value for ports"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -29,7 +29,18 @@ const BOOT_FILE: &str = "boot";
 
 /// The files of the store's top directory that speak of kernel state (a
 /// bridge, a table), which no reboot keeps.
-const BOOT_BOUND_NOTES: [&str; 3] = ["bridge-made-here", "egress-table", "egress-made"];
+const BOOT_BOUND_NOTES: [&str; 4] = [
+    "bridge-made-here",
+    "egress-table",
+    "egress-made",
+    ATTACH_PORTS_NOTE,
+];
+
+/// The store's note that the network's shared table of attachments' port
+/// mappings may exist (`host::aports`): written before the table is first
+/// made, taken away after it is deleted, so gc and `Network::remove()`
+/// touch nf_tables for it only where it may be.
+const ATTACH_PORTS_NOTE: &str = "attach-ports-table";
 
 /// A record just published by [`Store::create_record`], still open, so
 /// that its holder can be filled in without another lookup.
@@ -84,6 +95,8 @@ impl EgressNote {
 /// bridge-made-here   present if podnet made the bridge
 /// egress-table       present while the network's egress table may exist
 /// egress-made        present while it surely does (see [`EgressNote`])
+/// attach-ports-table present while the table of attachments' port
+///                    mappings may exist
 /// boot               the boot id of the boot it was last opened in
 /// volumes/<owner>/   pod volumes of a sandbox instance (see `volumes`)
 /// ```
@@ -279,6 +292,18 @@ impl Store {
     /// [`Error::AlreadyExists`]. Returns it open, for [`set_done`](Store::set_done).
     pub(crate) fn create_record(&self, rec: &Record) -> Result<RecordFile> {
         let (text, head_hash) = rec.encode();
+        // A reader refuses a longer file: it would be a record nobody
+        // could read again (an attachment with many port mappings).
+        if text.len() as u64 > RECORD_MAX {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "the record of {:?} would be {} bytes, more than a record's {RECORD_MAX} \
+                     (fewer port mappings, or a shorter namespace path)",
+                    rec.name,
+                    text.len()
+                ),
+            });
+        }
         let done_at = text
             .rfind("\ndone=")
             .map(|i| i + 1)
@@ -499,6 +524,35 @@ impl Store {
     /// fine.
     pub(crate) fn unnote_egress(&self, note: EgressNote) -> Result<()> {
         let path = self.dir.join(note.file());
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Write the note that the table of attachments' port mappings may
+    /// exist; one that is there already is fine.
+    pub(crate) fn note_attach_ports(&self) -> Result<()> {
+        let path = self.dir.join(ATTACH_PORTS_NOTE);
+        open_private(&path)
+            .map(drop)
+            .map_err(|e| io_err("create state file", &path, e))
+    }
+
+    /// Whether the note on the table of attachments' port mappings is
+    /// there (anything but a missing file is an error).
+    pub(crate) fn attach_ports_noted(&self) -> Result<bool> {
+        let path = self.dir.join(ATTACH_PORTS_NOTE);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("look for state file", &path, e)),
+        }
+    }
+
+    /// Take away the note on the table of attachments' port mappings.
+    pub(crate) fn unnote_attach_ports(&self) -> Result<()> {
+        let path = self.dir.join(ATTACH_PORTS_NOTE);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
             _ => Ok(()),

@@ -207,7 +207,7 @@ impl PortMapping {
     }
 
     /// Each (host port, pod port) pair, or why the mapping is refused.
-    fn pairs(&self) -> std::result::Result<Vec<(u16, u16)>, String> {
+    pub(super) fn pairs(&self) -> std::result::Result<Vec<(u16, u16)>, String> {
         let (h0, h1) = (*self.host_ports.start(), *self.host_ports.end());
         let (p0, p1) = (*self.pod_ports.start(), *self.pod_ports.end());
         if p0 > p1 {

@@ -13,6 +13,7 @@ mod mapping;
 mod proxy;
 mod publish;
 mod reserve;
+mod rules_only;
 mod splice;
 mod target;
 
@@ -27,6 +28,9 @@ pub(crate) use engine::installing;
 pub(crate) use engine::{list, nft_of, EngineCell};
 pub(crate) use publish::start;
 pub(crate) use reserve::reserve;
+pub(crate) use rules_only::{
+    check_rules_only, from_record, overlaps, probe_free, rule_dnats, rule_owner, to_record,
+};
 pub(crate) use target::{Host, Target};
 // Reachable at `crate::ports::…` for any caller, though no other file names
 // them: callers get them by inference (`Reserved`, `Engine` behind `EngineCell`),

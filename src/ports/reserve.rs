@@ -21,6 +21,13 @@ use crate::rootless::{listener_outside, Outside, SocketKind};
 #[derive(Debug, Default)]
 pub(crate) struct Reserved(pub(super) Vec<Bound>);
 
+impl Reserved {
+    /// The ports bound, as they will be published.
+    pub(crate) fn ports(&self) -> Vec<PublishedPort> {
+        self.0.iter().map(|b| b.port).collect()
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Bound {
     pub(super) port: PublishedPort,

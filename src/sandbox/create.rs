@@ -63,6 +63,9 @@ impl SandboxBuilder {
             &self.ports,
         )
         .await?;
+        // A port an attachment maps (its rules bind nothing).
+        self.net
+            .refuse_attachment_ports(&self.name, &reserved.ports())?;
         // Privilege was checked when the network was built; an EPERM from
         // the kernel later still becomes Error::NotPermitted.
         let net = self.net.clone();

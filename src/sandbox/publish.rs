@@ -61,6 +61,7 @@ impl Sandbox {
             std::slice::from_ref(&mapping),
         )
         .await?;
+        net.refuse_attachment_ports(&self.inner.name, &reserved.ports())?;
         ports::start(
             &net.ports,
             &ports::Target {

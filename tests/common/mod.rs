@@ -1059,6 +1059,12 @@ impl RuntimeNetns {
         })
     }
 
+    /// A TCP listener on `addr` inside (a socket stays in the namespace it
+    /// was made in, so it may be served from any thread).
+    pub fn listen(&self, addr: &str) -> TcpListener {
+        self.inside(|| TcpListener::bind(addr).unwrap())
+    }
+
     /// End the namespace (its holder is killed and reaped; the kernel
     /// then deletes what is in it).
     pub fn end(&mut self) {

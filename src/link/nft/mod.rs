@@ -4,6 +4,7 @@
 //! operations on the table it owns; the wire format is in `msg`, the rules
 //! of a port in `rules`, the socket's I/O in `sock`.
 
+mod aports;
 mod client;
 mod egress;
 mod msg;
@@ -33,6 +34,7 @@ use msg::{
 use rules::CHAINS;
 use sock::{recv_within, send, socket, ANSWER_WAIT, SHORT_WAIT};
 
+pub(crate) use aports::aports_table;
 pub(crate) use egress::egress_table;
 pub(crate) use msg::Found;
 pub(crate) use rules::Dnat;
@@ -85,12 +87,17 @@ impl Nft {
     pub(crate) fn open(bridge: &str) -> Result<Nft> {
         let (sock, port_id) = socket(|| format!("nf_tables socket for network {bridge:?}"))?;
         // Extended acks are not needed: errors are reported by errno.
-        Ok(Nft {
+        // At most 7 + 15 + 1 + 10 bytes: far below NFT_NAME_MAXLEN (256).
+        Ok(Nft::with_socket(sock, format!("podnet-{bridge}-{port_id}")))
+    }
+
+    /// An `Nft` of table `table` over `sock`.
+    fn with_socket(sock: Socket, table: String) -> Nft {
+        Nft {
             sock: Mutex::new(sock),
-            // At most 7 + 15 + 1 + 10 bytes: far below NFT_NAME_MAXLEN (256).
-            table: format!("podnet-{bridge}-{port_id}"),
+            table,
             seq: AtomicU32::new(1),
-        })
+        }
     }
 
     /// The table's name (family inet).
@@ -184,11 +191,17 @@ impl Nft {
 
     /// Add the rules of every port of `ports` in one batch: all or none.
     pub(crate) fn add(&self, ports: &[Dnat]) -> std::result::Result<(), Errno> {
+        self.add_after(Vec::new(), ports)
+    }
+
+    /// [`add`](Nft::add), with `head` (the table and its chains) first in
+    /// the first batch.
+    fn add_after(&self, head: Vec<Msg>, ports: &[Dnat]) -> std::result::Result<(), Errno> {
         // This crate's tests: rules the kernel refuses (ENOENT, as for an
         // expression whose module is missing).
         #[cfg(feature = "failpoints")]
         let refused = std::env::var("PODNET_FAILPOINT").as_deref() == Ok("nft-rule");
-        let mut msgs = Vec::new();
+        let mut msgs = head;
         for p in ports {
             for (chain, exprs) in p.rules() {
                 #[cfg(feature = "failpoints")]

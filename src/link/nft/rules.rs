@@ -230,6 +230,16 @@ impl Dnat {
         );
     }
 
+    /// The chains this port has a rule in, in the order of
+    /// [`rules`](Dnat::rules).
+    pub(crate) fn chains(&self) -> &'static [&'static str] {
+        if self.arriving {
+            &[PREROUTING, OUTPUT, POSTROUTING]
+        } else {
+            &[OUTPUT]
+        }
+    }
+
     /// The rules of this port: chain and expressions.
     pub(super) fn rules(&self) -> Vec<(&'static str, Exprs)> {
         // Arriving, but not from the pod itself: its packets to its own
