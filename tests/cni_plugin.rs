@@ -817,3 +817,58 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
         .await;
     });
 }
+
+#[test]
+fn port_mappings_of_the_runtime_reach_the_container_until_del() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let mapped = with(
+            conf(&ctx, "1.0.0"),
+            "runtimeConfig",
+            json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}),
+        );
+        let (ok, out) = plugin("ADD", "eth0", Some(&ns), &mapped);
+        assert!(ok, "{out}");
+        let served = common::serve_once(ns.listen("0.0.0.0:80"));
+        let at = std::net::SocketAddr::from(([10, 88, 0, 1], 18080));
+        let mut s = std::net::TcpStream::connect_timeout(&at, std::time::Duration::from_secs(5))
+            .expect("the host port reaches the container");
+        s.write_all(b"mapped").unwrap();
+        drop(s);
+        assert_eq!(served.join().unwrap(), "mapped");
+        // A second container asking for the same host port: 104, nothing made.
+        let other = RuntimeNetns::new();
+        let (ok, taken) = plugin_as("other", "ADD", Some(&other), &mapped, "");
+        assert!(!ok);
+        assert_eq!(taken["code"], 104, "{taken}");
+        assert_eq!(
+            other.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+        assert!(plugin("DEL", "eth0", Some(&ns), &mapped).0);
+        assert!(
+            std::net::TcpStream::connect_timeout(&at, std::time::Duration::from_secs(2)).is_err(),
+            "the port is closed after DEL"
+        );
+    });
+}
+
+#[test]
+fn an_sctp_port_mapping_is_code_2() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let sctp = with(
+            conf(&ctx, "1.0.0"),
+            "runtimeConfig",
+            json!({"portMappings": [{"hostPort": 9, "containerPort": 9, "protocol": "sctp"}]}),
+        );
+        let out = plugin("ADD", "eth0", Some(&ns), &sctp);
+        assert_eq!(code(&out), 2, "{}", out.1);
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+    });
+}

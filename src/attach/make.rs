@@ -229,7 +229,7 @@ impl AttachBuilder {
         (want4, want6): (Option<IpAddr>, Option<IpAddr>),
     ) -> Result<Attachment> {
         let net = &self.net;
-        if !self.ports.is_empty() {
+        if !self.ports.is_empty() && self.probe_host_ports {
             self.probe_ports()?;
         }
         let owner = record.owner();

@@ -40,6 +40,7 @@ pub struct AttachBuilder {
     mtu: Option<u32>,
     default_routes: bool,
     hairpin: bool,
+    probe_host_ports: bool,
     aliases: Vec<String>,
     ports: Vec<PortMapping>,
 }
@@ -61,9 +62,21 @@ impl AttachBuilder {
             mtu: None,
             default_routes: true,
             hairpin: false,
+            probe_host_ports: true,
             aliases: Vec::new(),
             ports: Vec::new(),
         }
+    }
+
+    /// Whether `attach()` refuses a mapped host port that a socket of the
+    /// host namespace holds (the default: a sandbox mapping of this
+    /// network holds one, in any process). A runtime that reserves its
+    /// containers' host ports itself (rootful podman binds them and keeps
+    /// them open) turns this off; conflicts between attachments are found
+    /// from the store either way.
+    pub fn probe_host_ports(mut self, yes: bool) -> Self {
+        self.probe_host_ports = yes;
+        self
     }
 
     /// Put the host end's bridge port in hairpin mode, so that a frame can

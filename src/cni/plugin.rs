@@ -233,7 +233,9 @@ async fn add(req: &NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
     let mut b = net
         .attach(cid, ifname, netns)
         .default_routes(default_routes(conf))
-        .hairpin(conf.hairpin_mode);
+        .hairpin(conf.hairpin_mode)
+        // The runtime reserves its host ports (podman binds them).
+        .probe_host_ports(false);
     for ip in ips {
         b = b.ip(ip);
     }
@@ -245,6 +247,10 @@ async fn add(req: &NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
     }
     for alias in dns_names(req) {
         b = b.alias(alias);
+    }
+    let v6 = net.subnets().iter().any(IpNetwork::is_ipv6);
+    for mapping in port_mappings(conf, v6)? {
+        b = b.port(mapping);
     }
     let att = match b.attach().await {
         Err(Error::NotFound {
@@ -274,6 +280,40 @@ async fn add(req: &NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
         };
     }
     result.to_json_at(conf.cni_version)
+}
+
+/// The runtime's `portMappings` as podnet's: a mapping without `hostIP`
+/// listens on every address of both families (`::`) where the network
+/// has an IPv6 pool, else on `0.0.0.0`, as the `portmap` plugin's does.
+///
+/// # Errors
+/// Code 2 naming an SCTP mapping (podnet maps TCP and UDP).
+fn port_mappings(conf: &NetConf, v6: bool) -> Result<Vec<crate::PortMapping>, CniError> {
+    use super::config::Protocol as Cni;
+    let any = if v6 {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    };
+    let mut out = Vec::new();
+    for (i, m) in conf.runtime_config.port_mappings.iter().enumerate() {
+        let protocol = match m.protocol {
+            Cni::Tcp => crate::Protocol::Tcp,
+            Cni::Udp => crate::Protocol::Udp,
+            Cni::Sctp => {
+                return Err(CniError::unsupported_field(
+                    &format!("runtimeConfig.portMappings[{i}].protocol"),
+                    "sctp",
+                    "podnet maps TCP and UDP ports",
+                ))
+            }
+        };
+        out.push(
+            crate::PortMapping::new(protocol, m.host_port, m.container_port)
+                .host_ip(m.host_ip.unwrap_or(any)),
+        );
+    }
+    Ok(out)
 }
 
 /// The DNS names an ADD gives its attachment: the runtime's aliases and
