@@ -68,18 +68,6 @@ fn send_to(at: SocketAddr, msg: &str) -> bool {
     }
 }
 
-/// `nft ARGS` in the test's namespace; its stdout. Looked for in sbin too:
-/// an unprivileged user's PATH (CI's rootless run) may not have it.
-fn nft(args: &[&str]) -> String {
-    let nft = ["/usr/sbin/nft", "/sbin/nft"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("nft");
-    let out = std::process::Command::new(nft).args(args).output().unwrap();
-    assert!(out.status.success(), "nft {args:?}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn an_attachment_gets_the_asked_interface_with_an_address_of_the_pool() {
     in_netns(|ctx| async move {
@@ -658,9 +646,9 @@ fn remove_deletes_the_table_of_attachments_mappings() {
             .await
             .unwrap();
         net.detach(CID, "eth0").await.unwrap();
-        assert!(nft(&["list", "ruleset"]).contains(TABLE));
+        assert!(common::nft(&["list", "ruleset"]).contains(TABLE));
         net.remove().await.unwrap();
-        let left = nft(&["list", "ruleset"]);
+        let left = common::nft(&["list", "ruleset"]);
         assert!(!left.contains("table"), "{left}");
     });
 }
@@ -754,7 +742,7 @@ fn check_names_a_port_rule_deleted_behind_its_back() {
             .await
             .unwrap();
         net.check_attachment(CID, "eth0").await.unwrap();
-        nft(&["flush", "chain", "inet", TABLE, "output"]);
+        common::nft(&["flush", "chain", "inet", TABLE, "output"]);
         let err = net.check_attachment(CID, "eth0").await.unwrap_err();
         let Error::Broken { missing, .. } = &err else {
             panic!("{err}");

@@ -678,11 +678,7 @@ fn ip_masq_makes_the_networks_masquerade_and_no_default_gateway_no_default_route
         c["ipam"]["routes"] = json!([]);
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
         assert!(ok, "{out}");
-        let tables = Command::new("nft")
-            .args(["list", "tables"])
-            .output()
-            .unwrap();
-        let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+        let tables = common::nft(&["list", "tables"]);
         assert!(
             tables.contains(&format!("podnet-{BRIDGE}-egress")),
             "{tables}"

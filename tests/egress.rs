@@ -218,6 +218,43 @@ fn the_rules_go_with_network_remove() {
     });
 }
 
+/// The kernel's handle of the egress table (`nft -a`): a table made
+/// again has a new one.
+fn egress_table_handle() -> String {
+    let table = format!("podnet-{BRIDGE}-egress");
+    let text = common::nft(&["-a", "list", "table", "inet", &table]);
+    let first = text.lines().next().unwrap_or_default().to_owned();
+    assert!(first.contains("# handle"), "{text}");
+    first
+}
+
+#[test]
+fn a_build_that_finds_the_egress_table_as_it_should_be_leaves_it_alone() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        let first = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        let handle = egress_table_handle();
+        let second = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        assert_eq!(egress_table_handle(), handle, "the table was made again");
+        drop(second);
+        first.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_build_makes_an_egress_table_flushed_behind_its_back_again() {
+    in_netns(|ctx| async move {
+        let _outside = host(&ctx).await;
+        let first = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        common::nft(&["flush", "table", "inet", &format!("podnet-{BRIDGE}-egress")]);
+        assert_eq!(egress_tables()[0].1, Vec::<String>::new());
+        let second = builder(&ctx, &[V4]).egress(true).build().await.unwrap();
+        assert_eq!(egress_tables(), our_table());
+        drop(second);
+        first.remove().await.unwrap();
+    });
+}
+
 #[test]
 fn gc_takes_the_rules_away_when_no_sandbox_needs_them_and_a_create_brings_them_back() {
     in_netns(|ctx| async move {

@@ -145,6 +145,19 @@ impl NetInner {
     pub(crate) async fn build_egress(&self, enable: bool) -> Result<()> {
         let _lock = self.store.lock().await?;
         let before = self.store.egress_noted(EgressNote::Table)?;
+        // Made and as it should be (every build after the first): read,
+        // not written again.
+        if self.store.egress_noted(EgressNote::Made)? {
+            let pools = self.egress_pools();
+            let holds = self
+                .with_egress_nft("nf_tables: list egress table", move |nft, bridge| {
+                    nft.egress_holds(bridge, &pools)
+                })
+                .await?;
+            if holds {
+                return self.turn_on_forwarding(enable);
+            }
+        }
         let built = match self.make_egress().await {
             Ok(()) => self.turn_on_forwarding(enable),
             Err(e) => Err(e),

@@ -1086,3 +1086,15 @@ impl Drop for RuntimeNetns {
         self.end();
     }
 }
+
+/// `nft ARGS` in the test's namespace; its stdout. Looked for in sbin too:
+/// an unprivileged user's PATH (CI's rootless run) may not have it.
+pub fn nft(args: &[&str]) -> String {
+    let nft = ["/usr/sbin/nft", "/sbin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft");
+    let out = std::process::Command::new(nft).args(args).output().unwrap();
+    assert!(out.status.success(), "nft {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

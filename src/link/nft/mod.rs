@@ -285,8 +285,14 @@ impl Nft {
     /// Every rule of the table with a podnet comment. A missing table has
     /// none.
     pub(crate) fn list(&self) -> std::result::Result<Vec<Found>, Errno> {
+        self.list_of(&self.table)
+    }
+
+    /// Every rule of inet table `table` with a podnet comment, over this
+    /// socket (a read: no transaction). A missing table has none.
+    pub(crate) fn list_of(&self, table: &str) -> std::result::Result<Vec<Found>, Errno> {
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        list_rules(&sock, self.next_seq(), &self.table)
+        list_rules(&sock, self.next_seq(), table)
     }
 
     /// Hold this socket (every operation on the table waits) until the
