@@ -26,15 +26,13 @@
 
 mod common;
 
-use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+use common::cni::{conf, Holder, Plugin, REFERENCE_DIR};
 
-const REFERENCE_DIR: &str = "/usr/lib/cni";
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// The fewest operations a figure is the median of: an N below it is
 /// measured that many times over (N = 1: 20 networks of one container).
@@ -81,89 +79,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A plugin as the bench runs it.
-struct Plugin {
-    name: &'static str,
-    exe: PathBuf,
-    conf: String,
-}
-
-impl Plugin {
-    /// Run `command` for container `i` in `netns`; its duration.
-    fn exec(&self, command: &str, i: usize, netns: &Path) -> AnyResult<Duration> {
-        let t = Instant::now();
-        let mut child = Command::new(&self.exe)
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("bench{i}"))
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", REFERENCE_DIR)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or("no stdin")?
-            .write_all(self.conf.as_bytes())?;
-        let out = child.wait_with_output()?;
-        let took = t.elapsed();
-        if !out.status.success() {
-            return Err(format!(
-                "{} {command} {i}: {} {}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(took)
-    }
-}
-
-/// A namespace held by a `sleep` of the bench's, as a pause container
-/// holds one; ended when dropped.
-struct Holder(Child);
-
-impl Holder {
-    fn new() -> AnyResult<Holder> {
-        let mut cmd = Command::new("sleep");
-        cmd.arg("3600");
-        // SAFETY: between fork and exec the child only calls unshare(2).
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)
-            });
-        }
-        Ok(Holder(cmd.spawn()?))
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/ns/net", self.0.id()))
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn conf(kind: &str, bridge: &str, subnet: &str, gw: &str, data: &Path) -> String {
-    let ipam = format!(
-        r#"{{"type":"host-local","dataDir":"{}","ranges":[[{{"subnet":"{subnet}","gateway":"{gw}"}}]],"routes":[{{"dst":"0.0.0.0/0"}}]}}"#,
-        data.display()
-    );
-    format!(
-        r#"{{"cniVersion":"1.0.0","name":"bench-{kind}","type":"{kind}","bridge":"{bridge}","isGateway":true,"ipMasq":true,"ipam":{ipam}}}"#
-    )
 }
 
 fn bench(dir: &Path, ns: &[usize]) -> AnyResult<()> {

@@ -1,7 +1,10 @@
 //! What a disk filesystem costs the store: sandboxes made and removed
 //! alternately on a network whose store is on ext4 and on one whose store
 //! is on a tmpfs, in one process, so that both sides see the same machine
-//! load, with a fork+exec of `true` between them as the yardstick.
+//! load, with a fork+exec of `true` between them as the yardstick; and
+//! `podnet-cni` ADD and DEL exec'd the same way with its `ipam.dataDir` on
+//! each (a namespace per round and side held by a `sleep`, as a pause
+//! container holds one).
 //!
 //! ```text
 //! cargo bench --bench store_disk          # 100 pairs
@@ -31,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
+use common::cni::{Holder, Plugin};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podnet::{Network, Sandbox};
 
@@ -186,7 +190,26 @@ const TMPFS: usize = 2;
 struct Samples {
     create: [Vec<Duration>; SIDE_COUNT],
     remove: [Vec<Duration>; SIDE_COUNT],
+    add: [Vec<Duration>; SIDE_COUNT],
+    del: [Vec<Duration>; SIDE_COUNT],
     fork_exec: Vec<Duration>,
+}
+
+/// podnet-cni on each side's store: `ipam.dataDir` there, a bridge and a
+/// 198.18.0.0/15 pool of its own (in [`SIDES`]' order).
+fn plugins(base: &Path) -> [Plugin; SIDE_COUNT] {
+    let dirs = ["ext4", "host", "tmpfs"];
+    std::array::from_fn(|k| Plugin {
+        name: SIDES[k],
+        exe: PathBuf::from(env!("CARGO_BIN_EXE_podnet-cni")),
+        conf: common::cni::conf(
+            "podnet-cni",
+            &format!("pnbc{k}"),
+            &format!("198.18.{}.0/18", 64 * k),
+            &format!("198.18.{}.1", 64 * k),
+            &base.join(dirs[k]).join("cni"),
+        ),
+    })
 }
 
 /// The order of the sides in round `i`: each goes first, second and
@@ -204,20 +227,31 @@ fn order(i: usize) -> [usize; SIDE_COUNT] {
 /// `made` holds what is not removed yet, per network.
 async fn rounds(
     nets: [&Network; SIDE_COUNT],
+    plugins: &[Plugin; SIDE_COUNT],
     n: usize,
     made: &mut [Vec<Sandbox>; SIDE_COUNT],
 ) -> AnyResult<Samples> {
     let mut s = Samples::default();
-    for i in 0..n {
+    // The runtime's namespaces of the ADDs, one per round and side.
+    let holders: Vec<[Holder; SIDE_COUNT]> = (0..n)
+        .map(|_| Ok([Holder::new()?, Holder::new()?, Holder::new()?]))
+        .collect::<AnyResult<_>>()?;
+    for (i, held) in holders.iter().enumerate() {
         s.fork_exec.push(common::fork_exec().await?);
         for side in order(i) {
             let d = timed_create(nets[side], format!("s{i}"), &mut made[side]).await?;
             s.create[side].push(d);
         }
+        for side in order(i) {
+            s.add[side].push(plugins[side].exec("ADD", i, &held[side].path())?);
+        }
     }
-    for i in 0..n {
+    for (i, held) in holders.iter().enumerate() {
         for side in order(i) {
             s.remove[side].push(timed_remove(made[side].pop()).await?);
+        }
+        for side in order(i) {
+            s.del[side].push(plugins[side].exec("DEL", i, &held[side].path())?);
         }
     }
     Ok(s)
@@ -257,8 +291,14 @@ async fn bench(base: &Path, n: usize) -> AnyResult<()> {
                     let warm = net.sandbox("warm").create().await?;
                     warm.remove().await?;
                 }
+                let plugins = plugins(base);
+                for p in &plugins {
+                    let h = Holder::new()?;
+                    p.exec("ADD", usize::MAX, &h.path())?;
+                    p.exec("DEL", usize::MAX, &h.path())?;
+                }
                 common::fork_exec().await?;
-                rounds(sides, n, &mut made).await
+                rounds(sides, &plugins, n, &mut made).await
             }
             .await
         }
@@ -292,18 +332,24 @@ fn report(s: &Samples, n: usize) -> AnyResult<()> {
          then N of a remove on each (ms)"
     );
     println!(
-        "{:<32} {:>5} {:>9} {:>9} {:>12}",
+        "{:<40} {:>5} {:>9} {:>9} {:>12}",
         "what", "n", "median", "p95", "x fork+exec"
     );
     println!(
-        "{:<32} {:>5} {:>9.3} {:>9.3} {:>11.2}x",
+        "{:<40} {:>5} {:>9.3} {:>9.3} {:>11.2}x",
         "fork+exec `true` (tokio)", fe.0, fe.1, fe.2, 1.0
     );
-    for (what, xs) in [("create", &s.create), ("remove", &s.remove)] {
+    let all = [
+        ("create", &s.create),
+        ("remove", &s.remove),
+        ("podnet-cni ADD", &s.add),
+        ("podnet-cni DEL", &s.del),
+    ];
+    for (what, xs) in all {
         for (side, place) in SIDES.iter().enumerate() {
             let st = stats(&xs[side]).ok_or("no samples")?;
             println!(
-                "{:<32} {:>5} {:>9.3} {:>9.3} {:>11.2}x",
+                "{:<40} {:>5} {:>9.3} {:>9.3} {:>11.2}x",
                 format!("{what}, store on {place}"),
                 st.0,
                 st.1,
@@ -312,7 +358,7 @@ fn report(s: &Samples, n: usize) -> AnyResult<()> {
             );
         }
     }
-    for (what, xs) in [("create", &s.create), ("remove", &s.remove)] {
+    for (what, xs) in all {
         let mem = &xs[TMPFS];
         for side in (0..SIDE_COUNT).filter(|&k| k != TMPFS) {
             let disk = &xs[side];

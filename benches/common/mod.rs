@@ -1,5 +1,6 @@
 //! What the benches share.
 
+pub mod cni;
 pub mod tcp;
 
 use std::time::{Duration, Instant};
