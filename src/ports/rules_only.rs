@@ -217,6 +217,7 @@ pub(crate) fn rule_dnats(
                         SocketAddr::new(m.host_address(), host_port)
                     ),
                     arriving: true,
+                    localnet: None,
                 });
             }
         }
