@@ -192,7 +192,8 @@ pub(crate) struct Dnat {
     /// generated: only useful when the host namespace forwards this family
     /// (a DNATed packet from outside or from the bridge is forwarded).
     pub arriving: bool,
-    /// For IPv4 rules only: the bridge the pod is on, if locally generated
+    /// For IPv4 rules only: the bridge that routes to the pod (its
+    /// network's, whichever shard the pod is on), if locally generated
     /// traffic to loopback (`127.0.0.0/8`) is DNATed too. That needs
     /// `route_localnet` on the bridge (the caller's), a masquerade of
     /// loopback sources leaving by it (the pod could not answer
