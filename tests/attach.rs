@@ -577,6 +577,39 @@ fn route_localnet_that_was_on_before_is_left_on() {
 }
 
 #[test]
+fn a_pod_cannot_reach_the_hosts_loopback_while_route_localnet_is_on() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
+        // A service of the host's loopback only.
+        let _service = std::net::TcpListener::bind("127.0.0.2:9999").unwrap();
+        // The pod sends to 127.0.0.2 via its gateway, as a hostile one may
+        // (its own `lo` takes 127.0.0.0/8 but 127.0.0.1 otherwise).
+        for cmd in [
+            "ip route del local 127.0.0.0/8 dev lo table local",
+            "ip route add 127.0.0.2/32 via 10.88.0.1 dev eth0",
+        ] {
+            let argv: Vec<&str> = cmd.split(' ').collect();
+            assert!(ns.run(&argv).0, "{cmd}");
+        }
+        ns.inside(|| common::set_sysctl("net/ipv4/conf/eth0/route_localnet", "1"));
+        let reached = ns.inside(|| {
+            let at = SocketAddr::from(([127, 0, 0, 2], 9999));
+            TcpStream::connect_timeout(&at, Duration::from_secs(2)).is_ok()
+        });
+        assert!(!reached, "the guard drops it");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn detach_deletes_the_loopback_rules_and_127_0_0_1_is_not_served_after() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
