@@ -138,7 +138,9 @@ impl Network {
     /// Remove the network: delete its bridge (if podnet made it: a bridge
     /// that was there before is left alone), this process's nf_tables table
     /// of its port mappings, its table of attachments' port mappings and
-    /// its egress table (whoever made them; forwarding is left as it is), and its address store (and the state
+    /// its egress table (whoever made them; forwarding is left as it is),
+    /// `route_localnet` back off on the bridges where podnet turned it on
+    /// for attachments, and its address store (and the state
     /// directory, if that is then empty). Refused while the store
     /// still has sandboxes (remove them first). Other handles to the network
     /// must not be used afterwards.
@@ -189,6 +191,9 @@ impl Network {
         // The table of attachments' port mappings, whichever process made
         // it: no attachment is left to have a rule in it.
         inner.drop_attachment_ports().await?;
+        // route_localnet on the bridges where podnet turned it on for
+        // attachments, none of which is left.
+        inner.localnet_off_unneeded()?;
         // This process's nf_tables table of the network's port mappings
         // (its rules went with the sandboxes); it would go when the network
         // is dropped anyway.
@@ -279,8 +284,9 @@ impl Network {
     /// whose remover died or whose deletion by this process failed, the
     /// port rules of attachments whose record is gone or whose namespace
     /// died, and the table of attachments' port mappings once no
-    /// attachment has one (see [`AttachBuilder::port`]), the
-    /// network's egress table once no sandbox is left to need it (see
+    /// attachment has one (see [`AttachBuilder::port`]), `route_localnet`
+    /// that podnet turned on for attachments none of which needs it any
+    /// longer, the network's egress table once no sandbox is left to need it (see
     /// [`NetworkBuilder::egress`]), and temporary files of dead writers. A
     /// live sandbox, or one that a live process is still creating, is never
     /// touched, whichever process owns it.

@@ -68,6 +68,15 @@ fn send_to(at: SocketAddr, msg: &str) -> bool {
     }
 }
 
+/// The bridge's `route_localnet` in the test's namespace.
+const ROUTE_LOCALNET: &str = "net/ipv4/conf/pna0/route_localnet";
+
+/// Send `msg` from the test's namespace to `127.0.0.1:port`; whether it
+/// connected.
+fn send_to_loopback(port: u16, msg: &str) -> bool {
+    send_to(SocketAddr::from(([127, 0, 0, 1], port)), msg)
+}
+
 #[test]
 fn an_attachment_gets_the_asked_interface_with_an_address_of_the_pool() {
     in_netns(|ctx| async move {
@@ -467,6 +476,170 @@ fn a_mapping_on_the_unspecified_ipv6_address_serves_both_families() {
 }
 
 #[test]
+fn a_mapping_on_the_unspecified_address_is_reached_at_127_0_0_1() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        let served = common::serve_once(ns.listen("0.0.0.0:80"));
+        assert!(send_to_loopback(8080, "from loopback"));
+        assert_eq!(served.join().unwrap(), "from loopback");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_mapping_on_127_0_0_1_is_reached_there_and_not_at_the_gateway() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        let lo = PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap());
+        let att = net
+            .attach(CID, "eth0", &ns.path)
+            .port(lo.clone())
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(att.ports, vec![lo]);
+        let listener = ns.listen("0.0.0.0:80");
+        let served = common::serve_once(listener.try_clone().unwrap());
+        assert!(send_to_loopback(8080, "at 127.0.0.1"));
+        assert_eq!(served.join().unwrap(), "at 127.0.0.1");
+        assert!(!send_to_host_port(8080, "at the gateway"));
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn route_localnet_is_on_the_bridge_while_a_loopback_mapping_needs_it_only() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "0");
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80).host_ip("10.88.0.1".parse().unwrap()))
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(
+            common::sysctl(ROUTE_LOCALNET),
+            "0",
+            "not served at loopback"
+        );
+        let ns2 = RuntimeNetns::new();
+        net.attach(CID, "eth1", &ns2.path)
+            .port(PortMapping::tcp(8081, 80))
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
+        net.detach(CID, "eth1").await.unwrap();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "0", "turned back off");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn route_localnet_that_was_on_before_is_left_on() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        common::set_sysctl(ROUTE_LOCALNET, "1");
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        net.detach(CID, "eth0").await.unwrap();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
+        common::set_sysctl(ROUTE_LOCALNET, "0");
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_pod_cannot_reach_the_hosts_loopback_while_route_localnet_is_on() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80))
+            .attach()
+            .await
+            .unwrap();
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
+        // A service of the host's loopback only.
+        let _service = std::net::TcpListener::bind("127.0.0.2:9999").unwrap();
+        // The pod sends to 127.0.0.2 via its gateway, as a hostile one may
+        // (its own `lo` takes 127.0.0.0/8 but 127.0.0.1 otherwise).
+        for cmd in [
+            "ip route del local 127.0.0.0/8 dev lo table local",
+            "ip route add 127.0.0.2/32 via 10.88.0.1 dev eth0",
+        ] {
+            let argv: Vec<&str> = cmd.split(' ').collect();
+            assert!(ns.run(&argv).0, "{cmd}");
+        }
+        ns.inside(|| common::set_sysctl("net/ipv4/conf/eth0/route_localnet", "1"));
+        let reached = ns.inside(|| {
+            let at = SocketAddr::from(([127, 0, 0, 2], 9999));
+            TcpStream::connect_timeout(&at, Duration::from_secs(2)).is_ok()
+        });
+        assert!(!reached, "the guard drops it");
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn detach_deletes_the_loopback_rules_and_127_0_0_1_is_not_served_after() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        net.attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap()))
+            .attach()
+            .await
+            .unwrap();
+        let _listener = ns.listen("0.0.0.0:80");
+        assert!(net.detach(CID, "eth0").await.unwrap());
+        assert_eq!(port_rules(), Some(vec![]));
+        assert!(!send_to_loopback(8080, "no rule"));
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
+fn a_mapping_on_ipv6_loopback_is_refused_with_nothing_made() {
+    in_netns(|ctx| async move {
+        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET, "fd00:88::/64"])
+            .dns(false)
+            .build()
+            .await
+            .unwrap();
+        let ns = RuntimeNetns::new();
+        let err = net
+            .attach(CID, "eth0", &ns.path)
+            .port(PortMapping::tcp(8080, 80).host_ip("::1".parse().unwrap()))
+            .attach()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err}");
+        assert!(err.to_string().contains("never routes ::1"), "{err}");
+        assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
+        assert_eq!(port_rules(), None);
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "0");
+        net.remove().await.unwrap();
+    });
+}
+
+#[test]
 fn a_mapping_outlives_the_process_that_attached() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
@@ -600,7 +773,6 @@ fn mappings_that_need_a_socket_are_refused_before_anything_is_made() {
         for m in [
             PortMapping::tcp(8080, 80).real_host(),
             PortMapping::tcp(0, 80),
-            PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap()),
             PortMapping::tcp(8080, 80).host_ip("fd00:88::1".parse().unwrap()),
         ] {
             let err = net
@@ -688,10 +860,18 @@ fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
             .status()
             .unwrap();
         assert!(!status.success(), "killed at the failpoint");
-        assert_eq!(port_rules().map(|r| r.len()), Some(3), "one rule per chain");
+        // A guard and a DNAT in prerouting, a DNAT in output, and
+        // masquerades of pod-subnet and loopback clients in postrouting.
+        assert_eq!(
+            port_rules().map(|r| r.len()),
+            Some(5),
+            "the rules of one port"
+        );
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
         let net = network(&ctx).await;
         let report = net.gc().await.unwrap();
-        assert_eq!(report.port_rules.len(), 3, "{report:?}");
+        assert_eq!(report.port_rules.len(), 5, "{report:?}");
+        assert_eq!(common::sysctl(ROUTE_LOCALNET), "0", "gc turned it back off");
         assert!(report.port_table, "{report:?}");
         assert_eq!(report.addresses.len(), 1, "{report:?}");
         assert_eq!(port_rules(), None);

@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::host::NetInner;
 use crate::ipam::{parse_owner, Record};
 use crate::link;
+use crate::ports;
 
 /// End the attachment keyed (`container_id`, `ifname`): delete its port
 /// rules and its veth pair (if its namespace still holds it), release its
@@ -45,6 +46,8 @@ pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> 
             // Every instance of that name: the record cannot say which.
             release_all_of(net, |o| parse_owner(o).is_some_and(|(n, _)| n == name))?;
             net.store.remove_record(&name)?;
+            // It may have needed route_localnet: the others may not.
+            net.localnet_off_unneeded()?;
             Ok(true)
         }
         Err(e) => Err(e),
@@ -53,7 +56,8 @@ pub(crate) async fn detach(net: &NetInner, container_id: &str, ifname: &str) -> 
 
 /// Delete `rec`'s port rules and its veth, then release its addresses and
 /// remove its record (under the store's lock, so a concurrent gc sees all
-/// or none of it). The rules go first: once the record is gone, another
+/// or none of it), and turn `route_localnet` back off where podnet turned
+/// it on for it and no other attachment needs it. The rules go first: once the record is gone, another
 /// attachment may map the same host ports, and rules left before its own
 /// in the chains would take its traffic.
 async fn end(net: &NetInner, rec: &Record) -> Result<()> {
@@ -92,7 +96,18 @@ async fn end(net: &NetInner, rec: &Record) -> Result<()> {
         // ADD that died after allocating), only in their reservations.
         release_all_of(net, |o| o == owner)?;
     }
-    net.store.remove_record_if(&rec.name, &rec.id)
+    net.store.remove_record_if(&rec.name, &rec.id)?;
+    let localnet = rec.attached.as_ref().is_some_and(|a| {
+        a.ports
+            .iter()
+            .map(ports::from_record)
+            .any(|m| ports::needs_localnet(&m))
+    });
+    if localnet {
+        // After the record: a crash in between leaves a note gc clears.
+        net.localnet_off_unneeded()?;
+    }
+    Ok(())
 }
 
 /// Release every address whose owner `mine` picks; the caller holds the

@@ -114,19 +114,43 @@ pub(crate) async fn check(net: &NetInner, container_id: &str, ifname: &str) -> R
     if !a.ports.is_empty() {
         let found = net.attachment_rules().await?;
         let table = net.aports_table();
-        let want = ports::rule_dnats(&rec.owner(), &att.ports, rec.ipv4, rec.ipv6, net.subnets());
+        let want = ports::rule_dnats(
+            &rec.owner(),
+            &att.ports,
+            rec.ipv4,
+            rec.ipv6,
+            net.subnets(),
+            &net.bridge,
+        );
         for d in &want {
-            for chain in d.chains() {
-                if !found
+            let chains = d.chains();
+            let mut seen: Vec<&str> = Vec::new();
+            for chain in &chains {
+                if seen.contains(chain) {
+                    continue;
+                }
+                seen.push(chain);
+                // A port may have several rules in one chain, all with its
+                // comment.
+                let wanted = chains.iter().filter(|c| *c == chain).count();
+                let there = found
                     .iter()
-                    .any(|f| f.chain == *chain && f.comment == d.comment)
-                {
+                    .filter(|f| f.chain == *chain && f.comment == d.comment)
+                    .count();
+                if there < wanted {
                     missing.push(format!(
-                        "port rule {:?} in chain {chain} of table inet {table} is gone",
+                        "port rule {:?} in chain {chain} of table inet {table} is gone \
+                         ({there} of its {wanted} there)",
                         d.comment
                     ));
                 }
             }
+        }
+        if want.iter().any(|d| d.localnet.is_some()) && !net.localnet_is_on()? {
+            missing.push(format!(
+                "net.ipv4.conf.{}.route_localnet is off (its mappings on 127.0.0.1 need it)",
+                net.bridge
+            ));
         }
     }
     if missing.is_empty() {

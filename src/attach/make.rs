@@ -195,6 +195,7 @@ impl AttachBuilder {
             veth: None,
             ips: Vec::new(),
             rules: false,
+            localnet: false,
             armed: true,
         };
         let made = self
@@ -255,6 +256,13 @@ impl AttachBuilder {
         let (bridge, bridge_name) = net.shard_bridge(shard).await?;
         let napi_receive = addr.is_some_and(|a| net.napi_receive(a));
         net.egress_for_create().await?;
+        if record.ipv4.is_some() && self.ports.iter().any(ports::needs_localnet) {
+            // Under the lock, so no detach or gc turns it off meanwhile:
+            // from the record on, it keeps it on. On the network's bridge,
+            // whatever the shard: the only one that routes.
+            undo.localnet = true;
+            net.localnet_on()?;
+        }
         drop(lock);
 
         let veth = Veth {
@@ -314,6 +322,7 @@ impl AttachBuilder {
                 record.ipv4,
                 record.ipv6,
                 net.subnets(),
+                &net.bridge,
             );
             // Set first: a batch whose answer is lost may have been applied.
             undo.rules = true;
@@ -377,6 +386,8 @@ struct Undo {
     ips: Vec<IpAddr>,
     /// Whether port rules may have been added.
     rules: bool,
+    /// Whether `route_localnet` may have been turned on for it.
+    localnet: bool,
     armed: bool,
 }
 
@@ -393,6 +404,12 @@ impl Undo {
             let _ = link::delete_link(&self.net.conn.handle, &veth, "").await;
         }
         self.release_sync();
+        if self.localnet {
+            // No record needs it for this attachment now.
+            if let Ok(_lock) = self.net.store.lock().await {
+                let _ = self.net.localnet_off_unneeded();
+            }
+        }
     }
 
     fn release_sync(&mut self) {
@@ -407,8 +424,8 @@ impl Undo {
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        // Reached armed only when attach() was cancelled mid-way: the veth
-        // and any port rules are left to gc (its record is gone, its veth's
+        // Reached armed only when attach() was cancelled mid-way: the veth,
+        // any port rules and a route_localnet turned on are left to gc (its record is gone, its veth's
         // name is the network's, its rules name the record).
         if self.armed {
             self.release_sync();

@@ -130,13 +130,18 @@ impl AttachBuilder {
     /// or [`Network::gc`](crate::Network::gc) ends the attachment.
     ///
     /// Connections from other hosts, from the network's pods and from the
-    /// host namespace itself to one of its non-loopback addresses are
-    /// forwarded, over IPv4 for a host address of `0.0.0.0` and over both
-    /// families for `::` (each where the attachment has an address of the
-    /// family). There is no socket behind the rules, so
+    /// host namespace itself to one of its addresses are forwarded, over
+    /// IPv4 for a host address of `0.0.0.0` and over both families for
+    /// `::` (each where the attachment has an address of the family). The
+    /// host namespace reaches `0.0.0.0`, `::` and `127.0.0.0/8` mappings at
+    /// `127.0.0.1` too: for that, podnet turns on
+    /// `net.ipv4.conf.<bridge>.route_localnet` on the attachment's bridge
+    /// while it needs it (and back off after, if podnet turned it on).
+    /// There is no socket behind the rules, so
     /// [`attach`](AttachBuilder::attach) refuses, as
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), what only a
-    /// socket serves: host port 0, a loopback host address, a
+    /// socket serves: host port 0, the host address `::1` (the kernel
+    /// never routes IPv6 loopback to another interface), a
     /// [`real_host`](PortMapping::real_host) port, a UDP idle timeout; and
     /// more than 32 mappings. See `docs/port-forwarding.md`.
     pub fn port(mut self, mapping: PortMapping) -> Self {

@@ -223,6 +223,10 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
     sweep.end_orphan_port_rules().await;
     sweep.end_unneeded_egress().await;
     sweep.end_unneeded_attachment_ports().await;
+    // route_localnet that podnet turned on for attachments gone now.
+    if let Err(e) = inner.localnet_off_unneeded() {
+        sweep.errors.push(e);
+    }
     store.remove_stale_temp_files();
     let r = &sweep.report;
     if !r.is_empty() {

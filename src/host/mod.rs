@@ -18,6 +18,7 @@ pub(crate) mod aports;
 pub(crate) mod deletions;
 pub(crate) mod egress;
 pub(crate) mod gc;
+pub(crate) mod localnet;
 pub(crate) mod shard;
 
 #[derive(Debug)]

@@ -29,11 +29,12 @@ const BOOT_FILE: &str = "boot";
 
 /// The files of the store's top directory that speak of kernel state (a
 /// bridge, a table), which no reboot keeps.
-const BOOT_BOUND_NOTES: [&str; 4] = [
+const BOOT_BOUND_NOTES: [&str; 5] = [
     "bridge-made-here",
     "egress-table",
     "egress-made",
     ATTACH_PORTS_NOTE,
+    LOCALNET_NOTE,
 ];
 
 /// The store's note that the network's shared table of attachments' port
@@ -41,6 +42,11 @@ const BOOT_BOUND_NOTES: [&str; 4] = [
 /// made, taken away after it is deleted, so gc and `Network::remove()`
 /// touch nf_tables for it only where it may be.
 const ATTACH_PORTS_NOTE: &str = "attach-ports-table";
+
+/// The store's note that podnet turned on `route_localnet` of the
+/// network's bridge (`host::localnet`): written before the sysctl is
+/// written, taken away after it is written back to 0.
+const LOCALNET_NOTE: &str = "route-localnet";
 
 /// A record just published by [`Store::create_record`], still open, so
 /// that its holder can be filled in without another lookup.
@@ -97,6 +103,8 @@ impl EgressNote {
 /// egress-made        present while it surely does (see [`EgressNote`])
 /// attach-ports-table present while the table of attachments' port
 ///                    mappings may exist
+/// route-localnet     present while route_localnet of the bridge may be on
+///                    because podnet turned it on
 /// boot               the boot id of the boot it was last opened in
 /// volumes/<owner>/   pod volumes of a sandbox instance (see `volumes`)
 /// ```
@@ -553,6 +561,35 @@ impl Store {
     /// Take away the note on the table of attachments' port mappings.
     pub(crate) fn unnote_attach_ports(&self) -> Result<()> {
         let path = self.dir.join(ATTACH_PORTS_NOTE);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Write the note that podnet turns on `route_localnet` of the
+    /// network's bridge; one that is there already is fine.
+    pub(crate) fn note_localnet(&self) -> Result<()> {
+        let path = self.dir.join(LOCALNET_NOTE);
+        open_private(&path)
+            .map(drop)
+            .map_err(|e| io_err("create state file", &path, e))
+    }
+
+    /// Whether the note that podnet turned on `route_localnet` is there
+    /// (anything but a missing file is an error).
+    pub(crate) fn localnet_noted(&self) -> Result<bool> {
+        let path = self.dir.join(LOCALNET_NOTE);
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("look for state file", &path, e)),
+        }
+    }
+
+    /// Take away the note on `route_localnet`; a missing one is fine.
+    pub(crate) fn unnote_localnet(&self) -> Result<()> {
+        let path = self.dir.join(LOCALNET_NOTE);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove state file", &path, e)),
             _ => Ok(()),

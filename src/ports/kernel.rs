@@ -159,6 +159,7 @@ pub(super) fn dnats(
                 subnet,
                 comment: comment(target, port, serial),
                 arriving,
+                localnet: None,
             });
         }
     }

@@ -29,7 +29,8 @@ pub(crate) use engine::{list, nft_of, EngineCell};
 pub(crate) use publish::start;
 pub(crate) use reserve::reserve;
 pub(crate) use rules_only::{
-    check_rules_only, from_record, overlaps, probe_free, rule_dnats, rule_owner, to_record,
+    check_rules_only, from_record, needs_localnet, overlaps, probe_free, rule_dnats, rule_owner,
+    to_record,
 };
 pub(crate) use target::{Host, Target};
 // Reachable at `crate::ports::…` for any caller, though no other file names

@@ -26,9 +26,9 @@ pub(crate) const MOST_RULE_MAPPINGS: usize = 32;
 /// served by kernel rules alone, and that no two take one host port.
 /// Refused, as [`Error::InvalidConfig`]: what any mapping refuses (see
 /// [`PortMapping`]), a host port 0 (an ephemeral port needs a socket to
-/// hold it), a loopback host address (DNAT from loopback needs
-/// `route_localnet`, which podnet does not change; the userspace
-/// forwarder serves it for a sandbox), a real-host port (it opens outside
+/// hold it), the IPv6 loopback address (the kernel never routes `::1` to
+/// another interface, whatever the sysctls; IPv4 loopback is served, see
+/// [`needs_localnet`]), a real-host port (it opens outside
 /// the network's host namespace, where the rules are), a UDP idle timeout
 /// (conntrack's own applies), and more than [`MOST_RULE_MAPPINGS`].
 pub(crate) fn check_rules_only(what: &str, mappings: &[PortMapping]) -> Result<()> {
@@ -59,11 +59,12 @@ pub(crate) fn check_rules_only(what: &str, mappings: &[PortMapping]) -> Result<(
                  attachment's mappings are kernel rules only",
             ));
         }
-        if m.host_address().is_loopback() {
+        if m.host_address().is_loopback() && m.host_address().is_ipv6() {
             return Err(refuse(
                 m,
-                "a loopback host address cannot be reached through kernel DNAT rules \
-                 (it needs route_localnet)",
+                "the IPv6 loopback address cannot be reached through kernel DNAT rules: \
+                 the kernel never routes ::1 to another interface (use 127.0.0.1, or \
+                 :: for every address)",
             ));
         }
         if m.udp_idle() != DEFAULT_UDP_IDLE {
@@ -78,6 +79,17 @@ pub(crate) fn check_rules_only(what: &str, mappings: &[PortMapping]) -> Result<(
         }
     }
     Ok(())
+}
+
+/// Whether `m` is served at the host namespace's IPv4 loopback (host
+/// address `0.0.0.0`, `::` or one of `127.0.0.0/8`), so that its IPv4
+/// rules DNAT loopback destinations too: that needs `route_localnet` on
+/// the network's bridge (`host::localnet`).
+pub(crate) fn needs_localnet(m: &PortMapping) -> bool {
+    match m.host_address() {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_loopback(),
+        IpAddr::V6(a) => a.is_unspecified(),
+    }
 }
 
 /// Whether `a` and `b` take a host port in common: the same protocol,
@@ -173,13 +185,16 @@ fn probe_one(protocol: Protocol, addr: SocketAddr) -> std::result::Result<(), Er
 /// and forwarding may be turned on later). Each carries the comment
 /// `podnet <owner> <proto> <host addr:port> #<n>`, `n` its place in the
 /// list, so the attachment's rules are found by their owner and each one
-/// by its number.
+/// by its number. `bridge` is the network's bridge, the one that routes:
+/// the IPv4 rules of a mapping that [`needs_localnet`] serve loopback
+/// clients by it.
 pub(crate) fn rule_dnats(
     owner: &str,
     mappings: &[PortMapping],
     ipv4: Option<Ipv4Addr>,
     ipv6: Option<Ipv6Addr>,
     subnets: [Option<(IpAddr, u8)>; 2],
+    bridge: &str,
 ) -> Vec<Dnat> {
     let mut out = Vec::new();
     for m in mappings {
@@ -217,6 +232,7 @@ pub(crate) fn rule_dnats(
                         SocketAddr::new(m.host_address(), host_port)
                     ),
                     arriving: true,
+                    localnet: (h.is_ipv4() && needs_localnet(m)).then(|| bridge.to_owned()),
                 });
             }
         }
@@ -261,8 +277,10 @@ mod tests {
     fn what_rules_alone_cannot_serve_is_refused_with_the_reason() {
         assert!(refused(PortMapping::tcp(8080, 80).real_host()).contains("real-host"));
         assert!(refused(PortMapping::tcp(0, 80)).contains("host port 0"));
+        let lo6 = PortMapping::tcp(8080, 80).host_ip("::1".parse().unwrap());
+        assert!(refused(lo6).contains("never routes ::1"));
         let lo = PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap());
-        assert!(refused(lo).contains("loopback"));
+        assert!(check_rules_only("x", &[lo]).is_ok());
         let idle = PortMapping::udp(53, 53).udp_idle_timeout(std::time::Duration::from_secs(5));
         assert!(refused(idle).contains("idle"));
         assert!(refused(PortMapping::tcp(8080, 0)).contains("pod port 0"));
@@ -304,16 +322,27 @@ mod tests {
         let v4 = Some(Ipv4Addr::new(10, 88, 0, 2));
         let v6 = Some("fd00:88::2".parse().unwrap());
         let both = [PortMapping::tcp(8080, 80).host_ip("::".parse().unwrap())];
-        let d = rule_dnats("c1@1-2", &both, v4, v6, subnets);
+        let d = rule_dnats("c1@1-2", &both, v4, v6, subnets, "pn0");
         assert_eq!(d.len(), 2);
+        // Loopback is served over IPv4 only, by the attachment's bridge.
+        assert_eq!(
+            (d[0].localnet.as_deref(), d[1].localnet.as_deref()),
+            (Some("pn0"), None)
+        );
         assert_eq!(d[0].comment, "podnet c1@1-2 tcp [::]:8080 #0");
         assert_eq!(d[1].comment, "podnet c1@1-2 tcp [::]:8080 #1");
         assert!(d.iter().all(|d| rule_owner(&d.comment) == Some("c1@1-2")));
         // Only IPv4 for 0.0.0.0, and none for a family without an address.
         let range = [PortMapping::range(Protocol::Udp, 9000..=9002, 7000..=7002)];
-        assert_eq!(rule_dnats("c1@1-2", &range, v4, None, subnets).len(), 3);
+        assert_eq!(
+            rule_dnats("c1@1-2", &range, v4, None, subnets, "pn0").len(),
+            3
+        );
         let six = [PortMapping::tcp(80, 80).host_ip("fd00::9".parse().unwrap())];
-        assert!(rule_dnats("c1@1-2", &six, v4, None, subnets).is_empty());
+        assert!(rule_dnats("c1@1-2", &six, v4, None, subnets, "pn0").is_empty());
+        let elsewhere = [PortMapping::tcp(80, 80).host_ip("10.0.0.9".parse().unwrap())];
+        let d = rule_dnats("c1@1-2", &elsewhere, v4, None, subnets, "pn0");
+        assert_eq!(d[0].localnet, None);
         let back = from_record(&to_record(&range[0]));
         assert_eq!(back, range[0]);
     }

@@ -40,6 +40,8 @@ pub(super) struct Exprs(Vec<(&'static str, Vec<(u16, Attr)>)>);
 pub(super) enum Attr {
     Be32(u32),
     Data(Vec<u8>),
+    /// A verdict code (NF_DROP, ...), nested in NFTA_DATA_VERDICT.
+    Verdict(u32),
 }
 
 impl Exprs {
@@ -101,6 +103,26 @@ impl Exprs {
         )
     }
 
+    /// `meta iifname` or `meta oifname` (`key`) is `name`: IFNAMSIZ bytes,
+    /// the name padded with NULs, as nft itself compares.
+    fn ifname(&mut self, key: u32, name: &str) -> &mut Exprs {
+        let mut padded = [0u8; 16];
+        let n = name.len().min(15);
+        padded[..n].copy_from_slice(&name.as_bytes()[..n]);
+        self.meta(key).cmp(true, &padded)
+    }
+
+    /// The verdict `drop`.
+    fn drop_verdict(&mut self) -> &mut Exprs {
+        self.push(
+            "immediate",
+            vec![
+                (1, Attr::Be32(NFT_REG_VERDICT)),
+                (2, Attr::Verdict(NF_DROP)),
+            ],
+        )
+    }
+
     /// Write the expressions into rule message `m`.
     pub(super) fn write(&self, m: &mut Msg) {
         m.begin(NFTA_RULE_EXPRESSIONS);
@@ -117,6 +139,11 @@ impl Exprs {
                     Attr::Data(d) => {
                         m.begin(*kind).attr(NFTA_DATA_VALUE, d).end();
                     }
+                    Attr::Verdict(code) => {
+                        m.begin(*kind).begin(NFTA_DATA_VERDICT);
+                        m.be32(NFTA_VERDICT_CODE, *code);
+                        m.end().end();
+                    }
                 }
             }
             m.end().end();
@@ -125,7 +152,13 @@ impl Exprs {
     }
 }
 
+const NFT_META_IIFNAME: u32 = 6;
+const NFT_META_OIFNAME: u32 = 7;
 const NFT_META_NFPROTO: u32 = 15;
+const NFT_REG_VERDICT: u32 = 0;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NF_DROP: u32 = 0;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
@@ -159,6 +192,15 @@ pub(crate) struct Dnat {
     /// generated: only useful when the host namespace forwards this family
     /// (a DNATed packet from outside or from the bridge is forwarded).
     pub arriving: bool,
+    /// For IPv4 rules only: the bridge that routes to the pod (its
+    /// network's, whichever shard the pod is on), if locally generated
+    /// traffic to loopback (`127.0.0.0/8`) is DNATed too. That needs
+    /// `route_localnet` on the bridge (the caller's), a masquerade of
+    /// loopback sources leaving by it (the pod could not answer
+    /// `127.0.0.1`), and a guard: with `route_localnet` on, the bridge
+    /// would deliver packets for `127.0.0.0/8` from the pods to the host's
+    /// loopback services, so those are dropped.
+    pub localnet: Option<String>,
 }
 
 impl Dnat {
@@ -232,12 +274,27 @@ impl Dnat {
 
     /// The chains this port has a rule in, in the order of
     /// [`rules`](Dnat::rules).
-    pub(crate) fn chains(&self) -> &'static [&'static str] {
-        if self.arriving {
-            &[PREROUTING, OUTPUT, POSTROUTING]
-        } else {
-            &[OUTPUT]
-        }
+    pub(crate) fn chains(&self) -> Vec<&'static str> {
+        self.rules().into_iter().map(|(chain, _)| chain).collect()
+    }
+
+    /// Whether the host address is a loopback one: then nothing arriving
+    /// is DNATed (no packet from another interface is for loopback).
+    fn host_loopback(&self) -> bool {
+        self.host.is_loopback()
+    }
+
+    /// The localnet bridge, for IPv4 rules that have one.
+    fn localnet(&self) -> Option<&str> {
+        self.localnet.as_deref().filter(|_| self.v4())
+    }
+
+    /// `ip daddr` (`dest`) or `ip saddr` is in `127.0.0.0/8`.
+    fn loopback_v4(e: &mut Exprs, dest: bool) {
+        let off = if dest { 16 } else { 12 };
+        e.payload(NFT_PAYLOAD_NETWORK_HEADER, off, 4)
+            .and(&[255, 0, 0, 0])
+            .cmp(true, &[127, 0, 0, 0]);
     }
 
     /// The rules of this port: chain and expressions.
@@ -257,11 +314,12 @@ impl Dnat {
         self.dnat(&mut pre);
 
         // Locally generated: loopback destinations are left to the
-        // forwarder's socket (DNAT from 127.0.0.1 needs route_localnet).
+        // forwarder's socket (DNAT from 127.0.0.1 needs route_localnet),
+        // unless the rules are localnet ones.
         let mut out = Exprs::default();
         self.family_match(&mut out);
         self.port_match(&mut out, self.host_port);
-        if self.host.is_unspecified() {
+        if self.host.is_unspecified() && self.localnet().is_none() {
             let (off, len) = self.addr_field(true);
             e_payload_not_loopback(&mut out, self.v4(), off, len);
         }
@@ -285,11 +343,38 @@ impl Dnat {
             .and(&mask)
             .cmp(true, &masked);
         post.push("masq", Vec::new());
-        if self.arriving {
-            vec![(PREROUTING, pre), (OUTPUT, out), (POSTROUTING, post)]
-        } else {
-            vec![(OUTPUT, out)]
+        if !self.arriving {
+            return vec![(OUTPUT, out)];
         }
+        let Some(bridge) = self.localnet() else {
+            return vec![(PREROUTING, pre), (OUTPUT, out), (POSTROUTING, post)];
+        };
+        // Arriving by the bridge for loopback: never a client of a
+        // mapping, but with route_localnet on it would reach the host's
+        // loopback services. First, before any DNAT of this attachment.
+        let mut guard = Exprs::default();
+        self.family_match(&mut guard);
+        guard.ifname(NFT_META_IIFNAME, bridge);
+        Self::loopback_v4(&mut guard, true);
+        guard.drop_verdict();
+        // Loopback clients DNATed to the pod, leaving by its bridge:
+        // masquerade, as the pod cannot answer 127.0.0.1.
+        let mut lo = Exprs::default();
+        self.family_match(&mut lo);
+        e_ct_dnat(&mut lo);
+        self.port_match(&mut lo, self.pod_port);
+        let (off, len) = self.addr_field(true);
+        lo.payload(NFT_PAYLOAD_NETWORK_HEADER, off, len)
+            .cmp(true, &octets(self.pod));
+        Self::loopback_v4(&mut lo, false);
+        lo.ifname(NFT_META_OIFNAME, bridge);
+        lo.push("masq", Vec::new());
+        let mut rules = vec![(PREROUTING, guard)];
+        if !self.host_loopback() {
+            rules.push((PREROUTING, pre));
+        }
+        rules.extend([(OUTPUT, out), (POSTROUTING, post), (POSTROUTING, lo)]);
+        rules
     }
 }
 
