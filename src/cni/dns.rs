@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
+use super::codes;
 use super::config::{NetConf, Upstream};
 use super::error::CniError;
-use super::plugin::{codes, network_builder};
+use super::network::network_builder;
 use crate::{DnsUpstream, Network, Phase};
 
 /// The argument that makes `podnet-cni` the DNS server.

@@ -73,12 +73,14 @@
 //! assert!(out.contains(r#""version":"4""#) && out.contains(r#""gateway":"10.88.0.1""#));
 //! ```
 
+pub mod codes;
 pub mod config;
 pub mod dns;
 pub mod env;
 pub mod error;
 mod json;
 pub mod mac;
+pub mod network;
 pub mod plugin;
 pub mod request;
 pub mod result;
