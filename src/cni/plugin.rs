@@ -273,8 +273,11 @@ pub fn result_of(conf: &NetConf, mut prev: CniResult, att: &Attachment) -> CniRe
             }
         }
     }
-    let dns = &conf.dns;
-    if prev.dns.is_empty() && !dns.is_empty() {
+    // The runtime's `dns` capability first, then the network's `dns`.
+    let dns = [&conf.runtime_config.dns, &conf.dns]
+        .into_iter()
+        .find(|d| !d.is_empty());
+    if let (true, Some(dns)) = (prev.dns.is_empty(), dns) {
         prev.dns = dns.clone();
     }
     prev
