@@ -457,16 +457,27 @@ fn plugin_as(
 }
 
 /// The steps of an ADD a crash is tried at.
-const ADD_STEPS: [&str; 5] = [
+const ADD_STEPS: [&str; 6] = [
     "attach-record",
     "attach-address",
     "attach-veth",
     "attach-inside",
+    "attach-port-rules",
     "attach-done",
 ];
 
+/// `conf` with a port mapping asked by the runtime, so that a crash can
+/// leave rules too.
+fn conf_with_port(ctx: &Ctx, version: &str) -> Value {
+    with(
+        conf(ctx, version),
+        "runtimeConfig",
+        json!({"portMappings": [{"hostPort": 18090, "containerPort": 80, "protocol": "tcp"}]}),
+    )
+}
+
 /// What a test's network holds that a crashed ADD could leave: ports of
-/// its bridge, links in the container, store entries.
+/// its bridge, links in the container, store entries, port rules.
 async fn leftovers(ctx: &Ctx, ns: &RuntimeNetns) -> Vec<String> {
     let mut out: Vec<String> = common::ports(&ctx.nl, BRIDGE).await.into_iter().collect();
     let (_, links) = ns.run(&["ip", "-o", "link"]);
@@ -481,6 +492,13 @@ async fn leftovers(ctx: &Ctx, ns: &RuntimeNetns) -> Vec<String> {
             .into_iter()
             .map(|p| p.display().to_string()),
     );
+    // The port mapping's rules (the network's masquerade stays: it is the
+    // network's, not the attachment's).
+    for (table, rules) in podnet::internals::podnet_tables().unwrap() {
+        if table.ends_with("-aports") {
+            out.extend(rules.into_iter().map(|r| format!("{table}: {r}")));
+        }
+    }
     out
 }
 
@@ -489,9 +507,9 @@ fn an_add_killed_at_any_step_then_del_leaves_nothing() {
     in_netns(|ctx| async move {
         for step in ADD_STEPS {
             let ns = RuntimeNetns::new();
-            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf(&ctx, "1.0.0"), step);
+            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf_with_port(&ctx, "1.0.0"), step);
             assert!(!ok, "ADD survived its crash at {step}");
-            let (ok, out) = plugin_as(CID, "DEL", Some(&ns), &conf(&ctx, "1.0.0"), "");
+            let (ok, out) = plugin_as(CID, "DEL", Some(&ns), &conf_with_port(&ctx, "1.0.0"), "");
             assert!(ok, "DEL after a crash at {step}: {out}");
             let left = leftovers(&ctx, &ns).await;
             assert!(
@@ -507,9 +525,13 @@ fn an_add_killed_at_any_step_then_gc_leaves_nothing() {
     in_netns(|ctx| async move {
         for step in ADD_STEPS {
             let ns = RuntimeNetns::new();
-            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf(&ctx, "1.1.0"), step);
+            let (ok, _) = plugin_as(CID, "ADD", Some(&ns), &conf_with_port(&ctx, "1.1.0"), step);
             assert!(!ok, "ADD survived its crash at {step}");
-            let gc = with(conf(&ctx, "1.1.0"), "cni.dev/valid-attachments", json!([]));
+            let gc = with(
+                conf_with_port(&ctx, "1.1.0"),
+                "cni.dev/valid-attachments",
+                json!([]),
+            );
             let (ok, out) = plugin_as(CID, "GC", None, &gc, "");
             assert!(ok, "GC after a crash at {step}: {out}");
             let left = leftovers(&ctx, &ns).await;
@@ -866,5 +888,27 @@ fn an_sctp_port_mapping_is_code_2() {
             1,
             "only lo"
         );
+    });
+}
+
+#[test]
+fn the_runtimes_dns_capability_is_the_results_dns() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let mut c = with(
+            conf(&ctx, "1.0.0"),
+            "dns",
+            json!({"nameservers": ["10.88.0.53"]}),
+        );
+        c = with(
+            c,
+            "runtimeConfig",
+            json!({"dns": {"servers": ["10.88.0.54"], "searches": ["example.test"]}}),
+        );
+        let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
+        assert!(ok, "{out}");
+        assert_eq!(out["dns"]["nameservers"], json!(["10.88.0.54"]), "{out}");
+        assert_eq!(out["dns"]["search"], json!(["example.test"]), "{out}");
+        plugin("DEL", "eth0", Some(&ns), &c);
     });
 }
