@@ -912,3 +912,33 @@ fn the_runtimes_dns_capability_is_the_results_dns() {
         plugin("DEL", "eth0", Some(&ns), &c);
     });
 }
+
+#[test]
+fn an_add_that_waits_past_its_deadline_for_the_store_is_code_11_and_makes_nothing() {
+    in_netns(|ctx| async move {
+        // The store made, then its lock held as another process would.
+        assert!(plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0")).0);
+        let lock = common::store_dir(&ctx).join("lock");
+        let file = std::fs::File::open(&lock).unwrap();
+        let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let ns = RuntimeNetns::new();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+        cmd.env_clear()
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", CID)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", &ns.path)
+            .env("PODNET_CNI_TIMEOUT", "0.5")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let out = run(cmd, &conf(&ctx, "1.0.0"));
+        assert_eq!(code(&out), 11, "{}", out.1);
+        drop(held);
+        assert_eq!(
+            ns.run(&["ip", "-o", "link"]).1.lines().count(),
+            1,
+            "only lo"
+        );
+        assert!(common::state_entries(&ctx, &["addr", "sandbox"]).is_empty());
+    });
+}

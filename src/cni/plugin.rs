@@ -60,7 +60,30 @@ fn on_runtime(req: NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
         .enable_all()
         .build()
         .map_err(|e| CniError::io("cannot start a runtime", e.to_string()))?;
-    rt.block_on(verb(req, stdin))
+    let deadline = deadline();
+    let command = req.env.command;
+    let answered = rt.block_on(async { tokio::time::timeout(deadline, verb(req, stdin)).await });
+    // A verb cut short may leave a blocking thread waiting for the store's
+    // lock: not waited for (the process ends with it).
+    rt.shutdown_background();
+    answered.unwrap_or_else(|_| {
+        Err(CniError::try_again(
+            format!("{} did not finish within {deadline:?}", command.as_str()),
+            "the network's store or the kernel is busy (another process holds the \
+             store's lock); nothing was made that the next call cannot take away",
+        ))
+    })
+}
+
+/// How long a verb may take before it gives up with code 11: 30 s, or
+/// `PODNET_CNI_TIMEOUT` seconds.
+fn deadline() -> std::time::Duration {
+    let secs = std::env::var("PODNET_CNI_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(30.0);
+    std::time::Duration::from_secs_f64(secs)
 }
 
 async fn verb(req: NetworkRequest, stdin: &[u8]) -> Result<String, CniError> {
