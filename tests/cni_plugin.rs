@@ -942,3 +942,23 @@ fn an_add_that_waits_past_its_deadline_for_the_store_is_code_11_and_makes_nothin
         assert!(common::state_entries(&ctx, &["addr", "sandbox"]).is_empty());
     });
 }
+
+#[test]
+fn status_is_code_51_when_a_container_lost_its_wiring() {
+    in_netns(|ctx| async move {
+        let ns = RuntimeNetns::new();
+        let (ok, out) = plugin("ADD", "eth0", Some(&ns), &conf(&ctx, "1.1.0"));
+        assert!(ok, "{out}");
+        assert!(plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0")).0);
+        let host = out["interfaces"][0]["name"].as_str().unwrap().to_owned();
+        let unplugged = Command::new("ip")
+            .args(["link", "set", &host, "nomaster"])
+            .status()
+            .unwrap();
+        assert!(unplugged.success());
+        let status = plugin("STATUS", "eth0", None, &conf(&ctx, "1.1.0"));
+        assert_eq!(code(&status), 51, "{}", status.1);
+        assert!(status.1.to_string().contains(&host), "{}", status.1);
+        plugin("DEL", "eth0", Some(&ns), &conf(&ctx, "1.1.0"));
+    });
+}

@@ -421,7 +421,26 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
             ),
             e,
         )
-    })
+    })?;
+    // ADD can work; are the containers it made still wired?
+    let mut broken = Vec::new();
+    for att in net.attachments().map_err(from_error)? {
+        if let Err(e) = net.check_attachment(&att.container_id, &att.ifname).await {
+            broken.push(e.to_string());
+        }
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::limited_connectivity(
+            format!(
+                "{} container(s) of network {:?} are not wired as ADD made them",
+                broken.len(),
+                conf.name
+            ),
+            broken.join("; "),
+        ))
+    }
 }
 
 /// Write and remove a file where the store lives.
