@@ -674,7 +674,7 @@ mod tests {
     }
 
     /// A done and an undone record of sandbox "web", and their file.
-    fn web_records() -> ([Record; 2], &'static Path) {
+    fn web_records() -> ([Record; 3], &'static Path) {
         let done = Record {
             name: "web".into(),
             id: "1f-2a-3".into(),
@@ -693,7 +693,26 @@ mod tests {
             ipv6: None,
             ..done.clone()
         };
-        ([done, undone], Path::new("/x/sandbox/web"))
+        let attached = Record {
+            holder: None,
+            attached: Some(Attached {
+                container_id: "0123abcd".into(),
+                ifname: "eth0".into(),
+                netns: "/run/netns/cni-0123".into(),
+                netns_dev: 4,
+                netns_ino: 4026532291,
+                default_routes: true,
+                ports: vec![AttachedPort {
+                    udp: false,
+                    host: "0.0.0.0".parse().unwrap(),
+                    host_ports: 8080..=8080,
+                    pod_ports: 80..=80,
+                }],
+                done: true,
+            }),
+            ..done.clone()
+        };
+        ([done, undone, attached], Path::new("/x/sandbox/web"))
     }
 
     #[test]
@@ -783,7 +802,7 @@ mod tests {
         #[test]
         fn arbitrary_text_of_record_lines_is_never_a_record(
             lines in proptest::collection::vec(
-                "(name|id|creator|veth|persistent|ipv4|sum|done)=[ -~]{0,120}", 0..10)
+                "(name|id|creator|veth|persistent|ipv4|ipv6|aliases|container|ifname|netns|default-routes|ports|sum|done)=[ -~]{0,120}", 0..12)
         ) {
             let (_, p) = web_records();
             let text = lines.join("\n") + "\n";
@@ -794,7 +813,7 @@ mod tests {
 
         #[test]
         fn a_record_with_arbitrary_text_spliced_in_is_corrupt(
-            which in 0usize..2,
+            which in 0usize..3,
             at in proptest::prelude::any::<usize>(),
             cut in 0usize..8,
             splice in "\\PC{0,12}",
