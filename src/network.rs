@@ -212,7 +212,11 @@ impl Network {
         inner.store.destroy()
     }
 
-    /// The sandboxes of this network, from any process, with their phase.
+    /// The sandboxes of this network, from any process, with their phase;
+    /// attachments ([`attach`](Network::attach)) too, under their store
+    /// names (`c` and 11 hex digits), with no holder, Running while their
+    /// namespace lives ([`attachments`](Network::attachments) lists them
+    /// by their keys).
     ///
     /// # Errors
     /// [`Error::Io`] if the store cannot be listed. A record that cannot be
