@@ -264,6 +264,10 @@ impl Network {
         };
         crate::names::validate_name(name).map_err(|_| not_found())?;
         let rec = store.read_record(name)?.ok_or_else(not_found)?;
+        // An attachment's namespace is its runtime's: no sandbox to open.
+        if rec.attached.is_some() {
+            return Err(not_found());
+        }
         let Some(ident) = rec.holder else {
             return Err(Error::HolderDied {
                 sandbox: name.to_owned(),
