@@ -38,6 +38,26 @@ fn conf(ctx: &Ctx, version: &str) -> Value {
     })
 }
 
+/// The plugin with an empty environment, stdin and stdout piped: for
+/// runs that set every variable themselves.
+fn bare() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd
+}
+
+/// The plugin as a runtime starts it for `command` on (`cid`, `ifname`):
+/// `bare` with `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_IFNAME` and
+/// `CNI_PATH`; callers add `CNI_NETNS` and anything else with `.env`.
+fn cni(command: &str, cid: &str, ifname: &str) -> Command {
+    let mut cmd = bare();
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni");
+    cmd
+}
+
 /// Run the plugin: `command` on (`CID`, `ifname`) in `netns` (`None`: no
 /// `CNI_NETNS`), `stdin` the configuration; whether it exited 0, and what
 /// it printed (JSON, or `Value::Null` for nothing).
@@ -47,14 +67,7 @@ fn plugin(
     netns: Option<&RuntimeNetns>,
     stdin: &Value,
 ) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", CID)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni(command, CID, ifname);
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", &ns.path);
     }
@@ -99,11 +112,8 @@ fn ipv4_inside(ns: &RuntimeNetns, ifname: &str) -> String {
 
 #[test]
 fn version_answers_with_every_supported_version() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = bare();
+    cmd.env("CNI_COMMAND", "VERSION");
     let (ok, out) = run(cmd, &json!({"cniVersion": "1.1.0"}));
     assert!(ok);
     assert_eq!(out["supportedVersions"], json!(SUPPORTED));
@@ -229,16 +239,7 @@ fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
         );
         assert!(plugin("ADD", "eth0", Some(&a), &asked).0);
         let b = RuntimeNetns::new();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", "second")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", &b.path)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let out = run(cmd, &asked);
+        let out = plugin_as("second", "ADD", Some(&b), &asked, "");
         assert_eq!(code(&out), 102, "{}", out.1);
         assert_eq!(
             b.run(&["ip", "-o", "link"]).1.lines().count(),
@@ -408,15 +409,8 @@ fn an_unsupported_version_is_code_1() {
 
 #[test]
 fn undecodable_stdin_is_code_6() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", CID)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni("ADD", CID, "eth0");
+    cmd.env("CNI_NETNS", "/proc/self/ns/net");
     let mut child = cmd.spawn().unwrap();
     child
         .stdin
@@ -439,14 +433,7 @@ fn plugin_as(
     stdin: &Value,
     crash: &str,
 ) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni(command, cid, "eth0");
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", &ns.path);
     }
@@ -598,20 +585,8 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
         let ns = RuntimeNetns::new();
         // CNI_PATH is optional for ADD: podnet execs no other plugin.
         for missing in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
-            let netns = ns.path.display().to_string();
-            for (k, v) in [
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", CID),
-                ("CNI_NETNS", netns.as_str()),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", "/usr/lib/cni"),
-            ] {
-                if k != missing {
-                    cmd.env(k, v);
-                }
-            }
+            let mut cmd = cni("ADD", CID, "eth0");
+            cmd.env("CNI_NETNS", &ns.path).env_remove(missing);
             let out = run(cmd, &conf(&ctx, "1.0.0"));
             assert!(!out.0, "it succeeded without {missing}: {}", out.1);
             assert_eq!(code(&out), 4, "without {missing}: {}", out.1);
@@ -633,25 +608,14 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
 fn a_malformed_variable_is_code_4_naming_it() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let netns = ns.path.display().to_string();
         for (var, bad) in [
             ("CNI_COMMAND", "ATTACH"),
             ("CNI_CONTAINERID", "-leading-dash"),
             ("CNI_IFNAME", "name-longer-than-15"),
             ("CNI_ARGS", "IP"),
         ] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear()
-                .envs([
-                    ("CNI_COMMAND", "ADD"),
-                    ("CNI_CONTAINERID", CID),
-                    ("CNI_NETNS", netns.as_str()),
-                    ("CNI_IFNAME", "eth0"),
-                    ("CNI_PATH", "/usr/lib/cni"),
-                ])
-                .env(var, bad)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
+            let mut cmd = cni("ADD", CID, "eth0");
+            cmd.env("CNI_NETNS", &ns.path).env(var, bad);
             let out = run(cmd, &conf(&ctx, "1.0.0"));
             assert_eq!(code(&out), 4, "{var}={bad}: {}", out.1);
             assert!(out.1.to_string().contains(var), "{var}={bad}: {}", out.1);
@@ -715,14 +679,8 @@ fn ip_masq_makes_the_networks_masquerade_and_no_default_gateway_no_default_route
 #[test]
 fn add_refuses_the_plugins_own_namespace() {
     in_netns(|ctx| async move {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", CID)
-            .env("CNI_IFNAME", "eth9")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        let mut cmd = cni("ADD", CID, "eth9");
+        cmd.env("CNI_NETNS", "/proc/self/ns/net");
         let out = run(cmd, &conf(&ctx, "1.0.0"));
         assert_eq!(code(&out), 4, "{}", out.1);
         assert!(out.1.to_string().contains("CNI_NETNS"), "{}", out.1);
@@ -749,16 +707,8 @@ fn hairpin_mode_puts_the_host_port_in_hairpin_mode() {
 
 /// `plugin` for container `cid` with `CNI_ARGS` `args`.
 fn plugin_with_args(cid: &str, args: &str, netns: &RuntimeNetns, stdin: &Value) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", &netns.path)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni("ADD", cid, "eth0");
+    cmd.env("CNI_NETNS", &netns.path).env("CNI_ARGS", args);
     run(cmd, stdin)
 }
 
@@ -813,18 +763,7 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
         assert_eq!(a_records_in(&a, gw, "db.podnet.internal"), vec![ip(&rb)]);
         // "Store_1" is no DNS label: left out, not an error.
         assert!(a_records_in(&a, gw, "store_1").is_empty());
-        let del = |cid: &str, ns: &RuntimeNetns| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear()
-                .env("CNI_COMMAND", "DEL")
-                .env("CNI_CONTAINERID", cid)
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_NETNS", &ns.path)
-                .env("CNI_PATH", "/usr/lib/cni")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
-            run(cmd, &c).0
-        };
+        let del = |cid: &str, ns: &RuntimeNetns| plugin_as(cid, "DEL", Some(ns), &c, "").0;
         assert!(dns_server_runs());
         assert!(del("ca", &a) && del("cb", &b));
         common::eventually(
@@ -922,15 +861,9 @@ fn an_add_that_waits_past_its_deadline_for_the_store_is_code_11_and_makes_nothin
         let file = std::fs::File::open(&lock).unwrap();
         let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
         let ns = RuntimeNetns::new();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", CID)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", &ns.path)
-            .env("PODNET_CNI_TIMEOUT", "0.5")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        let mut cmd = cni("ADD", CID, "eth0");
+        cmd.env("CNI_NETNS", &ns.path)
+            .env("PODNET_CNI_TIMEOUT", "0.5");
         let out = run(cmd, &conf(&ctx, "1.0.0"));
         assert_eq!(code(&out), 11, "{}", out.1);
         drop(held);
