@@ -244,11 +244,7 @@ fn bad_input_is_refused_before_anything_is_made() {
             bad[6]
         );
         assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo inside"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo inside");
         net.remove().await.unwrap();
     });
 }
@@ -683,7 +679,7 @@ fn a_host_port_another_attachment_maps_is_in_use_and_nothing_is_made() {
         assert!(matches!(err, Error::PortInUse { .. }), "{err}");
         assert_eq!(port_rules().unwrap(), rules);
         assert_eq!(common::state_entries(&ctx, &["sandbox", "addr"]), stored);
-        assert_eq!(b.run(&["ip", "-o", "link"]).1.lines().count(), 1, "only lo");
+        assert_eq!(b.interfaces(), 1, "only lo");
         net.detach("a", "eth0").await.unwrap();
         net.remove().await.unwrap();
     });
@@ -857,11 +853,7 @@ fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
         assert_eq!(report.addresses.len(), 1, "{report:?}");
         assert_eq!(port_rules(), None);
         assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
         net.remove().await.unwrap();
     });
 }

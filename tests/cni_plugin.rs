@@ -241,11 +241,7 @@ fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
         let b = RuntimeNetns::new();
         let out = plugin_as("second", "ADD", Some(&b), &asked, "");
         assert_eq!(code(&out), 102, "{}", out.1);
-        assert_eq!(
-            b.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo in b"
-        );
+        assert_eq!(b.interfaces(), 1, "only lo in b");
         plugin("DEL", "eth0", Some(&a), &conf(&ctx, "1.0.0"));
     });
 }
@@ -372,11 +368,7 @@ fn a_known_field_with_a_bad_value_is_code_7_naming_it() {
         );
         assert_eq!(code(&out), 7);
         assert!(out.1.to_string().contains("mtu"), "{}", out.1);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -596,11 +588,7 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
                 out.1
             );
         }
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -620,11 +608,7 @@ fn a_malformed_variable_is_code_4_naming_it() {
             assert_eq!(code(&out), 4, "{var}={bad}: {}", out.1);
             assert!(out.1.to_string().contains(var), "{var}={bad}: {}", out.1);
         }
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -798,11 +782,7 @@ fn port_mappings_of_the_runtime_reach_the_container_until_del() {
         let (ok, taken) = plugin_as("other", "ADD", Some(&other), &mapped, "");
         assert!(!ok);
         assert_eq!(taken["code"], 104, "{taken}");
-        assert_eq!(
-            other.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(other.interfaces(), 1, "only lo");
         assert!(plugin("DEL", "eth0", Some(&ns), &mapped).0);
         assert!(
             std::net::TcpStream::connect_timeout(&at, std::time::Duration::from_secs(2)).is_err(),
@@ -822,11 +802,7 @@ fn an_sctp_port_mapping_is_code_2() {
         );
         let out = plugin("ADD", "eth0", Some(&ns), &sctp);
         assert_eq!(code(&out), 2, "{}", out.1);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -867,11 +843,7 @@ fn an_add_that_waits_past_its_deadline_for_the_store_is_code_11_and_makes_nothin
         let out = run(cmd, &conf(&ctx, "1.0.0"));
         assert_eq!(code(&out), 11, "{}", out.1);
         drop(held);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
         assert!(common::state_entries(&ctx, &["addr", "sandbox"]).is_empty());
     });
 }

@@ -1046,6 +1046,13 @@ impl RuntimeNetns {
         )
     }
 
+    /// How many interfaces there are inside (1: `lo` alone).
+    pub fn interfaces(&self) -> usize {
+        let (ok, links) = self.run(&["ip", "-o", "link"]);
+        assert!(ok, "ip link inside {}", self.path.display());
+        links.lines().count()
+    }
+
     /// Run `f` on a thread of its own inside the namespace.
     pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
