@@ -98,6 +98,12 @@ fn with(mut conf: Value, key: &str, value: Value) -> Value {
     conf
 }
 
+/// `conf` with the runtime's capability arguments `runtime` (its
+/// `runtimeConfig`).
+fn asking(conf: Value, runtime: Value) -> Value {
+    with(conf, "runtimeConfig", runtime)
+}
+
 /// The error code of a failed run.
 fn code(out: &(bool, Value)) -> u64 {
     assert!(!out.0, "it succeeded: {}", out.1);
@@ -221,7 +227,7 @@ fn del_twice_and_del_without_a_namespace_succeed_and_release_the_address() {
         // The address is given again.
         let other = RuntimeNetns::new();
         let ip = addr.split('/').next().unwrap();
-        let static_ip = with(conf(&ctx, "0.4.0"), "runtimeConfig", json!({"ips": [ip]}));
+        let static_ip = asking(conf(&ctx, "0.4.0"), json!({"ips": [ip]}));
         let (ok, out) = plugin("ADD", "eth0", Some(&other), &static_ip);
         assert!(ok, "{out}");
         plugin("DEL", "eth0", Some(&other), &conf(&ctx, "0.4.0"));
@@ -232,11 +238,7 @@ fn del_twice_and_del_without_a_namespace_succeed_and_release_the_address() {
 fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
     in_netns(|ctx| async move {
         let a = RuntimeNetns::new();
-        let asked = with(
-            conf(&ctx, "1.0.0"),
-            "runtimeConfig",
-            json!({"ips": ["10.88.0.7"]}),
-        );
+        let asked = asking(conf(&ctx, "1.0.0"), json!({"ips": ["10.88.0.7"]}));
         assert!(plugin("ADD", "eth0", Some(&a), &asked).0);
         let b = RuntimeNetns::new();
         let out = plugin_as("second", "ADD", Some(&b), &asked, "");
@@ -250,11 +252,7 @@ fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
 fn a_mac_asked_by_the_runtime_is_given() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let asked = with(
-            conf(&ctx, "1.0.0"),
-            "runtimeConfig",
-            json!({"mac": "02:42:0a:58:00:2a"}),
-        );
+        let asked = asking(conf(&ctx, "1.0.0"), json!({"mac": "02:42:0a:58:00:2a"}));
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &asked);
         assert!(ok, "{out}");
         assert_eq!(out["interfaces"][1]["mac"], "02:42:0a:58:00:2a");
@@ -448,9 +446,8 @@ const ADD_STEPS: [&str; 6] = [
 /// `conf` with a port mapping asked by the runtime, so that a crash can
 /// leave rules too.
 fn conf_with_port(ctx: &Ctx, version: &str) -> Value {
-    with(
+    asking(
         conf(ctx, version),
-        "runtimeConfig",
         json!({"portMappings": [{"hostPort": 18090, "containerPort": 80, "protocol": "tcp"}]}),
     )
 }
@@ -723,11 +720,7 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
         let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
         let (ok, ra) = plugin_with_args("ca", "IgnoreUnknown=1;K8S_POD_NAME=web", &a, &c);
         assert!(ok, "{ra}");
-        let with_alias = with(
-            c.clone(),
-            "runtimeConfig",
-            json!({"aliases": {"podnet-test": ["db"]}}),
-        );
+        let with_alias = asking(c.clone(), json!({"aliases": {"podnet-test": ["db"]}}));
         let (ok, rb) = plugin_with_args("cb", "K8S_POD_NAME=Store_1", &b, &with_alias);
         assert!(ok, "{rb}");
         assert_eq!(ra["dns"]["nameservers"], json!(["10.88.0.1"]), "{ra}");
@@ -763,9 +756,8 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
 fn port_mappings_of_the_runtime_reach_the_container_until_del() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let mapped = with(
+        let mapped = asking(
             conf(&ctx, "1.0.0"),
-            "runtimeConfig",
             json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}),
         );
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &mapped);
@@ -795,9 +787,8 @@ fn port_mappings_of_the_runtime_reach_the_container_until_del() {
 fn an_sctp_port_mapping_is_code_2() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let sctp = with(
+        let sctp = asking(
             conf(&ctx, "1.0.0"),
-            "runtimeConfig",
             json!({"portMappings": [{"hostPort": 9, "containerPort": 9, "protocol": "sctp"}]}),
         );
         let out = plugin("ADD", "eth0", Some(&ns), &sctp);
@@ -815,9 +806,8 @@ fn the_runtimes_dns_capability_is_the_results_dns() {
             "dns",
             json!({"nameservers": ["10.88.0.53"]}),
         );
-        c = with(
+        c = asking(
             c,
-            "runtimeConfig",
             json!({"dns": {"servers": ["10.88.0.54"], "searches": ["example.test"]}}),
         );
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
