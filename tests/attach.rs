@@ -133,14 +133,7 @@ fn a_sandbox_and_an_attachment_share_one_pool_and_reach_each_other() {
         let att = net.attach(CID, "eth0", &ns.path).attach().await.unwrap();
         let ip = att.addresses[0].ip();
         assert_ne!(Some(ip), pod.ipv4().map(IpAddr::V4));
-        let (ok, out) = ns.run(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &pod.ipv4().unwrap().to_string(),
-        ]);
+        let (ok, out) = ns.ping(pod.ipv4().unwrap());
         assert!(ok, "ping from the attachment to the sandbox: {out}");
         pod.remove().await.unwrap();
         net.detach(CID, "eth0").await.unwrap();

@@ -326,14 +326,7 @@ fn a_library_sandbox_and_a_plugin_attachment_share_one_pool() {
             1,
             "the library sees the plugin's"
         );
-        let (ok, ping) = ns.run(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &pod.ipv4().unwrap().to_string(),
-        ]);
+        let (ok, ping) = ns.ping(pod.ipv4().unwrap());
         assert!(ok, "{ping}");
         plugin("DEL", "eth0", Some(&ns), &conf(&ctx, "1.0.0"));
         pod.remove().await.unwrap();

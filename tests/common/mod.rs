@@ -1053,6 +1053,12 @@ impl RuntimeNetns {
         links.lines().count()
     }
 
+    /// One ping from inside to `ip` (two seconds' wait): whether it was
+    /// answered, and what ping printed.
+    pub fn ping(&self, ip: impl std::fmt::Display) -> (bool, String) {
+        self.run(&["ping", "-c", "1", "-W", "2", &ip.to_string()])
+    }
+
     /// Run `f` on a thread of its own inside the namespace.
     pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
