@@ -44,17 +44,9 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 const CHILD_ENV: &str = "PODNET_BENCH_STORE_DISK_DIR";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let n = match args.as_slice() {
-        [] => 100,
-        [n] => match n.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => return usage(),
-        },
-        _ => return usage(),
+    let n = match common::rounds_arg("store_disk") {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let result = match std::env::var_os(CHILD_ENV) {
         Some(dir) => child(Path::new(&dir), n),
@@ -71,11 +63,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage() -> ExitCode {
-    eprintln!("usage: store_disk [N]   (N > 0 rounds, default 100)");
-    ExitCode::from(2)
 }
 
 /// Run `cmd`, failing with its stderr if it fails; its trimmed stdout.
