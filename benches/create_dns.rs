@@ -21,8 +21,9 @@
 mod common;
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::timed_create;
 use podnet::{Network, Sandbox};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -53,15 +54,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// One timed create of sandbox `name` on `net`, kept in `made`.
-async fn timed_create(net: &Network, name: String, made: &mut Vec<Sandbox>) -> AnyResult<Duration> {
-    let t = Instant::now();
-    let sandbox = net.sandbox(name).create().await?;
-    let d = t.elapsed();
-    made.push(sandbox);
-    Ok(d)
 }
 
 struct Samples {

@@ -35,6 +35,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use common::cni::{Holder, Plugin};
+use common::timed_create;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podnet::{Network, Sandbox};
 
@@ -149,15 +150,6 @@ fn child(base: &Path, n: usize) -> AnyResult<()> {
         .enable_all()
         .build()?
         .block_on(bench(base, n))
-}
-
-/// One timed create of sandbox `name` on `net`, kept in `made`.
-async fn timed_create(net: &Network, name: String, made: &mut Vec<Sandbox>) -> AnyResult<Duration> {
-    let t = Instant::now();
-    let sandbox = net.sandbox(name).create().await?;
-    let d = t.elapsed();
-    made.push(sandbox);
-    Ok(d)
 }
 
 async fn timed_remove(sandbox: Option<Sandbox>) -> AnyResult<Duration> {

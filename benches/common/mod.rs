@@ -58,6 +58,20 @@ fn rounds_usage(bench: &str) -> std::process::ExitCode {
     std::process::ExitCode::from(2)
 }
 
+/// One timed create of sandbox `name` on `net`, kept in `made`.
+#[allow(dead_code)] // not every bench that shares this module uses it
+pub async fn timed_create(
+    net: &podnet::Network,
+    name: String,
+    made: &mut Vec<podnet::Sandbox>,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let sandbox = net.sandbox(name).create().await?;
+    let d = t.elapsed();
+    made.push(sandbox);
+    Ok(d)
+}
+
 /// The yardstick of the create benches: one timed
 /// `tokio::process::Command::new("true").status()`.
 #[allow(dead_code)] // not every bench that shares this module uses it
