@@ -21,24 +21,17 @@
 mod common;
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::timed_create;
 use podnet::{Network, Sandbox};
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let n = match args.as_slice() {
-        [] => 100,
-        [n] => match n.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => return usage(),
-        },
-        _ => return usage(),
+    let n = match common::rounds_arg("create_dns") {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     // Before any thread exists: unshare(CLONE_NEWUSER) refuses a
     // multi-threaded process, and the runtime below is current-thread.
@@ -61,20 +54,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage() -> ExitCode {
-    eprintln!("usage: create_dns [N]   (N > 0 rounds, default 100)");
-    ExitCode::from(2)
-}
-
-/// One timed create of sandbox `name` on `net`, kept in `made`.
-async fn timed_create(net: &Network, name: String, made: &mut Vec<Sandbox>) -> AnyResult<Duration> {
-    let t = Instant::now();
-    let sandbox = net.sandbox(name).create().await?;
-    let d = t.elapsed();
-    made.push(sandbox);
-    Ok(d)
 }
 
 struct Samples {

@@ -35,6 +35,7 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use common::cni::{Holder, Plugin};
+use common::timed_create;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use podnet::{Network, Sandbox};
 
@@ -44,17 +45,9 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 const CHILD_ENV: &str = "PODNET_BENCH_STORE_DISK_DIR";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let n = match args.as_slice() {
-        [] => 100,
-        [n] => match n.parse::<usize>() {
-            Ok(n) if n > 0 => n,
-            _ => return usage(),
-        },
-        _ => return usage(),
+    let n = match common::rounds_arg("store_disk") {
+        Ok(n) => n,
+        Err(code) => return code,
     };
     let result = match std::env::var_os(CHILD_ENV) {
         Some(dir) => child(Path::new(&dir), n),
@@ -71,11 +64,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn usage() -> ExitCode {
-    eprintln!("usage: store_disk [N]   (N > 0 rounds, default 100)");
-    ExitCode::from(2)
 }
 
 /// Run `cmd`, failing with its stderr if it fails; its trimmed stdout.
@@ -162,15 +150,6 @@ fn child(base: &Path, n: usize) -> AnyResult<()> {
         .enable_all()
         .build()?
         .block_on(bench(base, n))
-}
-
-/// One timed create of sandbox `name` on `net`, kept in `made`.
-async fn timed_create(net: &Network, name: String, made: &mut Vec<Sandbox>) -> AnyResult<Duration> {
-    let t = Instant::now();
-    let sandbox = net.sandbox(name).create().await?;
-    let d = t.elapsed();
-    made.push(sandbox);
-    Ok(d)
 }
 
 async fn timed_remove(sandbox: Option<Sandbox>) -> AnyResult<Duration> {

@@ -8,18 +8,44 @@ mod common;
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 use common::{in_netns, Ctx, RuntimeNetns};
-use podnet::{Error, Network, PortMapping, Protocol};
+use podnet::{Attachment, Error, Network, PortMapping, Protocol};
 
 const BRIDGE: &str = "pna0";
 const CID: &str = "0123456789abcdef0123456789abcdef";
 
-async fn network(ctx: &Ctx) -> Network {
-    common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET])
+/// The test's network (no DNS) on `subnets`, its state in `state`.
+async fn network_at(state: &Path, subnets: &[&str]) -> Network {
+    common::network_builder(state, BRIDGE, subnets)
         .dns(false)
         .build()
+        .await
+        .unwrap()
+}
+
+/// The test's network on [`common::SUBNET`].
+async fn network(ctx: &Ctx) -> Network {
+    network_at(&ctx.state, &[common::SUBNET]).await
+}
+
+/// The test's network on [`common::SUBNET`] and `fd00:88::/64`.
+async fn dual_stack_network(ctx: &Ctx) -> Network {
+    network_at(&ctx.state, &[common::SUBNET, "fd00:88::/64"]).await
+}
+
+/// Attach `ns` as (`cid`, `eth0`) with the one mapping `port`.
+async fn attach_mapping(
+    net: &Network,
+    cid: &str,
+    ns: &RuntimeNetns,
+    port: PortMapping,
+) -> Attachment {
+    net.attach(cid, "eth0", &ns.path)
+        .port(port)
+        .attach()
         .await
         .unwrap()
 }
@@ -107,14 +133,7 @@ fn a_sandbox_and_an_attachment_share_one_pool_and_reach_each_other() {
         let att = net.attach(CID, "eth0", &ns.path).attach().await.unwrap();
         let ip = att.addresses[0].ip();
         assert_ne!(Some(ip), pod.ipv4().map(IpAddr::V4));
-        let (ok, out) = ns.run(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &pod.ipv4().unwrap().to_string(),
-        ]);
+        let (ok, out) = ns.ping(pod.ipv4().unwrap());
         assert!(ok, "ping from the attachment to the sandbox: {out}");
         pod.remove().await.unwrap();
         net.detach(CID, "eth0").await.unwrap();
@@ -218,11 +237,7 @@ fn bad_input_is_refused_before_anything_is_made() {
             bad[6]
         );
         assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo inside"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo inside");
         net.remove().await.unwrap();
     });
 }
@@ -434,12 +449,7 @@ fn a_mapped_host_port_reaches_a_server_in_the_attached_namespace() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        let att = net
-            .attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        let att = attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         assert_eq!(att.ports, vec![PortMapping::tcp(8080, 80)]);
         let served = common::serve_once(ns.listen("0.0.0.0:80"));
         assert!(send_to_host_port(8080, "through the rule"));
@@ -452,17 +462,15 @@ fn a_mapped_host_port_reaches_a_server_in_the_attached_namespace() {
 #[test]
 fn a_mapping_on_the_unspecified_ipv6_address_serves_both_families() {
     in_netns(|ctx| async move {
-        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET, "fd00:88::/64"])
-            .dns(false)
-            .build()
-            .await
-            .unwrap();
+        let net = dual_stack_network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80).host_ip("::".parse().unwrap()))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(
+            &net,
+            CID,
+            &ns,
+            PortMapping::tcp(8080, 80).host_ip("::".parse().unwrap()),
+        )
+        .await;
         // `[::]:80` inside takes both families.
         let listener = ns.listen("[::]:80");
         for (at, msg) in [("10.88.0.1:8080", "v4"), ("[fd00:88::1]:8080", "v6")] {
@@ -480,11 +488,7 @@ fn a_mapping_on_the_unspecified_address_is_reached_at_127_0_0_1() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         let served = common::serve_once(ns.listen("0.0.0.0:80"));
         assert!(send_to_loopback(8080, "from loopback"));
         assert_eq!(served.join().unwrap(), "from loopback");
@@ -499,12 +503,7 @@ fn a_mapping_on_127_0_0_1_is_reached_there_and_not_at_the_gateway() {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
         let lo = PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap());
-        let att = net
-            .attach(CID, "eth0", &ns.path)
-            .port(lo.clone())
-            .attach()
-            .await
-            .unwrap();
+        let att = attach_mapping(&net, CID, &ns, lo.clone()).await;
         assert_eq!(att.ports, vec![lo]);
         let listener = ns.listen("0.0.0.0:80");
         let served = common::serve_once(listener.try_clone().unwrap());
@@ -522,11 +521,13 @@ fn route_localnet_is_on_the_bridge_while_a_loopback_mapping_needs_it_only() {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
         assert_eq!(common::sysctl(ROUTE_LOCALNET), "0");
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80).host_ip("10.88.0.1".parse().unwrap()))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(
+            &net,
+            CID,
+            &ns,
+            PortMapping::tcp(8080, 80).host_ip("10.88.0.1".parse().unwrap()),
+        )
+        .await;
         assert_eq!(
             common::sysctl(ROUTE_LOCALNET),
             "0",
@@ -552,11 +553,7 @@ fn route_localnet_that_was_on_before_is_left_on() {
         let net = network(&ctx).await;
         common::set_sysctl(ROUTE_LOCALNET, "1");
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         net.detach(CID, "eth0").await.unwrap();
         assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
         common::set_sysctl(ROUTE_LOCALNET, "0");
@@ -569,11 +566,7 @@ fn a_pod_cannot_reach_the_hosts_loopback_while_route_localnet_is_on() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         assert_eq!(common::sysctl(ROUTE_LOCALNET), "1");
         // A service of the host's loopback only.
         let _service = std::net::TcpListener::bind("127.0.0.2:9999").unwrap();
@@ -602,11 +595,13 @@ fn detach_deletes_the_loopback_rules_and_127_0_0_1_is_not_served_after() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap()))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(
+            &net,
+            CID,
+            &ns,
+            PortMapping::tcp(8080, 80).host_ip("127.0.0.1".parse().unwrap()),
+        )
+        .await;
         let _listener = ns.listen("0.0.0.0:80");
         assert!(net.detach(CID, "eth0").await.unwrap());
         assert_eq!(port_rules(), Some(vec![]));
@@ -618,11 +613,7 @@ fn detach_deletes_the_loopback_rules_and_127_0_0_1_is_not_served_after() {
 #[test]
 fn a_mapping_on_ipv6_loopback_is_refused_with_nothing_made() {
     in_netns(|ctx| async move {
-        let net = common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET, "fd00:88::/64"])
-            .dns(false)
-            .build()
-            .await
-            .unwrap();
+        let net = dual_stack_network(&ctx).await;
         let ns = RuntimeNetns::new();
         let err = net
             .attach(CID, "eth0", &ns.path)
@@ -665,11 +656,7 @@ fn a_host_port_another_attachment_maps_is_in_use_and_nothing_is_made() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
-        net.attach("a", "eth0", &a.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, "a", &a, PortMapping::tcp(8080, 80)).await;
         let rules = port_rules().unwrap();
         let stored = common::state_entries(&ctx, &["sandbox", "addr"]);
         // A range that meets 8080, on an address 0.0.0.0 covers.
@@ -685,7 +672,7 @@ fn a_host_port_another_attachment_maps_is_in_use_and_nothing_is_made() {
         assert!(matches!(err, Error::PortInUse { .. }), "{err}");
         assert_eq!(port_rules().unwrap(), rules);
         assert_eq!(common::state_entries(&ctx, &["sandbox", "addr"]), stored);
-        assert_eq!(b.run(&["ip", "-o", "link"]).1.lines().count(), 1, "only lo");
+        assert_eq!(b.interfaces(), 1, "only lo");
         net.detach("a", "eth0").await.unwrap();
         net.remove().await.unwrap();
     });
@@ -747,11 +734,7 @@ fn a_sandbox_cannot_map_a_host_port_an_attachment_maps() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         let err = net
             .sandbox("web")
             .port(PortMapping::tcp(8080, 81))
@@ -794,11 +777,7 @@ fn detach_deletes_the_rules_and_the_port_is_refused_after() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         let _listener = ns.listen("0.0.0.0:80");
         assert!(net.detach(CID, "eth0").await.unwrap());
         assert_eq!(port_rules(), Some(vec![]));
@@ -812,11 +791,7 @@ fn remove_deletes_the_table_of_attachments_mappings() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::udp(5353, 53))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::udp(5353, 53)).await;
         net.detach(CID, "eth0").await.unwrap();
         assert!(common::nft(&["list", "ruleset"]).contains(TABLE));
         net.remove().await.unwrap();
@@ -830,12 +805,7 @@ fn gc_deletes_the_rules_of_an_attachment_whose_namespace_died() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let mut ns = RuntimeNetns::new();
-        let att = net
-            .attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        let att = attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         let rules = port_rules().unwrap();
         assert!(!rules.is_empty());
         ns.end();
@@ -876,11 +846,7 @@ fn an_attach_killed_after_its_rules_leaves_only_what_gc_takes_away() {
         assert_eq!(report.addresses.len(), 1, "{report:?}");
         assert_eq!(port_rules(), None);
         assert!(common::state_entries(&ctx, &["sandbox", "addr"]).is_empty());
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
         net.remove().await.unwrap();
     });
 }
@@ -890,17 +856,9 @@ fn retain_deletes_the_rules_of_the_attachments_it_ends_only() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
-        net.attach("a", "eth0", &a.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, "a", &a, PortMapping::tcp(8080, 80)).await;
         let kept = port_rules().unwrap();
-        net.attach("b", "eth0", &b.path)
-            .port(PortMapping::udp(5353, 53))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, "b", &b, PortMapping::udp(5353, 53)).await;
         net.retain_attachments(&[("a".into(), "eth0".into())])
             .await
             .unwrap();
@@ -916,11 +874,7 @@ fn check_names_a_port_rule_deleted_behind_its_back() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
         let ns = RuntimeNetns::new();
-        net.attach(CID, "eth0", &ns.path)
-            .port(PortMapping::tcp(8080, 80))
-            .attach()
-            .await
-            .unwrap();
+        attach_mapping(&net, CID, &ns, PortMapping::tcp(8080, 80)).await;
         net.check_attachment(CID, "eth0").await.unwrap();
         common::nft(&["flush", "chain", "inet", TABLE, "output"]);
         let err = net.check_attachment(CID, "eth0").await.unwrap_err();
@@ -949,11 +903,7 @@ fn child_process() {
             Some(("attach-port", path)) => (path.to_owned(), vec![PortMapping::tcp(8080, 80)]),
             _ => panic!("unknown action {action:?}"),
         };
-        let net = common::network_builder(&state, BRIDGE, &[common::SUBNET])
-            .dns(false)
-            .build()
-            .await
-            .unwrap();
+        let net = network_at(&state, &[common::SUBNET]).await;
         ports
             .into_iter()
             .fold(net.attach(CID, "eth0", path), |b, m| b.port(m))

@@ -38,6 +38,26 @@ fn conf(ctx: &Ctx, version: &str) -> Value {
     })
 }
 
+/// The plugin with an empty environment, stdin and stdout piped: for
+/// runs that set every variable themselves.
+fn bare() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
+    cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd
+}
+
+/// The plugin as a runtime starts it for `command` on (`cid`, `ifname`):
+/// `bare` with `CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_IFNAME` and
+/// `CNI_PATH`; callers add `CNI_NETNS` and anything else with `.env`.
+fn cni(command: &str, cid: &str, ifname: &str) -> Command {
+    let mut cmd = bare();
+    cmd.env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", ifname)
+        .env("CNI_PATH", "/usr/lib/cni");
+    cmd
+}
+
 /// Run the plugin: `command` on (`CID`, `ifname`) in `netns` (`None`: no
 /// `CNI_NETNS`), `stdin` the configuration; whether it exited 0, and what
 /// it printed (JSON, or `Value::Null` for nothing).
@@ -47,14 +67,7 @@ fn plugin(
     netns: Option<&RuntimeNetns>,
     stdin: &Value,
 ) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", CID)
-        .env("CNI_IFNAME", ifname)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni(command, CID, ifname);
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", &ns.path);
     }
@@ -85,6 +98,12 @@ fn with(mut conf: Value, key: &str, value: Value) -> Value {
     conf
 }
 
+/// `conf` with the runtime's capability arguments `runtime` (its
+/// `runtimeConfig`).
+fn asking(conf: Value, runtime: Value) -> Value {
+    with(conf, "runtimeConfig", runtime)
+}
+
 /// The error code of a failed run.
 fn code(out: &(bool, Value)) -> u64 {
     assert!(!out.0, "it succeeded: {}", out.1);
@@ -99,11 +118,8 @@ fn ipv4_inside(ns: &RuntimeNetns, ifname: &str) -> String {
 
 #[test]
 fn version_answers_with_every_supported_version() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = bare();
+    cmd.env("CNI_COMMAND", "VERSION");
     let (ok, out) = run(cmd, &json!({"cniVersion": "1.1.0"}));
     assert!(ok);
     assert_eq!(out["supportedVersions"], json!(SUPPORTED));
@@ -211,7 +227,7 @@ fn del_twice_and_del_without_a_namespace_succeed_and_release_the_address() {
         // The address is given again.
         let other = RuntimeNetns::new();
         let ip = addr.split('/').next().unwrap();
-        let static_ip = with(conf(&ctx, "0.4.0"), "runtimeConfig", json!({"ips": [ip]}));
+        let static_ip = asking(conf(&ctx, "0.4.0"), json!({"ips": [ip]}));
         let (ok, out) = plugin("ADD", "eth0", Some(&other), &static_ip);
         assert!(ok, "{out}");
         plugin("DEL", "eth0", Some(&other), &conf(&ctx, "0.4.0"));
@@ -222,29 +238,12 @@ fn del_twice_and_del_without_a_namespace_succeed_and_release_the_address() {
 fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
     in_netns(|ctx| async move {
         let a = RuntimeNetns::new();
-        let asked = with(
-            conf(&ctx, "1.0.0"),
-            "runtimeConfig",
-            json!({"ips": ["10.88.0.7"]}),
-        );
+        let asked = asking(conf(&ctx, "1.0.0"), json!({"ips": ["10.88.0.7"]}));
         assert!(plugin("ADD", "eth0", Some(&a), &asked).0);
         let b = RuntimeNetns::new();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", "second")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", &b.path)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let out = run(cmd, &asked);
+        let out = plugin_as("second", "ADD", Some(&b), &asked, "");
         assert_eq!(code(&out), 102, "{}", out.1);
-        assert_eq!(
-            b.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo in b"
-        );
+        assert_eq!(b.interfaces(), 1, "only lo in b");
         plugin("DEL", "eth0", Some(&a), &conf(&ctx, "1.0.0"));
     });
 }
@@ -253,11 +252,7 @@ fn a_static_address_that_is_taken_fails_and_leaves_nothing_inside() {
 fn a_mac_asked_by_the_runtime_is_given() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let asked = with(
-            conf(&ctx, "1.0.0"),
-            "runtimeConfig",
-            json!({"mac": "02:42:0a:58:00:2a"}),
-        );
+        let asked = asking(conf(&ctx, "1.0.0"), json!({"mac": "02:42:0a:58:00:2a"}));
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &asked);
         assert!(ok, "{out}");
         assert_eq!(out["interfaces"][1]["mac"], "02:42:0a:58:00:2a");
@@ -331,14 +326,7 @@ fn a_library_sandbox_and_a_plugin_attachment_share_one_pool() {
             1,
             "the library sees the plugin's"
         );
-        let (ok, ping) = ns.run(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            &pod.ipv4().unwrap().to_string(),
-        ]);
+        let (ok, ping) = ns.ping(pod.ipv4().unwrap());
         assert!(ok, "{ping}");
         plugin("DEL", "eth0", Some(&ns), &conf(&ctx, "1.0.0"));
         pod.remove().await.unwrap();
@@ -371,11 +359,7 @@ fn a_known_field_with_a_bad_value_is_code_7_naming_it() {
         );
         assert_eq!(code(&out), 7);
         assert!(out.1.to_string().contains("mtu"), "{}", out.1);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -408,15 +392,8 @@ fn an_unsupported_version_is_code_1() {
 
 #[test]
 fn undecodable_stdin_is_code_6() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", CID)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", "/proc/self/ns/net")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni("ADD", CID, "eth0");
+    cmd.env("CNI_NETNS", "/proc/self/ns/net");
     let mut child = cmd.spawn().unwrap();
     child
         .stdin
@@ -439,14 +416,7 @@ fn plugin_as(
     stdin: &Value,
     crash: &str,
 ) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni(command, cid, "eth0");
     if let Some(ns) = netns {
         cmd.env("CNI_NETNS", &ns.path);
     }
@@ -469,9 +439,8 @@ const ADD_STEPS: [&str; 6] = [
 /// `conf` with a port mapping asked by the runtime, so that a crash can
 /// leave rules too.
 fn conf_with_port(ctx: &Ctx, version: &str) -> Value {
-    with(
+    asking(
         conf(ctx, version),
-        "runtimeConfig",
         json!({"portMappings": [{"hostPort": 18090, "containerPort": 80, "protocol": "tcp"}]}),
     )
 }
@@ -598,20 +567,8 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
         let ns = RuntimeNetns::new();
         // CNI_PATH is optional for ADD: podnet execs no other plugin.
         for missing in ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear().stdin(Stdio::piped()).stdout(Stdio::piped());
-            let netns = ns.path.display().to_string();
-            for (k, v) in [
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", CID),
-                ("CNI_NETNS", netns.as_str()),
-                ("CNI_IFNAME", "eth0"),
-                ("CNI_PATH", "/usr/lib/cni"),
-            ] {
-                if k != missing {
-                    cmd.env(k, v);
-                }
-            }
+            let mut cmd = cni("ADD", CID, "eth0");
+            cmd.env("CNI_NETNS", &ns.path).env_remove(missing);
             let out = run(cmd, &conf(&ctx, "1.0.0"));
             assert!(!out.0, "it succeeded without {missing}: {}", out.1);
             assert_eq!(code(&out), 4, "without {missing}: {}", out.1);
@@ -621,11 +578,7 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
                 out.1
             );
         }
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -633,34 +586,19 @@ fn each_variable_add_needs_is_code_4_naming_it_when_missing() {
 fn a_malformed_variable_is_code_4_naming_it() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let netns = ns.path.display().to_string();
         for (var, bad) in [
             ("CNI_COMMAND", "ATTACH"),
             ("CNI_CONTAINERID", "-leading-dash"),
             ("CNI_IFNAME", "name-longer-than-15"),
             ("CNI_ARGS", "IP"),
         ] {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear()
-                .envs([
-                    ("CNI_COMMAND", "ADD"),
-                    ("CNI_CONTAINERID", CID),
-                    ("CNI_NETNS", netns.as_str()),
-                    ("CNI_IFNAME", "eth0"),
-                    ("CNI_PATH", "/usr/lib/cni"),
-                ])
-                .env(var, bad)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
+            let mut cmd = cni("ADD", CID, "eth0");
+            cmd.env("CNI_NETNS", &ns.path).env(var, bad);
             let out = run(cmd, &conf(&ctx, "1.0.0"));
             assert_eq!(code(&out), 4, "{var}={bad}: {}", out.1);
             assert!(out.1.to_string().contains(var), "{var}={bad}: {}", out.1);
         }
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -715,14 +653,8 @@ fn ip_masq_makes_the_networks_masquerade_and_no_default_gateway_no_default_route
 #[test]
 fn add_refuses_the_plugins_own_namespace() {
     in_netns(|ctx| async move {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", CID)
-            .env("CNI_IFNAME", "eth9")
-            .env("CNI_NETNS", "/proc/self/ns/net")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        let mut cmd = cni("ADD", CID, "eth9");
+        cmd.env("CNI_NETNS", "/proc/self/ns/net");
         let out = run(cmd, &conf(&ctx, "1.0.0"));
         assert_eq!(code(&out), 4, "{}", out.1);
         assert!(out.1.to_string().contains("CNI_NETNS"), "{}", out.1);
@@ -749,16 +681,8 @@ fn hairpin_mode_puts_the_host_port_in_hairpin_mode() {
 
 /// `plugin` for container `cid` with `CNI_ARGS` `args`.
 fn plugin_with_args(cid: &str, args: &str, netns: &RuntimeNetns, stdin: &Value) -> (bool, Value) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_NETNS", &netns.path)
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped());
+    let mut cmd = cni("ADD", cid, "eth0");
+    cmd.env("CNI_NETNS", &netns.path).env("CNI_ARGS", args);
     run(cmd, stdin)
 }
 
@@ -789,11 +713,7 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
         let (a, b) = (RuntimeNetns::new(), RuntimeNetns::new());
         let (ok, ra) = plugin_with_args("ca", "IgnoreUnknown=1;K8S_POD_NAME=web", &a, &c);
         assert!(ok, "{ra}");
-        let with_alias = with(
-            c.clone(),
-            "runtimeConfig",
-            json!({"aliases": {"podnet-test": ["db"]}}),
-        );
+        let with_alias = asking(c.clone(), json!({"aliases": {"podnet-test": ["db"]}}));
         let (ok, rb) = plugin_with_args("cb", "K8S_POD_NAME=Store_1", &b, &with_alias);
         assert!(ok, "{rb}");
         assert_eq!(ra["dns"]["nameservers"], json!(["10.88.0.1"]), "{ra}");
@@ -813,18 +733,7 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
         assert_eq!(a_records_in(&a, gw, "db.podnet.internal"), vec![ip(&rb)]);
         // "Store_1" is no DNS label: left out, not an error.
         assert!(a_records_in(&a, gw, "store_1").is_empty());
-        let del = |cid: &str, ns: &RuntimeNetns| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-            cmd.env_clear()
-                .env("CNI_COMMAND", "DEL")
-                .env("CNI_CONTAINERID", cid)
-                .env("CNI_IFNAME", "eth0")
-                .env("CNI_NETNS", &ns.path)
-                .env("CNI_PATH", "/usr/lib/cni")
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped());
-            run(cmd, &c).0
-        };
+        let del = |cid: &str, ns: &RuntimeNetns| plugin_as(cid, "DEL", Some(ns), &c, "").0;
         assert!(dns_server_runs());
         assert!(del("ca", &a) && del("cb", &b));
         common::eventually(
@@ -840,9 +749,8 @@ fn with_dns_server_pods_resolve_each_other_by_name_and_alias_until_the_last_del(
 fn port_mappings_of_the_runtime_reach_the_container_until_del() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let mapped = with(
+        let mapped = asking(
             conf(&ctx, "1.0.0"),
-            "runtimeConfig",
             json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}),
         );
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &mapped);
@@ -859,11 +767,7 @@ fn port_mappings_of_the_runtime_reach_the_container_until_del() {
         let (ok, taken) = plugin_as("other", "ADD", Some(&other), &mapped, "");
         assert!(!ok);
         assert_eq!(taken["code"], 104, "{taken}");
-        assert_eq!(
-            other.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(other.interfaces(), 1, "only lo");
         assert!(plugin("DEL", "eth0", Some(&ns), &mapped).0);
         assert!(
             std::net::TcpStream::connect_timeout(&at, std::time::Duration::from_secs(2)).is_err(),
@@ -876,18 +780,13 @@ fn port_mappings_of_the_runtime_reach_the_container_until_del() {
 fn an_sctp_port_mapping_is_code_2() {
     in_netns(|ctx| async move {
         let ns = RuntimeNetns::new();
-        let sctp = with(
+        let sctp = asking(
             conf(&ctx, "1.0.0"),
-            "runtimeConfig",
             json!({"portMappings": [{"hostPort": 9, "containerPort": 9, "protocol": "sctp"}]}),
         );
         let out = plugin("ADD", "eth0", Some(&ns), &sctp);
         assert_eq!(code(&out), 2, "{}", out.1);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
     });
 }
 
@@ -900,9 +799,8 @@ fn the_runtimes_dns_capability_is_the_results_dns() {
             "dns",
             json!({"nameservers": ["10.88.0.53"]}),
         );
-        c = with(
+        c = asking(
             c,
-            "runtimeConfig",
             json!({"dns": {"servers": ["10.88.0.54"], "searches": ["example.test"]}}),
         );
         let (ok, out) = plugin("ADD", "eth0", Some(&ns), &c);
@@ -922,23 +820,13 @@ fn an_add_that_waits_past_its_deadline_for_the_store_is_code_11_and_makes_nothin
         let file = std::fs::File::open(&lock).unwrap();
         let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap();
         let ns = RuntimeNetns::new();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podnet-cni"));
-        cmd.env_clear()
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", CID)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", &ns.path)
-            .env("PODNET_CNI_TIMEOUT", "0.5")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        let mut cmd = cni("ADD", CID, "eth0");
+        cmd.env("CNI_NETNS", &ns.path)
+            .env("PODNET_CNI_TIMEOUT", "0.5");
         let out = run(cmd, &conf(&ctx, "1.0.0"));
         assert_eq!(code(&out), 11, "{}", out.1);
         drop(held);
-        assert_eq!(
-            ns.run(&["ip", "-o", "link"]).1.lines().count(),
-            1,
-            "only lo"
-        );
+        assert_eq!(ns.interfaces(), 1, "only lo");
         assert!(common::state_entries(&ctx, &["addr", "sandbox"]).is_empty());
     });
 }

@@ -34,6 +34,44 @@ pub fn median(v: &mut [f64]) -> Option<f64> {
     })
 }
 
+/// The rounds a bench named `bench` is asked for: its one optional
+/// argument N > 0 (default 100), cargo bench's own `--` flags passed over;
+/// `Err` with the usage printed (exit code 2) for anything else.
+#[allow(dead_code)] // not every bench that shares this module uses it
+pub fn rounds_arg(bench: &str) -> Result<usize, std::process::ExitCode> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    match args.as_slice() {
+        [] => Ok(100),
+        [n] => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(rounds_usage(bench)),
+        },
+        _ => Err(rounds_usage(bench)),
+    }
+}
+
+fn rounds_usage(bench: &str) -> std::process::ExitCode {
+    eprintln!("usage: {bench} [N]   (N > 0 rounds, default 100)");
+    std::process::ExitCode::from(2)
+}
+
+/// One timed create of sandbox `name` on `net`, kept in `made`.
+#[allow(dead_code)] // not every bench that shares this module uses it
+pub async fn timed_create(
+    net: &podnet::Network,
+    name: String,
+    made: &mut Vec<podnet::Sandbox>,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    let sandbox = net.sandbox(name).create().await?;
+    let d = t.elapsed();
+    made.push(sandbox);
+    Ok(d)
+}
+
 /// The yardstick of the create benches: one timed
 /// `tokio::process::Command::new("true").status()`.
 #[allow(dead_code)] // not every bench that shares this module uses it

@@ -69,12 +69,7 @@ async fn end(net: &NetInner, rec: &Record) -> Result<()> {
     // Only on one of this network's bridges, or on none (its namespace is
     // being torn down): another network whose tag is the same names its
     // veths alike.
-    let bridges: Vec<u32> = net
-        .all_bridges()
-        .await?
-        .into_iter()
-        .map(|(_, index, _)| index)
-        .collect();
+    let bridges = net.bridge_indexes().await?;
     match link::master_of(&net.conn.handle, &rec.veth).await? {
         Some(m) if !bridges.contains(&m) => {}
         _ => {

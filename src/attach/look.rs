@@ -59,12 +59,7 @@ pub(crate) async fn check(net: &NetInner, container_id: &str, ifname: &str) -> R
     let mut missing = Vec::new();
     let what = format!("network namespace {}", a.netns.display());
     let host = link::interface_blocking(&mut *net.host_nl()?, &rec.veth, &rec.veth)?;
-    let bridges: Vec<u32> = net
-        .all_bridges()
-        .await?
-        .into_iter()
-        .map(|(_, index, _)| index)
-        .collect();
+    let bridges = net.bridge_indexes().await?;
     match &host {
         None => missing.push(format!("host interface {} is gone", rec.veth)),
         Some(f) if !f.controller.is_some_and(|c| bridges.contains(&c)) => missing.push(format!(

@@ -11,15 +11,11 @@
 //! live record, which gc deletes; and the note is written before the table
 //! is first made and taken away only after it is deleted.
 
-use std::os::fd::AsFd;
-use std::sync::Arc;
-
 use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::host::NetInner;
 use crate::link::nft::{aports_table, Dnat, Found, Nft};
-use crate::netns;
 use crate::ports::{self, rule_owner, PortMapping, PortNetns, PublishedPort};
 
 /// An attachment's mapping that takes a host port asked for.
@@ -123,33 +119,9 @@ impl NetInner {
         op: &'static str,
         f: impl FnOnce(&Nft) -> std::result::Result<T, Errno> + Send + 'static,
     ) -> Result<T> {
-        let object = format!(
-            "table inet {} of network {:?}",
-            self.aports_table(),
-            self.bridge
-        );
-        let nft = {
-            let mut slot = self.aports_nft.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(nft) => nft.clone(),
-                None => {
-                    let what = format!("host namespace of network {:?}", self.bridge);
-                    let nft = {
-                        let _host = netns::enter(self.host_ns.as_fd(), &what)?;
-                        Arc::new(Nft::open_shared(&self.bridge)?)
-                    };
-                    *slot = Some(nft.clone());
-                    nft
-                }
-            }
-        };
-        tokio::task::spawn_blocking(move || f(&nft))
+        let table = self.aports_table();
+        self.with_host_nft(&self.aports_nft, Nft::open_shared, op, table, f)
             .await
-            .unwrap_or(Err(Errno::EINTR))
-            .map_err(|errno| match errno {
-                Errno::EPERM | Errno::EACCES => Error::not_permitted(format!("{op} {object}")),
-                errno => Error::Netlink { op, object, errno },
-            })
     }
 
     /// Add an attachment's rules (`dnats`), making the table and its

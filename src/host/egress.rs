@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
-use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -79,34 +78,12 @@ impl NetInner {
         op: &'static str,
         f: impl FnOnce(&Nft, &str) -> std::result::Result<T, Errno> + Send + 'static,
     ) -> Result<T> {
-        let object = format!(
-            "table inet {} of network {:?}",
-            egress_table(&self.bridge),
-            self.bridge
-        );
-        let nft = {
-            let mut slot = self.egress_nft.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(nft) => nft.clone(),
-                None => {
-                    let what = format!("host namespace of network {:?}", self.bridge);
-                    let nft = {
-                        let _host = netns::enter(self.host_ns.as_fd(), &what)?;
-                        Arc::new(Nft::open(&self.bridge)?)
-                    };
-                    *slot = Some(nft.clone());
-                    nft
-                }
-            }
-        };
+        let table = egress_table(&self.bridge);
         let bridge = self.bridge.clone();
-        tokio::task::spawn_blocking(move || f(&nft, &bridge))
-            .await
-            .unwrap_or(Err(Errno::EINTR))
-            .map_err(|errno| match errno {
-                Errno::EPERM | Errno::EACCES => Error::not_permitted(format!("{op} {object}")),
-                errno => Error::Netlink { op, object, errno },
-            })
+        self.with_host_nft(&self.egress_nft, Nft::open, op, table, move |nft| {
+            f(nft, &bridge)
+        })
+        .await
     }
 
     /// Make the egress table (again: it holds exactly this network's rules

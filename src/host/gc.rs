@@ -196,8 +196,8 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
         attachment_ports: false,
     };
     sweep.read_records()?;
-    match inner.all_bridges().await {
-        Ok(b) => sweep.bridges = b.into_iter().map(|(_, index, _)| index).collect(),
+    match inner.bridge_indexes().await {
+        Ok(b) => sweep.bridges = b,
         Err(e) => sweep.errors.push(e),
     }
     sweep.end_orphan_holders();

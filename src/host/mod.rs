@@ -19,6 +19,7 @@ pub(crate) mod deletions;
 pub(crate) mod egress;
 pub(crate) mod gc;
 pub(crate) mod localnet;
+mod nft_socket;
 pub(crate) mod shard;
 
 #[derive(Debug)]

@@ -159,6 +159,18 @@ impl NetInner {
         Ok(out)
     }
 
+    /// The indexes of every bridge of the network ([`Self::all_bridges`]
+    /// without the shard numbers and names): what a veth's controller is
+    /// checked against to tell this network's veths from another's.
+    pub(crate) async fn bridge_indexes(&self) -> Result<Vec<u32>> {
+        Ok(self
+            .all_bridges()
+            .await?
+            .into_iter()
+            .map(|(_, index, _)| index)
+            .collect())
+    }
+
     /// Delete every shard of the network (trunk and bridge), for
     /// [`Network::remove`](crate::Network::remove), once no sandbox is left.
     pub(crate) async fn remove_shards(&self) -> Result<()> {

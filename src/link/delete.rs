@@ -8,6 +8,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 use nix::errno::Errno;
 use rtnetlink::{Handle, LinkUnspec};
 
+use super::inspect::link_blocking;
 use super::*;
 use crate::error::Result;
 
@@ -54,20 +55,7 @@ pub(super) fn deleted(
 /// The index of link `name` in `nl`'s namespace (one `RTM_GETLINK`), or
 /// `None` if there is none; `object` names it in errors.
 pub(super) fn index_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<Option<u32>> {
-    let get = LinkUnspec::new_with_name(name).build();
-    let answer = nl
-        .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
-        .map_err(|e| io_nl_err("get link", object, e))?
-        .pop()
-        .unwrap_or(Err(Errno::EIO));
-    match answer {
-        Ok(msgs) => Ok(msgs.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
-            _ => None,
-        })),
-        Err(Errno::ENODEV | Errno::ENOENT) => Ok(None),
-        Err(errno) => Err(errno_err("get link", object, errno)),
-    }
+    Ok(link_blocking(nl, name, object)?.map(|l| l.header.index))
 }
 
 /// [`delete_link`] over a blocking socket: the kernel deletes a veth inside

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::LinkAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -31,24 +31,29 @@ pub(crate) struct Facts {
     pub default_gateways: Vec<IpAddr>,
 }
 
-/// The facts of interface `name`, or `None` if there is none of that
-/// name; `object` names it for errors.
-pub(crate) fn interface_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<Option<Facts>> {
+/// Link `name` in `nl`'s namespace (one `RTM_GETLINK`), or `None` if
+/// there is none of that name; `object` names it for errors.
+pub(super) fn link_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<Option<LinkMessage>> {
     let get = LinkUnspec::new_with_name(name).build();
     let answer = nl
         .batch(vec![(RouteNetlinkMessage::GetLink(get), 0)])
         .map_err(|e| io_nl_err("get link", object, e))?
         .pop()
         .unwrap_or(Err(Errno::EIO));
-    let link = match answer {
-        Ok(msgs) => msgs.into_iter().find_map(|m| match m {
+    match answer {
+        Ok(msgs) => Ok(msgs.into_iter().find_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => Some(l),
             _ => None,
-        }),
-        Err(Errno::ENODEV | Errno::ENOENT) => None,
-        Err(errno) => return Err(errno_err("get link", object, errno)),
-    };
-    let Some(link) = link else {
+        })),
+        Err(Errno::ENODEV | Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(errno_err("get link", object, errno)),
+    }
+}
+
+/// The facts of interface `name`, or `None` if there is none of that
+/// name; `object` names it for errors.
+pub(crate) fn interface_blocking(nl: &mut Nl, name: &str, object: &str) -> Result<Option<Facts>> {
+    let Some(link) = link_blocking(nl, name, object)? else {
         return Ok(None);
     };
     let index = link.header.index;

@@ -130,44 +130,14 @@ addr6_of() { cexec "$1" ip -o -6 addr show dev eth0 scope global | awk '{print $
 fetch() {
 	cexec "$1" sh -c "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $2 80 | tail -n 1" 2>&1 | tr -d '\r'
 }
-wait_fetch() {
-	for _ in $(seq 15); do
-		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
-		sleep 0.2
-	done
-	return 1
-}
 # recorded_add NAME: the recorded ADD of container NAME (ctr names it
 # <namespace>-<id> to CNI).
 recorded() { cni_recorded | jq -c --arg cmd "$1" --arg id "$CNI_CGROUP-$2" 'select(.command == $cmd and .containerID == $id)'; }
 
 out=$(run_server a 2>&1) || cni_bail "ctr run -d --cni a starts" "no error" "$out"
 out=$(run_server b 2>&1) || cni_bail "ctr run -d --cni b starts" "no error" "$out"
-A=$(addr_of a) || true
-B=$(addr_of b) || true
-A6=$(addr6_of a) || true
-B6=$(addr6_of b) || true
-case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
-*) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
-case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
-*) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
-if [ $V6 = 1 ]; then
-	case $A6 in fd00:88::*) cni_ok "a has an address in fd00:88::/64 ($A6)" ;;
-	*) cni_not_ok "a has an address in fd00:88::/64" "fd00:88::x" "$A6" ;; esac
-else
-	skip "a has an address in fd00:88::/64" "$NO_V6"
-fi
-check "a and b are leased, nothing else" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases $NET)"
-wait_fetch b "$A" a || true
-check "b reaches a by address" "a" "$(fetch b "$A")"
-check "a reaches b by address" "b" "$(fetch a "$B")"
-if [ $V6 = 1 ]; then
-	# A fresh IPv6 address is tentative until duplicate detection ends.
-	wait_fetch b "$A6" a || true
-	check "b reaches a over IPv6" "a" "$(fetch b "$A6")"
-else
-	skip "b reaches a over IPv6" "$NO_V6"
-fi
+cni_check_pair_addresses
+cni_check_pair_reach
 
 add_a=$(recorded ADD a | tail -n 1) || true
 echo "# ctr's ADD for a: containerID=$(jq -r .containerID <<<"$add_a") netns=$(jq -r '.config.prevResult.interfaces[] | select(.sandbox) | .sandbox' <<<"$add_a") CNI_ARGS='$(jq -r .args <<<"$add_a")' runtimeConfig=$(jq -c '.config.runtimeConfig // "none"' <<<"$add_a")"

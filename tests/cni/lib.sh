@@ -279,6 +279,60 @@ cni_leases() {
 # compare with cni_leases.
 cni_lines() { printf '%s\n' "$@" | grep -v '^$' | sort; }
 
+# --- two containers, a and b -------------------------------------------
+
+# For the scripts that run two servers, a and b, on network $NET (10.88.$N.0/24):
+# the script defines addr_of NAME and addr6_of NAME (a container's IPv4 and
+# global IPv6 address on the network) and fetch FROM HOST (what FROM is
+# served from HOST:80), and sets V6 (1: the IPv6 checks run) and NO_V6
+# (why they are skipped otherwise).
+
+# cni_wait_fetch FROM HOST WANT: wait until FROM gets WANT from HOST (a
+# server just started may not listen yet); the check after it says what was
+# seen.
+cni_wait_fetch() {
+	for _ in $(seq 15); do
+		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+# cni_check_pair_addresses: A, B, A6 and B6 set to a's and b's addresses,
+# checked to be in the network's ranges and to be all it has leased.
+cni_check_pair_addresses() {
+	A=$(addr_of a) || true
+	B=$(addr_of b) || true
+	A6=$(addr6_of a) || true
+	B6=$(addr6_of b) || true
+	case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
+	*) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
+	case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
+	*) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
+	if [ "$V6" = 1 ]; then
+		case $A6 in fd00:88::*) cni_ok "a has an address in fd00:88::/64 ($A6)" ;;
+		*) cni_not_ok "a has an address in fd00:88::/64" "fd00:88::x" "$A6" ;; esac
+	else
+		skip "a has an address in fd00:88::/64" "$NO_V6"
+	fi
+	check "a and b are leased, nothing else" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases "$NET")"
+}
+
+# cni_check_pair_reach: a and b reach each other's server by address, and
+# b reaches a over IPv6 (after cni_check_pair_addresses).
+cni_check_pair_reach() {
+	cni_wait_fetch b "$A" a || true
+	check "b reaches a by address" "a" "$(fetch b "$A")"
+	check "a reaches b by address" "b" "$(fetch a "$B")"
+	if [ "$V6" = 1 ]; then
+		# A fresh IPv6 address is tentative until duplicate detection ends.
+		cni_wait_fetch b "$A6" a || true
+		check "b reaches a over IPv6" "a" "$(fetch b "$A6")"
+	else
+		skip "b reaches a over IPv6" "$NO_V6"
+	fi
+}
+
 # --- root filesystems ---------------------------------------------------
 
 # cni_busybox_rootfs DIR: a root filesystem of Debian's busybox-static:

@@ -103,15 +103,6 @@ addr6_of() { pm inspect "$1" --format "{{(index .NetworkSettings.Networks \"$NET
 fetch() {
 	pm exec "$1" sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $2 80 | tail -n 1" 2>&1 | tr -d '\r'
 }
-# wait_fetch FROM HOST WANT: wait until FROM gets WANT from HOST (a server
-# just started may not listen yet); the check after it says what was seen.
-wait_fetch() {
-	for _ in $(seq 15); do
-		[ "$(fetch "$1" "$2")" = "$3" ] && return 0
-		sleep 0.2
-	done
-	return 1
-}
 host_fetch() { curl -sS -m 3 "$1" 2>&1; }
 
 check "podman runs the CNI backend" "cni" "$(pm info --format '{{.Host.NetworkBackend}}')"
@@ -119,32 +110,9 @@ check_contains "podman lists the network of the conflist" "$NET" "$(pm network l
 
 out=$(run_server a -p $HOSTPORT:80 2>&1) || cni_bail "podman run a starts on $NET" "a container ID" "$out"
 out=$(run_server b --network-alias bee 2>&1) || cni_bail "podman run b starts on $NET" "a container ID" "$out"
-A=$(addr_of a) || true
-B=$(addr_of b) || true
-A6=$(addr6_of a) || true
-B6=$(addr6_of b) || true
-case $A in 10.88.$N.*) cni_ok "a has an address in 10.88.$N.0/24 ($A)" ;;
-*) cni_not_ok "a has an address in 10.88.$N.0/24" "10.88.$N.x" "$A" ;; esac
-case $B in 10.88.$N.*) cni_ok "b has an address in 10.88.$N.0/24 ($B)" ;;
-*) cni_not_ok "b has an address in 10.88.$N.0/24" "10.88.$N.x" "$B" ;; esac
-if [ $V6 = 1 ]; then
-	case $A6 in fd00:88::*) cni_ok "a has an address in fd00:88::/64 ($A6)" ;;
-	*) cni_not_ok "a has an address in fd00:88::/64" "fd00:88::x" "$A6" ;; esac
-else
-	skip "a has an address in fd00:88::/64" "$NO_V6"
-fi
-check "a and b are leased, nothing else" "$(cni_lines "$A" "$B" "$A6" "$B6")" "$(cni_leases $NET)"
+cni_check_pair_addresses
 
-wait_fetch b "$A" a || true
-check "b reaches a by address" "a" "$(fetch b "$A")"
-check "a reaches b by address" "b" "$(fetch a "$B")"
-if [ $V6 = 1 ]; then
-	# A fresh IPv6 address is tentative until duplicate detection ends.
-	wait_fetch b "$A6" a || true
-	check "b reaches a over IPv6" "a" "$(fetch b "$A6")"
-else
-	skip "b reaches a over IPv6" "$NO_V6"
-fi
+cni_check_pair_reach
 
 # What podman hands the chain as runtimeConfig.aliases for b, whose
 # --network-alias is "bee".

@@ -1046,6 +1046,19 @@ impl RuntimeNetns {
         )
     }
 
+    /// How many interfaces there are inside (1: `lo` alone).
+    pub fn interfaces(&self) -> usize {
+        let (ok, links) = self.run(&["ip", "-o", "link"]);
+        assert!(ok, "ip link inside {}", self.path.display());
+        links.lines().count()
+    }
+
+    /// One ping from inside to `ip` (two seconds' wait): whether it was
+    /// answered, and what ping printed.
+    pub fn ping(&self, ip: impl std::fmt::Display) -> (bool, String) {
+        self.run(&["ping", "-c", "1", "-W", "2", &ip.to_string()])
+    }
+
     /// Run `f` on a thread of its own inside the namespace.
     pub fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
