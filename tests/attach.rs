@@ -975,3 +975,26 @@ fn an_attachment_resolves_by_its_aliases_and_not_by_its_record_name() {
         net.remove().await.unwrap();
     });
 }
+
+#[test]
+fn an_attachments_store_name_opens_no_sandbox() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        let ns = RuntimeNetns::new();
+        let att = net.attach(CID, "eth0", &ns.path).attach().await.unwrap();
+        let name = att.host_interface.split('-').next().unwrap().to_owned();
+        let err = net.open_sandbox(&name).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotFound {
+                    what: "sandbox",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        net.detach(CID, "eth0").await.unwrap();
+        net.remove().await.unwrap();
+    });
+}
