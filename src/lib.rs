@@ -91,6 +91,7 @@ mod netns;
 mod network;
 mod paths;
 mod pod;
+mod policy;
 mod ports;
 mod release;
 pub mod rootless;
@@ -100,6 +101,7 @@ mod sys;
 pub use attach::{AttachBuilder, Attachment};
 pub use dns::{DnsUpstream, DEFAULT_DOMAIN};
 pub use error::{Error, Result};
+pub use policy::{Labels, Requirement, Selector};
 
 /// Hooks for this crate's own tests and benches; not a stable API.
 #[cfg(feature = "internals")]

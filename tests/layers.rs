@@ -9,7 +9,7 @@ use std::path::Path;
 /// other either.
 const LAYERS: &[&[&str]] = &[
     &["error"],
-    &["names", "paths", "ident", "failpoint", "sys"],
+    &["names", "paths", "ident", "failpoint", "sys", "policy"],
     &["link", "holder", "netns"],
     &["ipam", "release", "rootless"],
     &["ports"],
