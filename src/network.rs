@@ -242,6 +242,10 @@ impl Network {
                     .and_then(|h| u32::try_from(h.pid).ok()),
                 persistent: rec.as_ref().is_some_and(|r| r.persistent),
                 phase,
+                labels: rec
+                    .as_ref()
+                    .and_then(|r| store.read_labels(&r.owner()).ok())
+                    .unwrap_or_default(),
             });
         }
         Ok(out)

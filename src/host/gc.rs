@@ -214,6 +214,7 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
         }
     }
     sweep.remove_orphan_volumes()?;
+    sweep.remove_orphan_labels()?;
     sweep.delete_orphan_veths().await;
     // Veths of removed sandboxes whose deletion in the background never
     // happened: their remover died first, or the deletion failed.
@@ -533,6 +534,30 @@ impl Sweep<'_> {
             match volumes.remove(&owner) {
                 Ok(()) => self.report.volumes.push(volumes.dir(&owner)),
                 Err(e) => self.errors.push(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the labels of sandbox instances that no live, pending or
+    /// damaged record may stand for (as [`remove_orphan_volumes`] does).
+    fn remove_orphan_labels(&mut self) -> Result<()> {
+        let store = &self.inner.store;
+        for owner in store.labels_owners()? {
+            let Some((name, _)) = parse_owner(&owner) else {
+                self.report.corrupt.push(Damaged {
+                    path: store.dir().join("labels").join(&owner),
+                    reason: "its name is not a sandbox instance (<name>@<id>)".into(),
+                    name: None,
+                    addresses: Vec::new(),
+                });
+                continue;
+            };
+            if self.owned.contains(&owner) || self.keep.contains_key(name) || self.name_held(name) {
+                continue;
+            }
+            if let Err(e) = store.remove_labels(&owner) {
+                self.errors.push(e);
             }
         }
         Ok(())

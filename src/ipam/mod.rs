@@ -4,6 +4,7 @@
 //! Only this module touches the store's files.
 
 mod alloc;
+mod labels;
 mod pool;
 mod record;
 mod store;

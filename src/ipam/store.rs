@@ -107,6 +107,7 @@ impl EgressNote {
 ///                    because podnet turned it on
 /// boot               the boot id of the boot it was last opened in
 /// volumes/<owner>/   pod volumes of a sandbox instance (see `volumes`)
+/// labels/<owner>     a sandbox instance's labels (see `labels`)
 /// ```
 ///
 /// Why symlinks: `symlink(2)` creates the link and its content in one atomic
@@ -264,7 +265,7 @@ impl Store {
 
     /// Write `content` to a new temporary file in the store and return its
     /// path and the file.
-    fn write_temp(&self, content: &str) -> Result<(PathBuf, File)> {
+    pub(super) fn write_temp(&self, content: &str) -> Result<(PathBuf, File)> {
         self.write_temp_mode(content, 0o600)
     }
 

@@ -46,7 +46,6 @@ impl Labels {
     }
 
     /// The store's line value: `k=v` pairs joined by `,`, sorted by key.
-    #[allow(dead_code)] // the store's labels files (the next step) use it
     pub(crate) fn encode(&self) -> String {
         self.iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -56,7 +55,6 @@ impl Labels {
 
     /// Read [`encode`](Labels::encode)'s form; `None` if any pair is not a
     /// label (a damaged store line), or a key comes twice.
-    #[allow(dead_code)] // the store's labels files (the next step) use it
     pub(crate) fn decode(line: &str) -> Option<Labels> {
         let mut labels = Labels::new();
         if line.is_empty() {

@@ -31,6 +31,7 @@ pub struct SandboxBuilder {
     pub(super) extra_namespaces: CloneFlags,
     pub(super) ports: Vec<PortMapping>,
     pub(super) aliases: Vec<String>,
+    pub(super) labels: Vec<(String, String)>,
 }
 
 impl SandboxBuilder {
@@ -45,6 +46,7 @@ impl SandboxBuilder {
             extra_namespaces: CloneFlags::empty(),
             ports: Vec::new(),
             aliases: Vec::new(),
+            labels: Vec::new(),
         }
     }
 
@@ -58,6 +60,16 @@ impl SandboxBuilder {
         if !self.aliases.contains(&alias) {
             self.aliases.push(alias);
         }
+        self
+    }
+
+    /// Give the sandbox label `key` = `value` (Kubernetes' syntax: checked
+    /// by `create()`, an [`Error::InvalidName`](crate::Error::InvalidName)
+    /// naming the bad one). Every process of the network reads a
+    /// sandbox's labels from the store; [`Sandbox::set_labels`] changes
+    /// them while it runs.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.push((key.into(), value.into()));
         self
     }
 

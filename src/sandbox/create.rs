@@ -54,6 +54,7 @@ impl SandboxBuilder {
 
     async fn create_traced(self) -> Result<Sandbox> {
         let (veth, _, _) = self.validate()?;
+        let labels = crate::policy::Labels::from_pairs(self.labels.iter().map(|(k, v)| (k, v)))?;
         // Host ports before anything else: a taken one changes nothing.
         // Dropped (closed) if a later step fails or the future is dropped.
         let reserved = ports::reserve(
@@ -110,6 +111,12 @@ impl SandboxBuilder {
             holder: None,
             armed: true,
         };
+        if !labels.is_empty() {
+            if let Err(e) = net.store.write_labels(&record.owner(), &labels) {
+                undo.rollback().await;
+                return Err(e);
+            }
+        }
         match self
             .build(&mut undo, &mut record, &file, lock, spawning)
             .await
@@ -342,6 +349,7 @@ impl Undo {
         for ip in self.ips.drain(..) {
             let _ = self.net.store.release(ip, &owner);
         }
+        let _ = self.net.store.remove_labels(&owner);
         let _ = self.net.store.remove_record_if(&self.name, &self.id);
         self.armed = false;
     }

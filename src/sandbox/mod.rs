@@ -61,6 +61,8 @@ pub struct SandboxInfo {
     /// holder lives; Failed if the holder died or its creator died half-way
     /// (gc reclaims it); Unknown if its record cannot be read.
     pub phase: Phase,
+    /// Its labels (none if its record or labels cannot be read).
+    pub labels: crate::Labels,
 }
 
 /// A pod network sandbox: a network namespace held by a holder process,
@@ -136,6 +138,40 @@ impl Sandbox {
     /// The sandbox's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Its labels, as the store holds them now (another process may have
+    /// changed them).
+    ///
+    /// # Errors
+    /// [`Error::StateCorrupt`] naming the labels file if it is damaged;
+    /// [`Error::Io`] if it cannot be read.
+    pub fn labels(&self) -> Result<crate::Labels> {
+        let owner = format!("{}@{}", self.inner.name, self.inner.id);
+        self.inner.net.store.read_labels(&owner)
+    }
+
+    /// Replace its labels, for every process of the network at once (one
+    /// rename in the store: a reader sees the old labels or the new).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if the sandbox was removed; [`Error::Io`] if the
+    /// store cannot be written.
+    pub async fn set_labels(&self, labels: &crate::Labels) -> Result<()> {
+        let store = &self.inner.net.store;
+        // Under the lock, so that no removal or gc takes the record away
+        // between the look and the write.
+        let _lock = store.lock().await?;
+        match store.read_record(&self.inner.name)? {
+            Some(r) if r.id == self.inner.id => {}
+            _ => {
+                return Err(Error::NotFound {
+                    what: "sandbox",
+                    name: self.inner.name.clone(),
+                })
+            }
+        }
+        store.write_labels(&format!("{}@{}", self.inner.name, self.inner.id), labels)
     }
 
     /// Its address: the IPv4 one if the network has an IPv4 pool, else the IPv6 one.

@@ -212,6 +212,7 @@ impl SbInner {
             .chain(self.ipv6.map(IpAddr::V6));
         errors.extend(ips.filter_map(|ip| store.release(ip, &owner).err()));
         errors.extend(Volumes::of(store.dir()).remove(&owner).err());
+        errors.extend(store.remove_labels(&owner).err());
         match errors.len() {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
