@@ -123,8 +123,15 @@ fn gc_removes_the_labels_of_a_sandbox_whose_holder_died() {
             .create()
             .await
             .unwrap();
-        // Dead as gc sees it at once (a zombie counts as dead).
+        // Dead as gc sees it once it is a zombie (or reaped).
         common::sigkill(pod.holder_pid());
+        let pid = i32::try_from(pod.holder_pid()).unwrap();
+        common::eventually(
+            "the holder dies",
+            std::time::Duration::from_secs(5),
+            async || common::proc_stat(pid).is_none_or(|(state, _)| state == 'Z'),
+        )
+        .await;
         net.gc().await.unwrap();
         assert!(labels_files(&ctx).is_empty());
         drop(pod);
