@@ -105,13 +105,16 @@ mod tests {
     use super::*;
     use crate::ipam::store::tests::temp_root;
 
-    fn store(tag: &str) -> Store {
-        Store::open(&temp_root(tag), "netns-test", "br0").unwrap()
+    /// A store in a fresh directory, and that directory (for the test
+    /// to remove).
+    fn store(tag: &str) -> (Store, std::path::PathBuf) {
+        let root = temp_root(tag);
+        (Store::open(&root, "netns-test", "br0").unwrap(), root)
     }
 
     #[test]
     fn labels_written_are_read_back_and_replaced_whole() {
-        let s = store("labels-rw");
+        let (s, root) = store("labels-rw");
         assert_eq!(s.read_labels("a@1").unwrap(), Labels::new());
         let l = Labels::from_pairs([("app", "web"), ("tier", "front")]).unwrap();
         s.write_labels("a@1", &l).unwrap();
@@ -123,11 +126,12 @@ mod tests {
         s.remove_labels("a@1").unwrap();
         s.remove_labels("a@1").unwrap();
         assert!(s.labels_owners().unwrap().is_empty());
+        fs::remove_dir_all(root).unwrap();
     }
 
     #[test]
     fn a_damaged_labels_file_is_corrupt_naming_it() {
-        let s = store("labels-bad");
+        let (s, root) = store("labels-bad");
         s.write_labels("a@1", &Labels::from_pairs([("app", "web")]).unwrap())
             .unwrap();
         let path = s.labels_path("a@1");
@@ -137,5 +141,6 @@ mod tests {
             assert!(matches!(err, Error::StateCorrupt { .. }), "{bad:?}: {err}");
             assert!(err.to_string().contains("labels/a@1"), "{err}");
         }
+        fs::remove_dir_all(root).unwrap();
     }
 }
