@@ -31,7 +31,9 @@ pub(crate) use delete::{
     delete_link, delete_link_blocking, delete_link_index, delete_links_blocking, links_named,
     master_of, unplug_blocking, Unplugged,
 };
-pub(crate) use inside::{addresses_blocking, configure_inside, loopback_up_blocking, Inside};
+pub(crate) use inside::{
+    addresses_blocking, configure_inside, loopback_up_blocking, Inside, InsideAddresses,
+};
 pub(crate) use inspect::interface_blocking;
 pub(crate) use nl::Nl;
 pub(crate) use route::default_route_mtu;

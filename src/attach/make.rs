@@ -5,7 +5,7 @@
 //! configured, then its port mappings' rules added. A step that fails
 //! undoes the ones before it.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -282,20 +282,7 @@ impl AttachBuilder {
         failpoint("attach-veth");
         let host = link::interface_blocking(&mut *net.host_nl()?, &record.veth, &record.veth)?;
 
-        let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
-            let gw = match pool.gateway() {
-                IpAddr::V4(g) => g,
-                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-            };
-            (a, pool.prefix(), gw)
-        });
-        let v6 = net.v6.as_ref().zip(record.ipv6).map(|(pool, a)| {
-            let gw = match pool.gateway() {
-                IpAddr::V6(g) => g,
-                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
-            };
-            (a, pool.prefix(), gw)
-        });
+        let (v4, v6) = net.inside_addresses(record.ipv4, record.ipv6);
         let inside = {
             let _inside = netns::enter(ns.as_fd(), what)?;
             let mut nl = Nl::here().map_err(|e| Error::io("open netlink socket in", what, e))?;

@@ -3,7 +3,7 @@
 //! address store, the veth deletions in the background, and gc. Sandboxes
 //! and the `Network` facade both build on it.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
@@ -71,6 +71,30 @@ impl NetInner {
             bridge: &self.bridge,
             forwarding: self.port_forwarding,
         }
+    }
+
+    /// What `link::configure_inside` gives a namespace of addresses
+    /// `ipv4`/`ipv6`: each with its pool's prefix and gateway.
+    pub(crate) fn inside_addresses(
+        &self,
+        ipv4: Option<Ipv4Addr>,
+        ipv6: Option<Ipv6Addr>,
+    ) -> link::InsideAddresses {
+        let v4 = self.v4.as_ref().zip(ipv4).map(|(pool, a)| {
+            let gw = match pool.gateway() {
+                IpAddr::V4(g) => g,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            };
+            (a, pool.prefix(), gw)
+        });
+        let v6 = self.v6.as_ref().zip(ipv6).map(|(pool, a)| {
+            let gw = match pool.gateway() {
+                IpAddr::V6(g) => g,
+                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+            };
+            (a, pool.prefix(), gw)
+        });
+        (v4, v6)
     }
 
     /// The pools' gateways and prefixes (v4, v6).

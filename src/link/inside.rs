@@ -52,6 +52,13 @@ pub(crate) fn addresses_blocking(nl: &mut Nl, object: &str) -> Result<Vec<IpAddr
     Ok(out)
 }
 
+/// A namespace's addresses with their prefixes and gateways (v4, v6), as
+/// [`Inside`] takes them.
+pub(crate) type InsideAddresses = (
+    Option<(Ipv4Addr, u8, Ipv4Addr)>,
+    Option<(Ipv6Addr, u8, Ipv6Addr)>,
+);
+
 /// The inside of a sandbox: its address(es) and gateway(s).
 #[derive(Debug)]
 pub(crate) struct Inside<'a> {

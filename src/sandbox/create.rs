@@ -4,7 +4,7 @@
 //! `create()` unwinds what needs no await (the holder is killed, whereupon
 //! the kernel deletes its veth pair with its namespace; the address is released).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
@@ -269,20 +269,7 @@ impl SandboxBuilder {
                 link::Nl::here()
                     .map_err(|e| Error::io("open netlink socket in sandbox", name, e))?
             };
-            let v4 = net.v4.as_ref().zip(record.ipv4).map(|(pool, a)| {
-                let gw = match pool.gateway() {
-                    IpAddr::V4(g) => g,
-                    IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-                };
-                (a, pool.prefix(), gw)
-            });
-            let v6 = net.v6.as_ref().zip(record.ipv6).map(|(pool, a)| {
-                let gw = match pool.gateway() {
-                    IpAddr::V6(g) => g,
-                    IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
-                };
-                (a, pool.prefix(), gw)
-            });
+            let (v4, v6) = net.inside_addresses(record.ipv4, record.ipv6);
             link::configure_inside(
                 &mut inside_nl,
                 made.eth0,
