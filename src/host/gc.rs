@@ -516,19 +516,7 @@ impl Sweep<'_> {
     fn remove_orphan_volumes(&mut self) -> Result<()> {
         let volumes = Volumes::of(self.inner.store.dir());
         for owner in volumes.owners()? {
-            let Some((name, _)) = parse_owner(&owner) else {
-                self.report.corrupt.push(Damaged {
-                    path: volumes.dir(&owner),
-                    reason: "its name is not a sandbox instance (<name>@<id>)".into(),
-                    name: None,
-                    addresses: Vec::new(),
-                });
-                continue;
-            };
-            // A live, pending or damaged record of that name may be using
-            // it (a damaged directory name looks like an earlier
-            // instance's): it waits until the name is free.
-            if self.owned.contains(&owner) || self.keep.contains_key(name) || self.name_held(name) {
+            if !self.is_orphan(&owner, volumes.dir(&owner)) {
                 continue;
             }
             match volumes.remove(&owner) {
@@ -539,21 +527,30 @@ impl Sweep<'_> {
         Ok(())
     }
 
+    /// Whether what sandbox instance `owner` keeps at `path` (volumes,
+    /// labels) may go: no live, pending or damaged record of its name may
+    /// be using it (a damaged entry's name looks like an earlier
+    /// instance's, so it waits until the name is free). An `owner` that
+    /// is no sandbox instance is reported damaged and kept.
+    fn is_orphan(&mut self, owner: &str, path: PathBuf) -> bool {
+        let Some((name, _)) = parse_owner(owner) else {
+            self.report.corrupt.push(Damaged {
+                path,
+                reason: "its name is not a sandbox instance (<name>@<id>)".into(),
+                name: None,
+                addresses: Vec::new(),
+            });
+            return false;
+        };
+        !(self.owned.contains(owner) || self.keep.contains_key(name) || self.name_held(name))
+    }
+
     /// Remove the labels of sandbox instances that no live, pending or
     /// damaged record may stand for (as [`remove_orphan_volumes`] does).
     fn remove_orphan_labels(&mut self) -> Result<()> {
         let store = &self.inner.store;
         for owner in store.labels_owners()? {
-            let Some((name, _)) = parse_owner(&owner) else {
-                self.report.corrupt.push(Damaged {
-                    path: store.dir().join("labels").join(&owner),
-                    reason: "its name is not a sandbox instance (<name>@<id>)".into(),
-                    name: None,
-                    addresses: Vec::new(),
-                });
-                continue;
-            };
-            if self.owned.contains(&owner) || self.keep.contains_key(name) || self.name_held(name) {
+            if !self.is_orphan(&owner, store.dir().join("labels").join(&owner)) {
                 continue;
             }
             if let Err(e) = store.remove_labels(&owner) {
