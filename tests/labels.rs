@@ -18,6 +18,16 @@ async fn network(ctx: &Ctx) -> Network {
         .unwrap()
 }
 
+/// Sandbox "web" labelled app=web.
+async fn web(net: &Network, persistent: bool) -> podnet::Sandbox {
+    net.sandbox("web")
+        .label("app", "web")
+        .persistent(persistent)
+        .create()
+        .await
+        .unwrap()
+}
+
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     Labels::from_pairs(pairs.iter().copied()).unwrap()
 }
@@ -51,13 +61,7 @@ fn a_sandbox_has_the_labels_it_was_made_with_in_every_listing() {
 fn set_labels_replaces_them_for_every_handle_of_the_network() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let pod = net
-            .sandbox("web")
-            .label("app", "web")
-            .persistent(true)
-            .create()
-            .await
-            .unwrap();
+        let pod = web(&net, true).await;
         let other = network(&ctx).await;
         let seen = other.open_sandbox("web").await.unwrap();
         pod.set_labels(&labels(&[("app", "db")])).await.unwrap();
@@ -99,12 +103,7 @@ fn a_bad_label_fails_create_and_makes_nothing() {
 fn removing_a_sandbox_removes_its_labels() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let pod = net
-            .sandbox("web")
-            .label("app", "web")
-            .create()
-            .await
-            .unwrap();
+        let pod = web(&net, false).await;
         assert_eq!(labels_files(&ctx).len(), 1);
         pod.remove().await.unwrap();
         assert!(labels_files(&ctx).is_empty());
@@ -116,13 +115,7 @@ fn removing_a_sandbox_removes_its_labels() {
 fn gc_removes_the_labels_of_a_sandbox_whose_holder_died() {
     in_netns(|ctx| async move {
         let net = network(&ctx).await;
-        let pod = net
-            .sandbox("web")
-            .label("app", "web")
-            .persistent(true)
-            .create()
-            .await
-            .unwrap();
+        let pod = web(&net, true).await;
         // Dead as gc sees it once it is a zombie (or reaped).
         common::sigkill(pod.holder_pid());
         let pid = i32::try_from(pod.holder_pid()).unwrap();
