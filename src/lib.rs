@@ -89,6 +89,7 @@ mod link;
 mod names;
 mod netns;
 mod network;
+mod network_policy;
 mod paths;
 mod pod;
 mod policy;
@@ -101,7 +102,7 @@ mod sys;
 pub use attach::{AttachBuilder, Attachment};
 pub use dns::{DnsUpstream, DEFAULT_DOMAIN};
 pub use error::{Error, Result};
-pub use policy::{Labels, Requirement, Selector};
+pub use policy::{IpBlock, Labels, Peer, Policy, Port, Requirement, Rule, Selector};
 
 /// Hooks for this crate's own tests and benches; not a stable API.
 #[cfg(feature = "internals")]

@@ -5,6 +5,8 @@
 
 mod alloc;
 mod labels;
+mod policies;
+mod policy_text;
 mod pool;
 mod record;
 mod store;

@@ -113,6 +113,68 @@ impl Selector {
     }
 }
 
+impl Selector {
+    /// The store's form, one token without spaces or commas: `*` for the
+    /// empty selector, else `;`-joined `k=v` (matchLabels), `k@in=v|w`,
+    /// `k@notin=v|w`, `k@exists`, `k@absent`.
+    pub(crate) fn encode(&self) -> String {
+        let mut items: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for r in &self.expressions {
+            items.push(match r {
+                Requirement::In { key, values } => format!("{key}@in={}", values.join("|")),
+                Requirement::NotIn { key, values } => format!("{key}@notin={}", values.join("|")),
+                Requirement::Exists { key } => format!("{key}@exists"),
+                Requirement::DoesNotExist { key } => format!("{key}@absent"),
+            });
+        }
+        if items.is_empty() {
+            "*".to_owned()
+        } else {
+            items.join(";")
+        }
+    }
+
+    /// Read [`encode`](Selector::encode)'s form, checking every key and
+    /// value; `None` if it is not that form.
+    pub(crate) fn decode(token: &str) -> Option<Selector> {
+        let mut s = Selector::everything();
+        if token == "*" {
+            return Some(s);
+        }
+        for item in token.split(';') {
+            let values = |v: &str| v.split('|').map(str::to_owned).collect::<Vec<_>>();
+            s = if let Some((key, rest)) = item.split_once('@') {
+                let key = key.to_owned();
+                let r = match rest.split_once('=') {
+                    Some(("in", v)) => Requirement::In {
+                        key,
+                        values: values(v),
+                    },
+                    Some(("notin", v)) => Requirement::NotIn {
+                        key,
+                        values: values(v),
+                    },
+                    None if rest == "exists" => Requirement::Exists { key },
+                    None if rest == "absent" => Requirement::DoesNotExist { key },
+                    _ => return None,
+                };
+                s.require(r).ok()?
+            } else {
+                let (k, v) = item.split_once('=')?;
+                if s.match_labels.get(k).is_some() {
+                    return None;
+                }
+                s.label(k, v).ok()?
+            };
+        }
+        Some(s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +245,39 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_selector_is_read_back_as_encoded() {
+        let s = Selector::everything()
+            .label("app", "web")
+            .unwrap()
+            .require(Requirement::In {
+                key: "example.com/tier".into(),
+                values: vals(&["a", "b"]),
+            })
+            .unwrap()
+            .require(Requirement::DoesNotExist { key: "x".into() })
+            .unwrap()
+            .require(Requirement::Exists { key: "y".into() })
+            .unwrap()
+            .require(Requirement::NotIn {
+                key: "z".into(),
+                values: vals(&["c"]),
+            })
+            .unwrap();
+        assert_eq!(Selector::decode(&s.encode()), Some(s));
+        let all = Selector::everything();
+        assert_eq!(Selector::decode(&all.encode()), Some(all));
+        for bad in ["", "a", "a@maybe", "a@in=-x", "a=b;a=c", "-A=b"] {
+            assert_eq!(Selector::decode(bad), None, "{bad:?}");
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn a_selector_decoder_survives_any_text(token in "\\PC{0,40}") {
+            let _ = Selector::decode(&token);
+        }
+
         #[test]
         fn a_match_labels_selector_selects_exactly_the_supersets(
             want in proptest::collection::btree_map("[a-c]", "[x-z]", 0..3),

@@ -17,24 +17,7 @@ pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(30);
 /// Longest UDP idle timeout accepted (a day).
 const MAX_UDP_IDLE: Duration = Duration::from_secs(24 * 3600);
 
-/// The transport protocol of a port mapping.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Protocol {
-    /// TCP: each connection to the host port gets one to the sandbox's port.
-    Tcp,
-    /// UDP: each client (source address and port) gets a flow of its own.
-    Udp,
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
+pub use crate::policy::Protocol;
 
 /// Which network namespace a mapping's host port opens in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
