@@ -25,7 +25,8 @@ mod route;
 mod veth;
 
 pub(crate) use bridge::{
-    bridge_ports, bridges_with_alias, ensure_address, ensure_bridge, ensure_trunk, Trunk,
+    bridge_ports, bridges_with_alias, call_netfilter, ensure_address, ensure_bridge, ensure_trunk,
+    Trunk,
 };
 pub(crate) use delete::{
     delete_link, delete_link_blocking, delete_link_index, delete_links_blocking, links_named,

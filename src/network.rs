@@ -185,6 +185,9 @@ impl Network {
                 })
             }
         }
+        // The policies and their table, whichever process made them.
+        inner.store.write_policies(&[])?;
+        inner.install_policies(&[])?;
         // The egress table, whichever process made it: no sandbox is left
         // to need it.
         inner.drop_egress().await?;
@@ -678,6 +681,7 @@ impl NetworkBuilder {
                 egress: self.egress,
                 egress_nft: Default::default(),
                 aports_nft: Default::default(),
+                policy_nft: Default::default(),
             }),
         };
         if !net.inner.egress {

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["host"],
     &["sandbox", "attach"],
     &["network"],
-    &["pod"],
+    &["pod", "network_policy"],
     &["cni"],
     &["bin"],
 ];

@@ -215,6 +215,12 @@ async fn sweep(inner: &NetInner) -> Result<GcReport> {
     }
     sweep.remove_orphan_volumes()?;
     sweep.remove_orphan_labels()?;
+    // The policy table, rebuilt from the store: the addresses of
+    // sandboxes gone in a crash leave its sets (one read if the network
+    // has no policy).
+    if let Err(e) = inner.sync_policies() {
+        sweep.errors.push(e);
+    }
     sweep.delete_orphan_veths().await;
     // Veths of removed sandboxes whose deletion in the background never
     // happened: their remover died first, or the deletion failed.

@@ -20,6 +20,7 @@ pub(crate) mod egress;
 pub(crate) mod gc;
 pub(crate) mod localnet;
 mod nft_socket;
+pub(crate) mod policy;
 pub(crate) mod shard;
 
 #[derive(Debug)]
@@ -61,6 +62,8 @@ pub(crate) struct NetInner {
     /// The nf_tables socket for the table of attachments' port mappings,
     /// opened when first used.
     pub aports_nft: std::sync::Mutex<Option<std::sync::Arc<Nft>>>,
+    /// The nf_tables socket for the policy table, opened when first used.
+    pub policy_nft: std::sync::Mutex<Option<std::sync::Arc<Nft>>>,
 }
 
 impl NetInner {

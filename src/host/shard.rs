@@ -139,6 +139,15 @@ impl NetInner {
             }
             return Err(e);
         }
+        // A network with policies has every bridge call netfilter
+        // (host::policy); a new shard too (this runs under the lock).
+        if made && self.store.has_policies() {
+            if let Err(e) = link::call_netfilter(h, index, &names.bridge).await {
+                let _ = link::delete_link(h, &names.parent_end, "").await;
+                let _ = link::delete_link(h, &names.bridge, "").await;
+                return Err(e);
+            }
+        }
         self.shards
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -113,6 +113,24 @@ pub(crate) async fn ensure_bridge(
     Ok((index, true))
 }
 
+/// Make bridge `name` (`index`) pass the frames it forwards through the
+/// IPv4 and IPv6 netfilter hooks (the bridge's own `nf_call_iptables`
+/// and `nf_call_ip6tables`, as the namespace-wide
+/// `net.bridge.bridge-nf-call-iptables` does for every bridge), so a
+/// network's policies see pod-to-pod traffic, with connection tracking.
+pub(crate) async fn call_netfilter(h: &Handle, index: u32, name: &str) -> Result<()> {
+    use netlink_packet_route::link::{InfoBridge, InfoData};
+    let mut msg = LinkUnspec::new_with_index(index).build();
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Bridge),
+        LinkInfo::Data(InfoData::Bridge(vec![
+            InfoBridge::NfCallIpTables(true),
+            InfoBridge::NfCallIp6Tables(true),
+        ])),
+    ]));
+    set_link(h, msg, "make bridge call netfilter", name).await
+}
+
 /// Whether `alias` is one podnet gives a network's shard.
 pub(super) fn is_shard_alias(alias: &str) -> bool {
     alias.starts_with("podnet ") && alias.contains(" shard ")

@@ -16,6 +16,7 @@ use super::{Sandbox, SbInner, State};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::holder::{self, Holder, HolderSpec, HOLDER_COMM};
+use crate::host::policy::addresses;
 use crate::host::NetInner;
 use crate::ident::{creator, instance_id, Ident};
 use crate::ipam::{Record, RecordFile};
@@ -298,6 +299,13 @@ impl SandboxBuilder {
         record.holder = Some(holder_ident);
         net.store.set_done(file, record)?;
         failpoint("done");
+        // The network's policies take the sandbox in (its addresses into
+        // the sets its labels select it for) before any member can run in
+        // it: under the lock, after the done line, so a policy change made
+        // meanwhile by any process counts it too.
+        let labels = crate::policy::Labels::from_pairs(self.labels.iter().map(|(k, v)| (k, v)))?;
+        let _lock = net.store.lock().await?;
+        net.policy_update(None, Some((&addresses(record), &labels)))?;
         Ok(veth_index)
     }
 }

@@ -171,7 +171,27 @@ impl Sandbox {
                 })
             }
         }
-        store.write_labels(&format!("{}@{}", self.inner.name, self.inner.id), labels)
+        let owner = format!("{}@{}", self.inner.name, self.inner.id);
+        let before = store.read_labels(&owner).unwrap_or_default();
+        store.write_labels(&owner, labels)?;
+        // The policies follow: the address moves between the sets the old
+        // and the new labels select it for.
+        let addrs: Vec<IpAddr> = self
+            .inner
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.inner.ipv6.map(IpAddr::V6))
+            .collect();
+        let moved = self
+            .inner
+            .net
+            .policy_update(Some((&addrs, &before)), Some((&addrs, labels)));
+        if let Err(e) = moved {
+            let _ = store.write_labels(&owner, &before);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Its address: the IPv4 one if the network has an IPv4 pool, else the IPv6 one.

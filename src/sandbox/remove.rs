@@ -156,7 +156,7 @@ impl SbInner {
                 Err(e) => errors.push(e),
             }
         }
-        errors.extend(self.release_state().err());
+        errors.extend(self.release_policy_and_state().await.err());
         crate::release::later(ns, later);
         if errors.is_empty() {
             *self.lock_state() = State::Removed;
@@ -190,6 +190,30 @@ impl SbInner {
             self.net.deletions.later(&self.net, dying, object);
         }
         Ok(unplugged)
+    }
+
+    /// Take the sandbox out of the network's policy sets, then release its
+    /// state, under the store's lock: a policy change of another process
+    /// then sees the sandbox with its elements or neither, and no new
+    /// sandbox has its address yet when its elements go.
+    async fn release_policy_and_state(&self) -> Result<()> {
+        let _lock = self.net.store.lock().await?;
+        let left = self.leave_policies();
+        let released = self.release_state();
+        left.and(released)
+    }
+
+    /// Delete its addresses from the network's policy sets.
+    fn leave_policies(&self) -> Result<()> {
+        let owner = format!("{}@{}", self.name, self.id);
+        let labels = self.net.store.read_labels(&owner).unwrap_or_default();
+        let addrs: Vec<IpAddr> = self
+            .ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(IpAddr::V6))
+            .collect();
+        self.net.policy_update(Some((&addrs, &labels)), None)
     }
 
     /// Release the record, then the address(es); synchronous and quick.
@@ -244,6 +268,9 @@ impl Drop for Sandbox {
         }
         let _ = inner.holder.kill();
         ports::abort_all(&inner.net.ports, &inner.id);
+        // Without the store's lock (a drop may not wait for it): gc puts
+        // the policy table right if a policy change raced with this.
+        let _ = inner.leave_policies();
         let _ = inner.release_state();
         match rt {
             Ok(rt) => {

@@ -8,6 +8,7 @@ mod aports;
 mod client;
 mod egress;
 mod msg;
+mod policy;
 mod rules;
 mod sock;
 
@@ -22,8 +23,9 @@ use crate::error::Error;
 use crate::error::Result;
 
 use client::{client_rules, CLIENT_CHAINS, CLIENT_COMMENT};
+use msg::NFT_MSG_GETTABLE;
 #[cfg(feature = "internals")]
-use msg::{attrs, cstr, NFT_MSG_GETTABLE};
+use msg::{attrs, cstr};
 use msg::{
     comment_tlv, error_code, messages, parse_rule, Msg, NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END,
     NFNL_SUBSYS_NFTABLES, NFTA_RULE_CHAIN, NFTA_RULE_HANDLE, NFTA_RULE_TABLE, NFTA_RULE_USERDATA,
@@ -37,6 +39,7 @@ use sock::{recv_within, send, socket, ANSWER_WAIT, SHORT_WAIT};
 pub(crate) use aports::aports_table;
 pub(crate) use egress::egress_table;
 pub(crate) use msg::Found;
+pub(crate) use policy::policy_table;
 pub(crate) use rules::Dnat;
 
 /// Prefix of every podnet rule comment (the format is [`Dnat::comment`]'s).
@@ -167,9 +170,14 @@ impl Nft {
     #[cfg(feature = "internals")]
     /// Whether the table exists.
     pub(crate) fn table_exists(&self) -> std::result::Result<bool, Errno> {
+        self.exists(&self.table)
+    }
+
+    /// Whether inet table `table` exists.
+    pub(crate) fn exists(&self, table: &str) -> std::result::Result<bool, Errno> {
         let seq = self.next_seq();
         let mut t = Msg::nft(NFT_MSG_GETTABLE, NLM_F_ACK, seq);
-        t.str(NFTA_TABLE_NAME, &self.table);
+        t.str(NFTA_TABLE_NAME, table);
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
         send(&sock, &t.finish())?;
         loop {

@@ -42,6 +42,10 @@ pub(super) enum Attr {
     Data(Vec<u8>),
     /// A verdict code (NF_DROP, ...), nested in NFTA_DATA_VERDICT.
     Verdict(u32),
+    /// A string (a set's name).
+    Str(String),
+    /// A verdict code that names a chain (NFT_JUMP, NFT_GOTO).
+    ToChain(u32, String),
 }
 
 impl Exprs {
@@ -56,7 +60,7 @@ impl Exprs {
     }
 
     /// Load `len` bytes at `offset` of header `base` into REG1.
-    fn payload(&mut self, base: u32, offset: u32, len: u32) -> &mut Exprs {
+    pub(super) fn payload(&mut self, base: u32, offset: u32, len: u32) -> &mut Exprs {
         self.push(
             "payload",
             vec![
@@ -80,8 +84,21 @@ impl Exprs {
         )
     }
 
+    /// Compare REG1 with `data` by `op` (NFT_CMP_*: 0 eq, 1 neq, 2 lt,
+    /// 3 lte, 4 gt, 5 gte; bytes compare as a big-endian number).
+    pub(super) fn cmp_op(&mut self, op: u32, data: &[u8]) -> &mut Exprs {
+        self.push(
+            "cmp",
+            vec![
+                (1, Attr::Be32(REG1)),
+                (2, Attr::Be32(op)),
+                (3, Attr::Data(data.to_vec())),
+            ],
+        )
+    }
+
     /// REG1 &= mask.
-    fn and(&mut self, mask: &[u8]) -> &mut Exprs {
+    pub(super) fn and(&mut self, mask: &[u8]) -> &mut Exprs {
         let len = u32::try_from(mask.len()).unwrap_or(0);
         self.push(
             "bitwise",
@@ -113,7 +130,7 @@ impl Exprs {
     }
 
     /// The verdict `drop`.
-    fn drop_verdict(&mut self) -> &mut Exprs {
+    pub(super) fn drop_verdict(&mut self) -> &mut Exprs {
         self.push(
             "immediate",
             vec![
@@ -144,6 +161,15 @@ impl Exprs {
                         m.be32(NFTA_VERDICT_CODE, *code);
                         m.end().end();
                     }
+                    Attr::Str(v) => {
+                        m.str(*kind, v);
+                    }
+                    Attr::ToChain(code, chain) => {
+                        m.begin(*kind).begin(NFTA_DATA_VERDICT);
+                        m.be32(NFTA_VERDICT_CODE, *code);
+                        m.str(NFTA_VERDICT_CHAIN, chain);
+                        m.end().end();
+                    }
                 }
             }
             m.end().end();
@@ -154,14 +180,15 @@ impl Exprs {
 
 const NFT_META_IIFNAME: u32 = 6;
 const NFT_META_OIFNAME: u32 = 7;
-const NFT_META_NFPROTO: u32 = 15;
-const NFT_REG_VERDICT: u32 = 0;
+pub(super) const NFT_META_NFPROTO: u32 = 15;
+pub(super) const NFT_REG_VERDICT: u32 = 0;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
-const NF_DROP: u32 = 0;
-const NFT_META_L4PROTO: u32 = 16;
-const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+pub(super) const NF_DROP: u32 = 0;
+pub(super) const NFT_META_L4PROTO: u32 = 16;
+pub(super) const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
+pub(super) const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 2;
 const RTN_LOCAL: u32 = 2;
@@ -420,14 +447,14 @@ fn e_ct_dnat(e: &mut Exprs) {
     .cmp(false, &0u32.to_ne_bytes());
 }
 
-fn octets(ip: IpAddr) -> Vec<u8> {
+pub(super) fn octets(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
     }
 }
 
-fn mask(net: IpAddr, prefix: u8) -> Vec<u8> {
+pub(super) fn mask(net: IpAddr, prefix: u8) -> Vec<u8> {
     let bytes = if net.is_ipv4() { 4 } else { 16 };
     (0..bytes)
         .map(|i| {
