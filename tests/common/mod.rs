@@ -31,6 +31,8 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use nix::sched::{unshare, CloneFlags};
 use rtnetlink::{Handle, LinkUnspec};
 
+pub mod cluster;
+
 /// What a test body gets.
 pub struct Ctx {
     /// A state directory of its own (removed after the test; the test
