@@ -194,6 +194,11 @@ mod readme {}
 #[doc = include_str!("../docs/egress.md")]
 mod egress_doc {}
 
+/// docs/policy.md's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/policy.md")]
+mod policy_doc {}
+
 /// docs/uplink.md's example, compiled as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/uplink.md")]
