@@ -6,18 +6,15 @@
 //! Everything here runs under the store's lock, so the table follows the
 //! store in the order the changes were made, whichever process made them.
 
+use nix::errno::Errno;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::os::fd::AsFd;
-use std::sync::Arc;
 
-use nix::errno::Errno;
-
+use super::nft_socket::nft_error;
 use crate::error::{Error, Result};
 use crate::host::NetInner;
 use crate::ipam::Record;
 use crate::link::nft::{policy_table, Nft};
-use crate::netns;
 use crate::policy::plan::{self, set_name};
 use crate::policy::{Labels, Policy};
 
@@ -39,28 +36,14 @@ impl NetInner {
         op: &'static str,
         f: impl FnOnce(&Nft, &str) -> std::result::Result<T, Errno>,
     ) -> Result<T> {
-        let table = policy_table(&self.bridge);
-        let nft = {
-            let mut slot = self.policy_nft.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Some(nft) => nft.clone(),
-                None => {
-                    let what = format!("host namespace of network {:?}", self.bridge);
-                    let nft = {
-                        let _host = netns::enter(self.host_ns.as_fd(), &what)?;
-                        Arc::new(Nft::open(&self.bridge)?)
-                    };
-                    *slot = Some(nft.clone());
-                    nft
-                }
-            }
-        };
+        let nft = self.host_nft(&self.policy_nft, Nft::open)?;
         f(&nft, &self.bridge).map_err(|errno| {
-            let object = format!("table inet {table} of network {:?}", self.bridge);
-            match errno {
-                Errno::EPERM | Errno::EACCES => Error::not_permitted(format!("{op} {object}")),
-                errno => Error::Netlink { op, object, errno },
-            }
+            let object = format!(
+                "table inet {} of network {:?}",
+                policy_table(&self.bridge),
+                self.bridge
+            );
+            nft_error(op, object, errno)
         })
     }
 

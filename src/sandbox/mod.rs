@@ -176,13 +176,7 @@ impl Sandbox {
         store.write_labels(&owner, labels)?;
         // The policies follow: the address moves between the sets the old
         // and the new labels select it for.
-        let addrs: Vec<IpAddr> = self
-            .inner
-            .ipv4
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(self.inner.ipv6.map(IpAddr::V6))
-            .collect();
+        let addrs = self.inner.addresses();
         let moved = self
             .inner
             .net
@@ -389,13 +383,16 @@ impl SbInner {
     }
 
     fn name_files(&self, hostname: Option<&str>) -> Option<NameFiles> {
-        let addrs: Vec<IpAddr> = self
-            .ipv4
+        NameFiles::of(&self.net, &self.name, hostname, &self.addresses())
+    }
+
+    /// Its addresses, IPv4 first.
+    pub(super) fn addresses(&self) -> Vec<IpAddr> {
+        self.ipv4
             .map(IpAddr::V4)
             .into_iter()
             .chain(self.ipv6.map(IpAddr::V6))
-            .collect();
-        NameFiles::of(&self.net, &self.name, hostname, &addrs)
+            .collect()
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -207,13 +207,8 @@ impl SbInner {
     fn leave_policies(&self) -> Result<()> {
         let owner = format!("{}@{}", self.name, self.id);
         let labels = self.net.store.read_labels(&owner).unwrap_or_default();
-        let addrs: Vec<IpAddr> = self
-            .ipv4
-            .map(IpAddr::V4)
-            .into_iter()
-            .chain(self.ipv6.map(IpAddr::V6))
-            .collect();
-        self.net.policy_update(Some((&addrs, &labels)), None)
+        self.net
+            .policy_update(Some((&self.addresses(), &labels)), None)
     }
 
     /// Release the record, then the address(es); synchronous and quick.
