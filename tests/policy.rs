@@ -369,3 +369,14 @@ fn gc_after_a_crash_leaves_no_address_of_a_gone_sandbox_in_the_rules() {
         assert!(!common::nft(&["list", "tables"]).contains("podnet-pnp0-policy"));
     });
 }
+
+#[test]
+fn a_network_without_policies_needs_no_nf_tables_to_be_collected_and_removed() {
+    in_netns(|ctx| async move {
+        let net = network(&ctx).await;
+        // As a kernel without nf_tables answers a netlink socket of it.
+        common::refuse_on_this_thread(nix::libc::SYS_socket, nix::libc::EPROTONOSUPPORT);
+        net.gc().await.unwrap();
+        net.remove().await.unwrap();
+    });
+}

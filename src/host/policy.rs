@@ -14,7 +14,7 @@ use super::nft_socket::nft_error;
 use crate::error::{Error, Result};
 use crate::host::NetInner;
 use crate::ipam::Record;
-use crate::link::nft::{policy_table, Nft};
+use crate::link::nft::{policy_table, refused, Nft};
 use crate::policy::plan::{self, set_name};
 use crate::policy::{Labels, Policy};
 
@@ -92,12 +92,20 @@ impl NetInner {
     pub(crate) fn install_policies(&self, policies: &[Policy]) -> Result<()> {
         if policies.is_empty() {
             // A read first: no transaction when there is nothing to delete.
-            let there = self
-                .with_policy_nft("nf_tables: look for policy table", |nft, bridge| {
-                    nft.policy_table_exists(bridge)
-                })?;
-            if !there {
-                return Ok(());
+            // Where nf_tables is missing or refused, no table was made
+            // either: a network without policies needs none.
+            let there =
+                self.with_policy_nft("nf_tables: look for policy table", |nft, bridge| match nft
+                    .policy_table_exists(bridge)
+                {
+                    Err(errno) if refused(errno) => Ok(false),
+                    other => other,
+                });
+            match there {
+                Ok(false) | Err(Error::NotPermitted { .. }) => return Ok(()),
+                Err(Error::Netlink { errno, .. }) if refused(errno) => return Ok(()),
+                Ok(true) => {}
+                Err(e) => return Err(e),
             }
         }
         let mut elements: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
