@@ -13,19 +13,9 @@ use std::net::IpAddr;
 use super::nft_socket::nft_error;
 use crate::error::{Error, Result};
 use crate::host::NetInner;
-use crate::ipam::Record;
 use crate::link::nft::{policy_table, refused, Nft};
 use crate::policy::plan::{self, set_name};
 use crate::policy::{Labels, Policy};
-
-/// The addresses of a record.
-pub(crate) fn addresses(rec: &Record) -> Vec<IpAddr> {
-    rec.ipv4
-        .map(IpAddr::V4)
-        .into_iter()
-        .chain(rec.ipv6.map(IpAddr::V6))
-        .collect()
-}
 
 impl NetInner {
     /// Run `f` with the nf_tables socket of the policy table (opened in
@@ -75,7 +65,7 @@ impl NetInner {
                 continue;
             }
             let labels = self.store.read_labels(&rec.owner()).unwrap_or_default();
-            out.push((addresses(&rec), labels));
+            out.push((rec.addresses(), labels));
         }
         Ok(out)
     }

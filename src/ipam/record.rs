@@ -147,6 +147,15 @@ impl Record {
         format!("{}@{}", self.name, self.id)
     }
 
+    /// Its addresses, IPv4 first.
+    pub(crate) fn addresses(&self) -> Vec<std::net::IpAddr> {
+        self.ipv4
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(self.ipv6.map(std::net::IpAddr::V6))
+            .collect()
+    }
+
     /// The record's text, and the hash of its head (everything before the
     /// `done=` line), which the done line's check continues.
     pub(super) fn encode(&self) -> (String, u64) {

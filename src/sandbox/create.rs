@@ -16,7 +16,6 @@ use super::{Sandbox, SbInner, State};
 use crate::error::{Error, Result};
 use crate::failpoint::failpoint;
 use crate::holder::{self, Holder, HolderSpec, HOLDER_COMM};
-use crate::host::policy::addresses;
 use crate::host::NetInner;
 use crate::ident::{creator, instance_id, Ident};
 use crate::ipam::{Record, RecordFile};
@@ -303,9 +302,14 @@ impl SandboxBuilder {
         // the sets its labels select it for) before any member can run in
         // it: under the lock, after the done line, so a policy change made
         // meanwhile by any process counts it too.
-        let labels = crate::policy::Labels::from_pairs(self.labels.iter().map(|(k, v)| (k, v)))?;
-        let _lock = net.store.lock().await?;
-        net.policy_update(None, Some((&addresses(record), &labels)))?;
+        // Without a policies file, no lock: a policy applied after this
+        // look writes the file first and then reads this done record.
+        if net.store.has_policies() {
+            let labels =
+                crate::policy::Labels::from_pairs(self.labels.iter().map(|(k, v)| (k, v)))?;
+            let _lock = net.store.lock().await?;
+            net.policy_update(None, Some((&record.addresses(), &labels)))?;
+        }
         Ok(veth_index)
     }
 }
