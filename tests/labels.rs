@@ -11,11 +11,7 @@ use podnet::{Error, Labels, Network};
 const BRIDGE: &str = "pnl0";
 
 async fn network(ctx: &Ctx) -> Network {
-    common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET])
-        .dns(false)
-        .build()
-        .await
-        .unwrap()
+    common::network_without_dns(ctx, BRIDGE).await
 }
 
 /// Sandbox "web" labelled app=web.

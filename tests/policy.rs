@@ -18,11 +18,7 @@ use podnet::{
 const BRIDGE: &str = "pnp0";
 
 async fn network(ctx: &Ctx) -> Network {
-    common::network_builder(&ctx.state, BRIDGE, &[common::SUBNET])
-        .dns(false)
-        .build()
-        .await
-        .unwrap()
+    common::network_without_dns(ctx, BRIDGE).await
 }
 
 fn sel(key: &str, value: &str) -> Selector {

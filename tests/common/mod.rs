@@ -424,6 +424,16 @@ pub async fn send_from(pod: &podnet::Sandbox, addr: &str, port: u16, msg: &str) 
         .success()
 }
 
+/// Network `bridge` of one pool ([`SUBNET`]) without DNS, its store in the
+/// test's state directory.
+pub async fn network_without_dns(ctx: &Ctx, bridge: &str) -> podnet::Network {
+    network_builder(&ctx.state, bridge, &[SUBNET])
+        .dns(false)
+        .build()
+        .await
+        .unwrap()
+}
+
 /// The bridge of the network most tests use ([`network`]).
 pub const BRIDGE: &str = "pn0";
 
